@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Prepare this machine for mesh-core: Debian packages, podman configuration, the
+# repo-local venv. Every step is skipped when its inputs (hashed) have not changed,
+# so a second run takes about a second. Safe to run again at any time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+STAMPS=$ROOT/.cache/stamps
+mkdir -p "$STAMPS"
+PYTHON=${PYTHON:-python3}
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+# stamp NAME HASH: true when the step already ran with these inputs
+stamped() { [ -f "$STAMPS/$1" ] && [ "$(cat "$STAMPS/$1")" = "$2" ]; }
+stamp() { echo "$2" > "$STAMPS/$1"; }
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: this step needs root (podman with systemd containers, veth links, apt)." >&2
+    exit 1
+  fi
+}
+
+# 1. Debian packages -----------------------------------------------------------
+h=$(hash_of requirements/apt.txt)
+if ! stamped apt "$h"; then
+  need_root
+  mapfile -t pkgs < <(grep -vE '^\s*(#|$)' requirements/apt.txt)
+  missing=()
+  for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  stamp apt "$h"
+else
+  log "Debian packages: cached"
+fi
+
+# 2. podman: runc instead of crun and ulimits below conmon's (MACHINE-NOTES 3a) --
+conf=/etc/containers/containers.conf
+want=$(cat files/containers.conf)
+if [ ! -f "$conf" ] || [ "$(cat "$conf")" != "$want" ]; then
+  need_root
+  log "writing $conf (runtime runc, default ulimits)"
+  mkdir -p /etc/containers
+  [ -f "$conf" ] && cp -n "$conf" "$conf.meshcore-orig" || true
+  printf '%s\n' "$want" > "$conf"
+fi
+
+# 3. venv with pinned dependencies, plus the agent (editable) -------------------
+h=$(hash_of requirements/dev.txt files/mesh_agent/pyproject.toml)
+if ! stamped venv "$h" || [ ! -x .venv/bin/python ]; then
+  log "creating .venv from requirements/dev.txt"
+  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements/dev.txt
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -e files/mesh_agent
+  stamp venv "$h"
+else
+  log "venv: cached"
+fi
+log "ready"
