@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import topology as topo  # noqa: E402
+import topology as topo
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = ROOT / "build" / "lab"
@@ -41,7 +41,9 @@ NS_PREFIX = "mclab-"
 MONITOR = "monitor01"
 
 
-def sh(*argv: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def sh(
+    *argv: str, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     res = subprocess.run(argv, input=input, capture_output=True, text=True)
     if check and res.returncode != 0:
         raise SystemExit(f"labctl: {' '.join(argv)} failed: {res.stderr.strip()}")
@@ -69,7 +71,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
                      "gateway": str(topo.MGMT_GATEWAY)}
     if STATE.exists() and yaml.safe_load(STATE.read_text()) != state:
         # Another topology is up: its containers and links do not fit this plan.
-        print(f"labctl: the running lab has another topology; replacing it", file=sys.stderr)
+        print("labctl: the running lab has another topology; replacing it", file=sys.stderr)
         cmd_destroy(args)
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     STATE.write_text(yaml.safe_dump(state, sort_keys=False))
@@ -185,7 +187,7 @@ def prometheus_targets(address: str) -> dict[str, dict[str, str]]:
     """Map node -> job -> health from the monitor's Prometheus."""
     url = f"http://{address}:9090/api/v1/targets?state=active"
     try:
-        with urllib.request.urlopen(url, timeout=3) as resp:  # noqa: S310 - lab mgmt address
+        with urllib.request.urlopen(url, timeout=3) as resp:
             data = json.load(resp)
     except OSError:
         return {}
@@ -245,7 +247,9 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"\nlab {report['topology']}: {len(rows) - 1} mesh nodes + monitor")
     print(f"{'node':<{w}}  {'mesh ifaces':<11}  {'neighbours ok':<13}  {'services':<38}  scrape")
     for r in rows:
-        svc = " ".join(f"{k}={'up' if v == 'active' else v}" for k, v in sorted(r["services"].items()))
+        svc = " ".join(
+            f"{k}={'up' if v == 'active' else v}" for k, v in sorted(r["services"].items())
+        )
         scrape = " ".join(f"{k}={v}" for k, v in sorted(r["scrape"].items())) or "-"
         nb = f"{r['neighbours_pingable']}/{r['neighbours_total']}"
         flag = "" if healthy(r) else "   <-- NOT OK"
@@ -303,7 +307,8 @@ def main() -> None:
     st.add_argument("--wait", type=float, default=0.0)
     sub.add_parser("destroy")
     args = p.parse_args()
-    {"plan": cmd_plan, "wire": cmd_wire, "status": cmd_status, "destroy": cmd_destroy}[args.cmd](args)
+    commands = {"plan": cmd_plan, "wire": cmd_wire, "status": cmd_status, "destroy": cmd_destroy}
+    commands[args.cmd](args)
 
 
 if __name__ == "__main__":

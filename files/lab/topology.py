@@ -67,7 +67,7 @@ def grid(n: int) -> Topology:
     names = [node_name(i + 1, n) for i in range(n)]
     links = []
     for i in range(n):
-        r, c = divmod(i, cols)
+        c = i % cols
         if c + 1 < cols and i + 1 < n:
             links.append({"a": names[i], "b": names[i + 1]})
         if i + cols < n:
