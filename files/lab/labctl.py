@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import netlab
 import topology as topo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,55 +118,19 @@ def ns(name: str) -> str:
     return NS_PREFIX + name
 
 
-def existing_links(name: str) -> set[str]:
-    out = sh("ip", "-n", ns(name), "-j", "link", "show").stdout
-    return {link["ifname"] for link in json.loads(out or "[]")}
-
-
 def cmd_wire(_: argparse.Namespace) -> None:
     state = load_state()
     t0 = time.monotonic()
-    pids = {}
     for name in state["nodes"]:
-        pids[name] = pid_of(name)
-        path = Path("/run/netns") / ns(name)
+        pid = pid_of(name)
         # A stale attachment (container recreated) points at a dead namespace.
-        if path.exists():
+        if (Path("/run/netns") / ns(name)).exists():
             sh("ip", "netns", "delete", ns(name), check=False)
-        sh("ip", "netns", "attach", ns(name), str(pids[name]))
-    present = {name: existing_links(name) for name in state["nodes"]}
-    created = 0
-    for link in state["links"]:
-        a, b = link["a"], link["b"]
-        if link["a_ifname"] in present[a] and link["b_ifname"] in present[b]:
-            continue
-        sh("ip", "link", "add", link["a_ifname"], "netns", str(pids[a]), "type", "veth",
-           "peer", "name", link["b_ifname"], "netns", str(pids[b]))
-        created += 1
-    by_end = {}
-    for link in state["links"]:
-        by_end[(link["a"], link["a_ifname"])] = link
-        by_end[(link["b"], link["b_ifname"])] = link
-    for name, node in state["nodes"].items():
-        batch = [f"address replace {node['node_address']}/32 dev lo"]
-        nft = []
-        for end in node["links"]:
-            link = by_end[(name, end["ifname"])]
-            batch.append(f"address replace {end['address']} dev {end['ifname']}")
-            batch.append(f"link set {end['ifname']} up")
-            if link.get("rate"):
-                batch.append(f"qdisc replace dev {end['ifname']} root tbf rate {link['rate']} "
-                             "burst 32kbit latency 50ms")
-            if link.get("loss"):
-                # Loss on ingress at both ends: each direction loses `loss` percent.
-                nft.append(f"  chain in_{end['ifname']} {{\n"
-                           f"    type filter hook ingress device \"{end['ifname']}\" priority 0;\n"
-                           f"    numgen random mod 100 < {int(link['loss'])} drop\n  }}")
-        sh("ip", "-n", ns(name), "-batch", "-", input="\n".join(batch) + "\n")
-        if nft:
-            rules = ("table netdev meshcore_lab\ndelete table netdev meshcore_lab\n"
-                     "table netdev meshcore_lab {\n" + "\n".join(nft) + "\n}\n")
-            sh("ip", "netns", "exec", ns(name), "nft", "-f", "-", input=rules)
+        sh("ip", "netns", "attach", ns(name), str(pid))
+    try:
+        created = netlab.wire(state, ns)
+    except RuntimeError as exc:
+        raise SystemExit(f"labctl: {exc}") from exc
     print(json.dumps({"wired_links": len(state["links"]), "created": created,
                       "seconds": round(time.monotonic() - t0, 2)}))
 

@@ -1,0 +1,402 @@
+#!/usr/bin/env python3
+"""bench_failover: outage when a link of the primary path dies, agent vs babeld.
+
+For each topology (an 8-node ladder and a 50-node random geometric graph by
+default) the bench builds a lab of plain network namespaces with the lab's own
+topology generator and wiring (files/lab), then, one routing implementation at a
+time on the same topology in the same run:
+
+  mesh_agent      the bundled agent in enforce mode (50 ms x 3 hellos)
+  babeld-h1.0     babeld, hello 1 s / update 4 s (our earlier lab's "default" run)
+  babeld-h0.2     babeld, hello 0.2 s / update 1 s (tuned)
+
+It waits for convergence, runs `ping -D -O -i 0.01` from one end of the mesh to
+the other, finds the flow's current primary path hop by hop from the kernel's
+routes, and cuts the middle link of that path:
+
+  silent   nft netdev drop on both ends (carrier stays up: a fading radio)
+  admin    `ip link set down` on one end (the kernel sees it)
+
+The outage is the longest gap between two consecutive echo replies (ping
+timestamps) minus the ping interval. One JSON line per figure on stdout; progress
+on stderr. Needs root. Only namespaces named mcb-* are created and all are
+deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "files" / "lab"))
+import netlab  # noqa: E402
+import topology as topo  # noqa: E402
+
+NS = "mcb-"
+PING_INTERVAL = 0.01
+BABELD = {
+    "babeld-h1.0": "hello-interval 1 update-interval 4",
+    "babeld-h0.2": "hello-interval 0.2 update-interval 1",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench_failover {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def emit(**fields: Any) -> None:
+    print(json.dumps({"bench": "failover", **fields}), flush=True)
+
+
+def ns(node: str) -> str:
+    return NS + node
+
+
+class Lab:
+    """Plain namespaces wired like the container lab."""
+
+    def __init__(self, state: dict[str, Any], workdir: Path) -> None:
+        self.state = state
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.by_link_addr = {
+            end["address"].split("/")[0]: name
+            for name, n in state["nodes"].items()
+            for end in n["links"]
+        }
+
+    def up(self) -> None:
+        for name in self.state["nodes"]:
+            netlab.run("ip", "netns", "add", ns(name))
+            for key, value in (("net.ipv4.ip_forward", "1"), ("net.ipv4.conf.all.rp_filter", "0"),
+                               ("net.ipv4.conf.default.rp_filter", "0")):
+                netlab.run("ip", "netns", "exec", ns(name), "sysctl", "-qw", f"{key}={value}")
+        netlab.wire(self.state, ns)
+
+    def down(self) -> None:
+        self.stop()
+        for name in self.state["nodes"]:
+            netlab.run("ip", "netns", "delete", ns(name), check=False)
+
+    def spawn(self, node: str, argv: list[str], logname: str) -> None:
+        out = open(self.workdir / logname, "wb")  # noqa: SIM115 - owned by the process
+        self.procs.append(subprocess.Popen(["ip", "netns", "exec", ns(node), *argv],
+                                           stdout=out, stderr=subprocess.STDOUT))
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs.clear()
+        for name in self.state["nodes"]:  # whatever a daemon left behind
+            netlab.run("ip", "-n", ns(name), "route", "flush", "proto", "babel", check=False)
+            netlab.run("ip", "-n", ns(name), "route", "flush", "proto", "99", check=False)
+            netlab.run("ip", "-n", ns(name), "nexthop", "flush", check=False)
+
+    def ifnames(self, node: str) -> list[str]:
+        return [e["ifname"] for e in self.state["nodes"][node]["links"]]
+
+    # --- routing implementations -----------------------------------------------------
+    def start_babeld(self, timers: str) -> None:
+        conf = self.workdir / "babeld.conf"
+        conf.write_text(
+            f"default type wired {timers}\n"
+            "redistribute local ip 10.77.0.0/16 ge 32\n"
+            "redistribute local deny\nredistribute deny\n"
+        )
+        for node in self.state["nodes"]:
+            run = self.workdir / node
+            run.mkdir(exist_ok=True)
+            self.spawn(node, ["babeld", "-c", str(conf), "-I", str(run / "babeld.pid"),
+                              "-S", str(run / "babeld.state"), *self.ifnames(node)],
+                       f"{node}.babeld.log")
+
+    def start_agent(self, pki: dict[str, tuple[Path, Path]], ca: Path) -> None:
+        import yaml
+
+        for node, n in self.state["nodes"].items():
+            cert, key = pki[node]
+            cfg = {
+                "node_name": node, "node_address": n["node_address"],
+                "trust_domain": "mesh.lab", "interface_prefix": "mesh",
+                "hello_interval_ms": 50, "dead_multiplier": 3, "mode": "enforce",
+                "api_listen": "127.0.0.1:9105",
+                "state_dir": str(self.workdir / node),
+                "identity": {"cert": str(cert), "key": str(key), "ca": str(ca)},
+            }
+            (self.workdir / node).mkdir(exist_ok=True)
+            path = self.workdir / f"{node}.agent.yml"
+            path.write_text(yaml.safe_dump(cfg))
+            self.spawn(node, [sys.executable, "-m", "mesh_agent", "run", "--config", str(path)],
+                       f"{node}.agent.log")
+
+    # --- measurement -----------------------------------------------------------------
+    def reachable(self, src: str, dst_addr: str) -> bool:
+        return netlab.run("ip", "netns", "exec", ns(src), "ping", "-n", "-q", "-c", "1",
+                          "-W", "0.3", "-I", self.state["nodes"][src]["node_address"],
+                          dst_addr, check=False).returncode == 0
+
+    def path(self, src: str, dst: str) -> list[str]:
+        """The flow's current path, read hop by hop from the kernel's routes."""
+        dst_addr = self.state["nodes"][dst]["node_address"]
+        hops = [src]
+        while hops[-1] != dst and len(hops) <= len(self.state["nodes"]):
+            out = netlab.run("ip", "-n", ns(hops[-1]), "-j", "route", "get", dst_addr,
+                             check=False).stdout
+            routes = json.loads(out or "[]")
+            gw = routes[0].get("gateway") if routes else None
+            if gw is None or gw not in self.by_link_addr:
+                return hops
+            hops.append(self.by_link_addr[gw])
+        return hops
+
+    def link_ifnames(self, a: str, b: str) -> tuple[str, str]:
+        ia = next(e["ifname"] for e in self.state["nodes"][a]["links"] if e["peer"] == b)
+        ib = next(e["ifname"] for e in self.state["nodes"][b]["links"] if e["peer"] == a)
+        return ia, ib
+
+
+def wait_converged(
+    lab: Lab, src: str, dst: str, timeout: float, stable: float = 1.0
+) -> float | None:
+    """Seconds until dst answers and the flow's path has not changed for ``stable`` s."""
+    t0 = time.monotonic()
+    dst_addr = lab.state["nodes"][dst]["node_address"]
+    last: list[str] = []
+    since = t0
+    while time.monotonic() - t0 < timeout:
+        path = lab.path(src, dst)
+        now = time.monotonic()
+        if path[-1] != dst or path != last or not lab.reachable(src, dst_addr):
+            last, since = path, now
+        elif now - since >= stable:
+            return since - t0
+        time.sleep(0.1)
+    return None
+
+
+REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .* icmp_seq=(\d+)")
+
+
+def outage(ping_output: str, cut_at: float) -> tuple[float, int]:
+    """Longest reply gap spanning the cut, minus one interval; and lost count."""
+    times = [float(m.group(1)) for line in ping_output.splitlines() if (m := REPLY.match(line))]
+    sent = re.search(r"(\d+) packets transmitted, (\d+) received", ping_output)
+    lost = int(sent.group(1)) - int(sent.group(2)) if sent else -1
+    gaps = [(b - a) for a, b in itertools.pairwise(times) if b >= cut_at - 0.05]
+    if not times or times[-1] < cut_at:
+        return float("inf"), lost
+    return max(0.0, max(gaps, default=0.0) - PING_INTERVAL), lost
+
+
+def trial(lab: Lab, src: str, dst: str, mode: str, hold: float) -> dict[str, Any]:
+    dst_addr = lab.state["nodes"][dst]["node_address"]
+    count = int((2.0 + hold) / 0.016) + 50
+    ping = subprocess.Popen(
+        ["ip", "netns", "exec", ns(src), "ping", "-D", "-O", "-n", "-i", str(PING_INTERVAL),
+         "-c", str(count), "-W", "1", "-I", lab.state["nodes"][src]["node_address"], dst_addr],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(2.0)
+    # The path as it is now, right before the cut: the middle link of it.
+    path = lab.path(src, dst)
+    mid = (len(path) - 1) // 2
+    a, b = path[mid], path[mid + 1]
+    ia, ib = lab.link_ifnames(a, b)
+    cut_at = time.time()
+    if mode == "silent":
+        netlab.silent_cut(ns(a), ia, True)
+        netlab.silent_cut(ns(b), ib, True)
+    else:
+        netlab.run("ip", "-n", ns(a), "link", "set", ia, "down")
+    time.sleep(hold)
+    ping.send_signal(signal.SIGINT)
+    out, _ = ping.communicate(timeout=10)
+    seconds, lost = outage(out, cut_at)
+    after = lab.path(src, dst)
+    # restore
+    if mode == "silent":
+        netlab.silent_cut(ns(a), ia, False)
+        netlab.silent_cut(ns(b), ib, False)
+    else:
+        netlab.run("ip", "-n", ns(a), "link", "set", ia, "up")
+    return {"outage_s": seconds, "lost": lost, "path_before": path, "cut": [a, b],
+            "path_after": after}
+
+
+def make_pki(workdir: Path, nodes: list[str]) -> tuple[Path, dict[str, tuple[Path, Path]]]:
+    """A throwaway lab CA and node certificates (URI SAN spiffe://mesh.lab/node/<name>)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def pem_key(k: ec.EllipticCurvePrivateKey) -> bytes:
+        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    ca_path = workdir / "ca.crt"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    out = {}
+    for node in nodes:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)]))
+                .issuer_name(ca_name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(minutes=5))
+                .not_valid_after(now + dt.timedelta(days=1))
+                .add_extension(x509.SubjectAlternativeName(
+                    [x509.UniformResourceIdentifier(f"spiffe://mesh.lab/node/{node}")]),
+                    critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        kp, cp = workdir / f"{node}.key", workdir / f"{node}.crt"
+        kp.write_bytes(pem_key(key))
+        cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        out[node] = (cp, kp)
+    return ca_path, out
+
+
+def proc_stats(pids: list[int], seconds: float) -> dict[str, float]:
+    """Mean RSS (MB) and CPU (% of one core) of the given processes over a window."""
+    def cpu(pid: int) -> float:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss(pid: int) -> float:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    c0 = {p: cpu(p) for p in pids}
+    time.sleep(seconds)
+    c1 = {p: cpu(p) for p in pids}
+    cpus = [100 * (c1[p] - c0[p]) / seconds for p in pids]
+    rsss = [rss(p) for p in pids]
+    return {"rss_mb_mean": statistics.mean(rsss), "rss_mb_max": max(rsss),
+            "cpu_pct_mean": statistics.mean(cpus), "cpu_pct_max": max(cpus)}
+
+
+def daemon_pids(lab: Lab, name: str) -> list[int]:
+    """PIDs of the daemons (children of `ip netns exec`, which execs in place)."""
+    return [p.pid for p in lab.procs if p.poll() is None]
+
+
+def far_pair(state: dict[str, Any]) -> tuple[str, str]:
+    import networkx as nx
+
+    g = nx.Graph()
+    for link in state["links"]:
+        g.add_edge(link["a"], link["b"])
+    lengths = dict(nx.all_pairs_shortest_path_length(g))
+    src, dst = max(((u, v) for u in lengths for v in lengths[u]),
+                   key=lambda p: (lengths[p[0]][p[1]], p))
+    return src, dst
+
+
+def run_topology(spec: str, impls: list[str], modes: list[str], trials: int) -> None:
+    kind, n = spec.split(":")
+    state = topo.normalise(topo.build(kind, int(n), seed=1))
+    name = state["name"]
+    src, dst = far_pair(state)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-failover-"))
+    lab = Lab(state, workdir)
+    log(f"{name}: {len(state['nodes'])} nodes, {len(state['links'])} links, flow {src} -> {dst}")
+    try:
+        lab.up()
+        pki = make_pki(workdir, list(state["nodes"])) if "mesh_agent" in impls else None
+        for impl in impls:
+            if impl == "mesh_agent":
+                assert pki is not None
+                lab.start_agent(pki[1], pki[0])
+                hold, stable = 2.0, 1.0
+            else:
+                lab.start_babeld(BABELD[impl])
+                hold = 8.0 if impl == "babeld-h1.0" else 4.0
+                stable = 5.0
+            conv = wait_converged(lab, src, dst, 90)
+            if conv is None:
+                log(f"{impl}: did not converge in 90 s; see {workdir}")
+                emit(topology=name, impl=impl, figure="converged", value=False)
+                lab.stop()
+                continue
+            emit(topology=name, impl=impl, figure="initial_convergence_s",
+                 value=round(conv, 3), unit="s")
+            if len(state["nodes"]) >= 50:
+                stats = proc_stats(daemon_pids(lab, impl), 10.0)
+                for key, value in stats.items():
+                    emit(topology=name, impl=impl, figure=key, value=round(value, 2),
+                         nodes=len(state["nodes"]))
+            for mode in modes:
+                outs = []
+                for i in range(trials):
+                    if wait_converged(lab, src, dst, 90, stable=stable) is None:
+                        log(f"{impl} {mode}: no route before trial {i}")
+                        continue
+                    r = trial(lab, src, dst, mode, hold)
+                    outs.append(r["outage_s"])
+                    log(f"{impl} {mode} #{i}: outage {r['outage_s'] * 1000:.0f} ms, "
+                        f"lost {r['lost']}, cut {r['cut']}, path {r['path_before']} -> "
+                        f"{r['path_after']}")
+                if outs:
+                    srt = sorted(outs)
+                    p95 = srt[min(len(srt) - 1, round(0.95 * (len(srt) - 1)))]
+                    emit(topology=name, impl=impl, figure=f"outage_{mode}_ms",
+                         median=round(1000 * statistics.median(outs), 1),
+                         p95=round(1000 * p95, 1), max=round(1000 * max(outs), 1),
+                         trials=len(outs), unit="ms")
+            lab.stop()
+    finally:
+        lab.down()
+        if os.environ.get("BENCH_KEEP") is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--topologies", default="ladder:8,rgg:50")
+    p.add_argument("--impls", default="mesh_agent,babeld-h1.0,babeld-h0.2")
+    p.add_argument("--modes", default="silent,admin")
+    p.add_argument("--trials", type=int, default=5)
+    a = p.parse_args()
+    if os.geteuid() != 0:
+        emit(figure="skipped", reason="needs root for network namespaces")
+        return
+    if shutil.which("babeld") is None:
+        raise SystemExit("bench_failover: babeld is not installed (make setup installs it)")
+    for spec in a.topologies.split(","):
+        run_topology(spec, a.impls.split(","), a.modes.split(","), a.trials)
+
+
+if __name__ == "__main__":
+    main()
