@@ -1,0 +1,60 @@
+"""Command line: ``mesh-agent run --config PATH`` and ``mesh-agent check-config --config PATH``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from mesh_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mesh-agent", description="mesh-core node agent")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("run", "run the agent"),
+        ("check-config", "validate the configuration file and exit"),
+    ):
+        sp = sub.add_parser(name, help=help_text)
+        sp.add_argument("--config", "-c", default=str(DEFAULT_CONFIG_PATH), help="YAML file")
+    return p
+
+
+async def _run(cfg: AgentConfig) -> None:
+    from mesh_agent.agent import Agent
+    from mesh_agent.identity import Identity
+
+    identity = Identity.load(cfg.identity, cfg.node_name, cfg.trust_domain)
+    agent = Agent(cfg, identity)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.stop)
+    await agent.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"mesh-agent: invalid configuration {args.config}: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(f"{args.config}: ok ({cfg.node_name}, {cfg.node_address}, mode {cfg.mode})")
+        return 0
+    logging.basicConfig(
+        level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(_run(cfg))
+    except Exception as exc:
+        logging.getLogger("mesh_agent").critical("fatal: %s", exc, exc_info=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,449 @@
+"""The asyncio shell around the sans-I/O cores: sockets, timers, netlink, API.
+
+Hellos and adverts share one UDP socket per mesh interface, bound to the
+interface with SO_BINDTODEVICE. Hellos go to the IPv4 limited broadcast
+255.255.255.255:udp_port (a /31 point-to-point veth has no other broadcast
+address); adverts are unicast to each neighbour's link address. eth0 (the
+management network) is never opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.rtnl import RTMGRP_LINK
+
+from mesh_agent.config import AgentConfig
+from mesh_agent.identity import Identity
+from mesh_agent.link.sensor import Event, LinkSensor, NeighborDown, NeighborUp
+from mesh_agent.metrics import Metrics
+from mesh_agent.paths import PathTable
+from mesh_agent.routes.netlink import Netlink
+from mesh_agent.routes.programmer import NeighborLink, RouteProgrammer
+from mesh_agent.topology.lsdb import LinkStateDB
+
+log = logging.getLogger("mesh_agent")
+
+IFF_UP = 0x1
+IFF_LOWER_UP = 0x10000
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+BROADCAST = "255.255.255.255"
+MANAGEMENT_IFNAMES = frozenset({"eth0", "lo"})
+
+
+class Agent:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        identity: Identity,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.identity = identity
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.wall = wall
+        addr = str(cfg.node_address)
+        self.sensor = LinkSensor(cfg.node_name, addr, cfg.hello_interval_s, cfg.dead_multiplier)
+        self.lsdb = LinkStateDB(identity, addr, cfg.advert_max_age_s)
+        self.paths = PathTable(cfg.node_name, k=cfg.k, disjoint=cfg.disjoint)
+        self.routes = RouteProgrammer(None, cfg.route_protocol, addr)
+        self._socks: dict[str, socket.socket] = {}
+        self._ifindex: dict[str, int] = {}
+        self._dirty = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._route_lock = asyncio.Lock()
+        self._computed_generation = -1
+        self._generation = 0
+        self._ipr: AsyncIPRoute | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.started_at = clock()
+        self.last_failover: dict[str, Any] | None = None
+        self._hellos_seen = 0
+        self._drops_seen: dict[str, int] = {}
+        self._route_errors_seen = 0
+
+    # -- readiness --------------------------------------------------------
+    def converged(self) -> bool:
+        return (
+            bool(self.sensor.up_neighbors())
+            and self.lsdb.has_own()
+            and self._computed_generation == self._generation
+            and self.routes.last_sync_ok
+        )
+
+    def readiness(self) -> dict[str, bool]:
+        return {
+            "neighbors_known": bool(self.sensor.up_neighbors()),
+            "own_advert": self.lsdb.has_own(),
+            "paths_current": self._computed_generation == self._generation,
+            "routes_programmed": self.routes.last_sync_ok,
+        }
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- lifecycle --------------------------------------------------------
+    async def run(self, serve_api: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        self._ipr = AsyncIPRoute()
+        if self.cfg.enforce:
+            self.routes = RouteProgrammer(
+                Netlink(self._ipr), self.cfg.route_protocol, str(self.cfg.node_address)
+            )
+            flushed = await self.routes.flush_own()
+            if flushed:
+                log.info(
+                    "removed %d leftover routes/nexthops with proto %d",
+                    flushed,
+                    self.cfg.route_protocol,
+                )
+        for ifname in await self._discover_interfaces():
+            await self._open_interface(ifname)
+        self._originate(flood=False)
+        self._mark_dirty()
+        self._tasks = [
+            loop.create_task(self._hello_loop(), name="hello"),
+            loop.create_task(self._advert_loop(), name="advert"),
+            loop.create_task(self._compute_loop(), name="compute"),
+            loop.create_task(self._netlink_monitor(), name="netlink"),
+        ]
+        server = None
+        if serve_api:
+            server = self._api_server()
+            self._tasks.append(loop.create_task(server.serve(), name="api"))
+        log.info(
+            "mesh-agent %s (%s) started in %s mode on %s",
+            self.cfg.node_name,
+            self.cfg.node_address,
+            self.cfg.mode,
+            ", ".join(self._socks) or "no interfaces yet",
+        )
+        try:
+            await self._stop.wait()
+        finally:
+            await self._shutdown(server)
+
+    async def _shutdown(self, server: Any) -> None:
+        if server is not None:
+            server.should_exit = True
+        for task in self._tasks:
+            if task.get_name() != "api":
+                task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, timeout=5)
+        if self.cfg.enforce:
+            async with self._route_lock:
+                removed = await self.routes.flush_own()
+            log.info("shutdown: removed %d routes/nexthops", removed)
+        for ifname in list(self._socks):
+            self._close_interface(ifname)
+        if self._ipr is not None:
+            self._ipr.close()
+        log.info("mesh-agent stopped")
+
+    def _api_server(self) -> Any:
+        import uvicorn
+
+        from mesh_agent.api import create_app
+
+        host, port = self.cfg.api_host_port
+        config = uvicorn.Config(
+            create_app(self),
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+        )
+
+        class _Server(uvicorn.Server):
+            # The agent owns SIGTERM/SIGINT; uvicorn must not grab them.
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        return _Server(config)
+
+    # -- interfaces -------------------------------------------------------
+    def _wanted(self, ifname: str) -> bool:
+        if ifname in MANAGEMENT_IFNAMES:
+            return False
+        if self.cfg.interfaces is not None:
+            return ifname in self.cfg.interfaces
+        return ifname.startswith(self.cfg.interface_prefix)
+
+    async def _discover_interfaces(self) -> list[str]:
+        assert self._ipr is not None
+        found = []
+        async for link in await self._ipr.get_links():
+            name = link.get_attr("IFLA_IFNAME")
+            if name and self._wanted(name):
+                self._ifindex[name] = link["index"]
+                found.append(name)
+        return sorted(found)
+
+    async def _open_interface(self, ifname: str) -> None:
+        if ifname in self._socks:
+            return
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xC0)  # CS6, network control
+            s.bind(("0.0.0.0", self.cfg.udp_port))
+        except OSError as exc:
+            s.close()
+            log.warning("cannot open %s: %s", ifname, exc)
+            return
+        s.setblocking(False)
+        self._socks[ifname] = s
+        self.sensor.add_interface(ifname)
+        asyncio.get_running_loop().add_reader(s.fileno(), self._on_readable, ifname, s)
+        log.info("listening for hellos on %s", ifname)
+
+    def _close_interface(self, ifname: str) -> None:
+        s = self._socks.pop(ifname, None)
+        if s is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(s.fileno())
+            s.close()
+
+    def _send(self, ifname: str, data: bytes, dest: str) -> None:
+        s = self._socks.get(ifname)
+        if s is None:
+            return
+        try:
+            s.sendto(data, (dest, self.cfg.udp_port))
+        except OSError as exc:  # ENETDOWN while the link is down, EAGAIN under load
+            log.debug("send on %s to %s failed: %s", ifname, dest, exc)
+
+    # -- receive path -----------------------------------------------------
+    def _on_readable(self, ifname: str, s: socket.socket) -> None:
+        for _ in range(64):
+            try:
+                data, (src, _port) = s.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("recv on %s: %s", ifname, exc)
+                return
+            self._dispatch(ifname, data, src)
+
+    def _dispatch(self, ifname: str, data: bytes, src: str) -> None:
+        if data[:2] == b"MA":
+            self._on_advert(ifname, data, src)
+            return
+        events = self.sensor.receive(ifname, data, src, self.clock())
+        self._handle_events(events)
+
+    def _on_advert(self, ifname: str, data: bytes, src: str) -> None:
+        m = self.metrics
+        m.adverts_rx.inc()
+        result = self.lsdb.receive(data, self.wall())
+        if result.reason == "duplicate":
+            m.adverts_duplicate.inc()
+            return
+        if not result.accepted:
+            m.adverts_rejected.labels(result.reason or "malformed").inc()
+            log.debug("advert from %s via %s rejected: %s", result.origin, ifname, result.reason)
+            return
+        m.adverts_accepted.inc()
+        # Flood (RFC 2328 s13.3): to every up neighbour but the one it came from.
+        for nb in self.sensor.up_neighbors():
+            if (nb.ifname, nb.link_address) != (ifname, src):
+                self._send(nb.ifname, data, nb.link_address)
+        if result.topology_changed:
+            self._mark_dirty()
+
+    # -- events -----------------------------------------------------------
+    def _handle_events(self, events: list[Event]) -> None:
+        for ev in events:
+            if isinstance(ev, NeighborUp):
+                log.info("neighbour %s up on %s via %s", ev.name, ev.ifname, ev.link_address)
+                # Database exchange: a fresh neighbour gets the whole LSDB now
+                # rather than waiting for the periodic refresh.
+                for raw in self.lsdb.raw_adverts():
+                    self._send(ev.ifname, raw, ev.link_address)
+            elif isinstance(ev, NeighborDown):
+                log.info("neighbour %s down on %s (%s)", ev.name, ev.ifname, ev.reason)
+                if ev.name not in self.sensor.best_links():
+                    asyncio.get_running_loop().create_task(self._failover(ev))
+        if events:
+            self.metrics.neighbors_up.set(len(self.sensor.up_neighbors()))
+            self._originate(flood=True)
+            self._mark_dirty()
+
+    async def _failover(self, ev: NeighborDown) -> None:
+        """Switch to the prepared backups of ev.name: lookups and a few netlink ops only."""
+        async with self._route_lock:
+            moves = self.paths.failover(ev.name)
+            ops = await self.routes.failover(ev.name, moves, routes_flushed=ev.reason == "carrier")
+            duration = self.clock() - ev.at
+        self.metrics.failovers.inc()
+        self.metrics.failover_seconds.observe(duration)
+        self.last_failover = {
+            "neighbor": ev.name,
+            "reason": ev.reason,
+            "destinations": len(moves),
+            "kernel_ops": ops,
+            "duration_seconds": duration,
+        }
+        log.info(
+            "failover from %s (%s): %d destinations to backups, %d kernel ops, %.3f ms",
+            ev.name,
+            ev.reason,
+            len(moves),
+            ops,
+            duration * 1000,
+        )
+
+    def _mark_dirty(self) -> None:
+        self._generation += 1
+        self._dirty.set()
+
+    def _originate(self, flood: bool) -> None:
+        links = {name: nb.cost() for name, nb in self.sensor.best_links().items()}
+        raw, changed = self.lsdb.originate(links, self.wall())
+        self.metrics.adverts_originated.inc()
+        if flood:
+            for nb in self.sensor.up_neighbors():
+                self._send(nb.ifname, raw, nb.link_address)
+        if changed:
+            self._mark_dirty()
+
+    # -- timers -----------------------------------------------------------
+    async def _every(self, interval: float, fn: Callable[[], None]) -> None:
+        next_at = self.clock()
+        while True:
+            try:
+                fn()
+            except Exception:  # a bug in one tick must not stop the timer
+                log.exception("timer %s failed", getattr(fn, "__name__", fn))
+            next_at += interval
+            delay = next_at - self.clock()
+            if delay < 0:  # overran: skip the missed ticks, keep cadence
+                next_at = self.clock()
+                delay = 0
+            await asyncio.sleep(delay)
+
+    async def _hello_loop(self) -> None:
+        await self._every(self.cfg.hello_interval_s, self._hello_tick)
+
+    def _hello_tick(self) -> None:
+        now = self.clock()
+        for ifname in list(self._socks):
+            self._send(ifname, self.sensor.build_hello(ifname, now), BROADCAST)
+        self.metrics.hellos_tx.inc(len(self._socks))
+        self._handle_events(self.sensor.tick(now))
+        m = self.metrics
+        for nb in self.sensor.up_neighbors():
+            if nb.rtt_s is not None:
+                m.link_rtt.labels(nb.ifname).set(nb.rtt_s)
+            m.link_loss.labels(nb.ifname).set(nb.loss())
+
+    async def _advert_loop(self) -> None:
+        await asyncio.sleep(self.cfg.advert_interval_s)
+        await self._every(self.cfg.advert_interval_s, self._advert_tick)
+
+    def _advert_tick(self) -> None:
+        self._originate(flood=True)
+        gone = self.lsdb.expire(self.wall())
+        if gone:
+            log.info("adverts expired: %s", ", ".join(gone))
+            self._mark_dirty()
+        m = self.metrics
+        m.lsdb_size.set(len(self.lsdb))
+        # Sync the counters kept by the sans-I/O cores into Prometheus.
+        m.hellos_rx.inc(self.sensor.rx_total - self._hellos_seen)
+        self._hellos_seen = self.sensor.rx_total
+        for reason, n in self.sensor.drops.items():
+            seen = self._drops_seen.get(reason, 0)
+            if n > seen:
+                m.hellos_dropped.labels(reason).inc(n - seen)
+                self._drops_seen[reason] = n
+
+    async def _compute_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            generation = self._generation
+            try:
+                await self._recompute()
+            except Exception:
+                log.exception("recompute failed")
+                await asyncio.sleep(self.cfg.hello_interval_s)
+                self._dirty.set()
+                continue
+            self._computed_generation = generation
+            self.metrics.converged.set(1 if self.converged() else 0)
+
+    async def _recompute(self) -> None:
+        m = self.metrics
+        graph = self.lsdb.graph()
+        t0 = time.perf_counter()
+        changed = self.paths.update(graph)
+        m.path_seconds.observe(time.perf_counter() - t0)
+        if changed:
+            m.topology_changes.inc()
+        m.topology_nodes.set(graph.number_of_nodes())
+        m.topology_edges.set(graph.number_of_edges())
+        for kind, value in self.paths.coverage().items():
+            m.coverage.labels(kind).set(value)
+        links = {
+            name: NeighborLink(nb.ifname, self._ifindex.get(nb.ifname, 0), nb.link_address)
+            for name, nb in self.sensor.best_links().items()
+        }
+        async with self._route_lock:
+            await self.routes.sync(self.paths.choices(), self.lsdb.addresses(), links)
+        m.routes_installed.set(self.routes.route_count())
+        m.destinations.set(self.routes.route_count())
+        m.route_errors.inc(self.routes.errors_total - self._route_errors_seen)
+        self._route_errors_seen = self.routes.errors_total
+
+    # -- netlink link events ----------------------------------------------
+    async def _netlink_monitor(self) -> None:
+        mon = AsyncIPRoute()
+        try:
+            await mon.bind(groups=RTMGRP_LINK)
+            while True:
+                async for msg in mon.get():
+                    await self._on_link_msg(msg)
+        finally:
+            mon.close()
+
+    async def _on_link_msg(self, msg: Any) -> None:
+        name = msg.get_attr("IFLA_IFNAME")
+        if not name or not self._wanted(name):
+            return
+        index = msg["index"]
+        mtype = msg["header"]["type"]
+        up = bool(msg["flags"] & IFF_UP) and bool(msg["flags"] & IFF_LOWER_UP)
+        if mtype == RTM_DELLINK or not up:
+            if name in self._socks:
+                # The kernel has already dropped our nexthops on this device,
+                # and the groups and routes that used only them.
+                self.routes.forget_interface(index)
+                events = self.sensor.carrier_lost(name, self.clock())
+                if events:
+                    log.info("carrier lost on %s", name)
+                self._handle_events(events)
+            if mtype == RTM_DELLINK:
+                self._close_interface(name)
+                self.sensor.remove_interface(name, self.clock())
+                self._ifindex.pop(name, None)
+            return
+        self._ifindex[name] = index
+        if name not in self._socks:
+            await self._open_interface(name)

@@ -1,0 +1,129 @@
+"""FastAPI app over a running :class:`mesh_agent.agent.Agent` (read-only)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, HTTPException, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+import mesh_agent
+
+if TYPE_CHECKING:
+    from mesh_agent.agent import Agent
+
+
+def create_app(agent: Agent) -> FastAPI:
+    app = FastAPI(
+        title="mesh-agent",
+        version=mesh_agent.__version__,
+        description="mesh-core node agent: neighbours, topology, k-disjoint paths, routes.",
+    )
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "node": agent.cfg.node_name}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        checks = agent.readiness()
+        ready = all(checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(agent.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/neighbors")
+    def neighbors() -> dict[str, Any]:
+        now = agent.clock()
+        return {
+            "node": agent.cfg.node_name,
+            "neighbors": [
+                {
+                    "name": nb.name,
+                    "interface": nb.ifname,
+                    "link_address": nb.link_address,
+                    "node_address": nb.node_address,
+                    "state": nb.state,
+                    "loss": round(nb.loss(), 4),
+                    "rtt_seconds": nb.rtt_s,
+                    "age_seconds": round(nb.age(now), 3),
+                    "cost": nb.cost(),
+                    "last_seq": nb.last_seq,
+                }
+                for nb in agent.sensor.neighbors()
+            ],
+        }
+
+    @app.get("/v1/topology")
+    def topology() -> dict[str, Any]:
+        g = agent.lsdb.graph()
+        return {
+            "node": agent.cfg.node_name,
+            "nodes": [
+                {"name": n, "address": d.get("address")} for n, d in sorted(g.nodes(data=True))
+            ],
+            "edges": [
+                {"a": a, "b": b, "cost": d.get("cost")} for a, b, d in sorted(g.edges(data=True))
+            ],
+            "lsdb": {
+                origin: {
+                    "seq": e.advert.seq,
+                    "age_seconds": round(agent.wall() - e.advert.ts_ms / 1000, 3),
+                }
+                for origin, e in sorted(agent.lsdb.entries().items())
+            },
+        }
+
+    def _route_view() -> dict[str, dict[str, Any]]:
+        return {
+            r.destination: {
+                "address": r.address,
+                "group_id": r.group_id,
+                "active_next_hop": r.active,
+            }
+            for r in agent.routes.installed()
+        }
+
+    @app.get("/v1/paths")
+    def paths() -> dict[str, Any]:
+        routes = _route_view()
+        return {
+            "node": agent.cfg.node_name,
+            "mode": agent.cfg.mode,
+            "coverage": agent.paths.coverage(),
+            "destinations": {
+                dst: {
+                    "primary_next_hop": ch.primary_next_hop,
+                    "backup_next_hop": ch.backup_next_hop,
+                    "cost": ch.cost,
+                    "installed": dst in routes,
+                }
+                for dst, ch in sorted(agent.paths.choices().items())
+            },
+            "last_failover": agent.last_failover,
+        }
+
+    @app.get("/v1/paths/{dst}")
+    def path(dst: str) -> dict[str, Any]:
+        ch = agent.paths.get(dst)
+        if ch is None:
+            raise HTTPException(status_code=404, detail=f"no path to {dst}")
+        return {
+            "destination": dst,
+            "primary": ch.primary,
+            "backup": ch.backup,
+            "disjoint": ch.disjoint,
+            "primary_next_hop": ch.primary_next_hop,
+            "backup_next_hop": ch.backup_next_hop,
+            "protected_links": [
+                {"a": a, "b": b, "protected": p} for (a, b), p in ch.protected_links.items()
+            ],
+            "cost": ch.cost,
+            "route": _route_view().get(dst),
+            "coverage": agent.paths.coverage(),
+        }
+
+    return app

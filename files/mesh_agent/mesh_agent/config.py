@@ -1,0 +1,221 @@
+"""The agent's one configuration model, loaded once from YAML.
+
+Every component receives the slice of :class:`AgentConfig` it needs; nothing
+reads the file or a global again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_CONFIG_PATH = Path("/etc/mesh-agent/agent.yml")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_IFNAME_RE = re.compile(r"^[^\s/:]{1,15}$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    cert: Path = Path("/etc/mesh-agent/pki/node.crt")
+    key: Path = Path("/etc/mesh-agent/pki/node.key")
+    ca: Path = Path("/etc/mesh-agent/pki/ca.crt")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node_name: str
+    node_address: ipaddress.IPv4Address
+    trust_domain: str = "mesh.lab"
+    interfaces: tuple[str, ...] | None = None
+    interface_prefix: str = "mesh"
+    udp_port: int = 6767
+    hello_interval_ms: int = 50
+    dead_multiplier: int = 3
+    advert_interval_s: float = 1.0
+    advert_max_age_s: float = 30.0
+    mode: str = "observe"
+    k: int = 3
+    disjoint: str = "edge"
+    route_protocol: int = 99
+    api_listen: str = "0.0.0.0:9105"
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    state_dir: Path = Path("/var/lib/mesh-agent")
+    log_level: str = "INFO"
+
+    @property
+    def enforce(self) -> bool:
+        return self.mode == "enforce"
+
+    @property
+    def hello_interval_s(self) -> float:
+        return self.hello_interval_ms / 1000.0
+
+    @property
+    def api_host_port(self) -> tuple[str, int]:
+        host, _, port = self.api_listen.rpartition(":")
+        return host, int(port)
+
+
+_KNOWN_KEYS = {
+    "node_name",
+    "node_address",
+    "trust_domain",
+    "interfaces",
+    "interface_prefix",
+    "udp_port",
+    "hello_interval_ms",
+    "dead_multiplier",
+    "advert_interval_s",
+    "advert_max_age_s",
+    "mode",
+    "k",
+    "disjoint",
+    "route_protocol",
+    "api_listen",
+    "identity",
+    "state_dir",
+    "log_level",
+}
+
+
+def _int(data: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(f"{key}: {value} is outside {lo}..{hi}")
+    return value
+
+
+def _float(data: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if not lo <= float(value) <= hi:
+        raise ConfigError(f"{key}: {value} is outside {lo}..{hi}")
+    return float(value)
+
+
+def _str(data: dict[str, Any], key: str, default: str | None) -> str:
+    value = data.get(key, default)
+    if value is None:
+        raise ConfigError(f"{key}: required")
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _choice(data: dict[str, Any], key: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _str(data, key, default)
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def parse_config(data: Any) -> AgentConfig:
+    """Validate a mapping (the parsed YAML) into an :class:`AgentConfig`."""
+    if not isinstance(data, dict):
+        raise ConfigError("<top level>: expected a mapping")
+    unknown = sorted(set(data) - _KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key")
+
+    node_name = _str(data, "node_name", None)
+    if not _NAME_RE.match(node_name):
+        raise ConfigError(f"node_name: {node_name!r} must match {_NAME_RE.pattern}")
+    raw_addr = data.get("node_address")
+    if raw_addr is None:
+        raise ConfigError("node_address: required")
+    try:
+        node_address = ipaddress.IPv4Address(str(raw_addr).removesuffix("/32"))
+    except ValueError as exc:
+        raise ConfigError(f"node_address: {raw_addr!r} is not an IPv4 address") from exc
+
+    trust_domain = _str(data, "trust_domain", "mesh.lab")
+    if "/" in trust_domain or ":" in trust_domain:
+        raise ConfigError(f"trust_domain: {trust_domain!r} must be a bare domain")
+
+    interfaces: tuple[str, ...] | None = None
+    if data.get("interfaces") is not None:
+        raw_ifs = data["interfaces"]
+        if not isinstance(raw_ifs, list) or not all(isinstance(i, str) for i in raw_ifs):
+            raise ConfigError("interfaces: expected a list of interface names")
+        for ifname in raw_ifs:
+            if not _IFNAME_RE.match(ifname):
+                raise ConfigError(f"interfaces: {ifname!r} is not a valid interface name")
+            if ifname == "eth0":
+                raise ConfigError("interfaces: eth0 is the management network, not a mesh link")
+        interfaces = tuple(raw_ifs)
+    interface_prefix = _str(data, "interface_prefix", "mesh")
+
+    api_listen = _str(data, "api_listen", "0.0.0.0:9105")
+    host, sep, port = api_listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"api_listen: {api_listen!r} must be HOST:PORT")
+
+    ident = data.get("identity") or {}
+    if not isinstance(ident, dict):
+        raise ConfigError("identity: expected a mapping with cert, key, ca")
+    bad = sorted(set(ident) - {"cert", "key", "ca"})
+    if bad:
+        raise ConfigError(f"identity.{bad[0]}: unknown key")
+    defaults = IdentityConfig()
+    paths: dict[str, Path] = {}
+    for sub in ("cert", "key", "ca"):
+        value = ident.get(sub, str(getattr(defaults, sub)))
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"identity.{sub}: expected a file path")
+        paths[sub] = Path(value)
+
+    state_dir = data.get("state_dir", "/var/lib/mesh-agent")
+    if not isinstance(state_dir, str) or not state_dir:
+        raise ConfigError("state_dir: expected a directory path")
+
+    advert_interval_s = _float(data, "advert_interval_s", 1.0, 0.05, 3600.0)
+    advert_max_age_s = _float(data, "advert_max_age_s", 30.0, 1.0, 86400.0)
+    if advert_max_age_s <= advert_interval_s:
+        raise ConfigError("advert_max_age_s: must be larger than advert_interval_s")
+
+    return AgentConfig(
+        node_name=node_name,
+        node_address=node_address,
+        trust_domain=trust_domain,
+        interfaces=interfaces,
+        interface_prefix=interface_prefix,
+        udp_port=_int(data, "udp_port", 6767, 1, 65535),
+        hello_interval_ms=_int(data, "hello_interval_ms", 50, 5, 60000),
+        dead_multiplier=_int(data, "dead_multiplier", 3, 2, 255),
+        advert_interval_s=advert_interval_s,
+        advert_max_age_s=advert_max_age_s,
+        mode=_choice(data, "mode", "observe", ("observe", "enforce")),
+        k=_int(data, "k", 3, 3, 5),
+        disjoint=_choice(data, "disjoint", "edge", ("edge", "node")),
+        route_protocol=_int(data, "route_protocol", 99, 5, 255),
+        api_listen=api_listen,
+        identity=IdentityConfig(**paths),
+        state_dir=Path(state_dir),
+        log_level=_choice(data, "log_level", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+    )
+
+
+def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> AgentConfig:
+    """Read and validate the YAML file at *path*."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"<file>: cannot read {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"<file>: {path} is not valid YAML: {exc}") from exc
+    return parse_config(data)

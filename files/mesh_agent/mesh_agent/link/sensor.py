@@ -1,0 +1,245 @@
+"""Sans-I/O link sensing: hellos in, neighbour events out.
+
+:class:`LinkSensor` never touches a socket or a clock. The caller passes the
+bytes it received, the interface and source address, and ``now`` (monotonic
+seconds); the sensor returns :class:`NeighborUp` / :class:`NeighborDown`
+events. Liveness is BFD-like (RFC 5880 section 6.8.4): a neighbour is dead
+when nothing was heard for ``dead_multiplier`` times *its* advertised hello
+interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from mesh_agent.link.wire import Echo, Hello, WireError, decode_hello, encode_hello
+
+LOSS_WINDOW = 20
+# RTT smoothing as TCP's SRTT (RFC 6298 section 2): alpha = 1/8.
+RTT_ALPHA = 0.125
+
+
+@dataclass(frozen=True)
+class NeighborUp:
+    ifname: str
+    name: str
+    link_address: str
+    node_address: str
+    at: float
+
+
+@dataclass(frozen=True)
+class NeighborDown:
+    ifname: str
+    name: str
+    link_address: str
+    reason: str  # timeout | carrier | one-way | restart | removed
+    at: float
+
+
+Event = NeighborUp | NeighborDown
+
+
+@dataclass
+class Neighbor:
+    ifname: str
+    name: str
+    node_address: str
+    link_address: str
+    first_seen: float
+    last_rx: float
+    peer_interval_s: float
+    last_seq: int
+    last_peer_ts_us: int
+    state: str = "init"  # init (heard, not two-way) | up
+    up_since: float | None = None
+    rtt_s: float | None = None
+    rtt_last_s: float | None = None
+    received: set[int] = field(default_factory=set)
+    first_seq: int = 0
+
+    def loss(self) -> float:
+        """Fraction of the last :data:`LOSS_WINDOW` expected hellos not received."""
+        expected = min(LOSS_WINDOW, self.last_seq - self.first_seq + 1)
+        if expected <= 0:
+            return 0.0
+        lo = self.last_seq - expected + 1
+        got = sum(1 for s in self.received if s >= lo)
+        return max(0.0, 1.0 - got / expected)
+
+    def cost(self) -> float:
+        """Link cost: 1 plus one per started 10 % of loss (so 0-9 % costs 1, 25 % costs 3).
+
+        Quantised so that loss jitter does not re-flood adverts and move routes.
+        """
+        return 1.0 + math.floor(self.loss() * 10)
+
+    def age(self, now: float) -> float:
+        return now - (self.up_since if self.up_since is not None else self.first_seen)
+
+
+class LinkSensor:
+    """Neighbour table of all mesh interfaces of one node."""
+
+    def __init__(
+        self,
+        node_name: str,
+        node_address: str,
+        hello_interval_s: float,
+        dead_multiplier: int,
+    ) -> None:
+        self.node_name = node_name
+        self.node_address = node_address
+        self.hello_interval_s = hello_interval_s
+        self.dead_multiplier = dead_multiplier
+        self._seq: dict[str, int] = {}
+        self._table: dict[tuple[str, str], Neighbor] = {}
+        self.rx_total = 0
+        self.tx_total = 0
+        self.drops: Counter[str] = Counter()
+
+    # -- interfaces -------------------------------------------------------
+    def add_interface(self, ifname: str) -> None:
+        self._seq.setdefault(ifname, 0)
+
+    def remove_interface(self, ifname: str, now: float) -> list[Event]:
+        events = self.carrier_lost(ifname, now, reason="removed")
+        self._seq.pop(ifname, None)
+        return events
+
+    @property
+    def interfaces(self) -> list[str]:
+        return sorted(self._seq)
+
+    # -- sending ----------------------------------------------------------
+    def build_hello(self, ifname: str, now: float) -> bytes:
+        seq = self._seq.get(ifname, 0) + 1
+        self._seq[ifname] = seq
+        now_us = int(now * 1e6)
+        echoes = tuple(
+            Echo(
+                n.name,
+                n.last_seq,
+                n.last_peer_ts_us,
+                max(0, now_us - int(n.last_rx * 1e6)),
+            )
+            for (ifn, _), n in sorted(self._table.items())
+            if ifn == ifname
+        )[:64]
+        self.tx_total += 1
+        return encode_hello(
+            Hello(
+                seq=seq,
+                tx_ts_us=now_us,
+                interval_ms=max(1, round(self.hello_interval_s * 1000)),
+                node_address=self.node_address,
+                name=self.node_name,
+                echoes=echoes,
+            )
+        )
+
+    # -- receiving --------------------------------------------------------
+    def receive(self, ifname: str, data: bytes, src: str, now: float) -> list[Event]:
+        """Handle one datagram. Malformed input is counted and never raises."""
+        if ifname not in self._seq:
+            self.drops["unknown_interface"] += 1
+            return []
+        try:
+            hello = decode_hello(data)
+        except WireError:
+            self.drops["malformed"] += 1
+            return []
+        if hello.name == self.node_name:
+            self.drops["self"] += 1
+            return []
+        self.rx_total += 1
+        events: list[Event] = []
+        key = (ifname, hello.name)
+        nb = self._table.get(key)
+        if nb is not None and hello.seq <= nb.last_seq:
+            # Seq went back. A late or duplicated hello also carries an older
+            # send timestamp; a restarted peer carries a newer one (its clock
+            # is monotonic and outlives the process).
+            if hello.tx_ts_us <= nb.last_peer_ts_us and nb.last_seq - hello.seq <= LOSS_WINDOW:
+                nb.received.add(hello.seq)  # late or duplicate; helps loss, not liveness
+                self.drops["old_seq"] += 1
+                return []
+            # A restart (or a step back beyond the window): start afresh.
+            events.extend(self._kill(key, "restart", now))
+            nb = None
+        if nb is None:
+            nb = Neighbor(
+                ifname=ifname,
+                name=hello.name,
+                node_address=hello.node_address,
+                link_address=src,
+                first_seen=now,
+                last_rx=now,
+                peer_interval_s=hello.interval_ms / 1000.0,
+                last_seq=hello.seq,
+                last_peer_ts_us=hello.tx_ts_us,
+                first_seq=hello.seq,
+            )
+            self._table[key] = nb
+        nb.last_rx = now
+        nb.last_seq = hello.seq
+        nb.last_peer_ts_us = hello.tx_ts_us
+        nb.peer_interval_s = hello.interval_ms / 1000.0
+        nb.link_address = src
+        nb.node_address = hello.node_address
+        nb.received.add(hello.seq)
+        nb.received = {s for s in nb.received if s > hello.seq - LOSS_WINDOW}
+
+        mine = next((e for e in hello.echoes if e.name == self.node_name), None)
+        if mine is not None and mine.echo_ts_us:
+            rtt = now - mine.echo_ts_us / 1e6 - mine.delay_us / 1e6
+            if 0.0 <= rtt < 60.0:
+                nb.rtt_last_s = rtt
+                nb.rtt_s = rtt if nb.rtt_s is None else nb.rtt_s + RTT_ALPHA * (rtt - nb.rtt_s)
+        if nb.state == "init" and mine is not None:
+            nb.state = "up"
+            nb.up_since = now
+            events.append(NeighborUp(ifname, nb.name, src, nb.node_address, now))
+        elif nb.state == "up" and mine is None:
+            events.extend(self._kill(key, "one-way", now))
+        return events
+
+    # -- time and carrier -------------------------------------------------
+    def tick(self, now: float) -> list[Event]:
+        """Declare dead every neighbour silent for dead_multiplier intervals."""
+        events: list[Event] = []
+        for key, nb in list(self._table.items()):
+            if now - nb.last_rx > self.dead_multiplier * nb.peer_interval_s:
+                events.extend(self._kill(key, "timeout", now))
+        return events
+
+    def carrier_lost(self, ifname: str, now: float, reason: str = "carrier") -> list[Event]:
+        """The kernel says *ifname* lost carrier: its neighbours die at once."""
+        events: list[Event] = []
+        for key in [k for k in self._table if k[0] == ifname]:
+            events.extend(self._kill(key, reason, now))
+        return events
+
+    def _kill(self, key: tuple[str, str], reason: str, now: float) -> list[Event]:
+        nb = self._table.pop(key)
+        if nb.state != "up":
+            return []
+        return [NeighborDown(nb.ifname, nb.name, nb.link_address, reason, now)]
+
+    # -- views ------------------------------------------------------------
+    def neighbors(self) -> list[Neighbor]:
+        return [self._table[k] for k in sorted(self._table)]
+
+    def up_neighbors(self) -> list[Neighbor]:
+        return [n for n in self.neighbors() if n.state == "up"]
+
+    def best_links(self) -> dict[str, Neighbor]:
+        """Per neighbour node, the cheapest up interface (ties: interface name)."""
+        best: dict[str, Neighbor] = {}
+        for nb in self.up_neighbors():
+            cur = best.get(nb.name)
+            if cur is None or (nb.cost(), nb.ifname) < (cur.cost(), cur.ifname):
+                best[nb.name] = nb
+        return best

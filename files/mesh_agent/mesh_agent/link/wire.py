@@ -1,0 +1,129 @@
+"""Hello wire format (version 1), big-endian.
+
+::
+
+    off  size  field
+      0     2  magic b"MH"
+      2     1  version (1)
+      3     1  flags (reserved, 0)
+      4     4  seq            u32, per sender interface, +1 per hello
+      8     8  tx_ts_us       u64, sender's monotonic clock in microseconds
+     16     2  interval_ms    u16, sender's hello interval
+     18     4  node_address   sender's /32 (lives on its lo)
+     22     1  name_len       1..63, then name (UTF-8)
+      .     1  n_echo         0..64, then n_echo entries:
+                 name_len u8, name, last_seq u32, echo_ts_us u64, delay_us u32
+
+The echo entries are the sender's neighbour list. Each echoes the last hello
+heard from that neighbour (its seq and tx timestamp) plus how long the sender
+held it, so the neighbour computes RTT = now - echo_ts - delay using only its
+own clock, the LSR/DLSR method of RFC 3550 section 6.4.1. A neighbour that
+finds itself in the list knows the link is two-way.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+MAGIC = b"MH"
+VERSION = 1
+MAX_NAME = 63
+MAX_ECHO = 64
+_HEAD = struct.Struct("!2sBBIQH4s")
+_ECHO_TAIL = struct.Struct("!IQI")
+
+
+class WireError(ValueError):
+    """The bytes are not a well-formed message."""
+
+
+@dataclass(frozen=True)
+class Echo:
+    name: str
+    last_seq: int
+    echo_ts_us: int
+    delay_us: int
+
+
+@dataclass(frozen=True)
+class Hello:
+    seq: int
+    tx_ts_us: int
+    interval_ms: int
+    node_address: str
+    name: str
+    echoes: tuple[Echo, ...] = ()
+
+
+def _put_name(name: str) -> bytes:
+    raw = name.encode()
+    if not 1 <= len(raw) <= MAX_NAME:
+        raise WireError(f"name length {len(raw)} out of range")
+    return bytes([len(raw)]) + raw
+
+
+def _get_name(data: bytes, off: int) -> tuple[str, int]:
+    if off >= len(data):
+        raise WireError("truncated name length")
+    n = data[off]
+    if not 1 <= n <= MAX_NAME or off + 1 + n > len(data):
+        raise WireError("bad name length")
+    try:
+        return data[off + 1 : off + 1 + n].decode(), off + 1 + n
+    except UnicodeDecodeError as exc:
+        raise WireError("name is not UTF-8") from exc
+
+
+def encode_hello(h: Hello) -> bytes:
+    if len(h.echoes) > MAX_ECHO:
+        raise WireError("too many echo entries")
+    out = [
+        _HEAD.pack(
+            MAGIC,
+            VERSION,
+            0,
+            h.seq,
+            h.tx_ts_us,
+            h.interval_ms,
+            ipaddress.IPv4Address(h.node_address).packed,
+        ),
+        _put_name(h.name),
+        bytes([len(h.echoes)]),
+    ]
+    for e in h.echoes:
+        out.append(_put_name(e.name))
+        out.append(_ECHO_TAIL.pack(e.last_seq, e.echo_ts_us, min(e.delay_us, 0xFFFFFFFF)))
+    return b"".join(out)
+
+
+def decode_hello(data: bytes) -> Hello:
+    """Parse *data*; raise :class:`WireError` (only) on anything malformed."""
+    if len(data) < _HEAD.size:
+        raise WireError("short hello")
+    magic, version, _flags, seq, ts, interval, addr = _HEAD.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise WireError("bad magic")
+    if version != VERSION:
+        raise WireError(f"unsupported version {version}")
+    if interval == 0:
+        raise WireError("zero hello interval")
+    name, off = _get_name(data, _HEAD.size)
+    if off >= len(data):
+        raise WireError("truncated echo count")
+    count = data[off]
+    off += 1
+    if count > MAX_ECHO:
+        raise WireError("too many echo entries")
+    echoes = []
+    for _ in range(count):
+        ename, off = _get_name(data, off)
+        if off + _ECHO_TAIL.size > len(data):
+            raise WireError("truncated echo entry")
+        last_seq, echo_ts, delay = _ECHO_TAIL.unpack_from(data, off)
+        off += _ECHO_TAIL.size
+        echoes.append(Echo(ename, last_seq, echo_ts, delay))
+    if off != len(data):
+        raise WireError("trailing bytes")
+    return Hello(seq, ts, interval, str(ipaddress.IPv4Address(addr)), name, tuple(echoes))

@@ -1,0 +1,98 @@
+"""Prometheus metrics of one agent, in their own registry.
+
+Names follow ``meshcore_<thing>_<unit>`` with base units and ``_total`` for
+counters. Labels are bounded: interface names (a node has a handful) and
+closed reason sets; never a node or node-pair label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from mesh_agent.topology.lsdb import REJECT_REASONS
+
+# Failover is sub-millisecond when nothing goes wrong; the top buckets catch
+# a netlink socket stalled behind a large sync.
+FAILOVER_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+COMPUTE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.neighbors_up = Gauge("meshcore_neighbors_up", "Neighbours in state up", registry=r)
+        self.hellos_rx = Counter("meshcore_hellos_received_total", "Hellos accepted", registry=r)
+        self.hellos_tx = Counter("meshcore_hellos_sent_total", "Hellos sent", registry=r)
+        self.hellos_dropped = Counter(
+            "meshcore_hellos_dropped_total", "Hellos dropped", ["reason"], registry=r
+        )
+        self.link_rtt = Gauge(
+            "meshcore_link_rtt_seconds",
+            "Smoothed hello RTT per interface",
+            ["interface"],
+            registry=r,
+        )
+        self.link_loss = Gauge(
+            "meshcore_link_loss_ratio",
+            "Hello loss over the window per interface",
+            ["interface"],
+            registry=r,
+        )
+        self.adverts_rx = Counter("meshcore_adverts_received_total", "Adverts received", registry=r)
+        self.adverts_accepted = Counter(
+            "meshcore_adverts_accepted_total", "Adverts accepted into the LSDB", registry=r
+        )
+        self.adverts_duplicate = Counter(
+            "meshcore_adverts_duplicate_total",
+            "Byte-identical copies of stored adverts (normal flooding echo)",
+            registry=r,
+        )
+        self.adverts_rejected = Counter(
+            "meshcore_adverts_rejected_total", "Adverts rejected", ["reason"], registry=r
+        )
+        for reason in REJECT_REASONS:
+            self.adverts_rejected.labels(reason)
+        self.adverts_originated = Counter(
+            "meshcore_adverts_originated_total", "Adverts this node signed", registry=r
+        )
+        self.lsdb_size = Gauge("meshcore_lsdb_adverts", "Adverts in the LSDB", registry=r)
+        self.topology_nodes = Gauge("meshcore_topology_nodes", "Nodes in the graph", registry=r)
+        self.topology_edges = Gauge("meshcore_topology_edges", "Two-way edges", registry=r)
+        self.topology_changes = Counter(
+            "meshcore_topology_changes_total",
+            "Graph changes that triggered recompute",
+            registry=r,
+        )
+        self.destinations = Gauge(
+            "meshcore_destinations_reachable", "Destinations with a route", registry=r
+        )
+        self.coverage = Gauge(
+            "meshcore_protection_coverage_ratio",
+            "Protection coverage from the path table",
+            ["kind"],
+            registry=r,
+        )
+        self.failovers = Counter(
+            "meshcore_failovers_total", "Local switches to a prepared backup", registry=r
+        )
+        self.failover_seconds = Histogram(
+            "meshcore_failover_duration_seconds",
+            "From dead-neighbour detection to backup installed",
+            buckets=FAILOVER_BUCKETS,
+            registry=r,
+        )
+        self.routes_installed = Gauge(
+            "meshcore_routes_installed",
+            "Routes in the kernel (enforce) or computed (observe)",
+            registry=r,
+        )
+        self.route_errors = Counter(
+            "meshcore_route_errors_total", "Failed netlink operations", registry=r
+        )
+        self.converged = Gauge("meshcore_converged", "1 when the agent is converged", registry=r)
+        self.path_seconds = Histogram(
+            "meshcore_path_computation_seconds",
+            "PathTable.update duration",
+            buckets=COMPUTE_BUCKETS,
+            registry=r,
+        )

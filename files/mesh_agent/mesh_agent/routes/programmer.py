@@ -1,0 +1,261 @@
+"""Kernel route programming with prepared backups (nexthop objects and groups).
+
+Layout in the kernel (all with ``protocol = route_protocol``):
+
+* one nexthop object per usable neighbour: ``id N via <link addr> dev <if>``;
+* one nexthop *group* per (primary, backup) next-hop pair used by some
+  destination, holding just the primary's nexthop;
+* one route per destination: ``<dst>/32 nhid <group> src <node address>``.
+
+Fast failover when neighbour D dies: ``PathTable.failover(D)`` (a lookup) says
+which destinations move to which backup; each group keyed (D, B) is replaced
+to hold nexthop B. That is one ``nexthop replace`` per group, whatever the
+number of destinations behind it, and no path computation. A normal
+``sync`` from a fresh ``PathTable.update`` follows.
+
+When the interface itself goes down the kernel deletes every nexthop on it,
+every group left empty and every route using those groups. Then the failover
+also re-adds the affected routes (``route replace``), still without any path
+computation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mesh_agent.routes.netlink import Netlink, NetlinkError
+
+log = logging.getLogger(__name__)
+
+NH_ID_BASE = 0x6D650000  # "me": clear of ids picked by hand (small integers)
+GROUP_ID_BASE = 0x6D660000
+
+GroupKey = tuple[str, str | None]
+
+
+class ChoiceLike(Protocol):
+    @property
+    def destination(self) -> str: ...
+    @property
+    def primary_next_hop(self) -> str: ...
+    @property
+    def backup_next_hop(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class NeighborLink:
+    ifname: str
+    ifindex: int
+    gateway: str
+
+
+@dataclass(frozen=True)
+class InstalledRoute:
+    destination: str
+    address: str
+    primary: str
+    backup: str | None
+    active: str
+    group_id: int
+
+
+class RouteProgrammer:
+    """Keeps the kernel in step with the path table. ``netlink=None`` is observe mode."""
+
+    def __init__(self, netlink: Netlink | None, protocol: int, prefsrc: str | None) -> None:
+        self.nl = netlink
+        self.protocol = protocol
+        self.prefsrc = prefsrc
+        self._nh_ids: dict[str, int] = {}
+        self._gids: dict[GroupKey, int] = {}
+        self._nh: dict[str, NeighborLink] = {}  # installed neighbour nexthops
+        self._groups: dict[GroupKey, str] = {}  # installed group -> active member
+        self._routes: dict[str, tuple[str, GroupKey]] = {}  # dst name -> (address, key)
+        self._flushed: dict[str, tuple[str, GroupKey]] = {}  # routes the kernel dropped
+        self.errors_total = 0
+        self.last_sync_ok = False
+
+    @property
+    def enforce(self) -> bool:
+        return self.nl is not None
+
+    def _nh_id(self, name: str) -> int:
+        if name not in self._nh_ids:
+            self._nh_ids[name] = NH_ID_BASE + len(self._nh_ids) + 1
+        return self._nh_ids[name]
+
+    def _gid(self, key: GroupKey) -> int:
+        if key not in self._gids:
+            self._gids[key] = GROUP_ID_BASE + len(self._gids) + 1
+        return self._gids[key]
+
+    async def _op(self, method: str, *args: Any) -> bool:
+        """Run one Netlink method; in observe mode only pretend it worked."""
+        if self.nl is None:
+            return True
+        try:
+            await getattr(self.nl, method)(*args)
+        except NetlinkError as exc:
+            self.errors_total += 1
+            log.warning("netlink %s%r failed: %s", method, args, exc)
+            return False
+        return True
+
+    # -- start / stop -----------------------------------------------------
+    async def flush_own(self) -> int:
+        """Remove every route and nexthop carrying our protocol (leftovers of a crash)."""
+        if self.nl is None:
+            return 0
+        removed = 0
+        for r in await self.nl.routes():
+            if r.protocol == self.protocol and r.dst_len == 32:
+                removed += await self._op("route_delete", r.dst, self.protocol)
+        nhs = [n for n in await self.nl.nexthops() if n.protocol == self.protocol]
+        for n in sorted(nhs, key=lambda n: not n.group):  # groups first
+            removed += await self._op("nexthop_delete", n.id)
+        self._nh.clear()
+        self._groups.clear()
+        self._routes.clear()
+        return removed
+
+    # -- reconvergence ----------------------------------------------------
+    async def sync(
+        self,
+        choices: Mapping[str, ChoiceLike],
+        addresses: Mapping[str, str],
+        links: Mapping[str, NeighborLink],
+    ) -> bool:
+        """Make the kernel match *choices*; return True when every operation succeeded."""
+        ok = True
+        want_routes: dict[str, tuple[str, GroupKey]] = {}
+        for dst, ch in choices.items():
+            addr = addresses.get(dst)
+            if addr is None or addr == self.prefsrc:
+                continue
+            backup = ch.backup_next_hop if ch.backup_next_hop in links else None
+            if ch.primary_next_hop not in links and backup is None:
+                continue
+            want_routes[dst] = (addr, (ch.primary_next_hop, backup))
+        want_groups: dict[GroupKey, str] = {
+            key: key[0] if key[0] in links else str(key[1]) for _, key in want_routes.values()
+        }
+        want_nh = {n: links[n] for key in want_groups for n in key if n is not None and n in links}
+
+        # Add and change, bottom up: nexthops, groups, routes.
+        for name, link in want_nh.items():
+            if self._nh.get(name) != link:
+                if await self._op(
+                    "nexthop_replace", self._nh_id(name), link.ifindex, link.gateway, self.protocol
+                ):
+                    self._nh[name] = link
+                else:
+                    ok = False
+        for key, member in want_groups.items():
+            if self._groups.get(key) != member:
+                if await self._op(
+                    "group_replace", self._gid(key), [self._nh_id(member)], self.protocol
+                ):
+                    self._groups[key] = member
+                else:
+                    ok = False
+        for dst, (addr, key) in want_routes.items():
+            if key not in self._groups:
+                ok = False
+                continue
+            if self._routes.get(dst) != (addr, key):
+                old = self._routes.get(dst)
+                if old is not None and old[0] != addr:
+                    await self._op("route_delete", old[0], self.protocol)
+                if await self._op(
+                    "route_replace", addr, self._gid(key), self.prefsrc, self.protocol
+                ):
+                    self._routes[dst] = (addr, key)
+                else:
+                    ok = False
+
+        # Remove, top down: routes, groups, nexthops.
+        for dst in [d for d in self._routes if d not in want_routes]:
+            addr, _ = self._routes.pop(dst)
+            await self._op("route_delete", addr, self.protocol)
+        for key in [k for k in self._groups if k not in want_groups]:
+            del self._groups[key]
+            await self._op("nexthop_delete", self._gid(key))
+        for name in [n for n in self._nh if n not in want_nh]:
+            del self._nh[name]
+            await self._op("nexthop_delete", self._nh_id(name))
+        self._flushed.clear()
+        self.last_sync_ok = ok
+        return ok
+
+    # -- fast path --------------------------------------------------------
+    def forget_interface(self, ifindex: int) -> None:
+        """Mirror what the kernel did itself when *ifindex* went down."""
+        gone = {n for n, link in self._nh.items() if link.ifindex == ifindex}
+        for n in gone:
+            del self._nh[n]
+        dead_groups = {k for k, member in self._groups.items() if member in gone}
+        for k in dead_groups:
+            del self._groups[k]
+        for dst in [d for d, (_, k) in self._routes.items() if k in dead_groups]:
+            self._flushed[dst] = self._routes.pop(dst)
+
+    async def failover(
+        self, dead: str, moves: Mapping[str, str], routes_flushed: bool = False
+    ) -> int:
+        """Switch every group whose primary is *dead* to its prepared backup.
+
+        *moves* is ``PathTable.failover(dead)`` (destination -> backup next hop).
+        Returns the number of kernel operations done.
+        """
+        switch: dict[GroupKey, str] = {}
+        dsts_by_key: dict[GroupKey, list[str]] = {}
+        for dst, backup in moves.items():
+            key: GroupKey = (dead, backup)
+            if key not in self._gids or backup not in self._nh:
+                continue  # no prepared backup nexthop: reconvergence will handle it
+            switch[key] = backup
+            dsts_by_key.setdefault(key, []).append(dst)
+        ops = 0
+        for key, backup in switch.items():
+            if self._groups.get(key) == backup:
+                continue
+            if await self._op(
+                "group_replace", self._gid(key), [self._nh_id(backup)], self.protocol
+            ):
+                self._groups[key] = backup
+                ops += 1
+        if routes_flushed:
+            for key in switch:
+                for dst in dsts_by_key[key]:
+                    flushed = self._flushed.pop(dst, None)
+                    if flushed is None or dst in self._routes:
+                        continue
+                    addr = flushed[0]
+                    if await self._op(
+                        "route_replace", addr, self._gid(key), self.prefsrc, self.protocol
+                    ):
+                        self._routes[dst] = (addr, key)
+                        ops += 1
+        return ops
+
+    # -- views ------------------------------------------------------------
+    def installed(self) -> list[InstalledRoute]:
+        out = []
+        for dst, (addr, key) in sorted(self._routes.items()):
+            out.append(
+                InstalledRoute(
+                    destination=dst,
+                    address=addr,
+                    primary=key[0],
+                    backup=key[1],
+                    active=self._groups.get(key, key[0]),
+                    group_id=self._gid(key),
+                )
+            )
+        return out
+
+    def route_count(self) -> int:
+        return len(self._routes)

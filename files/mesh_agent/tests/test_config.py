@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesh_agent.__main__ import main
+from mesh_agent.config import AgentConfig, ConfigError, load_config, parse_config
+
+BASE = {"node_name": "n1", "node_address": "10.77.0.1"}
+
+
+def test_defaults() -> None:
+    cfg = parse_config(dict(BASE))
+    assert isinstance(cfg, AgentConfig)
+    assert cfg.node_address == ipaddress.IPv4Address("10.77.0.1")
+    assert (cfg.udp_port, cfg.hello_interval_ms, cfg.dead_multiplier) == (6767, 50, 3)
+    assert (cfg.mode, cfg.k, cfg.disjoint, cfg.route_protocol) == ("observe", 3, "edge", 99)
+    assert cfg.interfaces is None and cfg.interface_prefix == "mesh"
+    assert cfg.api_host_port == ("0.0.0.0", 9105)
+    assert str(cfg.identity.cert) == "/etc/mesh-agent/pki/node.crt"
+    assert cfg.trust_domain == "mesh.lab" and not cfg.enforce
+
+
+@pytest.mark.parametrize(
+    ("patch", "key"),
+    [
+        ({"node_name": None}, "node_name"),
+        ({"node_address": "10.77.0.300"}, "node_address"),
+        ({"node_address": None}, "node_address"),
+        ({"udp_port": 70000}, "udp_port"),
+        ({"udp_port": "6767"}, "udp_port"),
+        ({"hello_interval_ms": 0}, "hello_interval_ms"),
+        ({"dead_multiplier": 1}, "dead_multiplier"),
+        ({"mode": "yolo"}, "mode"),
+        ({"k": 2}, "k"),
+        ({"k": 6}, "k"),
+        ({"disjoint": "path"}, "disjoint"),
+        ({"interfaces": "mesh0"}, "interfaces"),
+        ({"interfaces": ["eth0"]}, "interfaces"),
+        ({"api_listen": "9105"}, "api_listen"),
+        ({"identity": {"cert": 5}}, "identity.cert"),
+        ({"identity": {"crt": "/x"}}, "identity.crt"),
+        ({"advert_max_age_s": 0.5, "advert_interval_s": 1.0}, "advert_max_age_s"),
+        ({"route_protocol": 2}, "route_protocol"),
+        ({"typo_key": 1}, "typo_key"),
+    ],
+)
+def test_errors_name_the_key(patch: dict[str, Any], key: str) -> None:
+    data = {**BASE, **patch}
+    data = {k: v for k, v in data.items() if v is not None}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert str(err.value).startswith(key + ":")
+
+
+def test_load_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "agent.yml"
+    good.write_text(
+        "node_name: n2\nnode_address: 10.77.0.2\nmode: enforce\ninterfaces: [mesh0, mesh1]\n"
+        "identity: {cert: /p/c, key: /p/k, ca: /p/ca}\nk: 4\ndisjoint: node\n"
+    )
+    cfg = load_config(good)
+    assert cfg.enforce and cfg.interfaces == ("mesh0", "mesh1") and cfg.k == 4
+    assert main(["check-config", "--config", str(good)]) == 0
+    bad = tmp_path / "bad.yml"
+    bad.write_text("node_name: n2\nnode_address: 10.77.0.2\nmode: sometimes\n")
+    assert main(["check-config", "--config", str(bad)]) != 0
+    assert "mode:" in capsys.readouterr().err
+    assert main(["check-config", "--config", str(tmp_path / "missing.yml")]) != 0
+    (tmp_path / "list.yml").write_text("- 1\n")
+    with pytest.raises(ConfigError):
+        load_config(tmp_path / "list.yml")

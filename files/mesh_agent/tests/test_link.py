@@ -1,0 +1,184 @@
+"""Link sensing core: no sockets, no sleeps; time is a number we advance."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesh_agent.link import (
+    Hello,
+    LinkSensor,
+    NeighborDown,
+    NeighborUp,
+    WireError,
+    decode_hello,
+    encode_hello,
+)
+from mesh_agent.link.wire import Echo
+
+IV = 0.05
+
+
+def pair() -> tuple[LinkSensor, LinkSensor]:
+    a = LinkSensor("a", "10.77.0.1", IV, 3)
+    b = LinkSensor("b", "10.77.0.2", IV, 3)
+    a.add_interface("mesh0")
+    b.add_interface("mesh0")
+    return a, b
+
+
+def exchange(a: LinkSensor, b: LinkSensor, now: float, delay: float = 0.0) -> list[object]:
+    """a and b hello each other at *now*; each hello is delivered after *delay*."""
+    events: list[object] = []
+    ha = a.build_hello("mesh0", now)
+    hb = b.build_hello("mesh0", now)
+    events += b.receive("mesh0", ha, "10.0.0.0", now + delay)
+    events += a.receive("mesh0", hb, "10.0.0.1", now + delay)
+    return events
+
+
+def test_wire_roundtrip() -> None:
+    h = Hello(7, 123456, 50, "10.77.0.9", "node-9", (Echo("x", 3, 99, 10),))
+    assert decode_hello(encode_hello(h)) == h
+
+
+def test_neighbor_up_needs_two_way() -> None:
+    a, b = pair()
+    # b hears a, but a has not heard b yet: b keeps a in init.
+    assert b.receive("mesh0", a.build_hello("mesh0", 0.0), "10.0.0.0", 0.0) == []
+    assert [n.state for n in b.neighbors()] == ["init"]
+    # a hears b (b's hello lists a): a declares b up.
+    ev = a.receive("mesh0", b.build_hello("mesh0", 0.01), "10.0.0.1", 0.01)
+    assert ev == [NeighborUp("mesh0", "b", "10.0.0.1", "10.77.0.2", 0.01)]
+    ev = b.receive("mesh0", a.build_hello("mesh0", 0.05), "10.0.0.0", 0.05)
+    assert len(ev) == 1 and isinstance(ev[0], NeighborUp) and ev[0].name == "a"
+    assert a.best_links()["b"].link_address == "10.0.0.1"
+
+
+def test_rtt_from_echo() -> None:
+    a, b = pair()
+    now = 0.0
+    for _ in range(10):
+        exchange(a, b, now, delay=0.002)  # 2 ms one way
+        now += IV
+    nb = a.neighbors()[0]
+    assert nb.rtt_last_s == pytest.approx(0.004, abs=1e-5)
+    assert nb.rtt_s == pytest.approx(0.004, abs=1e-4)
+
+
+def test_loss_over_window() -> None:
+    a, b = pair()
+    now = 0.0
+    exchange(a, b, now)
+    for i in range(1, 41):
+        now += IV
+        hb = b.build_hello("mesh0", now)
+        if i % 4 != 0:  # drop every 4th hello of b
+            a.receive("mesh0", hb, "10.0.0.1", now)
+        b.receive("mesh0", a.build_hello("mesh0", now), "10.0.0.0", now)
+    nb = a.neighbors()[0]
+    assert nb.loss() == pytest.approx(0.25, abs=0.05)
+    assert nb.cost() == 3.0
+    assert nb.state == "up"
+
+
+def test_dead_after_multiplier_misses() -> None:
+    a, b = pair()
+    exchange(a, b, 0.0)
+    exchange(a, b, IV)
+    assert a.tick(IV + 3 * IV - 0.001) == []
+    ev = a.tick(IV + 3 * IV + 0.001)
+    assert len(ev) == 1 and isinstance(ev[0], NeighborDown)
+    assert ev[0].reason == "timeout" and ev[0].name == "b"
+    assert a.neighbors() == [] and a.tick(10.0) == []
+
+
+def test_carrier_lost_kills_at_once() -> None:
+    a, b = pair()
+    a.add_interface("mesh1")
+    exchange(a, b, 0.0)
+    exchange(a, b, IV)
+    ev = a.carrier_lost("mesh0", IV + 0.001)
+    assert [(e.name, e.reason) for e in ev if isinstance(e, NeighborDown)] == [("b", "carrier")]
+    assert a.up_neighbors() == []
+    assert a.carrier_lost("mesh1", 1.0) == []
+
+
+def test_restart_detected_by_newer_timestamp() -> None:
+    a, b = pair()
+    exchange(a, b, 0.0)
+    exchange(a, b, IV)
+    # b restarts: new sensor, seq starts again at 1 (its clock keeps going).
+    b2 = LinkSensor("b", "10.77.0.2", IV, 3)
+    b2.add_interface("mesh0")
+    ev = a.receive("mesh0", b2.build_hello("mesh0", 0.2), "10.0.0.1", 0.2)
+    assert [e.reason for e in ev if isinstance(e, NeighborDown)] == ["restart"]
+    assert [n.state for n in a.neighbors()] == ["init"]
+    # A late duplicate (old seq, old timestamp) is not a restart.
+    a2, b3 = pair()
+    exchange(a2, b3, 0.0)
+    late = b3.build_hello("mesh0", IV)
+    exchange(a2, b3, 2 * IV)
+    assert a2.receive("mesh0", late, "10.0.0.1", 2 * IV) == []
+    assert a2.drops["old_seq"] == 1 and a2.up_neighbors()
+
+
+def test_one_way_link_goes_down() -> None:
+    a, b = pair()
+    exchange(a, b, 0.0)
+    exchange(a, b, IV)
+    # b stops hearing a (asymmetric loss) and drops it; a still hears b.
+    assert [e.name for e in b.tick(1.0)] == ["a"]
+    ev = a.receive("mesh0", b.build_hello("mesh0", 1.0), "10.0.0.1", 1.0)
+    assert [e.reason for e in ev if isinstance(e, NeighborDown)] == ["one-way"]
+
+
+def test_self_and_unknown_interface_dropped() -> None:
+    a, _ = pair()
+    assert a.receive("mesh0", a.build_hello("mesh0", 0.0), "10.0.0.0", 0.0) == []
+    assert a.receive("mesh9", a.build_hello("mesh0", 0.0), "10.0.0.0", 0.0) == []
+    assert a.drops["self"] == 1 and a.drops["unknown_interface"] == 1
+    assert a.neighbors() == []
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=500)
+def test_decoder_only_raises_wireerror(data: bytes) -> None:
+    try:
+        decode_hello(data)
+    except WireError:
+        pass
+
+
+@st.composite
+def mutated_hellos(draw: st.DrawFn) -> bytes:
+    h = Hello(
+        draw(st.integers(0, 2**32 - 1)), draw(st.integers(0, 2**64 - 1)),
+        draw(st.integers(1, 65535)), "10.77.0.2", "b",
+        (Echo("a", 1, 2, 3),),
+    )
+    raw = bytearray(encode_hello(h))
+    for _ in range(draw(st.integers(1, 4))):
+        i = draw(st.integers(0, len(raw) - 1))
+        raw[i] = draw(st.integers(0, 255))
+    cut = draw(st.integers(0, len(raw)))
+    return bytes(raw[:cut])
+
+
+@given(st.one_of(st.binary(max_size=200), mutated_hellos()))
+@settings(max_examples=500)
+def test_random_bytes_never_raise_or_change_state(data: bytes) -> None:
+    a, b = pair()
+    exchange(a, b, 0.0)
+    exchange(a, b, IV)
+    before = [(n.name, n.state, n.last_seq, n.last_rx) for n in a.neighbors()]
+    try:
+        decode_hello(data)
+        valid = True
+    except WireError:
+        valid = False
+    a.receive("mesh0", data, "10.0.0.1", 2 * IV)  # must not raise
+    if not valid:
+        assert [(n.name, n.state, n.last_seq, n.last_rx) for n in a.neighbors()] == before
+        assert a.drops["malformed"] == 1
