@@ -1,0 +1,173 @@
+"""Route programming against a real kernel, inside namespaces this test creates.
+
+Topology (R is the node under test)::
+
+        X ---- D
+       /      /
+      R ---- Y
+
+R reaches D (10.77.9.9) via X or Y; the other is the prepared backup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+
+import networkx as nx
+import pytest
+from netns_util import add_ns, del_ns, ip, requires_root, veth
+from pyroute2 import AsyncIPRoute
+
+from mesh_agent.paths import PathTable
+from mesh_agent.routes import NeighborLink, Netlink, RouteProgrammer
+
+pytestmark = requires_root
+PROTO = 99
+SUFFIX = f"{os.getpid() % 100000}"
+R, X, Y, D = (f"mat{n}{SUFFIX}" for n in "rxyd")
+ADDR = {"r": "10.77.9.1", "x": "10.77.9.2", "y": "10.77.9.3", "d": "10.77.9.9"}
+
+
+@pytest.fixture
+def lab() -> Iterator[None]:
+    del_ns(R, X, Y, D)
+    try:
+        for ns, name in ((R, "r"), (X, "x"), (Y, "y"), (D, "d")):
+            add_ns(ns, ADDR[name])
+        # Interface names start with "v": iproute2 reads "dy ..." as "dynamic".
+        veth(R, "vrx", "10.99.0.0", X, "vxr", "10.99.0.1")
+        veth(R, "vry", "10.99.0.2", Y, "vyr", "10.99.0.3")
+        veth(X, "vxd", "10.99.0.4", D, "vdx", "10.99.0.5")
+        veth(Y, "vyd", "10.99.0.6", D, "vdy", "10.99.0.7")
+        # A foreign route (someone else's) and a leftover of a crashed agent.
+        ip(R, "route", "add", "10.55.0.0/24", "via", "10.99.0.3", "proto", "static")
+        ip(R, "route", "add", "10.66.0.1/32", "via", "10.99.0.1", "proto", str(PROTO))
+        yield
+    finally:
+        del_ns(R, X, Y, D)
+
+
+def graph() -> nx.Graph:
+    g = nx.Graph()
+    for a, b in (("r", "x"), ("r", "y"), ("x", "d"), ("y", "d")):
+        g.add_edge(a, b, cost=1.0)
+    return g
+
+
+def route_dev(dst: str) -> str:
+    out = ip(R, "route", "get", dst)
+    return out.split(" dev ")[1].split()[0]
+
+
+def test_enforce_program_failover_and_cleanup(lab: None) -> None:
+    asyncio.run(_scenario())
+
+
+async def _scenario() -> None:
+    ipr = AsyncIPRoute(netns=R)
+    try:
+        nl = Netlink(ipr)
+        prog = RouteProgrammer(nl, PROTO, ADDR["r"])
+        assert await prog.flush_own() >= 1
+        assert "10.66.0.1" not in ip(R, "route")
+        assert "10.55.0.0/24" in ip(R, "route")
+
+        table = PathTable("r", k=3)
+        table.update(graph())
+        idx = {name: await nl.link_index(name) for name in ("vrx", "vry")}
+        links = {
+            "x": NeighborLink("vrx", idx["vrx"] or 0, "10.99.0.1"),
+            "y": NeighborLink("vry", idx["vry"] or 0, "10.99.0.3"),
+        }
+        assert await prog.sync(table.choices(), ADDR, links)
+        ours = ip(R, "route", "show", "proto", str(PROTO))
+        for name in ("x", "y", "d"):
+            assert f"{ADDR[name]} nhid" in ours
+        assert not any(line.startswith(ADDR["r"] + " ") for line in ours.splitlines())
+        nhs = ip(R, "nexthop", "show")
+        assert "group" in nhs and "via 10.99.0.1 dev vrx" in nhs and "via 10.99.0.3 dev vry" in nhs
+        assert f"src {ADDR['r']}" in ours
+
+        choice_d = table.get("d")
+        assert choice_d is not None and choice_d.backup_next_hop is not None
+        primary, backup = choice_d.primary_next_hop, choice_d.backup_next_hop
+        dev = {"x": "vrx", "y": "vry"}
+        assert route_dev(ADDR["d"]) == dev[primary]
+
+        # 1) Neighbour silent (hello timeout): only group replaces, routes stay.
+        t0 = time.perf_counter()
+        moves = table.failover(primary)
+        ops = await prog.failover(primary, moves)
+        elapsed = time.perf_counter() - t0
+        assert moves["d"] == backup
+        assert 1 <= ops <= len({(primary, b) for b in moves.values()})
+        assert route_dev(ADDR["d"]) == dev[backup]
+        assert elapsed < 0.05, elapsed
+        print(f"\nfailover (timeout): {ops} group replace(s) in {elapsed * 1e3:.3f} ms")
+
+        # Reconverge to the original state, then cut the primary's link for real.
+        assert await prog.sync(table.choices(), ADDR, links)
+        assert route_dev(ADDR["d"]) == dev[primary]
+
+        # 2) Carrier lost: the kernel flushes nexthops on the device, the groups
+        #    left empty and their routes; failover rebuilds from the cached backup.
+        ip(R, "link", "set", dev[primary], "down")
+        prog.forget_interface(links[primary].ifindex)
+        t0 = time.perf_counter()
+        ops = await prog.failover(primary, table.failover(primary), routes_flushed=True)
+        elapsed = time.perf_counter() - t0
+        assert ops >= 2
+        assert route_dev(ADDR["d"]) == dev[backup]
+        print(f"failover (carrier): {ops} kernel ops in {elapsed * 1e3:.3f} ms")
+
+        # Reconverge on the new graph (the agent does this after every failover).
+        g2 = graph()
+        g2.remove_edge("r", primary)
+        table.update(g2)
+        alive = {backup: links[backup]}
+        assert await prog.sync(table.choices(), ADDR, alive)
+        assert route_dev(ADDR[primary]) == dev[backup]
+        assert route_dev(ADDR["d"]) == dev[backup]
+        assert "10.55.0.0/24 via 10.99.0.3 dev vry proto static" in ip(R, "route")
+
+        # End to end over the programmed routes: R -> D via the backup (2 hops).
+        for ns, routes in (
+            (D, [(ADDR["r"], "10.99.0.6" if backup == "y" else "10.99.0.4")]),
+            (Y if backup == "y" else X, [(ADDR["r"], "10.99.0.2" if backup == "y" else "10.99.0.0"),
+                                        (ADDR["d"], "10.99.0.7" if backup == "y" else "10.99.0.5")]),
+        ):
+            for dst, via in routes:
+                ip(ns, "route", "replace", f"{dst}/32", "via", via)
+        ping = __import__("subprocess").run(
+            ["ip", "netns", "exec", R, "ping", "-c", "2", "-W", "1", "-i", "0.2", ADDR["d"]],
+            capture_output=True, text=True,
+        )
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+
+        # Shutdown removes all of ours and nothing else.
+        await prog.flush_own()
+        assert ip(R, "route", "show", "proto", str(PROTO)).strip() == ""
+        assert ip(R, "nexthop", "show").strip() == ""
+        assert "10.55.0.0/24" in ip(R, "route")
+    finally:
+        ipr.close()
+
+
+def test_observe_mode_touches_nothing() -> None:
+    async def go() -> None:
+        prog = RouteProgrammer(None, PROTO, ADDR["r"])
+        table = PathTable("r", k=3)
+        table.update(graph())
+        links = {"x": NeighborLink("rx", 5, "10.99.0.1"), "y": NeighborLink("ry", 6, "10.99.0.3")}
+        assert await prog.sync(table.choices(), ADDR, links)
+        assert {r.destination for r in prog.installed()} == {"x", "y", "d"}
+        ch = table.get("d")
+        assert ch is not None
+        assert await prog.failover(ch.primary_next_hop, table.failover(ch.primary_next_hop)) >= 1
+        active = {r.destination: r.active for r in prog.installed()}
+        assert active["d"] == ch.backup_next_hop
+
+    asyncio.run(go())
