@@ -89,6 +89,10 @@ def cmd_plan(args: argparse.Namespace) -> None:
         }
     inventory = {
         "all": {
+            # Delegated controller tasks (lab PKI, wheelhouse checks) run here, not
+            # through the podman connection that group_vars/all gives the nodes.
+            "hosts": {"localhost": {"ansible_connection": "local",
+                                    "ansible_python_interpreter": "{{ ansible_playbook_python }}"}},
             "children": {
                 "mesh_nodes": {"hosts": hosts},
                 "monitor": {"hosts": {MONITOR: {
