@@ -17,9 +17,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import uvicorn
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
+from mesh_agent.api import create_app
 from mesh_agent.config import AgentConfig
 from mesh_agent.identity import Identity
 from mesh_agent.link.sensor import Event, LinkSensor, NeighborDown, NeighborUp
@@ -66,6 +68,7 @@ class Agent:
         self._generation = 0
         self._ipr: AsyncIPRoute | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._background: set[asyncio.Task[None]] = set()
         self.started_at = clock()
         self.last_failover: dict[str, Any] | None = None
         self._hellos_seen = 0
@@ -109,6 +112,9 @@ class Agent:
                 )
         for ifname in await self._discover_interfaces():
             await self._open_interface(ifname)
+        # Build the API before the timers start: building it blocks the loop
+        # long enough (100s of ms on a busy Pi) to make neighbours miss hellos.
+        server = self._api_server() if serve_api else None
         self._originate(flood=False)
         self._mark_dirty()
         self._tasks = [
@@ -117,9 +123,7 @@ class Agent:
             loop.create_task(self._compute_loop(), name="compute"),
             loop.create_task(self._netlink_monitor(), name="netlink"),
         ]
-        server = None
-        if serve_api:
-            server = self._api_server()
+        if server is not None:
             self._tasks.append(loop.create_task(server.serve(), name="api"))
         log.info(
             "mesh-agent %s (%s) started in %s mode on %s",
@@ -153,10 +157,6 @@ class Agent:
         log.info("mesh-agent stopped")
 
     def _api_server(self) -> Any:
-        import uvicorn
-
-        from mesh_agent.api import create_app
-
         host, port = self.cfg.api_host_port
         config = uvicorn.Config(
             create_app(self),
@@ -269,6 +269,17 @@ class Agent:
 
     # -- events -----------------------------------------------------------
     def _handle_events(self, events: list[Event]) -> None:
+        if not events:
+            return
+        loop = asyncio.get_running_loop()
+        # Failover first: its task takes the route lock and issues its netlink
+        # requests on the next loop turn, ahead of the logging, re-origination
+        # and recompute queued below.
+        for ev in events:
+            if isinstance(ev, NeighborDown) and ev.name not in self.sensor.best_links():
+                task = loop.create_task(self._failover(ev))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         for ev in events:
             if isinstance(ev, NeighborUp):
                 log.info("neighbour %s up on %s via %s", ev.name, ev.ifname, ev.link_address)
@@ -276,21 +287,24 @@ class Agent:
                 # rather than waiting for the periodic refresh.
                 for raw in self.lsdb.raw_adverts():
                     self._send(ev.ifname, raw, ev.link_address)
-            elif isinstance(ev, NeighborDown):
+            else:
                 log.info("neighbour %s down on %s (%s)", ev.name, ev.ifname, ev.reason)
-                if ev.name not in self.sensor.best_links():
-                    asyncio.get_running_loop().create_task(self._failover(ev))
-        if events:
-            self.metrics.neighbors_up.set(len(self.sensor.up_neighbors()))
-            self._originate(flood=True)
-            self._mark_dirty()
+        self.metrics.neighbors_up.set(len(self.sensor.up_neighbors()))
+        loop.call_soon(self._after_neighbor_change)
+
+    def _after_neighbor_change(self) -> None:
+        self._originate(flood=True)
+        self._mark_dirty()
 
     async def _failover(self, ev: NeighborDown) -> None:
         """Switch to the prepared backups of ev.name: lookups and a few netlink ops only."""
+        queued = self.clock() - ev.at
         async with self._route_lock:
+            t_lock = self.clock()
             moves = self.paths.failover(ev.name)
             ops = await self.routes.failover(ev.name, moves, routes_flushed=ev.reason == "carrier")
-            duration = self.clock() - ev.at
+            done = self.clock()
+        duration = done - ev.at
         self.metrics.failovers.inc()
         self.metrics.failover_seconds.observe(duration)
         self.last_failover = {
@@ -299,14 +313,21 @@ class Agent:
             "destinations": len(moves),
             "kernel_ops": ops,
             "duration_seconds": duration,
+            "queued_seconds": queued,
+            "lock_wait_seconds": t_lock - ev.at - queued,
+            "kernel_seconds": done - t_lock,
         }
         log.info(
-            "failover from %s (%s): %d destinations to backups, %d kernel ops, %.3f ms",
+            "failover from %s (%s): %d destinations to backups, %d kernel ops, %.3f ms "
+            "(queued %.3f ms, lock wait %.3f ms, lookup+kernel %.3f ms)",
             ev.name,
             ev.reason,
             len(moves),
             ops,
             duration * 1000,
+            queued * 1000,
+            (t_lock - ev.at - queued) * 1000,
+            (done - t_lock) * 1000,
         )
 
     def _mark_dirty(self) -> None:
