@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from pki import CA  # noqa: E402
+from pki import CA
 
 
 @pytest.fixture(scope="session")

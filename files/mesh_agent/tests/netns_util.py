@@ -15,9 +15,7 @@ requires_root = pytest.mark.skipif(
 
 
 def sh(*args: str, check: bool = True) -> str:
-    return subprocess.run(
-        list(args), check=check, capture_output=True, text=True
-    ).stdout
+    return subprocess.run(list(args), check=check, capture_output=True, text=True).stdout
 
 
 def ip(ns: str, *args: str, check: bool = True) -> str:
@@ -26,8 +24,21 @@ def ip(ns: str, *args: str, check: bool = True) -> str:
 
 def veth(ns_a: str, if_a: str, addr_a: str, ns_b: str, if_b: str, addr_b: str) -> None:
     """A /31 point-to-point veth between two namespaces."""
-    sh("ip", "link", "add", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b,
-       "netns", ns_b)
+    sh(
+        "ip",
+        "link",
+        "add",
+        if_a,
+        "netns",
+        ns_a,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        if_b,
+        "netns",
+        ns_b,
+    )
     ip(ns_a, "addr", "add", f"{addr_a}/31", "dev", if_a)
     ip(ns_b, "addr", "add", f"{addr_b}/31", "dev", if_b)
     ip(ns_a, "link", "set", if_a, "up")

@@ -47,9 +47,21 @@ class Node:
 
 def api(ns: str, path: str) -> tuple[int, str]:
     out = subprocess.run(
-        ["ip", "netns", "exec", ns, "curl", "-s", "-m", "1", "-w", "\n%{http_code}",
-         f"http://127.0.0.1:9105{path}"],
-        capture_output=True, text=True,
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "curl",
+            "-s",
+            "-m",
+            "1",
+            "-w",
+            "\n%{http_code}",
+            f"http://127.0.0.1:9105{path}",
+        ],
+        capture_output=True,
+        text=True,
     ).stdout
     body, _, code = out.rpartition("\n")
     return int(code or 0), body
@@ -78,8 +90,21 @@ def ring(tmp_path_factory: pytest.TempPathFactory, ca: CA) -> Iterator[list[Node
             ifcount[a] += 1
             ifcount[b] += 1
             tmp_a, tmp_b = f"t{TAG}a{link}", f"t{TAG}b{link}"
-            sh("ip", "link", "add", tmp_a, "netns", NS[a], "type", "veth", "peer", "name",
-               tmp_b, "netns", NS[b])
+            sh(
+                "ip",
+                "link",
+                "add",
+                tmp_a,
+                "netns",
+                NS[a],
+                "type",
+                "veth",
+                "peer",
+                "name",
+                tmp_b,
+                "netns",
+                NS[b],
+            )
             ip(NS[a], "link", "set", tmp_a, "name", ia)
             ip(NS[b], "link", "set", tmp_b, "name", ib)
             ip(NS[a], "addr", "add", f"10.98.{link}.0/31", "dev", ia)
@@ -90,17 +115,38 @@ def ring(tmp_path_factory: pytest.TempPathFactory, ca: CA) -> Iterator[list[Node
             d = base / f"n{i}"
             pki = ca.write(d / "pki", f"n{i}")
             cfg = d / "agent.yml"
-            cfg.write_text(json.dumps({
-                "node_name": f"n{i}", "node_address": ADDR[i], "mode": "enforce",
-                "hello_interval_ms": 50, "dead_multiplier": 3, "advert_interval_s": 1.0,
-                "api_listen": "127.0.0.1:9105", "identity": pki, "state_dir": str(d),
-                "route_protocol": PROTO,
-            }))
+            cfg.write_text(
+                json.dumps(
+                    {
+                        "node_name": f"n{i}",
+                        "node_address": ADDR[i],
+                        "mode": "enforce",
+                        "hello_interval_ms": 50,
+                        "dead_multiplier": 3,
+                        "advert_interval_s": 1.0,
+                        "api_listen": "127.0.0.1:9105",
+                        "identity": pki,
+                        "state_dir": str(d),
+                        "route_protocol": PROTO,
+                    }
+                )
+            )
             log = d / "agent.log"
             proc = subprocess.Popen(
-                ["ip", "netns", "exec", NS[i], sys.executable, "-m", "mesh_agent", "run",
-                 "--config", str(cfg)],
-                stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    NS[i],
+                    sys.executable,
+                    "-m",
+                    "mesh_agent",
+                    "run",
+                    "--config",
+                    str(cfg),
+                ],
+                stdout=log.open("wb"),
+                stderr=subprocess.STDOUT,
             )
             nodes.append(Node(i, NS[i], proc, log))
         yield nodes
@@ -116,22 +162,41 @@ def ring(tmp_path_factory: pytest.TempPathFactory, ca: CA) -> Iterator[list[Node
         del_ns(*NS)
 
 
-def ping(ns: str, dst: str, count: int = 3, interval: float = 0.2) -> subprocess.CompletedProcess[str]:
+def ping(
+    ns: str, dst: str, count: int = 3, interval: float = 0.2
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["ip", "netns", "exec", ns, "ping", "-n", "-c", str(count), "-i", str(interval),
-         "-W", "1", dst],
-        capture_output=True, text=True,
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-n",
+            "-c",
+            str(count),
+            "-i",
+            str(interval),
+            "-W",
+            "1",
+            dst,
+        ],
+        capture_output=True,
+        text=True,
     )
 
 
 def test_ring_converges_and_recovers(ring: list[Node]) -> None:
     t_ready = wait_for(
-        lambda: all(api(n.ns, "/readyz")[0] == 200 for n in ring)
-        and all(
-            len(ip(n.ns, "route", "show", "proto", str(PROTO)).strip().splitlines()) == N - 1
-            for n in ring
+        lambda: (
+            all(api(n.ns, "/readyz")[0] == 200 for n in ring)
+            and all(
+                len(ip(n.ns, "route", "show", "proto", str(PROTO)).strip().splitlines()) == N - 1
+                for n in ring
+            )
         ),
-        timeout=30, what="all agents ready with N-1 routes",
+        timeout=30,
+        what="all agents ready with N-1 routes",
     )
     print(f"\nall {N} agents ready with full routes {t_ready:.2f}s after start")
     for n in ring:
@@ -157,9 +222,24 @@ def test_ring_converges_and_recovers(ring: list[Node]) -> None:
     # n1 is directly attached on that link; afterwards it is 3 hops away.
     interval = 0.01
     pinger = subprocess.Popen(
-        ["ip", "netns", "exec", NS[0], "ping", "-n", "-i", str(interval), "-c", "300", "-W",
-         "0.2", ADDR[1]],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            "ip",
+            "netns",
+            "exec",
+            NS[0],
+            "ping",
+            "-n",
+            "-i",
+            str(interval),
+            "-c",
+            "300",
+            "-W",
+            "0.2",
+            ADDR[1],
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     time.sleep(0.5)
     ip(NS[0], "link", "set", "mesh0", "down")
@@ -168,16 +248,20 @@ def test_ring_converges_and_recovers(ring: list[Node]) -> None:
     assert m, out
     sent, got = int(m.group(1)), int(m.group(2))
     lost = sent - got
-    print(f"link cut n0-n1 (carrier): {lost} of {sent} pings lost at {interval * 1000:.0f} ms "
-          f"intervals => ~{lost * interval * 1000:.0f} ms outage")
+    print(
+        f"link cut n0-n1 (carrier): {lost} of {sent} pings lost at {interval * 1000:.0f} ms "
+        f"intervals => ~{lost * interval * 1000:.0f} ms outage"
+    )
     assert got > 0.9 * sent, out
 
     _, metrics = api(NS[0], "/metrics")
     fo = re.search(r"meshcore_failover_duration_seconds_sum ([0-9.e-]+)", metrics)
     cnt = re.search(r"meshcore_failovers_total ([0-9.]+)", metrics)
     assert fo and cnt and float(cnt.group(1)) >= 1
-    print(f"n0 agent: {float(cnt.group(1)):.0f} failover(s), "
-          f"{float(fo.group(1)) * 1000 / float(cnt.group(1)):.3f} ms mean detection->installed")
+    print(
+        f"n0 agent: {float(cnt.group(1)):.0f} failover(s), "
+        f"{float(fo.group(1)) * 1000 / float(cnt.group(1)):.3f} ms mean detection->installed"
+    )
     wait_for(lambda: ping(NS[0], ADDR[1], count=1).returncode == 0, 5, "n0 -> n1 after cut")
     assert "failover from n1" in ring[0].log.read_text()
 
@@ -189,16 +273,26 @@ def test_ring_converges_and_recovers(ring: list[Node]) -> None:
         f'    type filter hook ingress device "{n2_if}" priority 0;\n'
         "    drop\n  }\n}\n"
     )
-    subprocess.run(["ip", "netns", "exec", NS[2], "nft", "-f", "-"], input=rules, text=True,
-                   check=True)
+    subprocess.run(
+        ["ip", "netns", "exec", NS[2], "nft", "-f", "-"], input=rules, text=True, check=True
+    )
     t0 = time.monotonic()
     wait_for(
-        lambda: "n3" not in {nb["name"] for nb in json.loads(api(NS[2], "/v1/neighbors")[1])
-                             ["neighbors"] if nb["state"] == "up"},
-        5, "n2 to declare n3 dead",
+        lambda: (
+            "n3"
+            not in {
+                nb["name"]
+                for nb in json.loads(api(NS[2], "/v1/neighbors")[1])["neighbors"]
+                if nb["state"] == "up"
+            }
+        ),
+        5,
+        "n2 to declare n3 dead",
     )
-    print(f"silent failure n2-n3 detected by n2 in {(time.monotonic() - t0) * 1000:.0f} ms "
-          f"(hello 50 ms x 3)")
+    print(
+        f"silent failure n2-n3 detected by n2 in {(time.monotonic() - t0) * 1000:.0f} ms "
+        f"(hello 50 ms x 3)"
+    )
 
     # Clean shutdown removes every route the agents installed.
     for n in ring:

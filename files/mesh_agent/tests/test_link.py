@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -145,17 +147,18 @@ def test_self_and_unknown_interface_dropped() -> None:
 @given(st.binary(max_size=300))
 @settings(max_examples=500)
 def test_decoder_only_raises_wireerror(data: bytes) -> None:
-    try:
+    with contextlib.suppress(WireError):
         decode_hello(data)
-    except WireError:
-        pass
 
 
 @st.composite
 def mutated_hellos(draw: st.DrawFn) -> bytes:
     h = Hello(
-        draw(st.integers(0, 2**32 - 1)), draw(st.integers(0, 2**64 - 1)),
-        draw(st.integers(1, 65535)), "10.77.0.2", "b",
+        draw(st.integers(0, 2**32 - 1)),
+        draw(st.integers(0, 2**64 - 1)),
+        draw(st.integers(1, 65535)),
+        "10.77.0.2",
+        "b",
         (Echo("a", 1, 2, 3),),
     )
     raw = bytearray(encode_hello(h))

@@ -136,14 +136,20 @@ async def _scenario() -> None:
         # End to end over the programmed routes: R -> D via the backup (2 hops).
         for ns, routes in (
             (D, [(ADDR["r"], "10.99.0.6" if backup == "y" else "10.99.0.4")]),
-            (Y if backup == "y" else X, [(ADDR["r"], "10.99.0.2" if backup == "y" else "10.99.0.0"),
-                                        (ADDR["d"], "10.99.0.7" if backup == "y" else "10.99.0.5")]),
+            (
+                Y if backup == "y" else X,
+                [
+                    (ADDR["r"], "10.99.0.2" if backup == "y" else "10.99.0.0"),
+                    (ADDR["d"], "10.99.0.7" if backup == "y" else "10.99.0.5"),
+                ],
+            ),
         ):
             for dst, via in routes:
                 ip(ns, "route", "replace", f"{dst}/32", "via", via)
         ping = __import__("subprocess").run(
             ["ip", "netns", "exec", R, "ping", "-c", "2", "-W", "1", "-i", "0.2", ADDR["d"]],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         assert ping.returncode == 0, ping.stdout + ping.stderr
 

@@ -1,0 +1,90 @@
+"""API and metrics over an Agent fed by hand (no sockets, no kernel: observe mode)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi.testclient import TestClient
+from pki import CA
+
+from mesh_agent.agent import Agent
+from mesh_agent.api import create_app
+from mesh_agent.config import parse_config
+from mesh_agent.link.sensor import LinkSensor
+from mesh_agent.topology import LinkStateDB
+
+
+def make_agent(ca: CA) -> Agent:
+    cfg = parse_config({"node_name": "a", "node_address": "10.77.0.1", "mode": "observe"})
+    return Agent(cfg, ca.identity("a"))
+
+
+def test_health_ready_metrics_views(ca: CA) -> None:
+    agent = make_agent(ca)
+    client = TestClient(create_app(agent))
+    assert client.get("/healthz").json() == {"status": "ok", "node": "a"}
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["checks"]["neighbors_known"] is False
+
+    # Neighbour b appears on mesh0 (two-way hello exchange, fake clock).
+    agent.sensor.add_interface("mesh0")
+    b = LinkSensor("b", "10.77.0.2", 0.05, 3)
+    b.add_interface("mesh0")
+    now = time.monotonic()
+    b.receive("mesh0", agent.sensor.build_hello("mesh0", now), "10.98.0.0", now)
+    agent.sensor.receive("mesh0", b.build_hello("mesh0", now), "10.98.0.1", now)
+    assert [n.state for n in agent.sensor.neighbors()] == ["up"]
+    # Our advert and b's advert are in the LSDB.
+    wall = time.time()
+    agent.lsdb.originate({"b": 1.0}, wall)
+    b_db = LinkStateDB(ca.identity("b"), "10.77.0.2", 30.0)
+    raw, _ = b_db.originate({"a": 1.0}, wall)
+    assert agent.lsdb.receive(raw, wall).accepted
+    agent._mark_dirty()
+    asyncio.run(agent._recompute())
+    agent._computed_generation = agent._generation
+
+    r = client.get("/readyz")
+    assert r.status_code == 200, r.json()
+    nbs = client.get("/v1/neighbors").json()["neighbors"]
+    assert nbs[0]["name"] == "b" and nbs[0]["interface"] == "mesh0" and nbs[0]["cost"] == 1.0
+    topo = client.get("/v1/topology").json()
+    assert topo["edges"] == [{"a": "a", "b": "b", "cost": 1.0}]
+    paths = client.get("/v1/paths").json()
+    assert paths["destinations"]["b"]["primary_next_hop"] == "b"
+    assert paths["destinations"]["b"]["installed"] is True
+    assert set(paths["coverage"]) >= {"destinations_with_backup", "primary_links_protected"}
+    one = client.get("/v1/paths/b").json()
+    assert one["primary"] == ["a", "b"] and one["route"]["address"] == "10.77.0.2"
+    assert client.get("/v1/paths/nowhere").status_code == 404
+
+    text = client.get("/metrics").text
+    for name in (
+        "meshcore_neighbors_up",
+        "meshcore_hellos_received_total",
+        "meshcore_adverts_rejected_total",
+        "meshcore_lsdb_adverts",
+        "meshcore_topology_nodes",
+        "meshcore_destinations_reachable",
+        "meshcore_failover_duration_seconds_bucket",
+        "meshcore_path_computation_seconds_count",
+        "meshcore_converged",
+        "meshcore_protection_coverage_ratio",
+        "meshcore_routes_installed",
+    ):
+        assert name in text, name
+    assert 'meshcore_adverts_rejected_total{reason="replayed"} 0.0' in text
+    assert "meshcore_topology_nodes 2.0" in text
+    assert client.get("/openapi.json").status_code == 200
+
+
+def test_metric_naming_conventions(ca: CA) -> None:
+    agent = make_agent(ca)
+    for metric in agent.metrics.registry.collect():
+        assert metric.name.startswith("meshcore_"), metric.name
+        if metric.type == "counter":
+            # prometheus-client strips _total from the family name; samples carry it.
+            assert all(s.name.endswith(("_total", "_created")) for s in metric.samples)
+        for sample in metric.samples:
+            assert set(sample.labels) <= {"reason", "interface", "kind", "le"}, sample
