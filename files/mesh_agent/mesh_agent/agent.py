@@ -75,6 +75,7 @@ class Agent:
         self._drops_seen: dict[str, int] = {}
         self._route_errors_seen = 0
         self._last_links: dict[str, tuple[str, str]] = {}
+        self._last_shape: object = None
 
     # -- readiness --------------------------------------------------------
     def converged(self) -> bool:
@@ -424,9 +425,14 @@ class Agent:
         m = self.metrics
         graph = self.lsdb.graph()
         t0 = time.perf_counter()
-        changed = self.paths.update(graph)
+        self.paths.update(graph)
         m.path_seconds.observe(time.perf_counter() - t0)
-        if changed:
+        shape = (
+            frozenset(graph.nodes),
+            frozenset((frozenset((a, b)), c) for a, b, c in graph.edges(data="cost")),
+        )
+        if shape != self._last_shape:
+            self._last_shape = shape
             m.topology_changes.inc()
         m.topology_nodes.set(graph.number_of_nodes())
         m.topology_edges.set(graph.number_of_edges())

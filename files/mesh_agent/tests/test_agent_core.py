@@ -1,0 +1,42 @@
+"""The agent's datagram dispatch: any bytes on any interface never raise or change state."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pki import CA
+
+from mesh_agent.agent import Agent
+from mesh_agent.config import parse_config
+
+
+def test_dispatch_random_datagrams(ca: CA) -> None:
+    cfg = parse_config({"node_name": "a", "node_address": "10.77.0.1"})
+    agent = Agent(cfg, ca.identity("a"))
+    agent.sensor.add_interface("mesh0")
+    agent.lsdb.originate({}, 1.8e9)
+
+    def state() -> tuple[object, ...]:
+        return (
+            [(n.name, n.state) for n in agent.sensor.neighbors()],
+            {o: e.raw for o, e in agent.lsdb.entries().items()},
+            agent._generation,
+        )
+
+    before = state()
+
+    @given(
+        st.one_of(
+            st.binary(max_size=200),
+            st.binary(max_size=200).map(lambda b: b"MA" + b),
+            st.binary(max_size=200).map(lambda b: b"MH\x01\x00" + b),
+        ),
+        st.sampled_from(["mesh0", "mesh9", "eth0"]),
+        st.sampled_from(["10.98.0.1", "0.0.0.0"]),
+    )
+    @settings(max_examples=400, suppress_health_check=list(HealthCheck), deadline=None)
+    def check(data: bytes, ifname: str, src: str) -> None:
+        agent._dispatch(ifname, data, src)
+        assert state() == before
+
+    check()
