@@ -401,6 +401,8 @@ class Agent:
         m.hellos_rx.inc(self.sensor.rx_total - self._hellos_seen)
         self._hellos_seen = self.sensor.rx_total
         for reason, n in self.sensor.drops.items():
+            if reason == "self":  # our own broadcast looped back: expected, not a drop
+                continue
             seen = self._drops_seen.get(reason, 0)
             if n > seen:
                 m.hellos_dropped.labels(reason).inc(n - seen)
@@ -420,6 +422,10 @@ class Agent:
                 continue
             self._computed_generation = generation
             self.metrics.converged.set(1 if self.converged() else 0)
+            if not self.routes.last_sync_ok:
+                # A netlink operation failed (e.g. a gateway not yet on-link):
+                # retry on the refresh cadence even if the topology stays put.
+                asyncio.get_running_loop().call_later(self.cfg.advert_interval_s, self._mark_dirty)
 
     async def _recompute(self) -> None:
         m = self.metrics
