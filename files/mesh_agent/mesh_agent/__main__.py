@@ -48,10 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from mesh_agent.identity import IdentityError
+
+    log = logging.getLogger("mesh_agent")
     try:
         asyncio.run(_run(cfg))
+    except (OSError, IdentityError, ValueError) as exc:
+        # Missing or unreadable PKI files, a key of the wrong type, a port in use:
+        # operator errors that deserve one clear line, not a traceback.
+        log.critical("cannot start: %s", exc)
+        return 1
     except Exception as exc:
-        logging.getLogger("mesh_agent").critical("fatal: %s", exc, exc_info=True)
+        log.critical("fatal: %s", exc, exc_info=True)
         return 1
     return 0
 

@@ -73,3 +73,12 @@ def test_load_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     (tmp_path / "list.yml").write_text("- 1\n")
     with pytest.raises(ConfigError):
         load_config(tmp_path / "list.yml")
+
+
+def test_run_without_identity_files_fails_cleanly(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.yml"
+    cfg.write_text(
+        f"node_name: n1\nnode_address: 10.77.0.1\nidentity: {{cert: {tmp_path}/c, "
+        f"key: {tmp_path}/k, ca: {tmp_path}/ca}}\n"
+    )
+    assert main(["run", "--config", str(cfg)]) == 1
