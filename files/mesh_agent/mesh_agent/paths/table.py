@@ -1,0 +1,272 @@
+"""Per-node cache of primary, backup and disjoint paths to every destination.
+
+The runtime reads it on the failover path (:meth:`PathTable.failover` does no path
+computation) and refreshes it with :meth:`PathTable.update` whenever the topology changes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import networkx as nx
+
+from mesh_agent.paths.disjoint import (
+    DISJOINT_MODES,
+    INF,
+    Network,
+    PathError,
+    SourceTree,
+    _edge_cost,
+    decompose,
+    tree_path,
+    tree_successive_paths,
+)
+from mesh_agent.paths.protection import Link, backup_vertices, bridge_set
+
+__all__ = ["PathTable", "RouteChoice"]
+
+
+@dataclass(frozen=True)
+class RouteChoice:
+    """Everything the agent needs to forward to, and fail over for, one destination."""
+
+    destination: str
+    primary: list[str]  # node list source..destination (cheapest path)
+    backup: list[str] | None  # maximally disjoint backup, None if none
+    disjoint: list[list[str]]  # up to k disjoint min-cost paths (primary first if it is one)
+    primary_next_hop: str  # primary[1]
+    backup_next_hop: str | None  # backup[1] if backup and backup[1] != primary[1] else None
+    protected_links: dict[tuple[str, str], bool]  # each primary link -> has a detour
+    cost: float
+
+
+def _links(path: list[str]) -> set[Link]:
+    return {frozenset(e) for e in itertools.pairwise(path)}
+
+
+class PathTable:
+    """Min-cost disjoint paths, maximally disjoint backups and link protection from ``source``.
+
+    Batch computation for all destinations shares work per update: one full Dijkstra from the
+    source gives every primary path and the first round of potentials for every Suurballe run,
+    bridges are found once (``nx.bridges``), and later Suurballe rounds stop at their target.
+    The backup comes for free from the second Suurballe round whenever that round leaves the
+    primary intact (then the pair {primary, second path} is min-cost, so the second path is the
+    cheapest link-disjoint backup); only bridged or "trapped" destinations run a penalised
+    Dijkstra. ``k`` is capped per destination by the degrees of both ends.
+
+    Incremental rule in :meth:`update` (costs compared per undirected link):
+
+    * links and costs unchanged: nothing is recomputed;
+    * only links removed or costs raised: a destination is recomputed only when one of its
+      cached paths (primary, backup, disjoint) used such a link; the others keep their paths,
+      which are still feasible and, since no alternative got cheaper, still optimal. Their
+      ``protected_links`` are refreshed from the new bridges (a removal can create bridges);
+    * any link added or cost lowered: everything is recomputed.
+
+    Equal-cost ties may therefore resolve differently from a fresh table; costs never differ.
+    """
+
+    def __init__(self, source: str, k: int = 3, disjoint: str = "edge", weight: str = "cost"):
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise PathError(f"k must be an integer >= 1, not {k!r}")
+        if disjoint not in DISJOINT_MODES:
+            raise PathError(f"disjoint must be 'edge' or 'node', not {disjoint!r}")
+        self.source = source
+        self.k = k
+        self.disjoint = disjoint
+        self.weight = weight
+        self._choices: dict[str, RouteChoice] = {}
+        self._used: dict[str, set[Link]] = {}
+        self._by_next_hop: dict[str, list[str]] = {}
+        self._snapshot: dict[Link, float] | None = None
+        #: destinations whose paths were recomputed by the last :meth:`update` (for metrics)
+        self.last_recomputed = 0
+
+    # -- queries -------------------------------------------------------------------------
+
+    def get(self, destination: str) -> RouteChoice | None:
+        return self._choices.get(destination)
+
+    def choices(self) -> dict[str, RouteChoice]:
+        return dict(self._choices)
+
+    def failover(self, dead_neighbor: str) -> dict[str, str]:
+        """Backup next hop for every destination whose primary next hop is ``dead_neighbor``.
+
+        Pure lookup in an index built by :meth:`update`; destinations without a distinct
+        backup next hop are omitted (they have no local repair).
+        """
+        out: dict[str, str] = {}
+        for dst in self._by_next_hop.get(dead_neighbor, ()):
+            nh = self._choices[dst].backup_next_hop
+            if nh is not None:
+                out[dst] = nh
+        return out
+
+    def coverage(self) -> dict[str, float]:
+        """Protection figures over reachable destinations.
+
+        ``protectable_links_protected`` counts a non-bridge primary link as protected when the
+        cache itself holds a path around it (the backup or one of the disjoint paths avoids
+        it); it is 1.0 unless a primary is trapped inside a bridged segment. 1.0 when vacuous.
+        """
+        n = len(self._choices)
+        with_backup = with_k = links = protected = protectable = covered = 0
+        for ch in self._choices.values():
+            with_backup += ch.backup is not None
+            with_k += len(ch.disjoint) >= self.k
+            others = [_links(p) for p in ([ch.backup] if ch.backup else []) + ch.disjoint]
+            for (a, b), has_detour in ch.protected_links.items():
+                links += 1
+                if not has_detour:
+                    continue
+                protected += 1
+                protectable += 1
+                link = frozenset((a, b))
+                covered += any(link not in o for o in others)
+        return {
+            "destinations_with_backup": with_backup / n if n else 0.0,
+            "destinations_with_k_disjoint": with_k / n if n else 0.0,
+            "primary_links_protected": protected / links if links else 0.0,
+            "protectable_links_protected": covered / protectable if protectable else 1.0,
+        }
+
+    # -- computation ---------------------------------------------------------------------
+
+    def update(self, graph: nx.Graph) -> set[str]:
+        """Recompute for ``graph``; return the destinations whose :class:`RouteChoice` changed."""
+        snapshot: dict[Link, float] = {}
+        for u, v, data in graph.edges(data=True):
+            if u != v:
+                snapshot[frozenset((u, v))] = _edge_cost(u, v, data, self.weight)
+        old = self._snapshot
+        if old is not None and snapshot == old:
+            self.last_recomputed = 0
+            return set()
+        self._snapshot = snapshot
+
+        if self.source not in graph:
+            changed = set(self._choices)
+            self._choices, self._used, self._by_next_hop = {}, {}, {}
+            self.last_recomputed = 0
+            return changed
+
+        todo: set[str] | None = None  # None = all destinations
+        if old is not None and not any(
+            key not in old or cost < old[key] for key, cost in snapshot.items()
+        ):
+            gone = {key for key, cost in old.items() if key not in snapshot or snapshot[key] > cost}
+            todo = {dst for dst, used in self._used.items() if not used.isdisjoint(gone)}
+
+        bridges = bridge_set(graph)
+        new_choices: dict[str, RouteChoice] = {}
+        new_used: dict[str, set[Link]] = {}
+        if todo is None or todo:
+            net = Network(graph, self.weight, self.disjoint)
+            s = net.vertex(self.source, role="out")
+            tree = SourceTree(net, s)
+            dist = tree.dist
+            targets: list[str] = (
+                [n for n in net.nodes if n != self.source]  # type: ignore[misc]
+                if todo is None
+                else [n for n in todo if n in net.index]
+            )
+            for dst in targets:
+                t = net.vertex(dst, role="in")
+                if dist[t] == INF:
+                    continue
+                choice = self._compute(net, graph, tree, t, bridges)
+                new_choices[dst] = choice
+                new_used[dst] = self._paths_links(choice)
+            self.last_recomputed = len(targets)
+        else:
+            self.last_recomputed = 0
+        if todo is not None:
+            for dst, ch in self._choices.items():
+                if dst in todo:
+                    continue
+                prot = {(a, b): frozenset((a, b)) not in bridges for a, b in ch.protected_links}
+                if prot != ch.protected_links:
+                    ch = RouteChoice(
+                        ch.destination,
+                        ch.primary,
+                        ch.backup,
+                        ch.disjoint,
+                        ch.primary_next_hop,
+                        ch.backup_next_hop,
+                        prot,
+                        ch.cost,
+                    )
+                new_choices[dst] = ch
+                new_used[dst] = self._used[dst]
+
+        changed = {
+            d
+            for d in self._choices.keys() | new_choices.keys()
+            if self._choices.get(d) != new_choices.get(d)
+        }
+        self._choices, self._used = new_choices, new_used
+        by_nh: dict[str, list[str]] = {}
+        for dst, ch in new_choices.items():
+            by_nh.setdefault(ch.primary_next_hop, []).append(dst)
+        self._by_next_hop = by_nh
+        return changed
+
+    @staticmethod
+    def _paths_links(ch: RouteChoice) -> set[Link]:
+        used = _links(ch.primary)
+        if ch.backup:
+            used |= _links(ch.backup)
+        for p in ch.disjoint:
+            used |= _links(p)
+        return used
+
+    def _compute(
+        self,
+        net: Network,
+        graph: nx.Graph,
+        tree: SourceTree,
+        t: int,
+        bridges: set[Link],
+    ) -> RouteChoice:
+        s = tree.source
+        primary: list[str] = net.to_nodes(tree_path(tree.pred, s, t))  # type: ignore[assignment]
+        dst = primary[-1]
+        prot = {(a, b): frozenset((a, b)) not in bridges for a, b in itertools.pairwise(primary)}
+        k = min(self.k, graph.degree(self.source), graph.degree(dst))
+        if not all(prot.values()):
+            k = 1  # a bridge on the primary separates source and destination: max-flow is 1
+        disjoint: list[list[str]] = [primary]
+        backup_v: list[int] | None = None
+        need_backup = True
+        if k >= 2:
+            res = tree_successive_paths(net, tree, t, k)
+            disjoint = decompose(net, res.flow, s, t)  # type: ignore[assignment,arg-type]
+            disjoint.sort(key=lambda p: (net.cost(p), str(p)))
+            if primary in disjoint:
+                disjoint.remove(primary)
+                disjoint.insert(0, primary)
+            if len(res.augmenting) >= 2 and not res.cancelled_first and not net.split:
+                # {primary, second path} is a min-cost disjoint pair, so no path avoiding the
+                # primary is cheaper than the second path: it is the backup.
+                backup_v = res.augmenting[1]
+                need_backup = False
+        if need_backup:
+            index = net.index
+            backup_v = backup_vertices(net, [index[n] for n in primary], bridges)
+        backup: list[str] | None = None
+        if backup_v is not None:
+            backup = [net.nodes[i] for i in backup_v]  # type: ignore[misc]
+        backup_nh = backup[1] if backup is not None and backup[1] != primary[1] else None
+        return RouteChoice(
+            destination=dst,
+            primary=primary,
+            backup=backup,
+            disjoint=disjoint,
+            primary_next_hop=primary[1],
+            backup_next_hop=backup_nh,
+            protected_links=prot,
+            cost=net.cost(primary),
+        )

@@ -1,0 +1,209 @@
+"""PathTable: batch results equal per-pair results, failover, coverage, incremental update."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import networkx as nx
+import pytest
+
+from mesh_agent.paths import (
+    PathError,
+    PathTable,
+    RouteChoice,
+    k_disjoint_paths,
+    maximally_disjoint_backup,
+    path_cost,
+)
+
+
+def geometric(n: int, seed: int) -> nx.Graph:
+    r = math.sqrt(8.0 / (math.pi * n))
+    g = nx.random_geometric_graph(n, r, seed=seed)
+    for u, v in g.edges:
+        g.edges[u, v]["cost"] = 1 + 10 * math.dist(g.nodes[u]["pos"], g.nodes[v]["pos"])
+    return nx.relabel_nodes(g, {x: f"n{x}" for x in g})
+
+
+def tree_like() -> nx.Graph:
+    g = nx.Graph()
+    g.add_weighted_edges_from(
+        [
+            ("s", "a", 1),
+            ("a", "c", 1),
+            ("s", "b", 2),
+            ("b", "c", 2),
+            ("c", "d", 1),
+            ("d", "f", 1),
+            ("f", "t", 1),
+            ("d", "g", 3),
+            ("g", "t", 3),
+            ("d", "e", 1),
+        ],
+        weight="cost",
+    )
+    return g
+
+
+def total(g: nx.Graph, paths: list[list[str]]) -> float:
+    return sum(path_cost(g, p) for p in paths)
+
+
+@pytest.mark.parametrize("mode", ["edge", "node"])
+@pytest.mark.parametrize("seed", range(6))
+def test_batch_equals_single_pair_api(mode: str, seed: int) -> None:
+    g = geometric(40, seed)
+    # Varied degrees (including leaves and bridges) exercise the capped-k and bridge paths.
+    rng = random.Random(seed)
+    g.remove_edges_from(rng.sample(list(g.edges), len(g.edges) // 4))
+    src = "n0"
+    table = PathTable(src, k=3, disjoint=mode)
+    table.update(g)
+    reachable = nx.node_connected_component(g, src) - {src}
+    assert set(table.choices()) == reachable
+    for dst, ch in table.choices().items():
+        assert ch.destination == dst
+        assert ch.primary[0] == src and ch.primary[-1] == dst
+        assert ch.cost == pytest.approx(nx.shortest_path_length(g, src, dst, weight="cost"))
+        assert ch.primary_next_hop == ch.primary[1]
+        ref = k_disjoint_paths(g, src, dst, 3, disjoint=mode)
+        assert len(ch.disjoint) == len(ref)
+        assert total(g, ch.disjoint) == pytest.approx(total(g, ref))
+        if ch.primary in ref:
+            assert ch.disjoint[0] == ch.primary
+        ref_backup = maximally_disjoint_backup(g, src, dst, ch.primary)
+        if ref_backup is None:
+            assert ch.backup is None
+        else:
+            assert ch.backup is not None
+
+            def shared(p: list[str], ch: RouteChoice = ch) -> int:
+                a = {frozenset(e) for e in zip(ch.primary, ch.primary[1:], strict=False)}
+                return len(a & {frozenset(e) for e in itertools.pairwise(p)})
+
+            assert shared(ch.backup) == shared(ref_backup)
+            assert path_cost(g, ch.backup) == pytest.approx(path_cost(g, ref_backup))
+        if ch.backup and ch.backup[1] != ch.primary[1]:
+            assert ch.backup_next_hop == ch.backup[1]
+        else:
+            assert ch.backup_next_hop is None
+
+
+def test_tree_like_backup_shares_only_bridges_and_coverage() -> None:
+    g = tree_like()
+    table = PathTable("s", k=2)
+    assert table.update(g) == {"a", "b", "c", "d", "e", "f", "g", "t"}
+    t = table.get("t")
+    assert t is not None
+    assert t.primary == ["s", "a", "c", "d", "f", "t"]
+    assert t.backup == ["s", "b", "c", "d", "g", "t"]
+    assert t.disjoint == [t.primary]
+    assert t.protected_links[("c", "d")] is False
+    assert sum(t.protected_links.values()) == 4
+    e = table.get("e")
+    assert e is not None and e.backup == ["s", "b", "c", "d", "e"]
+    cov = table.coverage()
+    # Every destination has a backup; only a, b, c (inside the first cycle) have 2 disjoint.
+    assert cov["destinations_with_backup"] == 1.0
+    assert cov["destinations_with_k_disjoint"] == pytest.approx(3 / 8)
+    bridged = sum(not ok for ch in table.choices().values() for ok in ch.protected_links.values())
+    links = sum(len(ch.protected_links) for ch in table.choices().values())
+    assert bridged == 6  # c-d on the primaries to d, e, f, g, t, and d-e on e's
+    assert cov["primary_links_protected"] == pytest.approx((links - bridged) / links)
+    assert cov["protectable_links_protected"] == 1.0
+
+
+def test_failover_is_a_lookup_of_backup_next_hops() -> None:
+    g = tree_like()
+    table = PathTable("s", k=2)
+    table.update(g)
+    via_a = {d for d, ch in table.choices().items() if ch.primary_next_hop == "a"}
+    assert via_a == {"a", "c", "d", "e", "f", "g", "t"}
+    fo = table.failover("a")
+    assert set(fo) == via_a and set(fo.values()) == {"b"}
+    assert table.failover("b") == {"b": "a"}
+    assert table.failover("nobody") == {}
+    line = nx.path_graph(["s", "x", "y"])
+    t2 = PathTable("s")
+    t2.update(line)
+    assert t2.failover("x") == {}  # a path graph has no backup at all
+    assert t2.coverage()["destinations_with_backup"] == 0.0
+
+
+def test_update_unchanged_graph_recomputes_nothing() -> None:
+    g = geometric(30, 3)
+    table = PathTable("n0")
+    table.update(g)
+    before = table.choices()
+    assert table.update(g.copy()) == set()
+    assert table.last_recomputed == 0
+    assert table.choices() == before
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_incremental_removal_equals_fresh_table(seed: int) -> None:
+    g = geometric(35, seed)
+    rng = random.Random(seed)
+    table = PathTable("n0", k=3)
+    table.update(g)
+    for _ in range(4):
+        g.remove_edges_from(rng.sample(list(g.edges), 3))
+        if rng.random() < 0.5:
+            g.remove_node(rng.choice([n for n in g if n != "n0"]))
+        old = table.choices()
+        changed = table.update(g)
+        fresh = PathTable("n0", k=3)
+        fresh.update(g)
+        assert table.choices() == fresh.choices()
+        assert changed == {
+            d for d in old.keys() | fresh.choices().keys() if old.get(d) != fresh.get(d)
+        }
+        assert table.last_recomputed <= len(old)
+
+
+def test_removal_of_unused_edge_recomputes_only_affected() -> None:
+    g = geometric(40, 11)
+    table = PathTable("n0", k=2)
+    table.update(g)
+    used = set()
+    for ch in table.choices().values():
+        for p in [ch.primary, ch.backup or [], *ch.disjoint]:
+            used |= {frozenset(e) for e in itertools.pairwise(p)}
+    spare = [e for e in g.edges if frozenset(e) not in used]
+    assert spare, "test graph should have an edge no cached path uses"
+    g.remove_edge(*spare[0])
+    table.update(g)
+    assert table.last_recomputed == 0
+    fresh = PathTable("n0", k=2)
+    fresh.update(g)
+    assert table.choices() == fresh.choices()
+
+
+def test_added_edge_and_cheaper_cost_recompute_all() -> None:
+    g = geometric(30, 5)
+    table = PathTable("n0")
+    table.update(g)
+    u, v = next(iter(g.edges))
+    g.edges[u, v]["cost"] /= 2
+    table.update(g)
+    assert table.last_recomputed == len(nx.node_connected_component(g, "n0")) - 1
+    fresh = PathTable("n0")
+    fresh.update(g)
+    assert table.choices() == fresh.choices()
+
+
+def test_table_input_errors() -> None:
+    with pytest.raises(ValueError, match="k must be"):
+        PathTable("s", k=0)
+    with pytest.raises(ValueError, match="disjoint"):
+        PathTable("s", disjoint="both")
+    g = tree_like()
+    g.edges["s", "a"]["cost"] = -2
+    with pytest.raises(PathError, match=r"'s'.*'a'|'a'.*'s'"):
+        PathTable("s").update(g)
+    table = PathTable("s")
+    table.update(tree_like())
+    assert table.update(nx.Graph([("x", "y")])) == set(tree_like()) - {"s"}
+    assert table.choices() == {}

@@ -1,0 +1,243 @@
+"""Benchmark: k disjoint min-cost paths from one node to all destinations.
+
+Run: python tests/bench/bench_paths.py    (prints one JSON object per line)
+
+Compares mesh_agent.paths.PathTable (batch Suurballe/Bhandari) with calling the single-pair
+API per destination, networkx max-flow ``edge_disjoint_paths`` (cost-blind), and the naive
+"remove the used links and rerun Dijkstra" method, on seeded random geometric graphs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "files" / "mesh_agent"))
+
+import itertools
+
+import networkx as nx
+from mesh_agent.paths import (
+    PathTable,
+    k_disjoint_paths,
+    path_cost,
+    protection_summary,
+)
+from mesh_agent.paths.oracle import brute_force_disjoint
+
+K = 3
+SAMPLE = 50  # destinations timed for the slow baselines on big graphs
+
+
+def emit(figure: str, impl: str, value: float, unit: str, **extra: Any) -> None:
+    row = {"bench": "paths", "figure": figure, "impl": impl, **extra, "value": value, "unit": unit}
+    print(json.dumps(row), flush=True)
+
+
+def geometric(n: int, seed: int) -> nx.Graph:
+    """Largest component of a random geometric graph with mean degree about 7."""
+    r = math.sqrt(8.0 / (math.pi * n))
+    g = nx.random_geometric_graph(n, r, seed=seed)
+    g = g.subgraph(max(nx.connected_components(g), key=len)).copy()
+    for u, v in g.edges:
+        g.edges[u, v]["cost"] = 1.0 + 10.0 * math.dist(g.nodes[u]["pos"], g.nodes[v]["pos"]) / r
+    return nx.relabel_nodes(g, {x: f"n{x}" for x in g})
+
+
+def naive(g: nx.Graph, s: Hashable, t: Hashable, k: int) -> list[list[Hashable]]:
+    h = g.copy()
+    out: list[list[Hashable]] = []
+    for _ in range(k):
+        try:
+            p = nx.dijkstra_path(h, s, t, weight="cost")
+        except nx.NetworkXNoPath:
+            break
+        out.append(p)
+        h.remove_edges_from(itertools.pairwise(p))
+    return out
+
+
+def median_ms(fn: Callable[[], object], runs: int) -> tuple[float, float]:
+    """(median wall ms, median CPU ms) of ``runs`` calls."""
+    wall, cpu = [], []
+    for _ in range(runs):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append((time.perf_counter() - w0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def bench_size(n: int) -> None:
+    g = geometric(n, seed=42)
+    nodes = sorted(g, key=lambda x: int(x[1:]))
+    src = nodes[0]
+    dsts = [d for d in nodes if d != src]
+    size = {"n": g.number_of_nodes(), "k": K}
+    runs = 5 if n <= 200 else 3
+
+    def table() -> PathTable:
+        t = PathTable(src, k=K)
+        t.update(g)
+        return t
+
+    wall, cpu = median_ms(table, runs)
+    emit("plan_all_dst_ms", "mesh_agent", round(wall, 2), "ms", **size, runs=runs)
+    emit("plan_all_dst_cpu_ms", "mesh_agent", round(cpu, 2), "ms", **size, runs=runs)
+
+    rng = random.Random(n)
+    sample = dsts if len(dsts) <= SAMPLE else sorted(rng.sample(dsts, SAMPLE))
+    scale = len(dsts) / len(sample)
+    sampled = {} if sample is dsts else {"sampled_destinations": len(sample)}
+
+    def per_pair() -> None:
+        for d in sample:
+            k_disjoint_paths(g, src, d, K)
+
+    maxflow: dict[Hashable, int] = {}
+
+    def nx_flow() -> None:
+        for d in sample:
+            maxflow[d] = len(list(nx.edge_disjoint_paths(g, src, d)))
+
+    def naive_all() -> None:
+        for d in sample:
+            naive(g, src, d, K)
+
+    for impl, fn in (
+        ("mesh_agent_per_pair", per_pair),
+        ("networkx_edge_disjoint_paths", nx_flow),
+        ("naive_remove_rerun", naive_all),
+    ):
+        wall, _ = median_ms(fn, 1 if sampled else 3)
+        emit("plan_all_dst_ms", impl, round(wall * scale, 2), "ms", **size, **sampled)
+
+    # Quality on the sampled destinations: did we get min(k, max-flow) paths?
+    t = table()
+    ours_ok = naive_ok = 0
+    naive_extra = []
+    for d in sample:
+        want = min(K, maxflow[d])
+        ch = t.get(d)
+        ours_ok += ch is not None and len(ch.disjoint) == want
+        nv = naive(g, src, d, K)
+        naive_ok += len(nv) == want
+        if ch is not None and len(nv) == len(ch.disjoint):
+            ours = sum(path_cost(g, p) for p in ch.disjoint)
+            naive_extra.append(sum(path_cost(g, p) for p in nv) / ours)
+    emit(
+        "found_min_k_maxflow_fraction",
+        "mesh_agent",
+        ours_ok / len(sample),
+        "ratio",
+        **size,
+        **sampled,
+    )
+    emit(
+        "found_min_k_maxflow_fraction",
+        "naive_remove_rerun",
+        naive_ok / len(sample),
+        "ratio",
+        **size,
+        **sampled,
+    )
+    if naive_extra:
+        emit(
+            "total_cost_vs_mesh_agent_mean",
+            "naive_remove_rerun",
+            round(statistics.mean(naive_extra), 4),
+            "ratio",
+            **size,
+            **sampled,
+            pairs=len(naive_extra),
+        )
+    for key, value in t.coverage().items():
+        emit(f"coverage_{key}", "mesh_agent", round(value, 4), "ratio", **size)
+    summary = protection_summary(g)
+    emit(
+        "pairs_two_edge_connected",
+        "graph",
+        round(summary["pairs_two_edge_connected"], 4),
+        "ratio",
+        **size,
+    )
+    emit("bridge_fraction", "graph", round(summary["bridge_fraction"], 4), "ratio", **size)
+
+
+def bench_optimality() -> None:
+    """Total cost against brute force on small graphs (n 12-15)."""
+    rng = random.Random(7)
+    ours_ratio, naive_ratio, naive_short, pairs = [], [], 0, 0
+    for i in range(20):
+        g = geometric(rng.randint(12, 15), seed=100 + i)
+        nodes = list(g)
+        for _ in range(3):
+            s, t = rng.sample(nodes, 2)
+            count, best = brute_force_disjoint(g, s, t, K)
+            if count == 0 or best == 0:
+                continue
+            pairs += 1
+            ours = k_disjoint_paths(g, s, t, K)
+            assert len(ours) == count
+            ours_ratio.append(sum(path_cost(g, p) for p in ours) / best)
+            nv = naive(g, s, t, K)
+            if len(nv) == count:
+                naive_ratio.append(sum(path_cost(g, p) for p in nv) / best)
+            else:
+                naive_short += 1
+    extra = {"k": K, "pairs": pairs, "n": "12-15"}
+    emit("total_cost_vs_optimum_max", "mesh_agent", round(max(ours_ratio), 6), "ratio", **extra)
+    emit(
+        "total_cost_vs_optimum_mean",
+        "naive_remove_rerun",
+        round(statistics.mean(naive_ratio), 4),
+        "ratio",
+        **extra,
+        compared_pairs=len(naive_ratio),
+    )
+    emit("fewer_paths_than_optimum", "naive_remove_rerun", naive_short, "pairs", **extra)
+    emit("fewer_paths_than_optimum", "mesh_agent", 0, "pairs", **extra)
+
+
+def bench_traps() -> None:
+    """Random-cost Suurballe traps, optionally chained in series, with noise nodes."""
+    rng = random.Random(3)
+    trials = 200
+    naive_fail = ours_fail = 0
+    for _ in range(trials):
+        g = nx.Graph()
+        prev = "s"
+        for j in range(rng.randint(1, 3)):
+            a, b, x, y, nxt = (f"a{j}", f"b{j}", f"x{j}", f"y{j}", f"t{j}")
+            short, long_ = rng.uniform(1, 2), rng.uniform(2.5, 5)
+            g.add_edge(prev, a, cost=short)
+            g.add_edge(a, b, cost=rng.uniform(0.1, 1))
+            g.add_edge(b, nxt, cost=short)
+            g.add_edge(prev, x, cost=long_)
+            g.add_edge(x, b, cost=rng.uniform(2.5, 5))
+            g.add_edge(a, y, cost=rng.uniform(2.5, 5))
+            g.add_edge(y, nxt, cost=long_)
+            prev = nxt
+        want = min(2, len(list(nx.edge_disjoint_paths(g, "s", prev))))
+        naive_fail += len(naive(g, "s", prev, 2)) < want
+        ours_fail += len(k_disjoint_paths(g, "s", prev, 2)) < want
+    emit("trap_failures", "naive_remove_rerun", naive_fail, "instances", k=2, trials=trials)
+    emit("trap_failures", "mesh_agent", ours_fail, "instances", k=2, trials=trials)
+
+
+def main() -> None:
+    for n in (50, 200, 1000):
+        bench_size(n)
+    bench_optimality()
+    bench_traps()
+
+
+if __name__ == "__main__":
+    main()
