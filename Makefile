@@ -16,7 +16,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR ?= 1
 export PY_COLORS ?= 1
 
-.PHONY: help setup image lab lab-status lab-destroy test test-full lint unit molecule molecule-full bench
+.PHONY: help setup image agent-bundle lab lab-status lab-destroy test test-full lint unit molecule molecule-full bench
 
 help:
 	@echo "make lab [NODES=10] [TOPOLOGY=grid|rgg|ladder|community|FILE]   build + provision the lab mesh"
@@ -32,7 +32,10 @@ setup:
 image: setup
 	$(BIN)/ansible-playbook playbooks/image.yml -e image_target=$(IMAGE_TARGET)
 
-lab: image
+agent-bundle: image
+	@bash scripts/agent-bundle.sh
+
+lab: image agent-bundle
 	@start=$$(date +%s); \
 	$(BIN)/ansible-playbook playbooks/lab.yml -e lab_nodes=$(NODES) -e lab_topology=$(TOPOLOGY) -e lab_seed=$(SEED); \
 	rc=$$?; echo "make lab: $$(( $$(date +%s) - start )) s wall, rc=$$rc"; exit $$rc
