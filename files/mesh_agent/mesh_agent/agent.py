@@ -72,6 +72,7 @@ class Agent:
         self.started_at = clock()
         self.last_failover: dict[str, Any] | None = None
         self._hellos_seen = 0
+        self._damped_seen = 0
         self._drops_seen: dict[str, int] = {}
         self._route_errors_seen = 0
         self._last_links: dict[str, tuple[str, str]] = {}
@@ -304,6 +305,7 @@ class Agent:
     async def _failover(self, ev: NeighborDown) -> None:
         """Switch to the prepared backups of ev.name: lookups and a few netlink ops only."""
         queued = self.clock() - ev.at
+        self.routes.request_preempt()
         async with self._route_lock:
             t_lock = self.clock()
             moves = self.paths.failover(ev.name)
@@ -368,6 +370,11 @@ class Agent:
         await self._every(self.cfg.hello_interval_s, self._hello_tick)
 
     def _hello_tick(self) -> None:
+        # Read what is already queued before judging anyone dead: if this
+        # process was descheduled, the neighbours' hellos are sitting in our
+        # socket buffers and the silence is ours, not theirs.
+        for ifname, s in list(self._socks.items()):
+            self._on_readable(ifname, s)
         now = self.clock()
         for ifname in list(self._socks):
             self._send(ifname, self.sensor.build_hello(ifname, now), BROADCAST)
@@ -400,6 +407,8 @@ class Agent:
         # Sync the counters kept by the sans-I/O cores into Prometheus.
         m.hellos_rx.inc(self.sensor.rx_total - self._hellos_seen)
         self._hellos_seen = self.sensor.rx_total
+        m.neighbor_damped.inc(self.sensor.damped_total - self._damped_seen)
+        self._damped_seen = self.sensor.damped_total
         for reason, n in self.sensor.drops.items():
             if reason == "self":  # our own broadcast looped back: expected, not a drop
                 continue
@@ -448,8 +457,18 @@ class Agent:
             name: NeighborLink(nb.ifname, self._ifindex.get(nb.ifname, 0), nb.link_address)
             for name, nb in self.sensor.best_links().items()
         }
+        t1 = time.perf_counter()
         async with self._route_lock:
+            t2 = time.perf_counter()
             await self.routes.sync(self.paths.choices(), self.lsdb.addresses(), links)
+        t3 = time.perf_counter()
+        if t3 - t0 > 0.25:
+            log.info(
+                "slow recompute: paths %.0f ms, route lock wait %.0f ms, route sync %.0f ms",
+                (t1 - t0) * 1000,
+                (t2 - t1) * 1000,
+                (t3 - t2) * 1000,
+            )
         m.routes_installed.set(self.routes.route_count())
         m.destinations.set(self.routes.route_count())
         m.route_errors.inc(self.routes.errors_total - self._route_errors_seen)

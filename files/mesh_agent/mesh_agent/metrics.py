@@ -26,6 +26,11 @@ class Metrics:
         self.hellos_dropped = Counter(
             "meshcore_hellos_dropped_total", "Hellos dropped", ["reason"], registry=r
         )
+        self.neighbor_damped = Counter(
+            "meshcore_neighbor_damped_total",
+            "Hellos that would have brought a flapping neighbour up during hold-down",
+            registry=r,
+        )
         self.link_rtt = Gauge(
             "meshcore_link_rtt_seconds",
             "Smoothed hello RTT per interface",

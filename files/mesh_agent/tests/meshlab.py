@@ -36,6 +36,8 @@ class Mesh:
     edges: list[tuple[int, int]]
     base: Path
     prefix: str = "mai"
+    hello_interval_ms: int = 50
+    dead_multiplier: int = 3
     nodes: list[Node] = field(default_factory=list)
     ifname: dict[tuple[int, int], str] = field(default_factory=dict)  # (node, peer) -> ifname
 
@@ -94,8 +96,8 @@ class Mesh:
                         "node_name": f"n{node.index}",
                         "node_address": node.address,
                         "mode": "enforce",
-                        "hello_interval_ms": 50,
-                        "dead_multiplier": 3,
+                        "hello_interval_ms": self.hello_interval_ms,
+                        "dead_multiplier": self.dead_multiplier,
                         "advert_interval_s": 1.0,
                         "api_listen": "127.0.0.1:9105",
                         "identity": pki,

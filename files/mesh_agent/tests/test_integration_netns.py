@@ -42,7 +42,17 @@ def ring(tmp_path_factory: pytest.TempPathFactory, ca: CA) -> Iterator[Mesh]:
 
 @pytest.fixture
 def ladder(tmp_path_factory: pytest.TempPathFactory, ca: CA) -> Iterator[Mesh]:
-    mesh = Mesh(8, LADDER, tmp_path_factory.mktemp("ladder"), prefix="mal")
+    # 8 agents plus pingers on a shared 2-vCPU box: 50 ms x 3 hello timers flap
+    # from scheduling delay alone (observed at load average 20), so this test
+    # uses 100 ms x 5. Carrier-loss failover does not depend on the timers.
+    mesh = Mesh(
+        8,
+        LADDER,
+        tmp_path_factory.mktemp("ladder"),
+        prefix="mal",
+        hello_interval_ms=100,
+        dead_multiplier=5,
+    )
     try:
         mesh.build(ca)
         yield mesh

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pki import CA, TRUST_DOMAIN
 
@@ -166,7 +166,7 @@ def test_identity_load_from_files(ca: CA, tmp_path: object) -> None:
 
 
 @given(st.binary(max_size=400))
-@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None)
 def test_advert_decoder_only_raises_wireerror(data: bytes) -> None:
     with contextlib.suppress(WireError):
         decode_advert(data)

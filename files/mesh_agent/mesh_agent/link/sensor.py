@@ -17,6 +17,14 @@ from dataclasses import dataclass, field
 from mesh_agent.link.wire import Echo, Hello, WireError, decode_hello, encode_hello
 
 LOSS_WINDOW = 20
+# Flap damping, a much simplified RFC 2439: a neighbour that went down
+# FLAP_THRESHOLD times within FLAP_WINDOW_S must stay two-way for HOLD_DOWN_S
+# before it is up again. Without it a CPU-starved host (or a marginal radio)
+# flaps every few hundred ms, and every flap re-floods, recomputes and
+# reprograms, which starves the host further.
+FLAP_WINDOW_S = 10.0
+FLAP_THRESHOLD = 3
+HOLD_DOWN_S = 1.0
 # RTT smoothing as TCP's SRTT (RFC 6298 section 2): alpha = 1/8.
 RTT_ALPHA = 0.125
 
@@ -99,6 +107,8 @@ class LinkSensor:
         self.rx_total = 0
         self.tx_total = 0
         self.drops: Counter[str] = Counter()
+        self._flaps: dict[tuple[str, str], list[float]] = {}
+        self.damped_total = 0
 
     # -- interfaces -------------------------------------------------------
     def add_interface(self, ifname: str) -> None:
@@ -198,7 +208,7 @@ class LinkSensor:
             if 0.0 <= rtt < 60.0:
                 nb.rtt_last_s = rtt
                 nb.rtt_s = rtt if nb.rtt_s is None else nb.rtt_s + RTT_ALPHA * (rtt - nb.rtt_s)
-        if nb.state == "init" and mine is not None:
+        if nb.state == "init" and mine is not None and not self._held_down(key, nb, now):
             nb.state = "up"
             nb.up_since = now
             events.append(NeighborUp(ifname, nb.name, src, nb.node_address, now))
@@ -226,7 +236,20 @@ class LinkSensor:
         nb = self._table.pop(key)
         if nb.state != "up":
             return []
+        flaps = [t for t in self._flaps.get(key, []) if now - t < FLAP_WINDOW_S]
+        flaps.append(now)
+        self._flaps[key] = flaps
         return [NeighborDown(nb.ifname, nb.name, nb.link_address, reason, now)]
+
+    def _held_down(self, key: tuple[str, str], nb: Neighbor, now: float) -> bool:
+        recent = [t for t in self._flaps.get(key, []) if now - t < FLAP_WINDOW_S]
+        if not recent:
+            self._flaps.pop(key, None)
+            return False
+        if len(recent) >= FLAP_THRESHOLD and now - nb.first_seen < HOLD_DOWN_S:
+            self.damped_total += 1
+            return True
+        return False
 
     # -- views ------------------------------------------------------------
     def neighbors(self) -> list[Neighbor]:

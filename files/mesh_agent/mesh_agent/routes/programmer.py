@@ -36,6 +36,10 @@ GROUP_ID_BASE = 0x6D660000
 GroupKey = tuple[str, str | None]
 
 
+class _Preempted(Exception):
+    """Raised inside a sync when a failover asked for the route lock."""
+
+
 class ChoiceLike(Protocol):
     @property
     def destination(self) -> str: ...
@@ -76,7 +80,10 @@ class RouteProgrammer:
         self._routes: dict[str, tuple[str, GroupKey]] = {}  # dst name -> (address, key)
         self._flushed: dict[str, tuple[str, GroupKey]] = {}  # routes the kernel dropped
         self.errors_total = 0
+        self.preempted_total = 0
         self.last_sync_ok = False
+        self._syncing = False
+        self._preempt = False
 
     @property
     def enforce(self) -> bool:
@@ -92,8 +99,20 @@ class RouteProgrammer:
             self._gids[key] = GROUP_ID_BASE + len(self._gids) + 1
         return self._gids[key]
 
+    def request_preempt(self) -> None:
+        """Ask a running :meth:`sync` to stop before its next kernel operation.
+
+        The failover path calls this before taking the route lock, so a long
+        reconvergence never delays it by more than one netlink round trip.
+        The preempted sync returns False; the agent runs a fresh one after.
+        """
+        if self._syncing:
+            self._preempt = True
+
     async def _op(self, method: str, *args: Any) -> bool:
         """Run one Netlink method; in observe mode only pretend it worked."""
+        if self._preempt and self._syncing:
+            raise _Preempted
         if self.nl is None:
             return True
         try:
@@ -129,6 +148,23 @@ class RouteProgrammer:
         links: Mapping[str, NeighborLink],
     ) -> bool:
         """Make the kernel match *choices*; return True when every operation succeeded."""
+        self._syncing = True
+        try:
+            return await self._sync(choices, addresses, links)
+        except _Preempted:
+            self.preempted_total += 1
+            self.last_sync_ok = False
+            return False
+        finally:
+            self._syncing = False
+            self._preempt = False
+
+    async def _sync(
+        self,
+        choices: Mapping[str, ChoiceLike],
+        addresses: Mapping[str, str],
+        links: Mapping[str, NeighborLink],
+    ) -> bool:
         ok = True
         want_routes: dict[str, tuple[str, GroupKey]] = {}
         for dst, ch in choices.items():
@@ -177,15 +213,17 @@ class RouteProgrammer:
                     ok = False
 
         # Remove, top down: routes, groups, nexthops.
+        # Forget each object only after its delete was sent, so that a
+        # preempted sync never leaks a kernel object we no longer know about.
         for dst in [d for d in self._routes if d not in want_routes]:
-            addr, _ = self._routes.pop(dst)
-            await self._op("route_delete", addr, self.protocol)
+            await self._op("route_delete", self._routes[dst][0], self.protocol)
+            del self._routes[dst]
         for key in [k for k in self._groups if k not in want_groups]:
-            del self._groups[key]
             await self._op("nexthop_delete", self._gid(key))
+            del self._groups[key]
         for name in [n for n in self._nh if n not in want_nh]:
-            del self._nh[name]
             await self._op("nexthop_delete", self._nh_id(name))
+            del self._nh[name]
         self._flushed.clear()
         self.last_sync_ok = ok
         return ok
