@@ -21,6 +21,7 @@ computation.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -256,27 +257,38 @@ class RouteProgrammer:
                 continue  # no prepared backup nexthop: reconvergence will handle it
             switch[key] = backup
             dsts_by_key.setdefault(key, []).append(dst)
+        # All requests of a phase are in flight at once (pipelined on the one
+        # netlink socket): the event loop is crossed twice, not once per op,
+        # which matters when the loop is busy with a flood of adverts.
+        groups = [(k, b) for k, b in switch.items() if self._groups.get(k) != b]
+        done = await asyncio.gather(
+            *(
+                self._op("group_replace", self._gid(k), [self._nh_id(b)], self.protocol)
+                for k, b in groups
+            )
+        )
         ops = 0
-        for key, backup in switch.items():
-            if self._groups.get(key) == backup:
-                continue
-            if await self._op(
-                "group_replace", self._gid(key), [self._nh_id(backup)], self.protocol
-            ):
+        for (key, backup), ok in zip(groups, done, strict=True):
+            if ok:
                 self._groups[key] = backup
                 ops += 1
         if routes_flushed:
+            readd: list[tuple[str, str, GroupKey]] = []
             for key in switch:
                 for dst in dsts_by_key[key]:
                     flushed = self._flushed.pop(dst, None)
-                    if flushed is None or dst in self._routes:
-                        continue
-                    addr = flushed[0]
-                    if await self._op(
-                        "route_replace", addr, self._gid(key), self.prefsrc, self.protocol
-                    ):
-                        self._routes[dst] = (addr, key)
-                        ops += 1
+                    if flushed is not None and dst not in self._routes:
+                        readd.append((dst, flushed[0], key))
+            done = await asyncio.gather(
+                *(
+                    self._op("route_replace", addr, self._gid(key), self.prefsrc, self.protocol)
+                    for _, addr, key in readd
+                )
+            )
+            for (dst, addr, key), ok in zip(readd, done, strict=True):
+                if ok:
+                    self._routes[dst] = (addr, key)
+                    ops += 1
         return ops
 
     # -- views ------------------------------------------------------------
