@@ -179,3 +179,39 @@ def test_ladder_repeated_carrier_cuts(ladder: Mesh) -> None:
     print(f"ladder: outage ms per cut {outages}, median {statistics.median(outages)} ms")
     print("\n".join(failover_lines(ladder)))
     assert ladder.stop() == [0] * 8
+
+
+def test_interfaces_added_after_start(tmp_path_factory: pytest.TempPathFactory, ca: CA) -> None:
+    """The lab may wire veths after the agents start: they must be picked up live."""
+    mesh = Mesh(2, [], tmp_path_factory.mktemp("late"), prefix="mah")
+    try:
+        mesh.build(ca)
+        ns = mesh.namespaces
+        mesh.wait_for(lambda: api(ns[0], "/healthz")[0] == 200, 30, "agent 0 API")
+        mesh.wait_for(lambda: api(ns[1], "/healthz")[0] == 200, 30, "agent 1 API")
+        assert api(ns[0], "/readyz")[0] == 503  # no neighbours yet
+        sh(
+            "ip",
+            "link",
+            "add",
+            "tmpla",
+            "netns",
+            ns[0],
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "tmplb",
+            "netns",
+            ns[1],
+        )
+        for n, side, addr in ((0, "tmpla", "10.98.0.0"), (1, "tmplb", "10.98.0.1")):
+            ip(ns[n], "link", "set", side, "name", "mesh0")
+            ip(ns[n], "addr", "add", f"{addr}/31", "dev", "mesh0")
+            ip(ns[n], "link", "set", "mesh0", "up")
+        t = mesh.wait_for(mesh.converged, 20, "both agents converged over the late link")
+        print(f"\nlate link: converged {t:.2f}s after the veth came up")
+        r = ping(ns[0], mesh.nodes[1].address)
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        mesh.destroy()
