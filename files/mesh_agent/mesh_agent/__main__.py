@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _run(cfg: AgentConfig) -> None:
+async def _run(cfg: AgentConfig) -> int:
     from mesh_agent.agent import Agent
     from mesh_agent.identity import Identity
 
@@ -33,6 +33,7 @@ async def _run(cfg: AgentConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stop)
     await agent.run()
+    return agent.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log = logging.getLogger("mesh_agent")
     try:
-        asyncio.run(_run(cfg))
+        code = asyncio.run(_run(cfg))
     except (OSError, IdentityError, ValueError) as exc:
         # Missing or unreadable PKI files, a key of the wrong type, a port in use:
         # operator errors that deserve one clear line, not a traceback.
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         log.critical("fatal: %s", exc, exc_info=True)
         return 1
-    return 0
+    return code
 
 
 if __name__ == "__main__":

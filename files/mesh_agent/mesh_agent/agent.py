@@ -71,6 +71,7 @@ class Agent:
         self._background: set[asyncio.Task[None]] = set()
         self.started_at = clock()
         self.last_failover: dict[str, Any] | None = None
+        self.exit_code = 0
         self._hellos_seen = 0
         self._damped_seen = 0
         self._drops_seen: dict[str, int] = {}
@@ -128,6 +129,8 @@ class Agent:
         ]
         if server is not None:
             self._tasks.append(loop.create_task(server.serve(), name="api"))
+        for task in self._tasks:
+            task.add_done_callback(self._task_done)
         log.info(
             "mesh-agent %s (%s) started in %s mode on %s",
             self.cfg.node_name,
@@ -139,6 +142,17 @@ class Agent:
             await self._stop.wait()
         finally:
             await self._shutdown(server)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        """A core task must never end on its own: stop, and let systemd restart us."""
+        if self._stop.is_set() or task.cancelled():
+            return
+        exc = task.exception()
+        log.critical(
+            "task %s ended unexpectedly (%r); stopping", task.get_name(), exc, exc_info=exc
+        )
+        self.exit_code = 1
+        self._stop.set()
 
     async def _shutdown(self, server: Any) -> None:
         if server is not None:
