@@ -155,9 +155,10 @@ def cmd_wire(_: argparse.Namespace) -> None:
 
 
 # --- status -------------------------------------------------------------------------
-def ping(name: str, addr: str) -> bool:
-    return sh("ip", "netns", "exec", ns(name), "ping", "-n", "-q", "-c", "1", "-W", "1", addr,
-              check=False).returncode == 0
+def ping(name: str, addr: str, source: str | None = None) -> bool:
+    src = ["-I", source] if source else []
+    return sh("ip", "netns", "exec", ns(name), "ping", "-n", "-q", "-c", "1", "-W", "1", *src,
+              addr, check=False).returncode == 0
 
 
 def unit_states(name: str, units: list[str]) -> dict[str, str]:
@@ -196,6 +197,13 @@ def collect(state: dict[str, Any]) -> dict[str, Any]:
         units = {name: pool.submit(unit_states, name, NODE_UNITS) for name in nodes}
         units[MONITOR] = pool.submit(unit_states, MONITOR, MONITOR_UNITS)
         targets = prometheus_targets(state["monitor"]["mgmt_address"])
+        agents = all(u.result().get("mesh-agent.service") == "active"
+                     for n, u in units.items() if n != MONITOR)
+        # Multi-hop reachability over the agents' routes: node address to node address.
+        reach = {
+            (a, b): pool.submit(ping, a, nodes[b]["node_address"], nodes[a]["node_address"])
+            for a in nodes for b in nodes if a != b
+        } if agents else {}
         rows = []
         for name, n in nodes.items():
             ok = sum(pings[(name, e["ifname"])].result() for e in n["links"])
@@ -209,6 +217,9 @@ def collect(state: dict[str, Any]) -> dict[str, Any]:
                 "services": {k.removesuffix(".service"): v for k, v in svc.items()
                              if v != "inactive" or "mesh-agent" not in k},
                 "scrape": targets.get(name, {}),
+                **({"reachable": sorted(b for b in nodes
+                                        if b != name and reach[(name, b)].result())}
+                   if reach else {}),
             })
         rows.append({
             "node": MONITOR, "interfaces": [], "neighbours": [], "neighbours_pingable": 0,
@@ -216,16 +227,47 @@ def collect(state: dict[str, Any]) -> dict[str, Any]:
             "services": {k.removesuffix(".service"): v for k, v in units[MONITOR].result().items()},
             "scrape": targets.get(MONITOR, {}),
         })
-    return {"topology": state["name"], "nodes": rows}
+    return {"topology": state["name"], "nodes": rows, "agents": agents}
 
 
-def healthy(row: dict[str, Any]) -> bool:
+def healthy(row: dict[str, Any], mesh_size: int = 0) -> bool:
     return (row["neighbours_pingable"] == row["neighbours_total"]
+            and len(row.get("reachable", [])) >= (mesh_size - 1 if "reachable" in row else 0)
             and all(v == "active" for v in row["services"].values())
             and bool(row["scrape"]) and all(v == "up" for v in row["scrape"].values()))
 
 
+def all_healthy(report: dict[str, Any]) -> bool:
+    size = len(report["nodes"]) - 1
+    return all(healthy(r, size) for r in report["nodes"])
+
+
+def print_matrix(report: dict[str, Any]) -> None:
+    rows = [r for r in report["nodes"] if "reachable" in r]
+    if not rows:
+        return
+    names = [r["node"] for r in rows]
+    total = len(names) * (len(names) - 1)
+    ok = sum(len(r["reachable"]) for r in rows)
+    print(f"\nreachability over agent routes (node address to node address): {ok}/{total} pairs")
+    if len(names) <= 30:
+        w = max(len(n) for n in names)
+        print(" " * (w + 2) + " ".join(f"{i % 100:>2}" for i in range(1, len(names) + 1)))
+        for i, r in enumerate(rows, 1):
+            reach = set(r["reachable"])
+            cells = " ".join(" -" if n == r["node"] else (" ." if n in reach else " X")
+                             for n in names)
+            print(f"{r['node']:<{w}}  {cells}   {i}")
+        print("(. reachable, X not reachable; columns numbered as the rows)")
+    else:
+        for r in rows:
+            missing = sorted(set(names) - set(r["reachable"]) - {r["node"]})
+            if missing:
+                print(f"  {r['node']} cannot reach {len(missing)}: {', '.join(missing[:10])}")
+
+
 def print_table(report: dict[str, Any]) -> None:
+    size = len(report["nodes"]) - 1
     rows = report["nodes"]
     w = max(len(r["node"]) for r in rows)
     print(f"\nlab {report['topology']}: {len(rows) - 1} mesh nodes + monitor")
@@ -236,9 +278,9 @@ def print_table(report: dict[str, Any]) -> None:
         )
         scrape = " ".join(f"{k}={v}" for k, v in sorted(r["scrape"].items())) or "-"
         nb = f"{r['neighbours_pingable']}/{r['neighbours_total']}"
-        flag = "" if healthy(r) else "   <-- NOT OK"
+        flag = "" if healthy(r, size) else "   <-- NOT OK"
         print(f"{r['node']:<{w}}  {len(r['interfaces']):<11}  {nb:<13}  {svc:<38}  {scrape}{flag}")
-    bad = [r["node"] for r in rows if not healthy(r)]
+    bad = [r["node"] for r in rows if not healthy(r, size)]
     total_nb = sum(r["neighbours_total"] for r in rows)
     ok_nb = sum(r["neighbours_pingable"] for r in rows)
     print(f"\nveth neighbours pingable: {ok_nb}/{total_nb}; nodes healthy: "
@@ -250,14 +292,15 @@ def cmd_status(args: argparse.Namespace) -> None:
     deadline = time.monotonic() + args.wait
     while True:
         report = collect(state)
-        if all(healthy(r) for r in report["nodes"]) or time.monotonic() >= deadline:
+        if all_healthy(report) or time.monotonic() >= deadline:
             break
         time.sleep(2)
     print_table(report)
+    print_matrix(report)
     out = Path(args.json) if args.json else STATE_DIR / "status.json"
     out.write_text(json.dumps(report, indent=2))
     print(f"status report: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
-    if not all(healthy(r) for r in report["nodes"]):
+    if not all_healthy(report):
         raise SystemExit(1)
 
 

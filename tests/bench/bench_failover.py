@@ -110,7 +110,7 @@ class Lab:
         self.procs.clear()
         for name in self.state["nodes"]:  # whatever a daemon left behind
             netlab.run("ip", "-n", ns(name), "route", "flush", "proto", "babel", check=False)
-            netlab.run("ip", "-n", ns(name), "route", "flush", "proto", "99", check=False)
+            netlab.run("ip", "-n", ns(name), "route", "flush", "proto", "77", check=False)
             netlab.run("ip", "-n", ns(name), "nexthop", "flush", check=False)
 
     def ifnames(self, node: str) -> list[str]:

@@ -46,7 +46,7 @@ class AgentConfig:
     mode: str = "observe"
     k: int = 3
     disjoint: str = "edge"
-    route_protocol: int = 99
+    route_protocol: int = 77
     api_listen: str = "0.0.0.0:9105"
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     state_dir: Path = Path("/var/lib/mesh-agent")
@@ -200,7 +200,7 @@ def parse_config(data: Any) -> AgentConfig:
         mode=_choice(data, "mode", "observe", ("observe", "enforce")),
         k=_int(data, "k", 3, 3, 5),
         disjoint=_choice(data, "disjoint", "edge", ("edge", "node")),
-        route_protocol=_int(data, "route_protocol", 99, 5, 255),
+        route_protocol=_int(data, "route_protocol", 77, 5, 255),
         api_listen=api_listen,
         identity=IdentityConfig(**paths),
         state_dir=Path(state_dir),

@@ -16,7 +16,7 @@ from pathlib import Path
 from netns_util import add_ns, del_ns, ip, sh
 from pki import CA
 
-PROTO = 99
+PROTO = 77
 
 
 @dataclass

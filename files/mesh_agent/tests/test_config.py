@@ -17,7 +17,7 @@ def test_defaults() -> None:
     assert isinstance(cfg, AgentConfig)
     assert cfg.node_address == ipaddress.IPv4Address("10.77.0.1")
     assert (cfg.udp_port, cfg.hello_interval_ms, cfg.dead_multiplier) == (6767, 50, 3)
-    assert (cfg.mode, cfg.k, cfg.disjoint, cfg.route_protocol) == ("observe", 3, "edge", 99)
+    assert (cfg.mode, cfg.k, cfg.disjoint, cfg.route_protocol) == ("observe", 3, "edge", 77)
     assert cfg.interfaces is None and cfg.interface_prefix == "mesh"
     assert cfg.api_host_port == ("0.0.0.0", 9105)
     assert str(cfg.identity.cert) == "/etc/mesh-agent/pki/node.crt"

@@ -25,7 +25,7 @@ from mesh_agent.paths import PathTable
 from mesh_agent.routes import NeighborLink, Netlink, RouteProgrammer
 
 pytestmark = requires_root
-PROTO = 99
+PROTO = 77
 SUFFIX = f"{os.getpid() % 100000}"
 R, X, Y, D = (f"mat{n}{SUFFIX}" for n in "rxyd")
 ADDR = {"r": "10.77.9.1", "x": "10.77.9.2", "y": "10.77.9.3", "d": "10.77.9.9"}
