@@ -294,6 +294,10 @@ def cmd_status(args: argparse.Namespace) -> None:
         report = collect(state)
         if all_healthy(report) or time.monotonic() >= deadline:
             break
+        size = len(report["nodes"]) - 1
+        ok = sum(healthy(r, size) for r in report["nodes"])
+        print(f"labctl: waiting for the lab: {ok}/{size + 1} nodes healthy "
+              f"({deadline - time.monotonic():.0f} s left)", file=sys.stderr, flush=True)
         time.sleep(2)
     print_table(report)
     print_matrix(report)
