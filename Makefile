@@ -10,9 +10,11 @@ NODES ?= 10
 TOPOLOGY ?= grid
 SEED ?= 1
 IMAGE_TARGET ?= container-amd64
-MOLECULE_SCENARIOS ?= base node_exporter prometheus
+MOLECULE_SCENARIOS ?= base node_exporter prometheus mesh_agent
 MOLECULE_FULL_SCENARIOS ?=
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# molecule runs ansible-playbook and ansible-config from PATH: the venv's, never Debian's.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 1
 export PY_COLORS ?= 1
 
@@ -56,7 +58,7 @@ lint: setup
 unit: setup
 	$(BIN)/pytest -q files/mesh_agent/tests tests --ignore=tests/bench -p no:cacheprovider
 
-molecule: image
+molecule: image agent-bundle
 	@set -e; for s in $(MOLECULE_SCENARIOS); do \
 	  echo "=== molecule test -s $$s"; $(BIN)/molecule test -s $$s; done
 

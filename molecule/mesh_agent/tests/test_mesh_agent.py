@@ -1,0 +1,94 @@
+"""Real state after the mesh_agent role: unit, identity files, API and metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import testinfra.utils.ansible_runner
+
+testinfra_hosts = [
+    f"podman://{name}"
+    for name in testinfra.utils.ansible_runner.AnsibleRunner(
+        os.environ["MOLECULE_INVENTORY_FILE"]
+    ).get_hosts("all")
+]
+
+
+def http(host, path: str) -> tuple[int, str]:
+    """GET on the agent's API from inside the container (no curl in the image)."""
+    code = (
+        "import sys,urllib.request,urllib.error\n"
+        "try:\n"
+        f"    r=urllib.request.urlopen('http://127.0.0.1:9105{path}',timeout=3)\n"
+        "    print(r.status); print(r.read().decode())\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    print(e.code); print(e.read().decode())\n"
+    )
+    for _ in range(60):  # the agent may still be starting after the restart handler
+        out = host.run("python3 -c %s", code)
+        if out.rc == 0:
+            status, _, body = out.stdout.partition("\n")
+            return int(status), body
+        time.sleep(1)
+    raise AssertionError(f"agent API not answering on {path}: {out.stderr}")
+
+
+def test_unit_is_active_enabled_and_unprivileged(host):
+    svc = host.service("mesh-agent")
+    assert svc.is_running
+    assert svc.is_enabled
+    proc = host.process.get(comm="mesh-agent")
+    assert proc.user == "meshcore"
+    unit = host.file("/etc/systemd/system/mesh-agent.service").content_string
+    for hardening in ("NoNewPrivileges=yes", "ProtectSystem=strict",
+                      "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE"):
+        assert hardening in unit
+
+
+def test_release_layout(host):
+    current = host.file("/opt/mesh-agent/current")
+    assert current.is_symlink
+    assert current.linked_to.startswith("/opt/mesh-agent/releases/")
+    assert host.file(current.linked_to + "/.meshcore-installed").exists
+
+
+def test_identity_files_and_modes(host):
+    key = host.file("/etc/mesh-agent/pki/node.key")
+    assert key.mode == 0o640
+    assert key.user == "root"
+    assert key.group == "meshcore"
+    san = host.run("python3 -c %s", "import ssl;print(ssl._ssl._test_decode_cert("
+                   "'/etc/mesh-agent/pki/node.crt')['subjectAltName'])")
+    assert "spiffe://mesh.lab/node/" in san.stdout
+
+
+def test_config_is_what_the_agent_accepts(host):
+    cfg = host.file("/etc/mesh-agent/agent.yml")
+    assert cfg.mode == 0o640
+    assert "mode: observe" in cfg.content_string
+    check = host.run("/opt/mesh-agent/current/bin/mesh-agent check-config "
+                     "--config /etc/mesh-agent/agent.yml")
+    assert check.rc == 0, check.stderr
+
+
+def test_healthz_and_metrics(host):
+    status, body = http(host, "/healthz")
+    assert status == 200
+    status, metrics = http(host, "/metrics")
+    assert status == 200
+    for name in ("meshcore_neighbors_up", "meshcore_adverts_rejected_total",
+                 "meshcore_hellos_sent_total"):
+        assert name in metrics, name
+
+
+def test_agent_runs_hellos_on_the_mesh_interface(host):
+    status, body = http(host, "/v1/neighbors")
+    assert status == 200
+    assert json.loads(body)["node"]
+
+
+def test_route_protocol_is_named(host):
+    assert host.file("/etc/iproute2/rt_protos.d/meshcore.conf").content_string.split() == [
+        "77", "meshcore"]
