@@ -40,7 +40,8 @@ agent-bundle: image
 lab: image agent-bundle
 	@start=$$(date +%s); \
 	$(BIN)/ansible-playbook playbooks/lab.yml -e lab_nodes=$(NODES) -e lab_topology=$(TOPOLOGY) -e lab_seed=$(SEED); \
-	rc=$$?; echo "make lab: $$(( $$(date +%s) - start )) s wall, rc=$$rc"; exit $$rc
+	rc=$$?; [ $$rc -ne 0 ] || { $(BIN)/python files/lab/labctl.py status; rc=$$?; }; \
+	echo "make lab: $$(( $$(date +%s) - start )) s wall, rc=$$rc"; exit $$rc
 
 lab-status: setup
 	@$(BIN)/python files/lab/labctl.py status

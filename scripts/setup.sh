@@ -50,6 +50,19 @@ if [ ! -f "$conf" ] || [ "$(cat "$conf")" != "$want" ]; then
   printf '%s\n' "$want" > "$conf"
 fi
 
+# 2b. inotify limits: every systemd container (rootful, all uid 0) takes inotify
+# instances from one per-user pool of 128; a 50-node lab exhausts it and systemd
+# stalls at boot ("Failed to create inotify object: Too many open files").
+sysctl_file=/etc/sysctl.d/60-meshcore-lab.conf
+want_sysctl=$'fs.inotify.max_user_instances = 8192\nfs.inotify.max_user_watches = 524288'
+if [ "$(cat "$sysctl_file" 2>/dev/null)" != "$want_sysctl" ] \
+   || [ "$(cat /proc/sys/fs/inotify/max_user_instances)" -lt 8192 ]; then
+  need_root
+  log "raising inotify limits for systemd containers ($sysctl_file)"
+  printf '%s\n' "$want_sysctl" > "$sysctl_file"
+  sysctl -q -p "$sysctl_file"
+fi
+
 # 3. venv with pinned dependencies, plus the agent (editable) -------------------
 h=$(hash_of requirements/dev.txt files/mesh_agent/pyproject.toml)
 if ! stamped venv "$h" || [ ! -x .venv/bin/python ]; then
