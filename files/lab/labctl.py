@@ -81,8 +81,13 @@ def write_inventory(state: dict[str, Any], pids: dict[str, int] | None = None) -
                 for link in n["links"]
             ],
         }
+    # The lab shares 2 cores among every node's agent: at 50 ms hellos one agent
+    # costs about 4% of a core, so beyond 16 nodes the timers would starve and
+    # flap. Scale the hello interval with the lab's size (real fleets use their own).
+    hello_ms = 50 if len(state["nodes"]) <= 16 else 200
     inventory = {
         "all": {
+            "vars": {"mesh_agent_hello_interval_ms": hello_ms},
             # Delegated controller tasks (lab PKI, wheelhouse checks) run here, not
             # through the nsenter connection that group_vars/all gives the nodes.
             "hosts": {"localhost": {"ansible_connection": "local",
