@@ -45,10 +45,11 @@ MONITOR = "monitor01"
 def sh(
     *argv: str, check: bool = True, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(argv, input=input, capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise SystemExit(f"labctl: {' '.join(argv)} failed: {res.stderr.strip()}")
-    return res
+    """netlab.run, with a failure turned into a one-line labctl error."""
+    try:
+        return netlab.run(*argv, check=check, input=input)
+    except RuntimeError as exc:
+        raise SystemExit(f"labctl: {exc}") from exc
 
 
 def load_state() -> dict[str, Any]:
