@@ -64,7 +64,8 @@ def _put_name(name: str) -> bytes:
     return bytes([len(raw)]) + raw
 
 
-def _get_name(data: bytes, off: int) -> tuple[str, int]:
+def decode_name(data: bytes, off: int) -> tuple[str, int]:
+    """A length-prefixed UTF-8 name at *off*; used by hellos and adverts alike."""
     if off >= len(data):
         raise WireError("truncated name length")
     n = data[off]
@@ -109,7 +110,7 @@ def decode_hello(data: bytes) -> Hello:
         raise WireError(f"unsupported version {version}")
     if interval == 0:
         raise WireError("zero hello interval")
-    name, off = _get_name(data, _HEAD.size)
+    name, off = decode_name(data, _HEAD.size)
     if off >= len(data):
         raise WireError("truncated echo count")
     count = data[off]
@@ -118,7 +119,7 @@ def decode_hello(data: bytes) -> Hello:
         raise WireError("too many echo entries")
     echoes = []
     for _ in range(count):
-        ename, off = _get_name(data, off)
+        ename, off = decode_name(data, off)
         if off + _ECHO_TAIL.size > len(data):
             raise WireError("truncated echo entry")
         last_seq, echo_ts, delay = _ECHO_TAIL.unpack_from(data, off)

@@ -25,11 +25,10 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from mesh_agent.link.wire import WireError
+from mesh_agent.link.wire import MAX_NAME, WireError, decode_name
 
 MAGIC = b"MA"
 VERSION = 1
-MAX_NAME = 63
 MAX_LINKS = 1024
 _HEAD = struct.Struct("!2sBBQQ4s")
 _U16 = struct.Struct("!H")
@@ -45,18 +44,6 @@ class Advert:
     cert_der: bytes
     signature: bytes
     signed_part: bytes
-
-
-def _name(data: bytes, off: int) -> tuple[str, int]:
-    if off >= len(data):
-        raise WireError("truncated name")
-    n = data[off]
-    if not 1 <= n <= MAX_NAME or off + 1 + n > len(data):
-        raise WireError("bad name length")
-    try:
-        return data[off + 1 : off + 1 + n].decode(), off + 1 + n
-    except UnicodeDecodeError as exc:
-        raise WireError("name is not UTF-8") from exc
 
 
 def _u16(data: bytes, off: int) -> tuple[int, int]:
@@ -103,13 +90,13 @@ def decode_advert(data: bytes) -> Advert:
         raise WireError("bad magic")
     if version != VERSION:
         raise WireError(f"unsupported version {version}")
-    origin, off = _name(data, _HEAD.size)
+    origin, off = decode_name(data, _HEAD.size)
     count, off = _u16(data, off)
     if count > MAX_LINKS:
         raise WireError("too many links")
     links = []
     for _ in range(count):
-        name, off = _name(data, off)
+        name, off = decode_name(data, off)
         centi, off = _u16(data, off)
         links.append((name, centi / 100.0))
     cert_len, off = _u16(data, off)
