@@ -306,7 +306,7 @@ def proc_stats(pids: list[int], seconds: float) -> dict[str, float]:
             "cpu_pct_mean": statistics.mean(cpus), "cpu_pct_max": max(cpus)}
 
 
-def daemon_pids(lab: Lab, name: str) -> list[int]:
+def daemon_pids(lab: Lab) -> list[int]:
     """PIDs of the daemons (children of `ip netns exec`, which execs in place)."""
     return [p.pid for p in lab.procs if p.poll() is None]
 
@@ -352,7 +352,7 @@ def run_topology(spec: str, impls: list[str], modes: list[str], trials: int) -> 
             emit(topology=name, impl=impl, figure="initial_convergence_s",
                  value=round(conv, 3), unit="s")
             if len(state["nodes"]) >= 50:
-                stats = proc_stats(daemon_pids(lab, impl), 10.0)
+                stats = proc_stats(daemon_pids(lab), 10.0)
                 for key, value in stats.items():
                     emit(topology=name, impl=impl, figure=key, value=round(value, 2),
                          nodes=len(state["nodes"]))
