@@ -147,7 +147,9 @@ class Lab:
             (self.workdir / node).mkdir(exist_ok=True)
             path = self.workdir / f"{node}.agent.yml"
             path.write_text(yaml.safe_dump(cfg))
-            self.spawn(node, [sys.executable, "-m", "mesh_agent", "run", "--config", str(path)],
+            # -OO as in the systemd unit (PYTHONOPTIMIZE=2).
+            self.spawn(node, [sys.executable, "-OO", "-m", "mesh_agent", "run", "--config",
+                              str(path)],
                        f"{node}.agent.log")
 
     # --- measurement -----------------------------------------------------------------
@@ -351,12 +353,12 @@ def run_topology(spec: str, impls: list[str], modes: list[str], trials: int) -> 
                 continue
             emit(topology=name, impl=impl, figure="initial_convergence_s",
                  value=round(conv, 3), unit="s")
-            if len(state["nodes"]) >= 50:
-                stats = proc_stats(daemon_pids(lab), 10.0)
-                for key, value in stats.items():
-                    emit(topology=name, impl=impl, figure=key, value=round(value, 2),
-                         nodes=len(state["nodes"]))
-            for mode in modes:
+            # Idle cost once converged, every daemon of the run in the same window.
+            stats = proc_stats(daemon_pids(lab), 20.0)
+            for key, value in stats.items():
+                emit(topology=name, impl=impl, figure=key, value=round(value, 2),
+                     nodes=len(state["nodes"]))
+            for mode in filter(None, modes):
                 outs = []
                 for i in range(trials):
                     if wait_converged(lab, src, dst, 90, stable=stable) is None:

@@ -1,9 +1,16 @@
 """The asyncio shell around the sans-I/O cores: sockets, timers, netlink, API.
 
 Hellos and adverts share one UDP socket per mesh interface, bound to the
-interface with SO_BINDTODEVICE. Hellos go to the IPv4 limited broadcast
-255.255.255.255:udp_port (a /31 point-to-point veth has no other broadcast
-address); adverts are unicast to each neighbour's link address. eth0 (the
+interface with SO_BINDTODEVICE. Hellos go to the all-hosts group 224.0.0.1
+(RFC 1112: every multicast-capable interface is a member, so no join is
+needed, and a /31 point-to-point link has no subnet broadcast) with
+IP_MULTICAST_LOOP off: unlike a limited broadcast, our own hellos are not
+looped back to us, which halved the receive work. Adverts are unicast to each
+neighbour's link address on udp_port + 1, through a second socket per
+interface. Only that advert socket wakes the event loop: the hello sockets
+are drained once per hello tick, and each hello's arrival time comes from the
+kernel (SO_TIMESTAMPNS), so batching costs RTT and liveness no accuracy. This
+cut the wake-ups from one per received hello to one per tick. eth0 (the
 management network) is never opened.
 """
 
@@ -11,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -36,8 +45,19 @@ log = logging.getLogger("mesh_agent")
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
 RTM_NEWLINK, RTM_DELLINK = 16, 17
-BROADCAST = "255.255.255.255"
+HELLO_GROUP = "224.0.0.1"
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("@qq")
+_ANC_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 MANAGEMENT_IFNAMES = frozenset({"eth0", "lo"})
+# Housekeeping cadence (expiry, next-hop moves, counter sync), independent of
+# the much slower periodic advert refresh.
+HOUSEKEEPING_S = 1.0
+# SPF hold (as OSPF's spf-delay): a topology change usually arrives as a burst
+# of adverts (both ends of a link, then their floods); one recompute after the
+# burst instead of one per advert. Failover never waits for it: it switches to
+# the prepared backups at once.
+SPF_HOLD_S = 0.05
 
 
 class Agent:
@@ -52,6 +72,9 @@ class Agent:
         self.cfg = cfg
         self.identity = identity
         self.metrics = metrics or Metrics()
+        self.metrics.watch_links(
+            lambda: [(nb.ifname, nb.rtt_s, nb.loss()) for nb in self.sensor.up_neighbors()]
+        )
         self.clock = clock
         self.wall = wall
         addr = str(cfg.node_address)
@@ -59,7 +82,8 @@ class Agent:
         self.lsdb = LinkStateDB(identity, addr, cfg.advert_max_age_s)
         self.paths = PathTable(cfg.node_name, k=cfg.k, disjoint=cfg.disjoint)
         self.routes = RouteProgrammer(None, cfg.route_protocol, addr)
-        self._socks: dict[str, socket.socket] = {}
+        self._socks: dict[str, socket.socket] = {}  # hellos, drained per tick
+        self._advert_socks: dict[str, socket.socket] = {}  # adverts, on a reader
         self._ifindex: dict[str, int] = {}
         self._dirty = asyncio.Event()
         self._stop = asyncio.Event()
@@ -78,6 +102,7 @@ class Agent:
         self._route_errors_seen = 0
         self._last_links: dict[str, tuple[str, str]] = {}
         self._last_shape: object = None
+        self._last_originated = -float("inf")
 
     # -- readiness --------------------------------------------------------
     def converged(self) -> bool:
@@ -131,6 +156,10 @@ class Agent:
             self._tasks.append(loop.create_task(server.serve(), name="api"))
         for task in self._tasks:
             task.add_done_callback(self._task_done)
+        # Everything imported and built so far lives as long as the process:
+        # keep it out of the cyclic GC's generations so collections stay cheap.
+        gc.collect()
+        gc.freeze()
         log.info(
             "mesh-agent %s (%s) started in %s mode on %s",
             self.cfg.node_name,
@@ -210,62 +239,87 @@ class Agent:
                 found.append(name)
         return sorted(found)
 
-    async def _open_interface(self, ifname: str) -> None:
-        if ifname in self._socks:
-            return
+    def _bound_socket(self, ifname: str, port: int) -> socket.socket | None:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
             s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xC0)  # CS6, network control
-            s.bind(("0.0.0.0", self.cfg.udp_port))
+            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            s.bind(("0.0.0.0", port))
         except OSError as exc:
             s.close()
-            log.warning("cannot open %s: %s", ifname, exc)
-            return
+            log.warning("cannot open %s port %d: %s", ifname, port, exc)
+            return None
         s.setblocking(False)
-        self._socks[ifname] = s
+        return s
+
+    async def _open_interface(self, ifname: str) -> None:
+        if ifname in self._socks:
+            return
+        hello = self._bound_socket(ifname, self.cfg.udp_port)
+        advert = self._bound_socket(ifname, self.cfg.advert_port) if hello else None
+        if hello is None or advert is None:
+            if hello is not None:
+                hello.close()
+            return
+        self._socks[ifname] = hello
+        self._advert_socks[ifname] = advert
         self.sensor.add_interface(ifname)
-        asyncio.get_running_loop().add_reader(s.fileno(), self._on_readable, ifname, s)
+        asyncio.get_running_loop().add_reader(advert.fileno(), self._on_readable, ifname, advert)
         log.info("listening for hellos on %s", ifname)
 
     def _close_interface(self, ifname: str) -> None:
-        s = self._socks.pop(ifname, None)
+        hello = self._socks.pop(ifname, None)
+        if hello is not None:
+            hello.close()
+        s = self._advert_socks.pop(ifname, None)
         if s is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(s.fileno())
             s.close()
 
-    def _send(self, ifname: str, data: bytes, dest: str) -> None:
+    def _send(self, ifname: str, data: bytes, dest: str, port: int | None = None) -> None:
+        """Send on *ifname*'s hello socket; to the advert port unless *port* is given."""
         s = self._socks.get(ifname)
         if s is None:
             return
         try:
-            s.sendto(data, (dest, self.cfg.udp_port))
+            s.sendto(data, (dest, self.cfg.advert_port if port is None else port))
         except OSError as exc:  # ENETDOWN while the link is down, EAGAIN under load
             log.debug("send on %s to %s failed: %s", ifname, dest, exc)
 
     # -- receive path -----------------------------------------------------
     def _on_readable(self, ifname: str, s: socket.socket) -> None:
+        """Read up to 64 queued datagrams, each stamped with its kernel arrival time."""
+        now, wall = self.clock(), self.wall()
         for _ in range(64):
             try:
-                data, (src, _port) = s.recvfrom(65535)
+                data, anc, _flags, addr = s.recvmsg(65535, _ANC_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 log.debug("recv on %s: %s", ifname, exc)
                 return
-            self._dispatch(ifname, data, src)
+            at = now
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                    sec, nsec = _TIMESPEC.unpack(payload[: _TIMESPEC.size])
+                    # Kernel stamps are wall-clock: map onto the monotonic
+                    # clock, and never into the future or past a clock step.
+                    at = min(now, max(now - 10.0, now - (wall - sec - nsec / 1e9)))
+            self._dispatch(ifname, data, addr[0], at)
 
-    def _dispatch(self, ifname: str, data: bytes, src: str) -> None:
+    def _dispatch(self, ifname: str, data: bytes, src: str, at: float | None = None) -> None:
         if src == "0.0.0.0":  # sender's interface has no address yet: no usable next hop
             self.sensor.drops["no_source_address"] += 1
             return
         if data[:2] == b"MA":
             self._on_advert(ifname, data, src)
             return
-        events = self.sensor.receive(ifname, data, src, self.clock())
+        events = self.sensor.receive(ifname, data, src, self.clock() if at is None else at)
         self._handle_events(events)
 
     def _on_advert(self, ifname: str, data: bytes, src: str) -> None:
@@ -358,6 +412,7 @@ class Agent:
     def _originate(self, flood: bool) -> None:
         links = {name: nb.cost() for name, nb in self.sensor.best_links().items()}
         raw, changed = self.lsdb.originate(links, self.wall())
+        self._last_originated = self.clock()
         self.metrics.adverts_originated.inc()
         if flood:
             for nb in self.sensor.up_neighbors():
@@ -391,21 +446,18 @@ class Agent:
             self._on_readable(ifname, s)
         now = self.clock()
         for ifname in list(self._socks):
-            self._send(ifname, self.sensor.build_hello(ifname, now), BROADCAST)
+            hello = self.sensor.build_hello(ifname, now)
+            self._send(ifname, hello, HELLO_GROUP, self.cfg.udp_port)
         self.metrics.hellos_tx.inc(len(self._socks))
         self._handle_events(self.sensor.tick(now))
-        m = self.metrics
-        for nb in self.sensor.up_neighbors():
-            if nb.rtt_s is not None:
-                m.link_rtt.labels(nb.ifname).set(nb.rtt_s)
-            m.link_loss.labels(nb.ifname).set(nb.loss())
 
     async def _advert_loop(self) -> None:
-        await asyncio.sleep(self.cfg.advert_interval_s)
-        await self._every(self.cfg.advert_interval_s, self._advert_tick)
+        await asyncio.sleep(HOUSEKEEPING_S)
+        await self._every(HOUSEKEEPING_S, self._advert_tick)
 
     def _advert_tick(self) -> None:
-        self._originate(flood=True)
+        if self.clock() - self._last_originated >= self.cfg.advert_interval_s:
+            self._originate(flood=True)
         # A neighbour may move to another interface or renumber its link
         # without any change in the graph; the next hops must follow.
         links = {n: (nb.ifname, nb.link_address) for n, nb in self.sensor.best_links().items()}
@@ -424,7 +476,7 @@ class Agent:
         m.neighbor_damped.inc(self.sensor.damped_total - self._damped_seen)
         self._damped_seen = self.sensor.damped_total
         for reason, n in self.sensor.drops.items():
-            if reason == "self":  # our own broadcast looped back: expected, not a drop
+            if reason == "self":  # our own hello heard back: expected, not a drop
                 continue
             seen = self._drops_seen.get(reason, 0)
             if n > seen:
@@ -434,6 +486,7 @@ class Agent:
     async def _compute_loop(self) -> None:
         while True:
             await self._dirty.wait()
+            await asyncio.sleep(SPF_HOLD_S)
             self._dirty.clear()
             generation = self._generation
             try:
@@ -448,7 +501,7 @@ class Agent:
             if not self.routes.last_sync_ok:
                 # A netlink operation failed (e.g. a gateway not yet on-link):
                 # retry on the refresh cadence even if the topology stays put.
-                asyncio.get_running_loop().call_later(self.cfg.advert_interval_s, self._mark_dirty)
+                asyncio.get_running_loop().call_later(HOUSEKEEPING_S, self._mark_dirty)
 
     async def _recompute(self) -> None:
         m = self.metrics

@@ -7,7 +7,11 @@ closed reason sets; never a node or node-pair label.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from mesh_agent.topology.lsdb import REJECT_REASONS
 
@@ -15,6 +19,49 @@ from mesh_agent.topology.lsdb import REJECT_REASONS
 # a netlink socket stalled behind a large sync.
 FAILOVER_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 COMPUTE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+
+# (interface, smoothed RTT or None, loss ratio) for every up neighbour.
+LinkSample = tuple[str, float | None, float]
+
+
+class _LinkCollector(Collector):
+    """Per-interface RTT and loss, read from the neighbour table at scrape time.
+
+    Setting labelled gauges on every hello tick cost more CPU than the hellos
+    themselves; a scrape every few seconds reads the same numbers once.
+    """
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Iterable[LinkSample]] = list
+
+    def describe(self) -> Iterable[Metric]:
+        return [
+            GaugeMetricFamily("meshcore_link_rtt_seconds", "Smoothed hello RTT per interface"),
+            GaugeMetricFamily("meshcore_link_loss_ratio", "Hello loss per interface"),
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        rtt = GaugeMetricFamily(
+            "meshcore_link_rtt_seconds", "Smoothed hello RTT per interface", labels=["interface"]
+        )
+        loss = GaugeMetricFamily(
+            "meshcore_link_loss_ratio",
+            "Hello loss over the window per interface (the worst neighbour on it)",
+            labels=["interface"],
+        )
+        rtts: dict[str, list[float]] = {}
+        losses: dict[str, float] = {}
+        for ifname, rtt_s, loss_ratio in self.source():
+            if rtt_s is not None:
+                rtts.setdefault(ifname, []).append(rtt_s)
+            losses[ifname] = max(loss_ratio, losses.get(ifname, 0.0))
+        for ifname, values in sorted(rtts.items()):
+            rtt.add_metric([ifname], sum(values) / len(values))
+        for ifname, value in sorted(losses.items()):
+            loss.add_metric([ifname], value)
+        yield rtt
+        yield loss
 
 
 class Metrics:
@@ -31,18 +78,8 @@ class Metrics:
             "Hellos that would have brought a flapping neighbour up during hold-down",
             registry=r,
         )
-        self.link_rtt = Gauge(
-            "meshcore_link_rtt_seconds",
-            "Smoothed hello RTT per interface",
-            ["interface"],
-            registry=r,
-        )
-        self.link_loss = Gauge(
-            "meshcore_link_loss_ratio",
-            "Hello loss over the window per interface",
-            ["interface"],
-            registry=r,
-        )
+        self._links = _LinkCollector()
+        r.register(self._links)
         self.adverts_rx = Counter("meshcore_adverts_received_total", "Adverts received", registry=r)
         self.adverts_accepted = Counter(
             "meshcore_adverts_accepted_total", "Adverts accepted into the LSDB", registry=r
@@ -101,3 +138,7 @@ class Metrics:
             buckets=COMPUTE_BUCKETS,
             registry=r,
         )
+
+    def watch_links(self, source: Callable[[], Iterable[LinkSample]]) -> None:
+        """Report per-interface RTT and loss from *source* at scrape time."""
+        self._links.source = source
