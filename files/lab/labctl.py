@@ -82,13 +82,16 @@ def write_inventory(state: dict[str, Any], pids: dict[str, int] | None = None) -
                 for link in n["links"]
             ],
         }
-    # The lab shares 2 cores among every node's agent: at 50 ms hellos one agent
-    # costs about 4% of a core, so beyond 16 nodes the timers would starve and
-    # flap. Scale the hello interval with the lab's size (real fleets use their own).
-    hello_ms = 50 if len(state["nodes"]) <= 16 else 200
+    # The lab shares 2 cores among every node's agent, node_exporter and the
+    # scrapes: beyond 16 nodes 50 ms hellos and 5 s scrapes would starve the
+    # timers and flap. Scale both with the lab's size (real fleets set their own).
+    small = len(state["nodes"]) <= 16
     inventory = {
         "all": {
-            "vars": {"mesh_agent_hello_interval_ms": hello_ms},
+            "vars": {
+                "mesh_agent_hello_interval_ms": 50 if small else 200,
+                "prometheus_scrape_interval": "5s" if small else "15s",
+            },
             # Delegated controller tasks (lab PKI, wheelhouse checks) run here, not
             # through the nsenter connection that group_vars/all gives the nodes.
             "hosts": {"localhost": {"ansible_connection": "local",

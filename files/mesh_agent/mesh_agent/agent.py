@@ -53,11 +53,13 @@ MANAGEMENT_IFNAMES = frozenset({"eth0", "lo"})
 # Housekeeping cadence (expiry, next-hop moves, counter sync), independent of
 # the much slower periodic advert refresh.
 HOUSEKEEPING_S = 1.0
-# SPF hold (as OSPF's spf-delay): a topology change usually arrives as a burst
-# of adverts (both ends of a link, then their floods); one recompute after the
-# burst instead of one per advert. Failover never waits for it: it switches to
-# the prepared backups at once.
-SPF_HOLD_S = 0.05
+# SPF back-off, a simplified RFC 8405: the first change after a quiet second
+# is computed at once (remote nodes must reconverge fast when a backup is not
+# loop-free), but a storm of changes (a flapping radio, a CPU-starved host) is
+# batched with a hold that doubles per recompute up to SPF_HOLD_MAX_S.
+SPF_QUIET_S = 1.0
+SPF_HOLD_MIN_S = 0.05
+SPF_HOLD_MAX_S = 1.0
 
 
 class Agent:
@@ -103,6 +105,8 @@ class Agent:
         self._last_links: dict[str, tuple[str, str]] = {}
         self._last_shape: object = None
         self._last_originated = -float("inf")
+        self._last_compute = -float("inf")
+        self._spf_hold = 0.0
 
     # -- readiness --------------------------------------------------------
     def converged(self) -> bool:
@@ -486,7 +490,7 @@ class Agent:
     async def _compute_loop(self) -> None:
         while True:
             await self._dirty.wait()
-            await asyncio.sleep(SPF_HOLD_S)
+            await asyncio.sleep(self._spf_delay())
             self._dirty.clear()
             generation = self._generation
             try:
@@ -502,6 +506,16 @@ class Agent:
                 # A netlink operation failed (e.g. a gateway not yet on-link):
                 # retry on the refresh cadence even if the topology stays put.
                 asyncio.get_running_loop().call_later(HOUSEKEEPING_S, self._mark_dirty)
+
+    def _spf_delay(self) -> float:
+        """How long to wait before this recompute (0 unless changes keep coming)."""
+        since = self.clock() - self._last_compute
+        if since >= SPF_QUIET_S:
+            self._spf_hold = 0.0
+        else:
+            self._spf_hold = min(SPF_HOLD_MAX_S, max(SPF_HOLD_MIN_S, 2 * self._spf_hold))
+        self._last_compute = self.clock() + self._spf_hold
+        return self._spf_hold
 
     async def _recompute(self) -> None:
         m = self.metrics

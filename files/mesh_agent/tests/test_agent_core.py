@@ -40,3 +40,17 @@ def test_dispatch_random_datagrams(ca: CA) -> None:
         assert state() == before
 
     check()
+
+
+def test_spf_backoff_is_immediate_when_quiet_and_doubles_in_a_storm(ca: CA) -> None:
+    now = [100.0]
+    cfg = parse_config({"node_name": "a", "node_address": "10.77.0.1"})
+    agent = Agent(cfg, ca.identity("a"), clock=lambda: now[0])
+    assert agent._spf_delay() == 0.0  # first change: compute at once
+    delays = []
+    for _ in range(7):  # a storm: a change every 10 ms
+        now[0] += 0.01
+        delays.append(agent._spf_delay())
+    assert delays == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    now[0] += 5.0  # quiet again
+    assert agent._spf_delay() == 0.0
