@@ -13,6 +13,9 @@ IMAGE_TARGET ?= container-amd64
 MOLECULE_SCENARIOS ?= base node_exporter prometheus mesh_agent
 MOLECULE_FULL_SCENARIOS ?=
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# The content-addressed tag `make image` built for this checkout (read when each
+# recipe runs, so after the image target): lab, molecule and bundle use it.
+export MESHCORE_IMAGE = $(shell cat build/images/container-amd64.ref 2>/dev/null || echo localhost/meshcore-base:latest)
 # molecule runs ansible-playbook and ansible-config from PATH: the venv's, never Debian's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 1

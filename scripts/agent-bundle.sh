@@ -8,7 +8,7 @@
 #   scripts/agent-bundle.sh [IMAGE]   -> build/agent/bundle.json (release id, file)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-image=${1:-localhost/meshcore-base:latest}
+image=${1:-${MESHCORE_IMAGE:-localhost/meshcore-base:latest}}
 image_id=$(podman image inspect -f '{{.Id}}' "$image")
 src_hash=$( (git ls-files -co --exclude-standard files/mesh_agent | grep -v '/tests/' | sort | xargs cat; cat requirements/dev.txt) | sha256sum | cut -c1-12)
 release=$(printf '%s %s' "$src_hash" "$image_id" | sha256sum | cut -c1-16)

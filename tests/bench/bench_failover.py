@@ -330,6 +330,9 @@ def run_topology(spec: str, impls: list[str], modes: list[str], trials: int) -> 
     state = topo.normalise(topo.build(kind, int(n), seed=1))
     name = state["name"]
     src, dst = far_pair(state)
+    busy = [n for n in netlab.run("ip", "netns", "list").stdout.split() if n.startswith(NS)]
+    if busy:  # never tear down a concurrent run's namespaces
+        raise SystemExit(f"bench_failover: namespaces {NS}* exist ({busy[0]}, ...): another run?")
     workdir = Path(tempfile.mkdtemp(prefix="bench-failover-"))
     lab = Lab(state, workdir)
     log(f"{name}: {len(state['nodes'])} nodes, {len(state['links'])} links, flow {src} -> {dst}")
