@@ -211,7 +211,7 @@ def outage(ping_output: str, cut_at: float) -> tuple[float, int]:
     return max(0.0, max(gaps, default=0.0) - PING_INTERVAL), lost
 
 
-def trial(lab: Lab, src: str, dst: str, mode: str, hold: float) -> dict[str, Any]:
+def trial(lab: Lab, src: str, dst: str, mode: str, hold: float) -> dict[str, Any] | None:
     dst_addr = lab.state["nodes"][dst]["node_address"]
     count = int((2.0 + hold) / 0.016) + 50
     ping = subprocess.Popen(
@@ -221,6 +221,11 @@ def trial(lab: Lab, src: str, dst: str, mode: str, hold: float) -> dict[str, Any
     time.sleep(2.0)
     # The path as it is now, right before the cut: the middle link of it.
     path = lab.path(src, dst)
+    if path[-1] != dst:  # the route went away after convergence: not a cut to measure
+        ping.kill()
+        ping.wait()
+        log(f"no route {src} -> {dst} at cut time (path {path}); trial skipped")
+        return None
     mid = (len(path) - 1) // 2
     a, b = path[mid], path[mid + 1]
     ia, ib = lab.link_ifnames(a, b)
@@ -368,6 +373,8 @@ def run_topology(spec: str, impls: list[str], modes: list[str], trials: int) -> 
                         log(f"{impl} {mode}: no route before trial {i}")
                         continue
                     r = trial(lab, src, dst, mode, hold)
+                    if r is None:
+                        continue
                     outs.append(r["outage_s"])
                     log(f"{impl} {mode} #{i}: outage {r['outage_s'] * 1000:.0f} ms, "
                         f"lost {r['lost']}, cut {r['cut']}, path {r['path_before']} -> "
