@@ -107,6 +107,7 @@ class Agent:
         self._last_originated = -float("inf")
         self._last_compute = -float("inf")
         self._spf_hold = 0.0
+        self._deadline: asyncio.TimerHandle | None = None
 
     # -- readiness --------------------------------------------------------
     def converged(self) -> bool:
@@ -453,7 +454,23 @@ class Agent:
             hello = self.sensor.build_hello(ifname, now)
             self._send(ifname, hello, HELLO_GROUP, self.cfg.udp_port)
         self.metrics.hellos_tx.inc(len(self._socks))
+        self._check_dead()
+
+    def _check_dead(self) -> None:
+        """Kill silent neighbours, then arm a timer for a deadline before our next tick."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        for ifname, s in list(self._socks.items()):  # their silence, not our backlog
+            self._on_readable(ifname, s)
+        now = self.clock()
         self._handle_events(self.sensor.tick(now))
+        deadline = self.sensor.next_deadline()
+        if deadline is not None and deadline < now + self.cfg.hello_interval_s:
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.call_at(
+                loop.time() + max(0.0, deadline - now) + 0.001, self._check_dead
+            )
 
     async def _advert_loop(self) -> None:
         await asyncio.sleep(HOUSEKEEPING_S)

@@ -96,6 +96,18 @@ def test_dead_after_multiplier_misses() -> None:
     assert a.neighbors() == [] and a.tick(10.0) == []
 
 
+def test_next_deadline_is_when_tick_would_kill() -> None:
+    a, b = pair()
+    assert a.next_deadline() is None
+    exchange(a, b, 0.0)
+    exchange(a, b, IV)
+    deadline = a.next_deadline()
+    assert deadline == pytest.approx(IV + 3 * IV)
+    assert a.tick(deadline - 1e-6) == []
+    assert [type(e) for e in a.tick(deadline + 1e-6)] == [NeighborDown]
+    assert a.next_deadline() is None
+
+
 def test_carrier_lost_kills_at_once() -> None:
     a, b = pair()
     a.add_interface("mesh1")

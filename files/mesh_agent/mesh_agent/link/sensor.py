@@ -225,6 +225,18 @@ class LinkSensor:
                 events.extend(self._kill(key, "timeout", now))
         return events
 
+    def next_deadline(self) -> float | None:
+        """When the next neighbour will be dead if nothing more is heard (None: no neighbours).
+
+        The caller runs :meth:`tick` then, rather than at its next hello tick:
+        as BFD's per-session detection timer (RFC 5880 section 6.8.4), this
+        takes up to one hello interval off the detection time.
+        """
+        return min(
+            (nb.last_rx + self.dead_multiplier * nb.peer_interval_s for nb in self._table.values()),
+            default=None,
+        )
+
     def carrier_lost(self, ifname: str, now: float, reason: str = "carrier") -> list[Event]:
         """The kernel says *ifname* lost carrier: its neighbours die at once."""
         events: list[Event] = []
