@@ -58,6 +58,14 @@ HOUSEKEEPING_S = 1.0
 # loop-free), but a storm of changes (a flapping radio, a CPU-starved host) is
 # batched with a hold that doubles per recompute up to SPF_HOLD_MAX_S.
 SPF_QUIET_S = 1.0
+# Hello stretching. When our own hello timer fires late, the host is starved
+# and our peers' timers are probably late too: announce a longer interval (so
+# peers wait longer before declaring us dead) instead of feeding a flap storm
+# that starves the host further. Announced = configured + 2 x the recent worst
+# lag, at most HELLO_STRETCH_MAX x configured; the lag decays with a 10 s
+# half-life, so detection is fast again once the host is quiet.
+HELLO_STRETCH_MAX = 10.0
+LAG_HALF_LIFE_S = 10.0
 SPF_HOLD_MIN_S = 0.05
 SPF_HOLD_MAX_S = 1.0
 
@@ -108,6 +116,8 @@ class Agent:
         self._last_compute = -float("inf")
         self._spf_hold = 0.0
         self._deadline: asyncio.TimerHandle | None = None
+        self._lag = 0.0
+        self._lag_at = clock()
 
     # -- readiness --------------------------------------------------------
     def converged(self) -> bool:
@@ -426,9 +436,16 @@ class Agent:
             self._mark_dirty()
 
     # -- timers -----------------------------------------------------------
-    async def _every(self, interval: float, fn: Callable[[], None]) -> None:
+    async def _every(
+        self,
+        interval: float,
+        fn: Callable[[], None],
+        lag: Callable[[float], None] | None = None,
+    ) -> None:
         next_at = self.clock()
         while True:
+            if lag is not None:
+                lag(self.clock() - next_at)
             try:
                 fn()
             except Exception:  # a bug in one tick must not stop the timer
@@ -441,7 +458,23 @@ class Agent:
             await asyncio.sleep(delay)
 
     async def _hello_loop(self) -> None:
-        await self._every(self.cfg.hello_interval_s, self._hello_tick)
+        await self._every(self.cfg.hello_interval_s, self._hello_tick, self._note_lag)
+
+    def _note_lag(self, late: float) -> None:
+        """Stretch the announced hello interval while our timers run late."""
+        now = self.clock()
+        decayed = self._lag * 0.5 ** ((now - self._lag_at) / LAG_HALF_LIFE_S)
+        self._lag, self._lag_at = max(late, decayed), now
+        base = self.cfg.hello_interval_s
+        announced = min(HELLO_STRETCH_MAX * base, base + 2 * self._lag)
+        if announced > 2 * base >= self.sensor.advertised_interval_s:
+            log.warning(
+                "hello timer %.0f ms late: announcing a %.0f ms hello interval",
+                late * 1000,
+                announced * 1000,
+            )
+        self.sensor.advertised_interval_s = announced
+        self.metrics.hello_announced.set(announced)
 
     def _hello_tick(self) -> None:
         # Read what is already queued before judging anyone dead: if this

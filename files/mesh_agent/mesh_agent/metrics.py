@@ -70,6 +70,11 @@ class Metrics:
         self.neighbors_up = Gauge("meshcore_neighbors_up", "Neighbours in state up", registry=r)
         self.hellos_rx = Counter("meshcore_hellos_received_total", "Hellos accepted", registry=r)
         self.hellos_tx = Counter("meshcore_hellos_sent_total", "Hellos sent", registry=r)
+        self.hello_announced = Gauge(
+            "meshcore_hello_announced_interval_seconds",
+            "Hello interval our hellos announce (stretched while our timers run late)",
+            registry=r,
+        )
         self.hellos_dropped = Counter(
             "meshcore_hellos_dropped_total", "Hellos dropped", ["reason"], registry=r
         )
