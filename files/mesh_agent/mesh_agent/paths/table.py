@@ -50,11 +50,15 @@ class PathTable:
 
     Batch computation for all destinations shares work per update: one full Dijkstra from the
     source gives every primary path and the first round of potentials for every Suurballe run,
-    bridges are found once (``nx.bridges``), and later Suurballe rounds stop at their target.
+    bridges are found once (``nx.bridges``), and later Suurballe rounds search backwards from
+    their target, goal-directed by those potentials (:func:`~.disjoint.backward_round`), so
+    each settles an ellipse around source and target rather than the whole mesh.
     The backup comes for free from the second Suurballe round whenever that round leaves the
     primary intact (then the pair {primary, second path} is min-cost, so the second path is the
     cheapest link-disjoint backup); only bridged or "trapped" destinations run a penalised
-    Dijkstra. ``k`` is capped per destination by the degrees of both ends.
+    search (A* towards the source on the same distances). ``k`` is capped per destination by
+    the degrees of both ends. Per update: one ``O(E log V)`` tree, then per destination
+    ``k - 1`` rounds and at most one backup search, each ``O(E log V)`` worst case.
 
     Incremental rule in :meth:`update` (costs compared per undirected link):
 
@@ -168,6 +172,12 @@ class PathTable:
             s = net.vertex(self.source, role="out")
             tree = SourceTree(net, s)
             dist = tree.dist
+            # Plain-graph distances from the source: the A* heuristic of the backup search.
+            if net.split:
+                h = [dist[2 * i] for i in range(len(net.nodes))]
+                h[s >> 1] = 0.0
+            else:
+                h = dist
             targets: list[str] = (
                 [n for n in net.nodes if n != self.source]  # type: ignore[misc]
                 if todo is None
@@ -177,7 +187,7 @@ class PathTable:
                 t = net.vertex(dst, role="in")
                 if dist[t] == INF:
                     continue
-                choice = self._compute(net, graph, tree, t, bridges)
+                choice = self._compute(net, graph, tree, t, bridges, h)
                 new_choices[dst] = choice
                 new_used[dst] = self._paths_links(choice)
             self.last_recomputed = len(targets)
@@ -230,6 +240,7 @@ class PathTable:
         tree: SourceTree,
         t: int,
         bridges: set[Link],
+        h: list[float],
     ) -> RouteChoice:
         s = tree.source
         primary: list[str] = net.to_nodes(tree_path(tree.pred, s, t))  # type: ignore[assignment]
@@ -255,7 +266,7 @@ class PathTable:
                 need_backup = False
         if need_backup:
             index = net.index
-            backup_v = backup_vertices(net, [index[n] for n in primary], bridges)
+            backup_v = backup_vertices(net, [index[n] for n in primary], bridges, h)
         backup: list[str] | None = None
         if backup_v is not None:
             backup = [net.nodes[i] for i in backup_v]  # type: ignore[misc]
