@@ -407,8 +407,9 @@ def k_disjoint_paths(
     cancel it. Node-disjointness splits every node into an in/out pair joined by a unit arc.
     Each round is one Dijkstra on reduced costs with Johnson potentials, so the whole call is
     ``O(k * E log V)``; rounds after the first search backwards from the target, which the
-    potentials make goal-directed (:func:`backward_round`). Flow value ``f`` after round ``f`` is a minimum-cost set of ``f``
-    disjoint paths, so the result has ``min(k, max-flow)`` paths of least total cost. Unlike
+    potentials make goal-directed (:func:`backward_round`). Flow value ``f`` after round ``f``
+    is a minimum-cost set of ``f`` disjoint paths, so the result has ``min(k, max-flow)``
+    paths of least total cost. Unlike
     ``networkx.edge_disjoint_paths`` (max-flow, cost-blind), this minimises total cost.
 
     Paths are node lists, cheapest first; ``[]`` if target is unreachable. A missing

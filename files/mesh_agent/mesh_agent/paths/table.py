@@ -6,6 +6,7 @@ computation) and refreshes it with :meth:`PathTable.update` whenever the topolog
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from mesh_agent.paths.disjoint import (
     SourceTree,
     _edge_cost,
     decompose,
+    dijkstra,
     tree_path,
     tree_successive_paths,
 )
@@ -39,6 +41,13 @@ class RouteChoice:
     backup_next_hop: str | None  # backup[1] if backup and backup[1] != primary[1] else None
     protected_links: dict[tuple[str, str], bool]  # each primary link -> has a detour
     cost: float
+    # RFC 5286 checks of backup_next_hop N (None when there is no backup next hop):
+    # loop-free, dist(N, D) < dist(N, S) + dist(S, D): N's own shortest path to D does not
+    # come back through this node S, so detouring via N cannot loop.
+    backup_loop_free: bool | None = None
+    # node-protecting, dist(N, D) < dist(N, E) + dist(E, D) with E the primary next hop:
+    # N's shortest path to D also avoids E, so the detour survives E failing, not only the link.
+    backup_node_protecting: bool | None = None
 
 
 def _links(path: list[str]) -> set[Link]:
@@ -114,12 +123,18 @@ class PathTable:
 
         ``protectable_links_protected`` counts a non-bridge primary link as protected when the
         cache itself holds a path around it (the backup or one of the disjoint paths avoids
-        it); it is 1.0 unless a primary is trapped inside a bridged segment. 1.0 when vacuous.
+        it); it is 1.0 unless a primary is trapped inside a bridged segment.
+        ``backup_next_hops_loop_free`` is the fraction of backup next hops that are RFC 5286
+        loop-free alternates (:attr:`RouteChoice.backup_loop_free`). Both are 1.0 when vacuous.
         """
         n = len(self._choices)
         with_backup = with_k = links = protected = protectable = covered = 0
+        alternates = loop_free = 0
         for ch in self._choices.values():
             with_backup += ch.backup is not None
+            if ch.backup_next_hop is not None:
+                alternates += 1
+                loop_free += bool(ch.backup_loop_free)
             with_k += len(ch.disjoint) >= self.k
             others = [_links(p) for p in ([ch.backup] if ch.backup else []) + ch.disjoint]
             for (a, b), has_detour in ch.protected_links.items():
@@ -135,6 +150,7 @@ class PathTable:
             "destinations_with_k_disjoint": with_k / n if n else 0.0,
             "primary_links_protected": protected / links if links else 0.0,
             "protectable_links_protected": covered / protectable if protectable else 1.0,
+            "backup_next_hops_loop_free": loop_free / alternates if alternates else 1.0,
         }
 
     # -- computation ---------------------------------------------------------------------
@@ -199,18 +215,13 @@ class PathTable:
                     continue
                 prot = {(a, b): frozenset((a, b)) not in bridges for a, b in ch.protected_links}
                 if prot != ch.protected_links:
-                    ch = RouteChoice(
-                        ch.destination,
-                        ch.primary,
-                        ch.backup,
-                        ch.disjoint,
-                        ch.primary_next_hop,
-                        ch.backup_next_hop,
-                        prot,
-                        ch.cost,
-                    )
+                    ch = dataclasses.replace(ch, protected_links=prot)
                 new_choices[dst] = ch
                 new_used[dst] = self._used[dst]
+        if new_choices:
+            # Distances change with every update (also for destinations whose paths were kept),
+            # so the flags are refreshed for all of them.
+            self._set_alternate_flags(graph, new_choices)
 
         changed = {
             d
@@ -223,6 +234,40 @@ class PathTable:
             by_nh.setdefault(ch.primary_next_hop, []).append(dst)
         self._by_next_hop = by_nh
         return changed
+
+    def _set_alternate_flags(self, graph: nx.Graph, choices: dict[str, RouteChoice]) -> None:
+        """Set the RFC 5286 loop-free and node-protecting flags of every backup next hop.
+
+        Loop-Free Alternates (RFC 5286, section 3.6, inequalities 1 and 3) need distances from
+        this node and from its neighbours: one plain Dijkstra from the source and one from each
+        neighbour that is a primary or backup next hop, ``O(deg(S) * E log V)`` per update,
+        then ``O(1)`` per destination. Distances are on the plain graph in both disjointness
+        modes. A float tolerance keeps equal-cost ties from counting as loop-free.
+        """
+        net = Network(graph, self.weight, "edge")
+        index, zeros = net.index, [0.0] * len(net.nodes)
+        dist: dict[str, list[float]] = {}
+
+        def from_(node: str) -> list[float]:
+            if node not in dist:
+                dist[node] = dijkstra(net.nadj, zeros, index[node])[0]
+            return dist[node]
+
+        def less(a: float, b: float) -> bool:
+            return a < b - 1e-9 * max(1.0, abs(b))
+
+        d_s = from_(self.source)
+        for dst, ch in choices.items():
+            nh = ch.backup_next_hop
+            loop_free = node_protecting = None
+            if nh is not None:
+                d_n, d_e, i = from_(nh), from_(ch.primary_next_hop), index[dst]
+                loop_free = less(d_n[i], d_n[index[self.source]] + d_s[i])
+                node_protecting = less(d_n[i], d_n[index[ch.primary_next_hop]] + d_e[i])
+            if (loop_free, node_protecting) != (ch.backup_loop_free, ch.backup_node_protecting):
+                choices[dst] = dataclasses.replace(
+                    ch, backup_loop_free=loop_free, backup_node_protecting=node_protecting
+                )
 
     @staticmethod
     def _paths_links(ch: RouteChoice) -> set[Link]:
