@@ -92,6 +92,55 @@ def bench_size(n: int) -> None:
     emit("plan_all_dst_ms", "mesh_agent", round(wall, 2), "ms", **size, runs=runs)
     emit("plan_all_dst_cpu_ms", "mesh_agent", round(cpu, 2), "ms", **size, runs=runs)
 
+    # The agent's whole per-topology-change planning step (agent._recompute without the
+    # route sync): PathTable.update - primaries, k disjoint paths, backups, protection view,
+    # LFA flags - then coverage() for the metrics and choices() for the route programmer.
+    def step() -> None:
+        t = table()
+        t.coverage()
+        t.choices()
+
+    wall, cpu = median_ms(step, runs)
+    emit("plan_step_ms", "mesh_agent", round(wall, 2), "ms", **size, runs=runs)
+    emit("plan_step_cpu_ms", "mesh_agent", round(cpu, 2), "ms", **size, runs=runs)
+
+    # The same step after one link on the source's busiest primary next hop fails: the
+    # incremental update recomputes only destinations whose cached paths used it.
+    base = table()
+    busiest = max(
+        {ch.primary_next_hop for ch in base.choices().values()},
+        key=lambda nh: sum(ch.primary_next_hop == nh for ch in base.choices().values()),
+    )
+    cut = g.copy()
+    cut.remove_edge(src, busiest)
+    walls, cpus, redone = [], [], 0
+    for _ in range(runs):
+        t = table()
+        w0, c0 = time.perf_counter(), time.process_time()
+        t.update(cut)
+        t.coverage()
+        t.choices()
+        walls.append((time.perf_counter() - w0) * 1e3)
+        cpus.append((time.process_time() - c0) * 1e3)
+        redone = t.last_recomputed
+    extra = {"runs": runs, "recomputed_destinations": redone}
+    emit(
+        "replan_link_down_ms",
+        "mesh_agent",
+        round(statistics.median(walls), 2),
+        "ms",
+        **size,
+        **extra,
+    )
+    emit(
+        "replan_link_down_cpu_ms",
+        "mesh_agent",
+        round(statistics.median(cpus), 2),
+        "ms",
+        **size,
+        **extra,
+    )
+
     rng = random.Random(n)
     sample = dsts if len(dsts) <= SAMPLE else sorted(rng.sample(dsts, SAMPLE))
     scale = len(dsts) / len(sample)

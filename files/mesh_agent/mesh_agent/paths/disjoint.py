@@ -218,14 +218,24 @@ def _augment(
     return cancelled
 
 
-def backward_round(radj: Adjacency, pi: list[float], s: int, t: int) -> list[int] | None:
-    """One successive-shortest-paths round, searched backwards from ``t`` to ``s``.
+def backward_round(
+    radj: Adjacency,
+    pi: list[float],
+    s: int,
+    t: int,
+    free: bytearray | None = None,
+) -> tuple[list[int], int] | None:
+    """One successive-shortest-paths round, searched backwards from ``t`` towards ``s``.
 
     Dijkstra from ``t`` over the reversed residual (``radj``) on reduced costs
-    ``c(u,v) + pi[u] - pi[v]`` (>= 0), stopping when ``s`` is settled. Returns the s-t
-    augmenting path (or None) and updates ``pi`` in place to ``pi + D - min(b, D)``, where
-    ``b`` is the reduced distance to ``t`` and ``D = b[s]``: a max of feasible potentials, so
-    reduced costs stay >= 0, and tight along the path, so its reversed arcs cost 0.
+    ``c(u,v) + pi[u] - pi[v]`` (>= 0). It stops at the first settled vertex ``v`` that is
+    ``s`` or marked in ``free``: a vertex the caller knows ``s`` reaches at reduced cost 0
+    (over tight tree arcs no flow uses, see :func:`successive_shortest_paths`), so no s-t
+    path is cheaper than that one. Returns (the augmenting path from ``v`` to ``t``, ``v``),
+    or None, and updates ``pi`` in place to ``pi + D - min(b, D)``, where ``b`` is the
+    reduced distance to ``t`` and ``D = b[v]``: a max of feasible potentials, so reduced
+    costs stay >= 0, and tight along the path, so its reversed arcs cost 0; vertices the
+    search did not settle keep their potential.
 
     Why backwards: ``pi`` starts as the distance from ``s``, so seen from ``t`` it is an A*
     heuristic towards ``s`` (Hart, Nilsson and Raphael 1968; Ahuja, Magnanti and Orlin 1993,
@@ -242,13 +252,15 @@ def backward_round(radj: Adjacency, pi: list[float], s: int, t: int) -> list[int
     heap: list[tuple[float, int]] = [(0.0, t)]
     settled: list[int] = []
     pop, push = heappop, heappush
+    stop = -1
     while heap:
         d, v = pop(heap)
         if done[v]:
             continue
         done[v] = 1
         settled.append(v)
-        if v == s:
+        if v == s or (free is not None and free[v]):
+            stop = v
             break
         base = d - pi[v]
         for u, c in radj[v].items():
@@ -258,17 +270,17 @@ def backward_round(radj: Adjacency, pi: list[float], s: int, t: int) -> list[int
                 dist[u] = nd
                 succ[u] = v
                 push(heap, (nd, u))
-    if not done[s]:
+    if stop < 0:
         return None
-    big_d = dist[s]
+    big_d = dist[stop]
     for v in settled:
         pi[v] += big_d - dist[v]
-    path = [s]
-    v = s
+    path = [stop]
+    v = stop
     while v != t:
         v = succ[v]
         path.append(v)
-    return path
+    return path, stop
 
 
 def successive_shortest_paths(
@@ -276,21 +288,30 @@ def successive_shortest_paths(
     s: int,
     t: int,
     k: int,
-    first: tuple[list[float], list[int]] | None = None,
+    tree: SourceTree | None = None,
 ) -> FlowResult:
     """Up to k augmentations of one unit from s to t on ``net.adj``, each of minimum cost.
 
-    Round 1 is a forward Dijkstra from ``s``; ``first`` may carry a full one (dist, pred),
-    shared by every target of one source (:class:`SourceTree`). Without it the search stops
-    at ``t`` and potentials are capped at the target distance (``pi = min(dist, dist[t])``).
-    Rounds 2..k are :func:`backward_round` on the residual network.
+    Round 1 is a forward Dijkstra from ``s``. ``tree`` may carry a full one, shared by
+    every target of one source; without it the search stops at ``t`` and potentials are
+    capped at the target distance (``pi = min(dist, dist[t])``). Rounds 2..k are
+    :func:`backward_round` on the residual network.
+
+    With a tree, vertices in the subtrees under the source's children that no augmenting
+    path has entered yet (``free``) still reach ``s`` over tight, unused tree arcs whose
+    potentials no round changed (a round only changes the vertices it settles, and it stops
+    at the first free one), i.e. at reduced cost exactly 0. A backward round may stop there:
+    its path is the tree path to that vertex plus the searched part, and that subtree stops
+    being free. On meshes whose tree splits into several subtrees this keeps each round
+    inside the subtrees the flow already uses (Suurballe and Tarjan 1984 use the same
+    subtree structure for their all-destinations pair algorithm).
     """
-    if first is None:
+    if tree is None:
         dist, pred = dijkstra(net.adj, [0.0] * len(net.adj), s, t)
         big_d = dist[t]
         pi = [d if d < big_d else big_d for d in dist]
     else:
-        dist, pred = first
+        dist, pred = tree.dist, tree.pred
         big_d = dist[t]
         pi = list(dist)
     res = FlowResult()
@@ -298,13 +319,23 @@ def successive_shortest_paths(
         return res
     adj, radj = list(net.adj), list(net.radj)
     flow = res.flow
-    path: list[int] | None = tree_path(pred, s, t)
+    free: bytearray | None = None
+    if tree is not None:
+        free = bytearray(tree.reached)
+        for v in tree.members[tree.group[t]]:
+            free[v] = 0
+    path = tree_path(pred, s, t)
     for it in range(k):
         if it > 0:
-            path = backward_round(radj, pi, s, t)
-            if path is None:
+            found = backward_round(radj, pi, s, t, free)
+            if found is None:
                 break
-        assert path is not None
+            path, stop = found
+            if stop != s:
+                assert tree is not None and free is not None
+                path = tree_path(pred, s, stop) + path[1:]
+                for v in tree.members[tree.group[stop]]:
+                    free[v] = 0
         if _augment(adj, radj, net, flow, path) and it == 1:
             res.cancelled_first = True
         res.augmenting.append(path)
@@ -316,19 +347,44 @@ class SourceTree:
 
     ``dist``/``pred`` are the first successive-shortest-paths round for all targets at
     once (one full Dijkstra, ``O(E log V)``); ``dist`` is also the potential that makes every
-    later round a goal-directed backward search (:func:`backward_round`).
+    later round a goal-directed backward search (:func:`backward_round`). ``group[v]`` is
+    the child of the source whose subtree holds ``v`` (-1 for the source and unreachable
+    vertices), ``members[g]`` lists subtree ``g`` and ``reached`` marks every grouped vertex.
     """
 
-    __slots__ = ("dist", "pred", "source")
+    __slots__ = ("dist", "group", "members", "pred", "reached", "source")
 
     def __init__(self, net: Network, source: int):
         self.source = source
-        self.dist, self.pred = dijkstra(net.adj, [0.0] * len(net.adj), source)
+        self.dist, self.pred = dist, pred = dijkstra(net.adj, [0.0] * len(net.adj), source)
+        n = len(dist)
+        group = [-1] * n
+        for v in range(n):
+            if v == source or dist[v] == INF or group[v] != -1:
+                continue
+            chain = []
+            x = v
+            while group[x] == -1 and pred[x] != source:
+                chain.append(x)
+                x = pred[x]
+            g = x if group[x] == -1 else group[x]
+            group[x] = g
+            for y in chain:
+                group[y] = g
+        members: dict[int, list[int]] = {}
+        reached = bytearray(n)
+        for v, g in enumerate(group):
+            if g != -1:
+                members.setdefault(g, []).append(v)
+                reached[v] = 1
+        self.group = group
+        self.members = members
+        self.reached = reached
 
 
 def tree_successive_paths(net: Network, tree: SourceTree, t: int, k: int) -> FlowResult:
     """:func:`successive_shortest_paths` from ``tree.source`` to ``t`` reusing the tree."""
-    return successive_shortest_paths(net, tree.source, t, k, (tree.dist, tree.pred))
+    return successive_shortest_paths(net, tree.source, t, k, tree)
 
 
 def decompose(net: Network, flow: set[tuple[int, int]], s: int, t: int) -> list[list[Node]]:

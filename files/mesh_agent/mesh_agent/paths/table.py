@@ -187,6 +187,15 @@ class PathTable:
             net = Network(graph, self.weight, self.disjoint)
             s = net.vertex(self.source, role="out")
             tree = SourceTree(net, s)
+            biconnected: set[str] | None = None
+            if net.split:
+                # Menger: two node-disjoint paths exist iff source and destination share a
+                # biconnected component (Hopcroft and Tarjan 1973, O(V + E) once per update).
+                # Without one, a round that cannot succeed would search the whole mesh.
+                biconnected = set()
+                for block in nx.biconnected_components(graph):
+                    if self.source in block:
+                        biconnected |= block
             dist = tree.dist
             # Plain-graph distances from the source: the A* heuristic of the backup search.
             if net.split:
@@ -203,7 +212,7 @@ class PathTable:
                 t = net.vertex(dst, role="in")
                 if dist[t] == INF:
                     continue
-                choice = self._compute(net, graph, tree, t, bridges, h)
+                choice = self._compute(net, graph, tree, t, bridges, h, biconnected)
                 new_choices[dst] = choice
                 new_used[dst] = self._paths_links(choice)
             self.last_recomputed = len(targets)
@@ -286,6 +295,7 @@ class PathTable:
         t: int,
         bridges: set[Link],
         h: list[float],
+        biconnected: set[str] | None,
     ) -> RouteChoice:
         s = tree.source
         primary: list[str] = net.to_nodes(tree_path(tree.pred, s, t))  # type: ignore[assignment]
@@ -294,6 +304,8 @@ class PathTable:
         k = min(self.k, graph.degree(self.source), graph.degree(dst))
         if not all(prot.values()):
             k = 1  # a bridge on the primary separates source and destination: max-flow is 1
+        if biconnected is not None and dst not in biconnected:
+            k = 1  # a cut vertex separates them: one node-disjoint path at most
         disjoint: list[list[str]] = [primary]
         backup_v: list[int] | None = None
         need_backup = True
