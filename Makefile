@@ -81,7 +81,7 @@ molecule-full: image
 test: lint unit molecule
 
 test-full: test molecule-full
-	$(BIN)/pytest -q tests/test_lab_e2e.py tests/test_dashboard_lab.py --run-slow -p no:cacheprovider
+	$(BIN)/pytest -q tests/test_monitoring_netns.py tests/test_lab_e2e.py tests/test_dashboard_lab.py --run-slow -p no:cacheprovider
 
 bench: setup
 	@set -e; for b in tests/bench/bench_*.py; do $(BIN)/python $$b; done

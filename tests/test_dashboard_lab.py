@@ -54,6 +54,11 @@ def test_waiting_list_matches_the_dashboard() -> None:
 
 @pytest.mark.parametrize("panel", PANELS, ids=[base_title(p) for p in PANELS])
 def test_panel_returns_lab_data(prometheus: str, panel: dict[str, Any]) -> None:
+    check_panel(prometheus, panel)
+
+
+def check_panel(prometheus: str, panel: dict[str, Any]) -> None:
+    """Every query of a live panel returns finite data; a waiting panel's returns none (xfail)."""
     title = base_title(panel)
     exprs = [t["expr"] for t in panel["targets"]]
     if waiting_for(panel):

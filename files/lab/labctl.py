@@ -424,9 +424,10 @@ def plot(series: dict[str, list[list[float]]], png: Path, minutes: float) -> Non
 
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(10, 6))
     now = time.time()
-    for name in ("pairs routed", "agent targets up"):
+    for name, style in (("pairs routed", "-"), ("agent targets up", "--")):
         pts = series[name]
-        top.plot([(t - now) / 60 for t, _ in pts], [v for _, v in pts], label=name)
+        top.plot([(t - now) / 60 for t, _ in pts], [v for _, v in pts], style, label=name,
+                 linewidth=2)
     top.set_ylim(-0.02, 1.05)
     top.set_ylabel("ratio")
     top.legend(loc="lower left")
