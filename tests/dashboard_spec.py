@@ -30,6 +30,28 @@ NAN_WHEN_NO_EVENTS = {
 }
 
 
+RULES = ROOT / "roles" / "prometheus" / "files" / "rules" / "meshcore.yml"
+RECORDED = re.compile(r"((?:node:|meshcore:)[a-zA-Z0-9_:]+)(\{[^}]*\})?")
+
+
+def expand_rules(expr: str) -> str:
+    """Replace recording-rule names in *expr* by their expressions (recursively), to query a
+    Prometheus that does not load the rules yet. A selector on a rule name picks among rules
+    of that name by their static labels (the quantile rules)."""
+    import yaml
+
+    rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]
+             if "record" in r]
+
+    def sub(m: re.Match[str]) -> str:
+        wanted = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        (rule,) = [r for r in rules if r["record"] == m.group(1)
+                   and all(r.get("labels", {}).get(k) == v for k, v in wanted.items())]
+        return "(" + expand_rules(" ".join(str(rule["expr"]).split())) + ")"
+
+    return RECORDED.sub(sub, expr)
+
+
 def load() -> dict[str, Any]:
     return json.loads(DASHBOARD.read_text())
 

@@ -79,3 +79,15 @@ def test_every_query_names_series_that_exist_or_honestly_wait() -> None:
             assert missing, f"{p['title']}: its metric exists now; drop the waiting marker"
         else:
             assert not missing, f"{p['title']}: {sorted(missing)} exported by no agent or rule"
+
+
+def test_rule_expansion_matches_the_rules() -> None:
+    """MESHCORE_EXPAND_RULES (test_dashboard_lab) inlines rules, nested and by quantile label."""
+    from dashboard_spec import expand_rules
+
+    out = expand_rules('meshcore:failover_duration_seconds:quantile_rate1h{quantile="0.95"}')
+    assert out.startswith("(histogram_quantile(0.95, ") and ":" not in out.replace("[1h]", "")
+    nested = expand_rules("node:meshcore_reachability:ratio")
+    assert 'count(up{job="mesh_agent"} == 1)' in nested and "meshcore:" not in nested
+    assert expand_rules('avg(meshcore_link_rtt_seconds{job="mesh_agent"})') == \
+        'avg(meshcore_link_rtt_seconds{job="mesh_agent"})'

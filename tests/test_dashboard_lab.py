@@ -3,7 +3,9 @@
 Slow (runs under `make test-full`, with --run-slow): it needs a running lab.
 MESHCORE_PROMETHEUS_URL points it at a Prometheus that is already running
 (read-only, e.g. http://10.79.0.2:9090); otherwise it takes the `lab` fixture
-(tests/conftest.py), which builds the 10-node lab.
+(tests/conftest.py), which builds the 10-node lab. MESHCORE_EXPAND_RULES=1
+replaces recording-rule names by their expressions, for a Prometheus
+provisioned before the rules existed.
 
 Panels listed in dashboard_spec.WAITING_PANELS belong to later issues: their
 queries must return nothing yet (they are reported as xfail, never as passing);
@@ -19,7 +21,14 @@ from typing import Any
 
 import labctl
 import pytest
-from dashboard_spec import NAN_WHEN_NO_EVENTS, WAITING_PANELS, base_title, panels, waiting_for
+from dashboard_spec import (
+    NAN_WHEN_NO_EVENTS,
+    WAITING_PANELS,
+    base_title,
+    expand_rules,
+    panels,
+    waiting_for,
+)
 
 pytestmark = pytest.mark.slow
 # Recording rules over 5 min windows need a few evaluations after the lab comes up.
@@ -41,7 +50,9 @@ def prometheus(request: pytest.FixtureRequest) -> str:
 
 
 def query(url: str, expr: str) -> list[dict[str, Any]]:
-    return list(labctl.prometheus_api(url, "query", query=expr)["result"])
+    if os.environ.get("MESHCORE_EXPAND_RULES") == "1":
+        expr = expand_rules(expr)
+    return list(labctl.prometheus_api(url, "query", timeout=60, query=expr)["result"])
 
 
 def values(result: list[dict[str, Any]]) -> list[float]:
