@@ -333,6 +333,8 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 # --- report -------------------------------------------------------------------------
 AGENT = 'job="mesh_agent"'
+# A 50-node lab on 2 cores keeps the monitor's Prometheus slow to answer.
+REPORT_TIMEOUT_S = 60
 # (label, PromQL, how to print the value): the series an operator looks at first.
 SNAPSHOT = [
     ("agents answering", "meshcore:agents_up:count", "count"),
@@ -369,7 +371,7 @@ def show(value: float | None, kind: str) -> str:
 
 
 def instant(base: str, query: str) -> float | None:
-    result = prometheus_api(base, "query", query=query)["result"]
+    result = prometheus_api(base, "query", timeout=REPORT_TIMEOUT_S, query=query)["result"]
     return float(result[0]["value"][1]) if result else None
 
 
@@ -383,12 +385,13 @@ def cmd_report(args: argparse.Namespace) -> None:
             {"name": name, "query": q, "value": instant(base, q), "kind": kind}
             for name, q, kind in SNAPSHOT
         ]
-        firing = prometheus_api(base, "query", query='ALERTS{alertstate="firing"}')["result"]
+        firing = prometheus_api(base, "query", timeout=REPORT_TIMEOUT_S,
+                                query='ALERTS{alertstate="firing"}')["result"]
         series = {
             name: [[float(t), float(v)] for t, v in r[0]["values"]] if r else []
             for name, q in PLOTTED.items()
-            for r in [prometheus_api(base, "query_range", query=q, start=str(start),
-                                     end=str(end), step=str(step))["result"]]
+            for r in [prometheus_api(base, "query_range", timeout=REPORT_TIMEOUT_S, query=q,
+                                     start=str(start), end=str(end), step=str(step))["result"]]
         }
     except OSError as exc:
         raise SystemExit(f"labctl: Prometheus at {base} does not answer: {exc}") from exc
