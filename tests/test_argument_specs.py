@@ -47,6 +47,10 @@ CASES = [
         ["prometheus_scrape_jobs", "port"],
         [],
     ),
+    ("grafana", {"grafana_install": "sometimes"}, ["grafana_install"], []),
+    ("grafana", {"grafana_package": "grafana-oss"}, ["grafana_package"], []),
+    ("grafana", {"grafana_dashboards": {"mesh-core.json": 1}}, ["grafana_dashboards"], []),
+    ("prometheus", {"prometheus_rule_files": {"a": 1}}, ["prometheus_rule_files"], []),
     # argument_specs converts 15 to "15" for type str; the role's first task,
     # an assert evaluated on the controller, rejects it as a duration.
     (
@@ -131,7 +135,7 @@ def test_bad_input_fails_before_any_real_task(tmp_path, role, host_vars, needles
     assert re.search(r"localhost\s+: ok=\d+\s+changed=0\s", output), output
 
 
-@pytest.mark.parametrize("role", ["base", "node_exporter", "prometheus"])
+@pytest.mark.parametrize("role", ["base", "node_exporter", "prometheus", "grafana"])
 def test_defaults_satisfy_the_specs(tmp_path, role):
     """Guards against a spec/default mismatch. The validation task is tagged
     `always`, so an unknown tag runs it and nothing else."""
@@ -141,7 +145,7 @@ def test_defaults_satisfy_the_specs(tmp_path, role):
     assert len(started) == 1 and started[0].startswith(VALIDATION_TASK), started
 
 
-@pytest.mark.parametrize("role", ["base", "node_exporter", "prometheus"])
+@pytest.mark.parametrize("role", ["base", "node_exporter", "prometheus", "grafana"])
 def test_specs_defaults_and_readme_agree(role):
     """argument_specs, defaults/main.yml and the README table name the same variables,
     with the same defaults, and every default carries a comment."""

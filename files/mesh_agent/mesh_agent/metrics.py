@@ -137,6 +137,11 @@ class Metrics:
             "meshcore_route_errors_total", "Failed netlink operations", registry=r
         )
         self.converged = Gauge("meshcore_converged", "1 when the agent is converged", registry=r)
+        self.cert_expiry = Gauge(
+            "meshcore_identity_cert_expiry_timestamp_seconds",
+            "When this node's X.509-SVID expires (Unix time); peers reject its adverts after",
+            registry=r,
+        )
         self.path_seconds = Histogram(
             "meshcore_path_computation_seconds",
             "PathTable.update duration",
