@@ -98,6 +98,8 @@ def create_app(agent: Agent) -> FastAPI:
                 dst: {
                     "primary_next_hop": ch.primary_next_hop,
                     "backup_next_hop": ch.backup_next_hop,
+                    "backup_loop_free": ch.backup_loop_free,
+                    "backup_node_protecting": ch.backup_node_protecting,
                     "cost": ch.cost,
                     "installed": dst in routes,
                 }
@@ -118,6 +120,8 @@ def create_app(agent: Agent) -> FastAPI:
             "disjoint": ch.disjoint,
             "primary_next_hop": ch.primary_next_hop,
             "backup_next_hop": ch.backup_next_hop,
+            "backup_loop_free": ch.backup_loop_free,
+            "backup_node_protecting": ch.backup_node_protecting,
             "protected_links": [
                 {"a": a, "b": b, "protected": p} for (a, b), p in ch.protected_links.items()
             ],
