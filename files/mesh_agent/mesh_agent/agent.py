@@ -33,6 +33,7 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 from mesh_agent.api import create_app
 from mesh_agent.config import AgentConfig
 from mesh_agent.identity import Identity
+from mesh_agent.link.batman import BatmanSensor, batman_sensor, poll_batctl
 from mesh_agent.link.sensor import Event, LinkSensor, NeighborDown, NeighborUp
 from mesh_agent.metrics import Metrics
 from mesh_agent.paths import PathTable
@@ -89,7 +90,11 @@ class Agent:
         self.clock = clock
         self.wall = wall
         addr = str(cfg.node_address)
-        self.sensor = LinkSensor(cfg.node_name, addr, cfg.hello_interval_s, cfg.dead_multiplier)
+        self.sensor: LinkSensor = (
+            batman_sensor(cfg)
+            if cfg.link.backend == "batman"
+            else LinkSensor(cfg.node_name, addr, cfg.hello_interval_s, cfg.dead_multiplier)
+        )
         self.lsdb = LinkStateDB(identity, addr, cfg.advert_max_age_s)
         self.paths = PathTable(cfg.node_name, k=cfg.k, disjoint=cfg.disjoint)
         self.routes = RouteProgrammer(None, cfg.route_protocol, addr)
@@ -168,6 +173,9 @@ class Agent:
             loop.create_task(self._compute_loop(), name="compute"),
             loop.create_task(self._netlink_monitor(), name="netlink"),
         ]
+        if isinstance(self.sensor, BatmanSensor):
+            batman = poll_batctl(self.sensor, self.cfg.link, self.clock, self._handle_events)
+            self._tasks.append(loop.create_task(batman, name="batman"))
         if server is not None:
             self._tasks.append(loop.create_task(server.serve(), name="api"))
         for task in self._tasks:

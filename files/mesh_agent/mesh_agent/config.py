@@ -32,6 +32,25 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True)
+class LinkConfig:
+    """Where the neighbour table comes from.
+
+    ``native``: the agent's own UDP hellos on each mesh interface.
+    ``batman``: batman-adv's neighbours and originators (TQ), read with batctl
+    from ``mesh_interface``; batman-adv routes at layer 2, so the agent only
+    observes (mode must be ``observe``).
+    """
+
+    backend: str = "native"
+    mesh_interface: str = "bat0"
+    poll_interval_ms: int = 1000
+    dead_after_ms: int = 5000
+    batctl: Path = Path("/usr/sbin/batctl")
+    bat_hosts: Path = Path("/etc/bat-hosts")
+    reference_mbit: int = 100
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     node_name: str
     node_address: ipaddress.IPv4Address
@@ -54,6 +73,7 @@ class AgentConfig:
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     state_dir: Path = Path("/var/lib/mesh-agent")
     log_level: str = "INFO"
+    link: LinkConfig = field(default_factory=LinkConfig)
 
     @property
     def enforce(self) -> bool:
@@ -93,6 +113,16 @@ _KNOWN_KEYS = {
     "identity",
     "state_dir",
     "log_level",
+    "link",
+}
+_LINK_KEYS = {
+    "backend",
+    "mesh_interface",
+    "poll_interval_ms",
+    "dead_after_ms",
+    "batctl",
+    "bat_hosts",
+    "reference_mbit",
 }
 
 
@@ -128,6 +158,44 @@ def _choice(data: dict[str, Any], key: str, default: str, choices: tuple[str, ..
     if value not in choices:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
     return value
+
+
+def _parse_link(raw: Any, mode: str) -> LinkConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("link: expected a mapping")
+    bad = sorted(set(raw) - _LINK_KEYS)
+    if bad:
+        raise ConfigError(f"link.{bad[0]}: unknown key")
+    # Errors name the nested key (link.x), so prefix what the helpers report.
+    try:
+        backend = _choice(raw, "backend", "native", ("native", "batman"))
+        mesh_interface = _str(raw, "mesh_interface", "bat0")
+        poll = _int(raw, "poll_interval_ms", 1000, 100, 60000)
+        dead = _int(raw, "dead_after_ms", 5000, 200, 600000)
+        reference = _int(raw, "reference_mbit", 100, 1, 100000)
+        batctl = _str(raw, "batctl", str(LinkConfig.batctl))
+        bat_hosts = _str(raw, "bat_hosts", str(LinkConfig.bat_hosts))
+    except ConfigError as exc:
+        raise ConfigError(f"link.{exc}") from None
+    if not _IFNAME_RE.match(mesh_interface):
+        raise ConfigError(f"link.mesh_interface: {mesh_interface!r} is not a valid interface name")
+    if dead <= poll:
+        raise ConfigError("link.dead_after_ms: must be larger than link.poll_interval_ms")
+    if backend == "batman" and mode != "observe":
+        raise ConfigError(
+            "link.backend: batman-adv routes at layer 2, so the batman backend needs mode: observe"
+        )
+    return LinkConfig(
+        backend=backend,
+        mesh_interface=mesh_interface,
+        poll_interval_ms=poll,
+        dead_after_ms=dead,
+        batctl=Path(batctl),
+        bat_hosts=Path(bat_hosts),
+        reference_mbit=reference,
+    )
 
 
 def parse_config(data: Any) -> AgentConfig:
@@ -194,6 +262,9 @@ def parse_config(data: Any) -> AgentConfig:
     if advert_max_age_s <= advert_interval_s:
         raise ConfigError("advert_max_age_s: must be larger than advert_interval_s")
 
+    mode = _choice(data, "mode", "observe", ("observe", "enforce"))
+    link = _parse_link(data.get("link"), mode)
+
     return AgentConfig(
         node_name=node_name,
         node_address=node_address,
@@ -205,7 +276,7 @@ def parse_config(data: Any) -> AgentConfig:
         dead_multiplier=_int(data, "dead_multiplier", 3, 2, 255),
         advert_interval_s=advert_interval_s,
         advert_max_age_s=advert_max_age_s,
-        mode=_choice(data, "mode", "observe", ("observe", "enforce")),
+        mode=mode,
         k=_int(data, "k", 3, 3, 5),
         disjoint=_choice(data, "disjoint", "edge", ("edge", "node")),
         route_protocol=_int(data, "route_protocol", 77, 5, 255),
@@ -213,6 +284,7 @@ def parse_config(data: Any) -> AgentConfig:
         identity=IdentityConfig(**paths),
         state_dir=Path(state_dir),
         log_level=_choice(data, "log_level", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        link=link,
     )
 
 
