@@ -10,13 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pki import CA
 
+from mesh_agent.agent import Agent
+from mesh_agent.api import create_app
 from mesh_agent.config import ConfigError, parse_config
 from mesh_agent.link import LinkSensor, NeighborDown, NeighborUp
 from mesh_agent.link.batman import (
@@ -286,3 +291,22 @@ def test_config_link_backend() -> None:
             parse_config({**base, "link": link})
     with pytest.raises(ConfigError, match=r"^link\.backend: .*observe"):
         parse_config({**base, "mode": "enforce", "link": {"backend": "batman"}})
+
+
+def test_agent_serves_the_batman_table(ca: CA, tmp_path: Path) -> None:
+    """The agent picks the batman table from config; the API shows it like native neighbours."""
+    (tmp_path / "bat-hosts").write_text("02:00:00:00:00:02 node02\n")
+    cfg = parse_config({
+        "node_name": "node01", "node_address": "10.77.0.1",
+        "link": {"backend": "batman", "bat_hosts": str(tmp_path / "bat-hosts")},
+    })
+    agent = Agent(cfg, ca.identity("node01"))
+    assert isinstance(agent.sensor, BatmanSensor)
+    agent.sensor.update(load("neighbors_iv.json"), load("originators_iv.json"),
+                        time.monotonic(), ifname_of)
+    body = TestClient(create_app(agent)).get("/v1/neighbors").json()
+    rows = {(n["interface"], n["name"]): n for n in body["neighbors"]}
+    assert rows[("wlan0", "node02")]["state"] == "up"
+    assert rows[("wlan0", "node02")]["link_address"] == "02:00:00:00:00:02"
+    assert rows[("wlan1", "02:00:00:00:00:03")]["cost"] == 6.0
+    assert rows[("wlan0", "02:00:00:00:00:05")]["state"] == "init"
