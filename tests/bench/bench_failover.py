@@ -147,9 +147,9 @@ class Lab:
             (self.workdir / node).mkdir(exist_ok=True)
             path = self.workdir / f"{node}.agent.yml"
             path.write_text(yaml.safe_dump(cfg))
-            # -OO as in the systemd unit (PYTHONOPTIMIZE=2).
-            self.spawn(node, [sys.executable, "-OO", "-m", "mesh_agent", "run", "--config",
-                              str(path)],
+            # As in the systemd unit: PYTHONOPTIMIZE=2, PYTHONNODEBUGRANGES=1.
+            self.spawn(node, [sys.executable, "-OO", "-X", "no_debug_ranges", "-m", "mesh_agent",
+                              "run", "--config", str(path)],
                        f"{node}.agent.log")
 
     # --- measurement -----------------------------------------------------------------
