@@ -143,6 +143,27 @@ class Metrics:
             buckets=COMPUTE_BUCKETS,
             registry=r,
         )
+        self.identity_source = Gauge(
+            "meshcore_identity_source",
+            "1 for the source the node's X.509-SVID comes from (files or workload_api)",
+            ["source"],
+            registry=r,
+        )
+        self.identity_cert_expiry = Gauge(
+            "meshcore_identity_cert_expiry_timestamp_seconds",
+            "notAfter of the certificate the agent signs adverts with",
+            registry=r,
+        )
+        self.identity_rotations = Counter(
+            "meshcore_identity_rotations_total",
+            "Key, certificate and bundle swaps picked up while running",
+            registry=r,
+        )
+        self.identity_errors = Counter(
+            "meshcore_identity_reload_errors_total",
+            "New identities that did not load or verify (the old one was kept)",
+            registry=r,
+        )
 
     def watch_links(self, source: Callable[[], Iterable[LinkSample]]) -> None:
         """Report per-interface RTT and loss from *source* at scrape time."""
