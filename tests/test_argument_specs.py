@@ -55,7 +55,40 @@ CASES = [
         ["prometheus_scrape_interval"],
         ["Check the durations and job names"],
     ),
+    ("yggdrasil", {"yggdrasil_multicast_port": "any"}, ["yggdrasil_multicast_port"], []),
+    ("yggdrasil", {"yggdrasil_multicast_beacon": "sometimes"}, ["yggdrasil_multicast_beacon"], []),
+    ("yggdrasil", {"yggdrasil_node_info": ["not", "a", "dict"]}, ["yggdrasil_node_info"], []),
+    ("spire_server", {"spire_server_bind_port": "eighty"}, ["spire_server_bind_port"], []),
+    ("spire_server", {"spire_server_node_attestors": ["tpm"]}, ["spire_server_node_attestors"], []),
+    ("spire_server", {"spire_server_datastore_type": "etcd"}, ["spire_server_datastore_type"], []),
+    ("spire_server", {"spire_server_extra_entries": "entry"}, ["spire_server_extra_entries"], []),
+    ("spire_agent", {"spire_agent_node_attestor": "aws_iid"}, ["spire_agent_node_attestor"], []),
+    ("spire_agent", {"spire_agent_server_port": "x8081"}, ["spire_agent_server_port"], []),
+    (
+        "spire_agent",
+        {"spire_agent_insecure_bootstrap": "perhaps"},
+        ["spire_agent_insecure_bootstrap"],
+        [],
+    ),
+    # Well typed but incomplete: the role's first assert (on the controller) names it.
+    (
+        "spire_agent",
+        {"spire_agent_server_address": ""},
+        ["spire_agent_server_address"],
+        [
+            "Name the binary of this release",
+            "Refuse a missing server address or an unverifiable first connection",
+        ],
+    ),
+    ("spire_release", {"spire_release_binary": "spire-cli"}, ["spire_release_binary"], []),
+    (
+        "spire_release",
+        {"spire_release_archive_sha256": "not-a-checksum"},
+        ["spire_release_archive_sha256"],
+        ["Refuse a download without a checksum"],
+    ),
 ]
+MY_ROLES = ["yggdrasil", "spire_server", "spire_agent", "spire_release"]
 
 
 def _run(tmp_path: Path, role: str, host_vars: dict, *extra: str) -> tuple[int, str]:
@@ -131,7 +164,7 @@ def test_bad_input_fails_before_any_real_task(tmp_path, role, host_vars, needles
     assert re.search(r"localhost\s+: ok=\d+\s+changed=0\s", output), output
 
 
-@pytest.mark.parametrize("role", ["base", "node_exporter", "prometheus"])
+@pytest.mark.parametrize("role", ["base", "node_exporter", "prometheus", *MY_ROLES])
 def test_defaults_satisfy_the_specs(tmp_path, role):
     """Guards against a spec/default mismatch. The validation task is tagged
     `always`, so an unknown tag runs it and nothing else."""
@@ -141,7 +174,7 @@ def test_defaults_satisfy_the_specs(tmp_path, role):
     assert len(started) == 1 and started[0].startswith(VALIDATION_TASK), started
 
 
-@pytest.mark.parametrize("role", ["base", "node_exporter", "prometheus"])
+@pytest.mark.parametrize("role", ["base", "node_exporter", "prometheus", *MY_ROLES])
 def test_specs_defaults_and_readme_agree(role):
     """argument_specs, defaults/main.yml and the README table name the same variables,
     with the same defaults, and every default carries a comment."""
