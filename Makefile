@@ -10,8 +10,8 @@ NODES ?= 10
 TOPOLOGY ?= grid
 SEED ?= 1
 IMAGE_TARGET ?= container-amd64
-MOLECULE_SCENARIOS ?= base node_exporter prometheus mesh_agent
-MOLECULE_FULL_SCENARIOS ?=
+MOLECULE_SCENARIOS ?= base node_exporter prometheus mesh_agent spire
+MOLECULE_FULL_SCENARIOS ?= yggdrasil
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # The content-addressed tag `make image` built for this checkout (read when each
 # recipe runs, so after the image target): lab, molecule and bundle use it.
