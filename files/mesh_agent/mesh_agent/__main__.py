@@ -37,7 +37,10 @@ async def _run(cfg: AgentConfig) -> int:
     )
     metrics = Metrics()
     agent = Agent(cfg, identity, metrics)
-    watcher = IdentityWatcher(source, identity, metrics)
+    # On rotation, flood an advert signed with the new key now: peers learn the
+    # new certificate at once instead of at the next periodic refresh.
+    watcher = IdentityWatcher(source, identity, metrics,
+                              on_rotate=lambda: agent._originate(flood=True))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stop)

@@ -5,7 +5,8 @@ n0 - n1 - n2, in namespaces this test creates. Once converged, n0's key and
 certificate files are replaced (a new pair from the same CA, written like
 Ansible's copy: temporary file and rename). n0 must report the rotation in its
 metrics, n2 must keep accepting n0's adverts (now carrying the new certificate)
-with no rejection, and no agent route may disappear while it happens.
+with no advert anywhere rejected for its certificate or signature (untrusted,
+bad_signature, unsigned), and no agent route may disappear while it happens.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def metric(ns: str, name: str, labels: str = "") -> float:
 def rejected(ns: str) -> float:
     _, body = api(ns, "/metrics")
     return sum(float(v) for v in re.findall(
-        r'^meshcore_adverts_rejected_total\{reason="[a-z_]+"\} ([0-9.e+-]+)$', body, re.M))
+        r'^meshcore_adverts_rejected_total\{reason="(?:untrusted|bad_signature|unsigned)"\} '
+        r'([0-9.e+-]+)$', body, re.M))
 
 
 def replace(path: Path, data: bytes) -> None:

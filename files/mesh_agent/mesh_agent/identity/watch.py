@@ -11,8 +11,9 @@ Two sources give the same :class:`Material` (key, certificate, trust bundle):
 
 :class:`IdentityWatcher` applies each new set with :meth:`Identity.swap`, in the
 event loop's thread, in one step: adverts signed before the swap carry the old
-certificate and stay valid, adverts after it carry the new one. Neither the
-LSDB nor the kernel routes are touched. A set that does not load or does not
+certificate and stay valid, adverts after it carry the new one (``on_rotate``
+lets the agent flood a fresh advert at once rather than at its next refresh).
+Neither the LSDB nor the kernel routes are touched. A set that does not load or does not
 verify (a rotation caught half-written) is retried and the old identity kept.
 """
 
@@ -185,8 +186,10 @@ class IdentityWatcher:
         metrics: Any = None,
         poll_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        on_rotate: Callable[[], None] | None = None,
     ) -> None:
         self.source = source
+        self.on_rotate = on_rotate
         self.identity = identity
         self.metrics = metrics
         self.poll_s = poll_s
@@ -230,6 +233,8 @@ class IdentityWatcher:
         if self.metrics is not None:
             self.metrics.identity_rotations.inc()
         self._export()
+        if self.on_rotate is not None:
+            self.on_rotate()
         return True
 
     def _export(self) -> None:
