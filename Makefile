@@ -10,8 +10,8 @@ NODES ?= 10
 TOPOLOGY ?= grid
 SEED ?= 1
 IMAGE_TARGET ?= container-amd64
-MOLECULE_SCENARIOS ?= base node_exporter prometheus grafana mesh_agent batman_adv
-MOLECULE_FULL_SCENARIOS ?= etcd
+MOLECULE_SCENARIOS ?= base node_exporter prometheus grafana mesh_agent batman_adv spire
+MOLECULE_FULL_SCENARIOS ?= etcd yggdrasil
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # The content-addressed tag `make image` built for this checkout (read when each
 # recipe runs, so after the image target): lab, molecule and bundle use it.

@@ -104,7 +104,40 @@ CASES = [
         ["prometheus_scrape_interval"],
         ["Check the durations and job names"],
     ),
+    ("yggdrasil", {"yggdrasil_multicast_port": "any"}, ["yggdrasil_multicast_port"], []),
+    ("yggdrasil", {"yggdrasil_multicast_beacon": "sometimes"}, ["yggdrasil_multicast_beacon"], []),
+    ("yggdrasil", {"yggdrasil_node_info": ["not", "a", "dict"]}, ["yggdrasil_node_info"], []),
+    ("spire_server", {"spire_server_bind_port": "eighty"}, ["spire_server_bind_port"], []),
+    ("spire_server", {"spire_server_node_attestors": ["tpm"]}, ["spire_server_node_attestors"], []),
+    ("spire_server", {"spire_server_datastore_type": "etcd"}, ["spire_server_datastore_type"], []),
+    ("spire_server", {"spire_server_extra_entries": "entry"}, ["spire_server_extra_entries"], []),
+    ("spire_agent", {"spire_agent_node_attestor": "aws_iid"}, ["spire_agent_node_attestor"], []),
+    ("spire_agent", {"spire_agent_server_port": "x8081"}, ["spire_agent_server_port"], []),
+    (
+        "spire_agent",
+        {"spire_agent_insecure_bootstrap": "perhaps"},
+        ["spire_agent_insecure_bootstrap"],
+        [],
+    ),
+    # Well typed but incomplete: the role's first assert (on the controller) names it.
+    (
+        "spire_agent",
+        {"spire_agent_server_address": ""},
+        ["spire_agent_server_address"],
+        [
+            "Name the binary of this release",
+            "Refuse a missing server address or an unverifiable first connection",
+        ],
+    ),
+    ("spire_release", {"spire_release_binary": "spire-cli"}, ["spire_release_binary"], []),
+    (
+        "spire_release",
+        {"spire_release_archive_sha256": "not-a-checksum"},
+        ["spire_release_archive_sha256"],
+        ["Refuse a download without a checksum"],
+    ),
 ]
+MY_ROLES = ["yggdrasil", "spire_server", "spire_agent", "spire_release"]
 
 
 def _run(tmp_path: Path, role: str, host_vars: dict, *extra: str) -> tuple[int, str]:
@@ -181,7 +214,7 @@ def test_bad_input_fails_before_any_real_task(tmp_path, role, host_vars, needles
 
 
 @pytest.mark.parametrize(
-    "role", ["base", "node_exporter", "prometheus", "grafana", "batman_adv", "etcd"]
+    "role", ["base", "node_exporter", "prometheus", "grafana", "batman_adv", "etcd", *MY_ROLES]
 )
 def test_defaults_satisfy_the_specs(tmp_path, role):
     """Guards against a spec/default mismatch. The validation task is tagged
@@ -193,7 +226,7 @@ def test_defaults_satisfy_the_specs(tmp_path, role):
 
 
 @pytest.mark.parametrize(
-    "role", ["base", "node_exporter", "prometheus", "grafana", "batman_adv", "etcd"]
+    "role", ["base", "node_exporter", "prometheus", "grafana", "batman_adv", "etcd", *MY_ROLES]
 )
 def test_specs_defaults_and_readme_agree(role):
     """argument_specs, defaults/main.yml and the README table name the same variables,

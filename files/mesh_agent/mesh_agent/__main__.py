@@ -26,13 +26,31 @@ def _parser() -> argparse.ArgumentParser:
 async def _run(cfg: AgentConfig) -> int:
     from mesh_agent.agent import Agent
     from mesh_agent.identity import Identity
+    from mesh_agent.identity.watch import IdentityWatcher, select_source
+    from mesh_agent.metrics import Metrics
 
-    identity = Identity.load(cfg.identity, cfg.node_name, cfg.trust_domain)
-    agent = Agent(cfg, identity)
+    source = select_source(cfg.identity, cfg.node_name, cfg.trust_domain)
+    material = source.load()
+    identity = Identity(
+        cfg.node_name, cfg.trust_domain, material.key, material.cert, material.bundle[0],
+        material.bundle,
+    )
+    metrics = Metrics()
+    agent = Agent(cfg, identity, metrics)
+    # On rotation, flood an advert signed with the new key now: peers learn the
+    # new certificate at once instead of at the next periodic refresh.
+    watcher = IdentityWatcher(source, identity, metrics,
+                              on_rotate=lambda: agent._originate(flood=True))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stop)
-    await agent.run()
+    watch = loop.create_task(watcher.run(), name="identity")
+    try:
+        await agent.run()
+    finally:
+        watch.cancel()
+        if hasattr(source, "close"):
+            source.close()
     return agent.exit_code
 
 

@@ -90,7 +90,7 @@ class Agent:
         self.metrics.watch_links(
             lambda: [(nb.ifname, nb.rtt_s, nb.loss()) for nb in self.sensor.up_neighbors()]
         )
-        self.metrics.cert_expiry.set(identity.cert.not_valid_after_utc.timestamp())
+        self.metrics.identity_cert_expiry.set(identity.cert.not_valid_after_utc.timestamp())
         self.clock = clock
         self.wall = wall
         addr = str(cfg.node_address)

@@ -137,15 +137,31 @@ class Metrics:
             "meshcore_route_errors_total", "Failed netlink operations", registry=r
         )
         self.converged = Gauge("meshcore_converged", "1 when the agent is converged", registry=r)
-        self.cert_expiry = Gauge(
-            "meshcore_identity_cert_expiry_timestamp_seconds",
-            "When this node's X.509-SVID expires (Unix time); peers reject its adverts after",
-            registry=r,
-        )
         self.path_seconds = Histogram(
             "meshcore_path_computation_seconds",
             "PathTable.update duration",
             buckets=COMPUTE_BUCKETS,
+            registry=r,
+        )
+        self.identity_source = Gauge(
+            "meshcore_identity_source",
+            "1 for the source the node's X.509-SVID comes from (files or workload_api)",
+            ["source"],
+            registry=r,
+        )
+        self.identity_cert_expiry = Gauge(
+            "meshcore_identity_cert_expiry_timestamp_seconds",
+            "When this node's X.509-SVID expires (Unix time); peers reject its adverts after",
+            registry=r,
+        )
+        self.identity_rotations = Counter(
+            "meshcore_identity_rotations_total",
+            "Key, certificate and bundle swaps picked up while running",
+            registry=r,
+        )
+        self.identity_errors = Counter(
+            "meshcore_identity_reload_errors_total",
+            "New identities that did not load or verify (the old one was kept)",
             registry=r,
         )
 

@@ -1,0 +1,92 @@
+"""Yggdrasil in the running lab: two nodes several hops apart reach each other.
+
+Slow, and needs a lab built by ``make lab`` (it reads build/lab/state.yml and
+execs into the lab containers read-only apart from the pings): run it with
+``pytest tests/test_lab_yggdrasil.py --run-slow`` after ``make lab``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import networkx as nx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STATE = ROOT / "build" / "lab" / "state.yml"
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("podman") is None,
+                       reason="the lab needs root and podman"),
+]
+
+
+def container(node: str) -> str:
+    return f"meshcore-lab-{node}"
+
+
+def sh(node: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["podman", "exec", container(node), *argv], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def lab() -> dict:
+    if not STATE.exists():
+        pytest.skip("no lab: run `make lab` first")
+    state = yaml.safe_load(STATE.read_text())
+    running = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True,
+                             text=True, check=True).stdout.split()
+    if not all(container(n) in running for n in state["nodes"]):
+        pytest.skip("the lab in build/lab/state.yml is not running: run `make lab` first")
+    return state
+
+
+def far_pair(state: dict) -> tuple[str, str, int]:
+    g = nx.Graph()
+    g.add_nodes_from(state["nodes"])
+    g.add_edges_from((link["a"], link["b"]) for link in state["links"])
+    hops = dict(nx.all_pairs_shortest_path_length(g))
+    a, b = max(((x, y) for x in g for y in g if x < y), key=lambda p: hops[p[0]][p[1]])
+    return a, b, hops[a][b]
+
+
+def ygg_address(node: str) -> ipaddress.IPv6Address:
+    out = sh(node, "ip", "-j", "-6", "addr", "show", "dev", "tun0")
+    assert out.returncode == 0, f"{node}: no tun0 ({out.stderr.strip()})"
+    for link in json.loads(out.stdout):
+        for a in link["addr_info"]:
+            addr = ipaddress.ip_address(a["local"])
+            if addr in ipaddress.ip_network("200::/7"):
+                return addr
+    raise AssertionError(f"{node}: no 200::/7 address on tun0")
+
+
+def test_every_node_runs_yggdrasil_with_its_own_address(lab: dict) -> None:
+    addrs = {}
+    for node in lab["nodes"]:
+        assert sh(node, "systemctl", "is-active", "yggdrasil").stdout.strip() == "active", node
+        addrs[node] = ygg_address(node)
+    assert len(set(addrs.values())) == len(addrs)
+
+
+def test_nodes_several_hops_apart_reach_each_other_over_yggdrasil(lab: dict) -> None:
+    a, b, hops = far_pair(lab)
+    assert hops >= 3, f"the lab topology is too small for a multi-hop test ({a}-{b}: {hops})"
+    target = ygg_address(b)
+    deadline = time.monotonic() + 60
+    while True:
+        ping = sh(a, "ping", "-6", "-c", "3", "-W", "2", str(target))
+        if ping.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert ping.returncode == 0, f"{a} -> {b} ({hops} hops, {target}): {ping.stdout}"
+    back = sh(b, "ping", "-6", "-c", "3", "-W", "2", str(ygg_address(a)))
+    assert back.returncode == 0, back.stdout
