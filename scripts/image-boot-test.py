@@ -44,14 +44,18 @@ def free_port() -> int:
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 (loopback only)
+        with urllib.request.urlopen(url, timeout=timeout) as r:
             return r.status, r.read().decode()
     except OSError:
         return 0, ""
 
 
 def boot_partition_offset(image: Path) -> int:
-    table = json.loads(subprocess.run(["sfdisk", "--json", str(image)], capture_output=True, text=True, check=True).stdout)
+    table = json.loads(
+        subprocess.run(
+            ["sfdisk", "--json", str(image)], capture_output=True, text=True, check=True
+        ).stdout
+    )
     part = table["partitiontable"]["partitions"][0]
     return int(part["start"]) * int(table["partitiontable"].get("sectorsize", 512))
 
@@ -60,21 +64,31 @@ def boot_files(image: Path, dest: Path) -> tuple[Path, Path, str]:
     """Kernel, initrd and cmdline.txt from the image's boot partition (mtools, no mount)."""
     target = f"{image}@@{boot_partition_offset(image)}"
     env = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
-    names = subprocess.run(["mdir", "-b", "-i", target, "::/"], capture_output=True, text=True, check=True, env=env).stdout
+    names = subprocess.run(
+        ["mdir", "-b", "-i", target, "::/"], capture_output=True, text=True, check=True, env=env
+    ).stdout
     files = [Path(n.strip()).name for n in names.splitlines() if n.strip()]
     kernel = sorted(f for f in files if f.startswith("vmlinuz-"))[-1]
     initrd = sorted(f for f in files if f.startswith("initrd.img-"))[-1]
     for name in (kernel, initrd, "cmdline.txt"):
-        subprocess.run(["mcopy", "-o", "-i", target, f"::/{name}", str(dest / name)], check=True, env=env)
+        subprocess.run(
+            ["mcopy", "-o", "-i", target, f"::/{name}", str(dest / name)], check=True, env=env
+        )
     return dest / kernel, dest / initrd, (dest / "cmdline.txt").read_text().strip()
 
 
 def metric_lines(text: str, name: str) -> list[str]:
-    return [line for line in text.splitlines() if line.startswith(name + "{") or line.startswith(name + " ")]
+    return [
+        line
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    ]
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     ap.add_argument("--host", default="rpi-qemu-01")
     ap.add_argument("--address", default="10.77.0.250")
@@ -91,29 +105,73 @@ def main() -> int:
     )
     t0 = time.monotonic()
     subprocess.run(
-        [str(ROOT / ".venv/bin/ansible-playbook"), "-i", str(work / "inventory.yml"), str(ROOT / "playbooks/flash.yml"),
-         "-e", f"flash_image={args.image}", "-e", f"flash_out_dir={work}", "-e", f"lab_pki_dir={work}/pki"],
-        cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+        [
+            str(ROOT / ".venv/bin/ansible-playbook"),
+            "-i",
+            str(work / "inventory.yml"),
+            str(ROOT / "playbooks/flash.yml"),
+            "-e",
+            f"flash_image={args.image}",
+            "-e",
+            f"flash_out_dir={work}",
+            "-e",
+            f"lab_pki_dir={work}/pki",
+        ],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     seed_s = time.monotonic() - t0
     node_img = work / f"{args.host}.img"
     kernel, initrd, cmdline = boot_files(node_img, work)
     # QEMU's virt board has a PL011 UART as ttyAMA0; the Pi's console names do not exist there.
-    cmdline = " ".join([w for w in cmdline.split() if not w.startswith("console=")] + ["console=ttyAMA0", "panic=-1"])
+    cmdline = " ".join(
+        [w for w in cmdline.split() if not w.startswith("console=")]
+        + ["console=ttyAMA0", "panic=-1"]
+    )
 
     # 2. Boot it.
     api, nodeexp = free_port(), free_port()
     serial = work / "serial.log"
     qemu = [
-        "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2", "-m", "1024",
-        "-accel", "tcg,thread=multi", "-display", "none", "-monitor", "none", "-no-reboot",
-        "-serial", f"file:{serial}",
-        "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
-        "-drive", f"if=none,file={node_img},format=raw,id=hd0", "-device", "virtio-blk-device,drive=hd0",
-        "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{api}-:9105,hostfwd=tcp:127.0.0.1:{nodeexp}-:9100",
-        "-device", "virtio-net-device,netdev=n0",
+        "qemu-system-aarch64",
+        "-M",
+        "virt",
+        "-cpu",
+        "cortex-a72",
+        "-smp",
+        "2",
+        "-m",
+        "1024",
+        "-accel",
+        "tcg,thread=multi",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-serial",
+        f"file:{serial}",
+        "-kernel",
+        str(kernel),
+        "-initrd",
+        str(initrd),
+        "-append",
+        cmdline,
+        "-drive",
+        f"if=none,file={node_img},format=raw,id=hd0",
+        "-device",
+        "virtio-blk-device,drive=hd0",
+        "-netdev",
+        f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{api}-:9105,hostfwd=tcp:127.0.0.1:{nodeexp}-:9100",
+        "-device",
+        "virtio-net-device,netdev=n0",
     ]
-    result: dict[str, object] = {"figure": "rpi-arm64 boot under qemu TCG", "host": args.host, "seed_s": round(seed_s, 1)}
+    result: dict[str, object] = {
+        "figure": "rpi-arm64 boot under qemu TCG",
+        "host": args.host,
+        "seed_s": round(seed_s, 1),
+    }
     t_boot = time.monotonic()
     proc = subprocess.Popen(qemu, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ok = False
@@ -135,7 +193,12 @@ def main() -> int:
                 state = "running"
                 break
             log = serial.read_text(errors="replace") if serial.exists() else ""
-            if "Cloud-init v." in log and "finished at" in log and metrics and time.monotonic() - t_boot > 60:
+            if (
+                "Cloud-init v." in log
+                and "finished at" in log
+                and metrics
+                and time.monotonic() - t_boot > 60
+            ):
                 # finished first boot but not "running": degraded; the failed units say why
                 state = "not running"
                 if metric_lines(metrics, "node_systemd_unit_state"):
@@ -151,7 +214,8 @@ def main() -> int:
             if 'state="failed"' in line and line.split()[-1] == "1"
         )
         agent_active = [
-            line for line in metric_lines(metrics, "node_systemd_unit_state")
+            line
+            for line in metric_lines(metrics, "node_systemd_unit_state")
             if 'name="mesh-agent.service"' in line and 'state="active"' in line
         ]
         log = serial.read_text(errors="replace")

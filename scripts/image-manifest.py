@@ -58,9 +58,7 @@ def sha256(path: Path) -> str:
 
 
 def git(*args: str) -> str:
-    return subprocess.run(
-        ["git", *args], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
 
 
 def main() -> None:
@@ -75,7 +73,9 @@ def main() -> None:
     for suffix in (".img.xz", ".bmap", ".img"):
         path = args.out / f"{args.name}{suffix}"
         files[path.name] = {"sha256": sha256(path), "bytes": path.stat().st_size}
-    kernels = sorted(p.name.removeprefix("vmlinuz-") for p in (args.rootfs / "boot").glob("vmlinuz-*"))
+    kernels = sorted(
+        p.name.removeprefix("vmlinuz-") for p in (args.rootfs / "boot").glob("vmlinuz-*")
+    )
     manifest = {
         "name": args.name,
         **meta,

@@ -30,9 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "build/images/rpi-arm64/latest"
 IMAGE_NAME = "mesh-core-rpi-arm64"
 PEM_KEY = re.compile(
-    rb"^-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----\r?\n(?:[A-Za-z0-9+/=:, -]*\r?\n)+?-----END \1PRIVATE KEY-----",
+    rb"^-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----\r?\n"
+    rb"(?:[A-Za-z0-9+/=:, -]*\r?\n)+?"
+    rb"-----END \1PRIVATE KEY-----",
     re.MULTILINE,
 )
+OPERATOR_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITEST op@example"
 MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 
 
@@ -55,20 +58,31 @@ def test_image_applies_site_yml_mesh_node_roles():
     site.yml's mesh_nodes play, minus lab_pki (identity comes from the seed)."""
     site = next(p for p in _plays(ROOT / "playbooks/site.yml") if p["hosts"] == "mesh_nodes")
     image = _plays(ROOT / "playbooks/image.yml")
-    chroot_roles = [r for p in image if str(p["hosts"]).startswith("image_stage_") for r in _role_names(p)]
+    chroot_roles = [
+        r for p in image if str(p["hosts"]).startswith("image_stage_") for r in _role_names(p)
+    ]
     assert chroot_roles == [r for r in _role_names(site) if r != "lab_pki"]
 
 
 def _fake_card(path: Path) -> int:
     """A 48 MiB disk image with a FAT32 boot partition at 1 MiB, like the real layout."""
     subprocess.run(["truncate", "-s", "48M", str(path)], check=True)
-    subprocess.run(["sfdisk", "-q", str(path)], input="label: dos\nstart=2048, size=81920, type=c\n",
-                   text=True, check=True)
+    subprocess.run(
+        ["sfdisk", "-q", str(path)],
+        input="label: dos\nstart=2048, size=81920, type=c\n",
+        text=True,
+        check=True,
+    )
     part = path.with_suffix(".vfat")
-    subprocess.run(["mkfs.vfat", "-F", "32", "-n", "CIDATA", "-C", str(part), "40960"], check=True,
-                   capture_output=True)
-    subprocess.run(["dd", f"if={part}", f"of={path}", "bs=1M", "seek=1", "conv=notrunc", "status=none"],
-                   check=True)
+    subprocess.run(
+        ["mkfs.vfat", "-F", "32", "-n", "CIDATA", "-C", str(part), "40960"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["dd", f"if={part}", f"of={path}", "bs=1M", "seek=1", "conv=notrunc", "status=none"],
+        check=True,
+    )
     return 2048 * 512
 
 
@@ -78,23 +92,57 @@ def test_flash_writes_a_complete_seed(tmp_path):
     offset = _fake_card(card)
     host = "rpi-test-07"
     (tmp_path / "inventory.yml").write_text(
-        yaml.safe_dump({"mesh_nodes": {"hosts": {host: {"mesh_node_address": "10.77.0.7",
-                                                       "mesh_agent_hello_interval_ms": 200}}}})
+        yaml.safe_dump(
+            {
+                "mesh_nodes": {
+                    "hosts": {
+                        host: {
+                            "mesh_node_address": "10.77.0.7",
+                            "mesh_agent_hello_interval_ms": 200,
+                        }
+                    }
+                }
+            }
+        )
     )
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_FORCE_COLOR": "0"}
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+    }
     proc = subprocess.run(
-        [str(ROOT / ".venv/bin/ansible-playbook"), "-i", str(tmp_path / "inventory.yml"),
-         str(ROOT / "playbooks/flash.yml"), "-e", f"flash_device={card}",
-         "-e", f"flash_out_dir={tmp_path}/flash", "-e", f"lab_pki_dir={tmp_path}/pki",
-         "-e", '{"flash_ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITEST op@example"]}'],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+        [
+            str(ROOT / ".venv/bin/ansible-playbook"),
+            "-i",
+            str(tmp_path / "inventory.yml"),
+            str(ROOT / "playbooks/flash.yml"),
+            "-e",
+            f"flash_device={card}",
+            "-e",
+            f"flash_out_dir={tmp_path}/flash",
+            "-e",
+            f"lab_pki_dir={tmp_path}/pki",
+            "-e",
+            json.dumps({"flash_ssh_authorized_keys": [OPERATOR_KEY]}),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     def read(name: str) -> str:
-        return subprocess.run(["mtype", "-i", f"{card}@@{offset}", f"::/{name}"], env=MTOOLS_ENV,
-                              capture_output=True, text=True, check=True).stdout
+        return subprocess.run(
+            ["mtype", "-i", f"{card}@@{offset}", f"::/{name}"],
+            env=MTOOLS_ENV,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
 
     user_data_text = read("user-data")
     assert user_data_text.startswith("#cloud-config\n")
@@ -104,8 +152,12 @@ def test_flash_writes_a_complete_seed(tmp_path):
     assert meta["instance-id"].startswith(f"mesh-{host}-")
     assert user_data["users"][0]["ssh_authorized_keys"][0].endswith("op@example")
     files = {f["path"]: f for f in user_data["write_files"]}
-    assert set(files) == {"/etc/mesh-agent/agent.yml", "/etc/mesh-agent/pki/ca.crt",
-                          "/etc/mesh-agent/pki/node.crt", "/etc/mesh-agent/pki/node.key"}
+    assert set(files) == {
+        "/etc/mesh-agent/agent.yml",
+        "/etc/mesh-agent/pki/ca.crt",
+        "/etc/mesh-agent/pki/node.crt",
+        "/etc/mesh-agent/pki/node.key",
+    }
     assert files["/etc/mesh-agent/pki/node.key"]["permissions"] == "0640"
     assert files["/etc/mesh-agent/pki/node.key"]["owner"] == "root:meshcore"
 
@@ -119,10 +171,13 @@ def test_flash_writes_a_complete_seed(tmp_path):
 
     # The certificate names this node and matches the key in the seed.
     cert = x509.load_pem_x509_certificate(files["/etc/mesh-agent/pki/node.crt"]["content"].encode())
-    uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-        x509.UniformResourceIdentifier)
+    uris = cert.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    ).value.get_values_for_type(x509.UniformResourceIdentifier)
     assert uris == [f"spiffe://mesh.lab/node/{host}"]
-    key = serialization.load_pem_private_key(files["/etc/mesh-agent/pki/node.key"]["content"].encode(), None)
+    key = serialization.load_pem_private_key(
+        files["/etc/mesh-agent/pki/node.key"]["content"].encode(), None
+    )
     assert key.public_key().public_numbers() == cert.public_key().public_numbers()  # type: ignore[union-attr]
 
 
@@ -134,8 +189,11 @@ def _built() -> Path:
 
 
 def _partitions(img: Path) -> list[dict]:
-    table = json.loads(subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, text=True,
-                                      check=True).stdout)["partitiontable"]
+    table = json.loads(
+        subprocess.run(
+            ["sfdisk", "--json", str(img)], capture_output=True, text=True, check=True
+        ).stdout
+    )["partitiontable"]
     return table["partitions"]
 
 
@@ -143,7 +201,12 @@ def _partitions(img: Path) -> list[dict]:
 def test_outputs_and_manifest():
     img = _built()
     sums = dict(reversed(line.split()) for line in (OUT / "SHA256SUMS").read_text().splitlines())
-    assert set(sums) == {f"{IMAGE_NAME}.img.xz", f"{IMAGE_NAME}.bmap", f"{IMAGE_NAME}.img", "manifest.json"}
+    assert set(sums) == {
+        f"{IMAGE_NAME}.img.xz",
+        f"{IMAGE_NAME}.bmap",
+        f"{IMAGE_NAME}.img",
+        "manifest.json",
+    }
     for name, digest in sums.items():
         h = hashlib.sha256()
         with (OUT / name).open("rb") as f:
@@ -152,7 +215,12 @@ def test_outputs_and_manifest():
         assert h.hexdigest() == digest, name
     manifest = json.loads((OUT / "manifest.json").read_text())
     names = {p["name"] for p in manifest["packages"]}
-    assert {"raspi-firmware", "linux-image-arm64", "cloud-init", "prometheus-node-exporter"} <= names
+    assert {
+        "raspi-firmware",
+        "linux-image-arm64",
+        "cloud-init",
+        "prometheus-node-exporter",
+    } <= names
     assert all(p["arch"] in ("arm64", "all") for p in manifest["packages"])
     assert re.fullmatch(r"[0-9a-f]{40}", manifest["git"]["commit"])
     assert {"rootfs", "roles", "agent", "assembly"} == set(manifest["stage_keys"])
@@ -170,14 +238,31 @@ def test_image_holds_no_private_key(tmp_path):
     img = _built()
     boot, root = _partitions(img)
     root_img = tmp_path / "root.ext4"
-    subprocess.run(["dd", f"if={img}", f"of={root_img}", "bs=512", f"skip={root['start']}",
-                    f"count={root['size']}", "conv=sparse", "status=none"], check=True)
+    subprocess.run(
+        [
+            "dd",
+            f"if={img}",
+            f"of={root_img}",
+            "bs=512",
+            f"skip={root['start']}",
+            f"count={root['size']}",
+            "conv=sparse",
+            "status=none",
+        ],
+        check=True,
+    )
     (tmp_path / "root").mkdir()
-    subprocess.run(["debugfs", "-R", f"rdump / {tmp_path}/root", str(root_img)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["debugfs", "-R", f"rdump / {tmp_path}/root", str(root_img)],
+        check=True,
+        capture_output=True,
+    )
     (tmp_path / "boot").mkdir()
-    subprocess.run(["mcopy", "-s", "-i", f"{img}@@{boot['start'] * 512}", "::/*", str(tmp_path / "boot")],
-                   check=True, env=MTOOLS_ENV)
+    subprocess.run(
+        ["mcopy", "-s", "-i", f"{img}@@{boot['start'] * 512}", "::/*", str(tmp_path / "boot")],
+        check=True,
+        env=MTOOLS_ENV,
+    )
     scanned, found = 0, []
     for base in (tmp_path / "root", tmp_path / "boot"):
         for path in base.rglob("*"):
@@ -193,7 +278,13 @@ def test_image_holds_no_private_key(tmp_path):
 def test_boots_under_qemu_with_a_seed():
     _tools("qemu-system-aarch64", "mcopy")
     img = _built()
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts/image-boot-test.py"), "--image", str(img)],
-                          capture_output=True, text=True, timeout=1500, check=False, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/image-boot-test.py"), "--image", str(img)],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+        cwd=ROOT,
+    )
     result = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
     assert proc.returncode == 0 and result.get("ok") is True, proc.stdout + proc.stderr
