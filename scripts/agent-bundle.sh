@@ -73,7 +73,8 @@ if [ ! -f "$out" ]; then
     .venv/bin/pip download -q --disable-pip-version-check --only-binary=:all: \
       --platform "manylinux_2_17_$machine" --platform "manylinux2014_$machine" --platform "manylinux_2_28_$machine" \
       --python-version "$pyver" --implementation cp \
-      -c requirements/dev.txt -d "$tmp/wheels" "$tmp"/wheels/mesh_agent-*.whl
+      -c requirements/dev.txt -d "$tmp/wheels" "$tmp"/wheels/mesh_agent-*.whl 2>&1 \
+      | { grep -v "^WARNING: Location" || true; } >&2
     work=/tmp/mesh-agent-bundle.$$
     mkdir -p "$rootfs$work"
     cp -a "$tmp/wheels" "$rootfs$work/"
@@ -87,6 +88,11 @@ if [ ! -f "$out" ]; then
     rm -rf "${rootfs:?}/opt/mesh-agent/releases/$release"
     rmdir "$rootfs/opt/mesh-agent/releases" "$rootfs/opt/mesh-agent" 2>/dev/null || true
   fi
+fi
+# The mesh_agent role reads the bundle from the manifest's directory.
+mdir=$(dirname "$manifest")
+if [ "$(realpath "$mdir")" != "$(realpath build/agent)" ]; then
+  ln -f "$out" "$mdir/" 2>/dev/null || cp "$out" "$mdir/"
 fi
 printf '{"release": "%s", "bundle": "%s", "image": "%s"}\n' "$release" "$(basename "$out")" "$target" > "$manifest"
 echo "$out"

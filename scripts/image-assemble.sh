@@ -71,5 +71,5 @@ touch -d "@$SOURCE_DATE_EPOCH" "$img"
 
 echo "[assemble] bmap and xz" >&2
 bmaptool -q create -o "$tmp/$name.bmap" "$img"
-xz -T2 -6 -k -c "$img" > "$tmp/$name.img.xz"
+xz -T2 -3 -k -c "$img" > "$tmp/$name.img.xz"
 mv "$img" "$tmp/$name.bmap" "$tmp/$name.img.xz" "$out/"
