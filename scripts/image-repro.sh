@@ -7,6 +7,9 @@
 #   REPRO_FROM=roles scripts/image-repro.sh
 #                                     reuse one rootfs stage (a copy), rebuild roles,
 #                                     agent and assembly twice (checks our stages only)
+#   REPRO_FROM=agent scripts/image-repro.sh
+#                                     assemble the finished agent stage of the last
+#                                     build again and compare with that build's image
 # Exit 0 when the two builds are identical.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +40,25 @@ build() {  # build NAME
   cp "$(ls build/agent/mesh-agent-*.tgz)" "$dir/" 2>/dev/null || true
   for t in build/agent/mesh-agent-*.tgz.repro-hold; do [ -e "$t" ] && mv -f "$t" "${t%.repro-hold}"; done
 }
+
+if [ "$from" = agent ]; then
+  # The last build's outputs and stage keys, from its manifest.
+  out=$(readlink -f build/images/rpi-arm64/latest)
+  name=$(jq -r .name "$out/manifest.json")
+  key=$(jq -r .stage_keys.assembly "$out/manifest.json")
+  agent=build/images/rpi-arm64/agent-$(jq -r .stage_keys.agent "$out/manifest.json")
+  eval "$(jq -r '.layout | "BOOT_OFFSET_MIB=\(.boot_offset_mib) BOOT_SIZE_MIB=\(.boot_size_mib) ROOT_SIZE_MIB=\(.root_size_mib) BOOT_LABEL=\(.boot_label) ROOT_LABEL=\(.root_label)"' "$out/manifest.json")"
+  export BOOT_OFFSET_MIB BOOT_SIZE_MIB ROOT_SIZE_MIB BOOT_LABEL ROOT_LABEL
+  SOURCE_DATE_EPOCH=$(jq -r .source_date_epoch "$out/manifest.json")
+  start=$(date +%s)
+  scripts/image-assemble.sh "$PWD/$agent" "$PWD/$base/a" "$name" "$key"
+  log "re-assembled in $(( $(date +%s) - start )) s"
+  for f in "$name.img" "$name.bmap" "$name.img.xz"; do
+    a=$(sha256sum < "$base/a/$f" | cut -c1-64); b=$(grep " $f\$" "$out/SHA256SUMS" | cut -c1-64)
+    if [ "$a" = "$b" ]; then log "identical: $f $a"; else log "DIFFERENT: $f build $b, again $a"; rc=1; fi
+  done
+  exit "${rc:-0}"
+fi
 
 build a
 build b
