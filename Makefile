@@ -10,22 +10,27 @@ NODES ?= 10
 TOPOLOGY ?= grid
 SEED ?= 1
 IMAGE_TARGET ?= container-amd64
-MOLECULE_SCENARIOS ?= base node_exporter prometheus mesh_agent
-MOLECULE_FULL_SCENARIOS ?=
+MOLECULE_SCENARIOS ?= base node_exporter prometheus grafana mesh_agent batman_adv
+MOLECULE_FULL_SCENARIOS ?= etcd
 HOST ?=
 INVENTORY ?= inventories/example
 DEVICE ?=
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# The content-addressed tag `make image` built for this checkout (read when each
+# recipe runs, so after the image target): lab, molecule and bundle use it.
+export MESHCORE_IMAGE = $(shell cat build/images/container-amd64.ref 2>/dev/null || echo localhost/meshcore-base:latest)
 # molecule runs ansible-playbook and ansible-config from PATH: the venv's, never Debian's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 1
 export PY_COLORS ?= 1
 
-.PHONY: help setup image image-rpi seed image-boot-test image-repro agent-bundle lab lab-status lab-destroy test test-full lint unit molecule molecule-full bench
+.PHONY: help setup image image-rpi seed image-boot-test image-repro agent-bundle lab lab-status lab-report lab-destroy dashboard test test-full lint unit molecule molecule-full bench
 
 help:
 	@echo "make lab [NODES=10] [TOPOLOGY=grid|rgg|ladder|community|FILE]   build + provision the lab mesh"
 	@echo "make lab-status | lab-destroy                                  status table | remove the lab"
+	@echo "make lab-report                                                key series + build/lab/report.png"
+	@echo "make dashboard                                                 regenerate the Grafana dashboard JSON"
 	@echo "make test        lint + unit tests + molecule (fast scenarios)"
 	@echo "make test-full   make test + the slow scenarios"
 	@echo "make bench       benchmarks under tests/bench (one JSON line per figure)"
@@ -68,6 +73,12 @@ lab: image agent-bundle
 lab-status: setup
 	@$(BIN)/python files/lab/labctl.py status
 
+lab-report: setup
+	@$(BIN)/python files/lab/labctl.py report
+
+dashboard: setup
+	$(BIN)/python files/grafana/dashboard.py
+
 lab-destroy: setup
 	@$(BIN)/python files/lab/labctl.py destroy
 
@@ -76,7 +87,7 @@ lint: setup
 	$(BIN)/ansible-lint
 	$(BIN)/ruff check files tests
 	cd files/mesh_agent && ../../$(BIN)/mypy mesh_agent
-	$(BIN)/mypy --ignore-missing-imports files/lab
+	$(BIN)/mypy --ignore-missing-imports files/lab files/grafana
 
 unit: setup
 	$(BIN)/pytest -q files/mesh_agent/tests tests --ignore=tests/bench -p no:cacheprovider
@@ -92,7 +103,7 @@ molecule-full: image
 test: lint unit molecule
 
 test-full: test molecule-full image-rpi
-	$(BIN)/pytest -q tests/test_lab_e2e.py tests/test_image_rpi.py --run-slow -p no:cacheprovider
+	$(BIN)/pytest -q tests/test_monitoring_netns.py tests/test_lab_e2e.py tests/test_dashboard_lab.py tests/test_image_rpi.py --run-slow -p no:cacheprovider
 
 bench: setup
 	@set -e; for b in tests/bench/bench_*.py; do $(BIN)/python $$b; done

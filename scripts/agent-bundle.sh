@@ -14,7 +14,7 @@
 #       names the rootfs (the image stage hash).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-image=localhost/meshcore-base:latest
+image=${MESHCORE_IMAGE:-localhost/meshcore-base:latest}
 rootfs=
 target_id=
 manifest=build/agent/bundle.json
@@ -48,6 +48,10 @@ install_script='
   dest=/opt/mesh-agent/releases/$release
   python3 -m venv "$dest/venv"
   "$dest/venv/bin/pip" install -q --no-index --find-links "$work/wheels" --disable-pip-version-check mesh-agent
+  # The unit runs python -OO without column tables (no docstrings, no debug
+  # ranges: 7 MB less RSS); nodes mount /opt read-only, so that bytecode must
+  # ship in the bundle.
+  "$dest/venv/bin/python" -OO -X no_debug_ranges -m compileall -q -f -j 0 "$dest/venv/lib" >/dev/null
   touch -d "@${SOURCE_DATE_EPOCH:-0}" "$dest/venv/.meshcore-installed"
   tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C / -czf "$work/bundle.tgz" "${dest#/}"
 '

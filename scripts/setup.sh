@@ -80,6 +80,9 @@ if ! stamped venv "$h" || [ ! -x .venv/bin/python ]; then
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r requirements/dev.txt
   .venv/bin/pip install -q --disable-pip-version-check --no-deps -e files/mesh_agent
+  # The agent runs with -OO -X no_debug_ranges (as its systemd unit does); pip
+  # only wrote plain bytecode.
+  .venv/bin/python -OO -X no_debug_ranges -m compileall -q -f -j 0 .venv/lib >/dev/null
   stamp venv "$h"
 else
   log "venv: cached"

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,3 +30,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def make(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "PY_COLORS": "0"}
+    return subprocess.run(["make", "-C", str(ROOT), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[dict[str, object]]:
+    """`make lab` (10-node grid) once per session, destroyed at the end; slow tests only."""
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (podman, netns)")
+    res = make("lab", "NODES=10", "TOPOLOGY=grid")
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    report = json.loads((ROOT / "build" / "lab" / "status.json").read_text())
+    yield report
+    make("lab-destroy")

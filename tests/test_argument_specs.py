@@ -47,6 +47,55 @@ CASES = [
         ["prometheus_scrape_jobs", "port"],
         [],
     ),
+    ("grafana", {"grafana_install": "sometimes"}, ["grafana_install"], []),
+    ("grafana", {"grafana_package": "grafana-oss"}, ["grafana_package"], []),
+    ("grafana", {"grafana_dashboards": {"mesh-core.json": 1}}, ["grafana_dashboards"], []),
+    ("prometheus", {"prometheus_rule_files": {"a": 1}}, ["prometheus_rule_files"], []),
+    ("batman_adv", {"batman_adv_routing_algo": "BATMAN_VI"}, ["batman_adv_routing_algo"], []),
+    ("batman_adv", {"batman_adv_hop_penalty": "high"}, ["batman_adv_hop_penalty"], []),
+    (
+        "batman_adv",
+        {"batman_adv_hard_interfaces": [{"wireless": True}]},
+        ["batman_adv_hard_interfaces", "name"],
+        [],
+    ),
+    (
+        "batman_adv",
+        {"batman_adv_bridge_loop_avoidance": "perhaps"},
+        ["batman_adv_bridge_loop_avoidance"],
+        [],
+    ),
+    ("batman_adv", {"batman_adv_lan_ports": {"eth1": "lan"}}, ["batman_adv_lan_ports"], []),
+    # An MTU that cannot fit the batman-adv header fails at the role's MTU check.
+    (
+        "batman_adv",
+        {"batman_adv_fragmentation": False, "batman_adv_radio_max_mtu": 1500},
+        ["batman_adv_radio_max_mtu", "1532"],
+        ["Check values argument_specs cannot express", "Check the MTU arithmetic"],
+    ),
+    ("etcd", {"etcd_client_port": "https"}, ["etcd_client_port"], []),
+    ("etcd", {"etcd_tls_source": "vault"}, ["etcd_tls_source"], []),
+    ("etcd", {"etcd_heartbeat_interval_ms": [100]}, ["etcd_heartbeat_interval_ms"], []),
+    (
+        "etcd",
+        {
+            "etcd_cluster_group": "all",
+            "etcd_address": "127.0.0.1",
+            "etcd_heartbeat_interval_ms": 500,
+            "etcd_election_timeout_ms": 1000,
+        },
+        ["etcd_election_timeout_ms"],
+        [
+            "Check that this host is a member of the cluster group",
+            "Check the Raft timers, ports and address",
+        ],
+    ),
+    (
+        "mesh_agent",
+        {"mesh_agent_link_backend": "babel", "mesh_agent_node_address": "10.77.0.1"},
+        ["mesh_agent_link_backend"],
+        [],
+    ),
     # argument_specs converts 15 to "15" for type str; the role's first task,
     # an assert evaluated on the controller, rejects it as a duration.
     (
@@ -131,7 +180,9 @@ def test_bad_input_fails_before_any_real_task(tmp_path, role, host_vars, needles
     assert re.search(r"localhost\s+: ok=\d+\s+changed=0\s", output), output
 
 
-@pytest.mark.parametrize("role", ["base", "node_exporter", "prometheus"])
+@pytest.mark.parametrize(
+    "role", ["base", "node_exporter", "prometheus", "grafana", "batman_adv", "etcd"]
+)
 def test_defaults_satisfy_the_specs(tmp_path, role):
     """Guards against a spec/default mismatch. The validation task is tagged
     `always`, so an unknown tag runs it and nothing else."""
@@ -141,7 +192,9 @@ def test_defaults_satisfy_the_specs(tmp_path, role):
     assert len(started) == 1 and started[0].startswith(VALIDATION_TASK), started
 
 
-@pytest.mark.parametrize("role", ["base", "node_exporter", "prometheus"])
+@pytest.mark.parametrize(
+    "role", ["base", "node_exporter", "prometheus", "grafana", "batman_adv", "etcd"]
+)
 def test_specs_defaults_and_readme_agree(role):
     """argument_specs, defaults/main.yml and the README table name the same variables,
     with the same defaults, and every default carries a comment."""

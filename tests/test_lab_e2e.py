@@ -5,7 +5,6 @@ Slow (about 5 minutes for 10 nodes on 2 cores): runs under `make test-full`.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -18,21 +17,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (podman, netns)"),
 ]
-
-
-def make(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "PY_COLORS": "0"}
-    return subprocess.run(["make", "-C", str(ROOT), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
-@pytest.fixture(scope="module")
-def lab() -> dict[str, object]:
-    res = make("lab", "NODES=10", "TOPOLOGY=grid")
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
-    report = json.loads((ROOT / "build" / "lab" / "status.json").read_text())
-    yield report
-    make("lab-destroy")
 
 
 def test_every_neighbour_service_and_scrape_is_up(lab: dict[str, object]) -> None:

@@ -4,6 +4,7 @@
     labctl.py plan    --topology grid --nodes 10    write build/lab/state.yml + inventory
     labctl.py wire                                  veth links between the node containers
     labctl.py status  [--json FILE] [--wait S]      neighbours, services, scrape status
+    labctl.py report  [--minutes M]                 key series snapshot, report.png + report.json
     labctl.py destroy                               remove everything the lab created
 
 The containers themselves are created by lab.yml (containers.podman). Every object
@@ -21,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -82,13 +84,16 @@ def write_inventory(state: dict[str, Any], pids: dict[str, int] | None = None) -
                 for link in n["links"]
             ],
         }
-    # The lab shares 2 cores among every node's agent: at 50 ms hellos one agent
-    # costs about 4% of a core, so beyond 16 nodes the timers would starve and
-    # flap. Scale the hello interval with the lab's size (real fleets use their own).
-    hello_ms = 50 if len(state["nodes"]) <= 16 else 200
+    # The lab shares 2 cores among every node's agent, node_exporter and the
+    # scrapes: beyond 16 nodes 50 ms hellos and 5 s scrapes would starve the
+    # timers and flap. Scale both with the lab's size (real fleets set their own).
+    small = len(state["nodes"]) <= 16
     inventory = {
         "all": {
-            "vars": {"mesh_agent_hello_interval_ms": hello_ms},
+            "vars": {
+                "mesh_agent_hello_interval_ms": 50 if small else 200,
+                "prometheus_scrape_interval": "5s" if small else "15s",
+            },
             # Delegated controller tasks (lab PKI, wheelhouse checks) run here, not
             # through the nsenter connection that group_vars/all gives the nodes.
             "hosts": {"localhost": {"ansible_connection": "local",
@@ -167,23 +172,56 @@ def ping(name: str, addr: str, source: str | None = None) -> bool:
               addr, check=False).returncode == 0
 
 
-def unit_states(name: str, units: list[str]) -> dict[str, str]:
-    res = sh("podman", "exec", container(name), "systemctl", "show", "-p", "Id,ActiveState",
-             "--value", *units, check=False)
+def reachable_from(name: str, source: str, addrs: list[str]) -> set[str]:
+    """Which of *addrs* answer one echo from *source* (fping: all in parallel, one process)."""
+    out = sh("ip", "netns", "exec", ns(name), "fping", "-q", "-a", "-r", "1", "-t", "500",
+             "-S", source, *addrs, check=False).stdout
+    return set(out.split())
+
+
+def pids_of(names: list[str]) -> dict[str, int]:
+    """Host PIDs of the containers' systemd, in one podman call."""
+    out = sh("podman", "inspect", "-f", "{{.Name}} {{.State.Pid}}",
+             *[container(n) for n in names], check=False).stdout
+    by_container = dict(line.split() for line in out.splitlines() if line.count(" ") == 1)
+    return {n: int(by_container[container(n)]) for n in names
+            if by_container.get(container(n), "0") not in ("0", "")}
+
+
+def unit_states(pid: int | None, units: list[str]) -> dict[str, str]:
+    # nsenter (as the lab's Ansible connection), not `podman exec`: no podman lock,
+    # ~10 ms instead of seconds per call on a busy 50-node lab.
+    if pid is None:
+        return {}
+    res = sh("nsenter", "-t", str(pid), "-m", "-p", "-u", "-i", "systemctl", "show",
+             "-p", "Id,ActiveState", "--value", *units, check=False)
     values = [v for v in res.stdout.split("\n") if v]
     return {values[i]: values[i + 1] for i in range(0, len(values) - 1, 2)}
 
 
+def prometheus_url(state: dict[str, Any]) -> str:
+    return f"http://{state['monitor']['mgmt_address']}:9090"
+
+
+def prometheus_api(base: str, endpoint: str, timeout: float = 5, **params: str) -> Any:
+    """GET <base>/api/v1/<endpoint>?params and return its "data" (OSError when unreachable)."""
+    url = f"{base}/api/v1/{endpoint}?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        body = json.load(resp)
+    if body.get("status") != "success":
+        raise OSError(f"{url}: {body.get('error', body)}")
+    return body["data"]
+
+
 def prometheus_targets(address: str) -> dict[str, dict[str, str]]:
     """Map node -> job -> health from the monitor's Prometheus."""
-    url = f"http://{address}:9090/api/v1/targets?state=active"
     try:
-        with urllib.request.urlopen(url, timeout=3) as resp:
-            data = json.load(resp)
+        # A 50-node lab's monitor answers this in seconds when the host is busy.
+        data = prometheus_api(f"http://{address}:9090", "targets", timeout=30, state="active")
     except OSError:
         return {}
     out: dict[str, dict[str, str]] = {}
-    for t in data["data"]["activeTargets"]:
+    for t in data["activeTargets"]:
         node = t["labels"].get("node", t["labels"].get("instance", "?"))
         out.setdefault(node, {})[t["labels"].get("job", "?")] = t["health"]
     return out
@@ -200,15 +238,18 @@ def collect(state: dict[str, Any]) -> dict[str, Any]:
             (name, end["ifname"]): pool.submit(ping, name, end["peer_address"])
             for name, n in nodes.items() for end in n["links"]
         }
-        units = {name: pool.submit(unit_states, name, NODE_UNITS) for name in nodes}
-        units[MONITOR] = pool.submit(unit_states, MONITOR, MONITOR_UNITS)
+        pids = pids_of([*nodes, MONITOR])
+        units = {name: pool.submit(unit_states, pids.get(name), NODE_UNITS) for name in nodes}
+        units[MONITOR] = pool.submit(unit_states, pids.get(MONITOR), MONITOR_UNITS)
         targets = prometheus_targets(state["monitor"]["mgmt_address"])
         agents = all(u.result().get("mesh-agent.service") == "active"
                      for n, u in units.items() if n != MONITOR)
         # Multi-hop reachability over the agents' routes: node address to node address.
+        by_addr = {n["node_address"]: name for name, n in nodes.items()}
         reach = {
-            (a, b): pool.submit(ping, a, nodes[b]["node_address"], nodes[a]["node_address"])
-            for a in nodes for b in nodes if a != b
+            a: pool.submit(reachable_from, a, nodes[a]["node_address"],
+                           [nodes[b]["node_address"] for b in nodes if b != a])
+            for a in nodes
         } if agents else {}
         rows = []
         for name, n in nodes.items():
@@ -223,8 +264,8 @@ def collect(state: dict[str, Any]) -> dict[str, Any]:
                 "services": {k.removesuffix(".service"): v for k, v in svc.items()
                              if v != "inactive" or "mesh-agent" not in k},
                 "scrape": targets.get(name, {}),
-                **({"reachable": sorted(b for b in nodes
-                                        if b != name and reach[(name, b)].result())}
+                **({"reachable": sorted(by_addr[x] for x in reach[name].result()
+                                        if x in by_addr)}
                    if reach else {}),
             })
         rows.append({
@@ -314,6 +355,123 @@ def cmd_status(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+# --- report -------------------------------------------------------------------------
+AGENT = 'job="mesh_agent"'
+# A 50-node lab on 2 cores keeps the monitor's Prometheus slow to answer.
+REPORT_TIMEOUT_S = 60
+# (label, PromQL, how to print the value): the series an operator looks at first.
+SNAPSHOT = [
+    ("agents answering", "meshcore:agents_up:count", "count"),
+    ("agent targets up", "meshcore:agent_up:ratio", "percent"),
+    ("node_exporter targets up", "meshcore:node_up:ratio", "percent"),
+    ("pairs routed", "meshcore:reachability:ratio", "percent"),
+    ("pairs with k disjoint paths", "meshcore:destinations_with_k_disjoint:ratio", "percent"),
+    ("pairs with a backup path", "meshcore:destinations_with_backup:ratio", "percent"),
+    ("failovers since agent start", f"sum(meshcore_failovers_total{{{AGENT}}})", "count"),
+    ("failovers, last 5 min", "meshcore:failovers:increase5m", "count"),
+    ("failover p95, last hour",
+     'meshcore:failover_duration_seconds:quantile_rate1h{quantile="0.95"}', "ms"),
+    ("topology changes per second, 5 min", "meshcore:topology_changes:rate5m", "rate"),
+    ("hello RTT, mean", f"avg(meshcore_link_rtt_seconds{{{AGENT}}})", "ms"),
+    ("certificate lifetime left, shortest",
+     f"min(meshcore_identity_cert_expiry_timestamp_seconds{{{AGENT}}}) - time()", "days"),
+]
+PLOTTED = {
+    "pairs routed": "meshcore:reachability:ratio",
+    "agent targets up": "meshcore:agent_up:ratio",
+    "failovers since agent start": f"sum(meshcore_failovers_total{{{AGENT}}})",
+}
+
+
+def show(value: float | None, kind: str) -> str:
+    if value is None:
+        return "no data"
+    if value != value:  # NaN: a quantile of no events
+        return "NaN (no events in the window)"
+    return {
+        "count": f"{value:.0f}", "percent": f"{value * 100:.1f}%", "ms": f"{value * 1000:.2f} ms",
+        "rate": f"{value:.3f}", "days": f"{value / 86400:.1f} d",
+    }[kind]
+
+
+def instant(base: str, query: str) -> float | None:
+    result = prometheus_api(base, "query", timeout=REPORT_TIMEOUT_S, query=query)["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    base = args.prometheus or prometheus_url(load_state())
+    end = time.time()
+    start = end - args.minutes * 60
+    step = max(5.0, args.minutes * 60 / 360)
+    try:
+        snapshot: list[dict[str, Any]] = [
+            {"name": name, "query": q, "value": instant(base, q), "kind": kind}
+            for name, q, kind in SNAPSHOT
+        ]
+        firing = prometheus_api(base, "query", timeout=REPORT_TIMEOUT_S,
+                                query='ALERTS{alertstate="firing"}')["result"]
+        series = {
+            name: [[float(t), float(v)] for t, v in r[0]["values"]] if r else []
+            for name, q in PLOTTED.items()
+            for r in [prometheus_api(base, "query_range", timeout=REPORT_TIMEOUT_S, query=q,
+                                     start=str(start), end=str(end), step=str(step))["result"]]
+        }
+    except OSError as exc:
+        raise SystemExit(f"labctl: Prometheus at {base} does not answer: {exc}") from exc
+    alerts = sorted(f"{a['metric']['alertname']}{{node={a['metric'].get('node', '-')}}}"
+                    for a in firing)
+    w = max(len(row["name"]) for row in snapshot)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(end))
+    print(f"\nmesh snapshot from {base} ({stamp})")
+    for row in snapshot:
+        print(f"  {row['name']:<{w}}  {show(row['value'], row['kind'])}")
+    print(f"  {'alerts firing':<{w}}  {len(alerts)}" + (f": {', '.join(alerts)}" if alerts else ""))
+    png = Path(args.png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    plot(series, png, args.minutes)
+    out = Path(args.json)
+    # JSON has no NaN: a quantile of no events is written as null.
+    rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()
+             if k != "kind"} for row in snapshot]
+    out = Path(args.json)
+    out.write_text(json.dumps({
+        "prometheus": base, "time": end, "window_minutes": args.minutes, "step_seconds": step,
+        "snapshot": rows, "alerts_firing": alerts, "series": series,
+    }, indent=2))
+    print(f"plot: {png}\nreport: {out}")
+
+
+def plot(series: dict[str, list[list[float]]], png: Path, minutes: float) -> None:
+    """Reachability (and agents up) over the failover count, on one time axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(10, 6))
+    now = time.time()
+    for name, style in (("pairs routed", "-"), ("agent targets up", "--")):
+        pts = series[name]
+        top.plot([(t - now) / 60 for t, _ in pts], [v for _, v in pts], style, label=name,
+                 linewidth=2)
+    top.set_ylim(-0.02, 1.05)
+    top.set_ylabel("ratio")
+    top.legend(loc="lower left")
+    top.grid(alpha=0.3)
+    top.set_title(f"mesh-core lab: reachability and failovers, last {minutes:g} min")
+    pts = series["failovers since agent start"]
+    bottom.step([(t - now) / 60 for t, _ in pts], [v for _, v in pts], where="post",
+                color="tab:red", label="failovers (sum over agents)")
+    bottom.set_ylabel("failovers")
+    bottom.set_xlabel("minutes before now")
+    bottom.legend(loc="upper left")
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
 # --- destroy ------------------------------------------------------------------------
 def cmd_destroy(_: argparse.Namespace) -> None:
     ids = sh("podman", "ps", "-aq", "--filter", f"label={LABEL}=1").stdout.split()
@@ -342,9 +500,15 @@ def main() -> None:
     st = sub.add_parser("status")
     st.add_argument("--json")
     st.add_argument("--wait", type=float, default=0.0)
+    rp = sub.add_parser("report")
+    rp.add_argument("--minutes", type=float, default=30.0, help="window of the plot")
+    rp.add_argument("--prometheus", help="base URL (default: the lab monitor's, port 9090)")
+    rp.add_argument("--png", default=str(STATE_DIR / "report.png"))
+    rp.add_argument("--json", default=str(STATE_DIR / "report.json"))
     sub.add_parser("destroy")
     args = p.parse_args()
-    commands = {"plan": cmd_plan, "wire": cmd_wire, "status": cmd_status, "destroy": cmd_destroy}
+    commands = {"plan": cmd_plan, "wire": cmd_wire, "status": cmd_status, "report": cmd_report,
+                "destroy": cmd_destroy}
     commands[args.cmd](args)
 
 

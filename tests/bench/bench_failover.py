@@ -147,7 +147,9 @@ class Lab:
             (self.workdir / node).mkdir(exist_ok=True)
             path = self.workdir / f"{node}.agent.yml"
             path.write_text(yaml.safe_dump(cfg))
-            self.spawn(node, [sys.executable, "-m", "mesh_agent", "run", "--config", str(path)],
+            # As in the systemd unit: PYTHONOPTIMIZE=2, PYTHONNODEBUGRANGES=1.
+            self.spawn(node, [sys.executable, "-OO", "-X", "no_debug_ranges", "-m", "mesh_agent",
+                              "run", "--config", str(path)],
                        f"{node}.agent.log")
 
     # --- measurement -----------------------------------------------------------------
@@ -209,7 +211,7 @@ def outage(ping_output: str, cut_at: float) -> tuple[float, int]:
     return max(0.0, max(gaps, default=0.0) - PING_INTERVAL), lost
 
 
-def trial(lab: Lab, src: str, dst: str, mode: str, hold: float) -> dict[str, Any]:
+def trial(lab: Lab, src: str, dst: str, mode: str, hold: float) -> dict[str, Any] | None:
     dst_addr = lab.state["nodes"][dst]["node_address"]
     count = int((2.0 + hold) / 0.016) + 50
     ping = subprocess.Popen(
@@ -219,6 +221,11 @@ def trial(lab: Lab, src: str, dst: str, mode: str, hold: float) -> dict[str, Any
     time.sleep(2.0)
     # The path as it is now, right before the cut: the middle link of it.
     path = lab.path(src, dst)
+    if path[-1] != dst:  # the route went away after convergence: not a cut to measure
+        ping.kill()
+        ping.wait()
+        log(f"no route {src} -> {dst} at cut time (path {path}); trial skipped")
+        return None
     mid = (len(path) - 1) // 2
     a, b = path[mid], path[mid + 1]
     ia, ib = lab.link_ifnames(a, b)
@@ -328,6 +335,9 @@ def run_topology(spec: str, impls: list[str], modes: list[str], trials: int) -> 
     state = topo.normalise(topo.build(kind, int(n), seed=1))
     name = state["name"]
     src, dst = far_pair(state)
+    busy = [n for n in netlab.run("ip", "netns", "list").stdout.split() if n.startswith(NS)]
+    if busy:  # never tear down a concurrent run's namespaces
+        raise SystemExit(f"bench_failover: namespaces {NS}* exist ({busy[0]}, ...): another run?")
     workdir = Path(tempfile.mkdtemp(prefix="bench-failover-"))
     lab = Lab(state, workdir)
     log(f"{name}: {len(state['nodes'])} nodes, {len(state['links'])} links, flow {src} -> {dst}")
@@ -351,18 +361,20 @@ def run_topology(spec: str, impls: list[str], modes: list[str], trials: int) -> 
                 continue
             emit(topology=name, impl=impl, figure="initial_convergence_s",
                  value=round(conv, 3), unit="s")
-            if len(state["nodes"]) >= 50:
-                stats = proc_stats(daemon_pids(lab), 10.0)
-                for key, value in stats.items():
-                    emit(topology=name, impl=impl, figure=key, value=round(value, 2),
-                         nodes=len(state["nodes"]))
-            for mode in modes:
+            # Idle cost once converged, every daemon of the run in the same window.
+            stats = proc_stats(daemon_pids(lab), 20.0)
+            for key, value in stats.items():
+                emit(topology=name, impl=impl, figure=key, value=round(value, 2),
+                     nodes=len(state["nodes"]))
+            for mode in filter(None, modes):
                 outs = []
                 for i in range(trials):
                     if wait_converged(lab, src, dst, 90, stable=stable) is None:
                         log(f"{impl} {mode}: no route before trial {i}")
                         continue
                     r = trial(lab, src, dst, mode, hold)
+                    if r is None:
+                        continue
                     outs.append(r["outage_s"])
                     log(f"{impl} {mode} #{i}: outage {r['outage_s'] * 1000:.0f} ms, "
                         f"lost {r['lost']}, cut {r['cut']}, path {r['path_before']} -> "

@@ -2,6 +2,9 @@
 
 Run: python tests/bench/bench_paths.py    (prints one JSON object per line)
 
+Every timing comes as wall and CPU (``process_time``) milliseconds: on a shared machine
+the CPU figure is the one that does not depend on the load.
+
 Compares mesh_agent.paths.PathTable (batch Suurballe/Bhandari) with calling the single-pair
 API per destination, networkx max-flow ``edge_disjoint_paths`` (cost-blind), and the naive
 "remove the used links and rerun Dijkstra" method, on seeded random geometric graphs.
@@ -92,6 +95,55 @@ def bench_size(n: int) -> None:
     emit("plan_all_dst_ms", "mesh_agent", round(wall, 2), "ms", **size, runs=runs)
     emit("plan_all_dst_cpu_ms", "mesh_agent", round(cpu, 2), "ms", **size, runs=runs)
 
+    # The agent's whole per-topology-change planning step (agent._recompute without the
+    # route sync): PathTable.update - primaries, k disjoint paths, backups, protection view,
+    # LFA flags - then coverage() for the metrics and choices() for the route programmer.
+    def step() -> None:
+        t = table()
+        t.coverage()
+        t.choices()
+
+    wall, cpu = median_ms(step, runs)
+    emit("plan_step_ms", "mesh_agent", round(wall, 2), "ms", **size, runs=runs)
+    emit("plan_step_cpu_ms", "mesh_agent", round(cpu, 2), "ms", **size, runs=runs)
+
+    # The same step after one link on the source's busiest primary next hop fails: the
+    # incremental update recomputes only destinations whose cached paths used it.
+    base = table()
+    busiest = max(
+        {ch.primary_next_hop for ch in base.choices().values()},
+        key=lambda nh: sum(ch.primary_next_hop == nh for ch in base.choices().values()),
+    )
+    cut = g.copy()
+    cut.remove_edge(src, busiest)
+    walls, cpus, redone = [], [], 0
+    for _ in range(runs):
+        t = table()
+        w0, c0 = time.perf_counter(), time.process_time()
+        t.update(cut)
+        t.coverage()
+        t.choices()
+        walls.append((time.perf_counter() - w0) * 1e3)
+        cpus.append((time.process_time() - c0) * 1e3)
+        redone = t.last_recomputed
+    extra = {"runs": runs, "recomputed_destinations": redone}
+    emit(
+        "replan_link_down_ms",
+        "mesh_agent",
+        round(statistics.median(walls), 2),
+        "ms",
+        **size,
+        **extra,
+    )
+    emit(
+        "replan_link_down_cpu_ms",
+        "mesh_agent",
+        round(statistics.median(cpus), 2),
+        "ms",
+        **size,
+        **extra,
+    )
+
     rng = random.Random(n)
     sample = dsts if len(dsts) <= SAMPLE else sorted(rng.sample(dsts, SAMPLE))
     scale = len(dsts) / len(sample)
@@ -116,8 +168,9 @@ def bench_size(n: int) -> None:
         ("networkx_edge_disjoint_paths", nx_flow),
         ("naive_remove_rerun", naive_all),
     ):
-        wall, _ = median_ms(fn, 1 if sampled else 3)
+        wall, cpu = median_ms(fn, 1 if sampled else 3)
         emit("plan_all_dst_ms", impl, round(wall * scale, 2), "ms", **size, **sampled)
+        emit("plan_all_dst_cpu_ms", impl, round(cpu * scale, 2), "ms", **size, **sampled)
 
     # Quality on the sampled destinations: did we get min(k, max-flow) paths?
     t = table()

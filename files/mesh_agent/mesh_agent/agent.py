@@ -1,9 +1,16 @@
 """The asyncio shell around the sans-I/O cores: sockets, timers, netlink, API.
 
 Hellos and adverts share one UDP socket per mesh interface, bound to the
-interface with SO_BINDTODEVICE. Hellos go to the IPv4 limited broadcast
-255.255.255.255:udp_port (a /31 point-to-point veth has no other broadcast
-address); adverts are unicast to each neighbour's link address. eth0 (the
+interface with SO_BINDTODEVICE. Hellos go to the all-hosts group 224.0.0.1
+(RFC 1112: every multicast-capable interface is a member, so no join is
+needed, and a /31 point-to-point link has no subnet broadcast) with
+IP_MULTICAST_LOOP off: unlike a limited broadcast, our own hellos are not
+looped back to us, which halved the receive work. Adverts are unicast to each
+neighbour's link address on udp_port + 1, through a second socket per
+interface. Only that advert socket wakes the event loop: the hello sockets
+are drained once per hello tick, and each hello's arrival time comes from the
+kernel (SO_TIMESTAMPNS), so batching costs RTT and liveness no accuracy. This
+cut the wake-ups from one per received hello to one per tick. eth0 (the
 management network) is never opened.
 """
 
@@ -11,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,6 +33,7 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 from mesh_agent.api import create_app
 from mesh_agent.config import AgentConfig
 from mesh_agent.identity import Identity
+from mesh_agent.link.batman import BatmanSensor, batman_sensor, poll_batctl
 from mesh_agent.link.sensor import Event, LinkSensor, NeighborDown, NeighborUp
 from mesh_agent.metrics import Metrics
 from mesh_agent.paths import PathTable
@@ -36,8 +46,29 @@ log = logging.getLogger("mesh_agent")
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
 RTM_NEWLINK, RTM_DELLINK = 16, 17
-BROADCAST = "255.255.255.255"
+HELLO_GROUP = "224.0.0.1"
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("@qq")
+_ANC_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 MANAGEMENT_IFNAMES = frozenset({"eth0", "lo"})
+# Housekeeping cadence (expiry, next-hop moves, counter sync), independent of
+# the much slower periodic advert refresh.
+HOUSEKEEPING_S = 1.0
+# SPF back-off, a simplified RFC 8405: the first change after a quiet second
+# is computed at once (remote nodes must reconverge fast when a backup is not
+# loop-free), but a storm of changes (a flapping radio, a CPU-starved host) is
+# batched with a hold that doubles per recompute up to SPF_HOLD_MAX_S.
+SPF_QUIET_S = 1.0
+# Hello stretching. When our own hello timer fires late, the host is starved
+# and our peers' timers are probably late too: announce a longer interval (so
+# peers wait longer before declaring us dead) instead of feeding a flap storm
+# that starves the host further. Announced = configured + 2 x the recent worst
+# lag, at most HELLO_STRETCH_MAX x configured; the lag decays with a 10 s
+# half-life, so detection is fast again once the host is quiet.
+HELLO_STRETCH_MAX = 10.0
+LAG_HALF_LIFE_S = 10.0
+SPF_HOLD_MIN_S = 0.05
+SPF_HOLD_MAX_S = 1.0
 
 
 class Agent:
@@ -52,14 +83,23 @@ class Agent:
         self.cfg = cfg
         self.identity = identity
         self.metrics = metrics or Metrics()
+        self.metrics.watch_links(
+            lambda: [(nb.ifname, nb.rtt_s, nb.loss()) for nb in self.sensor.up_neighbors()]
+        )
+        self.metrics.cert_expiry.set(identity.cert.not_valid_after_utc.timestamp())
         self.clock = clock
         self.wall = wall
         addr = str(cfg.node_address)
-        self.sensor = LinkSensor(cfg.node_name, addr, cfg.hello_interval_s, cfg.dead_multiplier)
+        self.sensor: LinkSensor = (
+            batman_sensor(cfg)
+            if cfg.link.backend == "batman"
+            else LinkSensor(cfg.node_name, addr, cfg.hello_interval_s, cfg.dead_multiplier)
+        )
         self.lsdb = LinkStateDB(identity, addr, cfg.advert_max_age_s)
         self.paths = PathTable(cfg.node_name, k=cfg.k, disjoint=cfg.disjoint)
         self.routes = RouteProgrammer(None, cfg.route_protocol, addr)
-        self._socks: dict[str, socket.socket] = {}
+        self._socks: dict[str, socket.socket] = {}  # hellos, drained per tick
+        self._advert_socks: dict[str, socket.socket] = {}  # adverts, on a reader
         self._ifindex: dict[str, int] = {}
         self._dirty = asyncio.Event()
         self._stop = asyncio.Event()
@@ -78,6 +118,12 @@ class Agent:
         self._route_errors_seen = 0
         self._last_links: dict[str, tuple[str, str]] = {}
         self._last_shape: object = None
+        self._last_originated = -float("inf")
+        self._last_compute = -float("inf")
+        self._spf_hold = 0.0
+        self._deadline: asyncio.TimerHandle | None = None
+        self._lag = 0.0
+        self._lag_at = clock()
 
     # -- readiness --------------------------------------------------------
     def converged(self) -> bool:
@@ -127,10 +173,17 @@ class Agent:
             loop.create_task(self._compute_loop(), name="compute"),
             loop.create_task(self._netlink_monitor(), name="netlink"),
         ]
+        if isinstance(self.sensor, BatmanSensor):
+            batman = poll_batctl(self.sensor, self.cfg.link, self.clock, self._handle_events)
+            self._tasks.append(loop.create_task(batman, name="batman"))
         if server is not None:
             self._tasks.append(loop.create_task(server.serve(), name="api"))
         for task in self._tasks:
             task.add_done_callback(self._task_done)
+        # Everything imported and built so far lives as long as the process:
+        # keep it out of the cyclic GC's generations so collections stay cheap.
+        gc.collect()
+        gc.freeze()
         log.info(
             "mesh-agent %s (%s) started in %s mode on %s",
             self.cfg.node_name,
@@ -210,62 +263,87 @@ class Agent:
                 found.append(name)
         return sorted(found)
 
-    async def _open_interface(self, ifname: str) -> None:
-        if ifname in self._socks:
-            return
+    def _bound_socket(self, ifname: str, port: int) -> socket.socket | None:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
             s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xC0)  # CS6, network control
-            s.bind(("0.0.0.0", self.cfg.udp_port))
+            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            s.bind(("0.0.0.0", port))
         except OSError as exc:
             s.close()
-            log.warning("cannot open %s: %s", ifname, exc)
-            return
+            log.warning("cannot open %s port %d: %s", ifname, port, exc)
+            return None
         s.setblocking(False)
-        self._socks[ifname] = s
+        return s
+
+    async def _open_interface(self, ifname: str) -> None:
+        if ifname in self._socks:
+            return
+        hello = self._bound_socket(ifname, self.cfg.udp_port)
+        advert = self._bound_socket(ifname, self.cfg.advert_port) if hello else None
+        if hello is None or advert is None:
+            if hello is not None:
+                hello.close()
+            return
+        self._socks[ifname] = hello
+        self._advert_socks[ifname] = advert
         self.sensor.add_interface(ifname)
-        asyncio.get_running_loop().add_reader(s.fileno(), self._on_readable, ifname, s)
+        asyncio.get_running_loop().add_reader(advert.fileno(), self._on_readable, ifname, advert)
         log.info("listening for hellos on %s", ifname)
 
     def _close_interface(self, ifname: str) -> None:
-        s = self._socks.pop(ifname, None)
+        hello = self._socks.pop(ifname, None)
+        if hello is not None:
+            hello.close()
+        s = self._advert_socks.pop(ifname, None)
         if s is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(s.fileno())
             s.close()
 
-    def _send(self, ifname: str, data: bytes, dest: str) -> None:
+    def _send(self, ifname: str, data: bytes, dest: str, port: int | None = None) -> None:
+        """Send on *ifname*'s hello socket; to the advert port unless *port* is given."""
         s = self._socks.get(ifname)
         if s is None:
             return
         try:
-            s.sendto(data, (dest, self.cfg.udp_port))
+            s.sendto(data, (dest, self.cfg.advert_port if port is None else port))
         except OSError as exc:  # ENETDOWN while the link is down, EAGAIN under load
             log.debug("send on %s to %s failed: %s", ifname, dest, exc)
 
     # -- receive path -----------------------------------------------------
     def _on_readable(self, ifname: str, s: socket.socket) -> None:
+        """Read up to 64 queued datagrams, each stamped with its kernel arrival time."""
+        now, wall = self.clock(), self.wall()
         for _ in range(64):
             try:
-                data, (src, _port) = s.recvfrom(65535)
+                data, anc, _flags, addr = s.recvmsg(65535, _ANC_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 log.debug("recv on %s: %s", ifname, exc)
                 return
-            self._dispatch(ifname, data, src)
+            at = now
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                    sec, nsec = _TIMESPEC.unpack(payload[: _TIMESPEC.size])
+                    # Kernel stamps are wall-clock: map onto the monotonic
+                    # clock, and never into the future or past a clock step.
+                    at = min(now, max(now - 10.0, now - (wall - sec - nsec / 1e9)))
+            self._dispatch(ifname, data, addr[0], at)
 
-    def _dispatch(self, ifname: str, data: bytes, src: str) -> None:
+    def _dispatch(self, ifname: str, data: bytes, src: str, at: float | None = None) -> None:
         if src == "0.0.0.0":  # sender's interface has no address yet: no usable next hop
             self.sensor.drops["no_source_address"] += 1
             return
         if data[:2] == b"MA":
             self._on_advert(ifname, data, src)
             return
-        events = self.sensor.receive(ifname, data, src, self.clock())
+        events = self.sensor.receive(ifname, data, src, self.clock() if at is None else at)
         self._handle_events(events)
 
     def _on_advert(self, ifname: str, data: bytes, src: str) -> None:
@@ -358,6 +436,7 @@ class Agent:
     def _originate(self, flood: bool) -> None:
         links = {name: nb.cost() for name, nb in self.sensor.best_links().items()}
         raw, changed = self.lsdb.originate(links, self.wall())
+        self._last_originated = self.clock()
         self.metrics.adverts_originated.inc()
         if flood:
             for nb in self.sensor.up_neighbors():
@@ -366,9 +445,16 @@ class Agent:
             self._mark_dirty()
 
     # -- timers -----------------------------------------------------------
-    async def _every(self, interval: float, fn: Callable[[], None]) -> None:
+    async def _every(
+        self,
+        interval: float,
+        fn: Callable[[], None],
+        lag: Callable[[float], None] | None = None,
+    ) -> None:
         next_at = self.clock()
         while True:
+            if lag is not None:
+                lag(self.clock() - next_at)
             try:
                 fn()
             except Exception:  # a bug in one tick must not stop the timer
@@ -381,7 +467,23 @@ class Agent:
             await asyncio.sleep(delay)
 
     async def _hello_loop(self) -> None:
-        await self._every(self.cfg.hello_interval_s, self._hello_tick)
+        await self._every(self.cfg.hello_interval_s, self._hello_tick, self._note_lag)
+
+    def _note_lag(self, late: float) -> None:
+        """Stretch the announced hello interval while our timers run late."""
+        now = self.clock()
+        decayed = self._lag * 0.5 ** ((now - self._lag_at) / LAG_HALF_LIFE_S)
+        self._lag, self._lag_at = max(late, decayed), now
+        base = self.cfg.hello_interval_s
+        announced = min(HELLO_STRETCH_MAX * base, base + 2 * self._lag)
+        if announced > 2 * base >= self.sensor.advertised_interval_s:
+            log.warning(
+                "hello timer %.0f ms late: announcing a %.0f ms hello interval",
+                late * 1000,
+                announced * 1000,
+            )
+        self.sensor.advertised_interval_s = announced
+        self.metrics.hello_announced.set(announced)
 
     def _hello_tick(self) -> None:
         # Read what is already queued before judging anyone dead: if this
@@ -391,21 +493,34 @@ class Agent:
             self._on_readable(ifname, s)
         now = self.clock()
         for ifname in list(self._socks):
-            self._send(ifname, self.sensor.build_hello(ifname, now), BROADCAST)
+            hello = self.sensor.build_hello(ifname, now)
+            self._send(ifname, hello, HELLO_GROUP, self.cfg.udp_port)
         self.metrics.hellos_tx.inc(len(self._socks))
+        self._check_dead()
+
+    def _check_dead(self) -> None:
+        """Kill silent neighbours, then arm a timer for a deadline before our next tick."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        for ifname, s in list(self._socks.items()):  # their silence, not our backlog
+            self._on_readable(ifname, s)
+        now = self.clock()
         self._handle_events(self.sensor.tick(now))
-        m = self.metrics
-        for nb in self.sensor.up_neighbors():
-            if nb.rtt_s is not None:
-                m.link_rtt.labels(nb.ifname).set(nb.rtt_s)
-            m.link_loss.labels(nb.ifname).set(nb.loss())
+        deadline = self.sensor.next_deadline()
+        if deadline is not None and deadline < now + self.cfg.hello_interval_s:
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.call_at(
+                loop.time() + max(0.0, deadline - now) + 0.001, self._check_dead
+            )
 
     async def _advert_loop(self) -> None:
-        await asyncio.sleep(self.cfg.advert_interval_s)
-        await self._every(self.cfg.advert_interval_s, self._advert_tick)
+        await asyncio.sleep(HOUSEKEEPING_S)
+        await self._every(HOUSEKEEPING_S, self._advert_tick)
 
     def _advert_tick(self) -> None:
-        self._originate(flood=True)
+        if self.clock() - self._last_originated >= self.cfg.advert_interval_s:
+            self._originate(flood=True)
         # A neighbour may move to another interface or renumber its link
         # without any change in the graph; the next hops must follow.
         links = {n: (nb.ifname, nb.link_address) for n, nb in self.sensor.best_links().items()}
@@ -424,7 +539,7 @@ class Agent:
         m.neighbor_damped.inc(self.sensor.damped_total - self._damped_seen)
         self._damped_seen = self.sensor.damped_total
         for reason, n in self.sensor.drops.items():
-            if reason == "self":  # our own broadcast looped back: expected, not a drop
+            if reason == "self":  # our own hello heard back: expected, not a drop
                 continue
             seen = self._drops_seen.get(reason, 0)
             if n > seen:
@@ -434,6 +549,7 @@ class Agent:
     async def _compute_loop(self) -> None:
         while True:
             await self._dirty.wait()
+            await asyncio.sleep(self._spf_delay())
             self._dirty.clear()
             generation = self._generation
             try:
@@ -448,7 +564,17 @@ class Agent:
             if not self.routes.last_sync_ok:
                 # A netlink operation failed (e.g. a gateway not yet on-link):
                 # retry on the refresh cadence even if the topology stays put.
-                asyncio.get_running_loop().call_later(self.cfg.advert_interval_s, self._mark_dirty)
+                asyncio.get_running_loop().call_later(HOUSEKEEPING_S, self._mark_dirty)
+
+    def _spf_delay(self) -> float:
+        """How long to wait before this recompute (0 unless changes keep coming)."""
+        since = self.clock() - self._last_compute
+        if since >= SPF_QUIET_S:
+            self._spf_hold = 0.0
+        else:
+            self._spf_hold = min(SPF_HOLD_MAX_S, max(SPF_HOLD_MIN_S, 2 * self._spf_hold))
+        self._last_compute = self.clock() + self._spf_hold
+        return self._spf_hold
 
     async def _recompute(self) -> None:
         m = self.metrics

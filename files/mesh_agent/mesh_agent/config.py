@@ -32,6 +32,25 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True)
+class LinkConfig:
+    """Where the neighbour table comes from.
+
+    ``native``: the agent's own UDP hellos on each mesh interface.
+    ``batman``: batman-adv's neighbours and originators (TQ), read with batctl
+    from ``mesh_interface``; batman-adv routes at layer 2, so the agent only
+    observes (mode must be ``observe``).
+    """
+
+    backend: str = "native"
+    mesh_interface: str = "bat0"
+    poll_interval_ms: int = 1000
+    dead_after_ms: int = 5000
+    batctl: Path = Path("/usr/sbin/batctl")
+    bat_hosts: Path = Path("/etc/bat-hosts")
+    reference_mbit: int = 100
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     node_name: str
     node_address: ipaddress.IPv4Address
@@ -41,8 +60,11 @@ class AgentConfig:
     udp_port: int = 6767
     hello_interval_ms: int = 50
     dead_multiplier: int = 3
-    advert_interval_s: float = 1.0
-    advert_max_age_s: float = 30.0
+    # Periodic refresh only: every change is flooded at once, and a new
+    # neighbour gets the whole LSDB. OSPF refreshes every 30 min (RFC 2328
+    # LSRefreshTime); 10 s keeps 50 nodes at 5 verifies/s per node, not 50.
+    advert_interval_s: float = 10.0
+    advert_max_age_s: float = 60.0
     mode: str = "observe"
     k: int = 3
     disjoint: str = "edge"
@@ -51,6 +73,7 @@ class AgentConfig:
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     state_dir: Path = Path("/var/lib/mesh-agent")
     log_level: str = "INFO"
+    link: LinkConfig = field(default_factory=LinkConfig)
 
     @property
     def enforce(self) -> bool:
@@ -59,6 +82,11 @@ class AgentConfig:
     @property
     def hello_interval_s(self) -> float:
         return self.hello_interval_ms / 1000.0
+
+    @property
+    def advert_port(self) -> int:
+        """Adverts travel on the port after the hello port."""
+        return self.udp_port + 1
 
     @property
     def api_host_port(self) -> tuple[str, int]:
@@ -85,6 +113,16 @@ _KNOWN_KEYS = {
     "identity",
     "state_dir",
     "log_level",
+    "link",
+}
+_LINK_KEYS = {
+    "backend",
+    "mesh_interface",
+    "poll_interval_ms",
+    "dead_after_ms",
+    "batctl",
+    "bat_hosts",
+    "reference_mbit",
 }
 
 
@@ -120,6 +158,44 @@ def _choice(data: dict[str, Any], key: str, default: str, choices: tuple[str, ..
     if value not in choices:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
     return value
+
+
+def _parse_link(raw: Any, mode: str) -> LinkConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("link: expected a mapping")
+    bad = sorted(set(raw) - _LINK_KEYS)
+    if bad:
+        raise ConfigError(f"link.{bad[0]}: unknown key")
+    # Errors name the nested key (link.x), so prefix what the helpers report.
+    try:
+        backend = _choice(raw, "backend", "native", ("native", "batman"))
+        mesh_interface = _str(raw, "mesh_interface", "bat0")
+        poll = _int(raw, "poll_interval_ms", 1000, 100, 60000)
+        dead = _int(raw, "dead_after_ms", 5000, 200, 600000)
+        reference = _int(raw, "reference_mbit", 100, 1, 100000)
+        batctl = _str(raw, "batctl", str(LinkConfig.batctl))
+        bat_hosts = _str(raw, "bat_hosts", str(LinkConfig.bat_hosts))
+    except ConfigError as exc:
+        raise ConfigError(f"link.{exc}") from None
+    if not _IFNAME_RE.match(mesh_interface):
+        raise ConfigError(f"link.mesh_interface: {mesh_interface!r} is not a valid interface name")
+    if dead <= poll:
+        raise ConfigError("link.dead_after_ms: must be larger than link.poll_interval_ms")
+    if backend == "batman" and mode != "observe":
+        raise ConfigError(
+            "link.backend: batman-adv routes at layer 2, so the batman backend needs mode: observe"
+        )
+    return LinkConfig(
+        backend=backend,
+        mesh_interface=mesh_interface,
+        poll_interval_ms=poll,
+        dead_after_ms=dead,
+        batctl=Path(batctl),
+        bat_hosts=Path(bat_hosts),
+        reference_mbit=reference,
+    )
 
 
 def parse_config(data: Any) -> AgentConfig:
@@ -181,10 +257,13 @@ def parse_config(data: Any) -> AgentConfig:
     if not isinstance(state_dir, str) or not state_dir:
         raise ConfigError("state_dir: expected a directory path")
 
-    advert_interval_s = _float(data, "advert_interval_s", 1.0, 0.05, 3600.0)
-    advert_max_age_s = _float(data, "advert_max_age_s", 30.0, 1.0, 86400.0)
+    advert_interval_s = _float(data, "advert_interval_s", 10.0, 0.05, 3600.0)
+    advert_max_age_s = _float(data, "advert_max_age_s", 60.0, 1.0, 86400.0)
     if advert_max_age_s <= advert_interval_s:
         raise ConfigError("advert_max_age_s: must be larger than advert_interval_s")
+
+    mode = _choice(data, "mode", "observe", ("observe", "enforce"))
+    link = _parse_link(data.get("link"), mode)
 
     return AgentConfig(
         node_name=node_name,
@@ -192,12 +271,12 @@ def parse_config(data: Any) -> AgentConfig:
         trust_domain=trust_domain,
         interfaces=interfaces,
         interface_prefix=interface_prefix,
-        udp_port=_int(data, "udp_port", 6767, 1, 65535),
+        udp_port=_int(data, "udp_port", 6767, 1, 65534),
         hello_interval_ms=_int(data, "hello_interval_ms", 50, 5, 60000),
         dead_multiplier=_int(data, "dead_multiplier", 3, 2, 255),
         advert_interval_s=advert_interval_s,
         advert_max_age_s=advert_max_age_s,
-        mode=_choice(data, "mode", "observe", ("observe", "enforce")),
+        mode=mode,
         k=_int(data, "k", 3, 3, 5),
         disjoint=_choice(data, "disjoint", "edge", ("edge", "node")),
         route_protocol=_int(data, "route_protocol", 77, 5, 255),
@@ -205,6 +284,7 @@ def parse_config(data: Any) -> AgentConfig:
         identity=IdentityConfig(**paths),
         state_dir=Path(state_dir),
         log_level=_choice(data, "log_level", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        link=link,
     )
 
 

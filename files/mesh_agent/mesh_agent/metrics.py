@@ -7,7 +7,11 @@ closed reason sets; never a node or node-pair label.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from mesh_agent.topology.lsdb import REJECT_REASONS
 
@@ -17,12 +21,60 @@ FAILOVER_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 COMPUTE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 
+# (interface, smoothed RTT or None, loss ratio) for every up neighbour.
+LinkSample = tuple[str, float | None, float]
+
+
+class _LinkCollector(Collector):
+    """Per-interface RTT and loss, read from the neighbour table at scrape time.
+
+    Setting labelled gauges on every hello tick cost more CPU than the hellos
+    themselves; a scrape every few seconds reads the same numbers once.
+    """
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Iterable[LinkSample]] = list
+
+    def describe(self) -> Iterable[Metric]:
+        return [
+            GaugeMetricFamily("meshcore_link_rtt_seconds", "Smoothed hello RTT per interface"),
+            GaugeMetricFamily("meshcore_link_loss_ratio", "Hello loss per interface"),
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        rtt = GaugeMetricFamily(
+            "meshcore_link_rtt_seconds", "Smoothed hello RTT per interface", labels=["interface"]
+        )
+        loss = GaugeMetricFamily(
+            "meshcore_link_loss_ratio",
+            "Hello loss over the window per interface (the worst neighbour on it)",
+            labels=["interface"],
+        )
+        rtts: dict[str, list[float]] = {}
+        losses: dict[str, float] = {}
+        for ifname, rtt_s, loss_ratio in self.source():
+            if rtt_s is not None:
+                rtts.setdefault(ifname, []).append(rtt_s)
+            losses[ifname] = max(loss_ratio, losses.get(ifname, 0.0))
+        for ifname, values in sorted(rtts.items()):
+            rtt.add_metric([ifname], sum(values) / len(values))
+        for ifname, value in sorted(losses.items()):
+            loss.add_metric([ifname], value)
+        yield rtt
+        yield loss
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.neighbors_up = Gauge("meshcore_neighbors_up", "Neighbours in state up", registry=r)
         self.hellos_rx = Counter("meshcore_hellos_received_total", "Hellos accepted", registry=r)
         self.hellos_tx = Counter("meshcore_hellos_sent_total", "Hellos sent", registry=r)
+        self.hello_announced = Gauge(
+            "meshcore_hello_announced_interval_seconds",
+            "Hello interval our hellos announce (stretched while our timers run late)",
+            registry=r,
+        )
         self.hellos_dropped = Counter(
             "meshcore_hellos_dropped_total", "Hellos dropped", ["reason"], registry=r
         )
@@ -31,18 +83,8 @@ class Metrics:
             "Hellos that would have brought a flapping neighbour up during hold-down",
             registry=r,
         )
-        self.link_rtt = Gauge(
-            "meshcore_link_rtt_seconds",
-            "Smoothed hello RTT per interface",
-            ["interface"],
-            registry=r,
-        )
-        self.link_loss = Gauge(
-            "meshcore_link_loss_ratio",
-            "Hello loss over the window per interface",
-            ["interface"],
-            registry=r,
-        )
+        self._links = _LinkCollector()
+        r.register(self._links)
         self.adverts_rx = Counter("meshcore_adverts_received_total", "Adverts received", registry=r)
         self.adverts_accepted = Counter(
             "meshcore_adverts_accepted_total", "Adverts accepted into the LSDB", registry=r
@@ -95,9 +137,18 @@ class Metrics:
             "meshcore_route_errors_total", "Failed netlink operations", registry=r
         )
         self.converged = Gauge("meshcore_converged", "1 when the agent is converged", registry=r)
+        self.cert_expiry = Gauge(
+            "meshcore_identity_cert_expiry_timestamp_seconds",
+            "When this node's X.509-SVID expires (Unix time); peers reject its adverts after",
+            registry=r,
+        )
         self.path_seconds = Histogram(
             "meshcore_path_computation_seconds",
             "PathTable.update duration",
             buckets=COMPUTE_BUCKETS,
             registry=r,
         )
+
+    def watch_links(self, source: Callable[[], Iterable[LinkSample]]) -> None:
+        """Report per-interface RTT and loss from *source* at scrape time."""
+        self._links.source = source

@@ -98,7 +98,6 @@ class Mesh:
                         "mode": "enforce",
                         "hello_interval_ms": self.hello_interval_ms,
                         "dead_multiplier": self.dead_multiplier,
-                        "advert_interval_s": 1.0,
                         "api_listen": "127.0.0.1:9105",
                         "identity": pki,
                         "state_dir": str(d),

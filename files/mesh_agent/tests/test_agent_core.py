@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pki import CA
@@ -40,3 +41,33 @@ def test_dispatch_random_datagrams(ca: CA) -> None:
         assert state() == before
 
     check()
+
+
+def test_spf_backoff_is_immediate_when_quiet_and_doubles_in_a_storm(ca: CA) -> None:
+    now = [100.0]
+    cfg = parse_config({"node_name": "a", "node_address": "10.77.0.1"})
+    agent = Agent(cfg, ca.identity("a"), clock=lambda: now[0])
+    assert agent._spf_delay() == 0.0  # first change: compute at once
+    delays = []
+    for _ in range(7):  # a storm: a change every 10 ms
+        now[0] += 0.01
+        delays.append(agent._spf_delay())
+    assert delays == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    now[0] += 5.0  # quiet again
+    assert agent._spf_delay() == 0.0
+
+
+def test_late_hello_timer_stretches_the_announced_interval(ca: CA) -> None:
+    now = [0.0]
+    cfg = parse_config({"node_name": "a", "node_address": "10.77.0.1", "hello_interval_ms": 50})
+    agent = Agent(cfg, ca.identity("a"), clock=lambda: now[0])
+    agent._note_lag(0.0)
+    assert agent.sensor.advertised_interval_s == 0.05
+    agent._note_lag(0.3)  # starved for 300 ms: ask peers for 50 + 600 ms, capped at 500
+    assert agent.sensor.advertised_interval_s == 0.5
+    now[0] += 10.0  # one half-life later, the worst lag counts half
+    agent._note_lag(0.0)
+    assert agent.sensor.advertised_interval_s == pytest.approx(0.05 + 2 * 0.15)
+    now[0] += 100.0
+    agent._note_lag(0.0)
+    assert agent.sensor.advertised_interval_s == pytest.approx(0.05, abs=1e-3)

@@ -88,3 +88,16 @@ def test_metric_naming_conventions(ca: CA) -> None:
             assert all(s.name.endswith(("_total", "_created")) for s in metric.samples)
         for sample in metric.samples:
             assert set(sample.labels) <= {"reason", "interface", "kind", "le"}, sample
+
+
+def test_certificate_expiry_is_exported(ca: CA) -> None:
+    agent = make_agent(ca)
+    expected = agent.identity.cert.not_valid_after_utc.timestamp()
+    value = agent.metrics.registry.get_sample_value(
+        "meshcore_identity_cert_expiry_timestamp_seconds"
+    )
+    assert value == expected
+    # The lab and test CAs issue certificates valid for days, not already expired.
+    assert value > time.time()
+    text = TestClient(create_app(agent)).get("/metrics").text
+    assert "meshcore_identity_cert_expiry_timestamp_seconds" in text

@@ -96,6 +96,18 @@ def test_dead_after_multiplier_misses() -> None:
     assert a.neighbors() == [] and a.tick(10.0) == []
 
 
+def test_next_deadline_is_when_tick_would_kill() -> None:
+    a, b = pair()
+    assert a.next_deadline() is None
+    exchange(a, b, 0.0)
+    exchange(a, b, IV)
+    deadline = a.next_deadline()
+    assert deadline == pytest.approx(IV + 3 * IV)
+    assert a.tick(deadline - 1e-6) == []
+    assert [type(e) for e in a.tick(deadline + 1e-6)] == [NeighborDown]
+    assert a.next_deadline() is None
+
+
 def test_carrier_lost_kills_at_once() -> None:
     a, b = pair()
     a.add_interface("mesh1")
@@ -132,8 +144,32 @@ def test_one_way_link_goes_down() -> None:
     exchange(a, b, IV)
     # b stops hearing a (asymmetric loss) and drops it; a still hears b.
     assert [e.name for e in b.tick(1.0)] == ["a"]
-    ev = a.receive("mesh0", b.build_hello("mesh0", 1.0), "10.0.0.1", 1.0)
+    # One hello without us is not yet one-way (see the next test) ...
+    assert a.receive("mesh0", b.build_hello("mesh0", 1.0), "10.0.0.1", 1.0) == []
+    # ... two in a row are.
+    ev = a.receive("mesh0", b.build_hello("mesh0", 1.05), "10.0.0.1", 1.05)
     assert [e.reason for e in ev if isinstance(e, NeighborDown)] == ["one-way"]
+
+
+def test_one_sided_timeout_does_not_flap_the_other_side() -> None:
+    """b was starved and timed a out; a must not answer with a one-way kill."""
+    a, b = pair()
+    exchange(a, b, 0.0)
+    exchange(a, b, IV)
+    assert [e.name for e in b.tick(1.0)] == ["a"]
+    assert a.receive("mesh0", b.build_hello("mesh0", 1.0), "10.0.0.1", 1.0) == []
+    b.receive("mesh0", a.build_hello("mesh0", 1.01), "10.0.0.0", 1.01)  # b: a in init
+    assert a.receive("mesh0", b.build_hello("mesh0", 1.05), "10.0.0.1", 1.05) == []
+    assert [n.state for n in a.neighbors()] == ["up"]
+
+
+def test_announced_interval_is_what_peers_wait_for() -> None:
+    a, b = pair()
+    a.advertised_interval_s = 0.5  # a's timers run late: it asks for patience
+    exchange(a, b, 0.0)
+    exchange(a, b, IV)
+    assert b.next_deadline() == pytest.approx(IV + 3 * 0.5)
+    assert b.tick(IV + 3 * IV + 0.01) == []
 
 
 def test_self_and_unknown_interface_dropped() -> None:

@@ -29,6 +29,7 @@ def test_config_is_valid_and_templated(host):
     assert config.mode == 0o644
     assert config.content_string.startswith("#")  # ansible_managed header
     assert "scrape_interval: 5s" in config.content_string
+    assert "evaluation_interval: 5s" in config.content_string
     assert '"/etc/prometheus/rules.d/*.yml"' in config.content_string
     host.run_expect([0], "promtool check config /etc/prometheus/prometheus.yml")
 
@@ -82,3 +83,31 @@ def test_self_scrape_up(host):
             break
         time.sleep(2)
     assert own and own[0]["health"] == "up", own
+
+
+def test_mesh_rules_installed_and_evaluated(host):
+    rules = host.file("/etc/prometheus/rules.d/meshcore.yml")
+    assert rules.user == "root"
+    assert rules.mode == 0o644
+    host.run_expect([0], "promtool check rules /etc/prometheus/rules.d/meshcore.yml")
+    deadline = time.monotonic() + 60
+    while True:
+        body = json.loads(host.check_output(FETCH.format("http://127.0.0.1:9090/api/v1/rules")))
+        groups = {g["name"]: g for g in body["data"]["groups"]}
+        evaluated = all(g.get("lastEvaluation", "0001").startswith("20") for g in groups.values())
+        if (evaluated and len(groups) == 2) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert set(groups) == {"meshcore.recording", "meshcore.alerts"}
+    for group in groups.values():
+        for rule in group["rules"]:
+            assert rule["health"] == "ok", rule
+    # Both node_exporters are up: the recording rule says so.
+    deadline = time.monotonic() + 60
+    while True:
+        query = FETCH.format("'http://127.0.0.1:9090/api/v1/query?query=meshcore:node_up:ratio'")
+        result = json.loads(host.check_output(query))["data"]["result"]
+        if (result and result[0]["value"][1] == "1") or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert result and result[0]["value"][1] == "1", result

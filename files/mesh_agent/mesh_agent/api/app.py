@@ -22,21 +22,21 @@ def create_app(agent: Agent) -> FastAPI:
     )
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok", "node": agent.cfg.node_name}
 
     @app.get("/readyz")
-    def readyz() -> JSONResponse:
+    async def readyz() -> JSONResponse:
         checks = agent.readiness()
         ready = all(checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     @app.get("/metrics")
-    def metrics() -> Response:
+    async def metrics() -> Response:
         return Response(generate_latest(agent.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/neighbors")
-    def neighbors() -> dict[str, Any]:
+    async def neighbors() -> dict[str, Any]:
         now = agent.clock()
         return {
             "node": agent.cfg.node_name,
@@ -58,7 +58,7 @@ def create_app(agent: Agent) -> FastAPI:
         }
 
     @app.get("/v1/topology")
-    def topology() -> dict[str, Any]:
+    async def topology() -> dict[str, Any]:
         g = agent.lsdb.graph()
         return {
             "node": agent.cfg.node_name,
@@ -88,7 +88,7 @@ def create_app(agent: Agent) -> FastAPI:
         }
 
     @app.get("/v1/paths")
-    def paths() -> dict[str, Any]:
+    async def paths() -> dict[str, Any]:
         routes = _route_view()
         return {
             "node": agent.cfg.node_name,
@@ -98,6 +98,8 @@ def create_app(agent: Agent) -> FastAPI:
                 dst: {
                     "primary_next_hop": ch.primary_next_hop,
                     "backup_next_hop": ch.backup_next_hop,
+                    "backup_loop_free": ch.backup_loop_free,
+                    "backup_node_protecting": ch.backup_node_protecting,
                     "cost": ch.cost,
                     "installed": dst in routes,
                 }
@@ -107,7 +109,7 @@ def create_app(agent: Agent) -> FastAPI:
         }
 
     @app.get("/v1/paths/{dst}")
-    def path(dst: str) -> dict[str, Any]:
+    async def path(dst: str) -> dict[str, Any]:
         ch = agent.paths.get(dst)
         if ch is None:
             raise HTTPException(status_code=404, detail=f"no path to {dst}")
@@ -118,6 +120,8 @@ def create_app(agent: Agent) -> FastAPI:
             "disjoint": ch.disjoint,
             "primary_next_hop": ch.primary_next_hop,
             "backup_next_hop": ch.backup_next_hop,
+            "backup_loop_free": ch.backup_loop_free,
+            "backup_node_protecting": ch.backup_node_protecting,
             "protected_links": [
                 {"a": a, "b": b, "protected": p} for (a, b), p in ch.protected_links.items()
             ],

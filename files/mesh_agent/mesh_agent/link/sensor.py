@@ -27,6 +27,11 @@ FLAP_THRESHOLD = 3
 HOLD_DOWN_S = 1.0
 # RTT smoothing as TCP's SRTT (RFC 6298 section 2): alpha = 1/8.
 RTT_ALPHA = 0.125
+# A neighbour that times us out puts us back in init and lists us again in its
+# very next hello. Killing it on the first hello that lacks us turned every
+# one-sided timeout into a two-sided flap (and a cascade on a starved host);
+# a link is one-way only when this many hellos in a row lack us.
+ONE_WAY_HELLOS = 2
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class Neighbor:
     rtt_last_s: float | None = None
     received: set[int] = field(default_factory=set)
     first_seq: int = 0
+    missing_us: int = 0  # consecutive hellos from it that did not list us
 
     def loss(self) -> float:
         """Fraction of the last :data:`LOSS_WINDOW` expected hellos not received."""
@@ -101,6 +107,10 @@ class LinkSensor:
         self.node_name = node_name
         self.node_address = node_address
         self.hello_interval_s = hello_interval_s
+        # What our hellos announce; peers declare us dead after
+        # dead_multiplier times this. The agent stretches it while its own
+        # timers run late (a starved host), so peers do not flap us.
+        self.advertised_interval_s = hello_interval_s
         self.dead_multiplier = dead_multiplier
         self._seq: dict[str, int] = {}
         self._table: dict[tuple[str, str], Neighbor] = {}
@@ -143,7 +153,7 @@ class LinkSensor:
             Hello(
                 seq=seq,
                 tx_ts_us=now_us,
-                interval_ms=max(1, round(self.hello_interval_s * 1000)),
+                interval_ms=max(1, min(65535, round(self.advertised_interval_s * 1000))),
                 node_address=self.node_address,
                 name=self.node_name,
                 echoes=echoes,
@@ -208,11 +218,12 @@ class LinkSensor:
             if 0.0 <= rtt < 60.0:
                 nb.rtt_last_s = rtt
                 nb.rtt_s = rtt if nb.rtt_s is None else nb.rtt_s + RTT_ALPHA * (rtt - nb.rtt_s)
+        nb.missing_us = 0 if mine is not None else nb.missing_us + 1
         if nb.state == "init" and mine is not None and not self._held_down(key, nb, now):
             nb.state = "up"
             nb.up_since = now
             events.append(NeighborUp(ifname, nb.name, src, nb.node_address, now))
-        elif nb.state == "up" and mine is None:
+        elif nb.state == "up" and nb.missing_us >= ONE_WAY_HELLOS:
             events.extend(self._kill(key, "one-way", now))
         return events
 
@@ -224,6 +235,18 @@ class LinkSensor:
             if now - nb.last_rx > self.dead_multiplier * nb.peer_interval_s:
                 events.extend(self._kill(key, "timeout", now))
         return events
+
+    def next_deadline(self) -> float | None:
+        """When the next neighbour will be dead if nothing more is heard (None: no neighbours).
+
+        The caller runs :meth:`tick` then, rather than at its next hello tick:
+        as BFD's per-session detection timer (RFC 5880 section 6.8.4), this
+        takes up to one hello interval off the detection time.
+        """
+        return min(
+            (nb.last_rx + self.dead_multiplier * nb.peer_interval_s for nb in self._table.values()),
+            default=None,
+        )
 
     def carrier_lost(self, ifname: str, now: float, reason: str = "carrier") -> list[Event]:
         """The kernel says *ifname* lost carrier: its neighbours die at once."""

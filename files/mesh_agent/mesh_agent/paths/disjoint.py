@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Hashable, Iterable, Sequence
-from heapq import heapify, heappop, heappush
+from heapq import heappop, heappush
 from typing import Any
 
 import networkx as nx
@@ -47,10 +47,13 @@ class Network:
     network the flow algorithm runs on: equal to ``nadj`` for edge-disjoint paths; for
     node-disjoint paths every node ``i`` is split into ``2i`` (in) -> ``2i+1`` (out) with a
     zero-cost arc, and an undirected edge {u, v} becomes ``2u+1 -> 2v`` and ``2v+1 -> 2u``.
-    Both are never mutated after construction; solvers copy the dicts they change.
+    ``radj`` is ``adj`` reversed (``radj[v][u]`` = cost of arc ``(u, v)``): the same lists
+    for edge-disjoint paths, where every arc has its twin. None of them is mutated after
+    construction; solvers copy the dicts they change. ``total_cost`` is the sum of all link
+    costs (a bound above every simple path's cost).
     """
 
-    __slots__ = ("adj", "index", "nadj", "nodes", "split", "weight")
+    __slots__ = ("adj", "index", "nadj", "nodes", "radj", "split", "total_cost", "weight")
 
     def __init__(self, graph: nx.Graph, weight: str | None = "cost", disjoint: str = "edge"):
         if disjoint not in DISJOINT_MODES:
@@ -71,14 +74,20 @@ class Network:
             nadj[iu][iv] = c
             nadj[iv][iu] = c
         self.nadj = nadj
+        self.total_cost = sum(sum(nbrs.values()) for nbrs in nadj) / 2.0
         if not self.split:
-            self.adj = nadj
+            self.adj = self.radj = nadj
         else:
             adj: Adjacency = []
             for i, nbrs in enumerate(nadj):
                 adj.append({2 * i + 1: 0.0})
                 adj.append({2 * j: c for j, c in nbrs.items()})
+            radj: Adjacency = [{} for _ in adj]
+            for u, arcs in enumerate(adj):
+                for v, c in arcs.items():
+                    radj[v][u] = c
             self.adj = adj
+            self.radj = radj
 
     def vertex(self, node: Node, *, role: str) -> int:
         """Residual vertex of ``node`` as a path source (``role='out'``) or sink (``'in'``)."""
@@ -164,79 +173,191 @@ class FlowResult:
         self.cancelled_first = False
 
 
+def _augment(
+    adj: Adjacency,
+    radj: Adjacency,
+    net: Network,
+    flow: set[tuple[int, int]],
+    path: list[int],
+) -> bool:
+    """Push one unit along ``path`` in the residual ``adj`` and its mirror ``radj``.
+
+    ``radj[v][u]`` is always the cost of residual arc ``(u, v)``. Both are copy-on-write
+    over the network's base lists: only the dicts of vertices on augmenting paths are copied.
+    Returns True if the path cancelled flow (traversed a reversed arc).
+    """
+    base, rbase = net.adj, net.radj
+    cancelled = False
+    for a, b in itertools.pairwise(path):
+        for x in (a, b):
+            if adj[x] is base[x]:
+                adj[x] = dict(base[x])
+            if radj[x] is rbase[x]:
+                radj[x] = dict(rbase[x])
+        if (b, a) in flow:
+            # Traversing a reversed arc cancels flow: restore both directions as built.
+            flow.discard((b, a))
+            cancelled = True
+            back = base[b][a]
+            adj[b][a] = back
+            radj[a][b] = back
+            orig = base[a].get(b)
+            if orig is None:
+                del adj[a][b]
+                del radj[b][a]
+            else:
+                adj[a][b] = orig
+                radj[b][a] = orig
+        else:
+            flow.add((a, b))
+            c = adj[a].pop(b)
+            del radj[b][a]
+            # Undirected edge: the reverse direction now means "cancel", at cost -c.
+            adj[b][a] = -c
+            radj[a][b] = -c
+    return cancelled
+
+
+def backward_round(
+    radj: Adjacency,
+    pi: list[float],
+    s: int,
+    t: int,
+    free: bytearray | None = None,
+) -> tuple[list[int], int] | None:
+    """One successive-shortest-paths round, searched backwards from ``t`` towards ``s``.
+
+    Dijkstra from ``t`` over the reversed residual (``radj``) on reduced costs
+    ``c(u,v) + pi[u] - pi[v]`` (>= 0). It stops at the first settled vertex ``v`` that is
+    ``s`` or marked in ``free``: a vertex the caller knows ``s`` reaches at reduced cost 0
+    (over tight tree arcs no flow uses, see :func:`successive_shortest_paths`), so no s-t
+    path is cheaper than that one. Returns (the augmenting path from ``v`` to ``t``, ``v``),
+    or None, and updates ``pi`` in place to ``pi + D - min(b, D)``, where ``b`` is the
+    reduced distance to ``t`` and ``D = b[v]``: a max of feasible potentials, so reduced
+    costs stay >= 0, and tight along the path, so its reversed arcs cost 0; vertices the
+    search did not settle keep their potential.
+
+    Why backwards: ``pi`` starts as the distance from ``s``, so seen from ``t`` it is an A*
+    heuristic towards ``s`` (Hart, Nilsson and Raphael 1968; Ahuja, Magnanti and Orlin 1993,
+    ch. 9.7 for potentials in successive shortest paths). The search settles only vertices
+    ``v`` with ``d_res(v, t) + d(s, v) < d_res(s, t)``, an ellipse around ``s`` and ``t``,
+    where a forward search on the same reduced costs settles everything within the detour
+    length, which on a mesh is nearly every vertex. ``O(E log V)`` worst case.
+    """
+    n = len(radj)
+    dist = [INF] * n
+    succ = [-1] * n
+    done = bytearray(n)
+    dist[t] = 0.0
+    heap: list[tuple[float, int]] = [(0.0, t)]
+    settled: list[int] = []
+    pop, push = heappop, heappush
+    stop = -1
+    while heap:
+        d, v = pop(heap)
+        if done[v]:
+            continue
+        done[v] = 1
+        settled.append(v)
+        if v == s or (free is not None and free[v]):
+            stop = v
+            break
+        base = d - pi[v]
+        for u, c in radj[v].items():
+            nd = base + c + pi[u]
+            # done[] guards against float round-off making a settled vertex look improvable.
+            if nd < dist[u] and not done[u]:
+                dist[u] = nd
+                succ[u] = v
+                push(heap, (nd, u))
+    if stop < 0:
+        return None
+    big_d = dist[stop]
+    for v in settled:
+        pi[v] += big_d - dist[v]
+    path = [stop]
+    v = stop
+    while v != t:
+        v = succ[v]
+        path.append(v)
+    return path, stop
+
+
 def successive_shortest_paths(
     net: Network,
     s: int,
     t: int,
     k: int,
-    first: tuple[list[float], list[int]] | None = None,
+    tree: SourceTree | None = None,
 ) -> FlowResult:
     """Up to k augmentations of one unit from s to t on ``net.adj``, each of minimum cost.
 
-    ``first`` may carry a full Dijkstra (dist, pred) from s on the base network, shared by all
-    targets of one source. Potentials are capped at the target distance after each round
-    (``pi += min(dist, dist[t])``), which keeps reduced costs non-negative while letting every
-    Dijkstra stop as soon as t is settled.
+    Round 1 is a forward Dijkstra from ``s``. ``tree`` may carry a full one, shared by
+    every target of one source; without it the search stops at ``t`` and potentials are
+    capped at the target distance (``pi = min(dist, dist[t])``). Rounds 2..k are
+    :func:`backward_round` on the residual network.
+
+    With a tree, vertices in the subtrees under the source's children that no augmenting
+    path has entered yet (``free``) still reach ``s`` over tight, unused tree arcs whose
+    potentials no round changed (a round only changes the vertices it settles, and it stops
+    at the first free one), i.e. at reduced cost exactly 0. A backward round may stop there:
+    its path is the tree path to that vertex plus the searched part, and that subtree stops
+    being free. On meshes whose tree splits into several subtrees this keeps each round
+    inside the subtrees the flow already uses (Suurballe and Tarjan 1984 use the same
+    subtree structure for their all-destinations pair algorithm).
     """
-    base = net.adj
-    adj = list(base)  # copy-on-write per vertex: only the dicts on augmenting paths are copied
-    res = FlowResult()
-    flow = res.flow
-    n = len(adj)
-    pi: list[float] = [0.0] * n
-    for it in range(k):
-        if it == 0 and first is not None:
-            dist, pred = first
-        else:
-            dist, pred = dijkstra(adj, pi, s, t)
+    if tree is None:
+        dist, pred = dijkstra(net.adj, [0.0] * len(net.adj), s, t)
         big_d = dist[t]
-        if big_d == INF:
-            break
-        path = tree_path(pred, s, t)
-        for a, b in itertools.pairwise(path):
-            if adj[a] is base[a]:
-                adj[a] = dict(base[a])
-            if adj[b] is base[b]:
-                adj[b] = dict(base[b])
-            if (b, a) in flow:
-                # Traversing a reversed arc cancels flow: restore both directions as built.
-                flow.discard((b, a))
-                if it == 1:
-                    res.cancelled_first = True
-                adj[b][a] = base[b][a]
-                orig = base[a].get(b)
-                if orig is None:
-                    del adj[a][b]
-                else:
-                    adj[a][b] = orig
-            else:
-                flow.add((a, b))
-                c = adj[a].pop(b)
-                # Undirected edge: the reverse direction now means "cancel", at cost -c.
-                adj[b][a] = -c
+        pi = [d if d < big_d else big_d for d in dist]
+    else:
+        dist, pred = tree.dist, tree.pred
+        big_d = dist[t]
+        pi = list(dist)
+    res = FlowResult()
+    if big_d == INF:
+        return res
+    adj, radj = list(net.adj), list(net.radj)
+    flow = res.flow
+    free: bytearray | None = None
+    if tree is not None:
+        free = bytearray(tree.reached)
+        for v in tree.members[tree.group[t]]:
+            free[v] = 0
+    path = tree_path(pred, s, t)
+    for it in range(k):
+        if it > 0:
+            found = backward_round(radj, pi, s, t, free)
+            if found is None:
+                break
+            path, stop = found
+            if stop != s:
+                assert tree is not None and free is not None
+                path = tree_path(pred, s, stop) + path[1:]
+                for v in tree.members[tree.group[stop]]:
+                    free[v] = 0
+        if _augment(adj, radj, net, flow, path) and it == 1:
+            res.cancelled_first = True
         res.augmenting.append(path)
-        if it + 1 < k:
-            pi = [p + (d if d < big_d else big_d) for p, d in zip(pi, dist, strict=True)]
     return res
 
 
 class SourceTree:
-    """Shortest-path tree from one source, split into the subtrees under its children.
+    """Shortest-path tree from one source, shared by every destination of one update.
 
-    Built once per topology and shared by every destination of :func:`tree_successive_paths`:
-    ``dist``/``pred`` are the first Suurballe round for all targets at once, ``group[v]`` is
+    ``dist``/``pred`` are the first successive-shortest-paths round for all targets at
+    once (one full Dijkstra, ``O(E log V)``); ``dist`` is also the potential that makes every
+    later round a goal-directed backward search (:func:`backward_round`). ``group[v]`` is
     the child of the source whose subtree holds ``v`` (-1 for the source and unreachable
-    vertices), and ``entries[g]`` lists the arcs ``(u, w, reduced cost)`` entering subtree
-    ``g`` from outside it.
+    vertices), ``members[g]`` lists subtree ``g`` and ``reached`` marks every grouped vertex.
     """
 
-    __slots__ = ("dist", "entries", "group", "members", "pred", "source")
+    __slots__ = ("dist", "group", "members", "pred", "reached", "source")
 
     def __init__(self, net: Network, source: int):
-        adj = net.adj
-        n = len(adj)
         self.source = source
-        self.dist, self.pred = dist, pred = dijkstra(adj, [0.0] * n, source)
+        self.dist, self.pred = dist, pred = dijkstra(net.adj, [0.0] * len(net.adj), source)
+        n = len(dist)
         group = [-1] * n
         for v in range(n):
             if v == source or dist[v] == INF or group[v] != -1:
@@ -250,130 +371,20 @@ class SourceTree:
             group[x] = g
             for y in chain:
                 group[y] = g
-        self.group = group
         members: dict[int, list[int]] = {}
-        entries: dict[int, list[tuple[int, int, float]]] = {}
+        reached = bytearray(n)
         for v, g in enumerate(group):
             if g != -1:
                 members.setdefault(g, []).append(v)
-                entries.setdefault(g, [])
-        for u, nbrs in enumerate(adj):
-            du = dist[u]
-            if du == INF:
-                continue
-            gu = group[u]
-            for w, c in nbrs.items():
-                gw = group[w]
-                if gw != -1 and gw != gu:
-                    entries[gw].append((u, w, c + du - dist[w]))
+                reached[v] = 1
+        self.group = group
         self.members = members
-        self.entries = entries
-
-
-def _augment(adj: Adjacency, base: Adjacency, flow: set[tuple[int, int]], path: list[int]) -> bool:
-    """Push one unit along ``path`` in the residual ``adj``; True if it cancelled any flow."""
-    cancelled = False
-    for a, b in itertools.pairwise(path):
-        if adj[a] is base[a]:
-            adj[a] = dict(base[a])
-        if adj[b] is base[b]:
-            adj[b] = dict(base[b])
-        if (b, a) in flow:
-            # Traversing a reversed arc cancels flow: restore both directions as built.
-            flow.discard((b, a))
-            cancelled = True
-            adj[b][a] = base[b][a]
-            orig = base[a].get(b)
-            if orig is None:
-                del adj[a][b]
-            else:
-                adj[a][b] = orig
-        else:
-            flow.add((a, b))
-            c = adj[a].pop(b)
-            # Undirected edge: the reverse direction now means "cancel", at cost -c.
-            adj[b][a] = -c
-    return cancelled
+        self.reached = reached
 
 
 def tree_successive_paths(net: Network, tree: SourceTree, t: int, k: int) -> FlowResult:
-    """:func:`successive_shortest_paths` from ``tree.source`` to ``t``, searching little.
-
-    Invariant (potentials ``pi = dist + extra``, ``extra`` zero outside the region): every
-    vertex outside the *region* - the union of the source subtrees that the augmenting paths
-    so far left the source through - still reaches the source over unblocked tight tree arcs,
-    so its reduced distance is exactly 0. Each round is then a multi-source Dijkstra over
-    the region only, seeded by the arcs entering it, and stops at ``t``. Same result and
-    bound as the plain rounds, but a round touches one or a few subtrees, not the graph.
-    """
-    base = net.adj
-    adj = list(base)
-    n = len(adj)
-    s = tree.source
-    tpred = tree.pred
-    group, members, entries = tree.group, tree.members, tree.entries
-    res = FlowResult()
-    flow = res.flow
-    res.augmenting.append(tree_path(tpred, s, t))
-    _augment(adj, base, flow, res.augmenting[0])
-    pi = list(tree.dist)
-    regions = [group[t]]
-    mask = bytearray(n)
-    for v in members[group[t]]:
-        mask[v] = 1
-    pop, push = heappop, heappush
-    for it in range(1, k):
-        dist = [INF] * n
-        pred = [-1] * n
-        done = bytearray(n)
-        for g in regions:
-            for u, w, r in entries[g]:
-                if mask[u] or (u == s and (s, w) in flow):
-                    continue
-                nd = r - (pi[w] - tree.dist[w])
-                if nd < dist[w]:
-                    dist[w] = nd
-                    pred[w] = u
-        heap = [(d, v) for v, d in enumerate(dist) if d < INF]
-        heapify(heap)
-        while heap:
-            d, u = pop(heap)
-            if done[u]:
-                continue
-            done[u] = 1
-            if u == t:
-                break
-            base_u = d + pi[u]
-            for v, c in adj[u].items():
-                if not mask[v]:
-                    continue
-                nd = base_u + c - pi[v]
-                if nd < dist[v] and not done[v]:
-                    dist[v] = nd
-                    pred[v] = u
-                    push(heap, (nd, v))
-        if not done[t]:
-            break
-        tail = [t]
-        while mask[tail[-1]]:
-            tail.append(pred[tail[-1]])
-        entry = tail[-1]
-        tail.reverse()
-        path = tree_path(tpred, s, entry) + tail[1:]
-        if _augment(adj, base, flow, path) and it == 1:
-            res.cancelled_first = True
-        res.augmenting.append(path)
-        if it + 1 < k:
-            big_d = dist[t]
-            for g in regions:
-                for v in members[g]:
-                    d = dist[v]
-                    pi[v] += d if d < big_d else big_d
-            if entry != s and group[entry] not in regions:
-                regions.append(group[entry])
-                for v in members[group[entry]]:
-                    mask[v] = 1
-    return res
+    """:func:`successive_shortest_paths` from ``tree.source`` to ``t`` reusing the tree."""
+    return successive_shortest_paths(net, tree.source, t, k, tree)
 
 
 def decompose(net: Network, flow: set[tuple[int, int]], s: int, t: int) -> list[list[Node]]:
@@ -451,8 +462,10 @@ def k_disjoint_paths(
     arcs, and once a path uses an arc the reverse arc costs ``-c`` so that a later path can
     cancel it. Node-disjointness splits every node into an in/out pair joined by a unit arc.
     Each round is one Dijkstra on reduced costs with Johnson potentials, so the whole call is
-    ``O(k * E log V)``. Flow value ``f`` after round ``f`` is a minimum-cost set of ``f``
-    disjoint paths, so the result has ``min(k, max-flow)`` paths of least total cost. Unlike
+    ``O(k * E log V)``; rounds after the first search backwards from the target, which the
+    potentials make goal-directed (:func:`backward_round`). Flow value ``f`` after round ``f``
+    is a minimum-cost set of ``f`` disjoint paths, so the result has ``min(k, max-flow)``
+    paths of least total cost. Unlike
     ``networkx.edge_disjoint_paths`` (max-flow, cost-blind), this minimises total cost.
 
     Paths are node lists, cheapest first; ``[]`` if target is unreachable. A missing

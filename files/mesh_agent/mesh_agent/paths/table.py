@@ -6,6 +6,7 @@ computation) and refreshes it with :meth:`PathTable.update` whenever the topolog
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from mesh_agent.paths.disjoint import (
     SourceTree,
     _edge_cost,
     decompose,
+    dijkstra,
     tree_path,
     tree_successive_paths,
 )
@@ -39,6 +41,13 @@ class RouteChoice:
     backup_next_hop: str | None  # backup[1] if backup and backup[1] != primary[1] else None
     protected_links: dict[tuple[str, str], bool]  # each primary link -> has a detour
     cost: float
+    # RFC 5286 checks of backup_next_hop N (None when there is no backup next hop):
+    # loop-free, dist(N, D) < dist(N, S) + dist(S, D): N's own shortest path to D does not
+    # come back through this node S, so detouring via N cannot loop.
+    backup_loop_free: bool | None = None
+    # node-protecting, dist(N, D) < dist(N, E) + dist(E, D) with E the primary next hop:
+    # N's shortest path to D also avoids E, so the detour survives E failing, not only the link.
+    backup_node_protecting: bool | None = None
 
 
 def _links(path: list[str]) -> set[Link]:
@@ -50,11 +59,15 @@ class PathTable:
 
     Batch computation for all destinations shares work per update: one full Dijkstra from the
     source gives every primary path and the first round of potentials for every Suurballe run,
-    bridges are found once (``nx.bridges``), and later Suurballe rounds stop at their target.
+    bridges are found once (``nx.bridges``), and later Suurballe rounds search backwards from
+    their target, goal-directed by those potentials (:func:`~.disjoint.backward_round`), so
+    each settles an ellipse around source and target rather than the whole mesh.
     The backup comes for free from the second Suurballe round whenever that round leaves the
     primary intact (then the pair {primary, second path} is min-cost, so the second path is the
     cheapest link-disjoint backup); only bridged or "trapped" destinations run a penalised
-    Dijkstra. ``k`` is capped per destination by the degrees of both ends.
+    search (A* towards the source on the same distances). ``k`` is capped per destination by
+    the degrees of both ends. Per update: one ``O(E log V)`` tree, then per destination
+    ``k - 1`` rounds and at most one backup search, each ``O(E log V)`` worst case.
 
     Incremental rule in :meth:`update` (costs compared per undirected link):
 
@@ -110,12 +123,18 @@ class PathTable:
 
         ``protectable_links_protected`` counts a non-bridge primary link as protected when the
         cache itself holds a path around it (the backup or one of the disjoint paths avoids
-        it); it is 1.0 unless a primary is trapped inside a bridged segment. 1.0 when vacuous.
+        it); it is 1.0 unless a primary is trapped inside a bridged segment.
+        ``backup_next_hops_loop_free`` is the fraction of backup next hops that are RFC 5286
+        loop-free alternates (:attr:`RouteChoice.backup_loop_free`). Both are 1.0 when vacuous.
         """
         n = len(self._choices)
         with_backup = with_k = links = protected = protectable = covered = 0
+        alternates = loop_free = 0
         for ch in self._choices.values():
             with_backup += ch.backup is not None
+            if ch.backup_next_hop is not None:
+                alternates += 1
+                loop_free += bool(ch.backup_loop_free)
             with_k += len(ch.disjoint) >= self.k
             others = [_links(p) for p in ([ch.backup] if ch.backup else []) + ch.disjoint]
             for (a, b), has_detour in ch.protected_links.items():
@@ -131,6 +150,7 @@ class PathTable:
             "destinations_with_k_disjoint": with_k / n if n else 0.0,
             "primary_links_protected": protected / links if links else 0.0,
             "protectable_links_protected": covered / protectable if protectable else 1.0,
+            "backup_next_hops_loop_free": loop_free / alternates if alternates else 1.0,
         }
 
     # -- computation ---------------------------------------------------------------------
@@ -167,7 +187,22 @@ class PathTable:
             net = Network(graph, self.weight, self.disjoint)
             s = net.vertex(self.source, role="out")
             tree = SourceTree(net, s)
+            biconnected: set[str] | None = None
+            if net.split:
+                # Menger: two node-disjoint paths exist iff source and destination share a
+                # biconnected component (Hopcroft and Tarjan 1973, O(V + E) once per update).
+                # Without one, a round that cannot succeed would search the whole mesh.
+                biconnected = set()
+                for block in nx.biconnected_components(graph):
+                    if self.source in block:
+                        biconnected |= block
             dist = tree.dist
+            # Plain-graph distances from the source: the A* heuristic of the backup search.
+            if net.split:
+                h = [dist[2 * i] for i in range(len(net.nodes))]
+                h[s >> 1] = 0.0
+            else:
+                h = dist
             targets: list[str] = (
                 [n for n in net.nodes if n != self.source]  # type: ignore[misc]
                 if todo is None
@@ -177,7 +212,7 @@ class PathTable:
                 t = net.vertex(dst, role="in")
                 if dist[t] == INF:
                     continue
-                choice = self._compute(net, graph, tree, t, bridges)
+                choice = self._compute(net, graph, tree, t, bridges, h, biconnected)
                 new_choices[dst] = choice
                 new_used[dst] = self._paths_links(choice)
             self.last_recomputed = len(targets)
@@ -189,18 +224,13 @@ class PathTable:
                     continue
                 prot = {(a, b): frozenset((a, b)) not in bridges for a, b in ch.protected_links}
                 if prot != ch.protected_links:
-                    ch = RouteChoice(
-                        ch.destination,
-                        ch.primary,
-                        ch.backup,
-                        ch.disjoint,
-                        ch.primary_next_hop,
-                        ch.backup_next_hop,
-                        prot,
-                        ch.cost,
-                    )
+                    ch = dataclasses.replace(ch, protected_links=prot)
                 new_choices[dst] = ch
                 new_used[dst] = self._used[dst]
+        if new_choices:
+            # Distances change with every update (also for destinations whose paths were kept),
+            # so the flags are refreshed for all of them.
+            self._set_alternate_flags(graph, new_choices)
 
         changed = {
             d
@@ -213,6 +243,40 @@ class PathTable:
             by_nh.setdefault(ch.primary_next_hop, []).append(dst)
         self._by_next_hop = by_nh
         return changed
+
+    def _set_alternate_flags(self, graph: nx.Graph, choices: dict[str, RouteChoice]) -> None:
+        """Set the RFC 5286 loop-free and node-protecting flags of every backup next hop.
+
+        Loop-Free Alternates (RFC 5286, section 3.6, inequalities 1 and 3) need distances from
+        this node and from its neighbours: one plain Dijkstra from the source and one from each
+        neighbour that is a primary or backup next hop, ``O(deg(S) * E log V)`` per update,
+        then ``O(1)`` per destination. Distances are on the plain graph in both disjointness
+        modes. A float tolerance keeps equal-cost ties from counting as loop-free.
+        """
+        net = Network(graph, self.weight, "edge")
+        index, zeros = net.index, [0.0] * len(net.nodes)
+        dist: dict[str, list[float]] = {}
+
+        def from_(node: str) -> list[float]:
+            if node not in dist:
+                dist[node] = dijkstra(net.nadj, zeros, index[node])[0]
+            return dist[node]
+
+        def less(a: float, b: float) -> bool:
+            return a < b - 1e-9 * max(1.0, abs(b))
+
+        d_s = from_(self.source)
+        for dst, ch in choices.items():
+            nh = ch.backup_next_hop
+            loop_free = node_protecting = None
+            if nh is not None:
+                d_n, d_e, i = from_(nh), from_(ch.primary_next_hop), index[dst]
+                loop_free = less(d_n[i], d_n[index[self.source]] + d_s[i])
+                node_protecting = less(d_n[i], d_n[index[ch.primary_next_hop]] + d_e[i])
+            if (loop_free, node_protecting) != (ch.backup_loop_free, ch.backup_node_protecting):
+                choices[dst] = dataclasses.replace(
+                    ch, backup_loop_free=loop_free, backup_node_protecting=node_protecting
+                )
 
     @staticmethod
     def _paths_links(ch: RouteChoice) -> set[Link]:
@@ -230,6 +294,8 @@ class PathTable:
         tree: SourceTree,
         t: int,
         bridges: set[Link],
+        h: list[float],
+        biconnected: set[str] | None,
     ) -> RouteChoice:
         s = tree.source
         primary: list[str] = net.to_nodes(tree_path(tree.pred, s, t))  # type: ignore[assignment]
@@ -238,6 +304,8 @@ class PathTable:
         k = min(self.k, graph.degree(self.source), graph.degree(dst))
         if not all(prot.values()):
             k = 1  # a bridge on the primary separates source and destination: max-flow is 1
+        if biconnected is not None and dst not in biconnected:
+            k = 1  # a cut vertex separates them: one node-disjoint path at most
         disjoint: list[list[str]] = [primary]
         backup_v: list[int] | None = None
         need_backup = True
@@ -255,7 +323,7 @@ class PathTable:
                 need_backup = False
         if need_backup:
             index = net.index
-            backup_v = backup_vertices(net, [index[n] for n in primary], bridges)
+            backup_v = backup_vertices(net, [index[n] for n in primary], bridges, h)
         backup: list[str] | None = None
         if backup_v is not None:
             backup = [net.nodes[i] for i in backup_v]  # type: ignore[misc]

@@ -1,0 +1,47 @@
+"""site.yml composes the roles by inventory group (no hosts are touched).
+
+Runs ansible-playbook --list-hosts / --list-tasks against the documented
+50-node example inventory: mesh nodes get batman_adv (the example's
+mesh_link_backend) and the agent, the three gateways get etcd, the monitor
+gets Prometheus.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAYBOOK = ROOT / ".venv" / "bin" / "ansible-playbook"
+
+
+def _list(flag: str) -> dict[str, str]:
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    proc = subprocess.run(
+        [str(PLAYBOOK), "-i", "inventories/example", "playbooks/site.yml", flag],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=True,
+    )
+    plays = re.split(r"^\s*play #\d+ \(([^)]*)\): ", proc.stdout, flags=re.MULTILINE)[1:]
+    return dict(zip(plays[::2], plays[1::2], strict=True))
+
+
+def test_plays_target_the_groups() -> None:
+    plays = _list("--list-hosts")
+    assert list(plays) == ["mesh_nodes", "gateways", "monitor"]
+    assert "hosts (50)" in plays["mesh_nodes"]
+    gateways = re.findall(r"^\s+(\S+)$", plays["gateways"].split("hosts (3):")[1], re.MULTILINE)
+    assert sorted(gateways) == ["rpi-campus-01", "rpi-harbour-01", "rpi-north-01"]
+    assert "noc-01" in plays["monitor"]
+
+
+def test_roles_per_group() -> None:
+    plays = _list("--list-tasks")
+    roles = {
+        play: set(re.findall(r"^\s+(\w+) : ", text, re.MULTILINE)) for play, text in plays.items()
+    }
+    assert {"base", "batman_adv", "node_exporter", "mesh_agent"} <= roles["mesh_nodes"]
+    assert "etcd" in roles["gateways"]
+    assert "prometheus" in roles["monitor"] and "etcd" not in roles["monitor"]
+    assert "batman_adv" not in roles["monitor"]
