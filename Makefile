@@ -12,6 +12,9 @@ SEED ?= 1
 IMAGE_TARGET ?= container-amd64
 MOLECULE_SCENARIOS ?= base node_exporter prometheus grafana mesh_agent batman_adv spire
 MOLECULE_FULL_SCENARIOS ?= etcd yggdrasil
+HOST ?=
+INVENTORY ?= inventories/example
+DEVICE ?=
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # The content-addressed tag `make image` built for this checkout (read when each
 # recipe runs, so after the image target): lab, molecule and bundle use it.
@@ -21,7 +24,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 1
 export PY_COLORS ?= 1
 
-.PHONY: help setup image agent-bundle lab lab-status lab-report lab-destroy dashboard test test-full lint unit molecule molecule-full bench
+.PHONY: help setup image image-rpi seed image-boot-test image-repro agent-bundle lab lab-status lab-report lab-destroy dashboard test test-full lint unit molecule molecule-full bench
 
 help:
 	@echo "make lab [NODES=10] [TOPOLOGY=grid|rgg|ladder|community|FILE]   build + provision the lab mesh"
@@ -31,13 +34,32 @@ help:
 	@echo "make test        lint + unit tests + molecule (fast scenarios)"
 	@echo "make test-full   make test + the slow scenarios"
 	@echo "make bench       benchmarks under tests/bench (one JSON line per figure)"
-	@echo "make image [IMAGE_TARGET=container-amd64]                     build an image"
+	@echo "make image [IMAGE_TARGET=container-amd64|rpi-arm64]           build an image"
+	@echo "make seed HOST=name [INVENTORY=inventories/example] [DEVICE=]  per-node first-boot seed into a copy of the rpi image (or a card)"
+	@echo "make image-boot-test  boot the rpi-arm64 image under qemu-system-aarch64 (TCG) with a seed, check it"
+	@echo "make image-repro      build rpi-arm64 twice from scratch with SOURCE_DATE_EPOCH, compare hashes"
 
 setup:
 	@bash scripts/setup.sh
 
 image: setup
 	$(BIN)/ansible-playbook playbooks/image.yml -e image_target=$(IMAGE_TARGET)
+
+# The fleet's SD-card image (arm64, through qemu-user); stages cached by input hash.
+image-rpi: setup
+	@start=$$(date +%s); \
+	$(BIN)/ansible-playbook playbooks/image.yml -e image_target=rpi-arm64; rc=$$?; \
+	echo "make image-rpi: $$(( $$(date +%s) - start )) s wall, rc=$$rc"; exit $$rc
+
+seed: setup
+	@test -n "$(HOST)" || { echo "make seed HOST=<inventory host> [INVENTORY=...] [DEVICE=/dev/sdX]"; exit 2; }
+	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/flash.yml -e flash_hosts=$(HOST) $(if $(DEVICE),-e flash_device=$(DEVICE))
+
+image-boot-test: image-rpi
+	$(BIN)/python scripts/image-boot-test.py
+
+image-repro: setup
+	@bash scripts/image-repro.sh
 
 agent-bundle: image
 	@bash scripts/agent-bundle.sh
@@ -80,8 +102,8 @@ molecule-full: image
 
 test: lint unit molecule
 
-test-full: test molecule-full
-	$(BIN)/pytest -q tests/test_monitoring_netns.py tests/test_lab_e2e.py tests/test_dashboard_lab.py --run-slow -p no:cacheprovider
+test-full: test molecule-full image-rpi
+	$(BIN)/pytest -q tests/test_monitoring_netns.py tests/test_lab_e2e.py tests/test_dashboard_lab.py tests/test_image_rpi.py --run-slow -p no:cacheprovider
 
 bench: setup
 	@set -e; for b in tests/bench/bench_*.py; do $(BIN)/python $$b; done

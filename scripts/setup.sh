@@ -63,6 +63,16 @@ if [ "$(cat "$sysctl_file" 2>/dev/null)" != "$want_sysctl" ] \
   sysctl -q -p "$sysctl_file"
 fi
 
+# 2c. qemu-user binfmt for foreign-arch image builds (MACHINE-NOTES 4): the arm64
+# rootfs runs its maintainer scripts through qemu-aarch64-static; flag F lets the
+# interpreter work inside a chroot.
+if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+  need_root
+  log "registering qemu-aarch64 with binfmt_misc"
+  mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  update-binfmts --enable qemu-aarch64
+fi
+
 # 3. venv with pinned dependencies, plus the agent (editable) -------------------
 h=$(hash_of requirements/dev.txt files/mesh_agent/pyproject.toml)
 if ! stamped venv "$h" || [ ! -x .venv/bin/python ]; then

@@ -1,0 +1,291 @@
+"""The rpi-arm64 SD-card image: one image for the fleet, identity at flash time.
+
+Fast tests (no image needed): the image applies site.yml's mesh-node roles, and
+playbooks/flash.yml writes a complete, valid per-node NoCloud seed into the FAT
+boot partition of a disk image (a small one made here with sfdisk/mkfs.vfat).
+
+Slow tests (`--run-slow`, `make test-full`, which builds the image first): the
+built image's outputs and manifest, the absence of any PEM private key in it
+(its root filesystem read back with debugfs, its boot partition with mtools),
+and the QEMU boot test (scripts/image-boot-test.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "build/images/rpi-arm64/latest"
+IMAGE_NAME = "mesh-core-rpi-arm64"
+PEM_KEY = re.compile(
+    rb"^-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----\r?\n"
+    rb"(?:[A-Za-z0-9+/=:, -]*\r?\n)+?"
+    rb"-----END \1PRIVATE KEY-----",
+    re.MULTILINE,
+)
+OPERATOR_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITEST op@example"
+MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+
+
+def _tools(*names: str) -> None:
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (requirements/apt.txt, make setup)")
+
+
+def _plays(path: Path) -> list[dict]:
+    return yaml.safe_load(path.read_text())
+
+
+def _role_names(play: dict) -> list[str]:
+    return [r["role"] if isinstance(r, dict) else r for r in play.get("roles", [])]
+
+
+def test_image_applies_site_yml_mesh_node_roles():
+    """The image's chroot stages run the same roles, in the same order, as
+    site.yml's mesh_nodes play, minus lab_pki (identity comes from the seed) and
+    batman_adv (only with mesh_link_backend=batman; not in the image yet)."""
+    site = next(p for p in _plays(ROOT / "playbooks/site.yml") if p["hosts"] == "mesh_nodes")
+    image = _plays(ROOT / "playbooks/image.yml")
+    chroot_roles = [
+        r for p in image if str(p["hosts"]).startswith("image_stage_") for r in _role_names(p)
+    ]
+    assert chroot_roles == [r for r in _role_names(site) if r not in ("lab_pki", "batman_adv")]
+
+
+def _fake_card(path: Path) -> int:
+    """A 48 MiB disk image with a FAT32 boot partition at 1 MiB, like the real layout."""
+    subprocess.run(["truncate", "-s", "48M", str(path)], check=True)
+    subprocess.run(
+        ["sfdisk", "-q", str(path)],
+        input="label: dos\nstart=2048, size=81920, type=c\n",
+        text=True,
+        check=True,
+    )
+    part = path.with_suffix(".vfat")
+    subprocess.run(
+        ["mkfs.vfat", "-F", "32", "-n", "CIDATA", "-C", str(part), "40960"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["dd", f"if={part}", f"of={path}", "bs=1M", "seek=1", "conv=notrunc", "status=none"],
+        check=True,
+    )
+    return 2048 * 512
+
+
+def test_flash_writes_a_complete_seed(tmp_path):
+    _tools("sfdisk", "mkfs.vfat", "mcopy")
+    card = tmp_path / "card.img"
+    offset = _fake_card(card)
+    host = "rpi-test-07"
+    (tmp_path / "inventory.yml").write_text(
+        yaml.safe_dump(
+            {
+                "mesh_nodes": {
+                    "hosts": {
+                        host: {
+                            "mesh_node_address": "10.77.0.7",
+                            "mesh_agent_hello_interval_ms": 200,
+                        }
+                    }
+                }
+            }
+        )
+    )
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+    }
+    proc = subprocess.run(
+        [
+            str(ROOT / ".venv/bin/ansible-playbook"),
+            "-i",
+            str(tmp_path / "inventory.yml"),
+            str(ROOT / "playbooks/flash.yml"),
+            "-e",
+            f"flash_device={card}",
+            "-e",
+            f"flash_out_dir={tmp_path}/flash",
+            "-e",
+            f"lab_pki_dir={tmp_path}/pki",
+            "-e",
+            json.dumps({"flash_ssh_authorized_keys": [OPERATOR_KEY]}),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    def read(name: str) -> str:
+        return subprocess.run(
+            ["mtype", "-i", f"{card}@@{offset}", f"::/{name}"],
+            env=MTOOLS_ENV,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    user_data_text = read("user-data")
+    assert user_data_text.startswith("#cloud-config\n")
+    user_data = yaml.safe_load(user_data_text)
+    meta = yaml.safe_load(read("meta-data"))
+    assert user_data["hostname"] == host and meta["local-hostname"] == host
+    assert meta["instance-id"].startswith(f"mesh-{host}-")
+    assert user_data["users"][0]["ssh_authorized_keys"][0].endswith("op@example")
+    files = {f["path"]: f for f in user_data["write_files"]}
+    assert set(files) == {
+        "/etc/mesh-agent/agent.yml",
+        "/etc/mesh-agent/pki/ca.crt",
+        "/etc/mesh-agent/pki/node.crt",
+        "/etc/mesh-agent/pki/node.key",
+    }
+    assert files["/etc/mesh-agent/pki/node.key"]["permissions"] == "0640"
+    assert files["/etc/mesh-agent/pki/node.key"]["owner"] == "root:meshcore"
+
+    # The agent config is the role's template, with this host's inventory values,
+    # and the agent's own parser accepts it.
+    sys.path.insert(0, str(ROOT / "files/mesh_agent"))
+    from mesh_agent.config import parse_config
+
+    cfg = parse_config(yaml.safe_load(files["/etc/mesh-agent/agent.yml"]["content"]))
+    assert (cfg.node_name, str(cfg.node_address), cfg.hello_interval_ms) == (host, "10.77.0.7", 200)
+
+    # The certificate names this node and matches the key in the seed.
+    cert = x509.load_pem_x509_certificate(files["/etc/mesh-agent/pki/node.crt"]["content"].encode())
+    uris = cert.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    ).value.get_values_for_type(x509.UniformResourceIdentifier)
+    assert uris == [f"spiffe://mesh.lab/node/{host}"]
+    key = serialization.load_pem_private_key(
+        files["/etc/mesh-agent/pki/node.key"]["content"].encode(), None
+    )
+    assert key.public_key().public_numbers() == cert.public_key().public_numbers()  # type: ignore[union-attr]
+
+
+def _built() -> Path:
+    img = OUT / f"{IMAGE_NAME}.img"
+    if not img.exists():
+        pytest.skip("rpi-arm64 image not built (make image-rpi; make test-full builds it)")
+    return img
+
+
+def _partitions(img: Path) -> list[dict]:
+    table = json.loads(
+        subprocess.run(
+            ["sfdisk", "--json", str(img)], capture_output=True, text=True, check=True
+        ).stdout
+    )["partitiontable"]
+    return table["partitions"]
+
+
+@pytest.mark.slow
+def test_outputs_and_manifest():
+    img = _built()
+    sums = dict(reversed(line.split()) for line in (OUT / "SHA256SUMS").read_text().splitlines())
+    assert set(sums) == {
+        f"{IMAGE_NAME}.img.xz",
+        f"{IMAGE_NAME}.bmap",
+        f"{IMAGE_NAME}.img",
+        "manifest.json",
+    }
+    for name, digest in sums.items():
+        h = hashlib.sha256()
+        with (OUT / name).open("rb") as f:
+            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                h.update(chunk)
+        assert h.hexdigest() == digest, name
+    manifest = json.loads((OUT / "manifest.json").read_text())
+    names = {p["name"] for p in manifest["packages"]}
+    assert {
+        "raspi-firmware",
+        "linux-image-arm64",
+        "cloud-init",
+        "prometheus-node-exporter",
+    } <= names
+    assert all(p["arch"] in ("arm64", "all") for p in manifest["packages"])
+    assert re.fullmatch(r"[0-9a-f]{40}", manifest["git"]["commit"])
+    assert {"rootfs", "roles", "agent", "assembly"} == set(manifest["stage_keys"])
+    assert "mesh-agent" in {p["name"].replace("_", "-") for p in manifest["agent_python_packages"]}
+    parts = _partitions(img)
+    assert [p["type"] for p in parts] == ["c", "83"]
+    bmap = (OUT / f"{IMAGE_NAME}.bmap").read_text()
+    assert "<ImageSize>" in bmap and str(img.stat().st_size) in bmap
+
+
+@pytest.mark.slow
+def test_image_holds_no_private_key(tmp_path):
+    """Every file of both partitions, read back from the image itself."""
+    _tools("debugfs", "mcopy")
+    img = _built()
+    boot, root = _partitions(img)
+    root_img = tmp_path / "root.ext4"
+    subprocess.run(
+        [
+            "dd",
+            f"if={img}",
+            f"of={root_img}",
+            "bs=512",
+            f"skip={root['start']}",
+            f"count={root['size']}",
+            "conv=sparse",
+            "status=none",
+        ],
+        check=True,
+    )
+    (tmp_path / "root").mkdir()
+    subprocess.run(
+        ["debugfs", "-R", f"rdump / {tmp_path}/root", str(root_img)],
+        check=True,
+        capture_output=True,
+    )
+    (tmp_path / "boot").mkdir()
+    subprocess.run(
+        ["mcopy", "-s", "-i", f"{img}@@{boot['start'] * 512}", "::/*", str(tmp_path / "boot")],
+        check=True,
+        env=MTOOLS_ENV,
+    )
+    scanned, found = 0, []
+    for base in (tmp_path / "root", tmp_path / "boot"):
+        for path in base.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                scanned += 1
+                if PEM_KEY.search(path.read_bytes()):
+                    found.append(str(path.relative_to(tmp_path)))
+    assert scanned > 10000, scanned
+    assert found == []
+
+
+@pytest.mark.slow
+def test_boots_under_qemu_with_a_seed():
+    _tools("qemu-system-aarch64", "mcopy")
+    img = _built()
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/image-boot-test.py"), "--image", str(img)],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+        cwd=ROOT,
+    )
+    result = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
+    assert proc.returncode == 0 and result.get("ok") is True, proc.stdout + proc.stderr
