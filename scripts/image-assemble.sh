@@ -40,6 +40,9 @@ echo "[assemble] root ext4 (${ROOT_SIZE_MIB} MiB) from $rootfs" >&2
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mke2fs -q -F -t ext4 -L "$ROOT_LABEL" -U "$uuid" \
   -E "hash_seed=$uuid,lazy_itable_init=0,lazy_journal_init=0" -I 256 \
   -d "$rootfs" "$tmp/root.ext4" "${ROOT_SIZE_MIB}M"
+# mke2fs -d copies each file's atime and ctime (build-time clock) and the moves
+# above bump /boot/firmware's mtime: clamp them all to SOURCE_DATE_EPOCH.
+python3 "$(dirname "$0")/ext4-clamp-times.py" "$tmp/root.ext4" "$SOURCE_DATE_EPOCH" >&2
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH e2fsck -fn "$tmp/root.ext4" >/dev/null
 
 echo "[assemble] boot vfat (${BOOT_SIZE_MIB} MiB, label $BOOT_LABEL)" >&2

@@ -202,6 +202,56 @@ def _partitions(img: Path) -> list[dict]:
     return table["partitions"]
 
 
+def test_root_filesystem_is_byte_identical_across_rebuilds(tmp_path):
+    """mke2fs -d copies build-time atimes and ctimes; the clamp makes two builds equal.
+
+    The same tree is made into an ext4 twice, with its files read and re-chmodded
+    in between (new atime and ctime, a newer mtime on one file), the way two
+    builds of the same inputs leave it. The assembly's mke2fs options plus
+    scripts/ext4-clamp-times.py must give byte-identical images that fsck clean.
+    """
+    if not (shutil.which("mke2fs") and shutil.which("debugfs")):
+        pytest.skip("e2fsprogs (mke2fs, debugfs) not installed")
+    epoch = "1735689600"
+    uuid = "11111111-2222-4333-8444-555555555555"
+    tree = tmp_path / "tree"
+    for d in range(5):
+        (tree / f"d{d}").mkdir(parents=True)
+        for f in range(20):
+            (tree / f"d{d}" / f"f{f}").write_text(f"{d}/{f}")
+    env = {**os.environ, "E2FSPROGS_FAKE_TIME": epoch}
+    images = []
+    for run in range(2):
+        for path in tree.rglob("*"):
+            os.chmod(path, path.stat().st_mode)  # ctime = now
+            if path.is_file():
+                path.read_bytes()
+        (tree / "d0" / "f0").touch()  # mtime newer than the epoch: clamped
+        img = tmp_path / f"root{run}.ext4"
+        subprocess.run(
+            ["mke2fs", "-q", "-F", "-t", "ext4", "-U", uuid, "-I", "256",
+             "-E", f"hash_seed={uuid},lazy_itable_init=0,lazy_journal_init=0",
+             "-d", str(tree), str(img), "16M"],
+            check=True, env=env, capture_output=True,
+        )  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "scripts/ext4-clamp-times.py"), str(img), epoch],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        report = json.loads(out.stdout)
+        assert report["inodes"] >= 106  # root + 5 dirs + 100 files
+        assert report["mtimes_clamped"] >= 1
+        subprocess.run(["e2fsck", "-fn", str(img)], check=True, env=env, capture_output=True)
+        images.append(hashlib.sha256(img.read_bytes()).hexdigest())
+    assert images[0] == images[1]
+    stat = subprocess.run(
+        ["debugfs", "-R", "stat /d0/f0", str(img)],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    for field in ("ctime", "atime", "mtime"):
+        assert re.search(rf"{field}: 0x{int(epoch):08x}:00000000", stat), stat
+
+
 @pytest.mark.slow
 def test_outputs_and_manifest():
     img = _built()
