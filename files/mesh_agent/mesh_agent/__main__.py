@@ -32,15 +32,20 @@ async def _run(cfg: AgentConfig) -> int:
     source = select_source(cfg.identity, cfg.node_name, cfg.trust_domain)
     material = source.load()
     identity = Identity(
-        cfg.node_name, cfg.trust_domain, material.key, material.cert, material.bundle[0],
+        cfg.node_name,
+        cfg.trust_domain,
+        material.key,
+        material.cert,
+        material.bundle[0],
         material.bundle,
     )
     metrics = Metrics()
     agent = Agent(cfg, identity, metrics)
     # On rotation, flood an advert signed with the new key now: peers learn the
     # new certificate at once instead of at the next periodic refresh.
-    watcher = IdentityWatcher(source, identity, metrics,
-                              on_rotate=lambda: agent._originate(flood=True))
+    watcher = IdentityWatcher(
+        source, identity, metrics, on_rotate=lambda: agent._originate(flood=True)
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stop)

@@ -27,8 +27,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 from mesh_agent.api import create_app
 from mesh_agent.config import AgentConfig
@@ -39,6 +37,7 @@ from mesh_agent.metrics import Metrics
 from mesh_agent.paths import PathTable
 from mesh_agent.routes.netlink import Netlink
 from mesh_agent.routes.programmer import NeighborLink, RouteProgrammer
+from mesh_agent.routes.pyroute2_lean import RTMGRP_LINK, AsyncIPRoute
 from mesh_agent.topology.lsdb import LinkStateDB
 
 log = logging.getLogger("mesh_agent")

@@ -218,8 +218,9 @@ class IdentityWatcher:
                 self.errors += 1
                 if self.metrics is not None:
                     self.metrics.identity_errors.inc()
-                log.warning("new identity from %s rejected, keeping the old one: %s",
-                            self.source.name, exc)
+                log.warning(
+                    "new identity from %s rejected, keeping the old one: %s", self.source.name, exc
+                )
             else:
                 log.debug("identity from %s not usable yet: %s", self.source.name, exc)
             return False
@@ -227,9 +228,13 @@ class IdentityWatcher:
         self._current = material.fingerprint()
         self.rotations += 1
         cert = material.cert
-        log.info("identity rotated (%s): serial %x, valid until %s, %d trusted authorities",
-                 self.source.name, cert.serial_number, cert.not_valid_after_utc.isoformat(),
-                 len(material.bundle))
+        log.info(
+            "identity rotated (%s): serial %x, valid until %s, %d trusted authorities",
+            self.source.name,
+            cert.serial_number,
+            cert.not_valid_after_utc.isoformat(),
+            len(material.bundle),
+        )
         if self.metrics is not None:
             self.metrics.identity_rotations.inc()
         self._export()

@@ -15,17 +15,17 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink import (
+from mesh_agent.routes.pyroute2_lean import (
     NLM_F_ACK,
     NLM_F_CREATE,
     NLM_F_DUMP,
     NLM_F_REPLACE,
     NLM_F_REQUEST,
+    AsyncIPRoute,
+    NetlinkError,
     nlmsg,
+    rtmsg,
 )
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEXTHOP, RTM_DELNEXTHOP, RTM_GETNEXTHOP = 104, 105, 106
