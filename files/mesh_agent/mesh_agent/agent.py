@@ -61,10 +61,14 @@ SPF_QUIET_S = 1.0
 # Hello stretching. When our own hello timer fires late, the host is starved
 # and our peers' timers are probably late too: announce a longer interval (so
 # peers wait longer before declaring us dead) instead of feeding a flap storm
-# that starves the host further. Only a lag of more than a whole interval (a
-# missed tick) counts, never the first STARTUP_GRACE_S (our own imports) and
-# never ordinary jitter, which stretched detection by a third in the first
-# version. Announced = configured + 2 x the recent worst lag, at most
+# that starves the host further. Only a lag our peers could mistake for our
+# death counts: a hello late by L arrives (1 interval + L) after the previous
+# one, and peers give up after (dead_multiplier x interval), so a lag up to
+# (dead_multiplier - 1) intervals is harmless and ignored. Never counted: the
+# first STARTUP_GRACE_S (our own imports) and ordinary jitter (the first
+# version stretched detection by a third on a quiet host; a later one, counting
+# lags over one interval, stretched it on every CPU burst of a 50-agent lab,
+# when all agents recompute at once after a cut). Announced = configured + 2 x the recent worst lag, at most
 # HELLO_STRETCH_MAX x configured; the lag decays with a 10 s half-life, so
 # detection is fast again once the host is quiet.
 HELLO_STRETCH_MAX = 10.0
@@ -107,6 +111,14 @@ class Agent:
         self._dirty = asyncio.Event()
         self._stop = asyncio.Event()
         self._route_lock = asyncio.Lock()
+        # Failovers in flight: the compute loop waits for none before it runs
+        # a (CPU-bound) path update, so the failover's netlink requests are
+        # never queued behind one on this event loop.
+        self._failovers = 0
+        self._failover_idle = asyncio.Event()
+        self._failover_idle.set()
+        # Neighbours already failed over because their own advert dropped us.
+        self._advert_down: set[str] = set()
         self._computed_generation = -1
         self._generation = 0
         self._ipr: AsyncIPRoute | None = None
@@ -366,7 +378,38 @@ class Agent:
             if (nb.ifname, nb.link_address) != (ifname, src):
                 self._send(nb.ifname, data, nb.link_address)
         if result.topology_changed:
+            self._check_back_link(result.origin)
             self._mark_dirty()
+
+    def _check_back_link(self, origin: str | None) -> None:
+        """Fail over at once when a neighbour's fresh advert no longer lists us.
+
+        On a silent cut the two ends time out at different moments; the first
+        floods an advert without the link, and it reaches the other end around
+        the mesh well before that end's own timer fires. The link has then left
+        the graph (edges need both ends), so the recompute would move the
+        routes, but only after a path update and a full route sync. The
+        prepared backups are switched now instead, as if the neighbour had
+        timed out here.
+        """
+        if origin is None:
+            return
+        links = self.lsdb.links_of(origin)
+        if links is None:
+            return
+        if self.cfg.node_name in links:
+            self._advert_down.discard(origin)  # back again: the next one is a new failure
+            return
+        nb = self.sensor.best_links().get(origin)
+        if nb is None or origin in self._advert_down:
+            return
+        if not self.paths.failover(origin):
+            return  # nothing routed through it (yet): the recompute is enough
+        self._advert_down.add(origin)
+        log.info("neighbour %s no longer advertises us: failing over", origin)
+        self._start_failover(
+            NeighborDown(nb.ifname, origin, nb.link_address, "advert", self.clock())
+        )
 
     # -- events -----------------------------------------------------------
     def _handle_events(self, events: list[Event]) -> None:
@@ -378,10 +421,9 @@ class Agent:
         # and recompute queued below.
         for ev in events:
             if isinstance(ev, NeighborDown) and ev.name not in self.sensor.best_links():
-                task = loop.create_task(self._failover(ev))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._start_failover(ev)
         for ev in events:
+            self._advert_down.discard(ev.name)
             if isinstance(ev, NeighborUp):
                 log.info("neighbour %s up on %s via %s", ev.name, ev.ifname, ev.link_address)
                 # Database exchange: a fresh neighbour gets the whole LSDB now
@@ -393,6 +435,13 @@ class Agent:
         self.metrics.neighbors_up.set(len(self.sensor.up_neighbors()))
         loop.call_soon(self._after_neighbor_change)
 
+    def _start_failover(self, ev: NeighborDown) -> None:
+        self._failovers += 1
+        self._failover_idle.clear()
+        task = asyncio.get_running_loop().create_task(self._failover(ev))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _after_neighbor_change(self) -> None:
         self._originate(flood=True)
         self._mark_dirty()
@@ -401,11 +450,18 @@ class Agent:
         """Switch to the prepared backups of ev.name: lookups and a few netlink ops only."""
         queued = self.clock() - ev.at
         self.routes.request_preempt()
-        async with self._route_lock:
-            t_lock = self.clock()
-            moves = self.paths.failover(ev.name)
-            ops = await self.routes.failover(ev.name, moves, routes_flushed=ev.reason == "carrier")
-            done = self.clock()
+        try:
+            async with self._route_lock:
+                t_lock = self.clock()
+                moves = self.paths.failover(ev.name)
+                ops = await self.routes.failover(
+                    ev.name, moves, routes_flushed=ev.reason == "carrier"
+                )
+                done = self.clock()
+        finally:
+            self._failovers -= 1
+            if not self._failovers:
+                self._failover_idle.set()
         duration = done - ev.at
         self.metrics.failovers.inc()
         self.metrics.failover_seconds.observe(duration)
@@ -476,7 +532,8 @@ class Agent:
         """Stretch the announced hello interval while our timers run late."""
         now = self.clock()
         base = self.cfg.hello_interval_s
-        if late <= base or now - self.started_at < STARTUP_GRACE_S:
+        harmless = (self.cfg.dead_multiplier - 1) * base
+        if late <= harmless or now - self.started_at < STARTUP_GRACE_S:
             late = 0.0
         decayed = self._lag * 0.5 ** ((now - self._lag_at) / LAG_HALF_LIFE_S)
         self._lag, self._lag_at = max(late, decayed), now
@@ -555,6 +612,7 @@ class Agent:
         while True:
             await self._dirty.wait()
             await asyncio.sleep(self._spf_delay())
+            await self._failover_idle.wait()
             self._dirty.clear()
             generation = self._generation
             try:

@@ -161,6 +161,11 @@ class LinkStateDB:
     def raw_adverts(self) -> list[bytes]:
         return [e.raw for e in self._db.values()]
 
+    def links_of(self, origin: str) -> dict[str, float] | None:
+        """The links *origin* advertises now, or None when it has no advert here."""
+        e = self._db.get(origin)
+        return None if e is None else dict(e.advert.links)
+
     def addresses(self) -> dict[str, str]:
         return {o: e.advert.node_address for o, e in self._db.items()}
 
