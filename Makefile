@@ -24,7 +24,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 1
 export PY_COLORS ?= 1
 
-.PHONY: help setup image image-rpi seed image-boot-test image-repro agent-bundle lab lab-status lab-report lab-destroy dashboard test test-full lint unit molecule molecule-full bench
+.PHONY: help setup image image-rpi seed image-boot-test image-repro agent-bundle lab lab-status lab-report lab-destroy dashboard test test-full lint unit molecule molecule-full molecule-image bench
 
 help:
 	@echo "make lab [NODES=10] [TOPOLOGY=grid|rgg|ladder|community|FILE]   build + provision the lab mesh"
@@ -102,7 +102,11 @@ molecule-full: image
 
 test: lint unit molecule
 
-test-full: test molecule-full image-rpi
+# The image, booted under QEMU as a molecule instance (ssh on a forwarded port).
+molecule-image: image-rpi
+	$(BIN)/molecule test -s image
+
+test-full: test molecule-full image-rpi molecule-image
 	$(BIN)/pytest -q tests/test_monitoring_netns.py tests/test_lab_e2e.py tests/test_dashboard_lab.py tests/test_image_rpi.py --run-slow -p no:cacheprovider
 
 bench: setup

@@ -17,14 +17,22 @@ Ports are forwarded on 127.0.0.1 only; the guest gets QEMU user networking with
 restrict=on (no route out). Prints one JSON line with the figures.
 
     image-boot-test.py [--image IMG] [--host NAME] [--timeout S]
+    image-boot-test.py --ssh-pubkey KEY.pub --keep STATE.json ...   (molecule `image`)
+    image-boot-test.py --stop STATE.json
+
+With --keep the checked VM is left running (its own session) and STATE.json
+records its pid and forwarded ports, ssh among them when --ssh-pubkey put a key
+into the seed; --stop powers it off. The molecule `image` scenario uses both.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -85,6 +93,23 @@ def metric_lines(text: str, name: str) -> list[str]:
     ]
 
 
+def stop(state_file: Path) -> int:
+    """Power off a VM left running by --keep (SIGTERM: QEMU shuts down at once)."""
+    if not state_file.exists():
+        return 0
+    pid = int(json.loads(state_file.read_text())["pid"])
+    try:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            os.kill(pid, 0)
+            time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    state_file.unlink()
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -94,7 +119,12 @@ def main() -> int:
     ap.add_argument("--address", default="10.77.0.250")
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--workdir", type=Path, default=ROOT / "build/boot-test")
+    ap.add_argument("--ssh-pubkey", type=Path, help="authorize this key for the seed's admin user")
+    ap.add_argument("--keep", type=Path, help="leave the VM running; write its state here")
+    ap.add_argument("--stop", type=Path, help="power off the VM recorded in this state file")
     args = ap.parse_args()
+    if args.stop:
+        return stop(args.stop)
     work = args.workdir
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -103,10 +133,15 @@ def main() -> int:
     (work / "inventory.yml").write_text(
         json.dumps({"mesh_nodes": {"hosts": {args.host: {"mesh_node_address": args.address}}}})
     )
+    extra = []
+    if args.ssh_pubkey:
+        keys = [args.ssh_pubkey.read_text().strip()]
+        extra = ["-e", json.dumps({"flash_ssh_authorized_keys": keys})]
     t0 = time.monotonic()
     subprocess.run(
         [
             str(ROOT / ".venv/bin/ansible-playbook"),
+            *extra,
             "-i",
             str(work / "inventory.yml"),
             str(ROOT / "playbooks/flash.yml"),
@@ -131,7 +166,7 @@ def main() -> int:
     )
 
     # 2. Boot it.
-    api, nodeexp = free_port(), free_port()
+    api, nodeexp, ssh = free_port(), free_port(), free_port()
     serial = work / "serial.log"
     qemu = [
         "qemu-system-aarch64",
@@ -163,7 +198,8 @@ def main() -> int:
         "-device",
         "virtio-blk-device,drive=hd0",
         "-netdev",
-        f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{api}-:9105,hostfwd=tcp:127.0.0.1:{nodeexp}-:9100",
+        f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{api}-:9105,"
+        f"hostfwd=tcp:127.0.0.1:{nodeexp}-:9100,hostfwd=tcp:127.0.0.1:{ssh}-:22",
         "-device",
         "virtio-net-device,netdev=n0",
     ]
@@ -173,7 +209,9 @@ def main() -> int:
         "seed_s": round(seed_s, 1),
     }
     t_boot = time.monotonic()
-    proc = subprocess.Popen(qemu, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Its own session: with --keep it outlives this script (and molecule's step).
+    with (work / "qemu.err").open("wb") as err:
+        proc = subprocess.Popen(qemu, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
     ok = False
     try:
         healthz = ""
@@ -237,11 +275,23 @@ def main() -> int:
             and result["serial_login_prompt"] is True
         )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        if ok and args.keep:
+            state = {
+                "pid": proc.pid,
+                "ssh_port": ssh,
+                "api_port": api,
+                "node_exporter_port": nodeexp,
+                "host": args.host,
+                "image": str(node_img),
+            }
+            args.keep.write_text(json.dumps(state, sort_keys=True) + "\n")
+            result.update(kept=True, ssh_port=ssh)
+        else:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     result["ok"] = ok
     print(json.dumps(result, sort_keys=True))
     return 0 if ok else 1
