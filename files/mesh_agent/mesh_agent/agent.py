@@ -68,11 +68,14 @@ SPF_QUIET_S = 1.0
 # first STARTUP_GRACE_S (our own imports) and ordinary jitter (the first
 # version stretched detection by a third on a quiet host; a later one, counting
 # lags over one interval, stretched it on every CPU burst of a 50-agent lab,
-# when all agents recompute at once after a cut). Announced = configured + 2 x the recent worst lag, at most
-# HELLO_STRETCH_MAX x configured; the lag decays with a 10 s half-life, so
-# detection is fast again once the host is quiet.
+# when all agents recompute at once after a cut). Announced = configured + 2 x
+# the recent worst lag, at most HELLO_STRETCH_MAX x configured; the lag decays
+# with a 1 s half-life, so detection is fast again once the host is quiet (a
+# starved host keeps being late and keeps the stretch up; with 10 s, one CPU
+# burst after a cut in the 50-agent bench still slowed detection of the next
+# cut, 6 s later, to 0.8 s).
 HELLO_STRETCH_MAX = 10.0
-LAG_HALF_LIFE_S = 10.0
+LAG_HALF_LIFE_S = 1.0
 STARTUP_GRACE_S = 5.0
 SPF_HOLD_MIN_S = 0.05
 SPF_HOLD_MAX_S = 1.0

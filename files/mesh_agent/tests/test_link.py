@@ -119,6 +119,20 @@ def test_carrier_lost_kills_at_once() -> None:
     assert a.carrier_lost("mesh1", 1.0) == []
 
 
+def test_hello_queued_before_carrier_loss_does_not_revive_the_neighbour() -> None:
+    a, b = pair()
+    exchange(a, b, 0.0)
+    exchange(a, b, IV)
+    stale = b.build_hello("mesh0", 2 * IV)  # arrived at 2 IV, read after the carrier event
+    a.carrier_lost("mesh0", 2 * IV + 0.002)
+    assert a.receive("mesh0", stale, "10.0.0.1", 2 * IV) == []
+    assert a.up_neighbors() == [] and a.drops["before_carrier_loss"] == 1
+    # Carrier back: hellos that arrive from then on count again.
+    exchange(a, b, 3 * IV)
+    exchange(a, b, 4 * IV)
+    assert [n.name for n in a.up_neighbors()] == ["b"]
+
+
 def test_restart_detected_by_newer_timestamp() -> None:
     a, b = pair()
     exchange(a, b, 0.0)

@@ -119,6 +119,10 @@ class LinkSensor:
         self.drops: Counter[str] = Counter()
         self._flaps: dict[tuple[str, str], list[float]] = {}
         self.damped_total = 0
+        # When each interface last lost carrier: a hello that arrived before
+        # that (still queued when the kernel's event was read) is stale and
+        # must not bring the neighbour straight back up.
+        self._carrier_lost_at: dict[str, float] = {}
 
     # -- interfaces -------------------------------------------------------
     def add_interface(self, ifname: str) -> None:
@@ -173,6 +177,9 @@ class LinkSensor:
             return []
         if hello.name == self.node_name:
             self.drops["self"] += 1
+            return []
+        if now <= self._carrier_lost_at.get(ifname, -1.0):
+            self.drops["before_carrier_loss"] += 1
             return []
         self.rx_total += 1
         events: list[Event] = []
@@ -250,6 +257,8 @@ class LinkSensor:
 
     def carrier_lost(self, ifname: str, now: float, reason: str = "carrier") -> list[Event]:
         """The kernel says *ifname* lost carrier: its neighbours die at once."""
+        if reason == "carrier":
+            self._carrier_lost_at[ifname] = now
         events: list[Event] = []
         for key in [k for k in self._table if k[0] == ifname]:
             events.extend(self._kill(key, reason, now))
