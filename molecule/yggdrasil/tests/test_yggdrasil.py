@@ -40,6 +40,9 @@ def test_key_and_config_are_root_only(host):
         assert (f.user, f.group, f.mode) == ("root", "root", 0o600), path
     assert len(private_key(host)) == 128  # ed25519 seed + public key, hex
     assert private_key(host) in host.check_output(f"cat {CONF}")
+    # The role's template carries no key: meshcore-yggdrasil-config fills it in on the node.
+    template = host.check_output(f"cat {CONF}.in")
+    assert private_key(host) not in template and "@MESHCORE_PRIVATE_KEY@" in template
 
 
 def test_private_key_never_logged(host):
