@@ -131,7 +131,15 @@ def main() -> int:
 
     # 1. A one-host inventory and its seed, written by the real flash playbook.
     (work / "inventory.yml").write_text(
-        json.dumps({"mesh_nodes": {"hosts": {args.host: {"mesh_node_address": args.address}}}})
+        json.dumps(
+            {
+                "mesh_nodes": {
+                    # The Pi fleet's link layer (inventories/example): the agent reads batman-adv.
+                    "vars": {"mesh_link_backend": "batman"},
+                    "hosts": {args.host: {"mesh_node_address": args.address}},
+                }
+            }
+        )
     )
     extra = []
     if args.ssh_pubkey:

@@ -49,24 +49,38 @@ def _plays(path: Path) -> list[dict]:
     return yaml.safe_load(path.read_text())
 
 
-def _role_names(play: dict) -> list[str]:
-    return [r["role"] if isinstance(r, dict) else r for r in play.get("roles", [])]
+def _roles(play: dict) -> list[tuple[str, str | None]]:
+    """(role, its when condition) in order."""
+    return [
+        (r["role"], r.get("when")) if isinstance(r, dict) else (r, None)
+        for r in play.get("roles", [])
+    ]
 
 
 def test_image_applies_site_yml_mesh_node_roles():
-    """The image's chroot stages run the same roles, in the same order, as
-    site.yml's mesh_nodes play, minus lab_pki (identity comes from the seed),
-    batman_adv (only with mesh_link_backend=batman; not in the image yet),
-    yggdrasil (its role makes the node's key on the node, which in a chroot
-    would bake one key into every card: it must move to first boot first) and
-    spire_agent (needs a SPIRE release binary, none on this machine)."""
+    """The image's chroot stages run the same roles, in the same order and under
+    the same conditions, as site.yml's mesh_nodes play, minus lab_pki (identity
+    comes from the seed, never from the image)."""
     site = next(p for p in _plays(ROOT / "playbooks/site.yml") if p["hosts"] == "mesh_nodes")
     image = _plays(ROOT / "playbooks/image.yml")
     chroot_roles = [
-        r for p in image if str(p["hosts"]).startswith("image_stage_") for r in _role_names(p)
+        (name, when)
+        for p in image
+        if str(p["hosts"]).startswith("image_stage_")
+        for name, when in _roles(p)
     ]
-    not_in_image = ("lab_pki", "batman_adv", "yggdrasil", "spire_agent")
-    assert chroot_roles == [r for r in _role_names(site) if r not in not_in_image]
+    assert chroot_roles == [(name, when) for name, when in _roles(site) if name != "lab_pki"]
+
+
+def test_image_role_variables_select_the_pi_fleet_roles():
+    """batman-adv and Yggdrasil are in the image; spire_agent is skipped (no SPIRE
+    release on this machine, so the image takes its identity from the seed)."""
+    roles_vars = yaml.safe_load((ROOT / "images/stages/roles-vars.yml").read_text())
+    assert roles_vars["mesh_link_backend"] == "batman"
+    assert roles_vars["mesh_yggdrasil_enabled"] is True
+    assert roles_vars["mesh_identity_source"] == "lab_pki"
+    packages = yaml.safe_load((ROOT / "images/targets/rpi-arm64.yml").read_text())["image_packages"]
+    assert {"batctl", "wpasupplicant", "yggdrasil"} <= set(packages)
 
 
 def _fake_card(path: Path) -> int:
@@ -327,6 +341,13 @@ def test_image_holds_no_private_key(tmp_path):
                     found.append(str(path.relative_to(tmp_path)))
     assert scanned > 10000, scanned
     assert found == []
+    # Keys that are not PEM: Yggdrasil's (hex; made at first boot), SSH host keys
+    # (made at first boot). The key-less Yggdrasil template is there.
+    etc = tmp_path / "root/etc"
+    assert not (etc / "yggdrasil/private.key").exists()
+    assert not (etc / "yggdrasil/yggdrasil.conf").exists()
+    assert "@MESHCORE_PRIVATE_KEY@" in (etc / "yggdrasil/yggdrasil.conf.in").read_text()
+    assert list(etc.glob("ssh/ssh_host_*_key")) == []
 
 
 @pytest.mark.slow
