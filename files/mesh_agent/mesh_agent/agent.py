@@ -676,6 +676,7 @@ class Agent:
                 (t3 - t2) * 1000,
             )
         m.routes_installed.set(self.routes.route_count())
+        m.routes_standby.set(self.routes.standby_count())
         m.destinations.set(self.routes.route_count())
         m.route_errors.inc(self.routes.errors_total - self._route_errors_seen)
         self._route_errors_seen = self.routes.errors_total

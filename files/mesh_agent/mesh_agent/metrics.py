@@ -133,6 +133,11 @@ class Metrics:
             "Routes in the kernel (enforce) or computed (observe)",
             registry=r,
         )
+        self.routes_standby = Gauge(
+            "meshcore_routes_standby",
+            "Standby routes via a backup next hop, taken over by the kernel itself on carrier loss",
+            registry=r,
+        )
         self.route_errors = Counter(
             "meshcore_route_errors_total", "Failed netlink operations", registry=r
         )

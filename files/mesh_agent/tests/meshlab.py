@@ -143,8 +143,16 @@ class Mesh:
         del_ns(*self.namespaces)
 
     # -- observation ------------------------------------------------------
-    def routes(self, i: int) -> list[str]:
+    def _own_routes(self, i: int) -> list[str]:
         return ip(self.nodes[i].ns, "route", "show", "proto", str(PROTO)).strip().splitlines()
+
+    def routes(self, i: int) -> list[str]:
+        """The agent's primary routes (metric 0) on node i."""
+        return [r for r in self._own_routes(i) if " metric " not in r]
+
+    def standby(self, i: int) -> list[str]:
+        """The agent's standby routes (through a backup, at a higher metric) on node i."""
+        return [r for r in self._own_routes(i) if " metric " in r]
 
     def converged(self) -> bool:
         return all(api(n.ns, "/readyz")[0] == 200 for n in self.nodes) and all(
@@ -154,7 +162,7 @@ class Mesh:
     def dump(self) -> str:
         return "\n".join(
             f"{n.ns}: ready={api(n.ns, '/readyz')} nbrs={api(n.ns, '/v1/neighbors')[1]}\n"
-            + "\n".join(self.routes(n.index))
+            + "\n".join(self._own_routes(n.index))
             for n in self.nodes
         )
 

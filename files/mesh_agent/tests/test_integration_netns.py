@@ -86,6 +86,11 @@ def test_ring_converges_and_recovers(ring: Mesh) -> None:
     metrics = api(ns[0], "/metrics")[1]
     assert "meshcore_neighbors_up 2.0" in metrics
     assert 'meshcore_adverts_rejected_total{reason="bad_signature"} 0.0' in metrics
+    # In a ring every destination has a backup: each node holds a standby route
+    # per destination, through the other neighbour, for the kernel to fall back on.
+    for i in range(4):
+        assert len(ring.standby(i)) == 3, ring.standby(i)
+    assert "meshcore_routes_standby 3.0" in metrics
 
     r = ping(ns[0], addr[2])
     assert r.returncode == 0, r.stdout + r.stderr  # two hops, both ways

@@ -18,6 +18,7 @@ class FakeNetlink:
         self.ops: list[tuple[str, tuple[Any, ...]]] = []
         self.groups: dict[int, list[int]] = {}
         self.routes: dict[str, int] = {}
+        self.standby: dict[str, int] = {}  # metric > 0
 
     async def _rec(self, name: str, *args: Any) -> None:
         await asyncio.sleep(0)
@@ -30,13 +31,15 @@ class FakeNetlink:
         await self._rec("group_replace", gid, members)
         self.groups[gid] = members
 
-    async def route_replace(self, dst: str, gid: int, *a: Any) -> None:
-        await self._rec("route_replace", dst, gid)
-        self.routes[dst] = gid
+    async def route_replace(
+        self, dst: str, gid: int, prefsrc: str | None, proto: int, priority: int = 0
+    ) -> None:
+        await self._rec("route_replace", dst, gid, priority)
+        (self.standby if priority else self.routes)[dst] = gid
 
-    async def route_delete(self, dst: str, proto: int) -> None:
-        await self._rec("route_delete", dst)
-        self.routes.pop(dst, None)
+    async def route_delete(self, dst: str, proto: int, priority: int | None = None) -> None:
+        await self._rec("route_delete", dst, priority)
+        (self.standby if priority else self.routes).pop(dst, None)
 
     async def nexthop_delete(self, nid: int) -> None:
         await self._rec("nexthop_delete", nid)
@@ -108,5 +111,44 @@ def test_failover_preempts_a_running_sync() -> None:
         assert await prog.sync(table.choices(), moved, LINKS)
         assert set(fake.routes) == {v for k, v in moved.items() if k != "n0"}
         assert set(fake.groups) >= {r.group_id for r in prog.installed()}
+
+    asyncio.run(go())
+
+
+def test_standby_routes_follow_the_backups() -> None:
+    """Each destination with a backup next hop gets a standby route through the
+    backup's own nexthop at STANDBY_METRIC; a carrier loss that takes a backup's
+    device forgets its standby routes, and the next sync puts back what is wanted."""
+    from mesh_agent.routes.programmer import STANDBY_METRIC
+
+    async def go() -> None:
+        fake = FakeNetlink()
+        prog = RouteProgrammer(fake, 99, ADDR["n0"])  # type: ignore[arg-type]
+        table = PathTable("n0", k=3)
+        table.update(ring(12))
+        assert await prog.sync(table.choices(), ADDR, LINKS)
+        with_backup = {
+            d for d, ch in table.choices().items() if ch.backup_next_hop in LINKS
+        }
+        assert len(with_backup) == 11 and prog.standby_count() == 11  # a ring: all protected
+        assert set(fake.standby) == {ADDR[d] for d in with_backup}
+        for d in with_backup:
+            backup = table.choices()[d].backup_next_hop
+            assert fake.standby[ADDR[d]] == prog._nh_id(str(backup))
+        assert all(p == STANDBY_METRIC for name, (_, _, p) in
+                   [(n, a) for n, a in fake.ops if n == "route_replace" and a[2]])
+        # mesh1 (n11) loses carrier: the kernel drops n11's nexthop, every standby
+        # route through it and every primary route whose group held only n11.
+        prog.forget_interface(3)
+        behind_n11 = {d for d in with_backup if table.choices()[d].backup_next_hop == "n11"}
+        assert prog.standby_count() == 11 - len(behind_n11)
+        # Only n1 is left: no backups, so every standby route goes.
+        g = ring(12)
+        g.remove_edge("n0", "n11")
+        table.update(g)
+        assert await prog.sync(table.choices(), ADDR, {"n1": LINKS["n1"]})
+        assert prog.standby_count() == 0
+        removed = [a for n, a in fake.ops if n == "route_delete" and a[1] == STANDBY_METRIC]
+        assert len(removed) == len(with_backup) - len(behind_n11)
 
     asyncio.run(go())

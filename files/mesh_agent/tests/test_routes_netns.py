@@ -23,6 +23,7 @@ from pyroute2 import AsyncIPRoute
 
 from mesh_agent.paths import PathTable
 from mesh_agent.routes import NeighborLink, Netlink, RouteProgrammer
+from mesh_agent.routes.programmer import STANDBY_METRIC
 
 pytestmark = requires_root
 PROTO = 77
@@ -90,6 +91,11 @@ async def _scenario() -> None:
         nhs = ip(R, "nexthop", "show")
         assert "group" in nhs and "via 10.99.0.1 dev vrx" in nhs and "via 10.99.0.3 dev vry" in nhs
         assert f"src {ADDR['r']}" in ours
+        # Standby routes too; a restart's flush removes both metrics of every /32.
+        assert f"metric {STANDBY_METRIC}" in ours and prog.standby_count() >= 1
+        await prog.flush_own()
+        assert ip(R, "route", "show", "proto", str(PROTO)).strip() == ""
+        assert await prog.sync(table.choices(), ADDR, links)
 
         choice_d = table.get("d")
         assert choice_d is not None and choice_d.backup_next_hop is not None
@@ -114,7 +120,12 @@ async def _scenario() -> None:
 
         # 2) Carrier lost: the kernel flushes nexthops on the device, the groups
         #    left empty and their routes; failover rebuilds from the cached backup.
+        standby = ip(R, "route", "show", ADDR["d"], "proto", str(PROTO))
+        assert f"metric {STANDBY_METRIC}" in standby, standby
         ip(R, "link", "set", dev[primary], "down")
+        # Before the agent does anything, the kernel is on the backup already:
+        # the primary route went with its nexthop, the standby route is left.
+        assert route_dev(ADDR["d"]) == dev[backup]
         prog.forget_interface(links[primary].ifindex)
         t0 = time.perf_counter()
         ops = await prog.failover(primary, table.failover(primary), routes_flushed=True)
@@ -154,6 +165,7 @@ async def _scenario() -> None:
         assert ping.returncode == 0, ping.stdout + ping.stderr
 
         # Shutdown removes all of ours and nothing else.
+        assert prog.standby_count() == 0  # one neighbour left: no backups
         await prog.flush_own()
         assert ip(R, "route", "show", "proto", str(PROTO)).strip() == ""
         assert ip(R, "nexthop", "show").strip() == ""

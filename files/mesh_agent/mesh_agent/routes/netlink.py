@@ -85,6 +85,7 @@ class KernelRoute:
     protocol: int
     table: int
     nhid: int | None
+    priority: int = 0
 
 
 class Netlink:
@@ -148,7 +149,9 @@ class Netlink:
             )
         return out
 
-    async def route_replace(self, dst: str, nh_id: int, prefsrc: str | None, protocol: int) -> None:
+    async def route_replace(
+        self, dst: str, nh_id: int, prefsrc: str | None, protocol: int, priority: int = 0
+    ) -> None:
         m = rtmsg_nh()
         m["family"] = socket.AF_INET
         m["dst_len"] = 32
@@ -159,16 +162,25 @@ class Netlink:
         attrs: list[tuple[str, Any]] = [("RTA_DST", dst), ("RTA_NH_ID", nh_id)]
         if prefsrc:
             attrs.append(("RTA_PREFSRC", prefsrc))
+        if priority:
+            # IPv4 replaces only the route with the same metric: the metric-0
+            # primary and the standby at a higher metric live side by side.
+            attrs.append(("RTA_PRIORITY", priority))
         m["attrs"] = attrs
         await self._request(m, RTM_NEWROUTE, _REPLACE)
 
-    async def route_delete(self, dst: str, protocol: int) -> None:
+    async def route_delete(self, dst: str, protocol: int, priority: int | None = None) -> None:
+        """Delete our route to *dst*; with *priority*, only the one with that metric
+        (without, the kernel deletes the first match, the lowest metric)."""
         m = rtmsg_nh()
         m["family"] = socket.AF_INET
         m["dst_len"] = 32
         m["table"] = RT_TABLE_MAIN
         m["proto"] = protocol
-        m["attrs"] = [("RTA_DST", dst)]
+        attrs: list[tuple[str, Any]] = [("RTA_DST", dst)]
+        if priority is not None:
+            attrs.append(("RTA_PRIORITY", priority))
+        m["attrs"] = attrs
         await self._request(m, RTM_DELROUTE, _DELETE)
 
     async def routes(self) -> list[KernelRoute]:
@@ -185,6 +197,7 @@ class Netlink:
                     r["proto"],
                     r.get_attr("RTA_TABLE") or r["table"],
                     r.get_attr("RTA_NH_ID"),
+                    r.get_attr("RTA_PRIORITY") or 0,
                 )
             )
         return out

@@ -5,7 +5,10 @@ Layout in the kernel (all with ``protocol = route_protocol``):
 * one nexthop object per usable neighbour: ``id N via <link addr> dev <if>``;
 * one nexthop *group* per (primary, backup) next-hop pair used by some
   destination, holding just the primary's nexthop;
-* one route per destination: ``<dst>/32 nhid <group> src <node address>``.
+* one route per destination: ``<dst>/32 nhid <group> src <node address>``;
+* a *standby* route per destination with a backup next hop:
+  ``<dst>/32 nhid <backup's nexthop> metric STANDBY_METRIC``. The kernel never
+  uses it while the primary route exists.
 
 Fast failover when neighbour D dies: ``PathTable.failover(D)`` (a lookup) says
 which destinations move to which backup; each group keyed (D, B) is replaced
@@ -13,10 +16,13 @@ to hold nexthop B. That is one ``nexthop replace`` per group, whatever the
 number of destinations behind it, and no path computation. A normal
 ``sync`` from a fresh ``PathTable.update`` follows.
 
-When the interface itself goes down the kernel deletes every nexthop on it,
-every group left empty and every route using those groups. Then the failover
-also re-adds the affected routes (``route replace``), still without any path
-computation.
+When the interface itself goes down (or loses carrier) the kernel deletes
+every nexthop on it, every group left empty and every route using those
+groups. The standby routes are then the best match left, so traffic moves to
+the backups inside the kernel, in the same instant, before the agent has even
+read the link event; on a 50-agent lab on 2 cores the agent's own re-adds took
+100-250 ms of CPU wait. The failover then re-adds the primary routes through
+the switched groups (``route replace``), still without any path computation.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ log = logging.getLogger(__name__)
 
 NH_ID_BASE = 0x6D650000  # "me": clear of ids picked by hand (small integers)
 GROUP_ID_BASE = 0x6D660000
+# Metric of the standby routes. Any value above 0 works; a high one stays clear
+# of metrics an operator gives his own routes to the same /32.
+STANDBY_METRIC = 0x6D65
 
 GroupKey = tuple[str, str | None]
 
@@ -80,6 +89,7 @@ class RouteProgrammer:
         self._groups: dict[GroupKey, str] = {}  # installed group -> active member
         self._routes: dict[str, tuple[str, GroupKey]] = {}  # dst name -> (address, key)
         self._flushed: dict[str, tuple[str, GroupKey]] = {}  # routes the kernel dropped
+        self._standby: dict[str, tuple[str, str]] = {}  # dst name -> (address, backup name)
         self.errors_total = 0
         self.preempted_total = 0
         self.last_sync_ok = False
@@ -132,13 +142,14 @@ class RouteProgrammer:
         removed = 0
         for r in await self.nl.routes():
             if r.protocol == self.protocol and r.dst_len == 32:
-                removed += await self._op("route_delete", r.dst, self.protocol)
+                removed += await self._op("route_delete", r.dst, self.protocol, r.priority)
         nhs = [n for n in await self.nl.nexthops() if n.protocol == self.protocol]
         for n in sorted(nhs, key=lambda n: not n.group):  # groups first
             removed += await self._op("nexthop_delete", n.id)
         self._nh.clear()
         self._groups.clear()
         self._routes.clear()
+        self._standby.clear()
         return removed
 
     # -- reconvergence ----------------------------------------------------
@@ -180,6 +191,11 @@ class RouteProgrammer:
             key: key[0] if key[0] in links else str(key[1]) for _, key in want_routes.values()
         }
         want_nh = {n: links[n] for key in want_groups for n in key if n is not None and n in links}
+        want_standby = {
+            dst: (addr, str(key[1]))
+            for dst, (addr, key) in want_routes.items()
+            if key[1] is not None and key[1] != key[0]
+        }
 
         # Add and change, bottom up: nexthops, groups, routes.
         for name, link in want_nh.items():
@@ -212,10 +228,29 @@ class RouteProgrammer:
                     self._routes[dst] = (addr, key)
                 else:
                     ok = False
+        for dst, (addr, backup) in want_standby.items():
+            if self._standby.get(dst) != (addr, backup) and backup in self._nh:
+                old_sb = self._standby.get(dst)
+                if old_sb is not None and old_sb[0] != addr:
+                    await self._op("route_delete", old_sb[0], self.protocol, STANDBY_METRIC)
+                if await self._op(
+                    "route_replace",
+                    addr,
+                    self._nh_id(backup),
+                    self.prefsrc,
+                    self.protocol,
+                    STANDBY_METRIC,
+                ):
+                    self._standby[dst] = (addr, backup)
+                else:
+                    ok = False
 
         # Remove, top down: routes, groups, nexthops.
         # Forget each object only after its delete was sent, so that a
         # preempted sync never leaks a kernel object we no longer know about.
+        for dst in [d for d in self._standby if d not in want_standby]:
+            await self._op("route_delete", self._standby[dst][0], self.protocol, STANDBY_METRIC)
+            del self._standby[dst]
         for dst in [d for d in self._routes if d not in want_routes]:
             await self._op("route_delete", self._routes[dst][0], self.protocol)
             del self._routes[dst]
@@ -240,6 +275,8 @@ class RouteProgrammer:
             del self._groups[k]
         for dst in [d for d, (_, k) in self._routes.items() if k in dead_groups]:
             self._flushed[dst] = self._routes.pop(dst)
+        for dst in [d for d, (_, b) in self._standby.items() if b in gone]:
+            del self._standby[dst]
 
     async def failover(
         self, dead: str, moves: Mapping[str, str], routes_flushed: bool = False
@@ -309,3 +346,7 @@ class RouteProgrammer:
 
     def route_count(self) -> int:
         return len(self._routes)
+
+    def standby_count(self) -> int:
+        """Standby routes in the kernel (each takes over by itself on carrier loss)."""
+        return len(self._standby)
