@@ -58,13 +58,19 @@ def ring(n: int) -> nx.Graph:
 LINKS = {"n1": NeighborLink("mesh0", 2, "10.98.0.1"), "n11": NeighborLink("mesh1", 3, "10.98.11.0")}
 
 
+async def programmed_ring() -> tuple[FakeNetlink, RouteProgrammer, PathTable]:
+    """Node n0 of a 12-ring, its table computed and synced into a fake kernel."""
+    fake = FakeNetlink()
+    prog = RouteProgrammer(fake, 99, ADDR["n0"])  # type: ignore[arg-type]
+    table = PathTable("n0", k=3)
+    table.update(ring(12))
+    assert await prog.sync(table.choices(), ADDR, LINKS)
+    return fake, prog, table
+
+
 def test_sync_is_incremental_and_failover_is_one_op_per_group() -> None:
     async def go() -> None:
-        fake = FakeNetlink()
-        prog = RouteProgrammer(fake, 99, ADDR["n0"])  # type: ignore[arg-type]
-        table = PathTable("n0", k=3)
-        table.update(ring(12))
-        assert await prog.sync(table.choices(), ADDR, LINKS)
+        fake, prog, table = await programmed_ring()
         assert len(fake.routes) == 11
         n_ops = len(fake.ops)
         assert await prog.sync(table.choices(), ADDR, LINKS)
@@ -84,11 +90,7 @@ def test_sync_is_incremental_and_failover_is_one_op_per_group() -> None:
 
 def test_failover_preempts_a_running_sync() -> None:
     async def go() -> None:
-        fake = FakeNetlink()
-        prog = RouteProgrammer(fake, 99, ADDR["n0"])  # type: ignore[arg-type]
-        table = PathTable("n0", k=3)
-        table.update(ring(12))
-        assert await prog.sync(table.choices(), ADDR, LINKS)
+        fake, prog, table = await programmed_ring()
         # A big reconvergence starts (every route changes address) ...
         moved = {k: v.replace("10.77.", "10.78.") for k, v in ADDR.items()}
         moved["n0"] = ADDR["n0"]
@@ -122,11 +124,7 @@ def test_standby_routes_follow_the_backups() -> None:
     from mesh_agent.routes.programmer import STANDBY_METRIC
 
     async def go() -> None:
-        fake = FakeNetlink()
-        prog = RouteProgrammer(fake, 99, ADDR["n0"])  # type: ignore[arg-type]
-        table = PathTable("n0", k=3)
-        table.update(ring(12))
-        assert await prog.sync(table.choices(), ADDR, LINKS)
+        fake, prog, table = await programmed_ring()
         with_backup = {
             d for d, ch in table.choices().items() if ch.backup_next_hop in LINKS
         }
