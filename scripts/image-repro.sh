@@ -24,9 +24,10 @@ build() {  # build NAME
   local dir=$base/$1 start
   mkdir -p "$dir"
   if [ "$from" = roles ]; then
-    # Seed this build dir with a copy of the normal build's finished rootfs stage.
+    # Seed this build dir with a copy of the normal build's newest finished
+    # rootfs stage (by stamp time: the key order says nothing about age).
     local rootfs
-    rootfs=$(ls -d build/images/rpi-arm64/rootfs-*.done | tail -1)
+    rootfs=$(ls -td build/images/rpi-arm64/rootfs-*.done | head -1)
     mkdir -p "$dir/rpi-arm64"
     cp -a --reflink=auto "${rootfs%.done}" "$dir/rpi-arm64/"
     cp -a "$rootfs" "$dir/rpi-arm64/"
