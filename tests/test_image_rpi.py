@@ -70,6 +70,10 @@ def test_image_applies_site_yml_mesh_node_roles():
         for name, when in _roles(p)
     ]
     assert chroot_roles == [(name, when) for name, when in _roles(site) if name != "lab_pki"]
+    # The molecule image scenario converges a booted card with the same roles
+    # (all but mesh_agent, which the agent stage installs).
+    converge = _plays(ROOT / "molecule/image/converge.yml")[0]
+    assert _roles(converge) == [(n, w) for n, w in chroot_roles if n != "mesh_agent"]
 
 
 def test_image_role_variables_select_the_pi_fleet_roles():
