@@ -12,6 +12,13 @@ are drained once per hello tick, and each hello's arrival time comes from the
 kernel (SO_TIMESTAMPNS), so batching costs RTT and liveness no accuracy. This
 cut the wake-ups from one per received hello to one per tick. eth0 (the
 management network) is never opened.
+
+A third, raw ICMP socket per interface carries the echo probes of
+:mod:`mesh_agent.link.sensor` (BFD's echo function): requests to each up
+neighbour every hello tick, answered by the neighbour's kernel; ICMP_FILTER
+lets only echo replies in, and it is drained with the hello socket. It needs
+CAP_NET_RAW (in the unit); without it the agent logs once and stays on hello
+timing.
 """
 
 from __future__ import annotations
@@ -49,6 +56,9 @@ HELLO_GROUP = "224.0.0.1"
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _TIMESPEC = struct.Struct("@qq")
 _ANC_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+# Raw ICMP socket filter (linux/icmp.h): a set bit drops that ICMP type.
+SOL_RAW, ICMP_FILTER = 255, 1
+_ECHO_REPLY_ONLY = struct.pack("@I", 0xFFFFFFFF & ~(1 << 0))
 MANAGEMENT_IFNAMES = frozenset({"eth0", "lo"})
 # Housekeeping cadence (expiry, next-hop moves, counter sync), independent of
 # the much slower periodic advert refresh.
@@ -110,6 +120,8 @@ class Agent:
         self.routes = RouteProgrammer(None, cfg.route_protocol, addr)
         self._socks: dict[str, socket.socket] = {}  # hellos, drained per tick
         self._advert_socks: dict[str, socket.socket] = {}  # adverts, on a reader
+        self._echo_socks: dict[str, socket.socket] = {}  # echo probes, drained per tick
+        self._echo = cfg.link.echo and not isinstance(self.sensor, BatmanSensor)
         self._ifindex: dict[str, int] = {}
         self._dirty = asyncio.Event()
         self._stop = asyncio.Event()
@@ -132,6 +144,7 @@ class Agent:
         self.exit_code = 0
         self._hellos_seen = 0
         self._damped_seen = 0
+        self._echo_seen = (0, 0)
         self._drops_seen: dict[str, int] = {}
         self._route_errors_seen = 0
         self._last_links: dict[str, tuple[str, str]] = {}
@@ -242,6 +255,8 @@ class Agent:
             self._close_interface(ifname)
         if self._ipr is not None:
             self._ipr.close()
+        if isinstance(self.routes.nl, Netlink):
+            self.routes.nl.close()
         log.info("mesh-agent stopped")
 
     def _api_server(self) -> Any:
@@ -309,14 +324,40 @@ class Agent:
             return
         self._socks[ifname] = hello
         self._advert_socks[ifname] = advert
+        echo = self._echo_socket(ifname) if self._echo else None
+        if echo is not None:
+            self._echo_socks[ifname] = echo
         self.sensor.add_interface(ifname)
         asyncio.get_running_loop().add_reader(advert.fileno(), self._on_readable, ifname, advert)
         log.info("listening for hellos on %s", ifname)
+
+    def _echo_socket(self, ifname: str) -> socket.socket | None:
+        """A raw ICMP socket on *ifname* that only lets echo replies in (None: no CAP_NET_RAW)."""
+        try:
+            s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        except PermissionError as exc:
+            log.warning("no echo probes (%s): neighbours stay on hello timing", exc)
+            self._echo = False
+            return None
+        try:
+            s.setsockopt(SOL_RAW, ICMP_FILTER, _ECHO_REPLY_ONLY)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xC0)
+            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError as exc:
+            s.close()
+            log.warning("cannot open echo socket on %s: %s", ifname, exc)
+            return None
+        s.setblocking(False)
+        return s
 
     def _close_interface(self, ifname: str) -> None:
         hello = self._socks.pop(ifname, None)
         if hello is not None:
             hello.close()
+        echo = self._echo_socks.pop(ifname, None)
+        if echo is not None:
+            echo.close()
         s = self._advert_socks.pop(ifname, None)
         if s is not None:
             with contextlib.suppress(Exception):
@@ -335,7 +376,12 @@ class Agent:
 
     # -- receive path -----------------------------------------------------
     def _on_readable(self, ifname: str, s: socket.socket) -> None:
-        """Read up to 64 queued datagrams, each stamped with its kernel arrival time."""
+        """Dispatch up to 64 queued datagrams, each with its kernel arrival time."""
+        for data, src, at in self._recv_stamped(ifname, s):
+            self._dispatch(ifname, data, src, at)
+
+    def _recv_stamped(self, ifname: str, s: socket.socket) -> Iterator[tuple[bytes, str, float]]:
+        """Up to 64 queued datagrams of *s*: (data, source address, arrival on our clock)."""
         now, wall = self.clock(), self.wall()
         for _ in range(64):
             try:
@@ -352,7 +398,15 @@ class Agent:
                     # Kernel stamps are wall-clock: map onto the monotonic
                     # clock, and never into the future or past a clock step.
                     at = min(now, max(now - 10.0, now - (wall - sec - nsec / 1e9)))
-            self._dispatch(ifname, data, addr[0], at)
+            yield data, addr[0], at
+
+    def _drain(self) -> None:
+        """Read every queued hello and echo reply (their silence, not our backlog)."""
+        for ifname, s in list(self._socks.items()):
+            self._on_readable(ifname, s)
+        for ifname, s in list(self._echo_socks.items()):
+            for data, _src, at in self._recv_stamped(ifname, s):
+                self.sensor.receive_echo(ifname, data, at)
 
     def _dispatch(self, ifname: str, data: bytes, src: str, at: float | None = None) -> None:
         if src == "0.0.0.0":  # sender's interface has no address yet: no usable next hop
@@ -439,9 +493,25 @@ class Agent:
         loop.call_soon(self._after_neighbor_change)
 
     def _start_failover(self, ev: NeighborDown) -> None:
+        """Switch to the prepared backups of ev.name now: lookups and one netlink op.
+
+        Synchronous (:meth:`RouteProgrammer.switch_now`): the kernel has
+        switched when this returns, before anything else queued on the loop.
+        A running route sync is asked to stop at its next operation; the
+        recompute after this neighbour change runs a fresh one. After a
+        carrier loss a task puts back the routes the kernel dropped (the
+        standby routes carry the traffic meanwhile).
+        """
+        t0 = self.clock()
+        moves = self.paths.failover(ev.name)
+        self.routes.request_preempt()
+        ops = self.routes.switch_now(ev.name, moves)
+        switched = self.clock()
         self._failovers += 1
         self._failover_idle.clear()
-        task = asyncio.get_running_loop().create_task(self._failover(ev))
+        task = asyncio.get_running_loop().create_task(
+            self._after_failover(ev, moves, ops, t0, switched)
+        )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -449,46 +519,44 @@ class Agent:
         self._originate(flood=True)
         self._mark_dirty()
 
-    async def _failover(self, ev: NeighborDown) -> None:
-        """Switch to the prepared backups of ev.name: lookups and a few netlink ops only."""
-        queued = self.clock() - ev.at
-        self.routes.request_preempt()
+    async def _after_failover(
+        self, ev: NeighborDown, moves: dict[str, str], ops: int, t0: float, switched: float
+    ) -> None:
+        readd_ops = 0
         try:
-            async with self._route_lock:
-                t_lock = self.clock()
-                moves = self.paths.failover(ev.name)
-                ops = await self.routes.failover(
-                    ev.name, moves, routes_flushed=ev.reason == "carrier"
-                )
-                done = self.clock()
+            if ev.reason == "carrier":
+                async with self._route_lock:
+                    readd_ops = await self.routes.readd_flushed(ev.name, moves)
         finally:
             self._failovers -= 1
             if not self._failovers:
                 self._failover_idle.set()
-        duration = done - ev.at
+        done = self.clock()
+        duration = switched - ev.at
         self.metrics.failovers.inc()
         self.metrics.failover_seconds.observe(duration)
         self.last_failover = {
             "neighbor": ev.name,
             "reason": ev.reason,
             "destinations": len(moves),
-            "kernel_ops": ops,
+            "kernel_ops": ops + readd_ops,
             "duration_seconds": duration,
-            "queued_seconds": queued,
-            "lock_wait_seconds": t_lock - ev.at - queued,
-            "kernel_seconds": done - t_lock,
+            "queued_seconds": t0 - ev.at,
+            "kernel_seconds": switched - t0,
+            "readd_seconds": done - switched if ev.reason == "carrier" else 0.0,
         }
         log.info(
             "failover from %s (%s): %d destinations to backups, %d kernel ops, %.3f ms "
-            "(queued %.3f ms, lock wait %.3f ms, lookup+kernel %.3f ms)",
+            "(queued %.3f ms, lookup+kernel %.3f ms; %d routes put back in %.3f ms)",
             ev.name,
             ev.reason,
             len(moves),
             ops,
             duration * 1000,
-            queued * 1000,
-            (t_lock - ev.at - queued) * 1000,
-            (done - t_lock) * 1000,
+            (t0 - ev.at) * 1000,
+            (switched - t0) * 1000,
+            readd_ops,
+            (done - switched) * 1000 if ev.reason == "carrier" else 0.0,
         )
 
     def _mark_dirty(self) -> None:
@@ -554,13 +622,18 @@ class Agent:
         # Read what is already queued before judging anyone dead: if this
         # process was descheduled, the neighbours' hellos are sitting in our
         # socket buffers and the silence is ours, not theirs.
-        for ifname, s in list(self._socks.items()):
-            self._on_readable(ifname, s)
+        self._drain()
         now = self.clock()
         for ifname in list(self._socks):
             hello = self.sensor.build_hello(ifname, now)
             self._send(ifname, hello, HELLO_GROUP, self.cfg.udp_port)
         self.metrics.hellos_tx.inc(len(self._socks))
+        for ifname, s in list(self._echo_socks.items()):
+            for dest, probe in self.sensor.echo_requests(ifname, now):
+                try:
+                    s.sendto(probe, (dest, 0))
+                except OSError as exc:  # ENETDOWN while the link is down
+                    log.debug("echo on %s to %s failed: %s", ifname, dest, exc)
         self._check_dead()
 
     def _check_dead(self) -> None:
@@ -568,8 +641,7 @@ class Agent:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
-        for ifname, s in list(self._socks.items()):  # their silence, not our backlog
-            self._on_readable(ifname, s)
+        self._drain()
         now = self.clock()
         self._handle_events(self.sensor.tick(now))
         deadline = self.sensor.next_deadline()
@@ -603,6 +675,9 @@ class Agent:
         self._hellos_seen = self.sensor.rx_total
         m.neighbor_damped.inc(self.sensor.damped_total - self._damped_seen)
         self._damped_seen = self.sensor.damped_total
+        m.echo_probes.labels("sent").inc(self.sensor.echo_tx_total - self._echo_seen[0])
+        m.echo_probes.labels("answered").inc(self.sensor.echo_rx_total - self._echo_seen[1])
+        self._echo_seen = (self.sensor.echo_tx_total, self.sensor.echo_rx_total)
         for reason, n in self.sensor.drops.items():
             if reason == "self":  # our own hello heard back: expected, not a drop
                 continue

@@ -35,13 +35,17 @@ class IdentityConfig:
 class LinkConfig:
     """Where the neighbour table comes from.
 
-    ``native``: the agent's own UDP hellos on each mesh interface.
+    ``native``: the agent's own UDP hellos on each mesh interface, plus (with
+    ``echo``, the default) ICMP echo probes that the neighbours' kernels answer,
+    so a late neighbour process is not mistaken for a dead link
+    (:mod:`mesh_agent.link.sensor`).
     ``batman``: batman-adv's neighbours and originators (TQ), read with batctl
     from ``mesh_interface``; batman-adv routes at layer 2, so the agent only
     observes (mode must be ``observe``).
     """
 
     backend: str = "native"
+    echo: bool = True
     mesh_interface: str = "bat0"
     poll_interval_ms: int = 1000
     dead_after_ms: int = 5000
@@ -117,6 +121,7 @@ _KNOWN_KEYS = {
 }
 _LINK_KEYS = {
     "backend",
+    "echo",
     "mesh_interface",
     "poll_interval_ms",
     "dead_after_ms",
@@ -153,6 +158,13 @@ def _str(data: dict[str, Any], key: str, default: str | None) -> str:
     return value
 
 
+def _bool(data: dict[str, Any], key: str, default: bool) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
 def _choice(data: dict[str, Any], key: str, default: str, choices: tuple[str, ...]) -> str:
     value = _str(data, key, default)
     if value not in choices:
@@ -171,6 +183,7 @@ def _parse_link(raw: Any, mode: str) -> LinkConfig:
     # Errors name the nested key (link.x), so prefix what the helpers report.
     try:
         backend = _choice(raw, "backend", "native", ("native", "batman"))
+        echo = _bool(raw, "echo", True)
         mesh_interface = _str(raw, "mesh_interface", "bat0")
         poll = _int(raw, "poll_interval_ms", 1000, 100, 60000)
         dead = _int(raw, "dead_after_ms", 5000, 200, 600000)
@@ -189,6 +202,7 @@ def _parse_link(raw: Any, mode: str) -> LinkConfig:
         )
     return LinkConfig(
         backend=backend,
+        echo=echo,
         mesh_interface=mesh_interface,
         poll_interval_ms=poll,
         dead_after_ms=dead,

@@ -70,6 +70,14 @@ class Metrics:
         self.neighbors_up = Gauge("meshcore_neighbors_up", "Neighbours in state up", registry=r)
         self.hellos_rx = Counter("meshcore_hellos_received_total", "Hellos accepted", registry=r)
         self.hellos_tx = Counter("meshcore_hellos_sent_total", "Hellos sent", registry=r)
+        self.echo_probes = Counter(
+            "meshcore_echo_probes_total",
+            "Kernel echo probes to neighbours (BFD echo function), sent and answered",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("sent", "answered"):
+            self.echo_probes.labels(kind)
         self.hello_announced = Gauge(
             "meshcore_hello_announced_interval_seconds",
             "Hello interval our hellos announce (stretched while our timers run late)",

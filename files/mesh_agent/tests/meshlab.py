@@ -38,6 +38,7 @@ class Mesh:
     prefix: str = "mai"
     hello_interval_ms: int = 50
     dead_multiplier: int = 3
+    echo: bool = True  # kernel echo probes (link.echo)
     nodes: list[Node] = field(default_factory=list)
     ifname: dict[tuple[int, int], str] = field(default_factory=dict)  # (node, peer) -> ifname
 
@@ -102,6 +103,7 @@ class Mesh:
                         "identity": pki,
                         "state_dir": str(d),
                         "route_protocol": PROTO,
+                        "link": {"echo": self.echo},
                     }
                 )
             )

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import socket
 import subprocess
 
 import pytest
+
+CLONE_NEWNET = 0x40000000
 
 requires_root = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None,
@@ -56,3 +60,24 @@ def add_ns(name: str, loopback_addr: str | None = None) -> None:
 def del_ns(*names: str) -> None:
     for name in names:
         sh("ip", "netns", "del", name, check=False)
+
+
+def netlink_socket_in(ns: str) -> socket.socket:
+    """A NETLINK_ROUTE socket that lives in namespace *ns* (setns on this thread, then back)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {ns}")
+        try:
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            s.settimeout(1.0)
+            s.bind((0, 0))
+        finally:
+            if libc.setns(own, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")
+    finally:
+        os.close(own)
+        os.close(target)
+    return s

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import statistics
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -96,7 +98,8 @@ def test_ring_converges_and_recovers(ring: Mesh) -> None:
     assert r.returncode == 0, r.stdout + r.stderr  # two hops, both ways
 
     # 1) Silent failure (no carrier change): n2 drops everything arriving from n3.
-    #    n2 times n3 out (3 x 50 ms); n3 sees n2's hellos stop listing it (one-way).
+    #    Both ends' echo probes go unanswered (n2 drops n3's requests and its own
+    #    replies): each declares the other dead after 3 x 50 ms.
     rules = (
         "table netdev mai {\n  chain ing {\n"
         f'    type filter hook ingress device "{ring.ifname[(2, 3)]}" priority 0;\n'
@@ -150,6 +153,53 @@ def test_ring_converges_and_recovers(ring: Mesh) -> None:
     for n in ring.nodes:
         assert ip(n.ns, "route", "show", "proto", str(PROTO)).strip() == ""
         assert ip(n.ns, "nexthop", "show").strip() == ""
+
+
+@pytest.mark.parametrize("echo", [True, False], ids=["echo", "hellos-only"])
+def test_stalled_agent_is_not_a_dead_link(
+    tmp_path_factory: pytest.TempPathFactory, ca: CA, echo: bool
+) -> None:
+    """SIGSTOP one agent for 0.6 s (4x the 150 ms dead time): its kernel still forwards.
+
+    With echo probes its neighbours keep the links (the kernel answers for the
+    stopped process). With hellos only they declare it dead: the false death
+    that fed the flap storms of the 50-agent bench, kept here as the contrast.
+    """
+    mesh = Mesh(3, [(0, 1), (1, 2)], tmp_path_factory.mktemp("stall"), prefix="mas", echo=echo)
+    try:
+        mesh.build(ca)
+        mesh.wait_for(mesh.converged, 60, "3-node line converged")
+
+        def answered() -> float:
+            metrics = api(mesh.namespaces[0], "/metrics")[1]
+            m = re.search(r'meshcore_echo_probes_total\{kind="answered"\} ([0-9.e+]+)', metrics)
+            assert m is not None
+            return float(m.group(1))
+
+        if echo:  # counters are synced into Prometheus once a second
+            mesh.wait_for(lambda: answered() > 0, 5, "n1's kernel answering n0's probes")
+        else:
+            time.sleep(1.5)
+            assert answered() == 0
+        before = [len(n.log.read_text()) for n in mesh.nodes]
+        proc = mesh.nodes[1].proc
+        assert proc is not None
+        proc.send_signal(signal.SIGSTOP)  # `ip netns exec` execs: this is the agent
+        time.sleep(0.6)
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.5)
+        downs = [
+            f"n{n.index}: {line}"
+            for n, start in zip(mesh.nodes, before, strict=True)
+            for line in n.log.read_text()[start:].splitlines()
+            if "neighbour n1 down" in line
+        ]
+        if echo:
+            assert downs == [], downs
+        else:
+            assert {d.split(":")[0] for d in downs} == {"n0", "n2"}, downs  # both time n1 out
+    finally:
+        mesh.destroy()
 
 
 def test_ladder_repeated_carrier_cuts(ladder: Mesh) -> None:

@@ -31,6 +31,11 @@ class FakeNetlink:
         await self._rec("group_replace", gid, members)
         self.groups[gid] = members
 
+    def group_replace_now(self, gid: int, members: list[int], proto: int) -> None:
+        """The failover's synchronous replace: no await, recorded at once."""
+        self.ops.append(("group_replace", (gid, members)))
+        self.groups[gid] = members
+
     async def route_replace(
         self, dst: str, gid: int, prefsrc: str | None, proto: int, priority: int = 0
     ) -> None:
@@ -113,6 +118,36 @@ def test_failover_preempts_a_running_sync() -> None:
         assert await prog.sync(table.choices(), moved, LINKS)
         assert set(fake.routes) == {v for k, v in moved.items() if k != "n0"}
         assert set(fake.groups) >= {r.group_id for r in prog.installed()}
+
+    asyncio.run(go())
+
+
+def test_switch_now_mid_sync_needs_no_lock_and_the_next_sync_agrees() -> None:
+    """The agent's failover: synchronous, while a sync awaits a netlink reply."""
+
+    async def go() -> None:
+        fake, prog, table = await programmed_ring()
+        moved = {k: v.replace("10.77.", "10.78.") for k, v in ADDR.items()}
+        moved["n0"] = ADDR["n0"]
+        task = asyncio.create_task(prog.sync(table.choices(), moved, LINKS))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        prog.request_preempt()
+        gid = next(r.group_id for r in prog.installed() if r.primary == "n1")
+        assert prog.switch_now("n1", table.failover("n1")) == 1
+        # Done on return: no await between the death and the kernel's switch.
+        assert fake.groups[gid] == [prog._nh_id("n11")]
+        assert await task is False
+        # The recompute after the death: n1 is gone from the links and the graph.
+        g = ring(12)
+        g.remove_edge("n0", "n1")
+        table.update(g)
+        links = {k: v for k, v in LINKS.items() if k != "n1"}
+        assert await prog.sync(table.choices(), moved, links)
+        assert set(fake.routes) == {v for k, v in moved.items() if k != "n0"}
+        for r in prog.installed():
+            assert r.active == "n11"
+            assert fake.groups[r.group_id] == [prog._nh_id("n11")]
 
     asyncio.run(go())
 

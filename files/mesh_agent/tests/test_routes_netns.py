@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import networkx as nx
 import pytest
-from netns_util import add_ns, del_ns, ip, requires_root, veth
+from netns_util import add_ns, del_ns, ip, netlink_socket_in, requires_root, veth
 from pyroute2 import AsyncIPRoute
 
 from mesh_agent.paths import PathTable
@@ -70,7 +70,7 @@ def test_enforce_program_failover_and_cleanup(lab: None) -> None:
 async def _scenario() -> None:
     ipr = AsyncIPRoute(netns=R)
     try:
-        nl = Netlink(ipr)
+        nl = Netlink(ipr, netlink_socket_in(R))
         prog = RouteProgrammer(nl, PROTO, ADDR["r"])
         assert await prog.flush_own() >= 1
         assert "10.66.0.1" not in ip(R, "route")

@@ -6,6 +6,20 @@ seconds); the sensor returns :class:`NeighborUp` / :class:`NeighborDown`
 events. Liveness is BFD-like (RFC 5880 section 6.8.4): a neighbour is dead
 when nothing was heard for ``dead_multiplier`` times *its* advertised hello
 interval.
+
+Echo mode (RFC 5880 section 6.4, BFD's echo function). Hellos are sent and
+read by the neighbour's agent process, so a neighbour whose process runs late
+(a CPU-starved host: 50 agents on 2 cores) looks dead while its kernel still
+forwards every packet. Once a neighbour is up the agent also sends it, every
+hello interval, an ICMP echo request that the neighbour's *kernel* answers
+(:meth:`LinkSensor.echo_requests` / :meth:`LinkSensor.receive_echo`). After the
+first answer the neighbour is in echo mode: it is dead when ``dead_multiplier``
+probes in a row went unanswered and the last answer is ``dead_multiplier``
+intervals old (the hello rule, with answers for hellos). Only probes actually
+sent count, so our own lateness delays detection but never fakes it, and the
+neighbour's lateness does not matter at all. Its hellos then only need to
+arrive within the much longer control timeout (:data:`ECHO_CONTROL_MULT`). A
+neighbour that never answers (ICMP filtered) stays on hello timing.
 """
 
 from __future__ import annotations
@@ -14,7 +28,16 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from mesh_agent.link.wire import Echo, Hello, WireError, decode_hello, encode_hello
+from mesh_agent.link.wire import (
+    Echo,
+    EchoProbe,
+    Hello,
+    WireError,
+    decode_echo_reply,
+    decode_hello,
+    encode_echo_request,
+    encode_hello,
+)
 
 LOSS_WINDOW = 20
 # Flap damping, a much simplified RFC 2439: a neighbour that went down
@@ -32,6 +55,13 @@ RTT_ALPHA = 0.125
 # one-sided timeout into a two-sided flap (and a cascade on a starved host);
 # a link is one-way only when this many hellos in a row lack us.
 ONE_WAY_HELLOS = 2
+# In echo mode the hellos only carry discovery, RTT and the two-way check, so a
+# neighbour's agent may fall this many times its usual dead time behind (at
+# least ECHO_CONTROL_MIN_S) before its hellos alone kill the link.
+ECHO_CONTROL_MULT = 4
+ECHO_CONTROL_MIN_S = 1.0
+# Sent-but-unanswered probes remembered per neighbour.
+ECHO_WINDOW = 32
 
 
 @dataclass(frozen=True)
@@ -48,7 +78,7 @@ class NeighborDown:
     ifname: str
     name: str
     link_address: str
-    reason: str  # timeout | carrier | one-way | restart | removed
+    reason: str  # timeout | echo | carrier | one-way | restart | removed
     at: float
 
 
@@ -73,6 +103,20 @@ class Neighbor:
     received: set[int] = field(default_factory=set)
     first_seq: int = 0
     missing_us: int = 0  # consecutive hellos from it that did not list us
+    # Echo probes (module docstring): ICMP identifier, last seq sent, last seq
+    # answered and when, send times of the unanswered ones, and whether any
+    # was ever answered (echo mode).
+    echo_ident: int = 0
+    echo_seq: int = 0
+    echo_acked: int = 0
+    echo_last_rx: float = 0.0
+    echo_sent: dict[int, float] = field(default_factory=dict)
+    echo_active: bool = False
+    echo_rtt_s: float | None = None
+
+    def echo_pending(self) -> int:
+        """Probes sent since the last answer."""
+        return self.echo_seq - self.echo_acked
 
     def loss(self) -> float:
         """Fraction of the last :data:`LOSS_WINDOW` expected hellos not received."""
@@ -123,6 +167,11 @@ class LinkSensor:
         # that (still queued when the kernel's event was read) is stale and
         # must not bring the neighbour straight back up.
         self._carrier_lost_at: dict[str, float] = {}
+        # Echo probes: ICMP identifier -> neighbour key.
+        self._echo_idents: dict[int, tuple[str, str]] = {}
+        self._next_ident = 0x6D63  # "mc"; then +1 per neighbour, skipping live ones
+        self.echo_tx_total = 0
+        self.echo_rx_total = 0
 
     # -- interfaces -------------------------------------------------------
     def add_interface(self, ifname: str) -> None:
@@ -234,13 +283,91 @@ class LinkSensor:
             events.extend(self._kill(key, "one-way", now))
         return events
 
+    # -- echo probes (module docstring) -----------------------------------
+    def echo_requests(self, ifname: str, now: float) -> list[tuple[str, bytes]]:
+        """One ICMP echo request per up neighbour on *ifname*: (link address, packet)."""
+        out: list[tuple[str, bytes]] = []
+        for (ifn, _), nb in self._table.items():
+            if ifn != ifname or nb.state != "up":
+                continue
+            if not nb.echo_ident:
+                nb.echo_ident = self._new_ident((ifn, nb.name))
+            nb.echo_seq += 1
+            nb.echo_sent[nb.echo_seq] = now
+            if len(nb.echo_sent) > ECHO_WINDOW:
+                del nb.echo_sent[min(nb.echo_sent)]
+            probe = EchoProbe(nb.echo_ident, nb.echo_seq, int(now * 1e6))
+            out.append((nb.link_address, encode_echo_request(probe)))
+        self.echo_tx_total += len(out)
+        return out
+
+    def receive_echo(self, ifname: str, packet: bytes, now: float) -> bool:
+        """An IPv4 packet from the raw ICMP socket on *ifname*; True if it answered one of ours.
+
+        Anything else (a foreign ping, a malformed packet, a late answer to a
+        dead session) is ignored and changes nothing.
+        """
+        try:
+            reply = decode_echo_reply(packet)
+        except WireError:
+            return False
+        key = self._echo_idents.get(reply.ident)
+        nb = self._table.get(key) if key is not None else None
+        if nb is None or key is None or key[0] != ifname:
+            return False
+        # The wire carries seq mod 2**16: find the remembered probe it answers.
+        seq = next((s for s in nb.echo_sent if s & 0xFFFF == reply.seq), None)
+        if seq is None or seq <= nb.echo_acked:
+            return False
+        sent = nb.echo_sent[seq]
+        if int(sent * 1e6) != reply.tx_ts_us:
+            return False
+        for s in [s for s in nb.echo_sent if s <= seq]:
+            del nb.echo_sent[s]
+        nb.echo_acked = seq
+        nb.echo_last_rx = now
+        nb.echo_active = True
+        nb.echo_rtt_s = max(0.0, now - sent)
+        self.echo_rx_total += 1
+        return True
+
+    def _new_ident(self, key: tuple[str, str]) -> int:
+        while True:
+            self._next_ident = (self._next_ident + 1) & 0xFFFF or 1
+            if self._next_ident not in self._echo_idents:
+                self._echo_idents[self._next_ident] = key
+                return self._next_ident
+
+    def _dead_reason(self, nb: Neighbor, now: float) -> str | None:
+        """Why *nb* is dead at *now*, or None (module docstring)."""
+        hello_dead = self.dead_multiplier * nb.peer_interval_s
+        if not nb.echo_active:
+            return "timeout" if now - nb.last_rx > hello_dead else None
+        if (
+            nb.echo_pending() >= self.dead_multiplier
+            and now - nb.echo_last_rx >= self.dead_multiplier * self.hello_interval_s
+        ):
+            return "echo"
+        control = max(ECHO_CONTROL_MULT * hello_dead, ECHO_CONTROL_MIN_S)
+        return "timeout" if now - nb.last_rx > control else None
+
+    def _deadline(self, nb: Neighbor) -> float:
+        hello_dead = self.dead_multiplier * nb.peer_interval_s
+        if not nb.echo_active:
+            return nb.last_rx + hello_dead
+        control = nb.last_rx + max(ECHO_CONTROL_MULT * hello_dead, ECHO_CONTROL_MIN_S)
+        if nb.echo_pending() < self.dead_multiplier:
+            return control  # the next probes go out on hello ticks, which judge anyway
+        return min(control, nb.echo_last_rx + self.dead_multiplier * self.hello_interval_s)
+
     # -- time and carrier -------------------------------------------------
     def tick(self, now: float) -> list[Event]:
-        """Declare dead every neighbour silent for dead_multiplier intervals."""
+        """Declare dead every neighbour silent for dead_multiplier intervals (or echoes)."""
         events: list[Event] = []
         for key, nb in list(self._table.items()):
-            if now - nb.last_rx > self.dead_multiplier * nb.peer_interval_s:
-                events.extend(self._kill(key, "timeout", now))
+            reason = self._dead_reason(nb, now)
+            if reason is not None:
+                events.extend(self._kill(key, reason, now))
         return events
 
     def next_deadline(self) -> float | None:
@@ -250,10 +377,7 @@ class LinkSensor:
         as BFD's per-session detection timer (RFC 5880 section 6.8.4), this
         takes up to one hello interval off the detection time.
         """
-        return min(
-            (nb.last_rx + self.dead_multiplier * nb.peer_interval_s for nb in self._table.values()),
-            default=None,
-        )
+        return min((self._deadline(nb) for nb in self._table.values()), default=None)
 
     def carrier_lost(self, ifname: str, now: float, reason: str = "carrier") -> list[Event]:
         """The kernel says *ifname* lost carrier: its neighbours die at once."""
@@ -266,6 +390,8 @@ class LinkSensor:
 
     def _kill(self, key: tuple[str, str], reason: str, now: float) -> list[Event]:
         nb = self._table.pop(key)
+        if nb.echo_ident:
+            self._echo_idents.pop(nb.echo_ident, None)
         if nb.state != "up":
             return []
         flaps = [t for t in self._flaps.get(key, []) if now - t < FLAP_WINDOW_S]

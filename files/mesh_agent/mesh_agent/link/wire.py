@@ -128,3 +128,65 @@ def decode_hello(data: bytes) -> Hello:
     if off != len(data):
         raise WireError("trailing bytes")
     return Hello(seq, ts, interval, str(ipaddress.IPv4Address(addr)), name, tuple(echoes))
+
+
+# -- kernel echo probes ------------------------------------------------------
+# BFD's echo function (RFC 5880 section 6.4): a probe the neighbour's
+# *forwarding plane* turns around, so it proves the link and the neighbour's
+# kernel alive however late the neighbour's agent process runs. We use an ICMP
+# echo request (RFC 792) to the neighbour's link address; its kernel answers in
+# softirq context. Payload: magic b"MEC", version 1, our send time (u64 us).
+ICMP_ECHO_REPLY = 0
+ICMP_ECHO_REQUEST = 8
+ECHO_MAGIC = b"MEC\x01"
+_ICMP = struct.Struct("!BBHHH")
+_ECHO_PAYLOAD = struct.Struct("!4sQ")
+
+
+@dataclass(frozen=True)
+class EchoProbe:
+    ident: int
+    seq: int
+    tx_ts_us: int
+
+
+def _inet_checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of *data*."""
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def encode_echo_request(probe: EchoProbe) -> bytes:
+    """An ICMP echo request (header + payload) for a raw IPPROTO_ICMP socket."""
+    ident, seq = probe.ident & 0xFFFF, probe.seq & 0xFFFF
+    payload = _ECHO_PAYLOAD.pack(ECHO_MAGIC, probe.tx_ts_us)
+    csum = _inet_checksum(_ICMP.pack(ICMP_ECHO_REQUEST, 0, 0, ident, seq) + payload)
+    return _ICMP.pack(ICMP_ECHO_REQUEST, 0, csum, ident, seq) + payload
+
+
+def decode_echo_reply(packet: bytes) -> EchoProbe:
+    """Parse an IPv4 packet as read from a raw ICMP socket: one of our echo replies.
+
+    Raises :class:`WireError` (only) for anything else: a short or non-IPv4
+    packet, another ICMP type, a bad checksum or a foreign payload (a ping
+    that is not ours).
+    """
+    if len(packet) < 20 or packet[0] >> 4 != 4:
+        raise WireError("not IPv4")
+    ihl = (packet[0] & 0x0F) * 4
+    if ihl < 20 or len(packet) < ihl + _ICMP.size + _ECHO_PAYLOAD.size:
+        raise WireError("short echo reply")
+    icmp = packet[ihl:]
+    kind, code, _csum, ident, seq = _ICMP.unpack_from(icmp, 0)
+    if kind != ICMP_ECHO_REPLY or code != 0:
+        raise WireError("not an echo reply")
+    if _inet_checksum(icmp) != 0:
+        raise WireError("bad checksum")
+    magic, ts = _ECHO_PAYLOAD.unpack_from(icmp, _ICMP.size)
+    if magic != ECHO_MAGIC or len(icmp) != _ICMP.size + _ECHO_PAYLOAD.size:
+        raise WireError("foreign echo payload")
+    return EchoProbe(ident, seq, ts)

@@ -42,6 +42,8 @@ GROUP_ID_BASE = 0x6D660000
 # Metric of the standby routes. Any value above 0 works; a high one stays clear
 # of metrics an operator gives his own routes to the same /32.
 STANDBY_METRIC = 0x6D65
+# Kernel operations between two turns of the event loop during a sync.
+OPS_PER_YIELD = 32
 
 GroupKey = tuple[str, str | None]
 
@@ -95,6 +97,7 @@ class RouteProgrammer:
         self.last_sync_ok = False
         self._syncing = False
         self._preempt = False
+        self._ops = 0
 
     @property
     def enforce(self) -> bool:
@@ -121,7 +124,16 @@ class RouteProgrammer:
             self._preempt = True
 
     async def _op(self, method: str, *args: Any) -> bool:
-        """Run one Netlink method; in observe mode only pretend it worked."""
+        """Run one Netlink method; in observe mode only pretend it worked.
+
+        Netlink's operations complete without yielding (routes.netlink), so a
+        long sync gives the event loop a turn every OPS_PER_YIELD operations:
+        hellos, echo answers and a failover are never held up by more than
+        a millisecond or two of route programming.
+        """
+        self._ops += 1
+        if self._ops % OPS_PER_YIELD == 0:
+            await asyncio.sleep(0)
         if self._preempt and self._syncing:
             raise _Preempted
         if self.nl is None:
@@ -278,54 +290,74 @@ class RouteProgrammer:
         for dst in [d for d, (_, b) in self._standby.items() if b in gone]:
             del self._standby[dst]
 
-    async def failover(
-        self, dead: str, moves: Mapping[str, str], routes_flushed: bool = False
-    ) -> int:
-        """Switch every group whose primary is *dead* to its prepared backup.
-
-        *moves* is ``PathTable.failover(dead)`` (destination -> backup next hop).
-        Returns the number of kernel operations done.
-        """
-        switch: dict[GroupKey, str] = {}
+    def _switches(self, dead: str, moves: Mapping[str, str]) -> dict[GroupKey, list[str]]:
+        """The prepared groups (dead, backup) that *moves* switch, with their destinations."""
         dsts_by_key: dict[GroupKey, list[str]] = {}
         for dst, backup in moves.items():
             key: GroupKey = (dead, backup)
             if key not in self._gids or backup not in self._nh:
                 continue  # no prepared backup nexthop: reconvergence will handle it
-            switch[key] = backup
             dsts_by_key.setdefault(key, []).append(dst)
-        # All requests of a phase are in flight at once (pipelined on the one
-        # netlink socket): the event loop is crossed twice, not once per op,
-        # which matters when the loop is busy with a flood of adverts.
-        groups = [(k, b) for k, b in switch.items() if self._groups.get(k) != b]
+        return dsts_by_key
+
+    def switch_now(self, dead: str, moves: Mapping[str, str]) -> int:
+        """Point every group whose primary is *dead* at its backup, synchronously.
+
+        *moves* is ``PathTable.failover(dead)`` (destination -> backup next
+        hop). One ``group_replace_now`` per (dead, backup) pair, usually one in
+        all: done when this returns, with no await, so nothing queued on the
+        event loop runs first. Returns the number of kernel operations done.
+        """
+        ops = 0
+        for key in self._switches(dead, moves):
+            backup = str(key[1])
+            if self._groups.get(key) == backup:
+                continue
+            if self.nl is not None:
+                try:
+                    self.nl.group_replace_now(self._gid(key), [self._nh_id(backup)], self.protocol)
+                except (NetlinkError, OSError) as exc:
+                    self.errors_total += 1
+                    log.warning("netlink group_replace_now %r -> %s failed: %s", key, backup, exc)
+                    continue
+            self._groups[key] = backup
+            ops += 1
+        return ops
+
+    async def readd_flushed(self, dead: str, moves: Mapping[str, str]) -> int:
+        """After a carrier loss: put back the routes the kernel dropped with their group.
+
+        Not on the critical path: the standby routes carried the traffic from
+        the moment the kernel dropped the primaries.
+        """
+        readd: list[tuple[str, str, GroupKey]] = []
+        for key, dsts in self._switches(dead, moves).items():
+            for dst in dsts:
+                flushed = self._flushed.pop(dst, None)
+                if flushed is not None and dst not in self._routes and key in self._groups:
+                    readd.append((dst, flushed[0], key))
+        # All requests in flight at once (pipelined on the one netlink socket):
+        # the event loop is crossed twice, not once per route.
         done = await asyncio.gather(
             *(
-                self._op("group_replace", self._gid(k), [self._nh_id(b)], self.protocol)
-                for k, b in groups
+                self._op("route_replace", addr, self._gid(key), self.prefsrc, self.protocol)
+                for _, addr, key in readd
             )
         )
         ops = 0
-        for (key, backup), ok in zip(groups, done, strict=True):
+        for (dst, addr, key), ok in zip(readd, done, strict=True):
             if ok:
-                self._groups[key] = backup
+                self._routes[dst] = (addr, key)
                 ops += 1
+        return ops
+
+    async def failover(
+        self, dead: str, moves: Mapping[str, str], routes_flushed: bool = False
+    ) -> int:
+        """:meth:`switch_now`, then (carrier loss) :meth:`readd_flushed`; kernel ops done."""
+        ops = self.switch_now(dead, moves)
         if routes_flushed:
-            readd: list[tuple[str, str, GroupKey]] = []
-            for key in switch:
-                for dst in dsts_by_key[key]:
-                    flushed = self._flushed.pop(dst, None)
-                    if flushed is not None and dst not in self._routes:
-                        readd.append((dst, flushed[0], key))
-            done = await asyncio.gather(
-                *(
-                    self._op("route_replace", addr, self._gid(key), self.prefsrc, self.protocol)
-                    for _, addr, key in readd
-                )
-            )
-            for (dst, addr, key), ok in zip(readd, done, strict=True):
-                if ok:
-                    self._routes[dst] = (addr, key)
-                    ops += 1
+            ops += await self.readd_flushed(dead, moves)
         return ops
 
     # -- views ------------------------------------------------------------

@@ -1,0 +1,198 @@
+"""Echo mode of the link sensor (BFD's echo function): no sockets, time is a number.
+
+The neighbour's kernel is played by :func:`kernel_reply`, which turns an ICMP
+echo request into the IPv4 echo reply a raw socket would read.
+"""
+
+from __future__ import annotations
+
+import copy
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesh_agent.link import LinkSensor, NeighborDown
+from mesh_agent.link.sensor import ECHO_CONTROL_MIN_S
+from mesh_agent.link.wire import (
+    EchoProbe,
+    WireError,
+    _inet_checksum,
+    decode_echo_reply,
+    encode_echo_request,
+)
+
+IV = 0.05
+
+
+def kernel_reply(request: bytes, src: str = "10.78.0.1", dst: str = "10.78.0.0") -> bytes:
+    """What the neighbour's kernel sends back, as our raw ICMP socket reads it."""
+    icmp = bytearray(request)
+    icmp[0] = 0  # echo reply
+    icmp[2:4] = b"\0\0"
+    icmp[2:4] = struct.pack("!H", _inet_checksum(bytes(icmp)))
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0xC0,
+        20 + len(icmp),
+        1,
+        0,
+        64,
+        1,
+        0,
+        bytes(int(x) for x in src.split(".")),
+        bytes(int(x) for x in dst.split(".")),
+    )
+    return ip + bytes(icmp)
+
+
+def up_pair() -> tuple[LinkSensor, LinkSensor]:
+    """a and b, two-way on mesh0 at t = 0.01."""
+    a = LinkSensor("a", "10.77.0.1", IV, 3)
+    b = LinkSensor("b", "10.77.0.2", IV, 3)
+    a.add_interface("mesh0")
+    b.add_interface("mesh0")
+    b.receive("mesh0", a.build_hello("mesh0", 0.0), "10.78.0.0", 0.0)
+    a.receive("mesh0", b.build_hello("mesh0", 0.01), "10.78.0.1", 0.01)
+    b.receive("mesh0", a.build_hello("mesh0", 0.01), "10.78.0.0", 0.01)
+    assert [n.state for n in a.neighbors()] == ["up"]
+    return a, b
+
+
+def probe_and_answer(a: LinkSensor, now: float, answered: bool = True) -> None:
+    """a's tick at *now*: one probe to b, answered by b's kernel 0.1 ms later (or lost)."""
+    requests = a.echo_requests("mesh0", now)
+    assert [dest for dest, _ in requests] == ["10.78.0.1"]
+    if answered:
+        assert a.receive_echo("mesh0", kernel_reply(requests[0][1]), now + 0.0001)
+
+
+def test_request_is_a_valid_icmp_echo_and_the_reply_decodes() -> None:
+    req = encode_echo_request(EchoProbe(0x1234, 70000, 123456789))
+    assert req[0] == 8 and _inet_checksum(req) == 0
+    assert decode_echo_reply(kernel_reply(req)) == EchoProbe(0x1234, 70000 & 0xFFFF, 123456789)
+
+
+def test_foreign_ping_reply_is_not_ours() -> None:
+    # The same shape with another payload: a ping(8) from the same host.
+    req = bytearray(encode_echo_request(EchoProbe(1, 1, 1)))
+    req[8:12] = b"ping"
+    req[2:4] = b"\0\0"
+    req[2:4] = struct.pack("!H", _inet_checksum(bytes(req)))
+    try:
+        decode_echo_reply(kernel_reply(bytes(req)))
+    except WireError as exc:
+        assert "foreign" in str(exc)
+    else:
+        raise AssertionError("a foreign payload was accepted")
+
+
+def test_no_probes_before_the_neighbour_is_up() -> None:
+    a = LinkSensor("a", "10.77.0.1", IV, 3)
+    b = LinkSensor("b", "10.77.0.2", IV, 3)
+    a.add_interface("mesh0")
+    b.add_interface("mesh0")
+    a.receive("mesh0", b.build_hello("mesh0", 0.0), "10.78.0.1", 0.0)  # init, not two-way
+    assert a.echo_requests("mesh0", 0.0) == []
+
+
+def test_late_neighbour_process_is_not_dead_while_its_kernel_answers() -> None:
+    """b's agent stops sending hellos for 0.6 s (starved); its kernel still answers."""
+    a, _ = up_pair()
+    probe_and_answer(a, 0.02)
+    assert a.neighbors()[0].echo_active
+    t = 0.02
+    while t < 0.62:
+        t += IV
+        probe_and_answer(a, t)
+        assert a.tick(t) == [], f"killed at {t:.2f} s"
+    # The same silence on hello timing alone (no echo answered) kills b at 3 intervals.
+    h, _ = up_pair()
+    assert h.tick(0.01 + 3 * IV + 0.001) == [
+        NeighborDown("mesh0", "b", "10.78.0.1", "timeout", 0.01 + 3 * IV + 0.001)
+    ]
+
+
+def test_dead_after_multiplier_unanswered_probes() -> None:
+    a, _ = up_pair()
+    probe_and_answer(a, 0.02)  # answered at 0.0201
+    # The link dies after 0.02: the probes at 0.07 and 0.12 go unanswered.
+    for t in (0.07, 0.12):
+        probe_and_answer(a, t, answered=False)
+        assert a.tick(t) == []
+    # Two pending: only the control timeout (last hello at 0.01) is a deadline yet.
+    assert a.next_deadline() == pytest.approx(0.01 + ECHO_CONTROL_MIN_S)
+    # The third at 0.17: dead once the last answer is 3 intervals old, as with hellos.
+    probe_and_answer(a, 0.17, answered=False)
+    deadline = 0.0201 + 3 * IV
+    assert a.next_deadline() == pytest.approx(deadline)
+    assert a.tick(deadline - 0.001) == []
+    events = a.tick(deadline)
+    assert events == [NeighborDown("mesh0", "b", "10.78.0.1", "echo", deadline)]
+    assert a.neighbors() == []
+
+
+def test_our_own_stall_never_fakes_a_death() -> None:
+    """Only probes actually sent count: a host asleep for 0.4 s sent one, not eight."""
+    a, _ = up_pair()
+    probe_and_answer(a, 0.02)
+    # Probe at 0.07 (its answer lost), then our process sleeps until 0.47.
+    probe_and_answer(a, 0.07, answered=False)
+    assert a.tick(0.47) == []
+    # The answer to a probe sent just before the stall sits in the socket and is
+    # read before judging: the link is fine.
+    a2, _ = up_pair()
+    requests = a2.echo_requests("mesh0", 0.07)
+    a2.receive_echo("mesh0", kernel_reply(requests[0][1]), 0.0701)
+    assert a2.tick(0.47) == []
+
+
+def test_neighbour_that_never_answers_stays_on_hello_timing() -> None:
+    a, b = up_pair()
+    for t in (0.02, 0.07):  # probes sent, ICMP filtered: never answered
+        a.echo_requests("mesh0", t)
+        a.receive("mesh0", b.build_hello("mesh0", t), "10.78.0.1", t)
+    assert not a.neighbors()[0].echo_active
+    assert a.tick(0.07 + 3 * IV - 0.001) == []
+    assert [e.reason for e in a.tick(0.07 + 3 * IV + 0.001)] == ["timeout"]  # type: ignore[union-attr]
+
+
+def test_hellos_still_matter_after_the_control_timeout() -> None:
+    """Echoes answered but no hello for ECHO_CONTROL_MIN_S: the agent there is gone."""
+    a, _ = up_pair()
+    t = 0.02
+    while t < 0.01 + ECHO_CONTROL_MIN_S - IV:
+        probe_and_answer(a, t)
+        assert a.tick(t) == []
+        t += IV
+    t = 0.01 + ECHO_CONTROL_MIN_S + 0.001
+    probe_and_answer(a, t)
+    assert [e.reason for e in a.tick(t)] == ["timeout"]  # type: ignore[union-attr]
+
+
+def test_stale_duplicate_and_cross_interface_replies_change_nothing() -> None:
+    a, _ = up_pair()
+    a.add_interface("mesh1")
+    ((_, req1),) = a.echo_requests("mesh0", 0.02)
+    reply1 = kernel_reply(req1)
+    assert not a.receive_echo("mesh1", reply1, 0.021)  # wrong interface
+    assert a.receive_echo("mesh0", reply1, 0.021)
+    assert not a.receive_echo("mesh0", reply1, 0.022)  # duplicate / replay
+    nb = a.neighbors()[0]
+    assert (nb.echo_seq, nb.echo_acked) == (1, 1)
+    # A late answer for a neighbour that has since died is ignored too.
+    ((_, req2),) = a.echo_requests("mesh0", 0.07)
+    a.carrier_lost("mesh0", 0.08)
+    assert not a.receive_echo("mesh0", kernel_reply(req2), 0.09)
+
+
+@given(st.binary(max_size=120))
+@settings(max_examples=500, deadline=None)
+def test_random_packets_never_raise_or_change_state(data: bytes) -> None:
+    a, _ = up_pair()
+    a.echo_requests("mesh0", 0.02)
+    before = copy.deepcopy(a.neighbors())
+    assert a.receive_echo("mesh0", data, 0.03) is False
+    assert a.neighbors() == before
