@@ -134,7 +134,7 @@ CASES = [
         "spire_release",
         {"spire_release_archive_sha256": "not-a-checksum"},
         ["spire_release_archive_sha256"],
-        ["Refuse a download without a checksum"],
+        ["Refuse a download without a checksum, or a malformed checksum"],
     ),
 ]
 MY_ROLES = ["yggdrasil", "spire_server", "spire_agent", "spire_release"]
