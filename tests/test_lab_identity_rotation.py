@@ -1,7 +1,8 @@
 """Certificate rotation in the running lab: the agent follows it, adverts keep verifying.
 
-Slow, and needs a lab built by ``make lab`` with mesh_identity_source=lab_pki:
-run it with ``pytest tests/test_lab_identity_rotation.py --run-slow``. It makes
+Slow: ``make test-full`` runs it after test_lab_e2e, on the same 10-node lab
+(the session ``lab`` fixture in tests/conftest.py builds it once per pytest
+session; the lab inventory sets mesh_identity_source=lab_pki). It makes
 the lab_pki role re-issue one node's key and certificate (the controller copies
 are removed, then the role runs for that node alone, as a renewal would), then
 checks through the agents' /metrics that the running agent swapped its identity,
@@ -58,14 +59,14 @@ def rejected(body: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def lab() -> dict:
-    if not STATE.exists() or not (PKI / "ca" / "ca.crt").exists():
-        pytest.skip("no lab with the lab PKI: run `make lab` first")
+def lab_state(lab: dict) -> dict:
+    """The plan of the session lab; the session fixture has just built it with the lab PKI."""
+    assert (PKI / "ca" / "ca.crt").exists(), "the lab was built without the lab PKI"
     state = yaml.safe_load(STATE.read_text())
     running = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True,
                              text=True, check=True).stdout.split()
-    if not all(f"meshcore-lab-{n}" in running for n in state["nodes"]):
-        pytest.skip("the lab in build/lab/state.yml is not running: run `make lab` first")
+    missing = [n for n in state["nodes"] if f"meshcore-lab-{n}" not in running]
+    assert not missing, f"lab containers not running: {missing}"
     return state
 
 
@@ -87,10 +88,10 @@ def reissue(node: str) -> subprocess.CompletedProcess[str]:
         os.unlink(play.name)
 
 
-def test_reissued_certificate_is_picked_up_and_adverts_keep_verifying(lab: dict) -> None:
-    nodes = sorted(lab["nodes"])
+def test_reissued_certificate_is_picked_up_and_adverts_keep_verifying(lab_state: dict) -> None:
+    nodes = sorted(lab_state["nodes"])
     node, far = nodes[0], nodes[-1]
-    far_address = lab["nodes"][far]["node_address"]
+    far_address = lab_state["nodes"][far]["node_address"]
     before = {n: metrics(n) for n in nodes}
     cert_before = sh(node, "cat", "/etc/mesh-agent/pki/node.crt").stdout
     rotations = value(before[node], "meshcore_identity_rotations_total")

@@ -1,8 +1,9 @@
 """Yggdrasil in the running lab: two nodes several hops apart reach each other.
 
-Slow, and needs a lab built by ``make lab`` (it reads build/lab/state.yml and
-execs into the lab containers read-only apart from the pings): run it with
-``pytest tests/test_lab_yggdrasil.py --run-slow`` after ``make lab``.
+Slow: ``make test-full`` runs it after test_lab_e2e, on the same 10-node lab
+(the session ``lab`` fixture in tests/conftest.py builds it once per pytest
+session). It reads build/lab/state.yml and execs into the lab containers,
+read-only apart from the pings.
 """
 
 from __future__ import annotations
@@ -38,14 +39,13 @@ def sh(node: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProces
 
 
 @pytest.fixture(scope="module")
-def lab() -> dict:
-    if not STATE.exists():
-        pytest.skip("no lab: run `make lab` first")
+def lab_state(lab: dict) -> dict:
+    """The plan of the session lab; the session fixture has just built it, so it must run."""
     state = yaml.safe_load(STATE.read_text())
     running = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True,
                              text=True, check=True).stdout.split()
-    if not all(container(n) in running for n in state["nodes"]):
-        pytest.skip("the lab in build/lab/state.yml is not running: run `make lab` first")
+    missing = [n for n in state["nodes"] if container(n) not in running]
+    assert not missing, f"lab containers not running: {missing}"
     return state
 
 
@@ -69,16 +69,16 @@ def ygg_address(node: str) -> ipaddress.IPv6Address:
     raise AssertionError(f"{node}: no 200::/7 address on tun0")
 
 
-def test_every_node_runs_yggdrasil_with_its_own_address(lab: dict) -> None:
+def test_every_node_runs_yggdrasil_with_its_own_address(lab_state: dict) -> None:
     addrs = {}
-    for node in lab["nodes"]:
+    for node in lab_state["nodes"]:
         assert sh(node, "systemctl", "is-active", "yggdrasil").stdout.strip() == "active", node
         addrs[node] = ygg_address(node)
     assert len(set(addrs.values())) == len(addrs)
 
 
-def test_nodes_several_hops_apart_reach_each_other_over_yggdrasil(lab: dict) -> None:
-    a, b, hops = far_pair(lab)
+def test_nodes_several_hops_apart_reach_each_other_over_yggdrasil(lab_state: dict) -> None:
+    a, b, hops = far_pair(lab_state)
     assert hops >= 3, f"the lab topology is too small for a multi-hop test ({a}-{b}: {hops})"
     target = ygg_address(b)
     deadline = time.monotonic() + 60
