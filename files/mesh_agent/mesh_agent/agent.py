@@ -634,15 +634,20 @@ class Agent:
                     s.sendto(probe, (dest, 0))
                 except OSError as exc:  # ENETDOWN while the link is down
                     log.debug("echo on %s to %s failed: %s", ifname, dest, exc)
-        self._check_dead()
+        # Judged on what the drain above read: the answers to the probes just
+        # sent are read at the next tick (or deadline), as a late hello would be.
+        self._judge(now)
 
     def _check_dead(self) -> None:
+        """The per-neighbour deadline timer: read what is queued, then judge."""
+        self._drain()
+        self._judge(self.clock())
+
+    def _judge(self, now: float) -> None:
         """Kill silent neighbours, then arm a timer for a deadline before our next tick."""
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
-        self._drain()
-        now = self.clock()
         self._handle_events(self.sensor.tick(now))
         deadline = self.sensor.next_deadline()
         if deadline is not None and deadline < now + self.cfg.hello_interval_s:
