@@ -79,6 +79,27 @@ def test_health_ready_metrics_views(ca: CA) -> None:
     assert client.get("/openapi.json").status_code == 200
 
 
+def test_planning_report_on_the_lsdb(ca: CA) -> None:
+    """A line a - b - c: two bridges, no pair protected; a-c would protect all 3 pairs."""
+    agent = make_agent(ca)
+    wall = time.time()
+    agent.lsdb.originate({"b": 1.0}, wall)
+    for name, addr, links in (
+        ("b", "10.77.0.2", {"a": 1.0, "c": 1.0}),
+        ("c", "10.77.0.3", {"b": 1.0}),
+    ):
+        raw, _ = LinkStateDB(ca.identity(name), addr, 30.0).originate(links, wall)
+        assert agent.lsdb.receive(raw, wall).accepted
+    client = TestClient(create_app(agent))
+    body = client.get("/v1/plan").json()
+    assert body["summary"]["pairs_two_edge_connected"] == 0.0
+    assert body["summary"]["bridges"] == 2.0
+    assert [({link["u"], link["v"]}, link["pairs_protected"]) for link in body["links"]] == [
+        ({"a", "c"}, 3)
+    ]
+    assert client.get("/v1/plan?max_links=0").status_code == 422
+
+
 def test_metric_naming_conventions(ca: CA) -> None:
     agent = make_agent(ca)
     for metric in agent.metrics.registry.collect():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Response
@@ -9,6 +10,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import mesh_agent
+from mesh_agent.paths import augmentation_plan, protection_summary
 
 if TYPE_CHECKING:
     from mesh_agent.agent import Agent
@@ -129,5 +131,23 @@ def create_app(agent: Agent) -> FastAPI:
             "route": _route_view().get(dst),
             "coverage": agent.paths.coverage(),
         }
+
+    @app.get("/v1/plan")
+    async def plan(max_links: int = 10) -> dict[str, Any]:
+        """Planning report on the mesh as our LSDB sees it (paths.planning).
+
+        ``summary``: the fraction of node pairs joined by two edge-disjoint
+        paths and the bridges. ``links``: the cheapest new links that would
+        make the mesh 2-edge-connected (networkx ``k_edge_augmentation``), the
+        ones that protect the most node pairs first. Every absent node pair is a
+        candidate at cost 1 (the LSDB has no positions), so the work grows with
+        the square of the mesh size: it runs in a worker thread.
+        """
+        if not 1 <= max_links <= 1000:
+            raise HTTPException(status_code=422, detail="max_links must be in 1..1000")
+        graph = agent.lsdb.graph()
+        summary = protection_summary(graph)
+        links = await asyncio.to_thread(augmentation_plan, graph, "cost", max_links)
+        return {"node": agent.cfg.node_name, "summary": summary, "links": links}
 
     return app
