@@ -531,7 +531,7 @@ class Agent:
             self._failovers -= 1
             if not self._failovers:
                 self._failover_idle.set()
-        done = self.clock()
+        readd_s = self.clock() - switched if ev.reason == "carrier" else 0.0
         duration = switched - ev.at
         self.metrics.failovers.inc()
         self.metrics.failover_seconds.observe(duration)
@@ -543,7 +543,7 @@ class Agent:
             "duration_seconds": duration,
             "queued_seconds": t0 - ev.at,
             "kernel_seconds": switched - t0,
-            "readd_seconds": done - switched if ev.reason == "carrier" else 0.0,
+            "readd_seconds": readd_s,
         }
         log.info(
             "failover from %s (%s): %d destinations to backups, %d kernel ops, %.3f ms "
@@ -556,7 +556,7 @@ class Agent:
             (t0 - ev.at) * 1000,
             (switched - t0) * 1000,
             readd_ops,
-            (done - switched) * 1000 if ev.reason == "carrier" else 0.0,
+            readd_s * 1000,
         )
 
     def _mark_dirty(self) -> None:

@@ -112,7 +112,6 @@ class Neighbor:
     echo_last_rx: float = 0.0
     echo_sent: dict[int, float] = field(default_factory=dict)
     echo_active: bool = False
-    echo_rtt_s: float | None = None
 
     def echo_pending(self) -> int:
         """Probes sent since the last answer."""
@@ -327,7 +326,6 @@ class LinkSensor:
         nb.echo_acked = seq
         nb.echo_last_rx = now
         nb.echo_active = True
-        nb.echo_rtt_s = max(0.0, now - sent)
         self.echo_rx_total += 1
         return True
 

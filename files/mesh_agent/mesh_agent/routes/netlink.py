@@ -4,8 +4,8 @@ pyroute2 0.9.7 has no nexthop-object messages (``RTM_*NEXTHOP``, Linux 5.3+)
 and its route message stops before ``RTA_NH_ID``; its synchronous
 ``IPRoute.nlm_request`` also fails (``KeyError: 'nlm_generator'``). So this
 module declares the two message layouts from ``include/uapi/linux/nexthop.h``
-and ``rtnetlink.h`` with pyroute2's own ``nlmsg`` machinery and sends them
-through the async socket.
+and ``rtnetlink.h`` with pyroute2's own ``nlmsg`` machinery, to read the dumps
+it requests through the async socket.
 
 Changes (replace and delete of nexthops, groups and routes) do not go through
 pyroute2 or the event loop at all: this module packs the few dozen bytes of
@@ -52,9 +52,8 @@ _GROUP_ENTRY = struct.Struct("=IBBH")  # struct nexthop_grp: id, weight-1, resvd
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _NHMSG = struct.Struct("=BBBBI")  # family, scope, protocol, resvd, flags
 _NLATTR = struct.Struct("=HH")  # len, type
-_RTMSG = struct.Struct(
-    "=BBBBBBBBI"
-)  # family, dst_len, src_len, tos, table, proto, scope, type, flags
+# struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
+_RTMSG = struct.Struct("=BBBBBBBBI")
 NLMSG_ERROR = 2
 NHA_ID, NHA_GROUP, NHA_OIF, NHA_GATEWAY = 1, 2, 5, 6
 RTA_DST, RTA_PRIORITY, RTA_PREFSRC, RTA_NH_ID = 1, 6, 7, 30
@@ -184,7 +183,7 @@ class Netlink:
         self.request_now(RTM_NEWNEXTHOP, _REPLACE, nexthop_body(nh_id, oif, gateway, protocol))
 
     async def group_replace(self, nh_id: int, members: list[int], protocol: int) -> None:
-        self.request_now(RTM_NEWNEXTHOP, _REPLACE, group_body(nh_id, members, protocol))
+        self.group_replace_now(nh_id, members, protocol)
 
     def request_now(self, msg_type: int, flags: int, body: bytes) -> None:
         """Send one request and read its ACK, synchronously (module docstring).

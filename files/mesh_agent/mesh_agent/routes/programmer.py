@@ -336,17 +336,9 @@ class RouteProgrammer:
                 flushed = self._flushed.pop(dst, None)
                 if flushed is not None and dst not in self._routes and key in self._groups:
                     readd.append((dst, flushed[0], key))
-        # All requests in flight at once (pipelined on the one netlink socket):
-        # the event loop is crossed twice, not once per route.
-        done = await asyncio.gather(
-            *(
-                self._op("route_replace", addr, self._gid(key), self.prefsrc, self.protocol)
-                for _, addr, key in readd
-            )
-        )
         ops = 0
-        for (dst, addr, key), ok in zip(readd, done, strict=True):
-            if ok:
+        for dst, addr, key in readd:
+            if await self._op("route_replace", addr, self._gid(key), self.prefsrc, self.protocol):
                 self._routes[dst] = (addr, key)
                 ops += 1
         return ops
