@@ -16,6 +16,9 @@ HOST ?=
 INVENTORY ?= inventories/example
 DEVICE ?=
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# Molecule instance and network names end in this, so two checkouts on one
+# machine can run `make molecule` at the same time.
+export MESHCORE_CHECKOUT_ID ?= $(shell printf %s "$(CURDIR)" | sha256sum | cut -c1-6)
 # The content-addressed tag `make image` built for this checkout (read when each
 # recipe runs, so after the image target): lab, molecule and bundle use it.
 export MESHCORE_IMAGE = $(shell cat build/images/container-amd64.ref 2>/dev/null || echo localhost/meshcore-base:latest)
@@ -67,7 +70,7 @@ agent-bundle: image
 lab: image agent-bundle
 	@start=$$(date +%s); \
 	$(BIN)/ansible-playbook playbooks/lab.yml -e lab_nodes=$(NODES) -e lab_topology=$(TOPOLOGY) -e lab_seed=$(SEED); \
-	rc=$$?; [ $$rc -ne 0 ] || { $(BIN)/python files/lab/labctl.py status; rc=$$?; }; \
+	rc=$$?; if [ -f build/lab/state.yml ]; then $(BIN)/python files/lab/labctl.py status || { [ $$rc -ne 0 ] || rc=1; }; fi; \
 	echo "make lab: $$(( $$(date +%s) - start )) s wall, rc=$$rc"; exit $$rc
 
 lab-status: setup

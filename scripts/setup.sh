@@ -40,14 +40,44 @@ else
 fi
 
 # 2. podman: runc instead of crun and ulimits below conmon's (MACHINE-NOTES 3a) --
+# The same file pins the network backend to netavark (why: files/containers.conf).
 conf=/etc/containers/containers.conf
 want=$(cat files/containers.conf)
+backend() { podman info --format '{{.Host.NetworkBackend}}' 2>/dev/null || echo unknown; }
 if [ ! -f "$conf" ] || [ "$(cat "$conf")" != "$want" ]; then
   need_root
-  log "writing $conf (runtime runc, default ulimits)"
+  if [ "$(backend)" = cni ]; then
+    # Containers made under CNI cannot be started or torn down by netavark. Ours
+    # (the lab, labelled; molecule instances, mc-*) are rebuilt by the next run
+    # anyway, so they go; anyone else's stop the switch before anything changes.
+    foreign=$(podman ps -a --format '{{.Names}} {{.Labels}}' \
+      | awk '$0 !~ /io.meshcore.lab:1/ && $1 !~ /^mc-/ {print $1}')
+    if [ -n "$foreign" ]; then
+      echo "setup: podman here uses the CNI network backend and has containers that are" >&2
+      echo "  not mesh-core's: $(echo $foreign)." >&2
+      echo "  mesh-core pins the netavark backend (files/containers.conf explains why), and" >&2
+      echo "  containers made under CNI cannot be started by netavark. Remove or recreate" >&2
+      echo "  them (podman rm -f NAME), then run make setup again. Nothing was changed." >&2
+      exit 1
+    fi
+    ours=$(podman ps -aq)
+    if [ -n "$ours" ]; then
+      log "switching podman from CNI to netavark: removing the lab's and molecule's old containers"
+      podman rm -f -t 2 $ours >/dev/null
+    fi
+    for net in $(podman network ls --format '{{.Name}}' | grep '^meshcore-' || true); do
+      podman network rm -f "$net" >/dev/null
+    done
+  fi
+  log "writing $conf (runtime runc, default ulimits, netavark network backend)"
   mkdir -p /etc/containers
   [ -f "$conf" ] && cp -n "$conf" "$conf.meshcore-orig" || true
   printf '%s\n' "$want" > "$conf"
+fi
+if [ "$(backend)" != netavark ]; then
+  echo "setup: podman reports network backend '$(backend)', expected netavark" >&2
+  echo "  (pinned in $conf; is the netavark package installed?)" >&2
+  exit 1
 fi
 
 # 2b. inotify limits: every systemd container (rootful, all uid 0) takes inotify

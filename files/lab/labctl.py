@@ -213,18 +213,38 @@ def prometheus_api(base: str, endpoint: str, timeout: float = 5, **params: str) 
     return body["data"]
 
 
-def prometheus_targets(address: str) -> dict[str, dict[str, str]]:
-    """Map node -> job -> health from the monitor's Prometheus."""
+def prometheus_targets(address: str) -> tuple[dict[str, dict[str, str]], str | None]:
+    """Map node -> job -> health from the monitor's Prometheus, and why not if unreachable."""
     try:
         # A 50-node lab's monitor answers this in seconds when the host is busy.
         data = prometheus_api(f"http://{address}:9090", "targets", timeout=30, state="active")
-    except OSError:
-        return {}
+    except OSError as exc:
+        return {}, str(getattr(exc, "reason", None) or exc)
     out: dict[str, dict[str, str]] = {}
     for t in data["activeTargets"]:
         node = t["labels"].get("node", t["labels"].get("instance", "?"))
         out.setdefault(node, {})[t["labels"].get("job", "?")] = t["health"]
-    return out
+    return out, None
+
+
+def mgmt_diagnosis(state: dict[str, Any]) -> str:
+    """Why the host may not reach the management network: backend, route, bridge address."""
+    backend = sh("podman", "info", "--format", "{{.Host.NetworkBackend}}",
+                 check=False).stdout.strip() or "unknown"
+    address = state["monitor"]["mgmt_address"]
+    route = sh("ip", "-o", "route", "get", address, check=False)
+    via = route.stdout.split()
+    dev = via[via.index("dev") + 1] if "dev" in via else None
+    parts = [f"podman network backend: {backend}"]
+    if dev is None:
+        parts.append(f"the host has no route to {address}")
+    else:
+        addrs = sh("ip", "-o", "-4", "addr", "show", "dev", dev, check=False).stdout.split()
+        own = [addrs[i + 1] for i, w in enumerate(addrs) if w == "inet"]
+        parts.append(f"{address} routes via {dev} ({', '.join(own) or 'no IPv4 address'})")
+    if backend != "netavark":
+        parts.append("the lab needs netavark (run `make setup`; files/containers.conf pins it)")
+    return "; ".join(parts)
 
 
 NODE_UNITS = ["prometheus-node-exporter.service", "mesh-agent.service"]
@@ -241,7 +261,7 @@ def collect(state: dict[str, Any]) -> dict[str, Any]:
         pids = pids_of([*nodes, MONITOR])
         units = {name: pool.submit(unit_states, pids.get(name), NODE_UNITS) for name in nodes}
         units[MONITOR] = pool.submit(unit_states, pids.get(MONITOR), MONITOR_UNITS)
-        targets = prometheus_targets(state["monitor"]["mgmt_address"])
+        targets, prom_error = prometheus_targets(state["monitor"]["mgmt_address"])
         agents = all(u.result().get("mesh-agent.service") == "active"
                      for n, u in units.items() if n != MONITOR)
         # Multi-hop reachability over the agents' routes: node address to node address.
@@ -274,14 +294,32 @@ def collect(state: dict[str, Any]) -> dict[str, Any]:
             "services": {k.removesuffix(".service"): v for k, v in units[MONITOR].result().items()},
             "scrape": targets.get(MONITOR, {}),
         })
-    return {"topology": state["name"], "nodes": rows, "agents": agents}
+    return {"topology": state["name"], "nodes": rows, "agents": agents,
+            "prometheus": {"url": prometheus_url(state), "error": prom_error}}
+
+
+def problems(row: dict[str, Any], mesh_size: int = 0) -> list[str]:
+    """Each failed check of one status row, in words an operator can act on."""
+    out = []
+    if row["neighbours_pingable"] != row["neighbours_total"]:
+        out.append(f"{row['neighbours_total'] - row['neighbours_pingable']} of "
+                   f"{row['neighbours_total']} veth neighbours do not answer a ping")
+    if "reachable" in row and len(row["reachable"]) < mesh_size - 1:
+        out.append(f"reaches {len(row['reachable'])}/{mesh_size - 1} node addresses "
+                   "over agent routes")
+    for unit, st in sorted(row["services"].items()):
+        if st != "active":
+            out.append(f"service {unit} is {st}")
+    if not row["scrape"]:
+        out.append("not scraped (no Prometheus target for it, or Prometheus unreachable)")
+    for job, health in sorted(row["scrape"].items()):
+        if health != "up":
+            out.append(f"scrape {job} is {health}")
+    return out
 
 
 def healthy(row: dict[str, Any], mesh_size: int = 0) -> bool:
-    return (row["neighbours_pingable"] == row["neighbours_total"]
-            and len(row.get("reachable", [])) >= (mesh_size - 1 if "reachable" in row else 0)
-            and all(v == "active" for v in row["services"].values())
-            and bool(row["scrape"]) and all(v == "up" for v in row["scrape"].values()))
+    return not problems(row, mesh_size)
 
 
 def all_healthy(report: dict[str, Any]) -> bool:
@@ -332,20 +370,35 @@ def print_table(report: dict[str, Any]) -> None:
     ok_nb = sum(r["neighbours_pingable"] for r in rows)
     print(f"\nveth neighbours pingable: {ok_nb}/{total_nb}; nodes healthy: "
           f"{len(rows) - len(bad)}/{len(rows)}" + (f"; not OK: {', '.join(bad)}" if bad else ""))
+    prom = report.get("prometheus", {})
+    if prom.get("error"):
+        print(f"\nPrometheus at {prom['url']} is not reachable from this host: {prom['error']}"
+              f"\n  {prom.get('diagnosis', '')}")
+    for r in rows:
+        for p in problems(r, size):
+            print(f"  {r['node']}: {p}")
 
 
 def cmd_status(args: argparse.Namespace) -> None:
     state = load_state()
     deadline = time.monotonic() + args.wait
+    said = 0.0
     while True:
         report = collect(state)
         if all_healthy(report) or time.monotonic() >= deadline:
             break
-        size = len(report["nodes"]) - 1
-        ok = sum(healthy(r, size) for r in report["nodes"])
-        print(f"labctl: waiting for the lab: {ok}/{size + 1} nodes healthy "
-              f"({deadline - time.monotonic():.0f} s left)", file=sys.stderr, flush=True)
+        if time.monotonic() - said >= 10:  # progress, not a line per poll
+            said = time.monotonic()
+            size = len(report["nodes"]) - 1
+            ok = sum(healthy(r, size) for r in report["nodes"])
+            failing = sorted({p for r in report["nodes"] for p in problems(r, size)})
+            print(f"labctl: waiting for the lab: {ok}/{size + 1} nodes healthy "
+                  f"({deadline - time.monotonic():.0f} s left); failing: "
+                  f"{'; '.join(failing[:3])}{' ...' if len(failing) > 3 else ''}",
+                  file=sys.stderr, flush=True)
         time.sleep(2)
+    if report["prometheus"]["error"]:
+        report["prometheus"]["diagnosis"] = mgmt_diagnosis(state)
     print_table(report)
     print_matrix(report)
     out = Path(args.json) if args.json else STATE_DIR / "status.json"

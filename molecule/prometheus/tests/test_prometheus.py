@@ -17,6 +17,11 @@ testinfra_hosts = [
     ).get_hosts("monitor")
 ]
 
+# Instance names carry the checkout's id (Makefile: MESHCORE_CHECKOUT_ID), so two
+# checkouts can run this scenario at once.
+_SUFFIX = os.environ.get("MESHCORE_CHECKOUT_ID", "0")
+NODE, MONITOR = f"mc-prom-node-{_SUFFIX}", f"mc-prom-monitor-{_SUFFIX}"
+
 FETCH = (
     "python3 -c 'import sys, urllib.request;"
     " sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' {}"
@@ -64,12 +69,12 @@ def test_both_node_exporters_scraped_and_up(host):
             t for t in body["data"]["activeTargets"] if t["labels"]["job"] == "node_exporter"
         ]
         health = {t["labels"]["node"]: t["health"] for t in targets}
-        if health == {"mc-prom-monitor": "up", "mc-prom-node": "up"} or time.monotonic() > deadline:
+        if health == {MONITOR: "up", NODE: "up"} or time.monotonic() > deadline:
             break
         time.sleep(2)
-    assert health == {"mc-prom-monitor": "up", "mc-prom-node": "up"}, targets
+    assert health == {MONITOR: "up", NODE: "up"}, targets
     # The mesh node is scraped over the network on its management address, not localhost.
-    node = next(t for t in targets if t["labels"]["node"] == "mc-prom-node")
+    node = next(t for t in targets if t["labels"]["node"] == NODE)
     assert not node["scrapeUrl"].startswith("http://127.")
     assert node["scrapeUrl"].endswith(":9100/metrics")
 
