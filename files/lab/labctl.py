@@ -219,7 +219,7 @@ def prometheus_targets(address: str) -> tuple[dict[str, dict[str, str]], str | N
         # A 50-node lab's monitor answers this in seconds when the host is busy.
         data = prometheus_api(f"http://{address}:9090", "targets", timeout=30, state="active")
     except OSError as exc:
-        return {}, str(getattr(exc, "reason", None) or exc)
+        return {}, str(exc)
     out: dict[str, dict[str, str]] = {}
     for t in data["activeTargets"]:
         node = t["labels"].get("node", t["labels"].get("instance", "?"))
@@ -284,6 +284,7 @@ def collect(state: dict[str, Any]) -> dict[str, Any]:
                 "services": {k.removesuffix(".service"): v for k, v in svc.items()
                              if v != "inactive" or "mesh-agent" not in k},
                 "scrape": targets.get(name, {}),
+                "scrape_error": prom_error,
                 **({"reachable": sorted(by_addr[x] for x in reach[name].result()
                                         if x in by_addr)}
                    if reach else {}),
@@ -293,6 +294,7 @@ def collect(state: dict[str, Any]) -> dict[str, Any]:
             "neighbours_total": 0,
             "services": {k.removesuffix(".service"): v for k, v in units[MONITOR].result().items()},
             "scrape": targets.get(MONITOR, {}),
+            "scrape_error": prom_error,
         })
     return {"topology": state["name"], "nodes": rows, "agents": agents,
             "prometheus": {"url": prometheus_url(state), "error": prom_error}}
@@ -311,7 +313,8 @@ def problems(row: dict[str, Any], mesh_size: int = 0) -> list[str]:
         if st != "active":
             out.append(f"service {unit} is {st}")
     if not row["scrape"]:
-        out.append("not scraped (no Prometheus target for it, or Prometheus unreachable)")
+        out.append("not scraped: " + ("Prometheus is unreachable" if row.get("scrape_error")
+                                      else "Prometheus has no target for it"))
     for job, health in sorted(row["scrape"].items()):
         if health != "up":
             out.append(f"scrape {job} is {health}")
