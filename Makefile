@@ -59,7 +59,7 @@ seed: setup
 	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/flash.yml -e flash_hosts=$(HOST) $(if $(DEVICE),-e flash_device=$(DEVICE))
 
 image-boot-test: image-rpi
-	$(BIN)/python scripts/image-boot-test.py
+	$(BIN)/python -m meshcore_tools.image.boot_test
 
 image-repro: setup
 	@bash scripts/image-repro.sh
@@ -70,27 +70,27 @@ agent-bundle: image
 lab: image agent-bundle
 	@start=$$(date +%s); \
 	$(BIN)/ansible-playbook playbooks/lab.yml -e lab_nodes=$(NODES) -e lab_topology=$(TOPOLOGY) -e lab_seed=$(SEED); \
-	rc=$$?; if [ -f build/lab/state.yml ]; then $(BIN)/python files/lab/labctl.py status || { [ $$rc -ne 0 ] || rc=1; }; fi; \
+	rc=$$?; if [ -f build/lab/state.yml ]; then $(BIN)/labctl status || { [ $$rc -ne 0 ] || rc=1; }; fi; \
 	echo "make lab: $$(( $$(date +%s) - start )) s wall, rc=$$rc"; exit $$rc
 
 lab-status: setup
-	@$(BIN)/python files/lab/labctl.py status
+	@$(BIN)/labctl status
 
 lab-report: setup
-	@$(BIN)/python files/lab/labctl.py report
+	@$(BIN)/labctl report
 
 dashboard: setup
-	$(BIN)/python files/grafana/dashboard.py
+	$(BIN)/python -m meshcore_tools.grafana.dashboard
 
 lab-destroy: setup
-	@$(BIN)/python files/lab/labctl.py destroy
+	@$(BIN)/labctl destroy
 
 lint: setup
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint
-	$(BIN)/ruff check files tests
+	$(BIN)/ruff check files tools tests
 	cd files/mesh_agent && ../../$(BIN)/mypy mesh_agent
-	$(BIN)/mypy --ignore-missing-imports files/lab files/grafana
+	$(BIN)/mypy -p meshcore_tools -p meshcore_testkit
 
 unit: setup
 	$(BIN)/pytest -q files/mesh_agent/tests tests --ignore=tests/bench -p no:cacheprovider

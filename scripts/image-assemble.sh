@@ -42,7 +42,7 @@ E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mke2fs -q -F -t ext4 -L "$ROOT_LABEL" -U 
   -d "$rootfs" "$tmp/root.ext4" "${ROOT_SIZE_MIB}M"
 # mke2fs -d copies each file's atime and ctime (build-time clock) and the moves
 # above bump /boot/firmware's mtime: clamp them all to SOURCE_DATE_EPOCH.
-python3 "$(dirname "$0")/ext4-clamp-times.py" "$tmp/root.ext4" "$SOURCE_DATE_EPOCH" >&2
+python3 "$(dirname "$0")/../tools/meshcore_tools/image/ext4_clamp_times.py" "$tmp/root.ext4" "$SOURCE_DATE_EPOCH" >&2
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH e2fsck -fn "$tmp/root.ext4" >/dev/null
 
 echo "[assemble] boot vfat (${BOOT_SIZE_MIB} MiB, label $BOOT_LABEL)" >&2

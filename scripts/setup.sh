@@ -40,9 +40,9 @@ else
 fi
 
 # 2. podman: runc instead of crun and ulimits below conmon's (MACHINE-NOTES 3a) --
-# The same file pins the network backend to netavark (why: files/containers.conf).
+# The same file pins the network backend to netavark (why: scripts/containers.conf).
 conf=/etc/containers/containers.conf
-want=$(cat files/containers.conf)
+want=$(cat scripts/containers.conf)
 backend() { podman info --format '{{.Host.NetworkBackend}}' 2>/dev/null || echo unknown; }
 if [ ! -f "$conf" ] || [ "$(cat "$conf")" != "$want" ]; then
   need_root
@@ -55,7 +55,7 @@ if [ ! -f "$conf" ] || [ "$(cat "$conf")" != "$want" ]; then
     if [ -n "$foreign" ]; then
       echo "setup: podman here uses the CNI network backend and has containers that are" >&2
       echo "  not mesh-core's: $(echo $foreign)." >&2
-      echo "  mesh-core pins the netavark backend (files/containers.conf explains why), and" >&2
+      echo "  mesh-core pins the netavark backend (scripts/containers.conf explains why), and" >&2
       echo "  containers made under CNI cannot be started by netavark. Remove or recreate" >&2
       echo "  them (podman rm -f NAME), then run make setup again. Nothing was changed." >&2
       exit 1
@@ -103,13 +103,14 @@ if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
   update-binfmts --enable qemu-aarch64
 fi
 
-# 3. venv with pinned dependencies, plus the agent (editable) -------------------
-h=$(hash_of requirements/dev.txt files/mesh_agent/pyproject.toml)
+# 3. venv with pinned dependencies, plus the agent and the repo's own tools and
+# test kit (pyproject.toml), both editable: imports resolve to this checkout.
+h=$(hash_of requirements/dev.txt files/mesh_agent/pyproject.toml pyproject.toml)
 if ! stamped venv "$h" || [ ! -x .venv/bin/python ]; then
   log "creating .venv from requirements/dev.txt"
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r requirements/dev.txt
-  .venv/bin/pip install -q --disable-pip-version-check --no-deps -e files/mesh_agent
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -e files/mesh_agent -e .
   # The agent runs with -OO -X no_debug_ranges (as its systemd unit does); pip
   # only wrote plain bytecode.
   .venv/bin/python -OO -X no_debug_ranges -m compileall -q -f -j 0 .venv/lib >/dev/null

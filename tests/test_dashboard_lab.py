@@ -19,7 +19,6 @@ import os
 import time
 from typing import Any
 
-import labctl
 import pytest
 from dashboard_spec import (
     NAN_WHEN_NO_EVENTS,
@@ -29,6 +28,8 @@ from dashboard_spec import (
     panels,
     waiting_for,
 )
+from meshcore_tools.lab import prometheus as prom
+from meshcore_tools.lab.state import load_state
 
 pytestmark = pytest.mark.slow
 # Recording rules over 5 min windows need a few evaluations after the lab comes up.
@@ -41,9 +42,9 @@ def prometheus(request: pytest.FixtureRequest) -> str:
     url = os.environ.get("MESHCORE_PROMETHEUS_URL")
     if not url:
         request.getfixturevalue("lab")
-        url = labctl.prometheus_url(labctl.load_state())
+        url = prom.url_of(load_state())
     try:
-        labctl.prometheus_api(url, "status/buildinfo")
+        prom.api(url, "status/buildinfo")
     except OSError as exc:
         pytest.fail(f"Prometheus at {url} does not answer: {exc}")
     return url
@@ -52,7 +53,7 @@ def prometheus(request: pytest.FixtureRequest) -> str:
 def query(url: str, expr: str) -> list[dict[str, Any]]:
     if os.environ.get("MESHCORE_EXPAND_RULES") == "1":
         expr = expand_rules(expr)
-    return list(labctl.prometheus_api(url, "query", timeout=60, query=expr)["result"])
+    return list(prom.api(url, "query", timeout=60, query=expr)["result"])
 
 
 def values(result: list[dict[str, Any]]) -> list[float]:
@@ -76,7 +77,7 @@ def check_panel(prometheus: str, panel: dict[str, Any]) -> None:
         arrived = {e: values(query(prometheus, e)) for e in exprs}
         assert not any(arrived.values()), (
             f"{title}: its metric now has data {arrived}; remove its waiting marker "
-            "(files/grafana/dashboard.py, tests/dashboard_spec.py, README)")
+            "(meshcore_tools/grafana/dashboard.py, tests/dashboard_spec.py, README)")
         pytest.xfail(f"waiting for issue {waiting_for(panel)}: no data yet, as expected")
     deadline = time.monotonic() + DEADLINE_S
     while True:

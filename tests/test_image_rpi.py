@@ -7,7 +7,7 @@ boot partition of a disk image (a small one made here with sfdisk/mkfs.vfat).
 Slow tests (`--run-slow`, `make test-full`, which builds the image first): the
 built image's outputs and manifest, the absence of any PEM private key in it
 (its root filesystem read back with debugfs, its boot partition with mtools),
-and the QEMU boot test (scripts/image-boot-test.py).
+and the QEMU boot test (meshcore_tools.image.boot_test).
 """
 
 from __future__ import annotations
@@ -186,7 +186,6 @@ def test_flash_writes_a_complete_seed(tmp_path):
 
     # The agent config is the role's template, with this host's inventory values,
     # and the agent's own parser accepts it.
-    sys.path.insert(0, str(ROOT / "files/mesh_agent"))
     from mesh_agent.config import parse_config
 
     cfg = parse_config(yaml.safe_load(files["/etc/mesh-agent/agent.yml"]["content"]))
@@ -226,7 +225,7 @@ def test_root_filesystem_is_byte_identical_across_rebuilds(tmp_path):
     The same tree is made into an ext4 twice, with its files read and re-chmodded
     in between (new atime and ctime, a newer mtime on one file), the way two
     builds of the same inputs leave it. The assembly's mke2fs options plus
-    scripts/ext4-clamp-times.py must give byte-identical images that fsck clean.
+    meshcore_tools/image/ext4_clamp_times.py must give byte-identical images that fsck clean.
     """
     if not (shutil.which("mke2fs") and shutil.which("debugfs")):
         pytest.skip("e2fsprogs (mke2fs, debugfs) not installed")
@@ -253,7 +252,8 @@ def test_root_filesystem_is_byte_identical_across_rebuilds(tmp_path):
             check=True, env=env, capture_output=True,
         )  # fmt: skip
         out = subprocess.run(
-            [sys.executable, str(ROOT / "scripts/ext4-clamp-times.py"), str(img), epoch],
+            [sys.executable, str(ROOT / "tools/meshcore_tools/image/ext4_clamp_times.py"), str(img),
+             epoch],
             check=True, capture_output=True, text=True,
         )  # fmt: skip
         report = json.loads(out.stdout)
@@ -359,7 +359,7 @@ def test_boots_under_qemu_with_a_seed():
     _tools("qemu-system-aarch64", "mcopy")
     img = _built()
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/image-boot-test.py"), "--image", str(img)],
+        [sys.executable, "-m", "meshcore_tools.image.boot_test", "--image", str(img)],
         capture_output=True,
         text=True,
         timeout=1500,

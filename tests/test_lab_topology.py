@@ -8,8 +8,8 @@ from pathlib import Path
 
 import networkx as nx
 import pytest
-import topology as topo
 import yaml
+from meshcore_tools.lab import topology as topo
 
 
 @pytest.mark.parametrize("n", [1, 2, 10, 17, 50])

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -19,16 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import labctl
 import pytest
 from dashboard_spec import base_title, panels
-from monitoring_netns import NODE_EXPORTER, PROMETHEUS, ROOT, MonitoredMesh, wait_until
+from meshcore_testkit.marks import requires_root
+from meshcore_testkit.monitoring import NODE_EXPORTER, PROMETHEUS, MonitoredMesh, wait_until
+from meshcore_tools.lab import prometheus
 from test_dashboard_lab import check_panel
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
-                       reason="needs root and iproute2 for network namespaces"),
+    requires_root,
     pytest.mark.skipif(not (Path(PROMETHEUS).exists() and Path(NODE_EXPORTER).exists()),
                        reason="needs Debian's prometheus and prometheus-node-exporter"),
 ]
@@ -37,8 +35,7 @@ CUTS = 2
 
 
 def value(url: str, expr: str) -> float | None:
-    result = labctl.prometheus_api(url, "query", query=expr)["result"]
-    return float(result[0]["value"][1]) if result else None
+    return prometheus.instant(url, expr, timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +78,7 @@ def test_failovers_counted_with_finite_quantiles(mesh: MonitoredMesh) -> None:
 
 def test_certificate_alert_goes_pending(mesh: MonitoredMesh) -> None:
     """The test CA issues one-day certificates: every node is within the 7-day window."""
-    result = labctl.prometheus_api(
+    result = prometheus.api(
         mesh.url, "query", query='ALERTS{alertname="MeshCertificateNearExpiry"}')["result"]
     assert sorted(r["metric"]["node"] for r in result) == [f"n{i}" for i in range(mesh.n)]
     assert {r["metric"]["alertstate"] for r in result} == {"pending"}
@@ -90,7 +87,7 @@ def test_certificate_alert_goes_pending(mesh: MonitoredMesh) -> None:
 def test_lab_report_writes_snapshot_plot_and_json(mesh: MonitoredMesh, tmp_path: Path) -> None:
     png, out = tmp_path / "report.png", tmp_path / "report.json"
     res = subprocess.run(
-        [sys.executable, str(ROOT / "files" / "lab" / "labctl.py"), "report", "--prometheus",
+        [sys.executable, "-m", "meshcore_tools.lab", "report", "--prometheus",
          mesh.url, "--minutes", "5", "--png", str(png), "--json", str(out)],
         capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -1,6 +1,6 @@
 """Yggdrasil across several hops: real daemons in network namespaces.
 
-A 4-node chain (node01 - node02 - node03 - node04) wired by files/lab/netlab.py,
+A 4-node chain (node01 - node02 - node03 - node04) wired by meshcore_tools.netns,
 the lab's own mechanism, with the lab's interface names (mesh0, mesh1). Each
 node runs Debian's yggdrasil with the multicast settings the yggdrasil role
 renders, a fresh key pair of its own and a TUN; node01 must reach node04's
@@ -13,31 +13,25 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import netlab
 import pytest
-import topology
+from meshcore_testkit.marks import requires_root
+from meshcore_tools import netns
+from meshcore_tools.lab import topology
 
 YGGDRASIL = "/usr/sbin/yggdrasil"
-PREFIX = "sygt"  # this test's namespaces: sygt-node01 ...
 NODES = ["node01", "node02", "node03", "node04"]
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces"),
+    requires_root,
     pytest.mark.skipif(not Path(YGGDRASIL).exists(),
                        reason="needs Debian's yggdrasil (requirements/apt.txt; make setup)"),
     pytest.mark.skipif(not Path("/dev/net/tun").exists(), reason="needs /dev/net/tun"),
 ]
-
-
-def ns(node: str) -> str:
-    return f"{PREFIX}-{node}"
 
 
 def role_config(tmp: Path, node: str) -> Path:
@@ -56,9 +50,8 @@ def role_config(tmp: Path, node: str) -> Path:
     return path
 
 
-def ygg_address(node: str) -> ipaddress.IPv6Address | None:
-    out = netlab.run("ip", "-n", ns(node), "-j", "-6", "addr", "show", "scope", "global",
-                     check=False).stdout
+def ygg_address(ns: str) -> ipaddress.IPv6Address | None:
+    out = netns.ip(ns, "-j", "-6", "addr", "show", "scope", "global", check=False)
     for link in json.loads(out or "[]"):
         for a in link.get("addr_info", []):
             addr = ipaddress.ip_address(a["local"])
@@ -68,62 +61,45 @@ def ygg_address(node: str) -> ipaddress.IPv6Address | None:
 
 
 @pytest.fixture
-def chain(tmp_path: Path) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+def chain(tmp_path: Path) -> Iterator[netns.NetnsLab]:
     topo = topology.Topology("ygg-chain", [{"name": n} for n in NODES],
                              [{"a": a, "b": b} for a, b in itertools.pairwise(NODES)])
-    state = topology.normalise(topo)
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    try:
+    # Link-local addresses usable at once: beacons start without waiting for DAD.
+    lab = netns.NetnsLab(topology.normalise(topo), "sygt",
+                         sysctls={"net.ipv6.conf.default.accept_dad": "0"})
+    with lab:
         for node in NODES:
-            netlab.run("ip", "netns", "delete", ns(node), check=False)
-            netlab.run("ip", "netns", "add", ns(node))
-            # Link-local addresses usable at once: beacons start without waiting for DAD.
-            netlab.run("ip", "netns", "exec", ns(node), "sysctl", "-qw",
-                       "net.ipv6.conf.default.accept_dad=0")
-        netlab.wire(state, ns)
-        for node in NODES:
-            conf = role_config(tmp_path, node)
-            procs[node] = subprocess.Popen(
-                ["ip", "netns", "exec", ns(node), YGGDRASIL, "-useconffile", str(conf)],
-                stdout=(tmp_path / f"{node}.log").open("wb"), stderr=subprocess.STDOUT)
-        yield procs
-    finally:
-        for p in procs.values():
-            p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for node in NODES:
-            netlab.run("ip", "netns", "delete", ns(node), check=False)
+            lab.spawn(node, [YGGDRASIL, "-useconffile", str(role_config(tmp_path, node))],
+                      tmp_path / f"{node}.log")
+        yield lab
 
 
 def test_node_reaches_a_node_three_hops_away_over_yggdrasil(
-    chain: dict[str, subprocess.Popen[bytes]], tmp_path: Path
+    chain: netns.NetnsLab, tmp_path: Path
 ) -> None:
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not all(ygg_address(n) for n in NODES):
+    while time.monotonic() < deadline and not all(ygg_address(chain.ns(n)) for n in NODES):
         time.sleep(0.2)
-    addrs = {n: ygg_address(n) for n in NODES}
+    addrs = {n: ygg_address(chain.ns(n)) for n in NODES}
     assert all(addrs.values()), addrs
     assert len(set(addrs.values())) == len(NODES)  # one key pair, one address per node
     # node01 and node04 share no link: only multi-hop Yggdrasil routing joins them.
-    assert "mesh1" not in netlab.links_in(ns("node01"))
+    assert "mesh1" not in netns.links_in(chain.ns("node01"))
     t0 = time.monotonic()
     ok = None
     while time.monotonic() - t0 < 30:
-        ok = subprocess.run(["ip", "netns", "exec", ns("node01"), "ping", "-6", "-c", "1",
-                             "-W", "1", str(addrs["node04"])], capture_output=True, text=True)
+        ok = subprocess.run(netns.exec_argv(chain.ns("node01"), "ping", "-6", "-c", "1",
+                                            "-W", "1", str(addrs["node04"])),
+                            capture_output=True, text=True)
         if ok.returncode == 0:
             break
     assert ok is not None and ok.returncode == 0, (
         ok.stdout if ok else "", {n: (tmp_path / f"{n}.log").read_text()[-800:] for n in NODES})
     # Each node peers only with its chain neighbours, over the mesh links.
     peers = json.loads(subprocess.run(
-        ["ip", "netns", "exec", ns("node02"), shutil.which("yggdrasilctl") or "yggdrasilctl",
-         "-json", "-endpoint", f"unix://{tmp_path}/node02.sock", "getPeers"],
+        netns.exec_argv(chain.ns("node02"), shutil.which("yggdrasilctl") or "yggdrasilctl",
+                        "-json", "-endpoint", f"unix://{tmp_path}/node02.sock", "getPeers"),
         check=True, capture_output=True, text=True).stdout)["peers"]
     assert len(peers) == 2, peers
-    for node in NODES:
-        assert chain[node].poll() is None, f"{node} exited"
+    for node, proc in zip(NODES, chain.procs, strict=True):
+        assert proc.poll() is None, f"{node} exited"

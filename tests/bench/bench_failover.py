@@ -3,8 +3,8 @@
 
 For each topology (an 8-node ladder and a 50-node random geometric graph by
 default) the bench builds a lab of plain network namespaces with the lab's own
-topology generator and wiring (files/lab), then, one routing implementation at a
-time on the same topology in the same run:
+topology generator and wiring (meshcore_tools.lab.topology, meshcore_tools.netns),
+then, one routing implementation at a time on the same topology in the same run:
 
   mesh_agent      the bundled agent in enforce mode (50 ms x 3 hellos)
   babeld-h1.0     babeld, hello 1 s / update 4 s (our earlier lab's "default" run)
@@ -23,14 +23,14 @@ timestamps) minus the ping interval. The ping runs at real-time priority
 priority 50 routing daemons on 2 cores could starve it, so that a reply gap
 of 50-80 ms showed with no ping lost at all (the path never broke). Each
 figure also carries the pings lost (median and max over the cuts). One JSON
-line per figure on stdout; progress on stderr. Needs root. Only namespaces
-named mcb-* are created and all are deleted at the end.
+line per figure on stdout; progress on stderr. Needs root. The namespaces are
+named mcb<pid>-<node> (meshcore_tools.netns.NetnsLab) and all are deleted at
+the end.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import itertools
 import json
 import os
@@ -45,12 +45,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "files" / "lab"))
-import netlab  # noqa: E402
-import topology as topo  # noqa: E402
+from meshcore_testkit.agents import agent_argv, agent_config, write_config
+from meshcore_testkit.pki import CA
+from meshcore_tools import netns
+from meshcore_tools.lab import topology as topo
 
-NS = "mcb-"
 PING_INTERVAL = 0.01
 BABELD = {
     "babeld-h1.0": "hello-interval 1 update-interval 4",
@@ -66,56 +65,28 @@ def emit(**fields: Any) -> None:
     print(json.dumps({"bench": "failover", **fields}), flush=True)
 
 
-def ns(node: str) -> str:
-    return NS + node
-
-
-class Lab:
-    """Plain namespaces wired like the container lab."""
+class Lab(netns.NetnsLab):
+    """Plain namespaces wired like the container lab, routing daemons inside."""
 
     def __init__(self, state: dict[str, Any], workdir: Path) -> None:
-        self.state = state
+        super().__init__(state, "mcb", sysctls={
+            "net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0",
+            "net.ipv4.conf.default.rp_filter": "0"})
         self.workdir = workdir
-        self.procs: list[subprocess.Popen[bytes]] = []
         self.by_link_addr = {
             end["address"].split("/")[0]: name
             for name, n in state["nodes"].items()
             for end in n["links"]
         }
 
-    def up(self) -> None:
-        for name in self.state["nodes"]:
-            netlab.run("ip", "netns", "add", ns(name))
-            for key, value in (("net.ipv4.ip_forward", "1"), ("net.ipv4.conf.all.rp_filter", "0"),
-                               ("net.ipv4.conf.default.rp_filter", "0")):
-                netlab.run("ip", "netns", "exec", ns(name), "sysctl", "-qw", f"{key}={value}")
-        netlab.wire(self.state, ns)
-
-    def down(self) -> None:
-        self.stop()
-        for name in self.state["nodes"]:
-            netlab.run("ip", "netns", "delete", ns(name), check=False)
-
-    def spawn(self, node: str, argv: list[str], logname: str) -> None:
-        out = open(self.workdir / logname, "wb")  # noqa: SIM115 - owned by the process
-        self.procs.append(subprocess.Popen(["ip", "netns", "exec", ns(node), *argv],
-                                           stdout=out, stderr=subprocess.STDOUT))
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        self.procs.clear()
+    def stop(self, timeout: float = 5.0) -> list[int | None]:
+        codes = super().stop(timeout)
         for name in self.state["nodes"]:  # whatever a daemon left behind
-            netlab.run("ip", "-n", ns(name), "route", "flush", "proto", "babel", check=False)
-            netlab.run("ip", "-n", ns(name), "route", "flush", "proto", "77", check=False)
-            netlab.run("ip", "-n", ns(name), "nexthop", "flush", check=False)
+            ns = self.ns(name)
+            netns.ip(ns, "route", "flush", "proto", "babel", check=False)
+            netns.ip(ns, "route", "flush", "proto", "77", check=False)
+            netns.ip(ns, "nexthop", "flush", check=False)
+        return codes
 
     def ifnames(self, node: str) -> list[str]:
         return [e["ifname"] for e in self.state["nodes"][node]["links"]]
@@ -133,42 +104,29 @@ class Lab:
             run.mkdir(exist_ok=True)
             self.spawn(node, ["babeld", "-c", str(conf), "-I", str(run / "babeld.pid"),
                               "-S", str(run / "babeld.state"), *self.ifnames(node)],
-                       f"{node}.babeld.log")
+                       self.workdir / f"{node}.babeld.log")
 
-    def start_agent(self, pki: dict[str, tuple[Path, Path]], ca: Path) -> None:
-        import yaml
-
+    def start_agent(self, ca: CA) -> None:
+        """The agent in enforce mode, 50 ms x 3 hellos, started as its unit starts it."""
         for node, n in self.state["nodes"].items():
-            cert, key = pki[node]
-            cfg = {
-                "node_name": node, "node_address": n["node_address"],
-                "trust_domain": "mesh.lab", "interface_prefix": "mesh",
-                "hello_interval_ms": 50, "dead_multiplier": 3, "mode": "enforce",
-                "api_listen": "127.0.0.1:9105",
-                "state_dir": str(self.workdir / node),
-                "identity": {"cert": str(cert), "key": str(key), "ca": str(ca)},
-            }
-            (self.workdir / node).mkdir(exist_ok=True)
-            path = self.workdir / f"{node}.agent.yml"
-            path.write_text(yaml.safe_dump(cfg))
-            # As in the systemd unit: PYTHONOPTIMIZE=2, PYTHONNODEBUGRANGES=1.
-            self.spawn(node, [sys.executable, "-OO", "-X", "no_debug_ranges", "-m", "mesh_agent",
-                              "run", "--config", str(path)],
-                       f"{node}.agent.log")
+            d = self.workdir / node
+            cfg = agent_config(node, n["node_address"], ca.write(d / "pki", node), d)
+            self.spawn(node, agent_argv(write_config(self.workdir / f"{node}.agent.yml", cfg)),
+                       self.workdir / f"{node}.agent.log")
 
     # --- measurement -----------------------------------------------------------------
     def reachable(self, src: str, dst_addr: str) -> bool:
-        return netlab.run("ip", "netns", "exec", ns(src), "ping", "-n", "-q", "-c", "1",
-                          "-W", "0.3", "-I", self.state["nodes"][src]["node_address"],
-                          dst_addr, check=False).returncode == 0
+        return netns.run(*netns.exec_argv(self.ns(src), "ping", "-n", "-q", "-c", "1",
+                                           "-W", "0.3", "-I",
+                                           self.state["nodes"][src]["node_address"], dst_addr),
+                         check=False).returncode == 0
 
     def path(self, src: str, dst: str) -> list[str]:
         """The flow's current path, read hop by hop from the kernel's routes."""
         dst_addr = self.state["nodes"][dst]["node_address"]
         hops = [src]
         while hops[-1] != dst and len(hops) <= len(self.state["nodes"]):
-            out = netlab.run("ip", "-n", ns(hops[-1]), "-j", "route", "get", dst_addr,
-                             check=False).stdout
+            out = netns.ip(self.ns(hops[-1]), "-j", "route", "get", dst_addr, check=False)
             routes = json.loads(out or "[]")
             gw = routes[0].get("gateway") if routes else None
             if gw is None or gw not in self.by_link_addr:
@@ -219,9 +177,10 @@ def trial(lab: Lab, src: str, dst: str, mode: str, hold: float) -> dict[str, Any
     dst_addr = lab.state["nodes"][dst]["node_address"]
     count = int((2.0 + hold) / 0.016) + 50
     ping = subprocess.Popen(
-        ["ip", "netns", "exec", ns(src), "chrt", "-f", "20",
-         "ping", "-D", "-O", "-n", "-i", str(PING_INTERVAL),
-         "-c", str(count), "-W", "1", "-I", lab.state["nodes"][src]["node_address"], dst_addr],
+        netns.exec_argv(lab.ns(src), "chrt", "-f", "20",
+                        "ping", "-D", "-O", "-n", "-i", str(PING_INTERVAL),
+                        "-c", str(count), "-W", "1", "-I", lab.state["nodes"][src]["node_address"],
+                        dst_addr),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(2.0)
     # The path as it is now, right before the cut: the middle link of it.
@@ -236,10 +195,10 @@ def trial(lab: Lab, src: str, dst: str, mode: str, hold: float) -> dict[str, Any
     ia, ib = lab.link_ifnames(a, b)
     cut_at = time.time()
     if mode == "silent":
-        netlab.silent_cut(ns(a), ia, True)
-        netlab.silent_cut(ns(b), ib, True)
+        netns.silent_cut(lab.ns(a), ia, True)
+        netns.silent_cut(lab.ns(b), ib, True)
     else:
-        netlab.run("ip", "-n", ns(a), "link", "set", ia, "down")
+        netns.ip(lab.ns(a), "link", "set", ia, "down")
     time.sleep(hold)
     ping.send_signal(signal.SIGINT)
     out, _ = ping.communicate(timeout=10)
@@ -247,54 +206,12 @@ def trial(lab: Lab, src: str, dst: str, mode: str, hold: float) -> dict[str, Any
     after = lab.path(src, dst)
     # restore
     if mode == "silent":
-        netlab.silent_cut(ns(a), ia, False)
-        netlab.silent_cut(ns(b), ib, False)
+        netns.silent_cut(lab.ns(a), ia, False)
+        netns.silent_cut(lab.ns(b), ib, False)
     else:
-        netlab.run("ip", "-n", ns(a), "link", "set", ia, "up")
+        netns.ip(lab.ns(a), "link", "set", ia, "up")
     return {"outage_s": seconds, "lost": lost, "path_before": path, "cut": [a, b],
             "path_after": after}
-
-
-def make_pki(workdir: Path, nodes: list[str]) -> tuple[Path, dict[str, tuple[Path, Path]]]:
-    """A throwaway lab CA and node certificates (URI SAN spiffe://mesh.lab/node/<name>)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    def pem_key(k: ec.EllipticCurvePrivateKey) -> bytes:
-        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                               serialization.NoEncryption())
-
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(minutes=5))
-          .not_valid_after(now + dt.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    ca_path = workdir / "ca.crt"
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    out = {}
-    for node in nodes:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)]))
-                .issuer_name(ca_name).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(minutes=5))
-                .not_valid_after(now + dt.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName(
-                    [x509.UniformResourceIdentifier(f"spiffe://mesh.lab/node/{node}")]),
-                    critical=False)
-                .sign(ca_key, hashes.SHA256()))
-        kp, cp = workdir / f"{node}.key", workdir / f"{node}.crt"
-        kp.write_bytes(pem_key(key))
-        cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        out[node] = (cp, kp)
-    return ca_path, out
 
 
 def proc_stats(pids: list[int], seconds: float) -> dict[str, float]:
@@ -340,19 +257,15 @@ def run_topology(spec: str, impls: list[str], modes: list[str], trials: int) -> 
     state = topo.normalise(topo.build(kind, int(n), seed=1))
     name = state["name"]
     src, dst = far_pair(state)
-    busy = [n for n in netlab.run("ip", "netns", "list").stdout.split() if n.startswith(NS)]
-    if busy:  # never tear down a concurrent run's namespaces
-        raise SystemExit(f"bench_failover: namespaces {NS}* exist ({busy[0]}, ...): another run?")
     workdir = Path(tempfile.mkdtemp(prefix="bench-failover-"))
     lab = Lab(state, workdir)
     log(f"{name}: {len(state['nodes'])} nodes, {len(state['links'])} links, flow {src} -> {dst}")
     try:
         lab.up()
-        pki = make_pki(workdir, list(state["nodes"])) if "mesh_agent" in impls else None
+        ca = CA.create("bench CA")
         for impl in impls:
             if impl == "mesh_agent":
-                assert pki is not None
-                lab.start_agent(pki[1], pki[0])
+                lab.start_agent(ca)
                 hold, stable = 2.0, 1.0
             else:
                 lab.start_babeld(BABELD[impl])

@@ -12,19 +12,14 @@ API per destination, networkx max-flow ``edge_disjoint_paths`` (cost-blind), and
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
 import statistics
-import sys
 import time
 from collections.abc import Callable, Hashable
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "files" / "mesh_agent"))
-
-import itertools
 
 import networkx as nx
 from mesh_agent.paths import (
@@ -33,7 +28,7 @@ from mesh_agent.paths import (
     path_cost,
     protection_summary,
 )
-from mesh_agent.paths.oracle import brute_force_disjoint
+from meshcore_testkit.oracle import brute_force_disjoint
 
 K = 3
 SAMPLE = 30  # destinations timed for the slow baselines on big graphs

@@ -1,27 +1,68 @@
-"""A small lab of real agents in network namespaces, for the integration tests."""
+"""Real mesh agents in network namespaces, for the integration tests and the benchmarks.
+
+The namespaces and links come from :class:`meshcore_tools.netns.NetnsLab` with
+the lab's own address plan (:func:`meshcore_tools.lab.topology.normalise`):
+node ``n<i>`` has 10.77.0.<i+1>/32 on ``lo``, links are /31s from
+10.78.0.0/16 on ``mesh0``, ``mesh1``... in edge order. Each agent runs as its
+systemd unit runs it (``python -OO -X no_debug_ranges -m mesh_agent run``).
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from netns_util import add_ns, del_ns, ip, sh
-from pki import CA
+from meshcore_tools import netns
+from meshcore_tools.lab import topology
+
+from meshcore_testkit.pki import CA
 
 PROTO = 77
+API_PORT = 9105
+
+
+def agent_config(
+    name: str, address: str, pki: dict[str, str], state_dir: Path, **overrides: Any
+) -> dict[str, Any]:
+    """An agent.yml for a test or benchmark node (enforce mode, API on loopback)."""
+    cfg: dict[str, Any] = {
+        "node_name": name,
+        "node_address": address,
+        "mode": "enforce",
+        "hello_interval_ms": 50,
+        "dead_multiplier": 3,
+        "api_listen": f"127.0.0.1:{API_PORT}",
+        "identity": pki,
+        "state_dir": str(state_dir),
+        "route_protocol": PROTO,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def write_config(path: Path, cfg: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg))  # JSON is YAML
+    return path
+
+
+def agent_argv(config: Path) -> list[str]:
+    """How the unit starts the agent: PYTHONOPTIMIZE=2, PYTHONNODEBUGRANGES=1."""
+    return [sys.executable, "-OO", "-X", "no_debug_ranges", "-m", "mesh_agent", "run",
+            "--config", str(config)]
 
 
 @dataclass
 class Node:
     index: int
+    name: str
     ns: str
     address: str
     log: Path
@@ -29,8 +70,12 @@ class Node:
 
 
 @dataclass
-class Mesh:
-    """Nodes n0..n{N-1}; edge i gets 10.98.i.0/31 (a side) and .1 (b side)."""
+class AgentMesh:
+    """Agents ``n0``..``n{n-1}`` on the links ``edges`` (pairs of node indices).
+
+    ``with AgentMesh(...) as mesh:`` builds it (namespaces, links, one agent
+    each, a CA of its own unless one is given) and removes all of it afterwards.
+    """
 
     n: int
     edges: list[tuple[int, int]]
@@ -39,114 +84,64 @@ class Mesh:
     hello_interval_ms: int = 50
     dead_multiplier: int = 3
     echo: bool = True  # kernel echo probes (link.echo)
+    api_listen: str = f"127.0.0.1:{API_PORT}"
+    ca: CA | None = None
     nodes: list[Node] = field(default_factory=list)
     ifname: dict[tuple[int, int], str] = field(default_factory=dict)  # (node, peer) -> ifname
 
     def __post_init__(self) -> None:
-        tag = f"{self.prefix}{os.getpid() % 100000}"
-        self.tag = tag
-        self.nodes = [
-            Node(i, f"{tag}n{i}", f"10.77.0.{i + 1}", self.base / f"n{i}" / "agent.log")
-            for i in range(self.n)
-        ]
+        names = [f"n{i}" for i in range(self.n)]
+        topo = topology.Topology(
+            f"agents-{self.n}",
+            [{"name": name} for name in names],
+            [{"a": names[a], "b": names[b]} for a, b in self.edges],
+        )
+        self.state = topology.normalise(topo, connected=False)
+        self.lab = netns.NetnsLab(self.state, self.prefix)
+        for i, name in enumerate(names):
+            node = self.state["nodes"][name]
+            self.nodes.append(Node(i, name, self.lab.ns(name), node["node_address"],
+                                   self.base / name / "agent.log"))
+            for end in node["links"]:
+                self.ifname[(i, names.index(end["peer"]))] = end["ifname"]
 
     @property
     def namespaces(self) -> list[str]:
         return [n.ns for n in self.nodes]
 
-    def build(self, ca: CA) -> None:
-        del_ns(*self.namespaces)
+    def build(self, ca: CA | None = None) -> None:
+        ca = ca or self.ca or CA.create()
+        self.lab.up()
         for node in self.nodes:
-            add_ns(node.ns, node.address)
-        count = [0] * self.n
-        for link, (a, b) in enumerate(self.edges):
-            ia, ib = f"mesh{count[a]}", f"mesh{count[b]}"
-            count[a] += 1
-            count[b] += 1
-            self.ifname[(a, b)], self.ifname[(b, a)] = ia, ib
-            ta, tb = f"t{self.tag}a{link}"[-15:], f"t{self.tag}b{link}"[-15:]
-            ns_a, ns_b = self.nodes[a].ns, self.nodes[b].ns
-            sh(
-                "ip",
-                "link",
-                "add",
-                ta,
-                "netns",
-                ns_a,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                tb,
-                "netns",
-                ns_b,
-            )
-            ip(ns_a, "link", "set", ta, "name", ia)
-            ip(ns_b, "link", "set", tb, "name", ib)
-            ip(ns_a, "addr", "add", f"10.98.{link}.0/31", "dev", ia)
-            ip(ns_b, "addr", "add", f"10.98.{link}.1/31", "dev", ib)
-            ip(ns_a, "link", "set", ia, "up")
-            ip(ns_b, "link", "set", ib, "up")
-        for node in self.nodes:
-            d = self.base / f"n{node.index}"
-            pki = ca.write(d / "pki", f"n{node.index}")
-            cfg = d / "agent.yml"
-            cfg.write_text(
-                json.dumps(
-                    {
-                        "node_name": f"n{node.index}",
-                        "node_address": node.address,
-                        "mode": "enforce",
-                        "hello_interval_ms": self.hello_interval_ms,
-                        "dead_multiplier": self.dead_multiplier,
-                        "api_listen": "127.0.0.1:9105",
-                        "identity": pki,
-                        "state_dir": str(d),
-                        "route_protocol": PROTO,
-                        "link": {"echo": self.echo},
-                    }
-                )
-            )
-            node.proc = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    node.ns,
-                    sys.executable,
-                    "-m",
-                    "mesh_agent",
-                    "run",
-                    "--config",
-                    str(cfg),
-                ],
-                stdout=node.log.open("wb"),
-                stderr=subprocess.STDOUT,
-            )
+            d = self.base / node.name
+            cfg = agent_config(node.name, node.address, ca.write(d / "pki", node.name), d,
+                               hello_interval_ms=self.hello_interval_ms,
+                               dead_multiplier=self.dead_multiplier,
+                               api_listen=self.api_listen, link={"echo": self.echo})
+            node.proc = self.lab.spawn(node.name, agent_argv(write_config(d / "agent.yml", cfg)),
+                                       node.log)
 
     def stop(self) -> list[int | None]:
-        codes: list[int | None] = []
-        for node in self.nodes:
-            if node.proc is not None and node.proc.poll() is None:
-                node.proc.send_signal(signal.SIGTERM)
-        for node in self.nodes:
-            if node.proc is None:
-                codes.append(None)
-                continue
-            try:
-                codes.append(node.proc.wait(timeout=10))
-            except subprocess.TimeoutExpired:
-                node.proc.kill()
-                codes.append(None)
-        return codes
+        """SIGTERM every agent; their exit codes (None: had to be killed)."""
+        return self.lab.stop()
 
     def destroy(self) -> None:
-        self.stop()
-        del_ns(*self.namespaces)
+        self.lab.down()
+
+    def __enter__(self) -> AgentMesh:
+        try:
+            self.build()
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.destroy()
 
     # -- observation ------------------------------------------------------
     def _own_routes(self, i: int) -> list[str]:
-        return ip(self.nodes[i].ns, "route", "show", "proto", str(PROTO)).strip().splitlines()
+        return netns.ip(self.nodes[i].ns, "route", "show", "proto", str(PROTO)).strip().splitlines()
 
     def routes(self, i: int) -> list[str]:
         """The agent's primary routes (metric 0) on node i."""
@@ -177,50 +172,26 @@ class Mesh:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{self.dump()}")
 
 
-def api(ns: str, path: str) -> tuple[int, str]:
+def api(ns: str, path: str, port: int = API_PORT) -> tuple[int, str]:
+    """GET an agent's API from inside its namespace: (HTTP status or 0, body)."""
     out = subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "curl",
-            "-s",
-            "-m",
-            "1",
-            "-w",
-            "\n%{http_code}",
-            f"http://127.0.0.1:9105{path}",
-        ],
-        capture_output=True,
-        text=True,
+        netns.exec_argv(ns, "curl", "-s", "-m", "1", "-w", "\n%{http_code}",
+                        f"http://127.0.0.1:{port}{path}"),
+        capture_output=True, text=True,
     ).stdout
     body, _, code = out.rpartition("\n")
     return int(code or 0), body
 
 
+def ping_argv(ns: str, dst: str, *options: str) -> list[str]:
+    return netns.exec_argv(ns, "ping", "-n", *options, dst)
+
+
 def ping(
     ns: str, dst: str, count: int = 3, interval: float = 0.2
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "ping",
-            "-n",
-            "-c",
-            str(count),
-            "-i",
-            str(interval),
-            "-W",
-            "1",
-            dst,
-        ],
-        capture_output=True,
-        text=True,
-    )
+    return subprocess.run(ping_argv(ns, dst, "-c", str(count), "-i", str(interval), "-W", "1"),
+                          capture_output=True, text=True)
 
 
 def outage(
@@ -228,24 +199,8 @@ def outage(
 ) -> tuple[int, int]:
     """Ping *dst* from *ns* every *interval* s, inject *fault*; return (lost, sent)."""
     pinger = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "ping",
-            "-n",
-            "-i",
-            str(interval),
-            "-c",
-            str(count),
-            "-W",
-            "0.5",
-            dst,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        ping_argv(ns, dst, "-i", str(interval), "-c", str(count), "-W", "0.5"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     time.sleep(0.5)
     fault()

@@ -12,16 +12,14 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import subprocess
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "files" / "mesh_agent" / "tests"))
-from netns_util import add_ns, del_ns, ip, sh  # noqa: E402
-from pki import CA  # noqa: E402
+from meshcore_tools import ROOT, netns
+
+from meshcore_testkit.agents import API_PORT, AgentMesh
 
 RULES = ROOT / "roles" / "prometheus" / "files" / "rules"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -36,65 +34,37 @@ def free_port() -> int:
 
 @dataclass
 class MonitoredMesh:
-    """Nodes n0..n{N-1} wired by ``edges``; ``prefix`` names every namespace and veth."""
+    """Agents n0..n{n-1} wired by ``edges``, each scraped over its management link."""
 
     base: Path
     n: int = 4
     edges: list[tuple[int, int]] = field(default_factory=lambda: [(0, 1), (1, 2), (2, 3),
                                                                    (3, 0), (0, 2)])
     prefix: str = "mcmon"
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     url: str = ""
+
+    def __post_init__(self) -> None:
+        self.mesh = AgentMesh(self.n, self.edges, self.base, prefix=self.prefix,
+                              api_listen=f"0.0.0.0:{API_PORT}")
 
     @property
     def namespaces(self) -> list[str]:
-        return [f"{self.prefix}{i}" for i in range(self.n)]
+        return self.mesh.namespaces
 
     def start(self) -> None:
-        del_ns(*self.namespaces)
-        for i, ns in enumerate(self.namespaces):
-            add_ns(ns, f"10.77.200.{i + 1}")
-        count = [0] * self.n
-        for link, (a, b) in enumerate(self.edges):
-            ia, ib = f"mesh{count[a]}", f"mesh{count[b]}"
-            count[a] += 1
-            count[b] += 1
-            na, nb = self.namespaces[a], self.namespaces[b]
-            ta, tb = f"{self.prefix}a{link}", f"{self.prefix}b{link}"
-            sh("ip", "link", "add", ta, "netns", na, "type", "veth", "peer", "name", tb,
-               "netns", nb)
-            ip(na, "link", "set", ta, "name", ia)
-            ip(nb, "link", "set", tb, "name", ib)
-            ip(na, "addr", "add", f"10.96.{link}.0/31", "dev", ia)
-            ip(nb, "addr", "add", f"10.96.{link}.1/31", "dev", ib)
-            ip(na, "link", "set", ia, "up")
-            ip(nb, "link", "set", ib, "up")
-        ca = CA.create()
+        lab = self.mesh.lab
+        self.mesh.build()
         jobs: dict[str, list[tuple[str, str]]] = {"mesh_agent": [], "node_exporter": []}
-        for i, ns in enumerate(self.namespaces):
-            host_if, mgmt = f"{self.prefix}h{i}", f"10.204.{i}"
-            sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", f"{self.prefix}x{i}",
-               "netns", ns)
-            ip(ns, "link", "set", f"{self.prefix}x{i}", "name", "eth0")
-            sh("ip", "addr", "add", f"{mgmt}.0/31", "dev", host_if)
-            sh("ip", "link", "set", host_if, "up")
-            ip(ns, "addr", "add", f"{mgmt}.1/31", "dev", "eth0")
-            ip(ns, "link", "set", "eth0", "up")
-            d = self.base / f"n{i}"
-            cfg = d / "agent.yml"
-            pki = ca.write(d / "pki", f"n{i}")
-            cfg.write_text(json.dumps({
-                "node_name": f"n{i}", "node_address": f"10.77.200.{i + 1}", "mode": "enforce",
-                "hello_interval_ms": 50, "dead_multiplier": 3, "api_listen": "0.0.0.0:9105",
-                "identity": pki, "state_dir": str(d), "route_protocol": 77,
-            }))
-            self._spawn(d / "agent.log", "ip", "netns", "exec", ns, sys.executable, "-m",
-                        "mesh_agent", "run", "--config", str(cfg))
-            self._spawn(d / "node_exporter.log", "ip", "netns", "exec", ns, NODE_EXPORTER,
-                        "--web.listen-address=0.0.0.0:9100", "--collector.disable-defaults",
-                        "--collector.loadavg")
-            jobs["mesh_agent"].append((f"n{i}", f"{mgmt}.1:9105"))
-            jobs["node_exporter"].append((f"n{i}", f"{mgmt}.1:9100"))
+        for node in self.mesh.nodes:
+            # Host side <tag>h<i>: the namespace's tag keeps parallel runs apart.
+            mgmt = f"10.204.{node.index}"
+            netns.host_veth(node.ns, "eth0", f"{lab.tag}h{node.index}"[-15:], f"{mgmt}.1/31",
+                            f"{mgmt}.0/31")
+            lab.spawn(node.name, [NODE_EXPORTER, "--web.listen-address=0.0.0.0:9100",
+                                  "--collector.disable-defaults", "--collector.loadavg"],
+                      self.base / node.name / "node_exporter.log")
+            jobs["mesh_agent"].append((node.name, f"{mgmt}.1:{API_PORT}"))
+            jobs["node_exporter"].append((node.name, f"{mgmt}.1:9100"))
         # The same shape as the prometheus role's template: node=<name> on every target.
         config = {
             "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
@@ -107,36 +77,24 @@ class MonitoredMesh:
         }
         (self.base / "prometheus.yml").write_text(json.dumps(config))
         port = free_port()
-        self._spawn(self.base / "prometheus.log", PROMETHEUS,
-                    f"--config.file={self.base / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={self.base / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}")
+        lab.spawn_argv([PROMETHEUS, f"--config.file={self.base / 'prometheus.yml'}",
+                        f"--storage.tsdb.path={self.base / 'data'}",
+                        f"--web.listen-address=127.0.0.1:{port}"],
+                       self.base / "prometheus.log")
         self.url = f"http://127.0.0.1:{port}"
 
-    def _spawn(self, log: Path, *argv: str) -> None:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self.procs.append(subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT))
-
     def cut(self, node: int, ifname: str, up: bool) -> None:
-        ip(self.namespaces[node], "link", "set", ifname, "up" if up else "down")
+        netns.ip(self.namespaces[node], "link", "set", ifname, "up" if up else "down")
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
         # Deleting a namespace deletes its veths, and with them the host-side peers.
-        del_ns(*self.namespaces)
+        self.mesh.destroy()
 
 
-def wait_until(pred: object, timeout: float) -> bool:
+def wait_until(pred: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if callable(pred) and pred():
+        if pred():
             return True
         time.sleep(1)
     return False

@@ -6,7 +6,6 @@ import itertools
 from collections.abc import Hashable, Sequence
 
 import networkx as nx
-
 from mesh_agent.paths.disjoint import path_cost
 
 __all__ = ["brute_force_disjoint"]

@@ -10,7 +10,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-
 from mesh_agent.identity import Identity, spiffe_id
 
 TRUST_DOMAIN = "mesh.lab"

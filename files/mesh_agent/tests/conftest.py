@@ -1,13 +1,7 @@
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from pki import CA
+from meshcore_testkit.pki import CA
 
 
 @pytest.fixture(scope="session")

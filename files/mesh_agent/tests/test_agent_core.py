@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pki import CA
+from meshcore_testkit.pki import CA
 
 from mesh_agent.agent import Agent
 from mesh_agent.config import parse_config

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from fastapi.testclient import TestClient
-from pki import CA
+from meshcore_testkit.pki import CA
 
 from mesh_agent.agent import Agent
 from mesh_agent.api import create_app

@@ -17,7 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from pki import CA, TRUST_DOMAIN
+from meshcore_testkit.pki import CA, TRUST_DOMAIN
 from spiffe import SpiffeId, TrustDomain, X509Bundle, X509BundleSet, X509Svid
 from spiffe.workloadapi.workload_api_client import StreamCancelHandler
 from spiffe.workloadapi.x509_context import X509Context

@@ -19,22 +19,18 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from meshlab import Mesh, api, ping
-from netns_util import requires_root
-from pki import CA
+from meshcore_testkit.agents import AgentMesh, api, ping
+from meshcore_testkit.marks import requires_root
+from meshcore_testkit.pki import CA
 
 pytestmark = requires_root
 LINE = [(0, 1), (1, 2)]
 
 
 @pytest.fixture
-def line(tmp_path_factory: pytest.TempPathFactory, ca: CA) -> Iterator[Mesh]:
-    mesh = Mesh(3, LINE, tmp_path_factory.mktemp("rotate"), prefix="mrt")
-    try:
-        mesh.build(ca)
+def line(tmp_path_factory: pytest.TempPathFactory, ca: CA) -> Iterator[AgentMesh]:
+    with AgentMesh(3, LINE, tmp_path_factory.mktemp("rotate"), prefix="mrt", ca=ca) as mesh:
         yield mesh
-    finally:
-        mesh.destroy()
 
 
 def metric(ns: str, name: str, labels: str = "") -> float:
@@ -58,7 +54,7 @@ def replace(path: Path, data: bytes) -> None:
 
 
 def test_rotated_certificate_is_picked_up_and_adverts_keep_verifying(
-    line: Mesh, ca: CA
+    line: AgentMesh, ca: CA
 ) -> None:
     ns = line.namespaces
     line.wait_for(line.converged, 60, "the line converged")

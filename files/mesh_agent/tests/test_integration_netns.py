@@ -17,14 +17,14 @@ import json
 import re
 import signal
 import statistics
-import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
-from meshlab import PROTO, Mesh, api, outage, ping
-from netns_util import ip, requires_root, sh
-from pki import CA
+from meshcore_testkit.agents import PROTO, AgentMesh, api, outage, ping
+from meshcore_testkit.marks import requires_root
+from meshcore_testkit.pki import CA
+from meshcore_tools.netns import ip, silent_cut, veth
 
 pytestmark = requires_root
 
@@ -33,36 +33,22 @@ LADDER = [(0, 1), (1, 2), (2, 3), (4, 5), (5, 6), (6, 7), (0, 4), (1, 5), (2, 6)
 
 
 @pytest.fixture
-def ring(tmp_path_factory: pytest.TempPathFactory, ca: CA) -> Iterator[Mesh]:
-    mesh = Mesh(4, RING, tmp_path_factory.mktemp("ring"), prefix="mar")
-    try:
-        mesh.build(ca)
+def ring(tmp_path_factory: pytest.TempPathFactory, ca: CA) -> Iterator[AgentMesh]:
+    with AgentMesh(4, RING, tmp_path_factory.mktemp("ring"), prefix="mar", ca=ca) as mesh:
         yield mesh
-    finally:
-        mesh.destroy()
 
 
 @pytest.fixture
-def ladder(tmp_path_factory: pytest.TempPathFactory, ca: CA) -> Iterator[Mesh]:
+def ladder(tmp_path_factory: pytest.TempPathFactory, ca: CA) -> Iterator[AgentMesh]:
     # 8 agents plus pingers on a shared 2-vCPU box: 50 ms x 3 hello timers flap
     # from scheduling delay alone (observed at load average 20), so this test
     # uses 100 ms x 5. Carrier-loss failover does not depend on the timers.
-    mesh = Mesh(
-        8,
-        LADDER,
-        tmp_path_factory.mktemp("ladder"),
-        prefix="mal",
-        hello_interval_ms=100,
-        dead_multiplier=5,
-    )
-    try:
-        mesh.build(ca)
+    with AgentMesh(8, LADDER, tmp_path_factory.mktemp("ladder"), prefix="mal",
+                   hello_interval_ms=100, dead_multiplier=5, ca=ca) as mesh:
         yield mesh
-    finally:
-        mesh.destroy()
 
 
-def failover_lines(mesh: Mesh) -> list[str]:
+def failover_lines(mesh: AgentMesh) -> list[str]:
     return [
         f"n{n.index}: " + line.split("mesh_agent: ")[1]
         for n in mesh.nodes
@@ -71,7 +57,7 @@ def failover_lines(mesh: Mesh) -> list[str]:
     ]
 
 
-def test_ring_converges_and_recovers(ring: Mesh) -> None:
+def test_ring_converges_and_recovers(ring: AgentMesh) -> None:
     t_ready = ring.wait_for(ring.converged, 60, "all agents ready with N-1 routes")
     print(f"\nring: all 4 agents ready with full routes {t_ready:.2f}s after start")
     ns = ring.namespaces
@@ -100,24 +86,13 @@ def test_ring_converges_and_recovers(ring: Mesh) -> None:
     # 1) Silent failure (no carrier change): n2 drops everything arriving from n3.
     #    Both ends' echo probes go unanswered (n2 drops n3's requests and its own
     #    replies): each declares the other dead after 3 x 50 ms.
-    rules = (
-        "table netdev mai {\n  chain ing {\n"
-        f'    type filter hook ingress device "{ring.ifname[(2, 3)]}" priority 0;\n'
-        "    drop\n  }\n}\n"
-    )
-    lost, sent = outage(
-        ns[3],
-        addr[2],
-        lambda: subprocess.run(
-            ["ip", "netns", "exec", ns[2], "nft", "-f", "-"], input=rules, text=True, check=True
-        ),
-    )
+    lost, sent = outage(ns[3], addr[2], lambda: silent_cut(ns[2], ring.ifname[(2, 3)], True))
     print(
         f"ring: silent failure n2-n3: {lost}/{sent} pings n3->n2 lost at 10 ms => "
         f"~{lost * 10} ms outage (hello 50 ms x 3)"
     )
     assert sent - lost > 0.7 * sent
-    sh("ip", "netns", "exec", ns[2], "nft", "delete", "table", "netdev", "mai")
+    silent_cut(ns[2], ring.ifname[(2, 3)], False)
     n3_to_n2 = ring.ifname[(3, 2)]
     ring.wait_for(
         lambda: (
@@ -165,9 +140,8 @@ def test_stalled_agent_is_not_a_dead_link(
     stopped process). With hellos only they declare it dead: the false death
     that fed the flap storms of the 50-agent bench, kept here as the contrast.
     """
-    mesh = Mesh(3, [(0, 1), (1, 2)], tmp_path_factory.mktemp("stall"), prefix="mas", echo=echo)
-    try:
-        mesh.build(ca)
+    with AgentMesh(3, [(0, 1), (1, 2)], tmp_path_factory.mktemp("stall"), prefix="mas",
+                   echo=echo, ca=ca) as mesh:
         mesh.wait_for(mesh.converged, 60, "3-node line converged")
 
         def answered() -> float:
@@ -198,11 +172,9 @@ def test_stalled_agent_is_not_a_dead_link(
             assert downs == [], downs
         else:
             assert {d.split(":")[0] for d in downs} == {"n0", "n2"}, downs  # both time n1 out
-    finally:
-        mesh.destroy()
 
 
-def test_ladder_repeated_carrier_cuts(ladder: Mesh) -> None:
+def test_ladder_repeated_carrier_cuts(ladder: AgentMesh) -> None:
     t_ready = ladder.wait_for(ladder.converged, 90, "8 agents ready with 7 routes each")
     print(f"\nladder: 8 agents ready with full routes {t_ready:.2f}s after start")
     ns = ladder.namespaces
@@ -238,35 +210,13 @@ def test_ladder_repeated_carrier_cuts(ladder: Mesh) -> None:
 
 def test_interfaces_added_after_start(tmp_path_factory: pytest.TempPathFactory, ca: CA) -> None:
     """The lab may wire veths after the agents start: they must be picked up live."""
-    mesh = Mesh(2, [], tmp_path_factory.mktemp("late"), prefix="mah")
-    try:
-        mesh.build(ca)
+    with AgentMesh(2, [], tmp_path_factory.mktemp("late"), prefix="mah", ca=ca) as mesh:
         ns = mesh.namespaces
         mesh.wait_for(lambda: api(ns[0], "/healthz")[0] == 200, 30, "agent 0 API")
         mesh.wait_for(lambda: api(ns[1], "/healthz")[0] == 200, 30, "agent 1 API")
         assert api(ns[0], "/readyz")[0] == 503  # no neighbours yet
-        sh(
-            "ip",
-            "link",
-            "add",
-            "tmpla",
-            "netns",
-            ns[0],
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "tmplb",
-            "netns",
-            ns[1],
-        )
-        for n, side, addr in ((0, "tmpla", "10.98.0.0"), (1, "tmplb", "10.98.0.1")):
-            ip(ns[n], "link", "set", side, "name", "mesh0")
-            ip(ns[n], "addr", "add", f"{addr}/31", "dev", "mesh0")
-            ip(ns[n], "link", "set", "mesh0", "up")
+        veth(ns[0], "mesh0", ns[1], "mesh0", "10.78.0.0/31", "10.78.0.1/31")
         t = mesh.wait_for(mesh.converged, 20, "both agents converged over the late link")
         print(f"\nlate link: converged {t:.2f}s after the veth came up")
         r = ping(ns[0], mesh.nodes[1].address)
         assert r.returncode == 0, r.stdout + r.stderr
-    finally:
-        mesh.destroy()

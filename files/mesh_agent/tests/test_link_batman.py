@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pki import CA
+from meshcore_testkit.pki import CA
 
 from mesh_agent.agent import Agent
 from mesh_agent.api import create_app

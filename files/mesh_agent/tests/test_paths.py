@@ -10,6 +10,7 @@ import networkx as nx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from meshcore_testkit.oracle import brute_force_disjoint
 
 from mesh_agent.paths import (
     PathError,
@@ -18,7 +19,6 @@ from mesh_agent.paths import (
     maximally_disjoint_backup,
     path_cost,
 )
-from mesh_agent.paths.oracle import brute_force_disjoint
 
 
 def trap() -> nx.Graph:

@@ -10,10 +10,10 @@ import networkx as nx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from meshcore_testkit.oracle import brute_force_disjoint
 
 from mesh_agent.paths import PathTable, RouteChoice, k_disjoint_paths, path_cost
 from mesh_agent.paths.disjoint import Network, successive_shortest_paths
-from mesh_agent.paths.oracle import brute_force_disjoint
 
 
 def total(g: nx.Graph, paths: list[list[int]]) -> float:

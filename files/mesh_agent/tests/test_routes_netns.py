@@ -12,13 +12,13 @@ R reaches D (10.77.9.9) via X or Y; the other is the prepared backup.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterator
 
 import networkx as nx
 import pytest
-from netns_util import add_ns, del_ns, ip, netlink_socket_in, requires_root, veth
+from meshcore_testkit.marks import requires_root
+from meshcore_tools.netns import add, delete, ip, netlink_socket_in, run_tag, veth
 from pyroute2 import AsyncIPRoute
 
 from mesh_agent.paths import PathTable
@@ -27,28 +27,26 @@ from mesh_agent.routes.programmer import STANDBY_METRIC
 
 pytestmark = requires_root
 PROTO = 77
-SUFFIX = f"{os.getpid() % 100000}"
-R, X, Y, D = (f"mat{n}{SUFFIX}" for n in "rxyd")
+R, X, Y, D = (run_tag(f"mat{n}") for n in "rxyd")
 ADDR = {"r": "10.77.9.1", "x": "10.77.9.2", "y": "10.77.9.3", "d": "10.77.9.9"}
 
 
 @pytest.fixture
 def lab() -> Iterator[None]:
-    del_ns(R, X, Y, D)
     try:
         for ns, name in ((R, "r"), (X, "x"), (Y, "y"), (D, "d")):
-            add_ns(ns, ADDR[name])
+            add(ns, loopback=ADDR[name])
         # Interface names start with "v": iproute2 reads "dy ..." as "dynamic".
-        veth(R, "vrx", "10.99.0.0", X, "vxr", "10.99.0.1")
-        veth(R, "vry", "10.99.0.2", Y, "vyr", "10.99.0.3")
-        veth(X, "vxd", "10.99.0.4", D, "vdx", "10.99.0.5")
-        veth(Y, "vyd", "10.99.0.6", D, "vdy", "10.99.0.7")
+        veth(R, "vrx", X, "vxr", "10.99.0.0/31", "10.99.0.1/31")
+        veth(R, "vry", Y, "vyr", "10.99.0.2/31", "10.99.0.3/31")
+        veth(X, "vxd", D, "vdx", "10.99.0.4/31", "10.99.0.5/31")
+        veth(Y, "vyd", D, "vdy", "10.99.0.6/31", "10.99.0.7/31")
         # A foreign route (someone else's) and a leftover of a crashed agent.
         ip(R, "route", "add", "10.55.0.0/24", "via", "10.99.0.3", "proto", "static")
         ip(R, "route", "add", "10.66.0.1/32", "via", "10.99.0.1", "proto", str(PROTO))
         yield
     finally:
-        del_ns(R, X, Y, D)
+        delete(R, X, Y, D)
 
 
 def graph() -> nx.Graph:

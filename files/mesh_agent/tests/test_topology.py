@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pki import CA, TRUST_DOMAIN
+from meshcore_testkit.pki import CA, TRUST_DOMAIN
 
 from mesh_agent.identity import Identity
 from mesh_agent.link.wire import WireError

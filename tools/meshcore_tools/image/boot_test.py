@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Boot the rpi-arm64 image under qemu-system-aarch64 (-M virt, TCG) with a seed.
 
 The real Pi boot path (GPU firmware, config.txt, Pi device trees) cannot be
@@ -16,9 +15,10 @@ with a per-node NoCloud seed written by playbooks/flash.yml. It checks:
 Ports are forwarded on 127.0.0.1 only; the guest gets QEMU user networking with
 restrict=on (no route out). Prints one JSON line with the figures.
 
-    image-boot-test.py [--image IMG] [--host NAME] [--timeout S]
-    image-boot-test.py --ssh-pubkey KEY.pub --keep STATE.json ...   (molecule `image`)
-    image-boot-test.py --stop STATE.json
+    python -m meshcore_tools.image.boot_test [--image IMG] [--host NAME] [--timeout S]
+    python -m meshcore_tools.image.boot_test --ssh-pubkey KEY.pub --keep STATE.json ...
+                                                                      (molecule `image`)
+    python -m meshcore_tools.image.boot_test --stop STATE.json
 
 With --keep the checked VM is left running (its own session) and STATE.json
 records its pid and forwarded ports, ssh among them when --ssh-pubkey put a key
@@ -40,7 +40,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from meshcore_tools import ROOT
+
 DEFAULT_IMAGE = ROOT / "build/images/rpi-arm64/latest/mesh-core-rpi-arm64.img"
 
 
@@ -253,7 +254,8 @@ def main() -> int:
         result["boot_to_system_running_s"] = round(time.monotonic() - t_boot, 1)
         result["system_state"] = state
         uname = metric_lines(metrics, "node_uname_info")
-        nodename = re.search(r'nodename="([^"]*)"', uname[0]).group(1) if uname else ""
+        found = re.search(r'nodename="([^"]*)"', uname[0]) if uname else None
+        nodename = found.group(1) if found else ""
         failed = sorted(
             re.search(r'name="([^"]*)"', line).group(1)  # type: ignore[union-attr]
             for line in metric_lines(metrics, "node_systemd_unit_state")
@@ -284,7 +286,7 @@ def main() -> int:
         )
     finally:
         if ok and args.keep:
-            state = {
+            kept = {
                 "pid": proc.pid,
                 "ssh_port": ssh,
                 "api_port": api,
@@ -292,7 +294,7 @@ def main() -> int:
                 "host": args.host,
                 "image": str(node_img),
             }
-            args.keep.write_text(json.dumps(state, sort_keys=True) + "\n")
+            args.keep.write_text(json.dumps(kept, sort_keys=True) + "\n")
             result.update(kept=True, ssh_port=ssh)
         else:
             proc.terminate()

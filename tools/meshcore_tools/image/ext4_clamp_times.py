@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Clamp every in-use inode's timestamps in an ext4 image to SOURCE_DATE_EPOCH.
 
 `mke2fs -d` copies atime and ctime from the source tree. ctime is whatever the
@@ -8,7 +7,8 @@ every inode. This rewrites atime and ctime of every in-use inode to the epoch,
 and mtime only where it is newer (the same clamp as tar's --clamp-mtime),
 through debugfs, with no mount.
 
-Usage: ext4-clamp-times.py IMAGE EPOCH
+Usage: python3 ext4_clamp_times.py IMAGE EPOCH   (standard library only: scripts/image-assemble.sh
+runs it with the build host's python3, as a file)
 Prints one JSON line: inodes touched, mtimes clamped, seconds.
 """
 

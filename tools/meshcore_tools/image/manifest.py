@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Write the JSON manifest of a built disk image: what went in and what came out.
 
 Package names and versions are read from the rootfs's dpkg status database (no
@@ -6,7 +5,7 @@ chroot, no qemu); the agent's Python packages from its venv's dist-info
 directories. Every value is derived from the build inputs, so the manifest of a
 reproducible build is itself reproducible (no build time, no host name).
 
-    image-manifest.py --rootfs DIR --out DIR --name NAME --meta JSON
+    python -m meshcore_tools.image.manifest --rootfs DIR --out DIR --name NAME --meta JSON
 """
 
 from __future__ import annotations

@@ -1,0 +1,11 @@
+"""mesh-core's test kit: what the tests and benchmarks share and the nodes never run.
+
+- :mod:`.pki`        a throwaway CA and node certificates (made at test time; no keys committed);
+- :mod:`.agents`     real agents in network namespaces (on :mod:`meshcore_tools.netns`);
+- :mod:`.monitoring` those agents plus node_exporters and a real Prometheus with the role's rules;
+- :mod:`.oracle`     brute-force references the algorithms are checked against;
+- :mod:`.marks`      pytest marks (root-only tests).
+
+It lives under tests/ and is installed editable into the dev venv by ``make setup``
+(as ``meshcore_tools`` is), so tests and benchmarks import it without path tricks.
+"""

@@ -1,0 +1,3 @@
+from meshcore_tools.lab.cli import main
+
+main()

@@ -1,0 +1,43 @@
+"""The Prometheus HTTP API, as the lab's status, its report and the monitoring tests read it."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+import urllib.request
+from typing import Any
+
+
+def url_of(state: dict[str, Any]) -> str:
+    """The base URL of the lab monitor's Prometheus."""
+    return f"http://{state['monitor']['mgmt_address']}:9090"
+
+
+def api(base: str, endpoint: str, timeout: float = 5, **params: str) -> Any:
+    """GET <base>/api/v1/<endpoint>?params and return its "data" (OSError when unreachable)."""
+    url = f"{base}/api/v1/{endpoint}?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        body = json.load(resp)
+    if body.get("status") != "success":
+        raise OSError(f"{url}: {body.get('error', body)}")
+    return body["data"]
+
+
+def instant(base: str, query: str, timeout: float = 60) -> float | None:
+    """The first sample of an instant query, or None when it returns nothing."""
+    result = api(base, "query", timeout=timeout, query=query)["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
+def targets(address: str) -> tuple[dict[str, dict[str, str]], str | None]:
+    """Map node -> job -> health from the Prometheus at ``address``, and why not if unreachable."""
+    try:
+        # A 50-node lab's monitor answers this in seconds when the host is busy.
+        data = api(f"http://{address}:9090", "targets", timeout=30, state="active")
+    except OSError as exc:
+        return {}, str(exc)
+    out: dict[str, dict[str, str]] = {}
+    for t in data["activeTargets"]:
+        node = t["labels"].get("node", t["labels"].get("instance", "?"))
+        out.setdefault(node, {})[t["labels"].get("job", "?")] = t["health"]
+    return out, None
