@@ -15,9 +15,12 @@ Why these settings (https://sqlite.org/wal.html, https://sqlite.org/pragma.html)
   commits but stays consistent.
 - ``page_size=1024``: a commit writes whole pages, and records are small
   (about 200 bytes), so small pages write less (SD cards wear).
-- ``journal_size_limit``: the WAL is truncated after each checkpoint (every
-  1000 pages, SQLite's default), so the files stay bounded; ``cache_size``
-  is small because the agent's RSS budget is.
+- Checkpoints (copying the WAL back into the database) are the only fsyncs,
+  so they do not run on the writer: :func:`checkpoint` runs one on a
+  connection of its own, from a worker thread, and ``wal_autocheckpoint``
+  (4096 pages) is only the backstop that bounds the WAL if nobody does.
+  ``journal_size_limit`` truncates the WAL after a checkpoint, so the files
+  stay bounded; ``cache_size`` is small because the agent's RSS budget is.
 
 A file that still does not open, or fails ``PRAGMA quick_check`` (a disk that
 wrote garbage), is moved aside (one copy, ``agent.db.corrupt``) and a fresh
@@ -35,6 +38,7 @@ from pathlib import Path
 log = logging.getLogger("mesh_agent.store")
 
 DB_NAME = "agent.db"
+AUTOCHECKPOINT_PAGES = 4096
 _SUFFIXES = ("", "-wal", "-shm")
 
 
@@ -56,6 +60,9 @@ def _connect(path: Path) -> sqlite3.Connection:
             raise StoreError(f"{path}: cannot use WAL mode (got {mode})")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA journal_size_limit=1048576")
+        # Checkpoints fsync: the owner runs them off the event loop
+        # (checkpoint()); this is only the backstop that bounds the WAL.
+        conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
         conn.execute("PRAGMA cache_size=-256")  # KiB
         conn.execute("PRAGMA temp_store=MEMORY")
     except BaseException:
@@ -131,3 +138,17 @@ def migrate(conn: sqlite3.Connection, component: str, steps: Sequence[Sequence[s
             raise
         conn.execute("COMMIT")
     return found
+
+
+def checkpoint(path: Path) -> tuple[int, int]:
+    """Copy the WAL back into the database (PASSIVE: never waits for the writer).
+
+    Opens its own connection, so it can run in a worker thread while the
+    owner keeps appending. Returns (WAL frames, frames checkpointed).
+    """
+    conn = sqlite3.connect(path, isolation_level=None, timeout=0.0)
+    try:
+        row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        conn.close()
+    return (int(row[1]), int(row[2])) if row else (0, 0)

@@ -8,9 +8,12 @@ agent's own starts and stops. It is what ``/v1/events`` serves, what
 
 Properties, each tested (``tests/test_events.py``):
 
-- **Append-only, ordered.** Each record gets the next ``id`` (AUTOINCREMENT:
-  never reused, even after pruning), which is the cursor readers resume from.
-  Records are never changed.
+- **Append-only, ordered.** Each record gets the next ``id``, which is the
+  cursor readers resume from: pruning only ever removes the oldest records,
+  so the newest id stays and ids keep growing (no AUTOINCREMENT table to
+  write on every append). Records are never changed. A database that had to
+  be reset starts again at 1: a reader whose cursor is beyond ``newest_id``
+  knows the log was reset.
 - **Crash-safe.** :meth:`EventLog.append` returns after the record is
   committed (WAL); ``kill -9`` at any point loses at most the record being
   written, and the file always opens (:func:`.db.open_db`).
@@ -40,7 +43,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from mesh_agent.store.db import DB_NAME, StoreError, migrate, open_db, set_aside
+from mesh_agent.store.db import DB_NAME, StoreError, checkpoint, migrate, open_db, set_aside
 
 log = logging.getLogger("mesh_agent.events")
 
@@ -134,7 +137,7 @@ def read_boot_id(path: Path = BOOT_ID_PATH) -> str:
 _SCHEMA: list[list[str]] = [
     [
         """CREATE TABLE events (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            id INTEGER PRIMARY KEY,
             wall REAL NOT NULL,
             mono REAL NOT NULL,
             boot TEXT NOT NULL,
@@ -324,6 +327,20 @@ class EventLog:
         with self._lock:
             row = self._conn.execute("SELECT min(id), max(id) FROM events").fetchone()
         return (int(row[0]), int(row[1])) if row and row[0] is not None else (0, 0)
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Move the WAL into the database; for a worker thread (it fsyncs), never raises.
+
+        Returns (WAL frames, frames copied); (0, 0) without a log or on error.
+        """
+        if self._conn is None:
+            return 0, 0
+        try:
+            return checkpoint(self.path)
+        except sqlite3.Error as exc:
+            self.errors_total += 1
+            log.debug("event log checkpoint: %s", exc)
+            return 0, 0
 
     def _last_of(self, kinds: Collection[str]) -> Event | None:
         found = self.query(kinds=kinds, limit=1)
