@@ -17,43 +17,13 @@ import hcl2
 import jinja2
 import pytest
 import yaml
-from ansible.plugins.filter.core import FilterModule
+from meshcore_testkit.roles import defaults, render
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def unquote(value: Any) -> Any:
     return value[1:-1] if isinstance(value, str) and value[:1] == value[-1:] == '"' else value
-
-
-def defaults(role: str) -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text())
-
-
-def render(role: str, template: str, **overrides: Any) -> str:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                             extensions=["jinja2.ext.do"])
-    ansible_filters = FilterModule().filters()
-    # Only the filters the templates use; Ansible's default/map/select expect its own Undefined.
-    env.filters.update({k: ansible_filters[k] for k in ("comment", "to_json", "to_nice_json",
-                                                         "combine")})
-    variables: dict[str, Any] = {"ansible_managed": "Ansible managed", "inventory_hostname": "n1",
-                                 "groups": {}, "hostvars": {}}
-    variables.update(defaults(role))
-    variables.update(overrides)
-    # Resolve the defaults that are themselves templates, as Ansible does lazily
-    # (each once: a {% raw %} value must stay literal after it).
-    pending = {k for k, v in variables.items() if isinstance(v, str) and "{" in v}
-    for _ in range(5):
-        for key in sorted(pending):
-            try:
-                variables[key] = env.from_string(variables[key]).render(
-                    **variables, ansible_facts={"architecture": "aarch64"})
-            except jinja2.UndefinedError:
-                continue
-            pending.discard(key)
-    source = (ROOT / "roles" / role / "templates" / template).read_text()
-    return env.from_string(source).render(**variables)
 
 
 def block(blocks: list[dict[str, Any]], name: str) -> dict[str, Any]:
