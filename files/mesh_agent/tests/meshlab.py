@@ -89,7 +89,7 @@ class Mesh:
             ip(ns_b, "link", "set", ib, "up")
         for node in self.nodes:
             d = self.base / f"n{node.index}"
-            pki = ca.write(d / "pki", f"n{node.index}")
+            pki = ca.write(d / "pki", f"n{node.index}", node.address)
             cfg = d / "agent.yml"
             cfg.write_text(
                 json.dumps(
