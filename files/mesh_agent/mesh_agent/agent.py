@@ -515,6 +515,10 @@ class Agent:
         if not result.accepted:
             m.adverts_rejected.labels(result.reason or "malformed").inc()
             log.debug("advert from %s via %s rejected: %s", result.origin, ifname, result.reason)
+            if result.reply is not None:  # the sender holds an older copy than ours
+                self._send(ifname, result.reply, src)
+            if result.reoriginate:  # our own advert from before, newer than ours
+                self._originate(flood=True)
             return
         m.adverts_accepted.inc()
         # Flood (RFC 2328 s13.3): to every up neighbour but the one it came from.

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from meshlab import Mesh, api, ping
+from meshlab import Mesh, api, metric, ping
 from netns_util import requires_root
 from pki import CA
 
@@ -35,13 +35,6 @@ def line(tmp_path_factory: pytest.TempPathFactory, ca: CA) -> Iterator[Mesh]:
         yield mesh
     finally:
         mesh.destroy()
-
-
-def metric(ns: str, name: str, labels: str = "") -> float:
-    code, body = api(ns, "/metrics")
-    assert code == 200, body
-    m = re.search(rf"^{re.escape(name + labels)} ([0-9.e+-]+)$", body, flags=re.MULTILINE)
-    return float(m.group(1)) if m else 0.0
 
 
 def rejected(ns: str) -> float:

@@ -274,10 +274,27 @@ def test_own_old_advert_bumps_seq(ca: CA) -> None:
     store = MemorySeqStore()
     db = LinkStateDB(a, ADDR["a"], 30.0, store)  # state lost: starts at 1
     old = advert(a, {}, seq=500_000)  # our advert from a previous life comes back
-    assert db.receive(old, NOW).reason == "replayed"
+    r = db.receive(old, NOW)
+    assert r.reason == "replayed" and r.reoriginate  # RFC 2328 13.4: originate past it now
     raw, _ = db.originate({}, NOW)
     assert decode_advert(raw).seq == 500_001
     assert store.reserved >= 500_001
+
+
+def test_an_older_copy_gets_our_newer_one_back(ca: CA, db: LinkStateDB) -> None:
+    """RFC 2328 s13 (8): whoever sends an older advert is sent the newer database copy."""
+    b = ident(ca, "b")
+    assert db.receive(advert(b, {"a": 1.0}, seq=5000), NOW).accepted
+    r = db.receive(advert(b, {"a": 1.0}, seq=10), NOW + 2)  # b restarted without its state
+    assert r.reason == "replayed" and r.reply is not None
+    assert decode_advert(r.reply).seq == 5000 and decode_advert(r.reply).age_ms == 2000
+    # At most once a second per origin; the same seq gets nothing back.
+    assert db.receive(advert(b, {"a": 1.0}, seq=11), NOW + 2.5).reply is None
+    assert db.receive(advert(b, {"a": 1.0}, seq=5000), NOW + 9).reply is None
+    # b itself, given its old advert back, continues after it.
+    own = LinkStateDB(b, ADDR["b"], 30.0)
+    own.receive(r.reply, NOW)
+    assert decode_advert(own.originate({}, NOW)[0]).seq == 5001
 
 
 def test_own_replayed_maximum_never_crashes(ca: CA) -> None:

@@ -2,13 +2,17 @@
 
 uvicorn (h11) never closes a connection that has not sent a request yet, and
 accepts as many as the file-descriptor limit allows: 1,100 idle connections to
-an agent exhausted its descriptors. So the protocol used here closes
+an agent exhausted its descriptors. So the protocol used here
 
-* a connection beyond :data:`MAX_CONNECTIONS` at once (before any work), and
-* a connection whose request head has not arrived within :data:`IDLE_TIMEOUT_S`;
+* keeps at most :data:`MAX_CONNECTIONS`: a new connection beyond them closes the
+  oldest one that has not sent a request yet (so a scrape still gets through an
+  idle-connection flood), or, when all are busy with requests, is closed itself;
+* closes a connection whose request head has not arrived within :data:`IDLE_TIMEOUT_S`;
 
-after a response uvicorn's own keep-alive timeout (the same seconds) applies,
-and ``limit_concurrency`` answers 503 beyond the same bound. Each listening
+after a response uvicorn's own keep-alive timeout (the same seconds) applies.
+Requests in flight are bounded by the connections (uvicorn's
+``limit_concurrency`` only backs that up: it counts idle connections too, and
+would answer 503 to the one real request among them). Each listening
 socket is bound by us with IP_FREEBIND, so a management address that comes up
 after the agent does not stop the API from starting. Refusals are counted in
 ``meshcore_api_connections_refused_total{reason}``.
@@ -20,6 +24,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,6 +39,9 @@ IPV6_FREEBIND = 78
 
 
 def _protocol(refused: Callable[[str], None]) -> type[asyncio.Protocol]:
+    # Connections that have not sent a request head yet, oldest first.
+    waiting: OrderedDict[int, GuardedH11Protocol] = OrderedDict()
+
     class GuardedH11Protocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
 
@@ -41,22 +49,31 @@ def _protocol(refused: Callable[[str], None]) -> type[asyncio.Protocol]:
             super().connection_made(transport)
             if len(self.connections) > MAX_CONNECTIONS:
                 refused("limit")
-                transport.abort()
-                return
+                if not waiting:  # every slot is serving a request: this one goes
+                    transport.abort()
+                    return
+                _, oldest = waiting.popitem(last=False)
+                oldest.transport.abort()
+            waiting[id(self)] = self
             self._deadline = self.loop.call_later(IDLE_TIMEOUT_S, self._idle)
 
         def _idle(self) -> None:
+            self._deadline = None
             if self.cycle is None and not self.transport.is_closing():
                 refused("idle")
+                waiting.pop(id(self), None)
                 self.transport.abort()
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
-            if self.cycle is not None and self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
+            if self.cycle is not None:
+                waiting.pop(id(self), None)
+                if self._deadline is not None:
+                    self._deadline.cancel()
+                    self._deadline = None
 
         def connection_lost(self, exc: Exception | None) -> None:
+            waiting.pop(id(self), None)
             if self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
@@ -95,7 +112,7 @@ def guarded_server(
         log_level="warning",
         lifespan="off",
         access_log=False,
-        limit_concurrency=MAX_CONNECTIONS,
+        limit_concurrency=2 * MAX_CONNECTIONS,
         timeout_keep_alive=int(IDLE_TIMEOUT_S),
         backlog=BACKLOG,
     )

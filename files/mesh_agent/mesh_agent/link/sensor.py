@@ -162,6 +162,9 @@ class Neighbor:
     last_seq: int
     last_peer_ts_us: int
     session: int = 0
+    # The newest of our hellos it echoed (our tx timestamp): a hello of another
+    # session must echo a newer one to count as its restart (no replay).
+    echoed_us_ts: int = -1
     state: str = "init"  # init (heard, not two-way) | up
     up_since: float | None = None
     rtt_s: float | None = None
@@ -341,8 +344,10 @@ class LinkSensor:
         nb = self._table.get(key)
         if nb is not None and hello.session != nb.session:
             # Another agent start of this neighbour, or a replay of an earlier
-            # one: only a hello that echoes one of our recent hellos is new.
-            if not self._fresh(hello, now):
+            # one: only a hello that echoes one of our recent hellos, newer than
+            # any the current session echoed, is new.
+            mine = next((e for e in hello.echoes if e.name == self.node_name), None)
+            if mine is None or mine.echo_ts_us <= nb.echoed_us_ts or not self._fresh(hello, now):
                 self.drops["stale_session"] += 1
                 return []
             events.extend(self._kill(key, "restart", now))
@@ -388,6 +393,8 @@ class LinkSensor:
                 nb.rtt_last_s = rtt
                 nb.rtt_s = rtt if nb.rtt_s is None else nb.rtt_s + RTT_ALPHA * (rtt - nb.rtt_s)
         nb.missing_us = 0 if mine is not None else nb.missing_us + 1
+        if mine is not None:
+            nb.echoed_us_ts = max(nb.echoed_us_ts, mine.echo_ts_us)
         if (
             nb.state == "init"
             and mine is not None

@@ -45,6 +45,7 @@ with plus our own time holding it).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import logging
@@ -96,6 +97,8 @@ VERIFY_RATE_ALL = 500.0
 VERIFY_BURST_ALL = 4000.0
 MAX_SOURCES = 256
 BAD_CACHE_MAX = 1024
+# RFC 2328 MinLSArrival: at most one send-back per origin and second.
+SEND_BACK_INTERVAL_S = 1.0
 
 
 class Verifier(Protocol):
@@ -147,6 +150,13 @@ class Result:
     reason: str | None = None  # a REJECT_REASONS member, "duplicate" or "flushed"
     origin: str | None = None
     topology_changed: bool = False
+    # Our newer copy of this origin's advert, to send back to whoever sent an
+    # older one (RFC 2328 s13 step 8): how a node that lost its state, or the
+    # origin of a replayed maximum, learns the seq it must go past.
+    reply: bytes | None = None
+    # Our own advert came back newer than ours (RFC 2328 s13.4): originate now,
+    # past it (or wrap, when it holds MAX_SEQ).
+    reoriginate: bool = False
 
 
 class _Bucket:
@@ -198,6 +208,7 @@ class LinkStateDB:
         self._buckets: dict[str, _Bucket] = {}
         self._all = _Bucket(VERIFY_BURST_ALL, 0.0)
         self._errors_logged: set[str] = set()
+        self._sent_back: dict[str, float] = {}
 
     # -- origination ------------------------------------------------------
     def originate(self, links: dict[str, float], now: float) -> tuple[bytes, bool]:
@@ -308,7 +319,16 @@ class LinkStateDB:
             if advert.seq <= self._seq:
                 return self._reject("replayed", origin)
         elif stored is not None and advert.seq <= stored.advert.seq:
-            return self._reject("replayed", origin)
+            result = self._reject("replayed", origin)
+            if advert.seq < stored.advert.seq:
+                last = self._sent_back.get(origin)
+                if last is None or now - last >= SEND_BACK_INTERVAL_S:
+                    if len(self._sent_back) > 4 * len(self._db) + 64:
+                        self._sent_back.clear()
+                    self._sent_back[origin] = now
+                    reply = with_age(stored.raw, (now - stored.born) * 1000)
+                    return dataclasses.replace(result, reply=reply)
+            return result
         digest = hashlib.sha256(canonical).digest()
         known_bad = self._bad.get(digest)
         if known_bad is not None:
@@ -329,7 +349,7 @@ class LinkStateDB:
                 self._own_max = canonical  # flushed by the next origination's wrap
             elif self._seq >= self._reserved:
                 self._reserve(self._seq + 1)
-            return self._reject("replayed", origin)
+            return dataclasses.replace(self._reject("replayed", origin), reoriginate=True)
         self._db[origin] = Entry(advert, canonical, now, now - age_s)
         self.accepted_total += 1
         changed = stored is None or _topo_key(stored.advert) != _topo_key(advert)
