@@ -78,6 +78,9 @@ _ANC_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(4)
 # Datagrams read from one socket per turn (each wake-up or tick): enough for a
 # neighbour table's worth of hellos, and a flooded socket cannot hold the loop.
 READ_BUDGET = 64
+# And at most this long on the advert socket per wake-up (signature checks cost
+# 0.1-0.6 ms each): what is left is read on the loop's next turn, after timers.
+ADVERT_TURN_S = 0.005
 # Raw ICMP socket filter (linux/icmp.h): a set bit drops that ICMP type.
 SOL_RAW, ICMP_FILTER = 255, 1
 _ECHO_REPLY_ONLY = struct.pack("@I", 0xFFFFFFFF & ~(1 << 0))
@@ -432,13 +435,16 @@ class Agent:
 
     # -- receive path -----------------------------------------------------
     def _on_readable(self, ifname: str, s: socket.socket) -> None:
-        """Handle up to READ_BUDGET queued adverts, each in its own guard."""
+        """Handle queued adverts (READ_BUDGET, ADVERT_TURN_S at most), each in its own guard."""
+        started = time.perf_counter()
         for data, src, _at, ttl in self._recv_stamped(ifname, s):
             try:
                 self._on_advert(ifname, data, src, ttl)
             except Exception:  # the cores never raise; this guards the shell's own code
                 self._guard_failed("advert")
                 self.metrics.adverts_rejected.labels("internal_error").inc()
+            if time.perf_counter() - started > ADVERT_TURN_S:
+                return
 
     def _guard_failed(self, what: str) -> None:
         if what not in self._errors_logged:

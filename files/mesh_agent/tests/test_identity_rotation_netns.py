@@ -62,7 +62,8 @@ def test_rotated_certificate_is_picked_up_and_adverts_keep_verifying(
     rejected_before = [rejected(n) for n in ns]
 
     pki = line.base / "n0" / "pki"
-    key, cert = ca.issue("n0", days=2.0)  # a later notAfter: visible in the metrics
+    # A later notAfter (visible in the metrics), the same node address.
+    key, cert = ca.issue("n0", days=2.0, addresses=[line.nodes[0].address])
     replace(pki / "node.crt", cert.public_bytes(serialization.Encoding.PEM))
     replace(pki / "node.key", key.private_bytes(serialization.Encoding.PEM,
                                                 serialization.PrivateFormat.PKCS8,

@@ -91,10 +91,10 @@ GTSM_TTL = 255
 # neighbour forwards every origin's refresh, about N / advert_interval_s a
 # second, and a new neighbour's database exchange is one burst of N.
 VERIFY_RATE = 200.0
-VERIFY_BURST = 2000.0
+VERIFY_BURST = 500.0
 # All sources together.
 VERIFY_RATE_ALL = 500.0
-VERIFY_BURST_ALL = 4000.0
+VERIFY_BURST_ALL = 1000.0
 MAX_SOURCES = 256
 BAD_CACHE_MAX = 1024
 # RFC 2328 MinLSArrival: at most one send-back per origin and second.
