@@ -35,6 +35,9 @@ from mesh_agent.identity import Identity, IdentityError
 SALT = b"meshcore hello v2"
 CACHE_MAX = 1024
 ROTATION_GRACE_S = 30.0
+# A peer's keys are looked up on every hello; its certificate is re-checked
+# (validity window, trust) at most this often while it stays the same.
+RECHECK_S = 1.0
 
 
 class HelloKeys:
@@ -58,6 +61,8 @@ class HelloKeys:
         # (key, fingerprint, usable until)
         self._previous: tuple[ec.EllipticCurvePrivateKey, bytes, float] | None = None
         self._cache: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
+        # name -> (certificate bytes object, keys, recheck after, own key fingerprints)
+        self._by_name: dict[str, tuple[bytes, list[bytes], float, tuple[bytes, ...]]] = {}
         self.derivations = 0
 
     def _own_keys(self, now: float) -> list[tuple[ec.EllipticCurvePrivateKey, bytes]]:
@@ -77,13 +82,19 @@ class HelloKeys:
         der = self.peer_cert(name)
         if der is None:
             return []
+        own_keys = self._own_keys(now)
+        own_state = tuple(fp for _, fp in own_keys)
+        hit = self._by_name.get(name)
+        if hit is not None and hit[0] is der and now < hit[2] and hit[3] == own_state:
+            return hit[1]
         try:
             peer = self.identity.verify_cert(der, name)
         except IdentityError:
+            self._by_name.pop(name, None)
             return []
         digest = hashlib.sha256(der).digest()
         out = []
-        for own, fingerprint in self._own_keys(now):
+        for own, fingerprint in own_keys:
             slot = (fingerprint, digest)
             key = self._cache.get(slot)
             if key is None:
@@ -92,6 +103,9 @@ class HelloKeys:
                 if len(self._cache) > CACHE_MAX:
                     self._cache.popitem(last=False)
             out.append(key)
+        if len(self._by_name) > CACHE_MAX:
+            self._by_name.clear()
+        self._by_name[name] = (der, out, now + RECHECK_S, own_state)
         return out
 
     def _derive(
