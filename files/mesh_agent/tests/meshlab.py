@@ -111,6 +111,11 @@ class Mesh:
                     }
                 )
             )
+            # MESHCORE_AGENT_PYTHONPATH runs another build of the agent (an
+            # older tree's files/mesh_agent) under the same tests.
+            env = dict(os.environ)
+            if os.environ.get("MESHCORE_AGENT_PYTHONPATH"):
+                env["PYTHONPATH"] = os.environ["MESHCORE_AGENT_PYTHONPATH"]
             node.proc = subprocess.Popen(
                 [
                     "ip",
@@ -127,6 +132,7 @@ class Mesh:
                 stdout=node.log.open("wb"),
                 stderr=subprocess.STDOUT,
                 preexec_fn=_unit_limits,
+                env=env,
             )
 
     def stop(self) -> list[int | None]:

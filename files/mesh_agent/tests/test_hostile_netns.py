@@ -120,6 +120,30 @@ def signed(who: Identity, origin: str, addr: str, seq: int, links: dict[str, flo
     return body + signature_trailer(who.sign(body))
 
 
+def signed_v1(who: Identity, origin: str, addr: str, seq: int, links: dict[str, float],
+              cert: bytes | None = None) -> bytes:
+    """The same advert in wire version 1 (a sender timestamp, no age): what the probe
+    sent. This build refuses the version (malformed); a version-1 agent parses it, so
+    the attacks also run against the build before the fix (MESHCORE_AGENT_PYTHONPATH)."""
+    import struct
+
+    parts = [struct.pack("!2sBBQQ4s", b"MA", 1, 0, seq, int(time.time() * 1000),
+                         bytes(int(x) for x in addr.split(".")))]
+    raw = origin.encode()
+    parts += [bytes([len(raw)]), raw, struct.pack("!H", len(links))]
+    for name, cost in sorted(links.items()):
+        parts += [bytes([len(name)]), name.encode(), struct.pack("!H", round(cost * 100))]
+    der = who.cert_der if cert is None else cert
+    parts += [struct.pack("!H", len(der)), der]
+    body = b"".join(parts)
+    return body + signature_trailer(who.sign(body))
+
+
+def both(who: Identity, origin: str, addr: str, seq: int, links: dict[str, float],
+         cert: bytes | None = None) -> list[bytes]:
+    return [f(who, origin, addr, seq, links, cert) for f in (signed, signed_v1)]
+
+
 def bad_version(cert_der: bytes) -> bytes:
     marker = b"\xa0\x03\x02\x01\x02"
     i = cert_der.index(marker)
@@ -133,7 +157,9 @@ def test_invalid_certificate_version_is_counted_and_harmless(
     x, b, a = line.nodes[X].ns, line.nodes[B].ns, line.nodes[A].ns
     me = ca.identity("n0", "10.77.0.1")
     bad = bad_version(me.cert_der)
-    adverts = [signed(me, "n0", "10.77.0.1", 2**40 + i, {"n1": 1.0}, bad) for i in range(200)]
+    adverts = [
+        a for i in range(100) for a in both(me, "n0", "10.77.0.1", 2**40 + i, {"n1": 1.0}, bad)
+    ]
     path = datagrams(tmp_path, "badcert", adverts)
     untrusted0 = metric(b, "meshcore_adverts_rejected_total", '{reason="untrusted"}')
     malformed0 = metric(b, "meshcore_hellos_dropped_total", '{reason="malformed"}')
@@ -151,7 +177,7 @@ def test_invalid_certificate_version_is_counted_and_harmless(
 
     assert witness(line, fault, 8) == 0
     time.sleep(1.5)  # counters are synced into Prometheus once a second
-    assert metric(b, "meshcore_adverts_rejected_total", '{reason="untrusted"}') - untrusted0 >= 150
+    assert metric(b, "meshcore_adverts_rejected_total", '{reason="untrusted"}') - untrusted0 >= 75
     assert metric(b, "meshcore_hellos_dropped_total", '{reason="malformed"}') - malformed0 >= 150
     assert metric(a, "meshcore_socket_drops_total", '{socket="hello"}') - drops0 >= 150
     assert metric(b, "meshcore_adverts_rejected_total", '{reason="internal_error"}') == 0
@@ -259,13 +285,13 @@ def test_maximum_sequence_number_adverts(line: Mesh, ca: CA, tmp_path: Path) -> 
     a, b, c = (line.nodes[i].ns for i in (A, B, C))
     victim = node_identity(line, B, ca)  # a replay of adverts b signed, or b's stolen key
     links = {"n0": 1.0, "n2": 1.0}
-    u64_max = signed(victim, "n1", "10.77.0.2", 2**64 - 1, links)
+    u64_max = both(victim, "n1", "10.77.0.2", 2**64 - 1, links)
     wrap = signed(victim, "n1", "10.77.0.2", MAX_SEQ, links)
     bad_seq0 = metric(b, "meshcore_adverts_rejected_total", '{reason="bad_seq"}')
     held: list[int] = []
 
     def fault() -> None:
-        path = datagrams(tmp_path, "u64", [u64_max])
+        path = datagrams(tmp_path, "u64", u64_max)
         attack(a, "udp", "--dst", B_LINK_TO_A, "--port", str(ADVERT), "--dev", "mesh0",
                "--rate", "10", "--seconds", "1", "--ttl", "255", "--datagrams", path)
         # 2**63 - 1 is a valid seq: a stores it and floods it to b, whose own it is.
@@ -279,7 +305,7 @@ def test_maximum_sequence_number_adverts(line: Mesh, ca: CA, tmp_path: Path) -> 
         return int(lsdb.get("n1", {}).get("seq", -1))
 
     assert witness(line, fault, 4) == 0
-    assert metric(b, "meshcore_adverts_rejected_total", '{reason="bad_seq"}') - bad_seq0 >= 5
+    assert metric(b, "meshcore_adverts_rejected_total", '{reason="bad_seq"}') - bad_seq0 >= 3
     # a stored it, unless b already got it back and wrapped (13.4: at once).
     log_b = line.nodes[B].log
     assert held[0] == MAX_SEQ or "restarting at 1" in log_b.read_text(), (
@@ -315,9 +341,9 @@ def test_stolen_address_is_refused(line: Mesh, ca: CA, tmp_path: Path) -> None:
     # The same claim in a signed advert, straight onto b's link: refused, counted.
     key, cert = ca.issue("n9", addresses=["10.77.0.9"])
     thief = Identity("n9", "mesh.lab", key, cert, ca.cert)
-    claims = [signed(thief, "n9", addr, 10 + i, {"n1": 1.0})
-              for i, addr in enumerate([line.nodes[C].address, "0.0.0.0", "127.0.0.1",
-                                        "224.0.0.1", "255.255.255.255"])]
+    claims = [a for i, addr in enumerate([line.nodes[C].address, "0.0.0.0", "127.0.0.1",
+                                          "224.0.0.1", "255.255.255.255"])
+              for a in both(thief, "n9", addr, 10 + i, {"n1": 1.0})]
     path = datagrams(tmp_path, "thief", claims)
     counts0 = {r: metric(b, "meshcore_adverts_rejected_total", f'{{reason="{r}"}}')
                for r in ("address_not_bound", "bad_address")}
@@ -339,13 +365,12 @@ def test_forged_advert_flood_is_budgeted(line: Mesh, ca: CA, tmp_path: Path) -> 
     real = node_identity(line, A, ca)
     liar = ca.identity("n0", "10.77.0.1")  # a's name and cert shape, not a's key
     forged = []
-    for i in range(25_000):  # all distinct: no failure cache helps
-        body = encode_unsigned("n0", "10.77.0.1", 2**41 + i, (("n1", 1.0),), real.cert_der)
-        forged.append(body + signature_trailer(liar.sign(body)))
+    for i in range(12_500):  # all distinct: no failure cache helps
+        forged += both(liar, "n0", "10.77.0.1", 2**41 + i, {"n1": 1.0}, real.cert_der)
     path = datagrams(tmp_path, "forged", forged)
     def counts() -> dict[str, float]:
         out = {r: metric(b, "meshcore_adverts_rejected_total", f'{{reason="{r}"}}')
-               for r in ("bad_signature", "rate_limited")}
+               for r in ("bad_signature", "rate_limited", "malformed")}
         out["kernel"] = metric(b, "meshcore_socket_drops_total", '{socket="advert"}')
         return out
 
@@ -361,7 +386,7 @@ def test_forged_advert_flood_is_budgeted(line: Mesh, ca: CA, tmp_path: Path) -> 
     time.sleep(1.5)
     got = {k: v - counts0[k] for k, v in counts().items()}
     # Every forged advert is accounted for: checked and refused, refused unchecked
-    # (over budget), or dropped by the kernel while the agent was busy.
+    # (over budget; version 1: malformed), or dropped by the kernel while busy.
     assert sum(got.values()) >= 0.9 * sent[0], (got, sent)
     # At most the per-source budget (burst + rate x duration) was checked.
     assert got["bad_signature"] <= VERIFY_BURST + VERIFY_RATE * 8, got
