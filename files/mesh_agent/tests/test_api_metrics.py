@@ -77,7 +77,10 @@ def test_health_ready_metrics_views(ca: CA) -> None:
         assert name in text, name
     assert 'meshcore_adverts_rejected_total{reason="replayed"} 0.0' in text
     assert "meshcore_topology_nodes 2.0" in text
-    assert client.get("/openapi.json").status_code == 200
+    schema = client.get("/openapi.json").json()
+    plan = schema["paths"]["/v1/plan"]["get"]["parameters"][0]["schema"]
+    assert (plan["minimum"], plan["maximum"]) == (1, 1000)  # the bounds are in the schema
+    assert "404" in schema["paths"]["/v1/paths/{dst}"]["get"]["responses"]
 
 
 def test_planning_report_on_the_lsdb(ca: CA) -> None:
