@@ -204,6 +204,7 @@ class Agent:
         self._drops_seen: dict[str, int] = {}
         self._kernel_drops: dict[int, int] = {}  # socket fd -> SK_MEMINFO_DROPS seen
         self._errors_logged: set[str] = set()
+        self._clock_logged = False
         self._route_errors_seen = 0
         self._last_links: dict[str, tuple[str, str]] = {}
         self._last_shape: object = None
@@ -818,7 +819,8 @@ class Agent:
         trusted = self.clock_trust.update(now, synced)
         self.identity.check_validity = trusted
         self.metrics.clock_trusted.set(1 if trusted else 0)
-        if trusted != was:
+        if trusted != was or not self._clock_logged:
+            self._clock_logged = True
             if trusted:
                 log.info("clock trusted (%s): certificate validity checked", self.cfg.clock_trust)
             else:

@@ -60,6 +60,7 @@ from mesh_agent.addressing import unusable_reason
 from mesh_agent.identity import IdentityError, Peer
 from mesh_agent.link.wire import WireError
 from mesh_agent.topology.wire import (
+    MAX_AGE_MS,
     Advert,
     decode_advert,
     encode_unsigned,
@@ -269,7 +270,7 @@ class LinkStateDB:
         if now > until:
             self._flush = None
             return []
-        return [with_age(raw, self.max_age_s * 1000)]
+        return [with_age(raw, MAX_AGE_MS)]  # beyond any node's advert_max_age_s
 
     # -- reception --------------------------------------------------------
     def receive(
