@@ -349,7 +349,7 @@ def test_stolen_address_is_refused(line: Mesh, ca: CA, tmp_path: Path) -> None:
                for r in ("address_not_bound", "bad_address")}
 
     def fault() -> None:
-        attack(x, "udp", "--dst", B_LINK_TO_X, "--port", str(ADVERT), "--rate", "5",
+        attack(x, "udp", "--dst", B_LINK_TO_X, "--port", str(ADVERT), "--rate", "20",
                "--seconds", "1", "--ttl", "255", "--datagrams", path)
 
     assert witness(line, fault, 3) == 0

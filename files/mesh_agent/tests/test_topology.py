@@ -326,9 +326,12 @@ def test_sequence_wrap_flushes_the_maximum_and_restarts(ca: CA) -> None:
     # b: the new advert is older than what it holds until the flush arrives ...
     assert db_b.receive(raw, NOW + 1).reason == "replayed"
     r = db_b.receive(flush[0], NOW + 1)
-    assert r.accepted and r.reason == "flushed" and "a" not in db_b.entries()
+    assert r.accepted and r.reason == "flushed" and not r.topology_changed
+    assert "a" in db_b.graph()  # still routed: a wrap moves no route
+    assert db_b.receive(flush[0], NOW + 1).reason == "duplicate"  # flooded on once
     # ... then numbering from 1 is accepted.
     assert db_b.receive(raw, NOW + 1).accepted
+    assert db_b.entries()["a"].advert.seq == 1
     # Only a MAX_SEQ instance can be flushed: a max-age copy of a normal advert is stale.
     normal = db_b.entries()["a"].raw
     assert db_b.receive(with_age(normal, 30_000), NOW + 2).reason == "duplicate"

@@ -35,8 +35,10 @@ comes back with a higher seq, we continue after it. Seqs above ``MAX_SEQ``
 maximum can neither be stored nor make us jump past the end. If our seq does
 reach ``MAX_SEQ`` (only through an advert we signed with it), the next
 origination *wraps*: our ``MAX_SEQ`` instance is flushed (re-flooded with the
-maximum age, which makes every node drop it; only a ``MAX_SEQ`` advert can be
-flushed this way) and numbering restarts at :data:`INITIAL_SEQ`.
+maximum age; only a ``MAX_SEQ`` advert can be flushed this way), after which
+every node lets any seq replace it, and numbering restarts at
+:data:`INITIAL_SEQ`. Unlike OSPF's flush the instance stays in the graph until
+it is replaced (or ages out), so a wrap moves no route.
 
 Ageing is by the receiver's own monotonic clock: an entry is dropped when it
 is older than ``max_age_s`` counted from the origin's send (the age it came
@@ -143,6 +145,10 @@ class Entry:
     raw: bytes  # canonical bytes (age 0)
     received_at: float  # our monotonic clock
     born: float  # our estimate of when the origin sent it: received_at - its age
+    # The origin wrapped its sequence (this MAX_SEQ instance was flushed): any
+    # seq replaces it. Its links stay in the graph until then, so a wrap moves
+    # no route.
+    flushed: bool = False
 
 
 @dataclass(frozen=True)
@@ -303,9 +309,16 @@ class LinkStateDB:
         stored = self._db.get(origin)
         age_s = advert.age_ms / 1000.0
         if stored is not None and stored.raw == canonical:
-            if advert.seq == MAX_SEQ and age_s >= self.max_age_s and origin != self.node_name:
-                del self._db[origin]  # the origin's sequence wrap (RFC 2328 s12.1.6)
-                return Result(True, "flushed", origin, True)
+            if (
+                advert.seq == MAX_SEQ
+                and age_s >= self.max_age_s
+                and origin != self.node_name
+                and not stored.flushed
+            ):
+                # The origin's sequence wrap (RFC 2328 s12.1.6): its next seq,
+                # from 1, replaces this instance. Flooded on, once.
+                self._db[origin] = dataclasses.replace(stored, flushed=True)
+                return Result(True, "flushed", origin, False)
             self.duplicate_total += 1
             return Result(False, "duplicate", origin)
         if not advert.signature:
@@ -319,7 +332,7 @@ class LinkStateDB:
         if origin == self.node_name:
             if advert.seq <= self._seq:
                 return self._reject("replayed", origin)
-        elif stored is not None and advert.seq <= stored.advert.seq:
+        elif stored is not None and not stored.flushed and advert.seq <= stored.advert.seq:
             result = self._reject("replayed", origin)
             if advert.seq < stored.advert.seq:
                 last = self._sent_back.get(origin)
