@@ -82,10 +82,12 @@ class MonitoredMesh:
             ip(ns, "link", "set", "eth0", "up")
             d = self.base / f"n{i}"
             cfg = d / "agent.yml"
-            pki = ca.write(d / "pki", f"n{i}")
+            pki = ca.write(d / "pki", f"n{i}", f"10.77.200.{i + 1}")
             cfg.write_text(json.dumps({
                 "node_name": f"n{i}", "node_address": f"10.77.200.{i + 1}", "mode": "enforce",
-                "hello_interval_ms": 50, "dead_multiplier": 3, "api_listen": "0.0.0.0:9105",
+                "hello_interval_ms": 50, "dead_multiplier": 3,
+                # Loopback and the management address, as the role configures it.
+                "api_listen": ["127.0.0.1:9105", f"{mgmt}.1:9105"],
                 "identity": pki, "state_dir": str(d), "route_protocol": 77,
             }))
             self._spawn(d / "agent.log", "ip", "netns", "exec", ns, sys.executable, "-m",

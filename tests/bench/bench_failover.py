@@ -255,8 +255,13 @@ def trial(lab: Lab, src: str, dst: str, mode: str, hold: float) -> dict[str, Any
             "path_after": after}
 
 
-def make_pki(workdir: Path, nodes: list[str]) -> tuple[Path, dict[str, tuple[Path, Path]]]:
-    """A throwaway lab CA and node certificates (URI SAN spiffe://mesh.lab/node/<name>)."""
+def make_pki(
+    workdir: Path, nodes: dict[str, str]
+) -> tuple[Path, dict[str, tuple[Path, Path]]]:
+    """A throwaway lab CA and node certificates (URI SAN spiffe://mesh.lab/node/<name>,
+    IP SAN the node address, which the agent requires)."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -278,7 +283,7 @@ def make_pki(workdir: Path, nodes: list[str]) -> tuple[Path, dict[str, tuple[Pat
     ca_path = workdir / "ca.crt"
     ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     out = {}
-    for node in nodes:
+    for node, address in nodes.items():
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (x509.CertificateBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)]))
@@ -287,7 +292,8 @@ def make_pki(workdir: Path, nodes: list[str]) -> tuple[Path, dict[str, tuple[Pat
                 .not_valid_before(now - dt.timedelta(minutes=5))
                 .not_valid_after(now + dt.timedelta(days=1))
                 .add_extension(x509.SubjectAlternativeName(
-                    [x509.UniformResourceIdentifier(f"spiffe://mesh.lab/node/{node}")]),
+                    [x509.UniformResourceIdentifier(f"spiffe://mesh.lab/node/{node}"),
+                     x509.IPAddress(ipaddress.IPv4Address(address))]),
                     critical=False)
                 .sign(ca_key, hashes.SHA256()))
         kp, cp = workdir / f"{node}.key", workdir / f"{node}.crt"
@@ -348,7 +354,8 @@ def run_topology(spec: str, impls: list[str], modes: list[str], trials: int) -> 
     log(f"{name}: {len(state['nodes'])} nodes, {len(state['links'])} links, flow {src} -> {dst}")
     try:
         lab.up()
-        pki = make_pki(workdir, list(state["nodes"])) if "mesh_agent" in impls else None
+        addresses = {name: n["node_address"] for name, n in state["nodes"].items()}
+        pki = make_pki(workdir, addresses) if "mesh_agent" in impls else None
         for impl in impls:
             if impl == "mesh_agent":
                 assert pki is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -39,6 +40,7 @@ class Mesh:
     hello_interval_ms: int = 50
     dead_multiplier: int = 3
     echo: bool = True  # kernel echo probes (link.echo)
+    idle: frozenset[int] = frozenset()  # nodes without an agent (an attacker's namespace)
     nodes: list[Node] = field(default_factory=list)
     ifname: dict[tuple[int, int], str] = field(default_factory=dict)  # (node, peer) -> ifname
 
@@ -88,8 +90,10 @@ class Mesh:
             ip(ns_a, "link", "set", ia, "up")
             ip(ns_b, "link", "set", ib, "up")
         for node in self.nodes:
+            if node.index in self.idle:
+                continue
             d = self.base / f"n{node.index}"
-            pki = ca.write(d / "pki", f"n{node.index}")
+            pki = ca.write(d / "pki", f"n{node.index}", node.address)
             cfg = d / "agent.yml"
             cfg.write_text(
                 json.dumps(
@@ -107,6 +111,11 @@ class Mesh:
                     }
                 )
             )
+            # MESHCORE_AGENT_PYTHONPATH runs another build of the agent (an
+            # older tree's files/mesh_agent) under the same tests.
+            env = dict(os.environ)
+            if os.environ.get("MESHCORE_AGENT_PYTHONPATH"):
+                env["PYTHONPATH"] = os.environ["MESHCORE_AGENT_PYTHONPATH"]
             node.proc = subprocess.Popen(
                 [
                     "ip",
@@ -122,6 +131,8 @@ class Mesh:
                 ],
                 stdout=node.log.open("wb"),
                 stderr=subprocess.STDOUT,
+                preexec_fn=_unit_limits,
+                env=env,
             )
 
     def stop(self) -> list[int | None]:
@@ -156,16 +167,21 @@ class Mesh:
         """The agent's standby routes (through a backup, at a higher metric) on node i."""
         return [r for r in self._own_routes(i) if " metric " in r]
 
+    @property
+    def agents(self) -> list[Node]:
+        return [n for n in self.nodes if n.index not in self.idle]
+
     def converged(self) -> bool:
-        return all(api(n.ns, "/readyz")[0] == 200 for n in self.nodes) and all(
-            len(self.routes(i)) == self.n - 1 for i in range(self.n)
+        agents = self.agents
+        return all(api(n.ns, "/readyz")[0] == 200 for n in agents) and all(
+            len(self.routes(n.index)) == len(agents) - 1 for n in agents
         )
 
     def dump(self) -> str:
         return "\n".join(
             f"{n.ns}: ready={api(n.ns, '/readyz')} nbrs={api(n.ns, '/v1/neighbors')[1]}\n"
             + "\n".join(self._own_routes(n.index))
-            for n in self.nodes
+            for n in self.agents
         )
 
     def wait_for(self, pred: Callable[[], bool], timeout: float, what: str) -> float:
@@ -175,6 +191,12 @@ class Mesh:
                 return time.monotonic() - t0
             time.sleep(0.05)
         raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{self.dump()}")
+
+
+def _unit_limits() -> None:
+    """As the systemd unit runs the agent: LimitNOFILE=1024."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
 
 
 def api(ns: str, path: str) -> tuple[int, str]:
@@ -197,6 +219,14 @@ def api(ns: str, path: str) -> tuple[int, str]:
     ).stdout
     body, _, code = out.rpartition("\n")
     return int(code or 0), body
+
+
+def metric(ns: str, name: str, labels: str = "") -> float:
+    """One sample of the agent's /metrics in *ns* (0 when absent)."""
+    code, body = api(ns, "/metrics")
+    assert code == 200, body
+    m = re.search(rf"^{re.escape(name + labels)} ([0-9.e+-]+)$", body, flags=re.MULTILINE)
+    return float(m.group(1)) if m else 0.0
 
 
 def ping(

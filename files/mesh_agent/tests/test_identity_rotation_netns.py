@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from meshlab import Mesh, api, ping
+from meshlab import Mesh, api, metric, ping
 from netns_util import requires_root
 from pki import CA
 
@@ -35,13 +35,6 @@ def line(tmp_path_factory: pytest.TempPathFactory, ca: CA) -> Iterator[Mesh]:
         yield mesh
     finally:
         mesh.destroy()
-
-
-def metric(ns: str, name: str, labels: str = "") -> float:
-    code, body = api(ns, "/metrics")
-    assert code == 200, body
-    m = re.search(rf"^{re.escape(name + labels)} ([0-9.e+-]+)$", body, flags=re.MULTILINE)
-    return float(m.group(1)) if m else 0.0
 
 
 def rejected(ns: str) -> float:
@@ -69,7 +62,8 @@ def test_rotated_certificate_is_picked_up_and_adverts_keep_verifying(
     rejected_before = [rejected(n) for n in ns]
 
     pki = line.base / "n0" / "pki"
-    key, cert = ca.issue("n0", days=2.0)  # a later notAfter: visible in the metrics
+    # A later notAfter (visible in the metrics), the same node address.
+    key, cert = ca.issue("n0", days=2.0, addresses=[line.nodes[0].address])
     replace(pki / "node.crt", cert.public_bytes(serialization.Encoding.PEM))
     replace(pki / "node.key", key.private_bytes(serialization.Encoding.PEM,
                                                 serialization.PrivateFormat.PKCS8,
