@@ -27,7 +27,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 1
 export PY_COLORS ?= 1
 
-.PHONY: help setup image image-rpi seed image-boot-test image-repro agent-bundle lab lab-status lab-report lab-destroy dashboard test test-full lint unit molecule molecule-full molecule-image bench
+.PHONY: help setup image image-rpi seed image-boot-test image-repro agent-bundle lab lab-status lab-report lab-destroy dashboard test test-full lint unit molecule molecule-full molecule-image bench fuzz
 
 help:
 	@echo "make lab [NODES=10] [TOPOLOGY=grid|rgg|ladder|community|FILE]   build + provision the lab mesh"
@@ -37,6 +37,7 @@ help:
 	@echo "make test        lint + unit tests + molecule (fast scenarios)"
 	@echo "make test-full   make test + the slow scenarios"
 	@echo "make bench       benchmarks under tests/bench (one JSON line per figure)"
+	@echo "make fuzz [FUZZ_SECONDS=600]  coverage-guided fuzzing of the agent's advert handling (make test runs 20 s)"
 	@echo "make image [IMAGE_TARGET=container-amd64|rpi-arm64]           build an image"
 	@echo "make seed HOST=name [INVENTORY=inventories/example] [DEVICE=]  per-node first-boot seed into a copy of the rpi image (or a card)"
 	@echo "make image-boot-test  boot the rpi-arm64 image under qemu-system-aarch64 (TCG) with a seed, check it"
@@ -114,3 +115,7 @@ test-full: test molecule-full image-rpi molecule-image
 
 bench: setup
 	@set -e; for b in tests/bench/bench_*.py; do $(BIN)/python $$b; done
+
+FUZZ_SECONDS ?= 600
+fuzz: setup
+	MESHCORE_FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/pytest -q files/mesh_agent/tests/test_fuzz_lsdb.py -k atheris -p no:cacheprovider

@@ -81,8 +81,9 @@ def test_archive_url_follows_version_and_arch() -> None:
 
 def test_entries_cover_every_mesh_node() -> None:
     hosts = ["gw1", "n2", "n3"]
+    hostvars = {h: {"mesh_node_address": f"10.77.0.{i}"} for i, h in enumerate(hosts, 1)}
     text = render("spire_server", "entries.json.j2", spire_server_node_attestors=["x509pop"],
-                  groups={"mesh_nodes": hosts}, hostvars={h: {} for h in hosts})
+                  groups={"mesh_nodes": hosts}, hostvars=hostvars)
     entries = json.loads(text)["entries"]
     workloads = [e for e in entries if "/node/" in e["spiffe_id"]]
     aliases = [e for e in entries if e["parent_id"] == "spiffe://mesh.lab/spire/server"]
@@ -91,6 +92,15 @@ def test_entries_cover_every_mesh_node() -> None:
     ]
     assert all(e["selectors"] == [{"type": "unix", "value": "user:meshcore"}] for e in workloads)
     assert sorted(e["selectors"][0]["value"] for e in aliases) == [f"subject:cn:{h}" for h in hosts]
+    # The node address rides in the SVID as its in-addr.arpa DNS SAN (SPIRE has no IP SANs),
+    # which the agent's binding check reads (mesh_agent.identity.cert_addresses).
+    from mesh_agent.identity import address_san
+
+    by_id = {e["spiffe_id"]: e for e in workloads}
+    for h, hv in hostvars.items():
+        assert by_id[f"spiffe://mesh.lab/node/{h}"]["dns_names"] == [
+            address_san(hv["mesh_node_address"])
+        ]
 
 
 def _tasks(path: Path) -> list[dict[str, Any]]:

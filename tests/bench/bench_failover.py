@@ -110,7 +110,9 @@ class Lab(netns.NetnsLab):
         """The agent in enforce mode, 50 ms x 3 hellos, started as its unit starts it."""
         for node, n in self.state["nodes"].items():
             d = self.workdir / node
-            cfg = agent_config(node, n["node_address"], ca.write(d / "pki", node), d)
+            # The certificate binds the node address (IP SAN): the agent requires it.
+            pki = ca.write(d / "pki", node, n["node_address"])
+            cfg = agent_config(node, n["node_address"], pki, d)
             self.spawn(node, agent_argv(write_config(self.workdir / f"{node}.agent.yml", cfg)),
                        self.workdir / f"{node}.agent.log")
 

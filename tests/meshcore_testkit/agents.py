@@ -10,11 +10,13 @@ systemd unit runs it (``python -OO -X no_debug_ranges -m mesh_agent run``).
 from __future__ import annotations
 
 import json
+import os
 import re
+import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,21 @@ def agent_argv(config: Path) -> list[str]:
             "--config", str(config)]
 
 
+def unit_limits() -> None:
+    """As the systemd unit runs the agent: LimitNOFILE=1024 (a Popen preexec_fn)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+
+
+def agent_env() -> dict[str, str]:
+    """The agent's environment. MESHCORE_AGENT_PYTHONPATH runs another build of the
+    agent (an older tree's files/mesh_agent) under the same tests and benchmarks."""
+    env = dict(os.environ)
+    if os.environ.get("MESHCORE_AGENT_PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["MESHCORE_AGENT_PYTHONPATH"]
+    return env
+
+
 @dataclass
 class Node:
     index: int
@@ -84,7 +101,7 @@ class AgentMesh:
     hello_interval_ms: int = 50
     dead_multiplier: int = 3
     echo: bool = True  # kernel echo probes (link.echo)
-    api_listen: str = f"127.0.0.1:{API_PORT}"
+    idle: frozenset[int] = frozenset()  # nodes without an agent (an attacker's namespace)
     ca: CA | None = None
     nodes: list[Node] = field(default_factory=list)
     ifname: dict[tuple[int, int], str] = field(default_factory=dict)  # (node, peer) -> ifname
@@ -109,20 +126,38 @@ class AgentMesh:
     def namespaces(self) -> list[str]:
         return [n.ns for n in self.nodes]
 
+    def link_address(self, i: int, j: int) -> str:
+        """Node i's address on its link to node j (no prefix length)."""
+        node = self.state["nodes"][self.nodes[i].name]
+        end = next(e for e in node["links"] if e["peer"] == self.nodes[j].name)
+        return str(end["address"]).split("/")[0]
+
+    @property
+    def agents(self) -> list[Node]:
+        return [n for n in self.nodes if n.index not in self.idle]
+
     def build(self, ca: CA | None = None) -> None:
-        ca = ca or self.ca or CA.create()
         self.lab.up()
-        for node in self.nodes:
+        self.start_agents(ca)
+
+    def start_agents(
+        self, ca: CA | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> None:
+        """One agent per node but the idle ones; ``overrides``: config keys per node name."""
+        ca = ca or self.ca or CA.create()
+        for node in self.agents:
             d = self.base / node.name
-            cfg = agent_config(node.name, node.address, ca.write(d / "pki", node.name), d,
+            # The certificate binds the node address (IP SAN), as the agent requires.
+            pki = ca.write(d / "pki", node.name, node.address)
+            cfg = agent_config(node.name, node.address, pki, d,
                                hello_interval_ms=self.hello_interval_ms,
-                               dead_multiplier=self.dead_multiplier,
-                               api_listen=self.api_listen, link={"echo": self.echo})
+                               dead_multiplier=self.dead_multiplier, link={"echo": self.echo},
+                               **(overrides or {}).get(node.name, {}))
             node.proc = self.lab.spawn(node.name, agent_argv(write_config(d / "agent.yml", cfg)),
-                                       node.log)
+                                       node.log, preexec_fn=unit_limits, env=agent_env())
 
     def stop(self) -> list[int | None]:
-        """SIGTERM every agent; their exit codes (None: had to be killed)."""
+        """SIGTERM every process; the agents' exit codes (None: had to be killed)."""
         return self.lab.stop()
 
     def destroy(self) -> None:
@@ -152,15 +187,16 @@ class AgentMesh:
         return [r for r in self._own_routes(i) if " metric " in r]
 
     def converged(self) -> bool:
-        return all(api(n.ns, "/readyz")[0] == 200 for n in self.nodes) and all(
-            len(self.routes(i)) == self.n - 1 for i in range(self.n)
+        agents = self.agents
+        return all(api(n.ns, "/readyz")[0] == 200 for n in agents) and all(
+            len(self.routes(n.index)) == len(agents) - 1 for n in agents
         )
 
     def dump(self) -> str:
         return "\n".join(
             f"{n.ns}: ready={api(n.ns, '/readyz')} nbrs={api(n.ns, '/v1/neighbors')[1]}\n"
             + "\n".join(self._own_routes(n.index))
-            for n in self.nodes
+            for n in self.agents
         )
 
     def wait_for(self, pred: Callable[[], bool], timeout: float, what: str) -> float:
@@ -181,6 +217,14 @@ def api(ns: str, path: str, port: int = API_PORT) -> tuple[int, str]:
     ).stdout
     body, _, code = out.rpartition("\n")
     return int(code or 0), body
+
+
+def metric(ns: str, name: str, labels: str = "") -> float:
+    """One sample of the agent's /metrics in *ns* (0 when absent)."""
+    code, body = api(ns, "/metrics")
+    assert code == 200, body
+    m = re.search(rf"^{re.escape(name + labels)} ([0-9.e+-]+)$", body, flags=re.MULTILINE)
+    return float(m.group(1)) if m else 0.0
 
 
 def ping_argv(ns: str, dst: str, *options: str) -> list[str]:

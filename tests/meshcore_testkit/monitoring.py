@@ -44,8 +44,7 @@ class MonitoredMesh:
     url: str = ""
 
     def __post_init__(self) -> None:
-        self.mesh = AgentMesh(self.n, self.edges, self.base, prefix=self.prefix,
-                              api_listen=f"0.0.0.0:{API_PORT}")
+        self.mesh = AgentMesh(self.n, self.edges, self.base, prefix=self.prefix)
 
     @property
     def namespaces(self) -> list[str]:
@@ -53,18 +52,22 @@ class MonitoredMesh:
 
     def start(self) -> None:
         lab = self.mesh.lab
-        self.mesh.build()
+        lab.up()
         jobs: dict[str, list[tuple[str, str]]] = {"mesh_agent": [], "node_exporter": []}
+        listen: dict[str, dict[str, object]] = {}
         for node in self.mesh.nodes:
             # Host side <tag>h<i>: the namespace's tag keeps parallel runs apart.
             mgmt = f"10.204.{node.index}"
             netns.host_veth(node.ns, "eth0", f"{lab.tag}h{node.index}"[-15:], f"{mgmt}.1/31",
                             f"{mgmt}.0/31")
+            # Loopback and the management address, as the role configures it.
+            listen[node.name] = {"api_listen": [f"127.0.0.1:{API_PORT}", f"{mgmt}.1:{API_PORT}"]}
             lab.spawn(node.name, [NODE_EXPORTER, "--web.listen-address=0.0.0.0:9100",
                                   "--collector.disable-defaults", "--collector.loadavg"],
                       self.base / node.name / "node_exporter.log")
             jobs["mesh_agent"].append((node.name, f"{mgmt}.1:{API_PORT}"))
             jobs["node_exporter"].append((node.name, f"{mgmt}.1:9100"))
+        self.mesh.start_agents(overrides=listen)
         # The same shape as the prometheus role's template: node=<name> on every target.
         config = {
             "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,34 +47,39 @@ class CA:
         key: ec.EllipticCurvePrivateKey | None = None,
         trust_domain: str = TRUST_DOMAIN,
         days: float = 1.0,
+        addresses: Sequence[str] = (),
+        dns_names: Sequence[str] = (),
+        not_before: dt.datetime | None = None,
     ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        """A node certificate: URI SAN spiffe://<td>/node/<name>, plus IP SANs for *addresses*."""
         key = key or ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
+        sans: list[x509.GeneralName] = [
+            x509.UniformResourceIdentifier(spiffe_id(trust_domain, san_name))
+        ]
+        sans += [x509.IPAddress(ipaddress.IPv4Address(a)) for a in addresses]
+        sans += [x509.DNSName(d) for d in dns_names]
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, san_name)]))
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_before(not_before or now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.UniformResourceIdentifier(spiffe_id(trust_domain, san_name))]
-                ),
-                critical=False,
-            )
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .sign(self.key, hashes.SHA256())
         )
         return key, cert
 
-    def identity(self, name: str) -> Identity:
-        key, cert = self.issue(name)
-        return Identity(name, TRUST_DOMAIN, key, cert, self.cert)
+    def identity(self, name: str, address: str | None = None) -> Identity:
+        """*name*'s identity; with *address*, its certificate binds that node address."""
+        key, cert = self.issue(name, addresses=[address] if address else ())
+        return Identity(name, TRUST_DOMAIN, key, cert, self.cert, node_address=address)
 
-    def write(self, directory: Path, name: str) -> dict[str, str]:
+    def write(self, directory: Path, name: str, address: str | None = None) -> dict[str, str]:
         """Write node.key/node.crt/ca.crt for *name* under *directory*; return the paths."""
-        key, cert = self.issue(name)
+        key, cert = self.issue(name, addresses=[address] if address else ())
         directory.mkdir(parents=True, exist_ok=True)
         paths = {
             "key": directory / "node.key",
@@ -89,3 +97,22 @@ class CA:
         paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         paths["ca"].write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
         return {k: str(v) for k, v in paths.items()}
+
+
+class PairKeysForTests:
+    """Deterministic per-pair hello keys for sans-I/O sensor tests.
+
+    The agent derives real ones from certificates (mesh_agent.identity.hellokeys,
+    tested with this PKI in test_hello_auth.py); the sensor only needs both ends
+    of a pair to agree. Names in *unknown* have no key (identity not verified).
+    """
+
+    def __init__(self, me: str, unknown: set[str] | None = None) -> None:
+        self.me = me
+        self.unknown = unknown if unknown is not None else set()
+
+    def keys(self, name: str, now: float) -> list[bytes]:
+        if name in self.unknown:
+            return []
+        a, b = sorted((self.me, name))
+        return [hashlib.sha256(f"{a}|{b}".encode()).digest()]

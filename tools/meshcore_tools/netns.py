@@ -239,19 +239,22 @@ class NetnsLab:
             add(self.ns(node), sysctls=self.sysctls)
         wire(self.state, self.ns)
 
-    def spawn(self, node: str, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, node: str, argv: list[str], log: Path, **popen: Any
+    ) -> subprocess.Popen[bytes]:
         """Start ``argv`` inside ``node``'s namespace, output to ``log``."""
-        return self.spawn_argv(exec_argv(self.ns(node), *argv), log)
+        return self.spawn_argv(exec_argv(self.ns(node), *argv), log, **popen)
 
-    def spawn_argv(self, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    def spawn_argv(self, argv: list[str], log: Path, **popen: Any) -> subprocess.Popen[bytes]:
         """Start a process (host namespace unless ``argv`` enters one), output to ``log``.
 
-        The lab owns it: :meth:`stop` ends it.
+        ``popen`` goes to subprocess.Popen (``env``, ``preexec_fn``). The lab
+        owns the process: :meth:`stop` ends it.
         """
         log.parent.mkdir(parents=True, exist_ok=True)
         out: IO[bytes] = log.open("wb")
         try:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, **popen)
         finally:
             out.close()  # the child has its own copy
         self.procs.append(proc)

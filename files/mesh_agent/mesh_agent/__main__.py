@@ -24,13 +24,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _run(cfg: AgentConfig) -> int:
+    import datetime as dt
+
     from mesh_agent.agent import Agent
     from mesh_agent.identity import Identity
+    from mesh_agent.identity.clock import ClockTrust
     from mesh_agent.identity.watch import IdentityWatcher, select_source
     from mesh_agent.metrics import Metrics
+    from mesh_agent.state import FileSeqStore
 
     source = select_source(cfg.identity, cfg.node_name, cfg.trust_domain)
     material = source.load()
+    # Decided before our own certificate is checked: a node whose clock is far
+    # off (no RTC) must still start, and does not check validity windows yet.
+    trust = ClockTrust(cfg.clock_trust, max(c.not_valid_before_utc for c in material.bundle))
+    trust.update(dt.datetime.now(dt.UTC), cfg.clock_sync_file.exists())
     identity = Identity(
         cfg.node_name,
         cfg.trust_domain,
@@ -38,9 +46,11 @@ async def _run(cfg: AgentConfig) -> int:
         material.cert,
         material.bundle[0],
         material.bundle,
+        node_address=str(cfg.node_address),
+        check_validity=trust.trusted,
     )
     metrics = Metrics()
-    agent = Agent(cfg, identity, metrics)
+    agent = Agent(cfg, identity, metrics, seq_store=FileSeqStore(cfg.state_dir), clock_trust=trust)
     # On rotation, flood an advert signed with the new key now: peers learn the
     # new certificate at once instead of at the next periodic refresh.
     watcher = IdentityWatcher(

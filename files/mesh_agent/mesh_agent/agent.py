@@ -19,25 +19,38 @@ neighbour every hello tick, answered by the neighbour's kernel; ICMP_FILTER
 lets only echo replies in, and it is drained with the hello socket. It needs
 CAP_NET_RAW (in the unit); without it the agent logs once and stays on hello
 timing.
+
+Hostile input (the protocol rules live in the cores; this shell only moves
+bytes): every UDP socket sends with TTL 255 and carries a classic BPF filter
+that drops, in the kernel, any datagram that did not arrive with TTL 255 (GTSM,
+RFC 5082; Linux does not apply IP_MINTTL to UDP), so traffic routed from two
+hops away never reaches a queue; the TTL is also read (IP_RECVTTL) and checked
+by the cores. The kernel's per-socket drop count is exported. Hello sockets
+carry only hellos and advert sockets only adverts. Each read is bounded per
+socket and per turn, and each datagram is handled inside its own guard, so no
+input can stop a timer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import datetime as dt
 import gc
 import logging
+import secrets
 import socket
 import struct
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import uvicorn
-
-from mesh_agent.api import create_app
+from mesh_agent.api import create_app, guarded_server
 from mesh_agent.config import AgentConfig
 from mesh_agent.identity import Identity
+from mesh_agent.identity.clock import ClockTrust
+from mesh_agent.identity.hellokeys import HelloKeys
 from mesh_agent.link.batman import BatmanSensor, batman_sensor, poll_batctl
 from mesh_agent.link.sensor import Event, LinkSensor, NeighborDown, NeighborUp
 from mesh_agent.metrics import Metrics
@@ -45,7 +58,7 @@ from mesh_agent.paths import PathTable
 from mesh_agent.routes.netlink import Netlink
 from mesh_agent.routes.programmer import NeighborLink, RouteProgrammer
 from mesh_agent.routes.pyroute2_lean import RTMGRP_LINK, AsyncIPRoute
-from mesh_agent.topology.lsdb import LinkStateDB
+from mesh_agent.topology.lsdb import LinkStateDB, SeqStore
 
 log = logging.getLogger("mesh_agent")
 
@@ -54,8 +67,20 @@ IFF_LOWER_UP = 0x10000
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 HELLO_GROUP = "224.0.0.1"
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)
+IP_TTL_CMSG = 2  # IP_TTL: the ancillary message IP_RECVTTL delivers
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+SO_MEMINFO = 55
+SK_MEMINFO_DROPS = 8
+GTSM_TTL = 255
 _TIMESPEC = struct.Struct("@qq")
-_ANC_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+_ANC_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(4)
+# Datagrams read from one socket per turn (each wake-up or tick): enough for a
+# neighbour table's worth of hellos, and a flooded socket cannot hold the loop.
+READ_BUDGET = 64
+# And at most this long on the advert socket per wake-up (signature checks cost
+# 0.1-0.6 ms each): what is left is read on the loop's next turn, after timers.
+ADVERT_TURN_S = 0.005
 # Raw ICMP socket filter (linux/icmp.h): a set bit drops that ICMP type.
 SOL_RAW, ICMP_FILTER = 255, 1
 _ECHO_REPLY_ONLY = struct.pack("@I", 0xFFFFFFFF & ~(1 << 0))
@@ -91,6 +116,24 @@ SPF_HOLD_MIN_S = 0.05
 SPF_HOLD_MAX_S = 1.0
 
 
+def _gtsm_filter() -> tuple[bytes, Any]:
+    """A classic BPF socket filter that keeps only packets with IP TTL 255.
+
+    ``ldb [SKF_NET_OFF + 8]`` loads the IPv4 TTL whatever the socket type;
+    ``ret #0`` drops in the kernel before the datagram is queued (the drop is
+    counted in the socket's SK_MEMINFO_DROPS).
+    """
+    skf_net_off = -0x100000
+    insns = [
+        (0x30, 0, 0, (skf_net_off + 8) & 0xFFFFFFFF),  # BPF_LD | BPF_B | BPF_ABS
+        (0x15, 0, 1, GTSM_TTL),  # BPF_JMP | BPF_JEQ | BPF_K
+        (0x06, 0, 0, 0xFFFFFFFF),  # BPF_RET | BPF_K: keep all of it
+        (0x06, 0, 0, 0),  # drop
+    ]
+    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in insns))
+    return struct.pack("HL", len(insns), ctypes.addressof(code)), code
+
+
 class Agent:
     def __init__(
         self,
@@ -99,6 +142,8 @@ class Agent:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        seq_store: SeqStore | None = None,
+        clock_trust: ClockTrust | None = None,
     ) -> None:
         self.cfg = cfg
         self.identity = identity
@@ -110,12 +155,23 @@ class Agent:
         self.clock = clock
         self.wall = wall
         addr = str(cfg.node_address)
+        self.lsdb = LinkStateDB(identity, addr, cfg.advert_max_age_s, seq_store)
+        self.hello_keys = HelloKeys(identity, self.lsdb.cert_of)
         self.sensor: LinkSensor = (
             batman_sensor(cfg)
             if cfg.link.backend == "batman"
-            else LinkSensor(cfg.node_name, addr, cfg.hello_interval_s, cfg.dead_multiplier)
+            else LinkSensor(
+                cfg.node_name,
+                addr,
+                cfg.hello_interval_s,
+                cfg.dead_multiplier,
+                keys=self.hello_keys,
+                session=secrets.randbits(32),
+            )
         )
-        self.lsdb = LinkStateDB(identity, addr, cfg.advert_max_age_s)
+        self.clock_trust = clock_trust or ClockTrust(
+            cfg.clock_trust, max(c.not_valid_before_utc for c in identity.bundle)
+        )
         self.paths = PathTable(cfg.node_name, k=cfg.k, disjoint=cfg.disjoint)
         self.routes = RouteProgrammer(None, cfg.route_protocol, addr)
         self._socks: dict[str, socket.socket] = {}  # hellos, drained per tick
@@ -146,6 +202,9 @@ class Agent:
         self._damped_seen = 0
         self._echo_seen = (0, 0)
         self._drops_seen: dict[str, int] = {}
+        self._kernel_drops: dict[int, int] = {}  # socket fd -> SK_MEMINFO_DROPS seen
+        self._errors_logged: set[str] = set()
+        self._clock_logged = False
         self._route_errors_seen = 0
         self._last_links: dict[str, tuple[str, str]] = {}
         self._last_shape: object = None
@@ -195,7 +254,8 @@ class Agent:
             await self._open_interface(ifname)
         # Build the API before the timers start: building it blocks the loop
         # long enough (100s of ms on a busy Pi) to make neighbours miss hellos.
-        server = self._api_server() if serve_api else None
+        server, api_sockets = self._api_server() if serve_api else (None, [])
+        self._update_clock_trust()
         self._originate(flood=False)
         self._mark_dirty()
         self._tasks = [
@@ -208,7 +268,7 @@ class Agent:
             batman = poll_batctl(self.sensor, self.cfg.link, self.clock, self._handle_events)
             self._tasks.append(loop.create_task(batman, name="batman"))
         if server is not None:
-            self._tasks.append(loop.create_task(server.serve(), name="api"))
+            self._tasks.append(loop.create_task(server.serve(sockets=api_sockets), name="api"))
         for task in self._tasks:
             task.add_done_callback(self._task_done)
         # Everything imported and built so far lives as long as the process:
@@ -226,6 +286,8 @@ class Agent:
             await self._stop.wait()
         finally:
             await self._shutdown(server)
+            for sock in api_sockets:
+                sock.close()
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         """A core task must never end on its own: stop, and let systemd restart us."""
@@ -259,24 +321,12 @@ class Agent:
             self.routes.nl.close()
         log.info("mesh-agent stopped")
 
-    def _api_server(self) -> Any:
-        host, port = self.cfg.api_host_port
-        config = uvicorn.Config(
+    def _api_server(self) -> tuple[Any, list[socket.socket]]:
+        return guarded_server(
             create_app(self),
-            host=host,
-            port=port,
-            log_level="warning",
-            lifespan="off",
-            access_log=False,
+            self.cfg.api_endpoints,
+            lambda reason: self.metrics.api_refused.labels(reason).inc(),
         )
-
-        class _Server(uvicorn.Server):
-            # The agent owns SIGTERM/SIGINT; uvicorn must not grab them.
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                yield
-
-        return _Server(config)
 
     # -- interfaces -------------------------------------------------------
     def _wanted(self, ifname: str) -> bool:
@@ -301,7 +351,10 @@ class Agent:
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+            # GTSM (RFC 5082): send with TTL 255, accept only TTL 255 (below).
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, GTSM_TTL)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, GTSM_TTL)
+            s.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
             s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xC0)  # CS6, network control
             s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
@@ -310,6 +363,11 @@ class Agent:
             s.close()
             log.warning("cannot open %s port %d: %s", ifname, port, exc)
             return None
+        try:
+            prog, _code = _gtsm_filter()  # the kernel copies the program at attach
+            s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
+        except OSError as exc:  # the TTL is still checked by the cores
+            log.warning("no in-kernel TTL filter on %s port %d: %s", ifname, port, exc)
         s.setblocking(False)
         return s
 
@@ -354,12 +412,14 @@ class Agent:
     def _close_interface(self, ifname: str) -> None:
         hello = self._socks.pop(ifname, None)
         if hello is not None:
+            self._kernel_drops.pop(hello.fileno(), None)
             hello.close()
         echo = self._echo_socks.pop(ifname, None)
         if echo is not None:
             echo.close()
         s = self._advert_socks.pop(ifname, None)
         if s is not None:
+            self._kernel_drops.pop(s.fileno(), None)
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(s.fileno())
             s.close()
@@ -376,14 +436,28 @@ class Agent:
 
     # -- receive path -----------------------------------------------------
     def _on_readable(self, ifname: str, s: socket.socket) -> None:
-        """Dispatch up to 64 queued datagrams, each with its kernel arrival time."""
-        for data, src, at in self._recv_stamped(ifname, s):
-            self._dispatch(ifname, data, src, at)
+        """Handle queued adverts (READ_BUDGET, ADVERT_TURN_S at most), each in its own guard."""
+        started = time.perf_counter()
+        for data, src, _at, ttl in self._recv_stamped(ifname, s):
+            try:
+                self._on_advert(ifname, data, src, ttl)
+            except Exception:  # the cores never raise; this guards the shell's own code
+                self._guard_failed("advert")
+                self.metrics.adverts_rejected.labels("internal_error").inc()
+            if time.perf_counter() - started > ADVERT_TURN_S:
+                return
 
-    def _recv_stamped(self, ifname: str, s: socket.socket) -> Iterator[tuple[bytes, str, float]]:
-        """Up to 64 queued datagrams of *s*: (data, source address, arrival on our clock)."""
+    def _guard_failed(self, what: str) -> None:
+        if what not in self._errors_logged:
+            self._errors_logged.add(what)
+            log.exception("handling a %s failed; counted as internal_error", what)
+
+    def _recv_stamped(
+        self, ifname: str, s: socket.socket
+    ) -> Iterator[tuple[bytes, str, float, int | None]]:
+        """Up to READ_BUDGET datagrams of *s*: (data, source, arrival on our clock, IP TTL)."""
         now, wall = self.clock(), self.wall()
-        for _ in range(64):
+        for _ in range(READ_BUDGET):
             try:
                 data, anc, _flags, addr = s.recvmsg(65535, _ANC_SPACE)
             except (BlockingIOError, InterruptedError):
@@ -392,42 +466,66 @@ class Agent:
                 log.debug("recv on %s: %s", ifname, exc)
                 return
             at = now
+            ttl: int | None = None
             for level, kind, payload in anc:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                     sec, nsec = _TIMESPEC.unpack(payload[: _TIMESPEC.size])
                     # Kernel stamps are wall-clock: map onto the monotonic
                     # clock, and never into the future or past a clock step.
                     at = min(now, max(now - 10.0, now - (wall - sec - nsec / 1e9)))
-            yield data, addr[0], at
+                elif level == socket.IPPROTO_IP and kind == IP_TTL_CMSG and len(payload) >= 4:
+                    ttl = struct.unpack("@i", payload[:4])[0]
+            yield data, addr[0], at, ttl
 
     def _drain(self) -> None:
         """Read every queued hello and echo reply (their silence, not our backlog)."""
         for ifname, s in list(self._socks.items()):
-            self._on_readable(ifname, s)
+            for data, src, at, ttl in self._recv_stamped(ifname, s):
+                try:
+                    self._dispatch(ifname, data, src, at, ttl)
+                except Exception:
+                    self._guard_failed("hello")
+                    self.sensor.drops["internal_error"] += 1
         for ifname, s in list(self._echo_socks.items()):
-            for data, _src, at in self._recv_stamped(ifname, s):
+            for data, _src, at, _ttl in self._recv_stamped(ifname, s):
                 self.sensor.receive_echo(ifname, data, at)
+        # Nodes that cannot authenticate us yet get our certificate (our advert).
+        solicits = self.sensor.take_solicits()
+        if solicits:
+            own = self.lsdb.own_advert(self.clock())
+            if own is not None:
+                for sol in solicits:
+                    self._send(sol.ifname, own, sol.link_address)
 
-    def _dispatch(self, ifname: str, data: bytes, src: str, at: float | None = None) -> None:
+    def _dispatch(
+        self,
+        ifname: str,
+        data: bytes,
+        src: str,
+        at: float | None = None,
+        ttl: int | None = None,
+    ) -> None:
+        """One datagram from a hello socket (hellos only: anything else is malformed)."""
         if src == "0.0.0.0":  # sender's interface has no address yet: no usable next hop
             self.sensor.drops["no_source_address"] += 1
             return
-        if data[:2] == b"MA":
-            self._on_advert(ifname, data, src)
-            return
-        events = self.sensor.receive(ifname, data, src, self.clock() if at is None else at)
-        self._handle_events(events)
+        now = self.clock() if at is None else at
+        self._handle_events(self.sensor.receive(ifname, data, src, now, ttl))
 
-    def _on_advert(self, ifname: str, data: bytes, src: str) -> None:
+    def _on_advert(self, ifname: str, data: bytes, src: str, ttl: int | None = None) -> None:
         m = self.metrics
         m.adverts_rx.inc()
-        result = self.lsdb.receive(data, self.wall())
+        result = self.lsdb.receive(data, self.clock(), f"{ifname}/{src}", ttl)
         if result.reason == "duplicate":
             m.adverts_duplicate.inc()
             return
         if not result.accepted:
             m.adverts_rejected.labels(result.reason or "malformed").inc()
             log.debug("advert from %s via %s rejected: %s", result.origin, ifname, result.reason)
+            if result.reply is not None:  # the sender holds an older copy than ours
+                self._send(ifname, result.reply, src)
+            if result.reoriginate:  # our own advert from before, newer than ours
+                self._originate(flood=True)
             return
         m.adverts_accepted.inc()
         # Flood (RFC 2328 s13.3): to every up neighbour but the one it came from.
@@ -485,7 +583,7 @@ class Agent:
                 log.info("neighbour %s up on %s via %s", ev.name, ev.ifname, ev.link_address)
                 # Database exchange: a fresh neighbour gets the whole LSDB now
                 # rather than waiting for the periodic refresh.
-                for raw in self.lsdb.raw_adverts():
+                for raw in self.lsdb.raw_adverts(self.clock()):
                     self._send(ev.ifname, raw, ev.link_address)
             else:
                 log.info("neighbour %s down on %s (%s)", ev.name, ev.ifname, ev.reason)
@@ -565,12 +663,15 @@ class Agent:
 
     def _originate(self, flood: bool) -> None:
         links = {name: nb.cost() for name, nb in self.sensor.best_links().items()}
-        raw, changed = self.lsdb.originate(links, self.wall())
-        self._last_originated = self.clock()
+        now = self.clock()
+        raw, changed = self.lsdb.originate(links, now)
+        self._last_originated = now
         self.metrics.adverts_originated.inc()
         if flood:
-            for nb in self.sensor.up_neighbors():
-                self._send(nb.ifname, raw, nb.link_address)
+            # A sequence wrap's flush goes out before the advert that restarts the numbering.
+            for out in [*self.lsdb.flushes(now), raw]:
+                for nb in self.sensor.up_neighbors():
+                    self._send(nb.ifname, out, nb.link_address)
         if changed:
             self._mark_dirty()
 
@@ -669,7 +770,8 @@ class Agent:
         if links != self._last_links:
             self._last_links = links
             self._mark_dirty()
-        gone = self.lsdb.expire(self.wall())
+        self._update_clock_trust()
+        gone = self.lsdb.expire(self.clock())
         if gone:
             log.info("adverts expired: %s", ", ".join(gone))
             self._mark_dirty()
@@ -690,6 +792,42 @@ class Agent:
             if n > seen:
                 m.hellos_dropped.labels(reason).inc(n - seen)
                 self._drops_seen[reason] = n
+        self._count_kernel_drops()
+
+    def _count_kernel_drops(self) -> None:
+        """Datagrams the kernel dropped on our sockets (GTSM filter, full queue)."""
+        for kind, socks in (("hello", self._socks), ("advert", self._advert_socks)):
+            for s in list(socks.values()):
+                try:
+                    info = s.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * (SK_MEMINFO_DROPS + 1))
+                except OSError:
+                    continue
+                drops = struct.unpack_from("@I", info, 4 * SK_MEMINFO_DROPS)[0]
+                seen = self._kernel_drops.get(s.fileno(), 0)
+                if drops > seen:
+                    self.metrics.socket_drops.labels(kind).inc(drops - seen)
+                self._kernel_drops[s.fileno()] = drops
+
+    def _update_clock_trust(self) -> None:
+        """Check certificate validity windows only while the clock is trustworthy."""
+        was = self.clock_trust.trusted
+        now = dt.datetime.fromtimestamp(self.wall(), dt.UTC)
+        try:
+            synced = self.cfg.clock_sync_file.exists()
+        except OSError:
+            synced = False
+        trusted = self.clock_trust.update(now, synced)
+        self.identity.check_validity = trusted
+        self.metrics.clock_trusted.set(1 if trusted else 0)
+        if trusted != was or not self._clock_logged:
+            self._clock_logged = True
+            if trusted:
+                log.info("clock trusted (%s): certificate validity checked", self.cfg.clock_trust)
+            else:
+                log.warning(
+                    "clock not trusted (%s): certificate validity is not checked",
+                    self.clock_trust.reason(now),
+                )
 
     async def _compute_loop(self) -> None:
         while True:

@@ -14,6 +14,10 @@ from typing import Any
 
 import yaml
 
+from mesh_agent.addressing import unusable_reason
+from mesh_agent.identity.clock import POLICIES as CLOCK_POLICIES
+from mesh_agent.identity.clock import TIMESYNCD_FLAG
+
 DEFAULT_CONFIG_PATH = Path("/etc/mesh-agent/agent.yml")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -73,11 +77,16 @@ class AgentConfig:
     k: int = 3
     disjoint: str = "edge"
     route_protocol: int = 77
-    api_listen: str = "0.0.0.0:9105"
+    # HOST:PORT endpoints of the API: loopback and the management address,
+    # never the mesh by default (mesh_agent.api).
+    api_listen: tuple[str, ...] = ("127.0.0.1:9105",)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     state_dir: Path = Path("/var/lib/mesh-agent")
     log_level: str = "INFO"
     link: LinkConfig = field(default_factory=LinkConfig)
+    # When certificate validity windows are checked (mesh_agent.identity.clock).
+    clock_trust: str = "synchronized"
+    clock_sync_file: Path = TIMESYNCD_FLAG
 
     @property
     def enforce(self) -> bool:
@@ -93,9 +102,12 @@ class AgentConfig:
         return self.udp_port + 1
 
     @property
-    def api_host_port(self) -> tuple[str, int]:
-        host, _, port = self.api_listen.rpartition(":")
-        return host, int(port)
+    def api_endpoints(self) -> list[tuple[str, int]]:
+        out = []
+        for endpoint in self.api_listen:
+            host, _, port = endpoint.rpartition(":")
+            out.append((host.strip("[]"), int(port)))
+        return out
 
 
 _KNOWN_KEYS = {
@@ -118,6 +130,8 @@ _KNOWN_KEYS = {
     "state_dir",
     "log_level",
     "link",
+    "clock_trust",
+    "clock_sync_file",
 }
 _LINK_KEYS = {
     "backend",
@@ -177,7 +191,7 @@ def _parse_link(raw: Any, mode: str) -> LinkConfig:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("link: expected a mapping")
-    bad = sorted(set(raw) - _LINK_KEYS)
+    bad = sorted(set(raw) - _LINK_KEYS, key=str)
     if bad:
         raise ConfigError(f"link.{bad[0]}: unknown key")
     # Errors name the nested key (link.x), so prefix what the helpers report.
@@ -216,7 +230,8 @@ def parse_config(data: Any) -> AgentConfig:
     """Validate a mapping (the parsed YAML) into an :class:`AgentConfig`."""
     if not isinstance(data, dict):
         raise ConfigError("<top level>: expected a mapping")
-    unknown = sorted(set(data) - _KNOWN_KEYS)
+    # key=str: YAML keys may be of any type (1: x, true: y), which do not sort together.
+    unknown = sorted(set(data) - _KNOWN_KEYS, key=str)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key")
 
@@ -230,6 +245,9 @@ def parse_config(data: Any) -> AgentConfig:
         node_address = ipaddress.IPv4Address(str(raw_addr).removesuffix("/32"))
     except ValueError as exc:
         raise ConfigError(f"node_address: {raw_addr!r} is not an IPv4 address") from exc
+    why = unusable_reason(node_address)
+    if why is not None:
+        raise ConfigError(f"node_address: {why}")
 
     trust_domain = _str(data, "trust_domain", "mesh.lab")
     if "/" in trust_domain or ":" in trust_domain:
@@ -248,15 +266,14 @@ def parse_config(data: Any) -> AgentConfig:
         interfaces = tuple(raw_ifs)
     interface_prefix = _str(data, "interface_prefix", "mesh")
 
-    api_listen = _str(data, "api_listen", "0.0.0.0:9105")
-    host, sep, port = api_listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"api_listen: {api_listen!r} must be HOST:PORT")
+    api_listen = _parse_api_listen(data.get("api_listen", ["127.0.0.1:9105"]))
 
-    ident = data.get("identity") or {}
+    ident = data.get("identity", {})
+    if ident is None:
+        ident = {}
     if not isinstance(ident, dict):
-        raise ConfigError("identity: expected a mapping with cert, key, ca")
-    bad = sorted(set(ident) - {"cert", "key", "ca"})
+        raise ConfigError(f"identity: expected a mapping with cert, key, ca, got {ident!r}")
+    bad = sorted(set(ident) - {"cert", "key", "ca"}, key=str)
     if bad:
         raise ConfigError(f"identity.{bad[0]}: unknown key")
     defaults = IdentityConfig()
@@ -278,6 +295,8 @@ def parse_config(data: Any) -> AgentConfig:
 
     mode = _choice(data, "mode", "observe", ("observe", "enforce"))
     link = _parse_link(data.get("link"), mode)
+    clock_trust = _choice(data, "clock_trust", "synchronized", CLOCK_POLICIES)
+    clock_sync_file = _str(data, "clock_sync_file", str(TIMESYNCD_FLAG))
 
     return AgentConfig(
         node_name=node_name,
@@ -299,7 +318,29 @@ def parse_config(data: Any) -> AgentConfig:
         state_dir=Path(state_dir),
         log_level=_choice(data, "log_level", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         link=link,
+        clock_trust=clock_trust,
+        clock_sync_file=Path(clock_sync_file),
     )
+
+
+def _parse_api_listen(raw: Any) -> tuple[str, ...]:
+    """One HOST:PORT or a list of them; HOST an IP address ([v6] in brackets)."""
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not items:
+        raise ConfigError("api_listen: expected HOST:PORT or a non-empty list of them")
+    out = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigError(f"api_listen: {item!r} must be HOST:PORT")
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"api_listen: {item!r} must be HOST:PORT")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            raise ConfigError(f"api_listen: {host!r} in {item!r} is not an IP address") from None
+        out.append(item)
+    return tuple(out)
 
 
 def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> AgentConfig:
@@ -308,8 +349,12 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> AgentConfig:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"<file>: cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"<file>: {path} is not UTF-8 text (byte {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"<file>: {path} is not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"<file>: {path} nests too deeply to be an agent config") from None
     return parse_config(data)

@@ -107,6 +107,28 @@ class Metrics:
         )
         for reason in REJECT_REASONS:
             self.adverts_rejected.labels(reason)
+        self.socket_drops = Counter(
+            "meshcore_socket_drops_total",
+            "Datagrams the kernel dropped before the agent read them: not sent with TTL 255"
+            " (GTSM filter) or a full queue",
+            ["socket"],
+            registry=r,
+        )
+        for kind in ("hello", "advert"):
+            self.socket_drops.labels(kind)
+        self.api_refused = Counter(
+            "meshcore_api_connections_refused_total",
+            "API connections closed unserved: over the connection limit, or idle",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("limit", "idle"):
+            self.api_refused.labels(reason)
+        self.clock_trusted = Gauge(
+            "meshcore_clock_trusted",
+            "1 while the clock is trusted and certificate validity windows are checked",
+            registry=r,
+        )
         self.adverts_originated = Counter(
             "meshcore_adverts_originated_total", "Adverts this node signed", registry=r
         )

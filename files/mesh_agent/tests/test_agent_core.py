@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from meshcore_testkit.pki import CA
+from meshcore_testkit.pki import CA, PairKeysForTests
 
 from mesh_agent.agent import Agent
 from mesh_agent.config import parse_config
@@ -13,9 +13,9 @@ from mesh_agent.config import parse_config
 
 def test_dispatch_random_datagrams(ca: CA) -> None:
     cfg = parse_config({"node_name": "a", "node_address": "10.77.0.1"})
-    agent = Agent(cfg, ca.identity("a"))
+    agent = Agent(cfg, ca.identity("a", "10.77.0.1"))
     agent.sensor.add_interface("mesh0")
-    agent.lsdb.originate({}, 1.8e9)
+    agent.lsdb.originate({}, 100.0)
 
     def state() -> tuple[object, ...]:
         return (
@@ -30,14 +30,16 @@ def test_dispatch_random_datagrams(ca: CA) -> None:
         st.one_of(
             st.binary(max_size=200),
             st.binary(max_size=200).map(lambda b: b"MA" + b),
-            st.binary(max_size=200).map(lambda b: b"MH\x01\x00" + b),
+            st.binary(max_size=200).map(lambda b: b"MA\x02\x00" + b),
+            st.binary(max_size=200).map(lambda b: b"MH\x02\x00" + b),
         ),
         st.sampled_from(["mesh0", "mesh9", "eth0"]),
         st.sampled_from(["10.98.0.1", "0.0.0.0"]),
     )
     @settings(max_examples=400, suppress_health_check=list(HealthCheck), deadline=None)
     def check(data: bytes, ifname: str, src: str) -> None:
-        agent._dispatch(ifname, data, src)
+        agent._dispatch(ifname, data, src)  # a hello socket
+        agent._on_advert(ifname, data, src)  # an advert socket
         assert state() == before
 
     check()
@@ -95,34 +97,38 @@ def test_advert_without_the_back_link_fails_over_before_our_own_timer(ca: CA) ->
     now = [100.0]
     wall = 1.8e9
     cfg = parse_config({"node_name": "a", "node_address": "10.77.0.1", "mode": "observe"})
-    agent = Agent(cfg, ca.identity("a"), clock=lambda: now[0], wall=lambda: wall + 1)
+    agent = Agent(cfg, ca.identity("a", "10.77.0.1"), clock=lambda: now[0], wall=lambda: wall + 1)
+    agent.sensor.keys = PairKeysForTests("a")
     for ifname in ("mesh0", "mesh1"):
         agent.sensor.add_interface(ifname)
     peers = {"b": ("mesh0", "10.98.0.2"), "c": ("mesh1", "10.98.1.2")}
     for name, (ifname, addr) in peers.items():
-        s = LinkSensor(name, f"10.77.0.{ord(name) - 96}", 0.05, 3)
+        s = LinkSensor(name, f"10.77.0.{ord(name) - 96}", 0.05, 3, keys=PairKeysForTests(name))
         s.add_interface("x")
         s.receive("x", agent.sensor.build_hello(ifname, now[0]), "10.98.0.1", now[0])
         for _ in range(3):
             now[0] += 0.05
             agent.sensor.receive(ifname, s.build_hello("x", now[0]), addr, now[0])
     assert set(agent.sensor.best_links()) == {"b", "c"}
-    dbs = {n: LinkStateDB(ca.identity(n), f"10.77.0.{i}", 60.0) for i, n in enumerate("bcd", 2)}
-    agent.lsdb.originate({"b": 1.0, "c": 5.0}, wall)
+    dbs = {
+        n: LinkStateDB(ca.identity(n, f"10.77.0.{i}"), f"10.77.0.{i}", 60.0)
+        for i, n in enumerate("bcd", 2)
+    }
+    agent.lsdb.originate({"b": 1.0, "c": 5.0}, now[0])
     adverts = {
-        "b": dbs["b"].originate({"a": 1.0, "d": 1.0}, wall)[0],
-        "c": dbs["c"].originate({"a": 5.0, "d": 5.0}, wall)[0],
-        "d": dbs["d"].originate({"b": 1.0, "c": 5.0}, wall)[0],
+        "b": dbs["b"].originate({"a": 1.0, "d": 1.0}, now[0])[0],
+        "c": dbs["c"].originate({"a": 5.0, "d": 5.0}, now[0])[0],
+        "d": dbs["d"].originate({"b": 1.0, "c": 5.0}, now[0])[0],
     }
     for raw in adverts.values():
-        assert agent.lsdb.receive(raw, wall).accepted
+        assert agent.lsdb.receive(raw, now[0]).accepted
     agent.paths.update(agent.lsdb.graph())
     assert agent.paths.get("d").primary_next_hop == "b"  # type: ignore[union-attr]
     assert agent.paths.failover("b") == {"b": "c", "d": "c"}
-    cut = dbs["b"].originate({"d": 1.0}, wall + 1)[0]  # b lost a
+    cut = dbs["b"].originate({"d": 1.0}, now[0])[0]  # b lost a
 
     async def scenario() -> None:
-        agent._dispatch("mesh1", cut, "10.98.1.2")  # around the square, via c
+        agent._on_advert("mesh1", cut, "10.98.1.2")  # around the square, via c
         assert not agent._failover_idle.is_set()  # the compute loop would wait
         for _ in range(5):
             await asyncio.sleep(0)

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from fastapi.testclient import TestClient
-from meshcore_testkit.pki import CA
+from meshcore_testkit.pki import CA, PairKeysForTests
 
 from mesh_agent.agent import Agent
 from mesh_agent.api import create_app
@@ -17,7 +17,9 @@ from mesh_agent.topology import LinkStateDB
 
 def make_agent(ca: CA) -> Agent:
     cfg = parse_config({"node_name": "a", "node_address": "10.77.0.1", "mode": "observe"})
-    return Agent(cfg, ca.identity("a"))
+    agent = Agent(cfg, ca.identity("a", "10.77.0.1"))
+    agent.sensor.keys = PairKeysForTests("a")
+    return agent
 
 
 def test_health_ready_metrics_views(ca: CA) -> None:
@@ -29,18 +31,17 @@ def test_health_ready_metrics_views(ca: CA) -> None:
 
     # Neighbour b appears on mesh0 (two-way hello exchange, fake clock).
     agent.sensor.add_interface("mesh0")
-    b = LinkSensor("b", "10.77.0.2", 0.05, 3)
+    b = LinkSensor("b", "10.77.0.2", 0.05, 3, keys=PairKeysForTests("b"))
     b.add_interface("mesh0")
     now = time.monotonic()
     b.receive("mesh0", agent.sensor.build_hello("mesh0", now), "10.98.0.0", now)
     agent.sensor.receive("mesh0", b.build_hello("mesh0", now), "10.98.0.1", now)
     assert [n.state for n in agent.sensor.neighbors()] == ["up"]
     # Our advert and b's advert are in the LSDB.
-    wall = time.time()
-    agent.lsdb.originate({"b": 1.0}, wall)
-    b_db = LinkStateDB(ca.identity("b"), "10.77.0.2", 30.0)
-    raw, _ = b_db.originate({"a": 1.0}, wall)
-    assert agent.lsdb.receive(raw, wall).accepted
+    agent.lsdb.originate({"b": 1.0}, now)
+    b_db = LinkStateDB(ca.identity("b", "10.77.0.2"), "10.77.0.2", 30.0)
+    raw, _ = b_db.originate({"a": 1.0}, now)
+    assert agent.lsdb.receive(raw, now).accepted
     agent._mark_dirty()
     asyncio.run(agent._recompute())
     agent._computed_generation = agent._generation
@@ -76,20 +77,23 @@ def test_health_ready_metrics_views(ca: CA) -> None:
         assert name in text, name
     assert 'meshcore_adverts_rejected_total{reason="replayed"} 0.0' in text
     assert "meshcore_topology_nodes 2.0" in text
-    assert client.get("/openapi.json").status_code == 200
+    schema = client.get("/openapi.json").json()
+    plan = schema["paths"]["/v1/plan"]["get"]["parameters"][0]["schema"]
+    assert (plan["minimum"], plan["maximum"]) == (1, 1000)  # the bounds are in the schema
+    assert "404" in schema["paths"]["/v1/paths/{dst}"]["get"]["responses"]
 
 
 def test_planning_report_on_the_lsdb(ca: CA) -> None:
     """A line a - b - c: two bridges, no pair protected; a-c would protect all 3 pairs."""
     agent = make_agent(ca)
-    wall = time.time()
-    agent.lsdb.originate({"b": 1.0}, wall)
+    now = time.monotonic()
+    agent.lsdb.originate({"b": 1.0}, now)
     for name, addr, links in (
         ("b", "10.77.0.2", {"a": 1.0, "c": 1.0}),
         ("c", "10.77.0.3", {"b": 1.0}),
     ):
-        raw, _ = LinkStateDB(ca.identity(name), addr, 30.0).originate(links, wall)
-        assert agent.lsdb.receive(raw, wall).accepted
+        raw, _ = LinkStateDB(ca.identity(name, addr), addr, 30.0).originate(links, now)
+        assert agent.lsdb.receive(raw, now).accepted
     client = TestClient(create_app(agent))
     body = client.get("/v1/plan").json()
     assert body["summary"]["pairs_two_edge_connected"] == 0.0
@@ -108,7 +112,7 @@ def test_metric_naming_conventions(ca: CA) -> None:
             # prometheus-client strips _total from the family name; samples carry it.
             assert all(s.name.endswith(("_total", "_created")) for s in metric.samples)
         for sample in metric.samples:
-            assert set(sample.labels) <= {"reason", "interface", "kind", "le"}, sample
+            assert set(sample.labels) <= {"reason", "interface", "kind", "le", "socket"}, sample
 
 
 def test_certificate_expiry_is_exported(ca: CA) -> None:

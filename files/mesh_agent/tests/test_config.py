@@ -19,7 +19,8 @@ def test_defaults() -> None:
     assert (cfg.udp_port, cfg.hello_interval_ms, cfg.dead_multiplier) == (6767, 50, 3)
     assert (cfg.mode, cfg.k, cfg.disjoint, cfg.route_protocol) == ("observe", 3, "edge", 77)
     assert cfg.interfaces is None and cfg.interface_prefix == "mesh"
-    assert cfg.api_host_port == ("0.0.0.0", 9105)
+    assert cfg.api_endpoints == [("127.0.0.1", 9105)]  # loopback only unless configured
+    assert cfg.clock_trust == "synchronized"
     assert str(cfg.identity.cert) == "/etc/mesh-agent/pki/node.crt"
     assert cfg.trust_domain == "mesh.lab" and not cfg.enforce
 
@@ -41,6 +42,16 @@ def test_defaults() -> None:
         ({"interfaces": "mesh0"}, "interfaces"),
         ({"interfaces": ["eth0"]}, "interfaces"),
         ({"api_listen": "9105"}, "api_listen"),
+        ({"api_listen": ["127.0.0.1:9105", "mgmt-host:9105"]}, "api_listen"),
+        ({"api_listen": []}, "api_listen"),
+        ({"node_address": "224.0.0.1"}, "node_address"),
+        ({"node_address": "0.0.0.0"}, "node_address"),
+        ({"node_address": "127.0.0.1"}, "node_address"),
+        ({"node_address": "255.255.255.255"}, "node_address"),
+        ({"node_address": "169.254.1.1"}, "node_address"),
+        ({"identity": ""}, "identity"),
+        ({"identity": "/etc/pki"}, "identity"),
+        ({"clock_trust": "sometimes"}, "clock_trust"),
         ({"identity": {"cert": 5}}, "identity.cert"),
         ({"identity": {"crt": "/x"}}, "identity.crt"),
         ({"advert_max_age_s": 0.5, "advert_interval_s": 1.0}, "advert_max_age_s"),
@@ -82,3 +93,44 @@ def test_run_without_identity_files_fails_cleanly(tmp_path: Path) -> None:
         f"key: {tmp_path}/k, ca: {tmp_path}/ca}}\n"
     )
     assert main(["run", "--config", str(cfg)]) == 1
+
+
+def test_api_listen_list_and_v6() -> None:
+    cfg = parse_config({**BASE, "api_listen": ["127.0.0.1:9105", "10.79.0.5:9105", "[::1]:9106"]})
+    assert cfg.api_endpoints == [("127.0.0.1", 9105), ("10.79.0.5", 9105), ("::1", 9106)]
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        # Unknown keys of mixed types (int, bool, str) used to raise TypeError in sorted().
+        ("node_name: n1\nnode_address: 10.77.0.1\n1: x\nzz: y\ntrue: z\n", "1"),
+        ("node_name: n1\nnode_address: 10.77.0.1\nlink: {1: x, foo: y}\n", "link.1"),
+        ("node_name: n1\nnode_address: 10.77.0.1\nidentity: {1: x, foo: y}\n", "identity.1"),
+        ("node_name: n1\nnode_address: 224.0.0.1\n", "node_address"),
+        ("node_name: n1\nnode_address: 10.77.0.1\nidentity: ''\n", "identity"),
+    ],
+)
+def test_check_config_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, key: str
+) -> None:
+    path = tmp_path / "agent.yml"
+    path.write_text(text)
+    assert main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f": {key}:" in err, err
+
+
+def test_check_config_survives_bytes_and_depth(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    binary = tmp_path / "binary.yml"
+    binary.write_bytes(b"node_name: n1\nnode_address: \xff\xfe10.77.0.1\n")
+    deep = tmp_path / "deep.yml"
+    deep.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    for path, what in ((binary, "not UTF-8"), (deep, "")):
+        assert main(["check-config", "--config", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err and "<file>:" in err, err
+        assert what in err

@@ -23,7 +23,7 @@ from spiffe.workloadapi.workload_api_client import StreamCancelHandler
 from spiffe.workloadapi.x509_context import X509Context
 
 from mesh_agent.config import IdentityConfig
-from mesh_agent.identity import Identity, IdentityError, spiffe_id
+from mesh_agent.identity import Identity, IdentityError, address_san, spiffe_id
 from mesh_agent.identity.watch import (
     SETTLE_S,
     FileSource,
@@ -42,6 +42,11 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
+def addr(name: str) -> str:
+    """The node address the test certificates of n<k> name."""
+    return f"10.77.0.{name[1:]}"
+
+
 def replace(path: Path, data: bytes) -> None:
     """Write like Ansible's copy does: a temporary file renamed over the old one."""
     tmp = path.with_suffix(".tmp")
@@ -50,7 +55,7 @@ def replace(path: Path, data: bytes) -> None:
 
 
 def rotate_files(ca: CA, paths: dict[str, str], name: str) -> x509.Certificate:
-    key, cert = ca.issue(name)
+    key, cert = ca.issue(name, addresses=[addr(name)])
     replace(Path(paths["cert"]), cert.public_bytes(PEM))
     replace(Path(paths["key"]), key_pem(key))
     return cert
@@ -69,9 +74,9 @@ def metric(m: Metrics, name: str, labels: dict[str, str] | None = None) -> float
 
 # -- Identity.swap ---------------------------------------------------------------
 def test_swap_replaces_key_cert_and_bundle_together(ca: CA) -> None:
-    ident = ca.identity("n1")
+    ident = ca.identity("n1", addr("n1"))
     old_der = ident.cert_der
-    key, cert = ca.issue("n1")
+    key, cert = ca.issue("n1", addresses=[addr("n1")])
     ident.swap(key, cert, (ca.cert,))
     assert ident.cert_der != old_der
     assert ident.key is key
@@ -79,13 +84,13 @@ def test_swap_replaces_key_cert_and_bundle_together(ca: CA) -> None:
 
 
 def test_swap_refuses_a_bad_set_and_keeps_the_old(ca: CA, other_ca: CA) -> None:
-    ident = ca.identity("n1")
+    ident = ca.identity("n1", addr("n1"))
     before = (ident.key, ident.cert_der, ident.bundle)
-    key, cert = ca.issue("n1")
-    other_key, _ = ca.issue("n1")
+    key, cert = ca.issue("n1", addresses=[addr("n1")])
+    other_key, _ = ca.issue("n1", addresses=[addr("n1")])
     with pytest.raises(IdentityError, match="does not match"):
         ident.swap(other_key, cert, (ca.cert,))
-    _, wrong_name = ca.issue("n2", key=key)
+    _, wrong_name = ca.issue("n2", addresses=[addr("n2")], key=key)
     with pytest.raises(IdentityError, match="SAN names"):
         ident.swap(key, wrong_name, (ca.cert,))
     with pytest.raises(IdentityError, match="not issued"):
@@ -97,11 +102,11 @@ def test_swap_refuses_a_bad_set_and_keeps_the_old(ca: CA, other_ca: CA) -> None:
 
 def test_bundle_with_two_authorities_trusts_both(ca: CA, other_ca: CA) -> None:
     """SPIRE publishes its next CA before switching: peers of either must verify."""
-    key, cert = ca.issue("n1")
+    key, cert = ca.issue("n1", addresses=[addr("n1")])
     ident = Identity("n1", TRUST_DOMAIN, key, cert, ca.cert, (ca.cert, other_ca.cert))
-    _, from_new_ca = other_ca.issue("n2")
+    _, from_new_ca = other_ca.issue("n2", addresses=[addr("n2")])
     ident.verify_cert(from_new_ca.public_bytes(serialization.Encoding.DER), "n2")
-    only_old = ca.identity("n3")
+    only_old = ca.identity("n3", addr("n3"))
     with pytest.raises(IdentityError, match="not issued"):
         only_old.verify_cert(from_new_ca.public_bytes(serialization.Encoding.DER), "n2")
 
@@ -109,11 +114,11 @@ def test_bundle_with_two_authorities_trusts_both(ca: CA, other_ca: CA) -> None:
 def test_swap_to_a_new_bundle_forgets_peers_trusted_under_the_old(
     ca: CA, other_ca: CA
 ) -> None:
-    ident = ca.identity("n1")
-    _, peer = ca.issue("n2")
+    ident = ca.identity("n1", addr("n1"))
+    _, peer = ca.issue("n2", addresses=[addr("n2")])
     peer_der = peer.public_bytes(serialization.Encoding.DER)
     ident.verify_cert(peer_der, "n2")  # cached as trusted
-    key, cert = other_ca.issue("n1")
+    key, cert = other_ca.issue("n1", addresses=[addr("n1")])
     ident.swap(key, cert, (other_ca.cert,))
     with pytest.raises(IdentityError, match="not issued"):
         ident.verify_cert(peer_der, "n2")
@@ -123,9 +128,9 @@ def test_swap_to_a_new_bundle_forgets_peers_trusted_under_the_old(
 def test_running_watcher_picks_up_rotated_files_and_adverts_verify(
     ca: CA, tmp_path: Path
 ) -> None:
-    paths = ca.write(tmp_path / "n1", "n1")
+    paths = ca.write(tmp_path / "n1", "n1", "10.77.0.1")
     ident = identity_from(paths, "n1")
-    peer = ca.identity("n2")
+    peer = ca.identity("n2", addr("n2"))
     sender = LinkStateDB(ident, "10.77.0.1", 30.0)
     receiver = LinkStateDB(peer, "10.77.0.2", 30.0)
     metrics = Metrics()
@@ -164,14 +169,14 @@ def test_running_watcher_picks_up_rotated_files_and_adverts_verify(
 
 def test_half_written_rotation_waits_for_the_key(ca: CA, tmp_path: Path) -> None:
     """The certificate lands before its key: keep signing with the old pair, no error."""
-    paths = ca.write(tmp_path / "n1", "n1")
+    paths = ca.write(tmp_path / "n1", "n1", "10.77.0.1")
     ident = identity_from(paths, "n1")
     old_der = ident.cert_der
     now = [0.0]
     watcher = IdentityWatcher(FileSource(IdentityConfig(**{k: Path(v) for k, v in
                                                            paths.items()})), ident, Metrics(),
                               clock=lambda: now[0])
-    key, cert = ca.issue("n1")
+    key, cert = ca.issue("n1", addresses=[addr("n1")])
     replace(Path(paths["cert"]), cert.public_bytes(PEM))
     assert not watcher.check()
     assert ident.cert_der == old_der
@@ -183,7 +188,7 @@ def test_half_written_rotation_waits_for_the_key(ca: CA, tmp_path: Path) -> None
 
 
 def test_a_bad_rotation_is_counted_once_it_persists(ca: CA, tmp_path: Path) -> None:
-    paths = ca.write(tmp_path / "n1", "n1")
+    paths = ca.write(tmp_path / "n1", "n1", "10.77.0.1")
     ident = identity_from(paths, "n1")
     old_der = ident.cert_der
     now = [0.0]
@@ -204,7 +209,7 @@ def test_a_bad_rotation_is_counted_once_it_persists(ca: CA, tmp_path: Path) -> N
 
 # -- source selection -----------------------------------------------------------
 def test_selection_prefers_files_without_a_socket(ca: CA, tmp_path: Path) -> None:
-    cfg = IdentityConfig(**{k: Path(v) for k, v in ca.write(tmp_path, "n1").items()})
+    cfg = IdentityConfig(**{k: Path(v) for k, v in ca.write(tmp_path, "n1", "10.77.0.1").items()})
     assert isinstance(select_source(cfg, "n1", TRUST_DOMAIN, environ={}), FileSource)
     missing = {"SPIFFE_ENDPOINT_SOCKET": f"unix://{tmp_path}/nope.sock"}
     assert isinstance(select_source(cfg, "n1", TRUST_DOMAIN, environ=missing), FileSource)
@@ -235,7 +240,9 @@ class StandInClient:
 def context(ca: CA, *names: str) -> tuple[X509Context, list[ec.EllipticCurvePrivateKey]]:
     svids, keys = [], []
     for name in names:
-        key, cert = ca.issue(name)
+        # As SPIRE issues them: the address as its in-addr.arpa DNS SAN (no IP SANs).
+        dns = [address_san(addr(name))] if name[1:].isdigit() else []
+        key, cert = ca.issue(name, dns_names=dns)
         svids.append(X509Svid(SpiffeId(spiffe_id(TRUST_DOMAIN, name)), [cert], key))
         keys.append(key)
     bundle = X509Bundle(TrustDomain(TRUST_DOMAIN), {ca.cert})
@@ -299,6 +306,6 @@ def test_workload_api_push_rotates_the_running_identity(ca: CA) -> None:
     assert watcher.rotations == 1
     assert ident.cert == rotated.default_svid.leaf
     assert metric(metrics, "meshcore_identity_source", {"source": "workload_api"}) == 1
-    peer = ca.identity("n2")
+    peer = ca.identity("n2", addr("n2"))
     raw, _ = LinkStateDB(ident, "10.77.0.1", 30.0).originate({}, 5.0)
     assert LinkStateDB(peer, "10.77.0.2", 30.0).receive(raw, 5.0).accepted

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from meshcore_testkit.agents import AgentMesh, api, ping
+from meshcore_testkit.agents import AgentMesh, api, metric, ping
 from meshcore_testkit.marks import requires_root
 from meshcore_testkit.pki import CA
 
@@ -31,13 +31,6 @@ LINE = [(0, 1), (1, 2)]
 def line(tmp_path_factory: pytest.TempPathFactory, ca: CA) -> Iterator[AgentMesh]:
     with AgentMesh(3, LINE, tmp_path_factory.mktemp("rotate"), prefix="mrt", ca=ca) as mesh:
         yield mesh
-
-
-def metric(ns: str, name: str, labels: str = "") -> float:
-    code, body = api(ns, "/metrics")
-    assert code == 200, body
-    m = re.search(rf"^{re.escape(name + labels)} ([0-9.e+-]+)$", body, flags=re.MULTILINE)
-    return float(m.group(1)) if m else 0.0
 
 
 def rejected(ns: str) -> float:
@@ -65,7 +58,8 @@ def test_rotated_certificate_is_picked_up_and_adverts_keep_verifying(
     rejected_before = [rejected(n) for n in ns]
 
     pki = line.base / "n0" / "pki"
-    key, cert = ca.issue("n0", days=2.0)  # a later notAfter: visible in the metrics
+    # A later notAfter (visible in the metrics), the same node address.
+    key, cert = ca.issue("n0", days=2.0, addresses=[line.nodes[0].address])
     replace(pki / "node.crt", cert.public_bytes(serialization.Encoding.PEM))
     replace(pki / "node.key", key.private_bytes(serialization.Encoding.PEM,
                                                 serialization.PrivateFormat.PKCS8,

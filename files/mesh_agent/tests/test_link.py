@@ -7,6 +7,7 @@ import contextlib
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from meshcore_testkit.pki import PairKeysForTests
 
 from mesh_agent.link import (
     Hello,
@@ -22,9 +23,14 @@ from mesh_agent.link.wire import Echo
 IV = 0.05
 
 
+def sensor(name: str, session: int = 1) -> LinkSensor:
+    addr = {"a": "10.77.0.1", "b": "10.77.0.2"}[name]
+    return LinkSensor(name, addr, IV, 3, keys=PairKeysForTests(name), session=session)
+
+
 def pair() -> tuple[LinkSensor, LinkSensor]:
-    a = LinkSensor("a", "10.77.0.1", IV, 3)
-    b = LinkSensor("b", "10.77.0.2", IV, 3)
+    a = sensor("a")
+    b = sensor("b")
     a.add_interface("mesh0")
     b.add_interface("mesh0")
     return a, b
@@ -41,15 +47,26 @@ def exchange(a: LinkSensor, b: LinkSensor, now: float, delay: float = 0.0) -> li
 
 
 def test_wire_roundtrip() -> None:
-    h = Hello(7, 123456, 50, "10.77.0.9", "node-9", (Echo("x", 3, 99, 10),))
-    assert decode_hello(encode_hello(h)) == h
+    h = Hello(7, 123456, 50, "10.77.0.9", "node-9", (Echo("x", 3, 99, 10),), session=77)
+    got = decode_hello(encode_hello(h, [("x", b"k" * 32)]))
+    assert (got.seq, got.tx_ts_us, got.interval_ms, got.node_address, got.name) == (
+        7,
+        123456,
+        50,
+        "10.77.0.9",
+        "node-9",
+    )
+    assert got.echoes == h.echoes and got.session == 77
+    assert [n for n, _ in got.auth] == ["x"] and len(got.digest) == 32
 
 
 def test_neighbor_up_needs_two_way() -> None:
     a, b = pair()
-    # b hears a, but a has not heard b yet: b keeps a in init.
+    # b hears a, but a has not heard b yet, so a's hello has no tag for b: b
+    # only notes a candidate (no neighbour state) and asks a for its certificate.
     assert b.receive("mesh0", a.build_hello("mesh0", 0.0), "10.0.0.0", 0.0) == []
-    assert [n.state for n in b.neighbors()] == ["init"]
+    assert b.neighbors() == [] and b.drops["unauthenticated"] == 1
+    assert [(s.ifname, s.link_address) for s in b.take_solicits()] == [("mesh0", "10.0.0.0")]
     # a hears b (b's hello lists a): a declares b up.
     ev = a.receive("mesh0", b.build_hello("mesh0", 0.01), "10.0.0.1", 0.01)
     assert ev == [NeighborUp("mesh0", "b", "10.0.0.1", "10.77.0.2", 0.01)]
@@ -133,16 +150,22 @@ def test_hello_queued_before_carrier_loss_does_not_revive_the_neighbour() -> Non
     assert [n.name for n in a.up_neighbors()] == ["b"]
 
 
-def test_restart_detected_by_newer_timestamp() -> None:
+def test_restart_is_a_new_session_that_echoes_us() -> None:
     a, b = pair()
     exchange(a, b, 0.0)
     exchange(a, b, IV)
-    # b restarts: new sensor, seq starts again at 1 (its clock keeps going).
-    b2 = LinkSensor("b", "10.77.0.2", IV, 3)
+    # b restarts: new sensor, new session, seq starts again at 1.
+    b2 = sensor("b", session=2)
     b2.add_interface("mesh0")
-    ev = a.receive("mesh0", b2.build_hello("mesh0", 0.2), "10.0.0.1", 0.2)
-    assert [e.reason for e in ev if isinstance(e, NeighborDown)] == ["restart"]
-    assert [n.state for n in a.neighbors()] == ["init"]
+    # Its first hello cannot be authenticated (it has not heard us): no change.
+    assert a.receive("mesh0", b2.build_hello("mesh0", 0.2), "10.0.0.1", 0.2) == []
+    assert [n.state for n in a.neighbors()] == ["up"]
+    # Once it hears us, its hello lists us, echoing a hello we just sent.
+    b2.receive("mesh0", a.build_hello("mesh0", 0.25), "10.0.0.0", 0.25)
+    ev = a.receive("mesh0", b2.build_hello("mesh0", 0.3), "10.0.0.1", 0.3)
+    assert [type(e).__name__ for e in ev] == ["NeighborDown", "NeighborUp"]
+    assert ev[0].reason == "restart"  # type: ignore[union-attr]
+    assert [n.session for n in a.neighbors()] == [2]
     # A late duplicate (old seq, old timestamp) is not a restart.
     a2, b3 = pair()
     exchange(a2, b3, 0.0)

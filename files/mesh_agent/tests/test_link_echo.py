@@ -12,6 +12,7 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from meshcore_testkit.pki import PairKeysForTests
 
 from mesh_agent.link import LinkSensor, NeighborDown
 from mesh_agent.link.sensor import ECHO_CONTROL_MIN_S
@@ -50,8 +51,8 @@ def kernel_reply(request: bytes, src: str = "10.78.0.1", dst: str = "10.78.0.0")
 
 def up_pair() -> tuple[LinkSensor, LinkSensor]:
     """a and b, two-way on mesh0 at t = 0.01."""
-    a = LinkSensor("a", "10.77.0.1", IV, 3)
-    b = LinkSensor("b", "10.77.0.2", IV, 3)
+    a = LinkSensor("a", "10.77.0.1", IV, 3, keys=PairKeysForTests("a"))
+    b = LinkSensor("b", "10.77.0.2", IV, 3, keys=PairKeysForTests("b"))
     a.add_interface("mesh0")
     b.add_interface("mesh0")
     b.receive("mesh0", a.build_hello("mesh0", 0.0), "10.78.0.0", 0.0)
@@ -90,8 +91,8 @@ def test_foreign_ping_reply_is_not_ours() -> None:
 
 
 def test_no_probes_before_the_neighbour_is_up() -> None:
-    a = LinkSensor("a", "10.77.0.1", IV, 3)
-    b = LinkSensor("b", "10.77.0.2", IV, 3)
+    a = LinkSensor("a", "10.77.0.1", IV, 3, keys=PairKeysForTests("a"))
+    b = LinkSensor("b", "10.77.0.2", IV, 3, keys=PairKeysForTests("b"))
     a.add_interface("mesh0")
     b.add_interface("mesh0")
     a.receive("mesh0", b.build_hello("mesh0", 0.0), "10.78.0.1", 0.0)  # init, not two-way

@@ -42,9 +42,25 @@ def test_unit_is_active_enabled_and_unprivileged(host):
     proc = host.process.get(comm="mesh-agent")
     assert proc.user == "meshcore"
     unit = host.file("/etc/systemd/system/mesh-agent.service").content_string
-    for hardening in ("NoNewPrivileges=yes", "ProtectSystem=strict",
-                      "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE"):
+    for hardening in ("NoNewPrivileges=yes", "ProtectSystem=strict", "LimitNOFILE=1024",
+                      "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW\n", "ProtectProc=invisible",
+                      "MemoryDenyWriteExecute=yes", "SystemCallFilter=~@privileged @resources"):
         assert hardening in unit
+    caps = [ln for ln in unit.splitlines() if ln.startswith(("AmbientCap", "CapabilityBounding"))]
+    assert caps and not any("CAP_NET_BIND_SERVICE" in ln for ln in caps), caps
+    limits = host.file(f"/proc/{proc.pid}/limits").content_string
+    assert any(line.startswith("Max open files") and line.split()[3] == "1024"
+               for line in limits.splitlines()), limits
+
+
+def test_security_exposure(host):
+    """systemd-analyze security of the unit as installed (docs/security.md has the figures)."""
+    out = host.run("systemd-analyze security --no-pager mesh-agent.service")
+    assert out.rc == 0, out.stderr
+    last = [ln for ln in out.stdout.splitlines() if "Overall exposure level" in ln][-1]
+    exposure = float(last.split(":")[1].split()[0])
+    print(f"mesh-agent.service exposure {exposure}")  # shown in the verify log
+    assert exposure <= 2.0, out.stdout
 
 
 def test_release_layout(host):
@@ -62,6 +78,7 @@ def test_identity_files_and_modes(host):
     san = host.run("python3 -c %s", "import ssl;print(ssl._ssl._test_decode_cert("
                    "'/etc/mesh-agent/pki/node.crt')['subjectAltName'])")
     assert "spiffe://mesh.lab/node/" in san.stdout
+    assert "('IP Address', '10.77.0.1')" in san.stdout  # the node address, bound to the identity
 
 
 def test_config_is_what_the_agent_accepts(host):

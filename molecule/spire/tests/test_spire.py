@@ -135,6 +135,8 @@ def test_registration_entries_for_the_mesh_agent(host):
             "selectors": [{"type": "x509pop", "value": f"subject:cn:{name}"}]} in entries
     assert {"spiffe_id": f"spiffe://mesh.lab/node/{name}", "parent_id": f"spiffe://mesh.lab/host/{name}",
             "selectors": [{"type": "unix", "value": "user:meshcore"}],
+            # The node address as SPIRE can carry it (no IP SANs): its in-addr.arpa name.
+            "dns_names": ["1.0.77.10.in-addr.arpa"],
             "x509_svid_ttl": 3600} in entries
 
 

@@ -137,7 +137,10 @@ def main() -> int:
                 "mesh_nodes": {
                     # The Pi fleet's link layer (inventories/example): the agent reads batman-adv.
                     "vars": {"mesh_link_backend": "batman"},
-                    "hosts": {args.host: {"mesh_node_address": args.address}},
+                    # The API listens on loopback and the management address only:
+                    # QEMU's user network forwards to the guest's 10.0.2.15.
+                    "hosts": {args.host: {"mesh_node_address": args.address,
+                                          "mesh_mgmt_address": "10.0.2.15"}},
                 }
             }
         )

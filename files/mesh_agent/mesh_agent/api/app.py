@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, HTTPException, Response
+from fastapi import FastAPI, HTTPException, Query, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -73,7 +73,7 @@ def create_app(agent: Agent) -> FastAPI:
             "lsdb": {
                 origin: {
                     "seq": e.advert.seq,
-                    "age_seconds": round(agent.wall() - e.advert.ts_ms / 1000, 3),
+                    "age_seconds": round(agent.clock() - e.born, 3),
                 }
                 for origin, e in sorted(agent.lsdb.entries().items())
             },
@@ -110,7 +110,10 @@ def create_app(agent: Agent) -> FastAPI:
             "last_failover": agent.last_failover,
         }
 
-    @app.get("/v1/paths/{dst}")
+    @app.get(
+        "/v1/paths/{dst}",
+        responses={404: {"description": "No path to this destination (unknown or unreachable)"}},
+    )
     async def path(dst: str) -> dict[str, Any]:
         ch = agent.paths.get(dst)
         if ch is None:
@@ -133,7 +136,9 @@ def create_app(agent: Agent) -> FastAPI:
         }
 
     @app.get("/v1/plan")
-    async def plan(max_links: int = 10) -> dict[str, Any]:
+    async def plan(
+        max_links: int = Query(10, ge=1, le=1000, description="Most new links to propose"),
+    ) -> dict[str, Any]:
         """Planning report on the mesh as our LSDB sees it (paths.planning).
 
         ``summary``: the fraction of node pairs joined by two edge-disjoint
@@ -143,8 +148,6 @@ def create_app(agent: Agent) -> FastAPI:
         candidate at cost 1 (the LSDB has no positions), so the work grows with
         the square of the mesh size: it runs in a worker thread.
         """
-        if not 1 <= max_links <= 1000:
-            raise HTTPException(status_code=422, detail="max_links must be in 1..1000")
         graph = agent.lsdb.graph()
         summary = protection_summary(graph)
         links = await asyncio.to_thread(augmentation_plan, graph, "cost", max_links)

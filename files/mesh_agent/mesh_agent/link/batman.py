@@ -225,7 +225,9 @@ class BatmanSensor(LinkSensor):
         self.originators: list[Originator] = []
         self.polls_total = 0
 
-    def receive(self, ifname: str, data: bytes, src: str, now: float) -> list[Event]:
+    def receive(
+        self, ifname: str, data: bytes, src: str, now: float, ttl: int | None = None
+    ) -> list[Event]:
         """Hellos are not this backend's input: count and ignore them."""
         self.drops["batman_backend"] += 1
         return []

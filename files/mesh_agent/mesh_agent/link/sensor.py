@@ -20,6 +20,25 @@ sent count, so our own lateness delays detection but never fakes it, and the
 neighbour's lateness does not matter at all. Its hellos then only need to
 arrive within the much longer control timeout (:data:`ECHO_CONTROL_MULT`). A
 neighbour that never answers (ICMP filtered) stays on hello timing.
+
+Authentication and bounds (hostile input). A hello changes state only when a
+tag for us in it verifies under the pair key of the name it claims
+(:mod:`mesh_agent.identity.hellokeys`): the name must match the identity
+proven by that node's signed adverts. Until then:
+
+* a name whose certificate we do not know, or a hello with no tag for us (the
+  sender does not know *our* certificate yet), yields a :class:`Solicit`: the
+  agent unicasts our own signed advert to that link address, rate-limited, so
+  two fresh nodes learn each other's certificate in one exchange;
+* an unauthenticated hello from a known name (not an established neighbour)
+  only records a *candidate* (bounded per interface, oldest first out), which
+  our hellos list with a tag so the sender can authenticate us in turn.
+
+A wrong tag, a hello from another session (agent start) of an established
+neighbour that does not echo one of our recent hellos (a replay of an old
+session), a hello not sent with TTL 255 (GTSM, RFC 5082), and a new neighbour
+beyond :data:`MAX_NEIGHBORS_PER_IF` are dropped and counted by reason in
+``drops``; an established, authenticated neighbour is never evicted.
 """
 
 from __future__ import annotations
@@ -27,8 +46,10 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from mesh_agent.link.wire import (
+    MAX_ECHO,
     Echo,
     EchoProbe,
     Hello,
@@ -37,6 +58,7 @@ from mesh_agent.link.wire import (
     decode_hello,
     encode_echo_request,
     encode_hello,
+    tag_valid,
 )
 
 LOSS_WINDOW = 20
@@ -62,6 +84,28 @@ ECHO_CONTROL_MULT = 4
 ECHO_CONTROL_MIN_S = 1.0
 # Sent-but-unanswered probes remembered per neighbour.
 ECHO_WINDOW = 32
+# Bounds (module docstring). Neighbours plus candidates fit one hello's echo list.
+MAX_NEIGHBORS_PER_IF = 48
+MAX_CANDIDATES_PER_IF = MAX_ECHO - MAX_NEIGHBORS_PER_IF
+CANDIDATE_TTL_S = 5.0
+# At most one solicitation per link address per second, SOLICIT_RATE per
+# interface and second overall.
+SOLICIT_INTERVAL_S = 1.0
+SOLICIT_RATE = 10.0
+# GTSM (RFC 5082): link-local protocol packets are sent with TTL 255, so one
+# that arrives with less was forwarded by a router on its way.
+GTSM_TTL = 255
+
+
+class PairKeys(Protocol):
+    def keys(self, name: str, now: float) -> list[bytes]: ...
+
+
+class NoKeys:
+    """No hello keys at all (a backend that never reads hellos)."""
+
+    def keys(self, name: str, now: float) -> list[bytes]:
+        return []
 
 
 @dataclass(frozen=True)
@@ -85,6 +129,27 @@ class NeighborDown:
 Event = NeighborUp | NeighborDown
 
 
+@dataclass(frozen=True)
+class Solicit:
+    """An on-link node cannot be authenticated yet: send it our own signed advert."""
+
+    ifname: str
+    link_address: str
+    name: str
+    at: float
+
+
+@dataclass
+class Candidate:
+    """Heard but not authenticated (or recently dead): listed with a tag, never routed."""
+
+    link_address: str
+    last_seq: int
+    last_peer_ts_us: int
+    heard_at: float
+    peer_interval_s: float
+
+
 @dataclass
 class Neighbor:
     ifname: str
@@ -96,6 +161,10 @@ class Neighbor:
     peer_interval_s: float
     last_seq: int
     last_peer_ts_us: int
+    session: int = 0
+    # The newest of our hellos it echoed (our tx timestamp): a hello of another
+    # session must echo a newer one to count as its restart (no replay).
+    echoed_us_ts: int = -1
     state: str = "init"  # init (heard, not two-way) | up
     up_since: float | None = None
     rtt_s: float | None = None
@@ -146,8 +215,12 @@ class LinkSensor:
         node_address: str,
         hello_interval_s: float,
         dead_multiplier: int,
+        keys: PairKeys | None = None,
+        session: int = 0,
     ) -> None:
         self.node_name = node_name
+        self.keys: PairKeys = keys if keys is not None else NoKeys()
+        self.session = session
         self.node_address = node_address
         self.hello_interval_s = hello_interval_s
         # What our hellos announce; peers declare us dead after
@@ -171,6 +244,10 @@ class LinkSensor:
         self._next_ident = 0x6D63  # "mc"; then +1 per neighbour, skipping live ones
         self.echo_tx_total = 0
         self.echo_rx_total = 0
+        self._candidates: dict[tuple[str, str], Candidate] = {}
+        self._solicited: dict[tuple[str, str], float] = {}
+        self._solicit_tokens: dict[str, tuple[float, float]] = {}
+        self._solicits: list[Solicit] = []
 
     # -- interfaces -------------------------------------------------------
     def add_interface(self, ifname: str) -> None:
@@ -179,6 +256,8 @@ class LinkSensor:
     def remove_interface(self, ifname: str, now: float) -> list[Event]:
         events = self.carrier_lost(ifname, now, reason="removed")
         self._seq.pop(ifname, None)
+        for key in [k for k in self._candidates if k[0] == ifname]:
+            del self._candidates[key]
         return events
 
     @property
@@ -190,16 +269,23 @@ class LinkSensor:
         seq = self._seq.get(ifname, 0) + 1
         self._seq[ifname] = seq
         now_us = int(now * 1e6)
-        echoes = tuple(
-            Echo(
-                n.name,
-                n.last_seq,
-                n.last_peer_ts_us,
-                max(0, now_us - int(n.last_rx * 1e6)),
-            )
-            for (ifn, _), n in sorted(self._table.items())
-            if ifn == ifname
-        )[:64]
+        mine = [n for (ifn, _), n in sorted(self._table.items()) if ifn == ifname]
+        listed = {n.name for n in mine}
+        echoes = [
+            Echo(n.name, n.last_seq, n.last_peer_ts_us, max(0, now_us - int(n.last_rx * 1e6)))
+            for n in mine
+        ]
+        tagged = [n.name for n in mine]
+        for (ifn, name), c in sorted(self._candidates.items()):
+            if ifn != ifname or name in listed:
+                continue
+            if now - c.heard_at > CANDIDATE_TTL_S:
+                continue
+            tagged.append(name)
+            # Listed as heard only while its hellos still arrive (not a dead neighbour).
+            if now - c.heard_at <= self.dead_multiplier * c.peer_interval_s:
+                held = max(0, now_us - int(c.heard_at * 1e6))
+                echoes.append(Echo(name, c.last_seq, c.last_peer_ts_us, held))
         self.tx_total += 1
         return encode_hello(
             Hello(
@@ -208,15 +294,25 @@ class LinkSensor:
                 interval_ms=max(1, min(65535, round(self.advertised_interval_s * 1000))),
                 node_address=self.node_address,
                 name=self.node_name,
-                echoes=echoes,
-            )
+                echoes=tuple(echoes[:MAX_ECHO]),
+                session=self.session,
+            ),
+            [(name, key) for name in tagged for key in self.keys.keys(name, now)],
         )
 
     # -- receiving --------------------------------------------------------
-    def receive(self, ifname: str, data: bytes, src: str, now: float) -> list[Event]:
-        """Handle one datagram. Malformed input is counted and never raises."""
+    def receive(
+        self, ifname: str, data: bytes, src: str, now: float, ttl: int | None = None
+    ) -> list[Event]:
+        """Handle one datagram. Malformed or unauthenticated input is counted and never raises.
+
+        *ttl* is the IP TTL it arrived with, when the caller knows it (GTSM).
+        """
         if ifname not in self._seq:
             self.drops["unknown_interface"] += 1
+            return []
+        if ttl is not None and ttl != GTSM_TTL:
+            self.drops["ttl"] += 1
             return []
         try:
             hello = decode_hello(data)
@@ -229,22 +325,42 @@ class LinkSensor:
         if now <= self._carrier_lost_at.get(ifname, -1.0):
             self.drops["before_carrier_loss"] += 1
             return []
-        self.rx_total += 1
-        events: list[Event] = []
         key = (ifname, hello.name)
-        nb = self._table.get(key)
-        if nb is not None and hello.seq <= nb.last_seq:
-            # Seq went back. A late or duplicated hello also carries an older
-            # send timestamp; a restarted peer carries a newer one (its clock
-            # is monotonic and outlives the process).
-            if hello.tx_ts_us <= nb.last_peer_ts_us and nb.last_seq - hello.seq <= LOSS_WINDOW:
-                nb.received.add(hello.seq)  # late or duplicate; helps loss, not liveness
-                self.drops["old_seq"] += 1
+        keys = self.keys.keys(hello.name, now)
+        if not keys:
+            self.drops["unknown_identity"] += 1
+            self._solicit(ifname, src, hello.name, now)
+            return []
+        if not tag_valid(hello, self.node_name, keys):
+            if any(n == self.node_name for n, _ in hello.auth):
+                self.drops["bad_auth"] += 1
                 return []
-            # A restart (or a step back beyond the window): start afresh.
+            self.drops["unauthenticated"] += 1
+            if key not in self._table:
+                self._note_candidate(key, src, hello, now)
+            self._solicit(ifname, src, hello.name, now)
+            return []
+        events: list[Event] = []
+        nb = self._table.get(key)
+        if nb is not None and hello.session != nb.session:
+            # Another agent start of this neighbour, or a replay of an earlier
+            # one: only a hello that echoes one of our recent hellos, newer than
+            # any the current session echoed, is new.
+            mine = next((e for e in hello.echoes if e.name == self.node_name), None)
+            if mine is None or mine.echo_ts_us <= nb.echoed_us_ts or not self._fresh(hello, now):
+                self.drops["stale_session"] += 1
+                return []
             events.extend(self._kill(key, "restart", now))
             nb = None
+        elif nb is not None and hello.seq <= nb.last_seq:
+            if nb.last_seq - hello.seq <= LOSS_WINDOW:
+                nb.received.add(hello.seq)  # late or duplicate; helps loss, not liveness
+            self.drops["old_seq"] += 1
+            return events
         if nb is None:
+            if sum(1 for k in self._table if k[0] == ifname) >= MAX_NEIGHBORS_PER_IF:
+                self.drops["table_full"] += 1
+                return events
             nb = Neighbor(
                 ifname=ifname,
                 name=hello.name,
@@ -255,9 +371,12 @@ class LinkSensor:
                 peer_interval_s=hello.interval_ms / 1000.0,
                 last_seq=hello.seq,
                 last_peer_ts_us=hello.tx_ts_us,
+                session=hello.session,
                 first_seq=hello.seq,
             )
             self._table[key] = nb
+            self._candidates.pop(key, None)
+        self.rx_total += 1
         nb.last_rx = now
         nb.last_seq = hello.seq
         nb.last_peer_ts_us = hello.tx_ts_us
@@ -274,13 +393,63 @@ class LinkSensor:
                 nb.rtt_last_s = rtt
                 nb.rtt_s = rtt if nb.rtt_s is None else nb.rtt_s + RTT_ALPHA * (rtt - nb.rtt_s)
         nb.missing_us = 0 if mine is not None else nb.missing_us + 1
-        if nb.state == "init" and mine is not None and not self._held_down(key, nb, now):
+        if mine is not None:
+            nb.echoed_us_ts = max(nb.echoed_us_ts, mine.echo_ts_us)
+        if (
+            nb.state == "init"
+            and mine is not None
+            and self._fresh(hello, now)
+            and not self._held_down(key, nb, now)
+        ):
             nb.state = "up"
             nb.up_since = now
             events.append(NeighborUp(ifname, nb.name, src, nb.node_address, now))
         elif nb.state == "up" and nb.missing_us >= ONE_WAY_HELLOS:
             events.extend(self._kill(key, "one-way", now))
         return events
+
+    def _fresh(self, hello: Hello, now: float) -> bool:
+        """True when *hello* echoes a hello we sent recently (so it is no replay)."""
+        mine = next((e for e in hello.echoes if e.name == self.node_name), None)
+        if mine is None:
+            return False
+        age = now - mine.echo_ts_us / 1e6
+        interval = max(self.hello_interval_s, hello.interval_ms / 1000.0)
+        window = max(ECHO_CONTROL_MIN_S, ECHO_CONTROL_MULT * self.dead_multiplier * interval)
+        return -0.001 <= age <= window
+
+    def _note_candidate(self, key: tuple[str, str], src: str, hello: Hello, now: float) -> None:
+        c = self._candidates.get(key)
+        if c is None:
+            on_if = [k for k in self._candidates if k[0] == key[0]]
+            if len(on_if) >= MAX_CANDIDATES_PER_IF:
+                del self._candidates[min(on_if, key=lambda k: self._candidates[k].heard_at)]
+        self._candidates[key] = Candidate(
+            src, hello.seq, hello.tx_ts_us, now, hello.interval_ms / 1000.0
+        )
+
+    def _solicit(self, ifname: str, src: str, name: str, now: float) -> None:
+        last = self._solicited.get((ifname, src))
+        if last is not None and now - last < SOLICIT_INTERVAL_S:
+            return
+        tokens, at = self._solicit_tokens.get(ifname, (SOLICIT_RATE, now))
+        tokens = min(SOLICIT_RATE, tokens + (now - at) * SOLICIT_RATE)
+        if tokens < 1.0:
+            self._solicit_tokens[ifname] = (tokens, now)
+            self.drops["solicit_limited"] += 1
+            return
+        self._solicit_tokens[ifname] = (tokens - 1.0, now)
+        if len(self._solicited) >= 1024:
+            self._solicited = {
+                k: t for k, t in self._solicited.items() if now - t < SOLICIT_INTERVAL_S
+            }
+        self._solicited[(ifname, src)] = now
+        self._solicits.append(Solicit(ifname, src, name, now))
+
+    def take_solicits(self) -> list[Solicit]:
+        """The solicitations since the last call (the caller sends our advert to each)."""
+        out, self._solicits = self._solicits, []
+        return out
 
     # -- echo probes (module docstring) -----------------------------------
     def echo_requests(self, ifname: str, now: float) -> list[tuple[str, bytes]]:
@@ -362,6 +531,8 @@ class LinkSensor:
     def tick(self, now: float) -> list[Event]:
         """Declare dead every neighbour silent for dead_multiplier intervals (or echoes)."""
         events: list[Event] = []
+        for key in [k for k, c in self._candidates.items() if now - c.heard_at > CANDIDATE_TTL_S]:
+            del self._candidates[key]
         for key, nb in list(self._table.items()):
             reason = self._dead_reason(nb, now)
             if reason is not None:
@@ -390,6 +561,12 @@ class LinkSensor:
         nb = self._table.pop(key)
         if nb.echo_ident:
             self._echo_idents.pop(nb.echo_ident, None)
+        if reason not in ("removed", "restart"):
+            # Still tagged for a while, so its hellos can tell it we dropped it
+            # (its one-way check) instead of going unauthenticated.
+            self._candidates[key] = Candidate(
+                nb.link_address, nb.last_seq, nb.last_peer_ts_us, nb.last_rx, nb.peer_interval_s
+            )
         if nb.state != "up":
             return []
         flaps = [t for t in self._flaps.get(key, []) if now - t < FLAP_WINDOW_S]

@@ -1,37 +1,51 @@
-"""Hello wire format (version 1), big-endian.
+"""Hello wire format (version 2), big-endian.
 
 ::
 
     off  size  field
       0     2  magic b"MH"
-      2     1  version (1)
+      2     1  version (2)
       3     1  flags (reserved, 0)
       4     4  seq            u32, per sender interface, +1 per hello
       8     8  tx_ts_us       u64, sender's monotonic clock in microseconds
      16     2  interval_ms    u16, sender's hello interval
      18     4  node_address   sender's /32 (lives on its lo)
-     22     1  name_len       1..63, then name (UTF-8)
+     22     4  session        u32, random per agent start (a restart changes it)
+     26     1  name_len       1..63, then name (UTF-8)
       .     1  n_echo         0..64, then n_echo entries:
                  name_len u8, name, last_seq u32, echo_ts_us u64, delay_us u32
+      .     1  n_auth         0..128, then n_auth entries:
+                 name_len u8, name, tag (16 bytes)
 
 The echo entries are the sender's neighbour list. Each echoes the last hello
 heard from that neighbour (its seq and tx timestamp) plus how long the sender
 held it, so the neighbour computes RTT = now - echo_ts - delay using only its
 own clock, the LSR/DLSR method of RFC 3550 section 6.4.1. A neighbour that
 finds itself in the list knows the link is two-way.
+
+The auth entries authenticate the hello to each named receiver: tag =
+HMAC-SHA256(K(sender, receiver), SHA-256(every byte before n_auth))[:16],
+with the per-pair key of :mod:`mesh_agent.identity.hellokeys`. A receiver
+acts on a hello only when one tag with its name verifies. Version 1 (no auth)
+is refused: a version-2 agent and an older one do not form an adjacency.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 MAGIC = b"MH"
-VERSION = 1
+VERSION = 2
 MAX_NAME = 63
 MAX_ECHO = 64
-_HEAD = struct.Struct("!2sBBIQH4s")
+MAX_AUTH = 128
+TAG_LEN = 16
+_HEAD = struct.Struct("!2sBBIQH4sI")
 _ECHO_TAIL = struct.Struct("!IQI")
 
 
@@ -55,6 +69,28 @@ class Hello:
     node_address: str
     name: str
     echoes: tuple[Echo, ...] = ()
+    session: int = 0
+    # (receiver name, tag) pairs; filled by decode_hello, written by encode_hello's keys.
+    auth: tuple[tuple[str, bytes], ...] = ()
+    # SHA-256 of the authenticated part (every byte before the auth entries).
+    digest: bytes = b""
+
+
+def hello_tag(key: bytes, digest: bytes) -> bytes:
+    """The auth tag for one receiver: HMAC-SHA256 under the pair key, truncated."""
+    return hmac.digest(key, digest, "sha256")[:TAG_LEN]
+
+
+def tag_valid(hello: Hello, receiver: str, keys: Iterable[bytes]) -> bool:
+    """True when a tag for *receiver* in *hello* verifies under one of *keys*."""
+    tags = [t for n, t in hello.auth if n == receiver]
+    if not tags:
+        return False
+    for key in keys:
+        want = hello_tag(key, hello.digest)
+        if any(hmac.compare_digest(want, t) for t in tags):
+            return True
+    return False
 
 
 def _put_name(name: str) -> bytes:
@@ -77,7 +113,8 @@ def decode_name(data: bytes, off: int) -> tuple[str, int]:
         raise WireError("name is not UTF-8") from exc
 
 
-def encode_hello(h: Hello) -> bytes:
+def encode_hello(h: Hello, keys: Iterable[tuple[str, bytes]] = ()) -> bytes:
+    """The hello, with one auth tag per (receiver name, pair key) in *keys*."""
     if len(h.echoes) > MAX_ECHO:
         raise WireError("too many echo entries")
     out = [
@@ -89,6 +126,7 @@ def encode_hello(h: Hello) -> bytes:
             h.tx_ts_us,
             h.interval_ms,
             ipaddress.IPv4Address(h.node_address).packed,
+            h.session,
         ),
         _put_name(h.name),
         bytes([len(h.echoes)]),
@@ -96,14 +134,17 @@ def encode_hello(h: Hello) -> bytes:
     for e in h.echoes:
         out.append(_put_name(e.name))
         out.append(_ECHO_TAIL.pack(e.last_seq, e.echo_ts_us, min(e.delay_us, 0xFFFFFFFF)))
-    return b"".join(out)
+    body = b"".join(out)
+    digest = hashlib.sha256(body).digest()
+    tags = [_put_name(name) + hello_tag(key, digest) for name, key in keys][:MAX_AUTH]
+    return body + bytes([len(tags)]) + b"".join(tags)
 
 
 def decode_hello(data: bytes) -> Hello:
     """Parse *data*; raise :class:`WireError` (only) on anything malformed."""
     if len(data) < _HEAD.size:
         raise WireError("short hello")
-    magic, version, _flags, seq, ts, interval, addr = _HEAD.unpack_from(data, 0)
+    magic, version, _flags, seq, ts, interval, addr, session = _HEAD.unpack_from(data, 0)
     if magic != MAGIC:
         raise WireError("bad magic")
     if version != VERSION:
@@ -125,9 +166,33 @@ def decode_hello(data: bytes) -> Hello:
         last_seq, echo_ts, delay = _ECHO_TAIL.unpack_from(data, off)
         off += _ECHO_TAIL.size
         echoes.append(Echo(ename, last_seq, echo_ts, delay))
+    body_end = off
+    if off >= len(data):
+        raise WireError("truncated auth count")
+    n_auth = data[off]
+    off += 1
+    if n_auth > MAX_AUTH:
+        raise WireError("too many auth entries")
+    auth = []
+    for _ in range(n_auth):
+        aname, off = decode_name(data, off)
+        if off + TAG_LEN > len(data):
+            raise WireError("truncated auth tag")
+        auth.append((aname, bytes(data[off : off + TAG_LEN])))
+        off += TAG_LEN
     if off != len(data):
         raise WireError("trailing bytes")
-    return Hello(seq, ts, interval, str(ipaddress.IPv4Address(addr)), name, tuple(echoes))
+    return Hello(
+        seq,
+        ts,
+        interval,
+        str(ipaddress.IPv4Address(addr)),
+        name,
+        tuple(echoes),
+        session,
+        tuple(auth),
+        hashlib.sha256(data[:body_end]).digest(),
+    )
 
 
 # -- kernel echo probes ------------------------------------------------------

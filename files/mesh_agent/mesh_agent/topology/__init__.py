@@ -1,7 +1,13 @@
 """Topology: signed link-state adverts flooded through the mesh, and the graph they give."""
 
 from mesh_agent.topology.lsdb import REJECT_REASONS, Entry, LinkStateDB, Result
-from mesh_agent.topology.wire import Advert, decode_advert, encode_unsigned, signature_trailer
+from mesh_agent.topology.wire import (
+    Advert,
+    decode_advert,
+    encode_unsigned,
+    signature_trailer,
+    with_age,
+)
 
 __all__ = [
     "REJECT_REASONS",
@@ -12,4 +18,5 @@ __all__ = [
     "decode_advert",
     "encode_unsigned",
     "signature_trailer",
+    "with_age",
 ]
