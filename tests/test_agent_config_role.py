@@ -43,3 +43,39 @@ def test_role_defaults_render_the_agents_defaults() -> None:
     differ = {k: (attr(from_role, k), attr(agent_default, k)) for k in keys
               if attr(from_role, k) != attr(agent_default, k)}
     assert differ == {}, f"role default != agent default (role, agent): {differ}"
+
+
+def test_role_sets_log_level_echo_and_dead_time() -> None:
+    rendered = yaml.safe_load(render(
+        "mesh_agent", "agent.yml.j2", mesh_node_address="10.77.0.9", mesh_agent_log_level="DEBUG",
+        mesh_agent_link_echo=False, mesh_agent_link_dead_after_ms=9000))
+    cfg = parse_config(rendered)
+    assert (cfg.log_level, cfg.link.echo, cfg.link.dead_after_ms) == ("DEBUG", False, 9000)
+
+
+def test_role_choices_are_the_agents() -> None:
+    """Every role variable with choices that maps to an agent key offers the agent's own."""
+    from mesh_agent.config import OneOf, schema
+    from meshcore_tools import ROOT
+
+    spec = yaml.safe_load((ROOT / "roles/mesh_agent/meta/argument_specs.yml").read_text())
+    options = spec["argument_specs"]["main"]["options"]
+    agent = {key: chk for key, _default, chk in schema()}
+    pairs = {"mesh_agent_mode": "mode", "mesh_agent_disjoint": "disjoint",
+             "mesh_agent_log_level": "log_level", "mesh_agent_link_backend": "link.backend",
+             "mesh_agent_clock_trust": "clock_trust"}
+    for var, key in pairs.items():
+        chk = agent[key]
+        assert isinstance(chk, OneOf), key
+        assert tuple(options[var]["choices"]) == chk.choices, var
+
+
+def test_unit_writes_only_the_state_dir() -> None:
+    default = render("mesh_agent", "mesh-agent.service.j2", mesh_node_address="10.77.0.9")
+    assert "StateDirectory=mesh-agent\n" in default and "ReadWritePaths" not in default
+    elsewhere = render("mesh_agent", "mesh-agent.service.j2", mesh_node_address="10.77.0.9",
+                       mesh_agent_state_dir="/srv/mesh-agent")
+    assert "ReadWritePaths=/srv/mesh-agent\n" in elsewhere and "StateDirectory" not in elsewhere
+    nested = render("mesh_agent", "mesh-agent.service.j2", mesh_node_address="10.77.0.9",
+                    mesh_agent_state_dir="/var/lib/meshcore/agent")
+    assert "StateDirectory=meshcore/agent\n" in nested

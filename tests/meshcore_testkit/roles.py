@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import jinja2
+import jinja2.nativetypes
 import yaml
 from ansible.plugins.filter.core import FilterModule
 from meshcore_tools import ROOT
@@ -24,10 +25,14 @@ def defaults(role: str) -> dict[str, Any]:
 def render(role: str, template: str, **overrides: Any) -> str:
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              extensions=["jinja2.ext.do"])
+    # Variables resolve to native values, as Ansible's templating gives them (a
+    # default of "{{ [a] + b }}" is a list, not its text).
+    native = jinja2.nativetypes.NativeEnvironment(undefined=jinja2.StrictUndefined)
     ansible_filters = FilterModule().filters()
     # Only the filters the templates use; Ansible's default/map/select expect its own Undefined.
-    env.filters.update({k: ansible_filters[k] for k in ("comment", "to_json", "to_nice_json",
-                                                         "combine")})
+    for e in (env, native):
+        e.filters.update({k: ansible_filters[k] for k in ("comment", "to_json", "to_nice_json",
+                                                           "combine")})
     variables: dict[str, Any] = {"ansible_managed": "Ansible managed", "inventory_hostname": "n1",
                                  "groups": {}, "hostvars": {}}
     variables.update(defaults(role))
@@ -38,7 +43,7 @@ def render(role: str, template: str, **overrides: Any) -> str:
     for _ in range(5):
         for key in sorted(pending):
             try:
-                variables[key] = env.from_string(variables[key]).render(
+                variables[key] = native.from_string(variables[key]).render(
                     **variables, ansible_facts={"architecture": "aarch64"})
             except jinja2.UndefinedError:
                 continue

@@ -1,13 +1,25 @@
 """The agent's one configuration model, loaded once from YAML.
 
+:class:`AgentConfig` (with its sections :class:`IdentityConfig` and
+:class:`LinkConfig`) is the single owner of every key: its name, its default
+and its allowed values or range live in one field declaration,
+``field(default=..., metadata=check(<check>))``. :func:`parse_config` walks those fields, so there
+is no second list of keys, defaults or ranges to keep in step; the role's
+template is tested against the same fields (``tests/test_agent_config_role.py``)
+and :func:`schema` lists them for that test. Rules that tie keys together are
+checked when the dataclasses are built (``__post_init__``).
+
 Every component receives the slice of :class:`AgentConfig` it needs; nothing
 reads the file or a global again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
+import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +31,8 @@ from mesh_agent.identity.clock import POLICIES as CLOCK_POLICIES
 from mesh_agent.identity.clock import TIMESYNCD_FLAG
 
 DEFAULT_CONFIG_PATH = Path("/etc/mesh-agent/agent.yml")
+# Never mesh interfaces: the management network and loopback.
+MANAGEMENT_IFNAMES = frozenset({"eth0", "lo"})
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _IFNAME_RE = re.compile(r"^[^\s/:]{1,15}$")
@@ -28,11 +42,136 @@ class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the key."""
 
 
+# -- checks: each turns one YAML value into the field's value or names the key --------
+@dataclass(frozen=True)
+class Integer:
+    lo: int
+    hi: int
+
+    def __call__(self, key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if not self.lo <= value <= self.hi:
+            raise ConfigError(f"{key}: {value} is outside {self.lo}..{self.hi}")
+        return value
+
+
+@dataclass(frozen=True)
+class Number:
+    lo: float
+    hi: float
+
+    def __call__(self, key: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not self.lo <= float(value) <= self.hi:
+            raise ConfigError(f"{key}: {value} is outside {self.lo}..{self.hi}")
+        return float(value)
+
+
+@dataclass(frozen=True)
+class Text:
+    pattern: re.Pattern[str] | None = None
+    what: str = ""  # what the pattern means, for the message
+
+    def __call__(self, key: str, value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+        if self.pattern is not None and not self.pattern.match(value):
+            what = self.what or f"must match {self.pattern.pattern}"
+            raise ConfigError(f"{key}: {value!r} {what}")
+        return value
+
+
+@dataclass(frozen=True)
+class OneOf:
+    choices: tuple[str, ...]
+
+    def __call__(self, key: str, value: Any) -> str:
+        text = Text()(key, value)
+        if text not in self.choices:
+            raise ConfigError(f"{key}: {text!r} is not one of {', '.join(self.choices)}")
+        return text
+
+
+@dataclass(frozen=True)
+class Boolean:
+    def __call__(self, key: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class FilePath:
+    what: str = "file"
+
+    def __call__(self, key: str, value: Any) -> Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: expected a {self.what} path")
+        return Path(value)
+
+
+def _node_address(key: str, value: Any) -> ipaddress.IPv4Address:
+    try:
+        address = ipaddress.IPv4Address(str(value).removesuffix("/32"))
+    except ValueError:
+        raise ConfigError(f"{key}: {value!r} is not an IPv4 address") from None
+    why = unusable_reason(address)
+    if why is not None:
+        raise ConfigError(f"{key}: {why}")
+    return address
+
+
+def _trust_domain(key: str, value: Any) -> str:
+    domain = Text()(key, value)
+    if "/" in domain or ":" in domain:
+        raise ConfigError(f"{key}: {domain!r} must be a bare domain")
+    return domain
+
+
+def _interfaces(key: str, value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(i, str) for i in value):
+        raise ConfigError(f"{key}: expected a list of interface names")
+    for ifname in value:
+        if not _IFNAME_RE.match(ifname):
+            raise ConfigError(f"{key}: {ifname!r} is not a valid interface name")
+        if ifname == "eth0":
+            raise ConfigError(f"{key}: eth0 is the management network, not a mesh link")
+    return tuple(value)
+
+
+def _api_listen(key: str, value: Any) -> tuple[str, ...]:
+    """One HOST:PORT or a list of them; HOST an IP address ([v6] in brackets)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{key}: expected HOST:PORT or a non-empty list of them")
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigError(f"{key}: {item!r} must be HOST:PORT")
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{key}: {item!r} must be HOST:PORT")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            raise ConfigError(f"{key}: {host!r} in {item!r} is not an IP address") from None
+    return tuple(items)
+
+
+def check(parse: Any) -> dict[str, Any]:
+    """A config key's field metadata: the check its YAML value goes through."""
+    return {"check": parse}
+
+
+# -- the model ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class IdentityConfig:
-    cert: Path = Path("/etc/mesh-agent/pki/node.crt")
-    key: Path = Path("/etc/mesh-agent/pki/node.key")
-    ca: Path = Path("/etc/mesh-agent/pki/ca.crt")
+    cert: Path = field(default=Path("/etc/mesh-agent/pki/node.crt"), metadata=check(FilePath()))
+    key: Path = field(default=Path("/etc/mesh-agent/pki/node.key"), metadata=check(FilePath()))
+    ca: Path = field(default=Path("/etc/mesh-agent/pki/ca.crt"), metadata=check(FilePath()))
 
 
 @dataclass(frozen=True)
@@ -48,45 +187,72 @@ class LinkConfig:
     observes (mode must be ``observe``).
     """
 
-    backend: str = "native"
-    echo: bool = True
-    mesh_interface: str = "bat0"
-    poll_interval_ms: int = 1000
-    dead_after_ms: int = 5000
-    batctl: Path = Path("/usr/sbin/batctl")
-    bat_hosts: Path = Path("/etc/bat-hosts")
-    reference_mbit: int = 100
+    backend: str = field(default="native", metadata=check(OneOf(("native", "batman"))))
+    echo: bool = field(default=True, metadata=check(Boolean()))
+    mesh_interface: str = field(
+        default="bat0", metadata=check(Text(_IFNAME_RE, "is not a valid interface name"))
+    )
+    poll_interval_ms: int = field(default=1000, metadata=check(Integer(100, 60000)))
+    dead_after_ms: int = field(default=5000, metadata=check(Integer(200, 600000)))
+    batctl: Path = field(default=Path("/usr/sbin/batctl"), metadata=check(FilePath()))
+    bat_hosts: Path = field(default=Path("/etc/bat-hosts"), metadata=check(FilePath()))
+    reference_mbit: int = field(default=100, metadata=check(Integer(1, 100000)))
+
+    def __post_init__(self) -> None:
+        if self.dead_after_ms <= self.poll_interval_ms:
+            raise ConfigError("link.dead_after_ms: must be larger than link.poll_interval_ms")
 
 
 @dataclass(frozen=True)
 class AgentConfig:
-    node_name: str
-    node_address: ipaddress.IPv4Address
-    trust_domain: str = "mesh.lab"
-    interfaces: tuple[str, ...] | None = None
-    interface_prefix: str = "mesh"
-    udp_port: int = 6767
-    hello_interval_ms: int = 50
-    dead_multiplier: int = 3
+    node_name: str = field(metadata=check(Text(_NAME_RE)))
+    node_address: ipaddress.IPv4Address = field(metadata=check(_node_address))
+    trust_domain: str = field(default="mesh.lab", metadata=check(_trust_domain))
+    # Mesh interfaces by name; None: every interface whose name has the prefix.
+    interfaces: tuple[str, ...] | None = field(default=None, metadata=check(_interfaces))
+    interface_prefix: str = field(default="mesh", metadata=check(Text()))
+    udp_port: int = field(default=6767, metadata=check(Integer(1, 65534)))
+    hello_interval_ms: int = field(default=50, metadata=check(Integer(5, 60000)))
+    dead_multiplier: int = field(default=3, metadata=check(Integer(2, 255)))
     # Periodic refresh only: every change is flooded at once, and a new
     # neighbour gets the whole LSDB. OSPF refreshes every 30 min (RFC 2328
     # LSRefreshTime); 10 s keeps 50 nodes at 5 verifies/s per node, not 50.
-    advert_interval_s: float = 10.0
-    advert_max_age_s: float = 60.0
-    mode: str = "observe"
-    k: int = 3
-    disjoint: str = "edge"
-    route_protocol: int = 77
+    advert_interval_s: float = field(default=10.0, metadata=check(Number(0.05, 3600.0)))
+    advert_max_age_s: float = field(default=60.0, metadata=check(Number(1.0, 86400.0)))
+    mode: str = field(default="observe", metadata=check(OneOf(("observe", "enforce"))))
+    k: int = field(default=3, metadata=check(Integer(3, 5)))
+    disjoint: str = field(default="edge", metadata=check(OneOf(("edge", "node"))))
+    route_protocol: int = field(default=77, metadata=check(Integer(5, 255)))
     # HOST:PORT endpoints of the API: loopback and the management address,
     # never the mesh by default (mesh_agent.api).
-    api_listen: tuple[str, ...] = ("127.0.0.1:9105",)
+    api_listen: tuple[str, ...] = field(default=("127.0.0.1:9105",), metadata=check(_api_listen))
     identity: IdentityConfig = field(default_factory=IdentityConfig)
-    state_dir: Path = Path("/var/lib/mesh-agent")
-    log_level: str = "INFO"
+    # What survives restarts (mesh_agent.store): the systemd unit's StateDirectory.
+    state_dir: Path = field(
+        default=Path("/var/lib/mesh-agent"), metadata=check(FilePath("directory"))
+    )
+    log_level: str = field(
+        default="INFO", metadata=check(OneOf(("DEBUG", "INFO", "WARNING", "ERROR")))
+    )
     link: LinkConfig = field(default_factory=LinkConfig)
     # When certificate validity windows are checked (mesh_agent.identity.clock).
-    clock_trust: str = "synchronized"
-    clock_sync_file: Path = TIMESYNCD_FLAG
+    clock_trust: str = field(default="synchronized", metadata=check(OneOf(CLOCK_POLICIES)))
+    clock_sync_file: Path = field(default=TIMESYNCD_FLAG, metadata=check(FilePath()))
+
+    def __post_init__(self) -> None:
+        if self.advert_max_age_s <= self.advert_interval_s:
+            raise ConfigError("advert_max_age_s: must be larger than advert_interval_s")
+        if self.link.backend == "batman" and self.mode != "observe":
+            raise ConfigError("link.backend: batman-adv routes at layer 2, so the batman "
+                              "backend needs mode: observe")
+
+    def wants_interface(self, ifname: str) -> bool:
+        """A mesh interface the agent runs on: listed, or named with the prefix; never eth0/lo."""
+        if ifname in MANAGEMENT_IFNAMES:
+            return False
+        if self.interfaces is not None:
+            return ifname in self.interfaces
+        return ifname.startswith(self.interface_prefix)
 
     @property
     def enforce(self) -> bool:
@@ -110,237 +276,51 @@ class AgentConfig:
         return out
 
 
-_KNOWN_KEYS = {
-    "node_name",
-    "node_address",
-    "trust_domain",
-    "interfaces",
-    "interface_prefix",
-    "udp_port",
-    "hello_interval_ms",
-    "dead_multiplier",
-    "advert_interval_s",
-    "advert_max_age_s",
-    "mode",
-    "k",
-    "disjoint",
-    "route_protocol",
-    "api_listen",
-    "identity",
-    "state_dir",
-    "log_level",
-    "link",
-    "clock_trust",
-    "clock_sync_file",
-}
-_LINK_KEYS = {
-    "backend",
-    "echo",
-    "mesh_interface",
-    "poll_interval_ms",
-    "dead_after_ms",
-    "batctl",
-    "bat_hosts",
-    "reference_mbit",
-}
+# -- parsing, from the fields ------------------------------------------------------------
+def _sections(cls: type) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)
+            if dataclasses.is_dataclass(hints[f.name])}
 
 
-def _int(data: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if not lo <= value <= hi:
-        raise ConfigError(f"{key}: {value} is outside {lo}..{hi}")
-    return value
-
-
-def _float(data: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if not lo <= float(value) <= hi:
-        raise ConfigError(f"{key}: {value} is outside {lo}..{hi}")
-    return float(value)
-
-
-def _str(data: dict[str, Any], key: str, default: str | None) -> str:
-    value = data.get(key, default)
-    if value is None:
-        raise ConfigError(f"{key}: required")
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
-    return value
-
-
-def _bool(data: dict[str, Any], key: str, default: bool) -> bool:
-    value = data.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _choice(data: dict[str, Any], key: str, default: str, choices: tuple[str, ...]) -> str:
-    value = _str(data, key, default)
-    if value not in choices:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
-    return value
-
-
-def _parse_link(raw: Any, mode: str) -> LinkConfig:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError("link: expected a mapping")
-    bad = sorted(set(raw) - _LINK_KEYS, key=str)
-    if bad:
-        raise ConfigError(f"link.{bad[0]}: unknown key")
-    # Errors name the nested key (link.x), so prefix what the helpers report.
-    try:
-        backend = _choice(raw, "backend", "native", ("native", "batman"))
-        echo = _bool(raw, "echo", True)
-        mesh_interface = _str(raw, "mesh_interface", "bat0")
-        poll = _int(raw, "poll_interval_ms", 1000, 100, 60000)
-        dead = _int(raw, "dead_after_ms", 5000, 200, 600000)
-        reference = _int(raw, "reference_mbit", 100, 1, 100000)
-        batctl = _str(raw, "batctl", str(LinkConfig.batctl))
-        bat_hosts = _str(raw, "bat_hosts", str(LinkConfig.bat_hosts))
-    except ConfigError as exc:
-        raise ConfigError(f"link.{exc}") from None
-    if not _IFNAME_RE.match(mesh_interface):
-        raise ConfigError(f"link.mesh_interface: {mesh_interface!r} is not a valid interface name")
-    if dead <= poll:
-        raise ConfigError("link.dead_after_ms: must be larger than link.poll_interval_ms")
-    if backend == "batman" and mode != "observe":
-        raise ConfigError(
-            "link.backend: batman-adv routes at layer 2, so the batman backend needs mode: observe"
-        )
-    return LinkConfig(
-        backend=backend,
-        echo=echo,
-        mesh_interface=mesh_interface,
-        poll_interval_ms=poll,
-        dead_after_ms=dead,
-        batctl=Path(batctl),
-        bat_hosts=Path(bat_hosts),
-        reference_mbit=reference,
-    )
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "<top level>"
+    if not isinstance(data, dict):
+        names = ", ".join(f.name for f in dataclasses.fields(cls))
+        raise ConfigError(f"{where}: expected a mapping with {names}, got {data!r}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    # key=str: YAML keys may be of any type (1: x, true: y), which do not sort together.
+    unknown = sorted(set(data) - set(known), key=str)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key")
+    sections = _sections(cls)
+    values: dict[str, Any] = {}
+    for name, f in known.items():
+        key = prefix + name
+        if name in sections:
+            values[name] = _build(sections[name], {} if data.get(name) is None else data[name],
+                                  key + ".")
+        elif name in data:
+            values[name] = f.metadata["check"](key, data[name])
+        elif f.default is dataclasses.MISSING:
+            raise ConfigError(f"{key}: required")
+    return cls(**values)
 
 
 def parse_config(data: Any) -> AgentConfig:
     """Validate a mapping (the parsed YAML) into an :class:`AgentConfig`."""
-    if not isinstance(data, dict):
-        raise ConfigError("<top level>: expected a mapping")
-    # key=str: YAML keys may be of any type (1: x, true: y), which do not sort together.
-    unknown = sorted(set(data) - _KNOWN_KEYS, key=str)
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown key")
-
-    node_name = _str(data, "node_name", None)
-    if not _NAME_RE.match(node_name):
-        raise ConfigError(f"node_name: {node_name!r} must match {_NAME_RE.pattern}")
-    raw_addr = data.get("node_address")
-    if raw_addr is None:
-        raise ConfigError("node_address: required")
-    try:
-        node_address = ipaddress.IPv4Address(str(raw_addr).removesuffix("/32"))
-    except ValueError as exc:
-        raise ConfigError(f"node_address: {raw_addr!r} is not an IPv4 address") from exc
-    why = unusable_reason(node_address)
-    if why is not None:
-        raise ConfigError(f"node_address: {why}")
-
-    trust_domain = _str(data, "trust_domain", "mesh.lab")
-    if "/" in trust_domain or ":" in trust_domain:
-        raise ConfigError(f"trust_domain: {trust_domain!r} must be a bare domain")
-
-    interfaces: tuple[str, ...] | None = None
-    if data.get("interfaces") is not None:
-        raw_ifs = data["interfaces"]
-        if not isinstance(raw_ifs, list) or not all(isinstance(i, str) for i in raw_ifs):
-            raise ConfigError("interfaces: expected a list of interface names")
-        for ifname in raw_ifs:
-            if not _IFNAME_RE.match(ifname):
-                raise ConfigError(f"interfaces: {ifname!r} is not a valid interface name")
-            if ifname == "eth0":
-                raise ConfigError("interfaces: eth0 is the management network, not a mesh link")
-        interfaces = tuple(raw_ifs)
-    interface_prefix = _str(data, "interface_prefix", "mesh")
-
-    api_listen = _parse_api_listen(data.get("api_listen", ["127.0.0.1:9105"]))
-
-    ident = data.get("identity", {})
-    if ident is None:
-        ident = {}
-    if not isinstance(ident, dict):
-        raise ConfigError(f"identity: expected a mapping with cert, key, ca, got {ident!r}")
-    bad = sorted(set(ident) - {"cert", "key", "ca"}, key=str)
-    if bad:
-        raise ConfigError(f"identity.{bad[0]}: unknown key")
-    defaults = IdentityConfig()
-    paths: dict[str, Path] = {}
-    for sub in ("cert", "key", "ca"):
-        value = ident.get(sub, str(getattr(defaults, sub)))
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"identity.{sub}: expected a file path")
-        paths[sub] = Path(value)
-
-    state_dir = data.get("state_dir", "/var/lib/mesh-agent")
-    if not isinstance(state_dir, str) or not state_dir:
-        raise ConfigError("state_dir: expected a directory path")
-
-    advert_interval_s = _float(data, "advert_interval_s", 10.0, 0.05, 3600.0)
-    advert_max_age_s = _float(data, "advert_max_age_s", 60.0, 1.0, 86400.0)
-    if advert_max_age_s <= advert_interval_s:
-        raise ConfigError("advert_max_age_s: must be larger than advert_interval_s")
-
-    mode = _choice(data, "mode", "observe", ("observe", "enforce"))
-    link = _parse_link(data.get("link"), mode)
-    clock_trust = _choice(data, "clock_trust", "synchronized", CLOCK_POLICIES)
-    clock_sync_file = _str(data, "clock_sync_file", str(TIMESYNCD_FLAG))
-
-    return AgentConfig(
-        node_name=node_name,
-        node_address=node_address,
-        trust_domain=trust_domain,
-        interfaces=interfaces,
-        interface_prefix=interface_prefix,
-        udp_port=_int(data, "udp_port", 6767, 1, 65534),
-        hello_interval_ms=_int(data, "hello_interval_ms", 50, 5, 60000),
-        dead_multiplier=_int(data, "dead_multiplier", 3, 2, 255),
-        advert_interval_s=advert_interval_s,
-        advert_max_age_s=advert_max_age_s,
-        mode=mode,
-        k=_int(data, "k", 3, 3, 5),
-        disjoint=_choice(data, "disjoint", "edge", ("edge", "node")),
-        route_protocol=_int(data, "route_protocol", 77, 5, 255),
-        api_listen=api_listen,
-        identity=IdentityConfig(**paths),
-        state_dir=Path(state_dir),
-        log_level=_choice(data, "log_level", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
-        link=link,
-        clock_trust=clock_trust,
-        clock_sync_file=Path(clock_sync_file),
-    )
+    cfg: AgentConfig = _build(AgentConfig, data, "")
+    return cfg
 
 
-def _parse_api_listen(raw: Any) -> tuple[str, ...]:
-    """One HOST:PORT or a list of them; HOST an IP address ([v6] in brackets)."""
-    items = [raw] if isinstance(raw, str) else raw
-    if not isinstance(items, list) or not items:
-        raise ConfigError("api_listen: expected HOST:PORT or a non-empty list of them")
-    out = []
-    for item in items:
-        if not isinstance(item, str):
-            raise ConfigError(f"api_listen: {item!r} must be HOST:PORT")
-        host, sep, port = item.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"api_listen: {item!r} must be HOST:PORT")
-        try:
-            ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            raise ConfigError(f"api_listen: {host!r} in {item!r} is not an IP address") from None
-        out.append(item)
-    return tuple(out)
+def schema(cls: type = AgentConfig, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """Every key as (dotted name, default or MISSING, its check), sections flattened."""
+    sections = _sections(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in sections:
+            yield from schema(sections[f.name], prefix + f.name + ".")
+        else:
+            yield prefix + f.name, f.default, f.metadata["check"]
 
 
 def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> AgentConfig:

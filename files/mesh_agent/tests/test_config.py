@@ -134,3 +134,32 @@ def test_check_config_survives_bytes_and_depth(
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err and "<file>:" in err, err
         assert what in err
+
+
+def test_the_readme_table_is_the_schema() -> None:
+    """files/mesh_agent/README.md lists every key with the default AgentConfig declares."""
+    import dataclasses
+    import re
+
+    from mesh_agent.config import schema
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([a-z_.{},]+)` \| ([^|]+) \|", readme, flags=re.MULTILINE))
+    keys = {key for key, _d, _c in schema()}
+    listed = {k for k in rows if not k.startswith("identity.")} | {
+        f"identity.{p}" for k in rows if k.startswith("identity.{")
+        for p in k[len("identity.{"):-1].split(",")}
+    assert listed == keys
+    def same(text: str, default: object) -> bool:
+        text = text.strip("` ")
+        if isinstance(default, bool):
+            return text == str(default).lower()
+        if isinstance(default, int | float):
+            return float(text) == float(default)
+        return text == str(default)
+
+    for key, default, _check in schema():
+        shown = rows.get(key)
+        if shown is None or default is dataclasses.MISSING or isinstance(default, tuple | None):
+            continue  # required, unset or a list: described in words
+        assert same(shown, default), (key, shown, default)
