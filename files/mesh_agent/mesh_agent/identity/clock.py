@@ -28,8 +28,12 @@ Until then the agent logs why validity is not checked and exports
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
+log = logging.getLogger("mesh_agent.identity")
 
 POLICIES = ("synchronized", "always", "never")
 TIMESYNCD_FLAG = Path("/run/systemd/timesync/synchronized")
@@ -61,3 +65,30 @@ class ClockTrust:
             floor = self.floor.isoformat()
             return f"the clock ({now.isoformat()}) is before the CA's notBefore ({floor})"
         return "no time source has synchronised the clock yet"
+
+
+class Checks(Protocol):
+    check_validity: bool
+
+
+def refresh(
+    trust: ClockTrust, identity: Checks, wall: float, sync_file: Path, start: bool = False
+) -> None:
+    """Decide again (the sync flag, the wall clock) and apply it to the identity's checks.
+
+    The agent calls this at start (``start``: the state is logged whatever it
+    is) and on every housekeeping tick (logged when it changes).
+    """
+    was = trust.trusted
+    now = dt.datetime.fromtimestamp(wall, dt.UTC)
+    try:
+        synced = sync_file.exists()
+    except OSError:
+        synced = False
+    identity.check_validity = trust.update(now, synced)
+    if trust.trusted != was or start:
+        if trust.trusted:
+            log.info("clock trusted (%s): certificate validity checked", trust.policy)
+        else:
+            log.warning("clock not trusted (%s): certificate validity is not checked",
+                        trust.reason(now))

@@ -248,6 +248,7 @@ class LinkSensor:
         self._solicited: dict[tuple[str, str], float] = {}
         self._solicit_tokens: dict[str, tuple[float, float]] = {}
         self._solicits: list[Solicit] = []
+        self._next_hops: dict[str, tuple[str, str]] = {}
 
     # -- interfaces -------------------------------------------------------
     def add_interface(self, ifname: str) -> None:
@@ -308,6 +309,9 @@ class LinkSensor:
 
         *ttl* is the IP TTL it arrived with, when the caller knows it (GTSM).
         """
+        if src == "0.0.0.0":  # sender's interface has no address yet: no usable next hop
+            self.drops["no_source_address"] += 1
+            return []
         if ifname not in self._seq:
             self.drops["unknown_interface"] += 1
             return []
@@ -590,6 +594,15 @@ class LinkSensor:
 
     def up_neighbors(self) -> list[Neighbor]:
         return [n for n in self.neighbors() if n.state == "up"]
+
+    def next_hops_moved(self) -> bool:
+        """Whether a neighbour moved to another interface or link address since the last call.
+
+        That changes no advert and no graph, but the routes' next hops must follow.
+        """
+        hops = {n: (nb.ifname, nb.link_address) for n, nb in self.best_links().items()}
+        moved, self._next_hops = hops != self._next_hops, hops
+        return moved
 
     def best_links(self) -> dict[str, Neighbor]:
         """Per neighbour node, the cheapest up interface (ties: interface name)."""

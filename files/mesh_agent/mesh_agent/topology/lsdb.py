@@ -164,6 +164,10 @@ class Result:
     # Our own advert came back newer than ours (RFC 2328 s13.4): originate now,
     # past it (or wrap, when it holds MAX_SEQ).
     reoriginate: bool = False
+    # Of an accepted advert from another node: whether it lists us as a
+    # neighbour. A neighbour whose fresh advert dropped us has lost the link
+    # (back-link detection): it often knows before our own timer fires.
+    lists_us: bool | None = None
 
 
 class _Bucket:
@@ -367,7 +371,8 @@ class LinkStateDB:
         self._db[origin] = Entry(advert, canonical, now, now - age_s)
         self.accepted_total += 1
         changed = stored is None or _topo_key(stored.advert) != _topo_key(advert)
-        return Result(True, None, origin, changed)
+        lists_us = any(name == self.node_name for name, _ in advert.links)
+        return Result(True, None, origin, changed, lists_us=lists_us)
 
     def _verify(self, advert: Advert) -> str | None:
         """The expensive checks; the failed reason or None."""

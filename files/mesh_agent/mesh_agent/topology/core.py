@@ -1,0 +1,127 @@
+"""The topology core: the link-state database plus the rules that move adverts.
+
+Sans-I/O, like :class:`~mesh_agent.topology.lsdb.LinkStateDB` under it: each
+method takes what arrived (bytes, the interface and source address, our
+monotonic clock, the up neighbours as ``(interface, link address)`` hops)
+and returns what to send. The rules, each tested in ``test_topology_core.py``:
+
+- **Flooding** (RFC 2328 s13.3): an accepted advert goes to every up
+  neighbour but the one it came from; a rejected one goes nowhere, except our
+  newer copy back to a sender that holds an older one (s13 step 8).
+- **Database exchange** (s10.6, much simplified): a neighbour that comes up
+  gets every stored advert at once, rather than at the next refresh.
+- **Origination**: our advert is signed on every change of our links and at
+  least every ``refresh_s`` (the periodic refresh only ages out vanished
+  nodes: every change is flooded at once); a sequence wrap's flush goes out
+  before the advert that restarts the numbering.
+- **Back-link detection**: for an accepted advert that changed the topology,
+  whether it lists us (``lists_us``, from the LSDB's result): a neighbour
+  whose fresh advert dropped us has lost the link. On a silent cut the far
+  end often times out first, and its advert reaches us around the mesh
+  before our own timer fires (the failover policy decides what to do).
+- **Topology change**: a computed graph differs from the last one in its
+  nodes, edges or costs (counted, for ``meshcore_topology_changes_total``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import networkx as nx
+
+from mesh_agent.topology.lsdb import LinkStateDB, Result
+
+Hop = tuple[str, str]  # (interface, link address) of an up neighbour
+
+
+@dataclass(frozen=True)
+class Send:
+    ifname: str
+    dest: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Received:
+    """What one advert did: the LSDB's verdict and what follows from it."""
+
+    result: Result
+    sends: tuple[Send, ...] = ()
+    changed: bool = False  # the graph may have changed: the paths are due
+    # When it changed the topology: whether the origin's advert lists us.
+    lists_us: bool | None = None
+
+
+class TopologyCore:
+    def __init__(self, lsdb: LinkStateDB, refresh_s: float) -> None:
+        self.lsdb = lsdb
+        self.refresh_s = refresh_s
+        self.originated_total = 0
+        self.changes_total = 0
+        self.nodes = 0  # of the last graph computed
+        self.edges = 0
+        self._last_originated = -float("inf")
+        self._shape: object = None
+
+    # -- adverts ----------------------------------------------------------
+    def received(
+        self,
+        ifname: str,
+        src: str,
+        data: bytes,
+        now: float,
+        ttl: int | None,
+        flood_to: Iterable[Hop],
+    ) -> Received:
+        """One datagram from the advert port of ``ifname``, sent by ``src``."""
+        result = self.lsdb.receive(data, now, f"{ifname}/{src}", ttl)
+        if not result.accepted:
+            back = (Send(ifname, src, result.reply),) if result.reply is not None else ()
+            return Received(result, back)
+        sends = tuple(Send(i, a, data) for i, a in flood_to if (i, a) != (ifname, src))
+        changed = result.topology_changed
+        return Received(result, sends, changed, result.lists_us if changed else None)
+
+    def solicited(self, solicits: Iterable[tuple[str, str]], now: float) -> list[Send]:
+        """Our advert (it carries our certificate) to each ``(interface, link address)``
+        whose hellos we could not authenticate yet: then it can authenticate ours."""
+        own = self.lsdb.own_advert(now)
+        return [] if own is None else [Send(i, a, own) for i, a in solicits]
+
+    def neighbor_up(self, ifname: str, link_address: str, now: float) -> list[Send]:
+        """Database exchange: the whole LSDB to a neighbour that just came up."""
+        return [Send(ifname, link_address, raw) for raw in self.lsdb.raw_adverts(now)]
+
+    # -- origination ------------------------------------------------------
+    def originate(
+        self, links: Mapping[str, float], now: float, flood_to: Iterable[Hop] = ()
+    ) -> tuple[list[Send], bool]:
+        """Sign our advert of ``links``: (what to send to ``flood_to``, our links changed)."""
+        raw, changed = self.lsdb.originate(dict(links), now)
+        self._last_originated = now
+        self.originated_total += 1
+        hops = list(flood_to)
+        sends = [Send(i, a, out) for out in [*self.lsdb.flushes(now), raw] for i, a in hops]
+        return sends, changed
+
+    def refresh_due(self, now: float) -> bool:
+        return now - self._last_originated >= self.refresh_s
+
+    def expire(self, now: float) -> list[str]:
+        """Origins whose adverts aged out (they stopped refreshing)."""
+        return self.lsdb.expire(now)
+
+    # -- the graph --------------------------------------------------------
+    def graph(self) -> nx.Graph:
+        """The graph for a path computation; notes whether it differs from the last one."""
+        g = self.lsdb.graph()
+        shape = (
+            frozenset(g.nodes),
+            frozenset((frozenset((a, b)), c) for a, b, c in g.edges(data="cost")),
+        )
+        if shape != self._shape:
+            self._shape = shape
+            self.changes_total += 1
+        self.nodes, self.edges = g.number_of_nodes(), g.number_of_edges()
+        return g

@@ -1,0 +1,127 @@
+"""The topology core's rules on their own: flooding, database exchange, origination,
+back-link detection and topology-change counting (no sockets, no Agent, no sleeps)."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from meshcore_testkit.pki import CA
+
+from mesh_agent.topology import LinkStateDB
+from mesh_agent.topology.core import Send, TopologyCore
+
+NOW = 1000.0
+ADDR = {"a": "10.77.0.1", "b": "10.77.0.2", "c": "10.77.0.3", "d": "10.77.0.4"}
+HOPS = [("mesh0", "10.78.0.1"), ("mesh1", "10.78.0.3"), ("mesh2", "10.78.0.5")]
+
+
+def core(ca: CA, name: str = "a", refresh_s: float = 10.0) -> TopologyCore:
+    return TopologyCore(LinkStateDB(ca.identity(name, ADDR[name]), ADDR[name], 60.0), refresh_s)
+
+
+def signed(ca: CA, name: str, links: dict[str, float], now: float = NOW) -> bytes:
+    db = LinkStateDB(ca.identity(name, ADDR[name]), ADDR[name], 60.0)
+    return db.originate(links, now)[0]
+
+
+def test_an_accepted_advert_floods_to_every_neighbour_but_its_sender(ca: CA) -> None:
+    t = core(ca)
+    raw = signed(ca, "b", {"a": 1.0, "c": 1.0})
+    got = t.received("mesh0", "10.78.0.1", raw, NOW, 255, HOPS)
+    assert got.result.accepted and got.changed
+    assert got.sends == (Send("mesh1", "10.78.0.3", raw), Send("mesh2", "10.78.0.5", raw))
+    again = t.received("mesh1", "10.78.0.3", raw, NOW, 255, HOPS)  # the flooding echo
+    assert again.result.reason == "duplicate" and again.sends == () and not again.changed
+
+
+def test_a_rejected_advert_goes_nowhere_but_an_older_copy_gets_ours_back(ca: CA) -> None:
+    t = core(ca)
+    assert t.received("mesh0", "10.78.0.1", b"MA garbage", NOW, 255, HOPS).sends == ()
+    b = LinkStateDB(ca.identity("b", ADDR["b"]), ADDR["b"], 60.0)
+    old, _ = b.originate({"a": 1.0}, NOW)
+    new, _ = b.originate({"a": 1.0, "c": 1.0}, NOW + 1)
+    assert t.received("mesh0", "10.78.0.1", new, NOW + 1, 255, HOPS).result.accepted
+    stale = t.received("mesh1", "10.78.0.3", old, NOW + 2, 255, HOPS)
+    assert stale.result.reason == "replayed"
+    assert [(s.ifname, s.dest) for s in stale.sends] == [("mesh1", "10.78.0.3")]  # only back
+    assert b.node_name.encode() in stale.sends[0].data
+
+
+def test_a_new_neighbour_gets_the_whole_database(ca: CA) -> None:
+    t = core(ca)
+    t.originate({"b": 1.0}, NOW)
+    for name in ("b", "c"):
+        t.received("mesh0", "10.78.0.1", signed(ca, name, {"a": 1.0}), NOW, 255, HOPS)
+    sends = t.neighbor_up("mesh2", "10.78.0.5", NOW + 5)
+    assert len(sends) == 3 and {(s.ifname, s.dest) for s in sends} == {("mesh2", "10.78.0.5")}
+
+
+def test_origination_floods_to_the_hops_given_and_says_when_links_changed(ca: CA) -> None:
+    t = core(ca, refresh_s=10.0)
+    sends, changed = t.originate({"b": 1.0}, NOW)  # not flooded (the start)
+    assert sends == [] and changed and t.originated_total == 1
+    assert not t.refresh_due(NOW + 9.9) and t.refresh_due(NOW + 10.0)
+    sends, changed = t.originate({"b": 1.0}, NOW + 10.0, HOPS)  # the refresh: same links
+    assert not changed and [s.ifname for s in sends] == ["mesh0", "mesh1", "mesh2"]
+    _, changed = t.originate({"b": 1.0, "c": 2.0}, NOW + 11.0, HOPS)
+    assert changed
+
+
+def test_solicits_get_our_advert(ca: CA) -> None:
+    t = core(ca)
+    assert t.solicited([("mesh0", "10.78.0.1")], NOW) == []  # nothing signed yet
+    t.originate({}, NOW)
+    [s] = t.solicited([("mesh0", "10.78.0.1")], NOW + 1)
+    assert (s.ifname, s.dest) == ("mesh0", "10.78.0.1") and b"a" in s.data
+
+
+def test_back_link_detection_reports_whether_a_changed_advert_lists_us(ca: CA) -> None:
+    t = core(ca)
+    b = LinkStateDB(ca.identity("b", ADDR["b"]), ADDR["b"], 60.0)
+    first = t.received("mesh0", "10.78.0.1", b.originate({"a": 1.0, "d": 1.0}, NOW)[0], NOW,
+                       255, HOPS)
+    assert first.lists_us is True
+    refresh = t.received("mesh0", "10.78.0.1", b.originate({"a": 1.0, "d": 1.0}, NOW + 1)[0],
+                         NOW + 1, 255, HOPS)
+    assert refresh.result.accepted and not refresh.changed and refresh.lists_us is None
+    cut = t.received("mesh1", "10.78.0.3", b.originate({"d": 1.0}, NOW + 2)[0], NOW + 2, 255,
+                     HOPS)
+    assert cut.changed and cut.lists_us is False and cut.result.origin == "b"
+
+
+def test_topology_changes_are_counted_once_per_new_shape(ca: CA) -> None:
+    t = core(ca)
+    t.originate({"b": 1.0}, NOW)
+    t.received("mesh0", "10.78.0.1", signed(ca, "b", {"a": 1.0}), NOW, 255, HOPS)
+    g = t.graph()
+    assert (t.changes_total, t.nodes, t.edges) == (1, 2, 1) and g.has_edge("a", "b")
+    t.graph()
+    assert t.changes_total == 1  # the same graph again
+    t.originate({"b": 3.0}, NOW + 1)  # a cost change is a new shape
+    t.graph()
+    assert t.changes_total == 2
+
+
+@settings(max_examples=300, suppress_health_check=list(HealthCheck), deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.binary(max_size=200).map(lambda b: b"MA" + b),
+    ),
+    st.sampled_from(["mesh0", "mesh9", "eth0"]),
+    st.sampled_from(["10.78.0.1", "0.0.0.0"]),
+    st.sampled_from([255, 64, None]),
+)
+def test_random_datagrams_never_raise_send_or_change_state(
+    ca: CA, data: bytes, ifname: str, src: str, ttl: int | None
+) -> None:
+    t = _FUZZ.setdefault("core", core(ca))
+    if not t.lsdb.has_own():
+        t.originate({}, NOW)
+    before = {o: e.raw for o, e in t.lsdb.entries().items()}
+    got = t.received(ifname, src, data, NOW, ttl, HOPS)
+    assert not got.result.accepted and got.sends == () and not got.changed
+    assert {o: e.raw for o, e in t.lsdb.entries().items()} == before
+
+
+_FUZZ: dict[str, TopologyCore] = {}
