@@ -30,8 +30,8 @@ async def _run(cfg: AgentConfig) -> int:
     from mesh_agent.identity import Identity
     from mesh_agent.identity.clock import ClockTrust
     from mesh_agent.identity.watch import IdentityWatcher, select_source
-    from mesh_agent.metrics import Metrics
-    from mesh_agent.state import FileSeqStore
+    from mesh_agent.store.events import EventLog
+    from mesh_agent.store.seq import FileSeqStore
 
     source = select_source(cfg.identity, cfg.node_name, cfg.trust_domain)
     material = source.load()
@@ -49,21 +49,17 @@ async def _run(cfg: AgentConfig) -> int:
         node_address=str(cfg.node_address),
         check_validity=trust.trusted,
     )
-    metrics = Metrics()
-    agent = Agent(cfg, identity, metrics, seq_store=FileSeqStore(cfg.state_dir), clock_trust=trust)
-    # On rotation, flood an advert signed with the new key now: peers learn the
-    # new certificate at once instead of at the next periodic refresh.
-    watcher = IdentityWatcher(
-        source, identity, metrics, on_rotate=lambda: agent._originate(flood=True)
-    )
+    # What the agent keeps across restarts lives in state_dir (the unit's StateDirectory).
+    events = EventLog.in_state_dir(cfg.state_dir)
+    agent = Agent(cfg, identity, seq_store=FileSeqStore(cfg.state_dir), clock_trust=trust,
+                  events=events)
+    agent.follow(IdentityWatcher(source, identity))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stop)
-    watch = loop.create_task(watcher.run(), name="identity")
     try:
         await agent.run()
     finally:
-        watch.cancel()
         if hasattr(source, "close"):
             source.close()
     return agent.exit_code

@@ -1,4 +1,10 @@
-"""Prometheus metrics of one agent, in their own registry.
+"""The agent's Prometheus metrics: one collector that reads the cores at scrape time.
+
+The cores keep plain counters (integers, :class:`collections.Counter` by
+reason, :class:`mesh_agent.counters.Histogram`); nothing increments a
+Prometheus object on the hot path, nothing is counted in two places, and no
+gauge copies another. :class:`AgentCollector` turns what the cores hold into
+metric families when Prometheus scrapes (client_python's custom collector).
 
 Names follow ``meshcore_<thing>_<unit>`` with base units and ``_total`` for
 counters. Labels are bounded: interface names (a node has a handful) and
@@ -7,199 +13,233 @@ closed reason sets; never a node or node-pair label.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
+from mesh_agent.counters import Histogram
+from mesh_agent.routes.failover import FAILOVER_BUCKETS
+from mesh_agent.store.events import EventKind
 from mesh_agent.topology.lsdb import REJECT_REASONS
 
-# Failover is sub-millisecond when nothing goes wrong; the top buckets catch
-# a netlink socket stalled behind a large sync.
-FAILOVER_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
-COMPUTE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+if TYPE_CHECKING:
+    from mesh_agent.view import AgentView
+
+ECHO_KINDS = ("sent", "answered")
+SOCKET_KINDS = ("hello", "advert")
+API_REFUSALS = ("limit", "idle")
 
 
-# (interface, smoothed RTT or None, loss ratio) for every up neighbour.
-LinkSample = tuple[str, float | None, float]
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
 
 
-class _LinkCollector(Collector):
-    """Per-interface RTT and loss, read from the neighbour table at scrape time.
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
 
-    Setting labelled gauges on every hello tick cost more CPU than the hellos
-    themselves; a scrape every few seconds reads the same numbers once.
+
+def _by(
+    family: CounterMetricFamily | GaugeMetricFamily,
+    values: Mapping[str, float],
+    always: Iterable[str] = (),
+) -> CounterMetricFamily | GaugeMetricFamily:
+    """Add one sample per label value: ``always`` ones (0 when absent), then the rest."""
+    for key in [*always, *sorted(set(values) - set(always))]:
+        family.add_metric([key], values.get(key, 0))
+    return family
+
+
+def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, doc, buckets=h.cumulative(), sum_value=h.sum)
+
+
+class AgentCollector(Collector):
+    """Every agent metric, read from an :class:`~mesh_agent.view.AgentView` at scrape time.
+
+    Without a view (``None``: a test, or before the agent is built) each family
+    is still there, at zero, so the set of series never depends on timing.
     """
 
-    def __init__(self) -> None:
-        self.source: Callable[[], Iterable[LinkSample]] = list
+    def __init__(self, view: AgentView | None = None) -> None:
+        self.view = view
 
     def describe(self) -> Iterable[Metric]:
-        return [
-            GaugeMetricFamily("meshcore_link_rtt_seconds", "Smoothed hello RTT per interface"),
-            GaugeMetricFamily("meshcore_link_loss_ratio", "Hello loss per interface"),
-        ]
+        view, self.view = self.view, None
+        try:
+            return list(self.collect())
+        finally:
+            self.view = view
 
     def collect(self) -> Iterator[Metric]:
-        rtt = GaugeMetricFamily(
-            "meshcore_link_rtt_seconds", "Smoothed hello RTT per interface", labels=["interface"]
-        )
+        v = self.view
+        yield from self._link(v)
+        yield from self._topology(v)
+        yield from self._routes(v)
+        yield from self._identity(v)
+        yield from self._shell(v)
+
+    def _link(self, v: AgentView | None) -> Iterator[Metric]:
+        s = v.sensor if v is not None else None
+        up = s.up_neighbors() if s is not None else []
+        yield _gauge("meshcore_neighbors_up", "Neighbours in state up", len(up))
+        yield _counter("meshcore_hellos_received_total", "Hellos accepted",
+                       s.rx_total if s else 0)
+        yield _counter("meshcore_hellos_sent_total", "Hellos sent", s.tx_total if s else 0)
+        yield _by(CounterMetricFamily(
+            "meshcore_echo_probes_total",
+            "Kernel echo probes to neighbours (BFD echo function), sent and answered",
+            labels=["kind"]),
+            {"sent": s.echo_tx_total, "answered": s.echo_rx_total} if s else {}, ECHO_KINDS)
+        yield _gauge("meshcore_hello_announced_interval_seconds",
+                     "Hello interval our hellos announce (stretched while our timers run late)",
+                     v.stretch.announced_s if v else 0.0)
+        drops: dict[str, float] = {}
+        if s is not None and v is not None:
+            drops = {k: n for k, n in s.drops.items() if k != "self"}  # our own echo: expected
+            drops["internal_error"] = drops.get("internal_error", 0) + v.sockets.guard_errors[
+                "hello"]
+        yield _by(CounterMetricFamily("meshcore_hellos_dropped_total", "Hellos dropped",
+                                      labels=["reason"]), drops)
+        yield _counter("meshcore_neighbor_damped_total",
+                       "Hellos that would have brought a flapping neighbour up during hold-down",
+                       s.damped_total if s else 0)
+        rtt = GaugeMetricFamily("meshcore_link_rtt_seconds", "Smoothed hello RTT per interface",
+                                labels=["interface"])
         loss = GaugeMetricFamily(
             "meshcore_link_loss_ratio",
             "Hello loss over the window per interface (the worst neighbour on it)",
-            labels=["interface"],
-        )
+            labels=["interface"])
         rtts: dict[str, list[float]] = {}
         losses: dict[str, float] = {}
-        for ifname, rtt_s, loss_ratio in self.source():
-            if rtt_s is not None:
-                rtts.setdefault(ifname, []).append(rtt_s)
-            losses[ifname] = max(loss_ratio, losses.get(ifname, 0.0))
+        for nb in up:
+            if nb.rtt_s is not None:
+                rtts.setdefault(nb.ifname, []).append(nb.rtt_s)
+            losses[nb.ifname] = max(nb.loss(), losses.get(nb.ifname, 0.0))
         for ifname, values in sorted(rtts.items()):
             rtt.add_metric([ifname], sum(values) / len(values))
         for ifname, value in sorted(losses.items()):
             loss.add_metric([ifname], value)
         yield rtt
         yield loss
+        yield _by(CounterMetricFamily(
+            "meshcore_socket_drops_total",
+            "Datagrams the kernel dropped before the agent read them: not sent with TTL 255"
+            " (GTSM filter) or a full queue", labels=["socket"]),
+            v.sockets.kernel_drops if v else {}, SOCKET_KINDS)
+
+    def _topology(self, v: AgentView | None) -> Iterator[Metric]:
+        t = v.topology if v is not None else None
+        db = t.lsdb if t is not None else None
+        yield _counter("meshcore_adverts_received_total", "Adverts received",
+                       db.rx_total if db else 0)
+        yield _counter("meshcore_adverts_accepted_total", "Adverts accepted into the LSDB",
+                       db.accepted_total if db else 0)
+        yield _counter("meshcore_adverts_duplicate_total",
+                       "Byte-identical copies of stored adverts (normal flooding echo)",
+                       db.duplicate_total if db else 0)
+        rejected: dict[str, float] = dict(db.rejected) if db else {}
+        if v is not None:
+            rejected["internal_error"] = (rejected.get("internal_error", 0)
+                                          + v.sockets.guard_errors["advert"])
+        yield _by(CounterMetricFamily("meshcore_adverts_rejected_total", "Adverts rejected",
+                                      labels=["reason"]), rejected, REJECT_REASONS)
+        yield _counter("meshcore_adverts_originated_total", "Adverts this node signed",
+                       t.originated_total if t else 0)
+        yield _gauge("meshcore_lsdb_adverts", "Adverts in the LSDB", len(db) if db else 0)
+        yield _gauge("meshcore_topology_nodes", "Nodes in the graph of the last path computation",
+                     t.nodes if t else 0)
+        yield _gauge("meshcore_topology_edges",
+                     "Two-way edges in the graph of the last path computation",
+                     t.edges if t else 0)
+        yield _counter("meshcore_topology_changes_total", "Graph changes that triggered recompute",
+                       t.changes_total if t else 0)
+
+    def _routes(self, v: AgentView | None) -> Iterator[Metric]:
+        yield _gauge("meshcore_destinations_reachable",
+                     "Destinations the path table reaches (computed paths)",
+                     len(v.paths.choices()) if v else 0)
+        yield _by(GaugeMetricFamily("meshcore_protection_coverage_ratio",
+                                    "Protection coverage from the path table", labels=["kind"]),
+                  v.coverage() if v else {})
+        yield _counter("meshcore_failovers_total", "Local switches to a prepared backup",
+                       v.failover.failovers_total if v else 0)
+        yield _histogram("meshcore_failover_duration_seconds",
+                         "From dead-neighbour detection to backup installed",
+                         v.failover.duration if v else Histogram(FAILOVER_BUCKETS))
+        yield _gauge("meshcore_routes_installed",
+                     "Routes the agent holds: in the kernel (enforce) or as it would (observe)",
+                     v.routes.route_count() if v else 0)
+        yield _gauge("meshcore_routes_standby",
+                     "Standby routes via a backup next hop, taken over by the kernel itself on "
+                     "carrier loss", v.routes.standby_count() if v else 0)
+        yield _counter("meshcore_route_errors_total", "Failed netlink operations",
+                       v.routes.errors_total if v else 0)
+        yield _gauge("meshcore_converged", "1 when the agent is converged (ready)",
+                     1 if v is not None and v.ready() else 0)
+        if v is not None:
+            yield _histogram("meshcore_path_computation_seconds", "PathTable.update duration",
+                             v.path_seconds)
+        else:
+            from mesh_agent.view import COMPUTE_BUCKETS
+
+            yield _histogram("meshcore_path_computation_seconds", "PathTable.update duration",
+                             Histogram(COMPUTE_BUCKETS))
+
+    def _identity(self, v: AgentView | None) -> Iterator[Metric]:
+        source = GaugeMetricFamily(
+            "meshcore_identity_source",
+            "1 for the source the node's X.509-SVID comes from (files or workload_api)",
+            labels=["source"])
+        w = v.watcher if v is not None else None
+        if w is not None:
+            source.add_metric([w.source.name], 1)
+        yield source
+        yield _gauge("meshcore_identity_cert_expiry_timestamp_seconds",
+                     "When this node's X.509-SVID expires (Unix time); peers reject its adverts"
+                     " after", v.identity.cert.not_valid_after_utc.timestamp() if v else 0)
+        yield _counter("meshcore_identity_rotations_total",
+                       "Key, certificate and bundle swaps picked up while running",
+                       w.rotations if w else 0)
+        yield _counter("meshcore_identity_reload_errors_total",
+                       "New identities that did not load or verify (the old one was kept)",
+                       w.errors if w else 0)
+        yield _gauge("meshcore_clock_trusted",
+                     "1 while the clock is trusted and certificate validity windows are checked",
+                     1 if v is not None and v.clock_trust.trusted else 0)
+
+    def _shell(self, v: AgentView | None) -> Iterator[Metric]:
+        yield _by(CounterMetricFamily(
+            "meshcore_api_connections_refused_total",
+            "API connections closed unserved: over the connection limit, or idle",
+            labels=["reason"]), v.api_refused if v else {}, API_REFUSALS)
+        log = v.events if v is not None else None
+        yield _counter("meshcore_events_recorded_total", "Records appended to the event log",
+                       log.appended_total if log else 0)
+        yield _by(CounterMetricFamily(
+            "meshcore_events_suppressed_total",
+            "Event records not written by the event log's per-kind rate limit",
+            labels=["kind"]), log.suppressed_total if log else {},
+            [k.value for k in (EventKind.ADVERT_REJECTED, EventKind.LINK_DOWN)])
+        yield _counter("meshcore_event_log_errors_total",
+                       "Event log writes or checkpoints that failed (disk full, read-only)",
+                       log.errors_total if log else 0)
 
 
 class Metrics:
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry(auto_describe=True)
-        self.neighbors_up = Gauge("meshcore_neighbors_up", "Neighbours in state up", registry=r)
-        self.hellos_rx = Counter("meshcore_hellos_received_total", "Hellos accepted", registry=r)
-        self.hellos_tx = Counter("meshcore_hellos_sent_total", "Hellos sent", registry=r)
-        self.echo_probes = Counter(
-            "meshcore_echo_probes_total",
-            "Kernel echo probes to neighbours (BFD echo function), sent and answered",
-            ["kind"],
-            registry=r,
-        )
-        for kind in ("sent", "answered"):
-            self.echo_probes.labels(kind)
-        self.hello_announced = Gauge(
-            "meshcore_hello_announced_interval_seconds",
-            "Hello interval our hellos announce (stretched while our timers run late)",
-            registry=r,
-        )
-        self.hellos_dropped = Counter(
-            "meshcore_hellos_dropped_total", "Hellos dropped", ["reason"], registry=r
-        )
-        self.neighbor_damped = Counter(
-            "meshcore_neighbor_damped_total",
-            "Hellos that would have brought a flapping neighbour up during hold-down",
-            registry=r,
-        )
-        self._links = _LinkCollector()
-        r.register(self._links)
-        self.adverts_rx = Counter("meshcore_adverts_received_total", "Adverts received", registry=r)
-        self.adverts_accepted = Counter(
-            "meshcore_adverts_accepted_total", "Adverts accepted into the LSDB", registry=r
-        )
-        self.adverts_duplicate = Counter(
-            "meshcore_adverts_duplicate_total",
-            "Byte-identical copies of stored adverts (normal flooding echo)",
-            registry=r,
-        )
-        self.adverts_rejected = Counter(
-            "meshcore_adverts_rejected_total", "Adverts rejected", ["reason"], registry=r
-        )
-        for reason in REJECT_REASONS:
-            self.adverts_rejected.labels(reason)
-        self.socket_drops = Counter(
-            "meshcore_socket_drops_total",
-            "Datagrams the kernel dropped before the agent read them: not sent with TTL 255"
-            " (GTSM filter) or a full queue",
-            ["socket"],
-            registry=r,
-        )
-        for kind in ("hello", "advert"):
-            self.socket_drops.labels(kind)
-        self.api_refused = Counter(
-            "meshcore_api_connections_refused_total",
-            "API connections closed unserved: over the connection limit, or idle",
-            ["reason"],
-            registry=r,
-        )
-        for reason in ("limit", "idle"):
-            self.api_refused.labels(reason)
-        self.clock_trusted = Gauge(
-            "meshcore_clock_trusted",
-            "1 while the clock is trusted and certificate validity windows are checked",
-            registry=r,
-        )
-        self.adverts_originated = Counter(
-            "meshcore_adverts_originated_total", "Adverts this node signed", registry=r
-        )
-        self.lsdb_size = Gauge("meshcore_lsdb_adverts", "Adverts in the LSDB", registry=r)
-        self.topology_nodes = Gauge("meshcore_topology_nodes", "Nodes in the graph", registry=r)
-        self.topology_edges = Gauge("meshcore_topology_edges", "Two-way edges", registry=r)
-        self.topology_changes = Counter(
-            "meshcore_topology_changes_total",
-            "Graph changes that triggered recompute",
-            registry=r,
-        )
-        self.destinations = Gauge(
-            "meshcore_destinations_reachable", "Destinations with a route", registry=r
-        )
-        self.coverage = Gauge(
-            "meshcore_protection_coverage_ratio",
-            "Protection coverage from the path table",
-            ["kind"],
-            registry=r,
-        )
-        self.failovers = Counter(
-            "meshcore_failovers_total", "Local switches to a prepared backup", registry=r
-        )
-        self.failover_seconds = Histogram(
-            "meshcore_failover_duration_seconds",
-            "From dead-neighbour detection to backup installed",
-            buckets=FAILOVER_BUCKETS,
-            registry=r,
-        )
-        self.routes_installed = Gauge(
-            "meshcore_routes_installed",
-            "Routes in the kernel (enforce) or computed (observe)",
-            registry=r,
-        )
-        self.routes_standby = Gauge(
-            "meshcore_routes_standby",
-            "Standby routes via a backup next hop, taken over by the kernel itself on carrier loss",
-            registry=r,
-        )
-        self.route_errors = Counter(
-            "meshcore_route_errors_total", "Failed netlink operations", registry=r
-        )
-        self.converged = Gauge("meshcore_converged", "1 when the agent is converged", registry=r)
-        self.path_seconds = Histogram(
-            "meshcore_path_computation_seconds",
-            "PathTable.update duration",
-            buckets=COMPUTE_BUCKETS,
-            registry=r,
-        )
-        self.identity_source = Gauge(
-            "meshcore_identity_source",
-            "1 for the source the node's X.509-SVID comes from (files or workload_api)",
-            ["source"],
-            registry=r,
-        )
-        self.identity_cert_expiry = Gauge(
-            "meshcore_identity_cert_expiry_timestamp_seconds",
-            "When this node's X.509-SVID expires (Unix time); peers reject its adverts after",
-            registry=r,
-        )
-        self.identity_rotations = Counter(
-            "meshcore_identity_rotations_total",
-            "Key, certificate and bundle swaps picked up while running",
-            registry=r,
-        )
-        self.identity_errors = Counter(
-            "meshcore_identity_reload_errors_total",
-            "New identities that did not load or verify (the old one was kept)",
-            registry=r,
-        )
+    """The agent's registry: one collector, reading an AgentView (``bind``) at scrape time."""
 
-    def watch_links(self, source: Callable[[], Iterable[LinkSample]]) -> None:
-        """Report per-interface RTT and loss from *source* at scrape time."""
-        self._links.source = source
+    def __init__(self, view: AgentView | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.collector = AgentCollector(view)
+        self.registry.register(self.collector)
+
+    def bind(self, view: AgentView) -> None:
+        self.collector.view = view

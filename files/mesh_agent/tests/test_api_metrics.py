@@ -22,9 +22,21 @@ def make_agent(ca: CA) -> Agent:
     return agent
 
 
+def client_of(agent: Agent) -> TestClient:
+    return TestClient(create_app(agent.view, agent.metrics.registry, agent.events))
+
+
+def compute(agent: Agent) -> None:
+    """What the compute loop does once: update the paths, sync the routes (observe mode)."""
+    agent.routing.changed()
+    generation = agent.view.schedule.start()
+    asyncio.run(agent.routing.recompute())
+    agent.view.schedule.finished(generation)
+
+
 def test_health_ready_metrics_views(ca: CA) -> None:
     agent = make_agent(ca)
-    client = TestClient(create_app(agent))
+    client = client_of(agent)
     assert client.get("/healthz").json() == {"status": "ok", "node": "a"}
     r = client.get("/readyz")
     assert r.status_code == 503 and r.json()["checks"]["neighbors_known"] is False
@@ -38,13 +50,11 @@ def test_health_ready_metrics_views(ca: CA) -> None:
     agent.sensor.receive("mesh0", b.build_hello("mesh0", now), "10.98.0.1", now)
     assert [n.state for n in agent.sensor.neighbors()] == ["up"]
     # Our advert and b's advert are in the LSDB.
-    agent.lsdb.originate({"b": 1.0}, now)
+    agent.topology.originate({"b": 1.0}, now)
     b_db = LinkStateDB(ca.identity("b", "10.77.0.2"), "10.77.0.2", 30.0)
     raw, _ = b_db.originate({"a": 1.0}, now)
-    assert agent.lsdb.receive(raw, now).accepted
-    agent._mark_dirty()
-    asyncio.run(agent._recompute())
-    agent._computed_generation = agent._generation
+    assert agent.topology.lsdb.receive(raw, now).accepted
+    compute(agent)
 
     r = client.get("/readyz")
     assert r.status_code == 200, r.json()
@@ -77,6 +87,7 @@ def test_health_ready_metrics_views(ca: CA) -> None:
         assert name in text, name
     assert 'meshcore_adverts_rejected_total{reason="replayed"} 0.0' in text
     assert "meshcore_topology_nodes 2.0" in text
+    assert "meshcore_converged 1.0" in text  # the same readiness as /readyz
     schema = client.get("/openapi.json").json()
     plan = schema["paths"]["/v1/plan"]["get"]["parameters"][0]["schema"]
     assert (plan["minimum"], plan["maximum"]) == (1, 1000)  # the bounds are in the schema
@@ -87,14 +98,14 @@ def test_planning_report_on_the_lsdb(ca: CA) -> None:
     """A line a - b - c: two bridges, no pair protected; a-c would protect all 3 pairs."""
     agent = make_agent(ca)
     now = time.monotonic()
-    agent.lsdb.originate({"b": 1.0}, now)
+    agent.topology.originate({"b": 1.0}, now)
     for name, addr, links in (
         ("b", "10.77.0.2", {"a": 1.0, "c": 1.0}),
         ("c", "10.77.0.3", {"b": 1.0}),
     ):
         raw, _ = LinkStateDB(ca.identity(name, addr), addr, 30.0).originate(links, now)
-        assert agent.lsdb.receive(raw, now).accepted
-    client = TestClient(create_app(agent))
+        assert agent.topology.lsdb.receive(raw, now).accepted
+    client = client_of(agent)
     body = client.get("/v1/plan").json()
     assert body["summary"]["pairs_two_edge_connected"] == 0.0
     assert body["summary"]["bridges"] == 2.0
@@ -124,5 +135,53 @@ def test_certificate_expiry_is_exported(ca: CA) -> None:
     assert value == expected
     # The lab and test CAs issue certificates valid for days, not already expired.
     assert value > time.time()
-    text = TestClient(create_app(agent)).get("/metrics").text
+    text = client_of(agent).get("/metrics").text
     assert "meshcore_identity_cert_expiry_timestamp_seconds" in text
+
+
+def test_one_metrics_path_reads_each_core_once(ca: CA) -> None:
+    """Each counter is the core's own number, read at scrape time: nothing counted twice."""
+    agent = make_agent(ca)
+    agent.sensor.add_interface("mesh0")
+    now = time.monotonic()
+    b = LinkSensor("b", "10.77.0.2", 0.05, 3, keys=PairKeysForTests("b"))
+    b.add_interface("mesh0")
+    for i in range(5):
+        hello = agent.sensor.build_hello("mesh0", now + i * 0.05)
+        b.receive("mesh0", hello, "10.98.0.0", now + i * 0.05)
+        agent.sensor.receive("mesh0", b.build_hello("mesh0", now + i * 0.05), "10.98.0.1",
+                             now + i * 0.05)
+    agent.sensor.receive("mesh0", b"garbage", "10.98.0.1", now)
+    reg = agent.metrics.registry
+
+    def value(name: str, **labels: str) -> float | None:
+        return reg.get_sample_value(name, labels)
+
+    assert value("meshcore_hellos_sent_total") == agent.sensor.tx_total == 5
+    assert value("meshcore_hellos_received_total") == agent.sensor.rx_total == 5
+    assert value("meshcore_hellos_dropped_total", reason="malformed") == 1
+    assert value("meshcore_neighbors_up") == 1
+    agent.topology.originate({"b": 1.0}, now)
+    raw, _ = LinkStateDB(ca.identity("b", "10.77.0.2"), "10.77.0.2", 30.0).originate(
+        {"a": 1.0}, now)
+    agent._on_advert("mesh0", (raw, "10.98.0.1", now, 255))
+    agent._on_advert("mesh0", (raw, "10.98.0.1", now, 255))  # the flooding echo
+    agent._on_advert("mesh0", (b"MA junk", "10.98.0.1", now, 255))
+    assert value("meshcore_adverts_received_total") == 3
+    assert value("meshcore_adverts_accepted_total") == 1
+    assert value("meshcore_adverts_duplicate_total") == 1
+    assert value("meshcore_adverts_rejected_total", reason="malformed") == 1
+    assert value("meshcore_adverts_originated_total") == 1
+    compute(agent)
+    # Two facts, two numbers: what the path table reaches, what the programmer holds.
+    assert value("meshcore_destinations_reachable") == len(agent.view.paths.choices()) == 1
+    assert value("meshcore_routes_installed") == agent.view.routes.route_count()
+
+
+def test_every_family_is_there_before_anything_happened() -> None:
+    """A collector without a view (a scrape before the agent is built) shows every family."""
+    from mesh_agent.metrics import Metrics
+
+    names = {m.name for m in Metrics().registry.collect()}
+    assert {"meshcore_hellos_received", "meshcore_failover_duration_seconds",
+            "meshcore_adverts_rejected", "meshcore_converged"} <= names

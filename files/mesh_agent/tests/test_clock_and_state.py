@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,8 @@ from meshcore_testkit.pki import CA, TRUST_DOMAIN
 from mesh_agent.agent import Agent
 from mesh_agent.config import parse_config
 from mesh_agent.identity import Identity, IdentityError
-from mesh_agent.identity.clock import ClockTrust
-from mesh_agent.state import FileSeqStore
+from mesh_agent.identity.clock import ClockTrust, refresh
+from mesh_agent.store.seq import FileSeqStore
 from mesh_agent.topology import LinkStateDB, decode_advert
 
 UTC = dt.UTC
@@ -70,11 +71,11 @@ def test_agent_follows_the_sync_flag(ca: CA, tmp_path: Path) -> None:
     cfg = parse_config({"node_name": "a", "node_address": "10.77.0.1",
                         "clock_sync_file": str(flag)})
     agent = Agent(cfg, ca.identity("a", "10.77.0.1"))
-    agent._update_clock_trust()
+    refresh(agent.view.clock_trust, agent.identity, time.time(), cfg.clock_sync_file)
     assert not agent.identity.check_validity
     assert agent.metrics.registry.get_sample_value("meshcore_clock_trusted") == 0
     flag.touch()
-    agent._update_clock_trust()
+    refresh(agent.view.clock_trust, agent.identity, time.time(), cfg.clock_sync_file)
     assert agent.identity.check_validity
     assert agent.metrics.registry.get_sample_value("meshcore_clock_trusted") == 1
 

@@ -32,7 +32,7 @@ from mesh_agent.identity.watch import (
     WorkloadApiSource,
     select_source,
 )
-from mesh_agent.metrics import Metrics
+from mesh_agent.store.events import EventLog
 from mesh_agent.topology.lsdb import LinkStateDB
 
 PEM = serialization.Encoding.PEM
@@ -64,12 +64,6 @@ def rotate_files(ca: CA, paths: dict[str, str], name: str) -> x509.Certificate:
 def identity_from(paths: dict[str, str], name: str) -> Identity:
     return Identity.load(IdentityConfig(**{k: Path(v) for k, v in paths.items()}), name,
                          TRUST_DOMAIN)
-
-
-def metric(m: Metrics, name: str, labels: dict[str, str] | None = None) -> float:
-    value = m.registry.get_sample_value(name, labels or {})
-    assert value is not None, name
-    return value
 
 
 # -- Identity.swap ---------------------------------------------------------------
@@ -133,11 +127,11 @@ def test_running_watcher_picks_up_rotated_files_and_adverts_verify(
     peer = ca.identity("n2", addr("n2"))
     sender = LinkStateDB(ident, "10.77.0.1", 30.0)
     receiver = LinkStateDB(peer, "10.77.0.2", 30.0)
-    metrics = Metrics()
+    log = EventLog.in_state_dir(tmp_path / "state", boot_id="b")
     watcher = IdentityWatcher(FileSource(IdentityConfig(**{k: Path(v) for k, v in
-                                                           paths.items()})), ident, metrics,
-                              poll_s=0.02)
-    first_expiry = metric(metrics, "meshcore_identity_cert_expiry_timestamp_seconds")
+                                                           paths.items()})), ident,
+                              poll_s=0.02, events=log)
+    first_expiry = ident.cert.not_valid_after_utc
 
     async def scenario() -> x509.Certificate:
         task = asyncio.create_task(watcher.run())
@@ -161,10 +155,10 @@ def test_running_watcher_picks_up_rotated_files_and_adverts_verify(
     result = receiver.receive(raw, 1001.0)
     assert result.accepted, result
     assert receiver.rejected.total() == 0
-    assert metric(metrics, "meshcore_identity_rotations_total") == 1
-    assert metric(metrics, "meshcore_identity_source", {"source": "files"}) == 1
-    assert metric(metrics, "meshcore_identity_cert_expiry_timestamp_seconds") >= first_expiry
-    assert metric(metrics, "meshcore_identity_reload_errors_total") == 0
+    assert (watcher.rotations, watcher.errors, watcher.source.name) == (1, 0, "files")
+    assert ident.cert.not_valid_after_utc >= first_expiry
+    [event] = log.query(kinds=["identity_rotated"])
+    assert event.reason == "files" and event.detail["serial"] == f"{new_cert.serial_number:x}"
 
 
 def test_half_written_rotation_waits_for_the_key(ca: CA, tmp_path: Path) -> None:
@@ -174,7 +168,7 @@ def test_half_written_rotation_waits_for_the_key(ca: CA, tmp_path: Path) -> None
     old_der = ident.cert_der
     now = [0.0]
     watcher = IdentityWatcher(FileSource(IdentityConfig(**{k: Path(v) for k, v in
-                                                           paths.items()})), ident, Metrics(),
+                                                           paths.items()})), ident,
                               clock=lambda: now[0])
     key, cert = ca.issue("n1", addresses=[addr("n1")])
     replace(Path(paths["cert"]), cert.public_bytes(PEM))
@@ -192,10 +186,10 @@ def test_a_bad_rotation_is_counted_once_it_persists(ca: CA, tmp_path: Path) -> N
     ident = identity_from(paths, "n1")
     old_der = ident.cert_der
     now = [0.0]
-    metrics = Metrics()
+    log = EventLog.in_state_dir(tmp_path / "state", boot_id="b")
     watcher = IdentityWatcher(FileSource(IdentityConfig(**{k: Path(v) for k, v in
-                                                           paths.items()})), ident, metrics,
-                              clock=lambda: now[0])
+                                                           paths.items()})), ident,
+                              clock=lambda: now[0], events=log)
     replace(Path(paths["cert"]), b"-----BEGIN CERTIFICATE-----\ngarbage\n")
     assert not watcher.check()
     assert watcher.errors == 0
@@ -203,7 +197,7 @@ def test_a_bad_rotation_is_counted_once_it_persists(ca: CA, tmp_path: Path) -> N
     assert not watcher.check()
     assert not watcher.check()
     assert watcher.errors == 1
-    assert metric(metrics, "meshcore_identity_reload_errors_total") == 1
+    assert [e.kind for e in log.query()] == ["identity_rejected"]
     assert ident.cert_der == old_der
 
 
@@ -285,8 +279,7 @@ def test_workload_api_push_rotates_the_running_identity(ca: CA) -> None:
     source = WorkloadApiSource("unused", "n1", TRUST_DOMAIN, client=client)
     m = source.load()
     ident = Identity("n1", TRUST_DOMAIN, m.key, m.cert, m.bundle[0], m.bundle)
-    metrics = Metrics()
-    watcher = IdentityWatcher(source, ident, metrics)
+    watcher = IdentityWatcher(source, ident)
     rotated, _ = context(ca, "n1")
 
     async def scenario() -> None:
@@ -305,7 +298,7 @@ def test_workload_api_push_rotates_the_running_identity(ca: CA) -> None:
         source.close()
     assert watcher.rotations == 1
     assert ident.cert == rotated.default_svid.leaf
-    assert metric(metrics, "meshcore_identity_source", {"source": "workload_api"}) == 1
+    assert watcher.source.name == "workload_api"
     peer = ca.identity("n2", addr("n2"))
     raw, _ = LinkStateDB(ident, "10.77.0.1", 30.0).originate({}, 5.0)
     assert LinkStateDB(peer, "10.77.0.2", 30.0).receive(raw, 5.0).accepted

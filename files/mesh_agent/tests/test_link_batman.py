@@ -25,16 +25,13 @@ from mesh_agent.api import create_app
 from mesh_agent.config import ConfigError, parse_config
 from mesh_agent.link import LinkSensor, NeighborDown, NeighborUp
 from mesh_agent.link.batman import (
-    BatctlError,
     BatmanNeighbor,
     BatmanSensor,
-    batctl_json,
-    batman_sensor,
     parse_bat_hosts,
     parse_neighbors,
     parse_originators,
-    poll_batctl,
 )
+from mesh_agent.link.batman_io import BatctlError, batctl_json, batman_sensor, poll_batctl
 
 FIXTURES = Path(__file__).parent / "fixtures" / "batctl"
 IFNAMES = {3: "wlan0", 4: "wlan1"}
@@ -304,7 +301,8 @@ def test_agent_serves_the_batman_table(ca: CA, tmp_path: Path) -> None:
     assert isinstance(agent.sensor, BatmanSensor)
     agent.sensor.update(load("neighbors_iv.json"), load("originators_iv.json"),
                         time.monotonic(), ifname_of)
-    body = TestClient(create_app(agent)).get("/v1/neighbors").json()
+    app = create_app(agent.view, agent.metrics.registry, agent.events)
+    body = TestClient(app).get("/v1/neighbors").json()
     rows = {(n["interface"], n["name"]): n for n in body["neighbors"]}
     assert rows[("wlan0", "node02")]["state"] == "up"
     assert rows[("wlan0", "node02")]["link_address"] == "02:00:00:00:00:02"

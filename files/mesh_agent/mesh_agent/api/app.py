@@ -1,113 +1,80 @@
-"""FastAPI app over a running :class:`mesh_agent.agent.Agent` (read-only)."""
+"""FastAPI app over a read-only view of the running agent.
+
+The app sees the agent only through :class:`StateReader`, the narrow set of
+read methods it needs (:class:`mesh_agent.view.AgentView` implements it), the
+metrics registry and the event log's reader: it cannot reach a core.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import networkx as nx
 from fastapi import FastAPI, HTTPException, Query, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 import mesh_agent
+from mesh_agent.api.events import EventReader, events_router
 from mesh_agent.paths import augmentation_plan, protection_summary
 
-if TYPE_CHECKING:
-    from mesh_agent.agent import Agent
+
+class StateReader(Protocol):
+    """What the API reads of the agent; every method returns fresh plain data."""
+
+    @property
+    def node_name(self) -> str: ...
+    @property
+    def mode(self) -> str: ...
+    def readiness(self) -> dict[str, bool]: ...
+    def neighbors(self) -> list[dict[str, Any]]: ...
+    def graph(self) -> nx.Graph: ...
+    def topology_view(self) -> dict[str, Any]: ...
+    def coverage(self) -> dict[str, float]: ...
+    def paths_view(self) -> dict[str, dict[str, Any]]: ...
+    def path(self, dst: str) -> dict[str, Any] | None: ...
+    def last_failover(self) -> dict[str, Any] | None: ...
 
 
-def create_app(agent: Agent) -> FastAPI:
+def create_app(state: StateReader, registry: CollectorRegistry, events: EventReader) -> FastAPI:
     app = FastAPI(
         title="mesh-agent",
         version=mesh_agent.__version__,
         description="mesh-core node agent: neighbours, topology, k-disjoint paths, routes.",
     )
+    node = state.node_name
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
-        return {"status": "ok", "node": agent.cfg.node_name}
+        return {"status": "ok", "node": node}
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        checks = agent.readiness()
+        checks = state.readiness()
         ready = all(checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(agent.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/neighbors")
     async def neighbors() -> dict[str, Any]:
-        now = agent.clock()
-        return {
-            "node": agent.cfg.node_name,
-            "neighbors": [
-                {
-                    "name": nb.name,
-                    "interface": nb.ifname,
-                    "link_address": nb.link_address,
-                    "node_address": nb.node_address,
-                    "state": nb.state,
-                    "loss": round(nb.loss(), 4),
-                    "rtt_seconds": nb.rtt_s,
-                    "age_seconds": round(nb.age(now), 3),
-                    "cost": nb.cost(),
-                    "last_seq": nb.last_seq,
-                }
-                for nb in agent.sensor.neighbors()
-            ],
-        }
+        return {"node": node, "neighbors": state.neighbors()}
 
     @app.get("/v1/topology")
     async def topology() -> dict[str, Any]:
-        g = agent.lsdb.graph()
-        return {
-            "node": agent.cfg.node_name,
-            "nodes": [
-                {"name": n, "address": d.get("address")} for n, d in sorted(g.nodes(data=True))
-            ],
-            "edges": [
-                {"a": a, "b": b, "cost": d.get("cost")} for a, b, d in sorted(g.edges(data=True))
-            ],
-            "lsdb": {
-                origin: {
-                    "seq": e.advert.seq,
-                    "age_seconds": round(agent.clock() - e.born, 3),
-                }
-                for origin, e in sorted(agent.lsdb.entries().items())
-            },
-        }
-
-    def _route_view() -> dict[str, dict[str, Any]]:
-        return {
-            r.destination: {
-                "address": r.address,
-                "group_id": r.group_id,
-                "active_next_hop": r.active,
-            }
-            for r in agent.routes.installed()
-        }
+        return {"node": node, **state.topology_view()}
 
     @app.get("/v1/paths")
     async def paths() -> dict[str, Any]:
-        routes = _route_view()
         return {
-            "node": agent.cfg.node_name,
-            "mode": agent.cfg.mode,
-            "coverage": agent.paths.coverage(),
-            "destinations": {
-                dst: {
-                    "primary_next_hop": ch.primary_next_hop,
-                    "backup_next_hop": ch.backup_next_hop,
-                    "backup_loop_free": ch.backup_loop_free,
-                    "backup_node_protecting": ch.backup_node_protecting,
-                    "cost": ch.cost,
-                    "installed": dst in routes,
-                }
-                for dst, ch in sorted(agent.paths.choices().items())
-            },
-            "last_failover": agent.last_failover,
+            "node": node,
+            "mode": state.mode,
+            "coverage": state.coverage(),
+            "destinations": state.paths_view(),
+            "last_failover": state.last_failover(),
         }
 
     @app.get(
@@ -115,25 +82,10 @@ def create_app(agent: Agent) -> FastAPI:
         responses={404: {"description": "No path to this destination (unknown or unreachable)"}},
     )
     async def path(dst: str) -> dict[str, Any]:
-        ch = agent.paths.get(dst)
-        if ch is None:
+        found = state.path(dst)
+        if found is None:
             raise HTTPException(status_code=404, detail=f"no path to {dst}")
-        return {
-            "destination": dst,
-            "primary": ch.primary,
-            "backup": ch.backup,
-            "disjoint": ch.disjoint,
-            "primary_next_hop": ch.primary_next_hop,
-            "backup_next_hop": ch.backup_next_hop,
-            "backup_loop_free": ch.backup_loop_free,
-            "backup_node_protecting": ch.backup_node_protecting,
-            "protected_links": [
-                {"a": a, "b": b, "protected": p} for (a, b), p in ch.protected_links.items()
-            ],
-            "cost": ch.cost,
-            "route": _route_view().get(dst),
-            "coverage": agent.paths.coverage(),
-        }
+        return {**found, "coverage": state.coverage()}
 
     @app.get("/v1/plan")
     async def plan(
@@ -148,9 +100,10 @@ def create_app(agent: Agent) -> FastAPI:
         candidate at cost 1 (the LSDB has no positions), so the work grows with
         the square of the mesh size: it runs in a worker thread.
         """
-        graph = agent.lsdb.graph()
+        graph = state.graph()
         summary = protection_summary(graph)
         links = await asyncio.to_thread(augmentation_plan, graph, "cost", max_links)
-        return {"node": agent.cfg.node_name, "summary": summary, "links": links}
+        return {"node": node, "summary": summary, "links": links}
 
+    app.include_router(events_router(node, events))
     return app

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from mesh_agent.config import IdentityConfig
 from mesh_agent.identity import Identity, IdentityError, spiffe_id
+from mesh_agent.store.events import EventKind, EventLog
 
 log = logging.getLogger("mesh_agent.identity")
 
@@ -183,23 +184,23 @@ class IdentityWatcher:
         self,
         source: FileSource | WorkloadApiSource,
         identity: Identity,
-        metrics: Any = None,
         poll_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         on_rotate: Callable[[], None] | None = None,
+        events: EventLog | None = None,
     ) -> None:
         self.source = source
         self.on_rotate = on_rotate
+        self.events = events
         self.identity = identity
-        self.metrics = metrics
         self.poll_s = poll_s
         self.clock = clock
+        # Plain counters, read by the metrics collector at scrape time.
         self.rotations = 0
         self.errors = 0
         self._current = Material(identity.key, identity.cert, identity.bundle).fingerprint()
         self._failing_since: float | None = None
         self._reported = False
-        self._export()
 
     def check(self) -> bool:
         """Load the source once; swap if it changed. True when a swap happened."""
@@ -216,11 +217,12 @@ class IdentityWatcher:
             if now - self._failing_since >= SETTLE_S and not self._reported:
                 self._reported = True
                 self.errors += 1
-                if self.metrics is not None:
-                    self.metrics.identity_errors.inc()
                 log.warning(
                     "new identity from %s rejected, keeping the old one: %s", self.source.name, exc
                 )
+                if self.events is not None:
+                    self.events.append(EventKind.IDENTITY_REJECTED, reason=self.source.name,
+                                       detail={"error": str(exc)[:200]})
             else:
                 log.debug("identity from %s not usable yet: %s", self.source.name, exc)
             return False
@@ -235,18 +237,13 @@ class IdentityWatcher:
             cert.not_valid_after_utc.isoformat(),
             len(material.bundle),
         )
-        if self.metrics is not None:
-            self.metrics.identity_rotations.inc()
-        self._export()
+        if self.events is not None:
+            self.events.append(EventKind.IDENTITY_ROTATED, reason=self.source.name, detail={
+                "serial": f"{cert.serial_number:x}",
+                "not_after": cert.not_valid_after_utc.isoformat()})
         if self.on_rotate is not None:
             self.on_rotate()
         return True
-
-    def _export(self) -> None:
-        if self.metrics is None:
-            return
-        self.metrics.identity_source.labels(self.source.name).set(1)
-        self.metrics.identity_cert_expiry.set(self.identity.cert.not_valid_after_utc.timestamp())
 
     async def run(self) -> None:
         """Poll files every ``poll_s``; wait for Workload API pushes."""

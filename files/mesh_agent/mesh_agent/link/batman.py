@@ -28,13 +28,11 @@ share of ``reference_mbit``, stands in for delivery (``loss = 1 - share``).
 The inherited :meth:`Neighbor.cost` quantises either exactly like native loss.
 
 Sans-I/O: :meth:`BatmanSensor.update` takes the parsed JSON and ``now``;
-:func:`poll_batctl` is the thin asyncio layer that runs batctl.
+its I/O adapter, beside it in :mod:`mesh_agent.link.batman_io`, runs batctl.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import re
 import socket
@@ -42,7 +40,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mesh_agent.config import AgentConfig, LinkConfig
 from mesh_agent.link.sensor import Event, LinkSensor, Neighbor, NeighborUp
 
 log = logging.getLogger("mesh_agent.link.batman")
@@ -51,10 +48,6 @@ _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 TQ_MAX = 255
 # BATADV_ATTR_THROUGHPUT is in units of 100 kbit/s (batctl prints value / 10 Mbit/s).
 THROUGHPUT_UNIT_MBIT = 0.1
-
-
-class BatctlError(RuntimeError):
-    """batctl failed, timed out or printed something that is not JSON."""
 
 
 @dataclass(frozen=True)
@@ -301,71 +294,3 @@ class BatmanSensor(LinkSensor):
         )
         self._table[(nb.ifname, nb.name)] = nb
         return nb
-
-
-async def batctl_json(batctl: str, mesh_interface: str, table: str, timeout_s: float) -> Any:
-    """Run ``batctl meshif <if> <table>`` and parse its JSON output."""
-    proc = await asyncio.create_subprocess_exec(
-        batctl,
-        "meshif",
-        mesh_interface,
-        table,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
-    except TimeoutError as exc:
-        proc.kill()
-        await proc.wait()
-        raise BatctlError(f"{table}: batctl timed out after {timeout_s} s") from exc
-    if proc.returncode != 0:
-        msg = err.decode(errors="replace").strip() or f"exit {proc.returncode}"
-        raise BatctlError(f"{table}: {msg}")
-    try:
-        return json.loads(out)
-    except ValueError as exc:
-        raise BatctlError(f"{table}: not JSON: {exc}") from exc
-
-
-def batman_sensor(cfg: AgentConfig) -> BatmanSensor:
-    """The neighbour table for ``link.backend: batman``, names from bat-hosts if present."""
-    try:
-        hosts = parse_bat_hosts(cfg.link.bat_hosts.read_text(encoding="utf-8"))
-    except OSError:
-        hosts = {}
-    return BatmanSensor(
-        cfg.node_name,
-        str(cfg.node_address),
-        cfg.link.dead_after_ms / 1000.0,
-        cfg.dead_multiplier,
-        hosts=hosts,
-        reference_mbit=float(cfg.link.reference_mbit),
-    )
-
-
-async def poll_batctl(
-    sensor: BatmanSensor,
-    link: LinkConfig,
-    clock: Callable[[], float],
-    on_events: Callable[[list[Event]], None],
-) -> None:
-    """Poll batctl forever; failures are counted and logged once per streak."""
-    failing = False
-    interval_s = link.poll_interval_ms / 1000.0
-    batctl, mesh_if = str(link.batctl), link.mesh_interface
-    while True:
-        try:
-            neighbors = await batctl_json(batctl, mesh_if, "neighbors_json", interval_s)
-            originators = await batctl_json(batctl, mesh_if, "originators_json", interval_s)
-        except (BatctlError, OSError) as exc:
-            sensor.drops["batctl_error"] += 1
-            if not failing:
-                log.warning("batman-adv poll failed: %s", exc)
-            failing = True
-        else:
-            if failing:
-                log.info("batman-adv poll works again")
-            failing = False
-            on_events(sensor.update(neighbors, originators, clock()))
-        await asyncio.sleep(interval_s)

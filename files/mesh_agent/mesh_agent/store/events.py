@@ -177,7 +177,7 @@ class EventLog:
 
     def __init__(
         self,
-        path: Path,
+        path: Path | None,
         *,
         max_records: int = DEFAULT_MAX_RECORDS,
         limits: Mapping[str, tuple[float, float]] = DEFAULT_LIMITS,
@@ -201,6 +201,9 @@ class EventLog:
         self._prune_every = max(1, max_records // 10)
         self._conn: sqlite3.Connection | None = None
         self.error: str | None = None
+        if path is None:  # no log at all (a test, or the agent told so)
+            self.error = "disabled"
+            return
         try:
             self._conn, reset = self._open(path)
         except (OSError, sqlite3.Error, StoreError) as exc:
@@ -215,6 +218,11 @@ class EventLog:
     @classmethod
     def in_state_dir(cls, state_dir: Path, **kwargs: Any) -> EventLog:
         return cls(state_dir / DB_NAME, **kwargs)
+
+    @classmethod
+    def disabled(cls) -> EventLog:
+        """A log that records nothing (appends return None)."""
+        return cls(None)
 
     @staticmethod
     def _open(path: Path) -> tuple[sqlite3.Connection, bool]:
@@ -333,7 +341,7 @@ class EventLog:
 
         Returns (WAL frames, frames copied); (0, 0) without a log or on error.
         """
-        if self._conn is None:
+        if self._conn is None or self.path is None:
             return 0, 0
         try:
             return checkpoint(self.path)

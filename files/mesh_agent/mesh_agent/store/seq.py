@@ -1,6 +1,6 @@
-"""What the agent keeps across restarts, under ``state_dir`` (``/var/lib/mesh-agent``).
+"""Our own advert sequence numbers across restarts: ``<state_dir>/advert-seq.json``.
 
-Only the reservation of our own advert sequence numbers for now
+The reservation of our own advert sequence numbers
 (:class:`FileSeqStore`, the :class:`~mesh_agent.topology.lsdb.SeqStore` the LSDB
 writes ahead of signing). A Pi has no real-time clock, so the sequence number
 cannot come from the wall clock; it comes from here, and a node whose state
@@ -19,7 +19,7 @@ import logging
 import os
 from pathlib import Path
 
-log = logging.getLogger("mesh_agent.state")
+log = logging.getLogger("mesh_agent.store")
 
 SEQ_FILE = "advert-seq.json"
 

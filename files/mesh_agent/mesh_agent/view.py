@@ -1,0 +1,193 @@
+"""The running agent's state, read-only: what the API serves and the metrics collector reads.
+
+:class:`AgentView` holds the cores (by reference) and answers with plain
+data (dicts, lists, numbers): nothing it returns can change a core. It is also
+the one place that decides readiness: ``/readyz``, the ``meshcore_converged``
+gauge and the logs all ask :meth:`AgentView.readiness`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from mesh_agent.config import AgentConfig
+from mesh_agent.counters import Histogram
+from mesh_agent.identity import Identity
+from mesh_agent.identity.clock import ClockTrust
+from mesh_agent.identity.hellokeys import HelloKeys
+from mesh_agent.identity.watch import IdentityWatcher
+from mesh_agent.link.backend import LinkBackend, make_backend
+from mesh_agent.link.sensor import LinkSensor
+from mesh_agent.link.sockets import MeshSockets
+from mesh_agent.link.stretch import HelloStretch
+from mesh_agent.paths import PathTable
+from mesh_agent.paths.schedule import ComputeSchedule
+from mesh_agent.routes.failover import FailoverPolicy
+from mesh_agent.routes.programmer import RouteProgrammer
+from mesh_agent.store.events import EventLog
+from mesh_agent.topology.core import TopologyCore
+from mesh_agent.topology.lsdb import LinkStateDB, SeqStore
+
+# PathTable.update durations (meshcore_path_computation_seconds).
+COMPUTE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+
+@dataclass
+class AgentView:
+    cfg: AgentConfig
+    clock: Callable[[], float]
+    sensor: LinkSensor
+    stretch: HelloStretch
+    topology: TopologyCore
+    schedule: ComputeSchedule
+    paths: PathTable
+    routes: RouteProgrammer
+    failover: FailoverPolicy
+    sockets: MeshSockets
+    identity: Identity
+    clock_trust: ClockTrust
+    events: EventLog
+    watcher: IdentityWatcher | None = None  # set once the agent follows rotations
+    api_refused: Counter[str] = field(default_factory=lambda: Counter({"limit": 0, "idle": 0}))
+    path_seconds: Histogram = field(default_factory=lambda: Histogram(COMPUTE_BUCKETS))
+
+    @classmethod
+    def build(
+        cls,
+        cfg: AgentConfig,
+        identity: Identity,
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+        seq_store: SeqStore | None = None,
+        clock_trust: ClockTrust | None = None,
+        events: EventLog | None = None,
+    ) -> tuple[AgentView, LinkBackend]:
+        """Every core of one node from its config (routes in observe mode until enforce starts)."""
+        lsdb = LinkStateDB(identity, str(cfg.node_address), cfg.advert_max_age_s, seq_store)
+        backend = make_backend(cfg, HelloKeys(identity, lsdb.cert_of), clock)
+        trust = clock_trust or ClockTrust(
+            cfg.clock_trust, max(c.not_valid_before_utc for c in identity.bundle))
+        view = cls(
+            cfg, clock, backend.sensor,
+            HelloStretch(cfg.hello_interval_s, cfg.dead_multiplier, clock()),
+            TopologyCore(lsdb, cfg.advert_interval_s), ComputeSchedule(),
+            PathTable(cfg.node_name, k=cfg.k, disjoint=cfg.disjoint),
+            RouteProgrammer(None, cfg.route_protocol, str(cfg.node_address)), FailoverPolicy(),
+            MeshSockets(cfg.udp_port, cfg.advert_port, backend.echo, clock, wall),
+            identity, trust, events if events is not None else EventLog.disabled())
+        return view, backend
+
+    @property
+    def node_name(self) -> str:
+        return self.cfg.node_name
+
+    @property
+    def mode(self) -> str:
+        return self.cfg.mode
+
+    # -- readiness: the one place -----------------------------------------
+    def readiness(self) -> dict[str, bool]:
+        return {
+            "neighbors_known": bool(self.sensor.up_neighbors()),
+            "own_advert": self.topology.lsdb.has_own(),
+            "paths_current": self.schedule.current,
+            "routes_programmed": self.routes.last_sync_ok,
+        }
+
+    def ready(self) -> bool:
+        return all(self.readiness().values())
+
+    # -- what the API serves ----------------------------------------------
+    def neighbors(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        return [
+            {
+                "name": nb.name,
+                "interface": nb.ifname,
+                "link_address": nb.link_address,
+                "node_address": nb.node_address,
+                "state": nb.state,
+                "loss": round(nb.loss(), 4),
+                "rtt_seconds": nb.rtt_s,
+                "age_seconds": round(nb.age(now), 3),
+                "cost": nb.cost(),
+                "last_seq": nb.last_seq,
+            }
+            for nb in self.sensor.neighbors()
+        ]
+
+    def graph(self) -> nx.Graph:
+        """The mesh as the LSDB sees it (a fresh graph, the caller's to keep)."""
+        return self.topology.lsdb.graph()
+
+    def topology_view(self) -> dict[str, Any]:
+        g = self.graph()
+        now = self.clock()
+        return {
+            "nodes": [
+                {"name": n, "address": d.get("address")} for n, d in sorted(g.nodes(data=True))
+            ],
+            "edges": [
+                {"a": a, "b": b, "cost": d.get("cost")} for a, b, d in sorted(g.edges(data=True))
+            ],
+            "lsdb": {
+                origin: {"seq": e.advert.seq, "age_seconds": round(now - e.born, 3)}
+                for origin, e in sorted(self.topology.lsdb.entries().items())
+            },
+        }
+
+    def coverage(self) -> dict[str, float]:
+        return dict(self.paths.coverage())
+
+    def routes_view(self) -> dict[str, dict[str, Any]]:
+        return {
+            r.destination: {
+                "address": r.address,
+                "group_id": r.group_id,
+                "active_next_hop": r.active,
+            }
+            for r in self.routes.installed()
+        }
+
+    def paths_view(self) -> dict[str, dict[str, Any]]:
+        installed = self.routes_view()
+        return {
+            dst: {
+                "primary_next_hop": ch.primary_next_hop,
+                "backup_next_hop": ch.backup_next_hop,
+                "backup_loop_free": ch.backup_loop_free,
+                "backup_node_protecting": ch.backup_node_protecting,
+                "cost": ch.cost,
+                "installed": dst in installed,
+            }
+            for dst, ch in sorted(self.paths.choices().items())
+        }
+
+    def path(self, dst: str) -> dict[str, Any] | None:
+        ch = self.paths.get(dst)
+        if ch is None:
+            return None
+        return {
+            "destination": dst,
+            "primary": list(ch.primary),
+            "backup": None if ch.backup is None else list(ch.backup),
+            "disjoint": [list(p) for p in ch.disjoint],
+            "primary_next_hop": ch.primary_next_hop,
+            "backup_next_hop": ch.backup_next_hop,
+            "backup_loop_free": ch.backup_loop_free,
+            "backup_node_protecting": ch.backup_node_protecting,
+            "protected_links": [
+                {"a": a, "b": b, "protected": p} for (a, b), p in ch.protected_links.items()
+            ],
+            "cost": ch.cost,
+            "route": self.routes_view().get(dst),
+        }
+
+    def last_failover(self) -> dict[str, Any] | None:
+        last = self.failover.last
+        return None if last is None else dict(last)
