@@ -128,10 +128,12 @@ def cmd_plan(args: argparse.Namespace) -> None:
     state["mgmt"] = {"network": NETWORK, "subnet": str(topo.MGMT_NET),
                      "gateway": str(topo.MGMT_GATEWAY)}
     state["plan_id"] = plan_id(state)
+    replaced = False
     if STATE.exists() and yaml.safe_load(STATE.read_text()) != state:
         # Another topology is up: its containers and links do not fit this plan.
         print("labctl: the running lab has another topology; replacing it", file=sys.stderr)
         cmd_destroy(args)
+        replaced = True
     foreign = foreign_containers(state["plan_id"])
     if foreign:
         # Lab containers from another checkout (or a lab whose state file is gone):
@@ -139,11 +141,12 @@ def cmd_plan(args: argparse.Namespace) -> None:
         print(f"labctl: replacing lab containers started for another plan or checkout: "
               f"{', '.join(sorted(foreign))}", file=sys.stderr)
         cmd_destroy(args)
+        replaced = True
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     STATE.write_text(yaml.safe_dump(state, sort_keys=False))
     write_inventory(state)
     print(json.dumps({"topology": state["name"], "nodes": len(state["nodes"]),
-                      "links": len(state["links"]), "replaced_containers": sorted(foreign)}))
+                      "links": len(state["links"]), "replaced": replaced}))
 
 
 def plan_id(state: dict[str, Any]) -> str:
