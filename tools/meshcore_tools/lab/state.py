@@ -19,6 +19,9 @@ INVENTORY = ROOT / "inventories" / "lab" / "hosts.yml"
 PREFIX = "meshcore-lab"
 NETWORK = f"{PREFIX}-mgmt"
 LABEL = "io.meshcore.lab"
+# Which plan (topology + checkout) a container was started for: a lab left up by
+# another checkout or another plan must not be taken for this one.
+PLAN_LABEL = f"{LABEL}.plan"
 NS_PREFIX = "mclab-"
 MONITOR = "monitor01"
 
