@@ -28,7 +28,7 @@ from mesh_agent.identity import Identity
 from mesh_agent.identity.clock import ClockTrust, refresh
 from mesh_agent.identity.watch import IdentityWatcher
 from mesh_agent.link.carrier import interfaces, link_changes
-from mesh_agent.link.sensor import Event, NeighborDown, NeighborUp, Solicit
+from mesh_agent.link.sensor import Event, NeighborUp, Solicit
 from mesh_agent.link.sockets import Datagram
 from mesh_agent.link.timer import LinkTimer
 from mesh_agent.metrics import Metrics
@@ -214,15 +214,8 @@ class Agent:
                                {"interface": ifname, "source": src})
         if r.reoriginate:  # our own advert from before, newer than ours
             self._originate(flood=True)
-        if got.lists_us is not None and r.origin is not None:
-            nb = self.sensor.best_links().get(r.origin)
-            routed = nb is not None and not got.lists_us and bool(
-                self.view.paths.failover(r.origin))
-            if self.view.failover.advert(r.origin, got.lists_us, nb is not None, routed):
-                assert nb is not None
-                log.info("neighbour %s no longer advertises us: failing over", r.origin)
-                self.routing.fail_over(
-                    NeighborDown(nb.ifname, r.origin, nb.link_address, "advert", self.clock()))
+        if got.lists_us is not None and r.origin is not None:  # back-link detection
+            self.routing.back_link(r.origin, got.lists_us)
         if got.changed:
             self.routing.changed()
 

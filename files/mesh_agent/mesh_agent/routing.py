@@ -93,6 +93,16 @@ class Routing:
     def failovers_in_flight(self) -> int:
         return self._in_flight
 
+    def back_link(self, origin: str, lists_us: bool) -> None:
+        """A neighbour's advert changed the topology: fail over now if it dropped us
+        (the policy's call: once per episode, and only when something routes through it)."""
+        nb = self.view.sensor.best_links().get(origin)
+        routed = nb is not None and not lists_us and bool(self.view.paths.failover(origin))
+        if self.view.failover.advert(origin, lists_us, nb is not None, routed) and nb:
+            log.info("neighbour %s no longer advertises us: failing over", origin)
+            self.fail_over(NeighborDown(nb.ifname, origin, nb.link_address, "advert",
+                                        self.clock()))
+
     def fail_over(self, ev: NeighborDown) -> None:
         """Switch ev.name's destinations to their prepared backups now: lookups, one netlink op.
 
