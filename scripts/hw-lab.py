@@ -53,7 +53,8 @@ from qemupi import free_port, free_udp_port, http_get, load_average, metric_line
 ROOT = Path(__file__).resolve().parents[1]
 STARTER = ROOT / "inventories/starter"
 NODES = ("starter-01", "starter-02", "starter-03")
-SKEWED = "starter-03"  # boots with its RTC a year behind
+# Boots with its RTC a year behind (--skewed).
+SKEWED = "starter-03"
 TIME_SERVER = "starter-01"  # the starter site's time server
 # QEMU NICs in PCI slot order; the card's cmdline has net.ifnames=0.
 MESH_IFACES = ("eth1", "eth2")
@@ -80,8 +81,9 @@ class Failed(Exception):
 
 
 class Lab:
-    def __init__(self, backend: str, workdir: Path, key_dir: Path) -> None:
+    def __init__(self, backend: str, workdir: Path, key_dir: Path, skewed: str = SKEWED) -> None:
         self.backend = backend
+        self.skewed = skewed
         self.dir = workdir / backend
         self.inventory = self.dir / "inventory"
         self.key = key_dir / "id_ed25519"
@@ -255,10 +257,10 @@ class Lab:
                 netdevs=netdevs,
                 smp=1,
                 memory_mb=1024,
-                rtc_base=skew if node.name == SKEWED else None,
+                rtc_base=skew if node.name == self.skewed else None,
             )
             node.proc = start(argv, node.workdir)
-        self.checks["rtc_base_of_" + SKEWED] = skew
+        self.checks["rtc_base_of_" + self.skewed] = skew
         for node in self.nodes:
             self.wait(f"{node.name} /healthz", lambda n=node: self.api(n, "/healthz"), 1500)
             self.step(f"boot_to_healthy_{node.name}_s", t0)
@@ -360,14 +362,14 @@ class Lab:
         self.checks["ping_1_to_3"] = {"loss": "0%", "via": via}
 
     def check_clock(self) -> None:
-        skewed = next(n for n in self.nodes if n.name == SKEWED)
+        skewed = next(n for n in self.nodes if n.name == self.skewed)
 
         def close() -> float | None:
             offset = abs(float(self.ssh(skewed, "date +%s.%N")) - time.time())
             return offset if offset < 10 else None
 
         t0 = time.monotonic()
-        offset = self.wait(f"{SKEWED}'s clock stepped from {TIME_SERVER}", close, 600)
+        offset = self.wait(f"{self.skewed}'s clock stepped from {TIME_SERVER}", close, 600)
         self.step("skewed_clock_fixed_s", t0)
         tracking = self.ssh(skewed, "chronyc -n tracking")
         self.checks["skewed_clock"] = {
@@ -554,12 +556,14 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=ROOT / "build/hw-lab")
     ap.add_argument("--keep", action="store_true", help="leave the VMs running at the end")
     ap.add_argument("--no-site-yml", action="store_true", help="skip the site.yml runs")
+    ap.add_argument("--skewed", choices=NODES, default=SKEWED, help="the node a year behind")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     backends = ("native", "batman") if args.backend == "both" else (args.backend,)
     rc = 0
     for backend in backends:
-        result = Lab(backend, args.workdir, args.workdir).run_all(args.keep, not args.no_site_yml)
+        lab = Lab(backend, args.workdir, args.workdir, args.skewed)
+        result = lab.run_all(args.keep, not args.no_site_yml)
         print(json.dumps(result, sort_keys=True, default=str), flush=True)
         rc |= 0 if result["ok"] else 1
     return rc

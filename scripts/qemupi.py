@@ -131,7 +131,13 @@ def qemu_argv(
         "virtio-blk-device,drive=hd0",
     ]
     for i, (netdev, mac) in enumerate(netdevs):
-        argv += ["-netdev", f"{netdev},id=n{i}", "-device", f"virtio-net-pci,netdev=n{i},mac={mac}"]
+        # romfile= : no PXE option ROM (the card boots its own kernel; ipxe-qemu not needed).
+        argv += [
+            "-netdev",
+            f"{netdev},id=n{i}",
+            "-device",
+            f"virtio-net-pci,netdev=n{i},mac={mac},romfile=",
+        ]
     if rtc_base:
         argv += ["-rtc", f"base={rtc_base}"]
     return argv

@@ -532,3 +532,22 @@ def test_a_failed_seed_leaves_no_half_written_card_image(tmp_path, operator_key)
     assert proc.returncode != 0 and "was built from another version of site starter" in _errors(
         proc
     )
+
+
+def test_the_users_table_covers_the_spec():
+    """docs/site-config.md lists exactly the spec's keys."""
+    spec = yaml.safe_load((ROOT / "playbooks/site-config/spec.yml").read_text())["site"]
+
+    def keys(opts: dict[str, Any], prefix: str) -> set[str]:
+        out = set()
+        for name, o in opts.items():
+            key = f"{prefix}.{name}"
+            out.add(key)
+            if "options" in o:
+                out |= keys(o["options"], key + ("[]" if o["type"] == "list" else ""))
+        return out
+
+    doc = (ROOT / "docs/site-config.md").read_text()
+    assert set(re.findall(r"^\| `(site\.[^`]+)` \|", doc, flags=re.MULTILINE)) == keys(
+        spec["options"], "site"
+    )
