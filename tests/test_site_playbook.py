@@ -42,7 +42,8 @@ def test_roles_per_group() -> None:
     roles = {
         play: set(re.findall(r"^\s+(\w+) : ", text, re.MULTILINE)) for play, text in plays.items()
     }
-    assert {"base", "mesh_link", "batman_adv", "node_exporter", "chrony", "mesh_agent"} <= roles["mesh_nodes"]
+    mesh_roles = {"base", "mesh_link", "batman_adv", "node_exporter", "chrony", "mesh_agent"}
+    assert mesh_roles <= roles["mesh_nodes"]
     assert "etcd" in roles["gateways"]
     assert "prometheus" in roles["monitor"] and "etcd" not in roles["monitor"]
     assert "batman_adv" not in roles["monitor"]
