@@ -39,7 +39,6 @@ from mesh_agent.api import create_app
 from mesh_agent.config import AgentConfig
 from mesh_agent.identity import Identity
 from mesh_agent.link.batman import BatmanSensor, batman_sensor, poll_batctl
-from mesh_agent.link.batman_netlink import netlink_fetch
 from mesh_agent.link.sensor import Event, LinkSensor, NeighborDown, NeighborUp
 from mesh_agent.metrics import Metrics
 from mesh_agent.paths import PathTable
@@ -207,6 +206,10 @@ class Agent:
         ]
         if isinstance(self.sensor, BatmanSensor):
             # batctl wants root; the kernel's generic netlink only CAP_NET_ADMIN.
+            # Imported here: only a batman node pays for pyroute2's generic netlink,
+            # and after routes.pyroute2_lean has deferred pyroute2's package __init__.
+            from mesh_agent.link.batman_netlink import netlink_fetch
+
             batman = poll_batctl(
                 self.sensor,
                 self.cfg.link,
