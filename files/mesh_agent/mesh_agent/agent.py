@@ -265,7 +265,18 @@ class Agent:
             loop.create_task(self._netlink_monitor(), name="netlink"),
         ]
         if isinstance(self.sensor, BatmanSensor):
-            batman = poll_batctl(self.sensor, self.cfg.link, self.clock, self._handle_events)
+            # batctl wants root; the kernel's generic netlink only CAP_NET_ADMIN.
+            # Imported here: only a batman node pays for pyroute2's generic netlink,
+            # and after routes.pyroute2_lean has deferred pyroute2's package __init__.
+            from mesh_agent.link.batman_netlink import netlink_fetch
+
+            batman = poll_batctl(
+                self.sensor,
+                self.cfg.link,
+                self.clock,
+                self._handle_events,
+                netlink_fetch(self.cfg.link),
+            )
             self._tasks.append(loop.create_task(batman, name="batman"))
         if server is not None:
             self._tasks.append(loop.create_task(server.serve(sockets=api_sockets), name="api"))
@@ -355,6 +366,8 @@ class Agent:
             s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, GTSM_TTL)
             s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, GTSM_TTL)
             s.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+            # batman-adv: adverts go to the limited broadcast (link/batman.py).
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
             s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xC0)  # CS6, network control
             s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
@@ -513,6 +526,8 @@ class Agent:
         self._handle_events(self.sensor.receive(ifname, data, src, now, ttl))
 
     def _on_advert(self, ifname: str, data: bytes, src: str, ttl: int | None = None) -> None:
+        if src == str(self.cfg.node_address):  # our own broadcast (batman-adv), looped back
+            return
         m = self.metrics
         m.adverts_rx.inc()
         result = self.lsdb.receive(data, self.clock(), f"{ifname}/{src}", ttl)
@@ -528,10 +543,13 @@ class Agent:
                 self._originate(flood=True)
             return
         m.adverts_accepted.inc()
-        # Flood (RFC 2328 s13.3): to every up neighbour but the one it came from.
-        for nb in self.sensor.up_neighbors():
-            if (nb.ifname, nb.link_address) != (ifname, src):
-                self._send(nb.ifname, data, nb.link_address)
+        # Flood (RFC 2328 s13.3): the link core says where (native: every up
+        # neighbour but the one it came from; batman-adv: nowhere, all heard it).
+        for out_if, dest in self.sensor.flood_targets((ifname, src)):
+            self._send(out_if, data, dest)
+        if isinstance(self.sensor, BatmanSensor):
+            # batman-adv names neighbours by the address in their MAC (link/batman.py).
+            self.sensor.set_addresses(self.lsdb.addresses())
         if result.topology_changed:
             self._check_back_link(result.origin)
             self._mark_dirty()
@@ -583,8 +601,9 @@ class Agent:
                 log.info("neighbour %s up on %s via %s", ev.name, ev.ifname, ev.link_address)
                 # Database exchange: a fresh neighbour gets the whole LSDB now
                 # rather than waiting for the periodic refresh.
-                for raw in self.lsdb.raw_adverts(self.clock()):
-                    self._send(ev.ifname, raw, ev.link_address)
+                for out_if, dest in self.sensor.exchange_targets(ev):
+                    for raw in self.lsdb.raw_adverts(self.clock()):
+                        self._send(out_if, raw, dest)
             else:
                 log.info("neighbour %s down on %s (%s)", ev.name, ev.ifname, ev.reason)
         self.metrics.neighbors_up.set(len(self.sensor.up_neighbors()))
@@ -670,8 +689,8 @@ class Agent:
         if flood:
             # A sequence wrap's flush goes out before the advert that restarts the numbering.
             for out in [*self.lsdb.flushes(now), raw]:
-                for nb in self.sensor.up_neighbors():
-                    self._send(nb.ifname, out, nb.link_address)
+                for ifname, dest in self.sensor.flood_targets():
+                    self._send(ifname, out, dest)
         if changed:
             self._mark_dirty()
 
@@ -725,10 +744,11 @@ class Agent:
         # socket buffers and the silence is ours, not theirs.
         self._drain()
         now = self.clock()
-        for ifname in list(self._socks):
+        hello_ifs = [i for i in self.sensor.hello_interfaces() if i in self._socks]
+        for ifname in hello_ifs:
             hello = self.sensor.build_hello(ifname, now)
             self._send(ifname, hello, HELLO_GROUP, self.cfg.udp_port)
-        self.metrics.hellos_tx.inc(len(self._socks))
+        self.metrics.hellos_tx.inc(len(hello_ifs))
         for ifname, s in list(self._echo_socks.items()):
             for dest, probe in self.sensor.echo_requests(ifname, now):
                 try:
