@@ -191,6 +191,15 @@ class Lab:
             mesh["batman"] = {"routing_algo": "BATMAN_IV", "bridge": "br-lan"}
         header = "---\n# Written by scripts/hw-lab.py from inventories/starter: the emulated Pis.\n"
         site_file.write_text(header + yaml.safe_dump(site, sort_keys=False))
+        # Each Pi's management NIC is QEMU user networking, whose guest address is
+        # always 10.0.2.15: the agent's API listens there too (the
+        # host reaches them through QEMU's port forwards), as on a site with a
+        # management network.
+        host_vars = self.inventory / "host_vars"
+        host_vars.mkdir(exist_ok=True)
+        for node in self.nodes:
+            (host_vars / f"{node.name}.yml").write_text(
+                "---\n" + yaml.safe_dump({"mesh_mgmt_address": "10.0.2.15"}))
         subprocess.run(
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)],
             check=True,
@@ -441,6 +450,7 @@ class Lab:
             (host_vars / f"{node.name}.yml").write_text(
                 yaml.safe_dump(
                     {
+                        "mesh_mgmt_address": "10.0.2.15",
                         "ansible_host": "127.0.0.1",
                         "ansible_port": node.ssh,
                         "ansible_ssh_private_key_file": str(self.key),
