@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import hashlib
 import json
 import os
 import shutil
@@ -40,6 +41,9 @@ INVENTORY = ROOT / "inventories" / "lab" / "hosts.yml"
 PREFIX = "meshcore-lab"
 NETWORK = f"{PREFIX}-mgmt"
 LABEL = "io.meshcore.lab"
+# Which plan (topology + checkout) a container was started for: a lab left up by
+# another checkout or another plan must not be taken for this one.
+PLAN_LABEL = f"{LABEL}.plan"
 NS_PREFIX = "mclab-"
 MONITOR = "monitor01"
 
@@ -123,15 +127,45 @@ def cmd_plan(args: argparse.Namespace) -> None:
     state["monitor"] = {"name": MONITOR, "mgmt_address": str(topo.MONITOR_MGMT)}
     state["mgmt"] = {"network": NETWORK, "subnet": str(topo.MGMT_NET),
                      "gateway": str(topo.MGMT_GATEWAY)}
+    state["plan_id"] = plan_id(state)
+    replaced = False
     if STATE.exists() and yaml.safe_load(STATE.read_text()) != state:
         # Another topology is up: its containers and links do not fit this plan.
         print("labctl: the running lab has another topology; replacing it", file=sys.stderr)
         cmd_destroy(args)
+        replaced = True
+    foreign = foreign_containers(state["plan_id"])
+    if foreign:
+        # Lab containers from another checkout (or a lab whose state file is gone):
+        # the lab is one per machine (names, management subnet), so they are replaced.
+        print(f"labctl: replacing lab containers started for another plan or checkout: "
+              f"{', '.join(sorted(foreign))}", file=sys.stderr)
+        cmd_destroy(args)
+        replaced = True
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     STATE.write_text(yaml.safe_dump(state, sort_keys=False))
     write_inventory(state)
     print(json.dumps({"topology": state["name"], "nodes": len(state["nodes"]),
-                      "links": len(state["links"])}))
+                      "links": len(state["links"]), "replaced": replaced}))
+
+
+def plan_id(state: dict[str, Any]) -> str:
+    """A short digest of the plan and the checkout it belongs to."""
+    checkout = os.environ.get("MESHCORE_CHECKOUT_ID") or str(ROOT)
+    blob = json.dumps({"state": state, "checkout": checkout}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def foreign_containers(current: str) -> dict[str, str]:
+    """Lab-labelled containers whose plan label is not ``current`` (name -> plan)."""
+    out = sh("podman", "ps", "-a", "--filter", f"label={LABEL}=1", "--format",
+             "{{.Names}}\t{{index .Labels \"" + PLAN_LABEL + "\"}}", check=False).stdout
+    found = {}
+    for line in out.splitlines():
+        name, _, plan = line.partition("\t")
+        if name and plan.strip() != current:
+            found[name] = plan.strip() or "unknown"
+    return found
 
 
 # --- wire ---------------------------------------------------------------------------
