@@ -13,8 +13,16 @@ IMAGE_TARGET ?= container-amd64
 MOLECULE_SCENARIOS ?= base node_exporter prometheus grafana mesh_agent batman_adv spire
 MOLECULE_FULL_SCENARIOS ?= etcd yggdrasil
 HOST ?=
-INVENTORY ?= inventories/example
+# The site: an inventory with its site config (group_vars/all/site.yml). The image,
+# the seeds and site.yml all read it.
+INVENTORY ?= inventories/starter
 DEVICE ?=
+# The operator's SSH public key for the cards' admin user (make seed).
+SSH_KEY ?= $(firstword $(wildcard $(HOME)/.ssh/id_ed25519.pub $(HOME)/.ssh/id_ecdsa.pub $(HOME)/.ssh/id_rsa.pub))
+# SPIRE join_token sites: a file holding the node's token (spire-server token generate).
+JOIN_TOKEN_FILE ?=
+# The emulated Pis (make hw-lab): native, batman or both.
+BACKEND ?= both
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # Molecule instance and network names end in this, so two checkouts on one
 # machine can run `make molecule` at the same time.
@@ -27,7 +35,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 1
 export PY_COLORS ?= 1
 
-.PHONY: help setup image image-rpi seed image-boot-test image-repro agent-bundle lab lab-status lab-report lab-destroy dashboard test test-full lint unit molecule molecule-full molecule-image bench fuzz
+.PHONY: help setup venv pki-backup hw-lab image image-rpi seed image-boot-test image-repro agent-bundle lab lab-status lab-report lab-destroy dashboard test test-full lint unit molecule molecule-full molecule-image bench fuzz
 
 help:
 	@echo "make lab [NODES=10] [TOPOLOGY=grid|rgg|ladder|community|FILE]   build + provision the lab mesh"
@@ -39,28 +47,52 @@ help:
 	@echo "make bench       benchmarks under tests/bench (one JSON line per figure)"
 	@echo "make fuzz [FUZZ_SECONDS=600]  coverage-guided fuzzing of the agent's advert handling (make test runs 20 s)"
 	@echo "make image [IMAGE_TARGET=container-amd64|rpi-arm64]           build an image"
-	@echo "make seed HOST=name [INVENTORY=inventories/example] [DEVICE=]  per-node first-boot seed into a copy of the rpi image (or a card)"
+	@echo "make image-rpi [INVENTORY=inventories/starter]                 the site's SD-card image (rpi-arm64)"
+	@echo "make seed HOST=name [INVENTORY=inventories/starter] [SSH_KEY=~/.ssh/id_ed25519.pub] [JOIN_TOKEN_FILE=] [DEVICE=]"
+	@echo "                 a node's first-boot seed into a copy of the site's image (or a card); no root needed"
+	@echo "make pki-backup [INVENTORY=]  the site's CA and keys (inventories/<site>.pki) into build/backup/, mode 0600"
+	@echo "make hw-lab [BACKEND=both|native|batman]  three emulated Pis (QEMU TCG) seeded with make seed: mesh, route, scrape, site.yml"
 	@echo "make image-boot-test  boot the rpi-arm64 image under qemu-system-aarch64 (TCG) with a seed, check it"
 	@echo "make image-repro      build rpi-arm64 twice from scratch with SOURCE_DATE_EPOCH, compare hashes"
 
 setup:
 	@bash scripts/setup.sh
 
+# Only the venv, as any user: all make seed needs besides mtools.
+venv:
+	@bash scripts/setup.sh --venv
+
 image: setup
 	$(BIN)/ansible-playbook playbooks/image.yml -e image_target=$(IMAGE_TARGET)
 
-# The fleet's SD-card image (arm64, through qemu-user); stages cached by input hash.
+# The site's SD-card image (arm64, through qemu-user); stages cached by input hash.
 image-rpi: setup
 	@start=$$(date +%s); \
-	$(BIN)/ansible-playbook playbooks/image.yml -e image_target=rpi-arm64; rc=$$?; \
+	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/image.yml -e image_target=rpi-arm64; rc=$$?; \
 	echo "make image-rpi: $$(( $$(date +%s) - start )) s wall, rc=$$rc"; exit $$rc
 
-seed: setup
-	@test -n "$(HOST)" || { echo "make seed HOST=<inventory host> [INVENTORY=...] [DEVICE=/dev/sdX]"; exit 2; }
-	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/flash.yml -e flash_hosts=$(HOST) $(if $(DEVICE),-e flash_device=$(DEVICE))
+# No root: the venv, mtools and a copy of the image in build/flash (or DEVICE, a card you may write).
+seed: venv
+	@test -n "$(HOST)" || { echo "make seed HOST=<inventory host> [INVENTORY=$(INVENTORY)] [SSH_KEY=...] [DEVICE=/dev/sdX]"; exit 2; }
+	@command -v mcopy >/dev/null || { echo "make seed needs mtools (Debian package mtools; make setup installs it)"; exit 2; }
+	$(BIN)/ansible-playbook -i $(INVENTORY) playbooks/flash.yml -e flash_hosts=$(HOST) \
+	  -e flash_ssh_key_file=$(SSH_KEY) $(if $(JOIN_TOKEN_FILE),-e flash_join_token_file=$(abspath $(JOIN_TOKEN_FILE))) \
+	  $(if $(DEVICE),-e flash_device=$(DEVICE))
+
+# The site CA and the node keys: secrets that exist nowhere else. Keep the
+# archive offline (it is the only way to seed more cards for this site).
+pki-backup:
+	@d=$(patsubst %/,%,$(INVENTORY)).pki; test -d "$$d" || { echo "no $$d (nothing seeded yet, or site.identity.pki_dir points elsewhere)"; exit 2; }; \
+	  mkdir -p build/backup && umask 077 && out=build/backup/$$(basename $$d)-$$(date +%Y%m%d-%H%M%S).tar.gz && \
+	  tar -C $$(dirname $$d) -czf $$out $$(basename $$d) && echo "$$out ($$(tar -tzf $$out | wc -l) entries); restore: tar -C $$(dirname $$d) -xzf $$out"
+
+# Three emulated Pis under qemu-system-aarch64 (TCG), seeded with make seed and
+# wired with QEMU dgram netdevs: mesh, route and scrape with no Ansible run, then site.yml.
+hw-lab: setup
+	$(BIN)/python -m meshcore_tools.hwlab --backend $(BACKEND)
 
 image-boot-test: image-rpi
-	$(BIN)/python -m meshcore_tools.image.boot_test
+	$(BIN)/python -m meshcore_tools.image.boot_test --inventory $(INVENTORY)
 
 image-repro: setup
 	@bash scripts/image-repro.sh
@@ -111,7 +143,7 @@ molecule-image: image-rpi
 	$(BIN)/molecule test -s image
 
 test-full: test molecule-full image-rpi molecule-image
-	$(BIN)/pytest -q tests/test_monitoring_netns.py tests/test_lab_e2e.py tests/test_lab_yggdrasil.py tests/test_lab_identity_rotation.py tests/test_dashboard_lab.py tests/test_image_rpi.py --run-slow -p no:cacheprovider
+	$(BIN)/pytest -q tests/test_monitoring_netns.py tests/test_lab_e2e.py tests/test_lab_yggdrasil.py tests/test_lab_identity_rotation.py tests/test_dashboard_lab.py tests/test_image_rpi.py tests/test_hw_lab.py --run-slow -p no:cacheprovider
 
 bench: setup
 	@set -e; for b in tests/bench/bench_*.py; do $(BIN)/python $$b; done

@@ -30,9 +30,13 @@ done
 if [ -n "$rootfs" ]; then
   [ -n "$target_id" ] || { echo "agent-bundle: --chroot needs --id" >&2; exit 2; }
   target="chroot:$rootfs"
+  # The machine the venv runs on (uname -m of the target): the mesh_agent role
+  # refuses a bundle built for another one.
+  machine=$(chroot "$rootfs" /usr/bin/python3 -c 'import platform; print(platform.machine())')
 else
   target_id=$(podman image inspect -f '{{.Id}}' "$image")
   target=$image
+  machine=$(podman image inspect -f '{{.Architecture}}' "$image" | sed 's/^amd64$/x86_64/; s/^arm64$/aarch64/')
 fi
 src_hash=$( (git ls-files -co --exclude-standard files/mesh_agent | grep -v '/tests/' | sort | xargs cat; cat requirements/dev.txt) | sha256sum | cut -c1-12)
 release=$(printf '%s %s' "$src_hash" "$target_id" | sha256sum | cut -c1-16)
@@ -98,5 +102,6 @@ mdir=$(dirname "$manifest")
 if [ "$(realpath "$mdir")" != "$(realpath build/agent)" ]; then
   ln -f "$out" "$mdir/" 2>/dev/null || cp "$out" "$mdir/"
 fi
-printf '{"release": "%s", "bundle": "%s", "image": "%s"}\n' "$release" "$(basename "$out")" "$target" > "$manifest"
+printf '{"release": "%s", "bundle": "%s", "image": "%s", "machine": "%s"}\n' \
+  "$release" "$(basename "$out")" "$target" "$machine" > "$manifest"
 echo "$out"

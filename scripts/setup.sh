@@ -2,7 +2,12 @@
 # Prepare this machine for mesh-core: Debian packages, podman configuration, the
 # repo-local venv. Every step is skipped when its inputs (hashed) have not changed,
 # so a second run takes about a second. Safe to run again at any time.
+#   scripts/setup.sh           everything (root: apt, podman, sysctl, binfmt)
+#   scripts/setup.sh --venv    only the venv, as any user (make venv: what make seed
+#                              needs on an operator's laptop, nothing else installed)
 set -euo pipefail
+venv_only=false
+[ "${1:-}" = --venv ] && venv_only=true
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 STAMPS=$ROOT/.cache/stamps
@@ -22,6 +27,7 @@ need_root() {
   fi
 }
 
+if ! $venv_only; then
 # 1. Debian packages -----------------------------------------------------------
 h=$(hash_of requirements/apt.txt)
 if ! stamped apt "$h"; then
@@ -102,6 +108,8 @@ if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
   mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
   update-binfmts --enable qemu-aarch64
 fi
+
+fi  # not --venv
 
 # 3. venv with pinned dependencies, plus the agent and the repo's own tools and
 # test kit (pyproject.toml), both editable: imports resolve to this checkout.

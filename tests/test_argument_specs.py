@@ -139,7 +139,9 @@ CASES = [
         ["Refuse a download without a checksum, or a malformed checksum"],
     ),
 ]
-MY_ROLES = ["yggdrasil", "spire_server", "spire_agent", "spire_release", "lab_pki"]
+MY_ROLES = [
+    "yggdrasil", "spire_server", "spire_agent", "spire_release", "lab_pki", "mesh_link", "chrony",
+]  # fmt: skip
 
 
 def _run(tmp_path: Path, role: str, host_vars: dict, *extra: str) -> tuple[int, str]:

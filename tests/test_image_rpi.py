@@ -1,13 +1,14 @@
 """The rpi-arm64 SD-card image: one image for the fleet, identity at flash time.
 
-Fast tests (no image needed): the image applies site.yml's mesh-node roles, and
-playbooks/flash.yml writes a complete, valid per-node NoCloud seed into the FAT
-boot partition of a disk image (a small one made here with sfdisk/mkfs.vfat).
+Fast tests (no image needed): the image's package list, and reproducible root
+filesystems (the seeds, make seed and the site config: tests/test_site_config.py).
 
-Slow tests (`--run-slow`, `make test-full`, which builds the image first): the
-built image's outputs and manifest, the absence of any PEM private key in it
-(its root filesystem read back with debugfs, its boot partition with mtools),
-and the QEMU boot test (meshcore_tools.image.boot_test).
+Slow tests (`--run-slow`, `make test-full`, which builds the starter site's
+image first): the built image's outputs and manifest (with the site it is
+for), the absence of any PEM private key and of any per-node file in it, the
+radio settings it carries (the site config's), read back from its root
+filesystem with debugfs and its boot partition with mtools, and the QEMU boot
+test (meshcore_tools.image.boot_test).
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "build/images/rpi-arm64/latest"
+# make image-rpi builds the starter site's image by default (INVENTORY=inventories/starter).
+OUT = ROOT / "build/images/rpi-arm64/site-starter"
 IMAGE_NAME = "mesh-core-rpi-arm64"
 PEM_KEY = re.compile(
     rb"^-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----\r?\n"
@@ -45,162 +45,12 @@ def _tools(*names: str) -> None:
         pytest.skip(f"needs {', '.join(missing)} (requirements/apt.txt, make setup)")
 
 
-def _plays(path: Path) -> list[dict]:
-    return yaml.safe_load(path.read_text())
-
-
-def _roles(play: dict) -> list[tuple[str, str | None]]:
-    """(role, its when condition) in order."""
-    return [
-        (r["role"], r.get("when")) if isinstance(r, dict) else (r, None)
-        for r in play.get("roles", [])
-    ]
-
-
-def test_image_applies_site_yml_mesh_node_roles():
-    """The image's chroot stages run the same roles, in the same order and under
-    the same conditions, as site.yml's mesh_nodes play, minus lab_pki (identity
-    comes from the seed, never from the image)."""
-    site = next(p for p in _plays(ROOT / "playbooks/site.yml") if p["hosts"] == "mesh_nodes")
-    image = _plays(ROOT / "playbooks/image.yml")
-    chroot_roles = [
-        (name, when)
-        for p in image
-        if str(p["hosts"]).startswith("image_stage_")
-        for name, when in _roles(p)
-    ]
-    assert chroot_roles == [(name, when) for name, when in _roles(site) if name != "lab_pki"]
-    # The molecule image scenario converges a booted card with the same roles
-    # (all but mesh_agent, which the agent stage installs).
-    converge = _plays(ROOT / "molecule/image/converge.yml")[0]
-    assert _roles(converge) == [(n, w) for n, w in chroot_roles if n != "mesh_agent"]
-
-
-def test_image_role_variables_select_the_pi_fleet_roles():
-    """batman-adv and Yggdrasil are in the image; spire_agent is skipped (no SPIRE
-    release on this machine, so the image takes its identity from the seed)."""
-    roles_vars = yaml.safe_load((ROOT / "images/stages/roles-vars.yml").read_text())
-    assert roles_vars["mesh_link_backend"] == "batman"
-    assert roles_vars["mesh_yggdrasil_enabled"] is True
-    assert roles_vars["mesh_identity_source"] == "lab_pki"
+def test_image_packages_carry_what_the_roles_need():
+    """Every role's package is pre-seeded (the roles stage has no network), and
+    chrony replaces systemd-timesyncd (time without internet; they conflict)."""
     packages = yaml.safe_load((ROOT / "images/targets/rpi-arm64.yml").read_text())["image_packages"]
-    assert {"batctl", "wpasupplicant", "yggdrasil"} <= set(packages)
-
-
-def _fake_card(path: Path) -> int:
-    """A 48 MiB disk image with a FAT32 boot partition at 1 MiB, like the real layout."""
-    subprocess.run(["truncate", "-s", "48M", str(path)], check=True)
-    subprocess.run(
-        ["sfdisk", "-q", str(path)],
-        input="label: dos\nstart=2048, size=81920, type=c\n",
-        text=True,
-        check=True,
-    )
-    part = path.with_suffix(".vfat")
-    subprocess.run(
-        ["mkfs.vfat", "-F", "32", "-n", "CIDATA", "-C", str(part), "40960"],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        ["dd", f"if={part}", f"of={path}", "bs=1M", "seek=1", "conv=notrunc", "status=none"],
-        check=True,
-    )
-    return 2048 * 512
-
-
-def test_flash_writes_a_complete_seed(tmp_path):
-    _tools("sfdisk", "mkfs.vfat", "mcopy")
-    card = tmp_path / "card.img"
-    offset = _fake_card(card)
-    host = "rpi-test-07"
-    (tmp_path / "inventory.yml").write_text(
-        yaml.safe_dump(
-            {
-                "mesh_nodes": {
-                    "hosts": {
-                        host: {
-                            "mesh_node_address": "10.77.0.7",
-                            "mesh_agent_hello_interval_ms": 200,
-                        }
-                    }
-                }
-            }
-        )
-    )
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-    }
-    proc = subprocess.run(
-        [
-            str(ROOT / ".venv/bin/ansible-playbook"),
-            "-i",
-            str(tmp_path / "inventory.yml"),
-            str(ROOT / "playbooks/flash.yml"),
-            "-e",
-            f"flash_device={card}",
-            "-e",
-            f"flash_out_dir={tmp_path}/flash",
-            "-e",
-            f"lab_pki_dir={tmp_path}/pki",
-            "-e",
-            json.dumps({"flash_ssh_authorized_keys": [OPERATOR_KEY]}),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-    def read(name: str) -> str:
-        return subprocess.run(
-            ["mtype", "-i", f"{card}@@{offset}", f"::/{name}"],
-            env=MTOOLS_ENV,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-
-    user_data_text = read("user-data")
-    assert user_data_text.startswith("#cloud-config\n")
-    user_data = yaml.safe_load(user_data_text)
-    meta = yaml.safe_load(read("meta-data"))
-    assert user_data["hostname"] == host and meta["local-hostname"] == host
-    assert meta["instance-id"].startswith(f"mesh-{host}-")
-    assert user_data["users"][0]["ssh_authorized_keys"][0].endswith("op@example")
-    files = {f["path"]: f for f in user_data["write_files"]}
-    assert set(files) == {
-        "/etc/mesh-agent/agent.yml",
-        "/etc/mesh-agent/pki/ca.crt",
-        "/etc/mesh-agent/pki/node.crt",
-        "/etc/mesh-agent/pki/node.key",
-    }
-    assert files["/etc/mesh-agent/pki/node.key"]["permissions"] == "0640"
-    assert files["/etc/mesh-agent/pki/node.key"]["owner"] == "root:meshcore"
-
-    # The agent config is the role's template, with this host's inventory values,
-    # and the agent's own parser accepts it.
-    from mesh_agent.config import parse_config
-
-    cfg = parse_config(yaml.safe_load(files["/etc/mesh-agent/agent.yml"]["content"]))
-    assert (cfg.node_name, str(cfg.node_address), cfg.hello_interval_ms) == (host, "10.77.0.7", 200)
-
-    # The certificate names this node and matches the key in the seed.
-    cert = x509.load_pem_x509_certificate(files["/etc/mesh-agent/pki/node.crt"]["content"].encode())
-    uris = cert.extensions.get_extension_for_class(
-        x509.SubjectAlternativeName
-    ).value.get_values_for_type(x509.UniformResourceIdentifier)
-    assert uris == [f"spiffe://mesh.lab/node/{host}"]
-    key = serialization.load_pem_private_key(
-        files["/etc/mesh-agent/pki/node.key"]["content"].encode(), None
-    )
-    assert key.public_key().public_numbers() == cert.public_key().public_numbers()  # type: ignore[union-attr]
+    assert {"batctl", "wpasupplicant", "yggdrasil", "chrony", "iw"} <= set(packages)
+    assert "systemd-timesyncd" not in packages
 
 
 def _built() -> Path:
@@ -297,6 +147,9 @@ def test_outputs_and_manifest():
     assert all(p["arch"] in ("arm64", "all") for p in manifest["packages"])
     assert re.fullmatch(r"[0-9a-f]{40}", manifest["git"]["commit"])
     assert {"rootfs", "roles", "agent", "assembly"} == set(manifest["stage_keys"])
+    # Which site the image is for: make seed compares it with the inventory it seeds for.
+    assert manifest["site"]["name"] == "starter"
+    assert re.fullmatch(r"[0-9a-f]{16}", manifest["site"]["key"])
     assert "mesh-agent" in {p["name"].replace("_", "-") for p in manifest["agent_python_packages"]}
     parts = _partitions(img)
     assert [p["type"] for p in parts] == ["c", "83"]
@@ -352,14 +205,35 @@ def test_image_holds_no_private_key(tmp_path):
     assert not (etc / "yggdrasil/yggdrasil.conf").exists()
     assert "@MESHCORE_PRIVATE_KEY@" in (etc / "yggdrasil/yggdrasil.conf.in").read_text()
     assert list(etc.glob("ssh/ssh_host_*_key")) == []
+    # The radio settings are the site config's (inventories/starter), not role defaults.
+    site = yaml.safe_load((ROOT / "inventories/starter/group_vars/all/site.yml").read_text())[
+        "site"
+    ]
+    wpa = (etc / "wpa_supplicant/wpa_supplicant-nl80211-wlan0.conf").read_text()
+    radio = site["mesh"]["radio"]
+    assert f'ssid="{radio["ssid"]}"' in wpa and f"frequency={radio['frequency']}" in wpa
+    assert f"country={radio['country']}" in wpa and "mode=1" in wpa  # IBSS
+    assert "Name=wlan0" in (etc / "systemd/network/40-meshcore-link.network").read_text()
+    # No per-node file: the address, time sources and identity come from each card's seed.
+    assert not (
+        etc / "systemd/network/40-meshcore-link.network.d/50-meshcore-address.conf"
+    ).exists()
+    assert not (etc / "chrony/sources.d/meshcore.sources").exists()
+    assert not (etc / "mesh-agent/agent.yml").exists()
 
 
 @pytest.mark.slow
 def test_boots_under_qemu_with_a_seed():
     _tools("qemu-system-aarch64", "mcopy")
-    img = _built()
+    _built()
     proc = subprocess.run(
-        [sys.executable, "-m", "meshcore_tools.image.boot_test", "--image", str(img)],
+        [
+            sys.executable,
+            "-m",
+            "meshcore_tools.image.boot_test",
+            "--inventory",
+            str(ROOT / "inventories/starter"),
+        ],
         capture_output=True,
         text=True,
         timeout=1500,

@@ -29,7 +29,8 @@ def _list(flag: str) -> dict[str, str]:
 
 def test_plays_target_the_groups() -> None:
     plays = _list("--list-hosts")
-    assert list(plays) == ["spire_servers", "mesh_nodes", "gateways", "monitor"]
+    # The site config is checked first (on the controller, then for every host).
+    assert list(plays) == ["localhost", "all", "spire_servers", "mesh_nodes", "gateways", "monitor"]
     assert "hosts (50)" in plays["mesh_nodes"]
     gateways = re.findall(r"^\s+(\S+)$", plays["gateways"].split("hosts (3):")[1], re.MULTILINE)
     assert sorted(gateways) == ["rpi-campus-01", "rpi-harbour-01", "rpi-north-01"]
@@ -41,7 +42,8 @@ def test_roles_per_group() -> None:
     roles = {
         play: set(re.findall(r"^\s+(\w+) : ", text, re.MULTILINE)) for play, text in plays.items()
     }
-    assert {"base", "batman_adv", "node_exporter", "mesh_agent"} <= roles["mesh_nodes"]
+    mesh_roles = {"base", "mesh_link", "batman_adv", "node_exporter", "chrony", "mesh_agent"}
+    assert mesh_roles <= roles["mesh_nodes"]
     assert "etcd" in roles["gateways"]
     assert "prometheus" in roles["monitor"] and "etcd" not in roles["monitor"]
     assert "batman_adv" not in roles["monitor"]

@@ -190,10 +190,9 @@ class Agent:
                 self.routing.ifindex.pop(ch.ifname, None)
 
     # -- what arrives -----------------------------------------------------
-    def _hops(self) -> Iterator[tuple[str, str]]:
-        """The up neighbours as flooding targets (lazy: most adverts flood nowhere)."""
-        for nb in self.sensor.up_neighbors():
-            yield nb.ifname, nb.link_address
+    def _hops(self, came_from: tuple[str, str] | None = None) -> Iterator[tuple[str, str]]:
+        """Where the link backend floods an advert (lazy: most adverts flood nowhere)."""
+        yield from self.sensor.flood_targets(came_from)
 
     def _solicited(self, solicits: list[Solicit]) -> None:
         pairs = [(s.ifname, s.link_address) for s in solicits]
@@ -205,10 +204,11 @@ class Agent:
 
     def _on_advert(self, ifname: str, datagram: Datagram) -> None:
         data, src, _at, ttl = datagram
-        got = self.topology.received(ifname, src, data, self.clock(), ttl, self._hops())
+        got = self.topology.received(ifname, src, data, self.clock(), ttl,
+                                     self._hops((ifname, src)))
         self._send(got.sends)
         r = got.result
-        if not r.accepted and r.reason != "duplicate":
+        if got.rejected:
             log.debug("advert from %s via %s rejected: %s", r.origin, ifname, r.reason)
             self.events.append(EventKind.ADVERT_REJECTED, r.origin or "", r.reason or "",
                                {"interface": ifname, "source": src})
@@ -229,7 +229,8 @@ class Agent:
         for ev in events:
             if isinstance(ev, NeighborUp):
                 log.info("neighbour %s up on %s via %s", ev.name, ev.ifname, ev.link_address)
-                self._send(self.topology.neighbor_up(ev.ifname, ev.link_address, self.clock()))
+                self._send(self.topology.neighbor_up(self.sensor.exchange_targets(ev),
+                                                     self.clock()))
                 self.events.append(EventKind.LINK_UP, ev.name, "", {"interface": ev.ifname})
             else:
                 log.info("neighbour %s down on %s (%s)", ev.name, ev.ifname, ev.reason)

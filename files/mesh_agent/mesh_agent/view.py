@@ -69,7 +69,7 @@ class AgentView:
     ) -> tuple[AgentView, LinkBackend]:
         """Every core of one node from its config (routes in observe mode until enforce starts)."""
         lsdb = LinkStateDB(identity, str(cfg.node_address), cfg.advert_max_age_s, seq_store)
-        backend = make_backend(cfg, HelloKeys(identity, lsdb.cert_of), clock)
+        backend = make_backend(cfg, HelloKeys(identity, lsdb.cert_of), clock, lsdb.addresses)
         trust = clock_trust or ClockTrust(
             cfg.clock_trust, max(c.not_valid_before_utc for c in identity.bundle))
         view = cls(

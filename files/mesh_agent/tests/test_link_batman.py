@@ -110,8 +110,10 @@ def test_neighbour_that_leaves_the_dump_goes_down() -> None:
 def test_neighbour_not_heard_for_dead_after_goes_down() -> None:
     s = sensor(dead_after_s=2.0)
     s.update(load("neighbors_iv.json"), load("originators_iv.json"), 100.0, ifname_of)
-    stale = [dict(e, last_seen_msecs=2500) if e["neigh_address"].endswith("03") else e
-             for e in load("neighbors_iv.json")]
+    stale = [
+        dict(e, last_seen_msecs=2500) if e["neigh_address"].endswith("03") else e
+        for e in load("neighbors_iv.json")
+    ]
     events = s.update(stale, load("originators_iv.json"), 101.0, ifname_of)
     downs = sorted((e.ifname, e.name) for e in events if isinstance(e, NeighborDown))
     assert downs == [("wlan0", "node03"), ("wlan1", "node03")]
@@ -156,12 +158,25 @@ def test_bat_hosts_file() -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=6)
-    | st.dictionaries(
-        st.sampled_from(["neigh_address", "orig_address", "hard_ifindex", "hard_ifname",
-                         "last_seen_msecs", "tq", "throughput", "best", "x"]),
-        children,
-        max_size=8,
+    lambda children: (
+        st.lists(children, max_size=6)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "neigh_address",
+                    "orig_address",
+                    "hard_ifindex",
+                    "hard_ifname",
+                    "last_seen_msecs",
+                    "tq",
+                    "throughput",
+                    "best",
+                    "x",
+                ]
+            ),
+            children,
+            max_size=8,
+        )
     ),
     max_leaves=30,
 )
@@ -245,11 +260,18 @@ def test_poll_feeds_events_and_survives_failures(tmp_path: Path) -> None:
         f'[ -e "{flag}" ] && exit 1\ncase "$3" in neighbors_json) f=neighbors_v;; '
         f'*) f=originators_v;; esac\ncat "{FIXTURES}/$f.json"\n',
     )
-    cfg = parse_config({
-        "node_name": "node01", "node_address": "10.77.0.1",
-        "link": {"backend": "batman", "batctl": str(batctl), "poll_interval_ms": 100,
-                 "bat_hosts": str(tmp_path / "bat-hosts")},
-    })
+    cfg = parse_config(
+        {
+            "node_name": "node01",
+            "node_address": "10.77.0.1",
+            "link": {
+                "backend": "batman",
+                "batctl": str(batctl),
+                "poll_interval_ms": 100,
+                "bat_hosts": str(tmp_path / "bat-hosts"),
+            },
+        }
+    )
     (tmp_path / "bat-hosts").write_text("02:00:00:00:00:02 node02\n")
     s = batman_sensor(cfg)
     seen: list[object] = []
@@ -268,7 +290,9 @@ def test_poll_feeds_events_and_survives_failures(tmp_path: Path) -> None:
 
     asyncio.run(run())
     assert sorted(e.name for e in seen if isinstance(e, NeighborUp)) == [
-        "02:00:00:00:00:03", "node02"]
+        "02:00:00:00:00:03",
+        "node02",
+    ]
 
 
 def test_config_link_backend() -> None:
@@ -293,10 +317,13 @@ def test_config_link_backend() -> None:
 def test_agent_serves_the_batman_table(ca: CA, tmp_path: Path) -> None:
     """The agent picks the batman table from config; the API shows it like native neighbours."""
     (tmp_path / "bat-hosts").write_text("02:00:00:00:00:02 node02\n")
-    cfg = parse_config({
-        "node_name": "node01", "node_address": "10.77.0.1",
-        "link": {"backend": "batman", "bat_hosts": str(tmp_path / "bat-hosts")},
-    })
+    cfg = parse_config(
+        {
+            "node_name": "node01",
+            "node_address": "10.77.0.1",
+            "link": {"backend": "batman", "bat_hosts": str(tmp_path / "bat-hosts")},
+        }
+    )
     agent = Agent(cfg, ca.identity("node01"))
     assert isinstance(agent.sensor, BatmanSensor)
     agent.sensor.update(load("neighbors_iv.json"), load("originators_iv.json"),
@@ -308,3 +335,116 @@ def test_agent_serves_the_batman_table(ca: CA, tmp_path: Path) -> None:
     assert rows[("wlan0", "node02")]["link_address"] == "02:00:00:00:00:02"
     assert rows[("wlan1", "02:00:00:00:00:03")]["cost"] == 6.0
     assert rows[("wlan0", "02:00:00:00:00:05")]["state"] == "init"
+
+
+# -- naming by derived MACs, flooding over the batman mesh, the netlink source ----
+def derived(index: int, address: str) -> str:
+    return f"02:{index:02x}:" + ":".join(f"{int(b):02x}" for b in address.split("."))
+
+
+def test_address_of_mac_reads_derived_macs_only() -> None:
+    from mesh_agent.link.batman import address_of_mac
+
+    assert address_of_mac(derived(2, "10.77.0.3")) == "10.77.0.3"
+    assert address_of_mac("02:00:00:00:00:02") is None  # index 0: not derived
+    assert address_of_mac("52:54:00:12:34:56") is None  # a vendor MAC
+    assert address_of_mac("not-a-mac") is None
+
+
+def test_neighbours_are_named_by_the_advert_of_their_address() -> None:
+    """Known by MAC until the signed advert for the address in the MAC arrives,
+    then up under the advert's origin name (and only then in our advert's links)."""
+    s = BatmanSensor("node01", "10.77.0.1", 5.0, 3)
+    mac = derived(1, "10.77.0.2")
+    neigh = [{"hard_ifname": "eth1", "neigh_address": mac, "last_seen_msecs": 100}]
+    origs = [{"orig_address": mac, "neigh_address": mac, "hard_ifname": "eth1",
+              "last_seen_msecs": 100, "tq": 250, "best": True}]  # fmt: skip
+    events = s.update(neigh, origs, 10.0)
+    assert [(e.name, e.node_address) for e in events if isinstance(e, NeighborUp)] == [
+        (mac, "10.77.0.2")
+    ]
+    s.set_addresses({"node01": "10.77.0.1", "node02": "10.77.0.2"})
+    events = s.update(neigh, origs, 11.0)
+    assert [e.name for e in events if isinstance(e, NeighborUp)] == ["node02"]
+    assert set(s.best_links()) == {"node02"}
+    assert s.update(neigh, origs, 12.0) == []  # renamed once
+
+
+def test_batman_floods_by_broadcast_and_relays_nothing() -> None:
+    s = BatmanSensor("node01", "10.77.0.1", 5.0, 3)
+    s.add_interface("br-lan")
+    assert s.hello_interfaces() == []
+    assert s.flood_targets() == [("br-lan", "255.255.255.255")]
+    assert s.flood_targets(("br-lan", "10.77.0.2")) == []
+    assert s.exchange_targets(NeighborUp("eth1", "node02", "02:01:0a:4d:00:02", "", 1.0)) == []
+
+
+def test_native_floods_to_neighbours_but_the_sender() -> None:
+    s = LinkSensor("node01", "10.77.0.1", 0.05, 3)
+    s.add_interface("mesh0")
+    assert s.hello_interfaces() == ["mesh0"]
+    assert s.flood_targets() == []  # nobody up yet
+    ev = NeighborUp("mesh0", "node02", "10.78.0.1", "10.77.0.2", 1.0)
+    assert s.exchange_targets(ev) == [("mesh0", "10.78.0.1")]
+
+
+def test_the_backend_names_neighbours_from_the_adverts_it_is_given() -> None:
+    """The batman backend's poller feeds the core the LSDB's addresses before each
+    update, so the shell never asks which backend it runs."""
+    from mesh_agent.link.backend import make_backend
+    from mesh_agent.link.batman_io import batman_backend
+
+    cfg = parse_config({"node_name": "node01", "node_address": "10.77.0.1",
+                        "link": {"backend": "batman", "poll_interval_ms": 100}})
+    mac = derived(1, "10.77.0.2")
+    neigh = [{"hard_ifname": "eth1", "neigh_address": mac, "last_seen_msecs": 100}]
+    origs = [{"orig_address": mac, "neigh_address": mac, "hard_ifname": "eth1",
+              "last_seen_msecs": 100, "tq": 250, "best": True}]  # fmt: skip
+    known: dict[str, str] = {}
+
+    async def fetch() -> tuple[object, object]:
+        return neigh, origs
+
+    backend = batman_backend(cfg, lambda: 1.0, lambda: known, fetch)
+    assert not backend.echo and len(backend.pollers) == 1
+    chosen = make_backend(cfg, None, lambda: 1.0, lambda: known)  # type: ignore[arg-type]
+    assert chosen.sensor.hello_interfaces() == []  # no hellos: batman-adv senses the links
+    seen: list[object] = []
+
+    async def run() -> None:
+        task = asyncio.create_task(backend.pollers[0](seen.extend))
+        await asyncio.sleep(0.05)
+        known.update({"node01": "10.77.0.1", "node02": "10.77.0.2"})  # its advert arrived
+        await asyncio.sleep(0.15)
+        task.cancel()
+
+    asyncio.run(run())
+    assert [e.name for e in seen if isinstance(e, NeighborUp)] == [mac, "node02"]
+
+
+def test_netlink_dump_entries_read_like_batctl_json() -> None:
+    """The kernel's batadv messages become batctl's JSON objects (encoded and
+    decoded by pyroute2 here; the live dump runs in the emulated Pis)."""
+    from mesh_agent.link.batman_netlink import BATADV_CMD_GET_ORIGINATORS, batadv_msg, entry
+
+    msg = batadv_msg()
+    msg["cmd"] = BATADV_CMD_GET_ORIGINATORS
+    msg["version"] = 1
+    msg["attrs"] = [
+        ["BATADV_ATTR_ORIG_ADDRESS", "02:01:0a:4d:00:03"],
+        ["BATADV_ATTR_NEIGH_ADDRESS", "02:02:0a:4d:00:02"],
+        ["BATADV_ATTR_HARD_IFINDEX", 3],
+        ["BATADV_ATTR_LAST_SEEN_MSECS", 420],
+        ["BATADV_ATTR_TQ", 201],
+        ["BATADV_ATTR_FLAG_BEST", None],
+    ]
+    msg.encode()
+    parsed = batadv_msg(msg.data)
+    parsed.decode()
+    got = entry(parsed)
+    assert got == {
+        "orig_address": "02:01:0a:4d:00:03", "neigh_address": "02:02:0a:4d:00:02",
+        "hard_ifindex": 3, "last_seen_msecs": 420, "tq": 201, "best": True,
+    }  # fmt: skip
+    origs, bad = parse_originators([got], ifname_of)
+    assert bad == 0 and origs[0].tq == 201 and origs[0].best

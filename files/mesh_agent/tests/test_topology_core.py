@@ -52,8 +52,28 @@ def test_a_new_neighbour_gets_the_whole_database(ca: CA) -> None:
     t.originate({"b": 1.0}, NOW)
     for name in ("b", "c"):
         t.received("mesh0", "10.78.0.1", signed(ca, name, {"a": 1.0}), NOW, 255, HOPS)
-    sends = t.neighbor_up("mesh2", "10.78.0.5", NOW + 5)
+    sends = t.neighbor_up([("mesh2", "10.78.0.5")], NOW + 5)
     assert len(sends) == 3 and {(s.ifname, s.dest) for s in sends} == {("mesh2", "10.78.0.5")}
+    assert t.neighbor_up([], NOW + 5) == []  # batman-adv: it hears every broadcast already
+
+
+def test_our_own_broadcast_heard_back_is_quiet(ca: CA) -> None:
+    """batman-adv: our advert goes to the limited broadcast and the kernel loops it back."""
+    t = core(ca)
+    raw, _ = t.originate({"b": 1.0}, NOW, [("bat0", "255.255.255.255")])
+    got = t.received("bat0", ADDR["a"], raw[0].data, NOW, 255, [])
+    assert got.result.reason == "self" and not got.rejected and got.sends == ()
+    assert t.looped_back_total == 1 and t.lsdb.rejected.total() == 0
+    other = t.received("bat0", ADDR["b"], b"MA garbage", NOW, 255, [])
+    assert other.rejected and other.result.reason == "malformed"
+
+
+def test_flooding_follows_the_backends_targets(ca: CA) -> None:
+    """Accepted adverts go where the backend says: batman-adv relays nothing."""
+    t = core(ca)
+    raw = signed(ca, "b", {"a": 1.0})
+    got = t.received("bat0", ADDR["b"], raw, NOW, 255, [])
+    assert got.result.accepted and got.sends == ()
 
 
 def test_origination_floods_to_the_hops_given_and_says_when_links_changed(ca: CA) -> None:

@@ -36,7 +36,7 @@ ALLOWED = {
         "Fragmentation", "HopPenalty", "OriginatorIntervalSec", "GatewayBandwidthDown",
         "GatewayBandwidthUp", "RoutingAlgorithm",
     },
-    "Link": {"MTUBytes"},
+    "Link": {"MTUBytes", "RequiredForOnline"},
     "Network": {
         "BatmanAdvanced", "Bridge", "Address", "DHCP", "LinkLocalAddressing",
         "IPv6AcceptRA", "ConfigureWithoutCarrier",
@@ -114,16 +114,17 @@ def test_hard_interfaces_join_bat0_with_room_for_the_header(host):
 def test_bridge_from_bat0_to_the_lan(host):
     assert ini(host, f"{NETDIR}/50-meshcore-bat0.network")["Network"]["Bridge"] == ["br-lan"]
     assert ini(host, f"{NETDIR}/50-meshcore-br-lan.netdev")["NetDev"]["Kind"] == ["bridge"]
-    assert ini(host, f"{NETDIR}/50-meshcore-br-lan.network")["Network"]["Address"] == [
-        "192.0.2.1/24"
-    ]
+    # The node's address is per node: a drop-in beside the image-wide network file.
+    assert ini(host, f"{NETDIR}/50-meshcore-br-lan.network.d/50-meshcore-address.conf")[
+        "Network"]["Address"] == ["192.0.2.1/24"]
+    assert "Address" not in ini(host, f"{NETDIR}/50-meshcore-br-lan.network")["Network"]
     assert ini(host, f"{NETDIR}/50-meshcore-lan-lan0.network")["Network"]["Bridge"] == ["br-lan"]
     names = sorted(host.file(NETDIR).listdir())
     assert names == sorted([
         "50-meshcore-bat0.netdev", "50-meshcore-bat0.network",
         "50-meshcore-hardif-wlan0.network", "50-meshcore-hardif-meshwire0.network",
         "50-meshcore-br-lan.netdev", "50-meshcore-br-lan.network",
-        "50-meshcore-lan-lan0.network",
+        "50-meshcore-br-lan.network.d", "50-meshcore-lan-lan0.network",
     ])
 
 

@@ -85,18 +85,32 @@ def test_yggdrasil_key_was_made_on_this_node_at_first_boot(host) -> None:
     ]
 
 
-def test_batman_adv_mesh_interface_in_the_real_kernel(host) -> None:
-    """The arm64 kernel's batman-adv module (the lab's kernel has none) makes bat0
-    from the batman_adv role's networkd files, and the agent polls it."""
-    assert host.file("/sys/module/batman_adv").is_directory
-    assert host.file("/sys/class/net/bat0").exists
+def test_native_mesh_links_from_the_site_config_and_the_seed(host) -> None:
+    """The starter site meshes natively over wlan0: the image's link file names
+    it, the seed's drop-in puts this node's mesh address on it, and the radio
+    waits for its device (QEMU has none) instead of holding the boot."""
+    net = host.file("/etc/systemd/network/40-meshcore-link.network").content_string
+    assert "Name=wlan0" in net
+    drop_in = host.file(
+        "/etc/systemd/network/40-meshcore-link.network.d/50-meshcore-address.conf"
+    ).content_string
+    assert "Address=10.77.0.1/16" in drop_in
     with host.sudo():
-        algo = host.check_output("batctl routing_algo")  # lists each mesh interface's algorithm
-        assert "bat0" in algo and "BATMAN_IV" in algo, algo
-        assert "backend: batman" in host.file("/etc/mesh-agent/agent.yml").content_string
-    # No radio in QEMU: wpa_supplicant waits for wlan0 instead of holding the boot.
+        agent = host.file("/etc/mesh-agent/agent.yml").content_string
+        assert "backend: native" in agent and '"wlan0"' in agent and "mode: enforce" in agent
+        assert "ssid=\"meshcore-starter\"" in host.file(
+            "/etc/wpa_supplicant/wpa_supplicant-nl80211-wlan0.conf"
+        ).content_string
     assert host.file(
         "/etc/systemd/system/sys-subsystem-net-devices-wlan0.device.wants/"
         "wpa_supplicant-nl80211@wlan0.service"
     ).is_symlink
     assert not host.service("wpa_supplicant-nl80211@wlan0").is_running
+
+
+def test_time_server_from_the_site_config(host) -> None:
+    """starter-01 is the starter site's time server: chrony serves the mesh prefix."""
+    assert host.service("chrony").is_running
+    server = host.file("/etc/chrony/conf.d/meshcore-server.conf").content_string
+    assert "allow 10.77.0.0/16" in server and "local stratum 10" in server
+    assert host.file("/usr/lib/clock-epoch").exists

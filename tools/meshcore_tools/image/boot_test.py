@@ -3,7 +3,10 @@
 The real Pi boot path (GPU firmware, config.txt, Pi device trees) cannot be
 emulated here; this boots the image's own kernel and initrd (read from its
 boot partition with mtools) on QEMU's virt machine, from the same disk image,
-with a per-node NoCloud seed written by playbooks/flash.yml. It checks:
+with a per-node NoCloud seed written by playbooks/flash.yml (make seed) for a
+host of a site inventory (a copy of it, so its site CA stays out of the
+repository's inventory; the image must have been built for that site:
+make image-rpi INVENTORY=...). It checks:
 
 * cloud-init applied the seed's hostname: the kernel's nodename as node_exporter
   reports it (node_uname_info) and the login prompt on the serial console;
@@ -15,7 +18,7 @@ with a per-node NoCloud seed written by playbooks/flash.yml. It checks:
 Ports are forwarded on 127.0.0.1 only; the guest gets QEMU user networking with
 restrict=on (no route out). Prints one JSON line with the figures.
 
-    python -m meshcore_tools.image.boot_test [--image IMG] [--host NAME] [--timeout S]
+    python -m meshcore_tools.image.boot_test [--inventory DIR] [--host NAME] [--timeout S]
     python -m meshcore_tools.image.boot_test --ssh-pubkey KEY.pub --keep STATE.json ...
                                                                       (molecule `image`)
     python -m meshcore_tools.image.boot_test --stop STATE.json
@@ -33,65 +36,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from meshcore_tools import ROOT
-
-DEFAULT_IMAGE = ROOT / "build/images/rpi-arm64/latest/mesh-core-rpi-arm64.img"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except OSError:
-        return 0, ""
-
-
-def boot_partition_offset(image: Path) -> int:
-    table = json.loads(
-        subprocess.run(
-            ["sfdisk", "--json", str(image)], capture_output=True, text=True, check=True
-        ).stdout
-    )
-    part = table["partitiontable"]["partitions"][0]
-    return int(part["start"]) * int(table["partitiontable"].get("sectorsize", 512))
-
-
-def boot_files(image: Path, dest: Path) -> tuple[Path, Path, str]:
-    """Kernel, initrd and cmdline.txt from the image's boot partition (mtools, no mount)."""
-    target = f"{image}@@{boot_partition_offset(image)}"
-    env = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
-    names = subprocess.run(
-        ["mdir", "-b", "-i", target, "::/"], capture_output=True, text=True, check=True, env=env
-    ).stdout
-    files = [Path(n.strip()).name for n in names.splitlines() if n.strip()]
-    kernel = sorted(f for f in files if f.startswith("vmlinuz-"))[-1]
-    initrd = sorted(f for f in files if f.startswith("initrd.img-"))[-1]
-    for name in (kernel, initrd, "cmdline.txt"):
-        subprocess.run(
-            ["mcopy", "-o", "-i", target, f"::/{name}", str(dest / name)], check=True, env=env
-        )
-    return dest / kernel, dest / initrd, (dest / "cmdline.txt").read_text().strip()
-
-
-def metric_lines(text: str, name: str) -> list[str]:
-    return [
-        line
-        for line in text.splitlines()
-        if line.startswith(name + "{") or line.startswith(name + " ")
-    ]
+from meshcore_tools.image.qemupi import free_port, http_get, metric_lines, qemu_argv, start
 
 
 def stop(state_file: Path) -> int:
@@ -115,9 +66,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
-    ap.add_argument("--host", default="rpi-qemu-01")
-    ap.add_argument("--address", default="10.77.0.250")
+    ap.add_argument("--inventory", type=Path, default=ROOT / "inventories/starter")
+    ap.add_argument("--host", default="starter-01")
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--workdir", type=Path, default=ROOT / "build/boot-test")
     ap.add_argument("--ssh-pubkey", type=Path, help="authorize this key for the seed's admin user")
@@ -130,39 +80,33 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
 
-    # 1. A one-host inventory and its seed, written by the real flash playbook.
-    (work / "inventory.yml").write_text(
-        json.dumps(
-            {
-                "mesh_nodes": {
-                    # The Pi fleet's link layer (inventories/example): the agent reads batman-adv.
-                    "vars": {"mesh_link_backend": "batman"},
-                    # The API listens on loopback and the management address only:
-                    # QEMU's user network forwards to the guest's 10.0.2.15.
-                    "hosts": {args.host: {"mesh_node_address": args.address,
-                                          "mesh_mgmt_address": "10.0.2.15"}},
-                }
-            }
-        )
-    )
-    extra = []
+    # 1. The seed, written by the real flash playbook for a host of a copy of the
+    #    site inventory (group_vars and hosts: the same site key as the image).
+    inventory = work / "inventory"
+    shutil.copytree(args.inventory, inventory)
+    key = work / "id_ed25519"
     if args.ssh_pubkey:
-        keys = [args.ssh_pubkey.read_text().strip()]
-        extra = ["-e", json.dumps({"flash_ssh_authorized_keys": keys})]
+        pubkey = args.ssh_pubkey
+    else:  # a throwaway key: the card must have a login user, as make seed requires
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        pubkey = key.with_suffix(".pub")
     t0 = time.monotonic()
     subprocess.run(
         [
             str(ROOT / ".venv/bin/ansible-playbook"),
-            *extra,
             "-i",
-            str(work / "inventory.yml"),
+            str(inventory),
             str(ROOT / "playbooks/flash.yml"),
             "-e",
-            f"flash_image={args.image}",
+            f"flash_hosts={args.host}",
+            "-e",
+            f"flash_ssh_key_file={pubkey}",
             "-e",
             f"flash_out_dir={work}",
+            # The agent's API listens on loopback and the management address only:
+            # QEMU's user network forwards to the guest's 10.0.2.15.
             "-e",
-            f"lab_pki_dir={work}/pki",
+            "mesh_mgmt_address=10.0.2.15",
         ],
         cwd=ROOT,
         check=True,
@@ -170,51 +114,15 @@ def main() -> int:
     )
     seed_s = time.monotonic() - t0
     node_img = work / f"{args.host}.img"
-    kernel, initrd, cmdline = boot_files(node_img, work)
-    # QEMU's virt board has a PL011 UART as ttyAMA0; the Pi's console names do not exist there.
-    cmdline = " ".join(
-        [w for w in cmdline.split() if not w.startswith("console=")]
-        + ["console=ttyAMA0", "panic=-1"]
-    )
 
     # 2. Boot it.
     api, nodeexp, ssh = free_port(), free_port(), free_port()
     serial = work / "serial.log"
-    qemu = [
-        "qemu-system-aarch64",
-        "-M",
-        "virt",
-        "-cpu",
-        "cortex-a72",
-        "-smp",
-        "2",
-        "-m",
-        "1024",
-        "-accel",
-        "tcg,thread=multi",
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-no-reboot",
-        "-serial",
-        f"file:{serial}",
-        "-kernel",
-        str(kernel),
-        "-initrd",
-        str(initrd),
-        "-append",
-        cmdline,
-        "-drive",
-        f"if=none,file={node_img},format=raw,id=hd0",
-        "-device",
-        "virtio-blk-device,drive=hd0",
-        "-netdev",
-        f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{api}-:9105,"
-        f"hostfwd=tcp:127.0.0.1:{nodeexp}-:9100,hostfwd=tcp:127.0.0.1:{ssh}-:22",
-        "-device",
-        "virtio-net-device,netdev=n0",
-    ]
+    user_net = (
+        f"user,restrict=on,hostfwd=tcp:127.0.0.1:{api}-:9105,"
+        f"hostfwd=tcp:127.0.0.1:{nodeexp}-:9100,hostfwd=tcp:127.0.0.1:{ssh}-:22"
+    )
+    qemu = qemu_argv(node_img, work, netdevs=[(user_net, "52:54:00:12:34:56")])
     result: dict[str, object] = {
         "figure": "rpi-arm64 boot under qemu TCG",
         "host": args.host,
@@ -222,8 +130,7 @@ def main() -> int:
     }
     t_boot = time.monotonic()
     # Its own session: with --keep it outlives this script (and molecule's step).
-    with (work / "qemu.err").open("wb") as err:
-        proc = subprocess.Popen(qemu, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    proc = start(qemu, work)
     ok = False
     try:
         healthz = ""

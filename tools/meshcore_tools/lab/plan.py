@@ -49,13 +49,13 @@ def write_inventory(state: dict[str, Any], pids: dict[str, int] | None = None) -
         }
     # The lab shares 2 cores among every node's agent, node_exporter and the
     # scrapes: beyond 16 nodes 50 ms hellos and 5 s scrapes would starve the
-    # timers and flap. Scale both with the lab's size (real fleets set their own).
+    # timers and flap. Scale both with the lab's size (real fleets set their own;
+    # the scrape interval is the lab's site config, inventories/lab/group_vars/all/site.yml).
     small = len(state["nodes"]) <= 16
     inventory = {
         "all": {
             "vars": {
                 "mesh_agent_hello_interval_ms": 50 if small else 200,
-                "prometheus_scrape_interval": "5s" if small else "15s",
             },
             # Delegated controller tasks (lab PKI, wheelhouse checks) run here, not
             # through the nsenter connection that group_vars/all gives the nodes.

@@ -12,7 +12,7 @@ asks which backend it is.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +30,18 @@ class LinkBackend:
     pollers: list[Poller] = field(default_factory=list)
 
 
-def make_backend(cfg: AgentConfig, keys: PairKeys, clock: Callable[[], float]) -> LinkBackend:
+def make_backend(
+    cfg: AgentConfig,
+    keys: PairKeys,
+    clock: Callable[[], float],
+    addresses: Callable[[], Mapping[str, str]],
+) -> LinkBackend:
+    """The backend ``cfg`` names. *addresses*: node name -> mesh address, from the
+    signed adverts (the batman backend names neighbours by the address in their MAC)."""
     if cfg.link.backend == "batman":
         from mesh_agent.link.batman_io import batman_backend
 
-        return batman_backend(cfg, clock)
+        return batman_backend(cfg, clock, addresses)
     sensor = LinkSensor(cfg.node_name, str(cfg.node_address), cfg.hello_interval_s,
                         cfg.dead_multiplier, keys=keys, session=secrets.randbits(32))
     return LinkBackend(sensor, echo=cfg.link.echo)

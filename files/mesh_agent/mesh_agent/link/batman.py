@@ -27,8 +27,28 @@ the native backend. With BATMAN_V the neighbour's estimated throughput, as a
 share of ``reference_mbit``, stands in for delivery (``loss = 1 - share``).
 The inherited :meth:`Neighbor.cost` quantises either exactly like native loss.
 
-Sans-I/O: :meth:`BatmanSensor.update` takes the parsed JSON and ``now``;
-its I/O adapter, beside it in :mod:`mesh_agent.link.batman_io`, runs batctl.
+Naming. batman-adv knows neighbours by the MAC of their hard interface. Each
+node gives its hard interfaces derived MACs, ``02:<index>:<its IPv4 mesh
+address>`` (Gluon-style; the batman_adv role and every card's seed set them),
+so :func:`address_of_mac` reads the neighbour's mesh address out of the MAC,
+and the origin of the signed advert for that address names it
+(:meth:`BatmanSensor.set_addresses`, fed from the link-state database). A MAC
+of another shape, or an address no advert claims yet, keeps the neighbour
+known by its MAC (as is /etc/bat-hosts, which names MACs first); it appears in
+our advert under that name and makes no edge, since edges need both ends. A
+neighbour renamed once its advert arrives comes up under its name.
+
+Flooding. batman-adv makes the whole mesh one layer-2 segment, so adverts are
+not relayed neighbour by neighbour: our own goes to the limited broadcast on
+the interface carrying the mesh address (bat0, or the bridge it is a port of),
+which batman-adv delivers to every node, and nothing is relayed
+(:meth:`BatmanSensor.flood_targets`). No hellos are sent (batman-adv senses the
+links).
+
+Sans-I/O: :meth:`BatmanSensor.update` takes the parsed tables and ``now``;
+its I/O adapter, beside it in :mod:`mesh_agent.link.batman_io`, reads them (from
+the kernel over generic netlink, :mod:`mesh_agent.link.batman_netlink`, or from
+batctl).
 """
 
 from __future__ import annotations
@@ -48,6 +68,8 @@ _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 TQ_MAX = 255
 # BATADV_ATTR_THROUGHPUT is in units of 100 kbit/s (batctl prints value / 10 Mbit/s).
 THROUGHPUT_UNIT_MBIT = 0.1
+# Adverts on a batman-adv mesh go to every node at once: the limited broadcast.
+BROADCAST = "255.255.255.255"
 
 
 @dataclass(frozen=True)
@@ -88,6 +110,20 @@ class BatmanNeighbor(Neighbor):
         if self.throughput_mbit is not None and self.reference_mbit > 0:
             return 1.0 - min(1.0, self.throughput_mbit / self.reference_mbit)
         return 1.0
+
+
+def address_of_mac(mac: str) -> str | None:
+    """The IPv4 mesh address in a derived MAC ``02:<index>:<a>:<b>:<c>:<d>``, or None.
+
+    >>> address_of_mac("02:02:0a:4d:00:03")
+    '10.77.0.3'
+    """
+    if not _MAC_RE.match(mac.lower()):
+        return None
+    octets = [int(x, 16) for x in mac.split(":")]
+    if octets[0] != 0x02 or octets[1] == 0:
+        return None
+    return ".".join(str(o) for o in octets[2:])
 
 
 def parse_bat_hosts(text: str) -> dict[str, str]:
@@ -217,6 +253,24 @@ class BatmanSensor(LinkSensor):
         self.reference_mbit = reference_mbit
         self.originators: list[Originator] = []
         self.polls_total = 0
+        # Mesh address -> node name, from the signed adverts (set_addresses).
+        self._by_address: dict[str, str] = {}
+
+    def set_addresses(self, addresses: Mapping[str, str]) -> None:
+        """Learn which node owns which mesh address (origin -> address, from the LSDB)."""
+        self._by_address = {addr: origin for origin, addr in addresses.items()}
+
+    # -- where the shell sends: no hellos, adverts to everyone at once ------
+    def hello_interfaces(self) -> list[str]:
+        return []
+
+    def flood_targets(self, came_from: tuple[str, str] | None = None) -> list[tuple[str, str]]:
+        """Our own advert: the broadcast on each mesh interface; nothing is relayed."""
+        return [] if came_from is not None else [(ifname, BROADCAST) for ifname in self.interfaces]
+
+    def exchange_targets(self, ev: NeighborUp) -> list[tuple[str, str]]:
+        """A new neighbour already hears every node's broadcast refreshes."""
+        return []
 
     def receive(
         self, ifname: str, data: bytes, src: str, now: float, ttl: int | None = None
@@ -246,7 +300,7 @@ class BatmanSensor(LinkSensor):
             if o.mac == o.next_hop and o.tq is not None:
                 key = (o.ifname, o.mac)
                 direct_tq[key] = max(o.tq, direct_tq.get(key, 0))
-        events: list[Event] = []
+        events: list[Event] = self._rename()
         fresh: set[tuple[str, str]] = set()
         for link in links:
             if link.last_seen_s > self.dead_after_s:
@@ -274,13 +328,32 @@ class BatmanSensor(LinkSensor):
         return events
 
     def _name(self, mac: str) -> str:
-        return self.hosts.get(mac, mac)
+        if mac in self.hosts:
+            return self.hosts[mac]
+        address = address_of_mac(mac)
+        return self._by_address.get(address, mac) if address else mac
+
+    def _rename(self) -> list[Event]:
+        """Re-key neighbours whose name is now known; an up one comes up under it."""
+        events: list[Event] = []
+        for key in list(self._table):
+            nb = self._table[key]
+            name = self._name(nb.link_address)
+            if name == nb.name or (nb.ifname, name) in self._table:
+                continue
+            del self._table[key]
+            nb.name = name
+            self._table[(nb.ifname, name)] = nb
+            if nb.state == "up":
+                at = nb.up_since if nb.up_since is not None else nb.last_rx
+                events.append(NeighborUp(nb.ifname, nb.name, nb.link_address, nb.node_address, at))
+        return events
 
     def _add(self, link: BatmanLink, tq: int | None, now: float, state: str) -> BatmanNeighbor:
         nb = BatmanNeighbor(
             ifname=link.ifname,
             name=self._name(link.mac),
-            node_address="",
+            node_address=address_of_mac(link.mac) or "",
             link_address=link.mac,
             first_seen=now,
             last_rx=now - link.last_seen_s,

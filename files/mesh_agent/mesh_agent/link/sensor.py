@@ -612,3 +612,21 @@ class LinkSensor:
             if cur is None or (nb.cost(), nb.ifname) < (cur.cost(), cur.ifname):
                 best[nb.name] = nb
         return best
+
+    # -- where the shell sends ---------------------------------------------
+    def hello_interfaces(self) -> list[str]:
+        """Interfaces to send hellos on: every mesh interface (hellos sense the links)."""
+        return self.interfaces
+
+    def flood_targets(self, came_from: tuple[str, str] | None = None) -> list[tuple[str, str]]:
+        """(interface, address) pairs to send an advert to: every up neighbour,
+        except the one it *came_from* (RFC 2328 s13.3); None for our own."""
+        return [
+            (nb.ifname, nb.link_address)
+            for nb in self.up_neighbors()
+            if (nb.ifname, nb.link_address) != came_from
+        ]
+
+    def exchange_targets(self, ev: NeighborUp) -> list[tuple[str, str]]:
+        """Where a neighbour that just came up gets our whole database: itself."""
+        return [(ev.ifname, ev.link_address)]

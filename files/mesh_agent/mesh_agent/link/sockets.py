@@ -88,6 +88,8 @@ def udp_socket(ifname: str, port: int) -> socket.socket | None:
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        # batman-adv: adverts go to the limited broadcast (link/batman.py).
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         # GTSM (RFC 5082): send with TTL 255, accept only TTL 255 (below).
         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, GTSM_TTL)
         s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, GTSM_TTL)

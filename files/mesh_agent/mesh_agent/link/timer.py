@@ -71,8 +71,10 @@ class LinkTimer:
         # buffers and the silence is ours, not theirs.
         self.drain()
         now = self.clock()
-        for ifname in self.sockets.interfaces:
-            self.sockets.send_hello(ifname, self.sensor.build_hello(ifname, now))
+        open_ = set(self.sockets.interfaces)
+        for ifname in self.sensor.hello_interfaces():  # none on batman-adv: it senses links
+            if ifname in open_:
+                self.sockets.send_hello(ifname, self.sensor.build_hello(ifname, now))
         for ifname in self.sockets.echo_interfaces:
             for dest, probe in self.sensor.echo_requests(ifname, now):
                 self.sockets.send_echo(ifname, probe, dest)

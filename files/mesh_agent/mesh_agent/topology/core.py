@@ -33,6 +33,8 @@ import networkx as nx
 from mesh_agent.topology.lsdb import LinkStateDB, Result
 
 Hop = tuple[str, str]  # (interface, link address) of an up neighbour
+# Not accepted, and nothing wrong: a copy we hold, or our own broadcast heard back.
+QUIET_REASONS = frozenset({"duplicate", "self"})
 
 
 @dataclass(frozen=True)
@@ -52,12 +54,18 @@ class Received:
     # When it changed the topology: whether the origin's advert lists us.
     lists_us: bool | None = None
 
+    @property
+    def rejected(self) -> bool:
+        """Refused for a reason worth recording (not a copy we already hold, not our own)."""
+        return not self.result.accepted and self.result.reason not in QUIET_REASONS
+
 
 class TopologyCore:
     def __init__(self, lsdb: LinkStateDB, refresh_s: float) -> None:
         self.lsdb = lsdb
         self.refresh_s = refresh_s
         self.originated_total = 0
+        self.looped_back_total = 0
         self.changes_total = 0
         self.nodes = 0  # of the last graph computed
         self.edges = 0
@@ -74,7 +82,15 @@ class TopologyCore:
         ttl: int | None,
         flood_to: Iterable[Hop],
     ) -> Received:
-        """One datagram from the advert port of ``ifname``, sent by ``src``."""
+        """One datagram from the advert port of ``ifname``, sent by ``src``.
+
+        ``flood_to``: where the link backend floods an advert that came from
+        ``src`` (native: every up neighbour; batman-adv: nowhere, every node
+        heard the broadcast); the sender itself is never among them.
+        """
+        if src == self.lsdb.node_address:  # our own broadcast, looped back by the kernel
+            self.looped_back_total += 1
+            return Received(Result(False, "self", None))
         result = self.lsdb.receive(data, now, f"{ifname}/{src}", ttl)
         if not result.accepted:
             back = (Send(ifname, src, result.reply),) if result.reply is not None else ()
@@ -89,9 +105,13 @@ class TopologyCore:
         own = self.lsdb.own_advert(now)
         return [] if own is None else [Send(i, a, own) for i, a in solicits]
 
-    def neighbor_up(self, ifname: str, link_address: str, now: float) -> list[Send]:
-        """Database exchange: the whole LSDB to a neighbour that just came up."""
-        return [Send(ifname, link_address, raw) for raw in self.lsdb.raw_adverts(now)]
+    def neighbor_up(self, exchange_with: Iterable[Hop], now: float) -> list[Send]:
+        """Database exchange: the whole LSDB to a neighbour that just came up, at the
+        hops its link backend names (native: the neighbour; batman-adv: none, it
+        already hears every node's broadcast refreshes)."""
+        hops = list(exchange_with)
+        return [Send(i, a, raw) for raw in (self.lsdb.raw_adverts(now) if hops else ())
+                for i, a in hops]
 
     # -- origination ------------------------------------------------------
     def originate(
