@@ -66,6 +66,8 @@ SKEWED = "starter-03"
 TIME_SERVER = "starter-01"  # the starter site's time server
 # QEMU NICs in PCI slot order; the card's cmdline has net.ifnames=0.
 MESH_IFACES = ("eth1", "eth2")
+# QEMU user networking always gives the guest this address (each Pi's management NIC).
+QEMU_GUEST_ADDRESS = "10.0.2.15"
 
 
 def log(msg: str) -> None:
@@ -203,11 +205,8 @@ class Lab:
         # always 10.0.2.15: the agent's API listens there too (the
         # host reaches them through QEMU's port forwards), as on a site with a
         # management network.
-        host_vars = self.inventory / "host_vars"
-        host_vars.mkdir(exist_ok=True)
         for node in self.nodes:
-            (host_vars / f"{node.name}.yml").write_text(
-                "---\n" + yaml.safe_dump({"mesh_mgmt_address": "10.0.2.15"}))
+            self.set_host_vars(node, {"mesh_mgmt_address": QEMU_GUEST_ADDRESS})
         subprocess.run(
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)],
             check=True,
@@ -450,23 +449,26 @@ class Lab:
         self.checks["prometheus"] = self.wait("Prometheus scraping all three", scraped, 180)
         self.step("prometheus_scrapes_s", t0)
 
+    def set_host_vars(self, node: Node, values: dict[str, Any]) -> None:
+        """Add *values* to the node's host_vars file in the site copy."""
+        path = self.inventory / "host_vars" / f"{node.name}.yml"
+        path.parent.mkdir(exist_ok=True)
+        current = yaml.safe_load(path.read_text()) if path.exists() else None
+        path.write_text("---\n" + yaml.safe_dump({**(current or {}), **values}))
+
     # -- 6. site.yml over ssh --------------------------------------------------------
     def site_yml(self) -> None:
-        host_vars = self.inventory / "host_vars"
-        host_vars.mkdir(exist_ok=True)
         for node in self.nodes:
-            (host_vars / f"{node.name}.yml").write_text(
-                yaml.safe_dump(
-                    {
-                        "mesh_mgmt_address": "10.0.2.15",
-                        "ansible_host": "127.0.0.1",
-                        "ansible_port": node.ssh,
-                        "ansible_ssh_private_key_file": str(self.key),
-                        "ansible_ssh_common_args": (
-                            "-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no"
-                        ),
-                    }
-                )
+            self.set_host_vars(
+                node,
+                {
+                    "ansible_host": "127.0.0.1",
+                    "ansible_port": node.ssh,
+                    "ansible_ssh_private_key_file": str(self.key),
+                    "ansible_ssh_common_args": (
+                        "-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no"
+                    ),
+                },
             )
         env = {
             **os.environ,
