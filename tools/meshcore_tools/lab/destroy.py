@@ -11,6 +11,11 @@ from pathlib import Path
 from meshcore_tools.lab.state import INVENTORY, LABEL, NETWORK, NS_PREFIX, STATE_DIR, sh
 
 
+def lab_container_ids() -> list[str]:
+    """Full ids of every container carrying the lab label."""
+    return sh("podman", "ps", "-aq", "--no-trunc", "--filter", f"label={LABEL}=1").stdout.split()
+
+
 def remove_containers(ids: list[str], attempts: int = 5) -> None:
     """podman rm -f, retried: a container caught between stop and kill ("container
     state improper: stopped") refuses once and goes on the next try."""
@@ -18,19 +23,18 @@ def remove_containers(ids: list[str], attempts: int = 5) -> None:
     for attempt in range(attempts):
         if not left:
             return
+        if attempt:
+            time.sleep(attempt)
         sh("podman", "rm", "-f", "-i", "-t", "2", *left, check=False)
-        alive = set(sh("podman", "ps", "-aq", "--no-trunc",
-                       "--filter", f"label={LABEL}=1").stdout.split())
-        left = [i for i in left if any(a.startswith(i) for a in alive)]
-        if left:
-            time.sleep(1 + attempt)
+        alive = set(lab_container_ids())
+        left = [i for i in left if i in alive]
     if left:
         raise SystemExit(f"labctl: could not remove lab containers {' '.join(left)} "
                          f"after {attempts} attempts; see podman ps -a")
 
 
 def cmd_destroy(_: argparse.Namespace) -> None:
-    ids = sh("podman", "ps", "-aq", "--filter", f"label={LABEL}=1").stdout.split()
+    ids = lab_container_ids()
     remove_containers(ids)
     for entry in Path("/run/netns").glob(NS_PREFIX + "*") if Path("/run/netns").exists() else []:
         sh("ip", "netns", "delete", entry.name, check=False)
