@@ -44,6 +44,7 @@ meshcore_site = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(meshcore_site)
 site_conflicts, site_errors = meshcore_site.site_conflicts, meshcore_site.site_errors
 site_key, time_sources = meshcore_site.site_key, meshcore_site.time_sources
+spire_archives_missing = meshcore_site.spire_archives_missing
 
 PLAYBOOK = ROOT / ".venv" / "bin" / "ansible-playbook"
 MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
@@ -551,3 +552,62 @@ def test_the_users_table_covers_the_spec():
     assert set(re.findall(r"^\| `(site\.[^`]+)` \|", doc, flags=re.MULTILINE)) == keys(
         spec["options"], "site"
     )
+
+
+def test_one_builder_of_the_agents_api_listen_list():
+    """The site config picks the scrape address; the role alone builds the listen list from it
+    (it was computed in both places, and they drifted)."""
+    import jinja2
+
+    derived = _role_vars()
+    assert "mesh_agent_api_listen" not in derived
+    defaults = yaml.safe_load((ROOT / "roles/mesh_agent/defaults/main.yml").read_text())
+    env = jinja2.Environment()
+
+    def render(template: str, **ctx: Any) -> Any:
+        return yaml.safe_load(env.from_string(template.strip()).render(**ctx))
+
+    def listen(**ctx: Any) -> Any:
+        address = render(derived["mesh_agent_api_scrape_address"], **ctx) or ""
+        return render(defaults["mesh_agent_api_listen"], mesh_agent_api_scrape_address=str(address))
+
+    mesh = {"site": {"monitoring": {"host": "mon1"}}, "mesh_node_address": "10.77.0.3"}
+    assert listen(**mesh, mesh_mgmt_address="10.0.2.15") == ["127.0.0.1:9105", "10.0.2.15:9105"]
+    assert listen(**mesh) == ["127.0.0.1:9105", "10.77.0.3:9105"]
+    assert listen(site={"monitoring": {"host": ""}}, mesh_node_address="10.77.0.3") == [
+        "127.0.0.1:9105"
+    ]
+    # Outside the site config (molecule, the lab's own play) the role's default follows the
+    # management address.
+    assert defaults["mesh_agent_api_scrape_address"] == "{{ mesh_mgmt_address | default('') }}"
+
+
+def test_spire_archives_missing_names_each_role():
+    groups = {"spire_servers": ["gw1"], "mesh_nodes": ["gw1", "n2"]}
+    sha = "a" * 64
+    assert spire_archives_missing("gw1", {}, groups) == [
+        "spire_server_archive_sha256",
+        "spire_agent_archive_sha256",
+    ]
+    assert spire_archives_missing("n2", {"spire_agent_archive_sha256": sha}, groups) == []
+    assert spire_archives_missing("n2", {"spire_agent_archive_src": "/srv/spire.tgz"}, groups) == []
+    # Not 64 lowercase hex: still missing.
+    assert spire_archives_missing("n2", {"spire_agent_archive_sha256": "ABC"}, groups) == [
+        "spire_agent_archive_sha256"
+    ]
+    assert spire_archives_missing("monitor1", {}, groups) == []
+
+
+def test_a_spire_site_without_archive_checksums_fails_before_any_task(tmp_path):
+    """The example site (SPIRE) ships with empty sha256s: site.yml names them before any
+    host is touched, and one host's failure stops the whole run (any_errors_fatal)."""
+    inv = _copy("example", tmp_path)
+    proc = _ansible("-i", str(inv), "playbooks/site.yml")
+    assert proc.returncode != 0
+    err = _errors(proc)
+    assert "set spire_server_archive_sha256 and spire_agent_archive_sha256" in err
+    assert "set spire_agent_archive_sha256 (the 64-hex sha256" in err
+    tasks = re.findall(r"^TASK \[(.+?)\]", proc.stdout, flags=re.MULTILINE)
+    assert "Fail when a SPIRE release archive would be fetched without its sha256" in tasks
+    assert not [t for t in tasks if not t.startswith(("Check", "Read", "Fail"))], tasks
+    assert "PLAY [SPIRE servers]" not in proc.stdout

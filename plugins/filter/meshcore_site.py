@@ -208,6 +208,27 @@ def site_key(inventory_dir: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def spire_archives_missing(
+    host: str, hostvars: Mapping[str, Any], groups: Mapping[str, list[str]]
+) -> list[str]:
+    """The ``*_archive_sha256`` variables a SPIRE site's host still needs.
+
+    A host in ``spire_servers`` installs spire-server and one in ``mesh_nodes``
+    spire-agent, each from a release archive: downloaded, which needs the
+    64-hex sha256, or copied from ``*_archive_src`` on the controller (its sha256
+    optional). Checked before any task so a missing value cannot fail midway.
+    """
+    missing = []
+    for role, group in (("spire_server", "spire_servers"), ("spire_agent", "mesh_nodes")):
+        if host not in groups.get(group, []):
+            continue
+        sha = str(hostvars.get(f"{role}_archive_sha256") or "")
+        src = str(hostvars.get(f"{role}_archive_src") or "")
+        if not src and not re.fullmatch(r"[0-9a-f]{64}", sha):
+            missing.append(f"{role}_archive_sha256")
+    return missing
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -215,4 +236,5 @@ class FilterModule:
             "meshcore_site_conflicts": site_conflicts,
             "meshcore_time_sources": time_sources,
             "meshcore_site_key": site_key,
+            "meshcore_spire_archives_missing": spire_archives_missing,
         }
