@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import jinja2
+import jinja2.meta
 import jinja2.nativetypes
 import yaml
 from ansible.plugins.filter.core import FilterModule
@@ -42,6 +43,11 @@ def render(role: str, template: str, **overrides: Any) -> str:
     pending = {k for k, v in variables.items() if isinstance(v, str) and "{" in v}
     for _ in range(5):
         for key in sorted(pending):
+            # A value that reads another still-unresolved template waits for it (its text
+            # is not its value: "{{ x | default('') }}" is not empty).
+            if jinja2.meta.find_undeclared_variables(native.parse(variables[key])) & (
+                    pending - {key}):
+                continue
             try:
                 variables[key] = native.from_string(variables[key]).render(
                     **variables, ansible_facts={"architecture": "aarch64"})
