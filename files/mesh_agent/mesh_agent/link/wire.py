@@ -140,6 +140,31 @@ def encode_hello(h: Hello, keys: Iterable[tuple[str, bytes]] = ()) -> bytes:
     return body + bytes([len(tags)]) + b"".join(tags)
 
 
+def _named_entries(
+    data: bytes, off: int, limit: int, size: int, what: str
+) -> tuple[list[tuple[str, bytes]], int]:
+    """A count byte, then that many (name, *size* bytes) entries, from *off*.
+
+    Both of a hello's lists (echo entries, auth tags) have this shape. Raises
+    :class:`WireError` naming *what* on a missing count, more than *limit*
+    entries or a truncated entry; returns the entries and the offset after them.
+    """
+    if off >= len(data):
+        raise WireError(f"truncated {what} count")
+    count = data[off]
+    off += 1
+    if count > limit:
+        raise WireError(f"too many {what} entries")
+    entries = []
+    for _ in range(count):
+        name, off = decode_name(data, off)
+        if off + size > len(data):
+            raise WireError(f"truncated {what} entry")
+        entries.append((name, bytes(data[off : off + size])))
+        off += size
+    return entries, off
+
+
 def decode_hello(data: bytes) -> Hello:
     """Parse *data*; raise :class:`WireError` (only) on anything malformed."""
     if len(data) < _HEAD.size:
@@ -152,34 +177,10 @@ def decode_hello(data: bytes) -> Hello:
     if interval == 0:
         raise WireError("zero hello interval")
     name, off = decode_name(data, _HEAD.size)
-    if off >= len(data):
-        raise WireError("truncated echo count")
-    count = data[off]
-    off += 1
-    if count > MAX_ECHO:
-        raise WireError("too many echo entries")
-    echoes = []
-    for _ in range(count):
-        ename, off = decode_name(data, off)
-        if off + _ECHO_TAIL.size > len(data):
-            raise WireError("truncated echo entry")
-        last_seq, echo_ts, delay = _ECHO_TAIL.unpack_from(data, off)
-        off += _ECHO_TAIL.size
-        echoes.append(Echo(ename, last_seq, echo_ts, delay))
+    entries, off = _named_entries(data, off, MAX_ECHO, _ECHO_TAIL.size, "echo")
+    echoes = [Echo(ename, *_ECHO_TAIL.unpack(tail)) for ename, tail in entries]
     body_end = off
-    if off >= len(data):
-        raise WireError("truncated auth count")
-    n_auth = data[off]
-    off += 1
-    if n_auth > MAX_AUTH:
-        raise WireError("too many auth entries")
-    auth = []
-    for _ in range(n_auth):
-        aname, off = decode_name(data, off)
-        if off + TAG_LEN > len(data):
-            raise WireError("truncated auth tag")
-        auth.append((aname, bytes(data[off : off + TAG_LEN])))
-        off += TAG_LEN
+    auth, off = _named_entries(data, off, MAX_AUTH, TAG_LEN, "auth")
     if off != len(data):
         raise WireError("trailing bytes")
     return Hello(
