@@ -10,6 +10,7 @@ import networkx as nx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from meshcore_testkit.graphs import tree_like
 from meshcore_testkit.oracle import brute_force_disjoint
 
 from mesh_agent.paths import (
@@ -180,27 +181,6 @@ def test_negative_cost_names_the_edge() -> None:
 def test_unhashable_node_is_a_path_error() -> None:
     with pytest.raises(PathError, match=r"\['s'\]"):
         k_disjoint_paths(trap(), ["s"], "t")
-
-
-def tree_like() -> nx.Graph:
-    """Two cycles joined by the bridge c-d, plus a pendant leaf e off d."""
-    g = nx.Graph()
-    g.add_weighted_edges_from(
-        [
-            ("s", "a", 1),
-            ("a", "c", 1),
-            ("s", "b", 2),
-            ("b", "c", 2),
-            ("c", "d", 1),
-            ("d", "f", 1),
-            ("f", "t", 1),
-            ("d", "g", 3),
-            ("g", "t", 3),
-            ("d", "e", 1),
-        ],
-        weight="cost",
-    )
-    return g
 
 
 def test_backup_shares_only_bridges() -> None:

@@ -8,6 +8,7 @@ import random
 
 import networkx as nx
 import pytest
+from meshcore_testkit.graphs import tree_like
 
 from mesh_agent.paths import (
     PathError,
@@ -25,26 +26,6 @@ def geometric(n: int, seed: int) -> nx.Graph:
     for u, v in g.edges:
         g.edges[u, v]["cost"] = 1 + 10 * math.dist(g.nodes[u]["pos"], g.nodes[v]["pos"])
     return nx.relabel_nodes(g, {x: f"n{x}" for x in g})
-
-
-def tree_like() -> nx.Graph:
-    g = nx.Graph()
-    g.add_weighted_edges_from(
-        [
-            ("s", "a", 1),
-            ("a", "c", 1),
-            ("s", "b", 2),
-            ("b", "c", 2),
-            ("c", "d", 1),
-            ("d", "f", 1),
-            ("f", "t", 1),
-            ("d", "g", 3),
-            ("g", "t", 3),
-            ("d", "e", 1),
-        ],
-        weight="cost",
-    )
-    return g
 
 
 def total(g: nx.Graph, paths: list[list[str]]) -> float:
