@@ -45,6 +45,5 @@ def test_second_site_run_changes_nothing(lab: dict[str, object]) -> None:
     assert res.returncode == 0, res.stdout[-4000:]
     recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", res.stdout, re.M)
     # The lab's 11 hosts, plus localhost (the site-config check runs there first).
-    assert sorted(h for h, _ in recap if h != "localhost") == sorted(
-        h for h, _ in recap if h.startswith(("node", "monitor"))) and len(recap) == 12, recap
+    assert len(recap) == 12 and "localhost" in dict(recap), recap
     assert all(changed == "0" for _, changed in recap), recap
