@@ -163,11 +163,24 @@ class Lab:
             )
         return proc.stdout
 
+    def get(self, node: Node, path: str, patience: float = 90.0) -> str:
+        """GET through the node's forwarded API port; the body of a 200 answer.
+
+        Status 0 is no answer at all (refused, reset or timed out). Under TCG on
+        a loaded host an agent can miss a 15 s deadline now and then, so that is
+        retried until *patience* runs out; an HTTP error status fails at once.
+        """
+        deadline = time.monotonic() + patience
+        while True:
+            status, body = http_get(f"http://127.0.0.1:{node.api}{path}", timeout=15)
+            if status == 200:
+                return body
+            if status != 0 or time.monotonic() >= deadline:
+                raise Failed(f"{node.name}: GET {path} answered {status or 'nothing'}")
+            time.sleep(2)
+
     def api(self, node: Node, path: str) -> Any:
-        status, body = http_get(f"http://127.0.0.1:{node.api}{path}", timeout=15)
-        if status != 200:
-            raise Failed(f"{node.name}: GET {path} answered {status}")
-        return json.loads(body)
+        return json.loads(self.get(node, path))
 
     def wait(self, what: str, fn: Any, timeout: float, every: float = 3.0) -> Any:
         """Call fn until it returns a truthy value (Failed counts as not yet)."""
@@ -332,7 +345,7 @@ class Lab:
         self.step("topology_s", t0)
         rejected = {}
         for node in self.nodes:
-            metrics = http_get(f"http://127.0.0.1:{node.api}/metrics")[1]
+            metrics = self.get(node, "/metrics")
             accepted = sum(
                 float(x.split()[-1])
                 for x in metric_lines(metrics, "meshcore_adverts_accepted_total")
