@@ -55,6 +55,7 @@ from meshcore_tools.image.qemupi import (
     http_get,
     load_average,
     metric_lines,
+    operator_env,
     qemu_argv,
     start,
 )
@@ -483,12 +484,7 @@ class Lab:
                     ),
                 },
             )
-        env = {
-            **os.environ,
-            "ANSIBLE_FORCE_COLOR": "0",
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        }
+        env = operator_env(ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
         recaps = []
         for run in (1, 2):
             t0 = time.monotonic()

@@ -42,7 +42,14 @@ import time
 from pathlib import Path
 
 from meshcore_tools import ROOT
-from meshcore_tools.image.qemupi import free_port, http_get, metric_lines, qemu_argv, start
+from meshcore_tools.image.qemupi import (
+    free_port,
+    http_get,
+    metric_lines,
+    operator_env,
+    qemu_argv,
+    start,
+)
 
 
 def stop(state_file: Path) -> int:
@@ -109,6 +116,7 @@ def main() -> int:
             "mesh_mgmt_address=10.0.2.15",
         ],
         cwd=ROOT,
+        env=operator_env(),  # as make seed runs it, even when molecule runs this
         check=True,
         stdout=subprocess.DEVNULL,
     )

@@ -17,6 +17,8 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+from meshcore_tools import ROOT
+
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
 
 
@@ -30,6 +32,21 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def operator_env(**extra: str) -> dict[str, str]:
+    """The environment an operator's shell gives ``ansible-playbook`` in this checkout.
+
+    A caller that runs under molecule (or any other Ansible run) inherits its
+    ANSIBLE_* settings, which override the project's ansible.cfg: its filter
+    plugins, roles path and callbacks would be missing. So those are dropped,
+    and ANSIBLE_CONFIG names the project's file (``make seed`` reads it from
+    the checkout's root).
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "MOLECULE_"))}
+    env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
+    env.update(extra)
+    return env
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
