@@ -123,6 +123,7 @@ lint: setup
 	$(BIN)/ansible-lint
 	$(BIN)/ruff check files tools tests
 	cd files/mesh_agent && ../../$(BIN)/mypy mesh_agent
+	cd files/chaos && ../../$(BIN)/mypy meshcore_chaos
 	$(BIN)/mypy -p meshcore_tools -p meshcore_testkit
 
 unit: setup
