@@ -35,13 +35,15 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 1
 export PY_COLORS ?= 1
 
-.PHONY: help setup venv pki-backup hw-lab image image-rpi seed image-boot-test image-repro agent-bundle lab lab-status lab-report lab-destroy dashboard test test-full lint unit molecule molecule-full molecule-image bench fuzz
+.PHONY: chaos chaos-clean help setup venv pki-backup hw-lab image image-rpi seed image-boot-test image-repro agent-bundle lab lab-status lab-report lab-destroy dashboard test test-full lint unit molecule molecule-full molecule-image bench fuzz
 
 help:
 	@echo "make lab [NODES=10] [TOPOLOGY=grid|rgg|ladder|community|FILE]   build + provision the lab mesh"
 	@echo "make lab-status | lab-destroy                                  status table | remove the lab"
 	@echo "make lab-report                                                key series + build/lab/report.png"
 	@echo "make dashboard                                                 regenerate the Grafana dashboard JSON"
+	@echo "make chaos [EXPERIMENT=experiments/x.yml]  chaos experiments on the running lab (build/chaos: journals, report)"
+	@echo "make chaos-clean                           remove every fault on record or tagged, on every lab node"
 	@echo "make test        lint + unit tests + molecule (fast scenarios)"
 	@echo "make test-full   make test + the slow scenarios"
 	@echo "make bench       benchmarks under tests/bench (one JSON line per figure)"
@@ -117,6 +119,15 @@ dashboard: setup
 
 lab-destroy: setup
 	@$(BIN)/labctl destroy
+
+# The default suite (experiments/*.yml), or EXPERIMENT=file[,file], on the running lab.
+EXPERIMENT ?=
+chaos: setup
+	$(BIN)/ansible-playbook playbooks/chaos.yml \
+	  $(if $(EXPERIMENT),-e '{"chaos_experiments": $(shell printf '%s' '$(EXPERIMENT)' | $(BIN)/python -c 'import json,sys,os; print(json.dumps([os.path.abspath(p) for p in sys.stdin.read().split(",")]))')}')
+
+chaos-clean: setup
+	$(BIN)/ansible-playbook playbooks/chaos.yml --tags rollback
 
 lint: setup
 	$(BIN)/yamllint -s .

@@ -38,17 +38,22 @@ class Result:
 
 
 class Nodes:
-    """Runs the node-side CLI on a named node and parses its JSON line."""
+    """Runs the node-side CLI on a named node and parses its JSON line.
 
-    def __init__(self, prefix_of: Callable[[str], Sequence[str]],
-                 journal_of: Callable[[str], str], timeout: float = 30.0) -> None:
-        self.prefix_of = prefix_of
-        self.journal_of = journal_of
+    ``cli_of(node)`` is the argv that starts the CLI there, up to its
+    subcommand (``... python3 -m meshcore_chaos.node --journal DIR``, or the
+    role's wrapper ``meshcore-chaos-node``); ``timer`` is what ``inject
+    --timer`` asks for (``systemd`` where the node runs systemd).
+    """
+
+    def __init__(self, cli_of: Callable[[str], Sequence[str]], timer: str = "none",
+                 timeout: float = 30.0) -> None:
+        self.cli_of = cli_of
+        self.timer = timer
         self.timeout = timeout
 
     def argv(self, node: str, *args: str) -> list[str]:
-        return [*self.prefix_of(node), "-m", "meshcore_chaos.node",
-                "--journal", self.journal_of(node), *args]
+        return [*self.cli_of(node), *args]
 
     def call(self, node: str, *args: str, stdin: str | None = None) -> Result:
         try:
@@ -73,11 +78,18 @@ def netns_nodes(ns_of: Callable[[str], str], journal_root: Path,
     ``nsenter --net`` rather than ``ip netns exec``: the latter remounts /sys,
     which hides the cgroup filesystem the cpu_starvation fault writes to.
     """
-    def prefix(node: str) -> list[str]:
+    def cli(node: str) -> list[str]:
         return ["nsenter", f"--net={netns.NETNS_DIR / ns_of(node)}", "env",
-                f"PYTHONPATH={NODE_PACKAGE_ROOT}", python]
+                f"PYTHONPATH={NODE_PACKAGE_ROOT}", python, "-m", "meshcore_chaos.node",
+                "--journal", str(journal_root / node)]
 
-    return Nodes(prefix, lambda node: str(journal_root / node))
+    return Nodes(cli)
+
+
+def wrapper_nodes(prefix_of: Callable[[str], Sequence[str]]) -> Nodes:
+    """Nodes with the chaos_reaper role: its wrapper, run through ``prefix_of`` (``podman
+    exec -i <container>``, ``ssh <host> sudo``); faults get the node's systemd timer."""
+    return Nodes(lambda node: [*prefix_of(node), "meshcore-chaos-node"], timer="systemd")
 
 
 def reaper_argv(nodes: Nodes, node: str, interval: float = 0.1) -> list[str]:
@@ -86,13 +98,13 @@ def reaper_argv(nodes: Nodes, node: str, interval: float = 0.1) -> list[str]:
 
 
 def inject(nodes: Nodes, fault: Fault, plan: Mapping[str, list[Op]], deadline: float,
-           experiment: str, timer: str = "none") -> list[Result]:
+           experiment: str) -> list[Result]:
     """Journal and apply the fault on each of its nodes; on any refusal, remove it everywhere."""
     done = []
     for node, ops in plan.items():
         r = nodes.call(node, "inject", "--id", fault.id, "--experiment", experiment,
-                       "--fault", fault.cls, "--deadline", f"{deadline:.3f}", "--timer", timer,
-                       stdin=json.dumps(ops))
+                       "--fault", fault.cls, "--deadline", f"{deadline:.3f}",
+                       "--timer", nodes.timer, stdin=json.dumps(ops))
         done.append(r)
         if r.rc != 0 or not r.data.get("ok"):
             remove(nodes, fault, plan)

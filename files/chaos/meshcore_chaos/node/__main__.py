@@ -50,9 +50,11 @@ def remove_entry(journal: Journal, entry: Entry) -> list[str]:
 
 def start_timer(a: argparse.Namespace, delay: float) -> None:
     """A transient systemd timer that reaps this journal at the deadline (hardware)."""
+    root = Path(__file__).resolve().parents[2]  # what PYTHONPATH must name
     subprocess.run(
         ["systemd-run", "--quiet", "--collect", f"--unit=meshcore-chaos-reap-{a.id}",
-         f"--on-active={max(1, int(delay + 1))}s", sys.executable, "-m", "meshcore_chaos.node",
+         f"--on-active={max(1, int(delay + 1))}s", f"--setenv=PYTHONPATH={root}",
+         sys.executable, "-m", "meshcore_chaos.node",
          "--journal", str(a.journal), "reap"], check=True, capture_output=True)
 
 
