@@ -75,6 +75,7 @@ def runner(lab: ChaosLab, exp: dict[str, Any]) -> Runner:
     return Runner(experiment.validate(copy.deepcopy(exp)), mesh, name="t")
 
 
+@requires_root
 def test_a_run_injects_measures_removes_and_journals(lab: ChaosLab) -> None:
     r = runner(lab, EXP)
     doc = r.run().journal
@@ -95,6 +96,7 @@ def test_a_run_injects_measures_removes_and_journals(lab: ChaosLab) -> None:
     assert lab.leftovers() == {}
 
 
+@requires_root
 def test_an_unhealthy_mesh_gets_no_fault(lab: ChaosLab) -> None:
     t = Topo(lab.state)
     netns.ip(lab.ns("b"), "route", "del", f"{t.address('c')}/32")
@@ -109,6 +111,7 @@ def test_an_unhealthy_mesh_gets_no_fault(lab: ChaosLab) -> None:
     assert not list((lab.base / "journal").glob("*/*.json"))
 
 
+@requires_root
 def test_two_interrupts_still_roll_back(lab: ChaosLab) -> None:
     exp = copy.deepcopy(EXP)
     exp["faults"] = [{"class": "partition", "target": ["a"], "duration_s": 30.0},
