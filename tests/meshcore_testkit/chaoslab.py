@@ -57,11 +57,7 @@ class ChaosLab(netns.NetnsLab):
 
     def down(self) -> None:
         self.stop(timeout=3)
-        # Whatever a reaper restarted (node_crash's restart) lives on in the namespace.
-        for ns in self.namespaces:
-            for pid in netns.run("ip", "netns", "pids", ns, check=False).stdout.split():
-                netns.run("kill", "-9", pid, check=False)
-        netns.delete(*self.namespaces)
+        super().down()  # also what a reaper restarted (node_crash) in the namespaces
 
     def link_addr(self, node: str, peer: str) -> str:
         end = next(e for e in self.state["nodes"][node]["links"] if e["peer"] == peer)

@@ -26,7 +26,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -87,6 +87,13 @@ def delete(*names: str) -> None:
     """Remove namespaces (their veths go with them); absent ones are fine."""
     for name in names:
         run("ip", "netns", "delete", name, check=False)
+
+
+def kill_inside(ns: str) -> None:
+    """SIGKILL every process whose network namespace is ``ns`` (``ip netns pids``)."""
+    for pid in run("ip", "netns", "pids", ns, check=False).stdout.split():
+        with suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
 
 
 def links_in(ns: str) -> set[str]:
@@ -281,6 +288,8 @@ class NetnsLab:
 
     def down(self) -> None:
         self.stop()
+        for ns in self.namespaces:  # what a test started in there that the lab never owned
+            kill_inside(ns)
         delete(*self.namespaces)
 
     def __enter__(self) -> NetnsLab:

@@ -98,6 +98,8 @@ class Options:
     # systemctl start mesh-agent.service). Empty: systemd's Restart= does it.
     restart: Sequence[str] = ()
     restart_log: str | None = None
+    # Per node, where each node's agent starts differently (a netns lab's config paths).
+    restart_by_node: Mapping[str, Sequence[str]] = field(default_factory=dict)
     python: str = "python3"
 
 
@@ -146,8 +148,9 @@ def plan(fault: Fault, topo: Topo, opts: Options = Options()) -> dict[str, list[
     if fault.cls == "node_crash":
         n = _node(fault, topo)
         kill: Op = {"op": "signal", "signal": "KILL", "match": opts.agent_match}
-        if opts.restart:
-            kill["restart"] = list(opts.restart)
+        restart = opts.restart_by_node.get(n, opts.restart)
+        if restart:
+            kill["restart"] = list(restart)
             kill["restart_log"] = opts.restart_log
         ops = [kill]
         if p.get("mode", "agent") == "node":  # the whole node gone: silent on every link

@@ -24,6 +24,7 @@ import math
 import re
 import signal
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -104,15 +105,20 @@ class Probe:
                  interval: float = INTERVAL_S, rt: bool = True) -> None:
         argv = [*prefix, *(["chrt", "-f", "20"] if rt else []), "ping", "-D", "-O", "-n",
                 "-i", str(interval), "-W", "1", "-I", src, dst]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
+        # A file, not a pipe: nobody reads until the end, and a full 64 KiB pipe
+        # (some 800 lines, 13 s of pings) would block ping, which then stops sending.
+        self.out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, stdout=self.out, stderr=subprocess.STDOUT)
 
     def stop(self) -> Trace:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         try:
-            out, _ = self.proc.communicate(timeout=10)
+            self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate()
-        return parse(out)
+            self.proc.wait()
+        self.out.seek(0)
+        text = self.out.read()
+        self.out.close()
+        return parse(text)

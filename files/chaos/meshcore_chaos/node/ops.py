@@ -80,8 +80,10 @@ def proc_stat(pid: int) -> tuple[str, int] | None:
 
 
 def same_process(op: Op) -> bool:
+    """The op's process is still alive (a zombie, killed and not yet reaped by its parent,
+    is not: a crashed agent must be restarted even before its parent waits for it)."""
     st = proc_stat(int(op["pid"]))
-    return st is not None and st[1] == op.get("start_time")
+    return st is not None and st[0] not in "ZX" and st[1] == op.get("start_time")
 
 
 def same_netns(pid: int) -> bool:
