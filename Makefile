@@ -35,7 +35,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 1
 export PY_COLORS ?= 1
 
-.PHONY: chaos chaos-clean help setup venv pki-backup hw-lab image image-rpi seed image-boot-test image-repro agent-bundle lab lab-status lab-report lab-destroy dashboard test test-full lint unit molecule molecule-full molecule-image bench fuzz
+.PHONY: chaos chaos-clean dataset help setup venv pki-backup hw-lab image image-rpi seed image-boot-test image-repro agent-bundle lab lab-status lab-report lab-destroy dashboard test test-full lint unit molecule molecule-full molecule-image bench fuzz
 
 help:
 	@echo "make lab [NODES=10] [TOPOLOGY=grid|rgg|ladder|community|FILE]   build + provision the lab mesh"
@@ -44,6 +44,7 @@ help:
 	@echo "make dashboard                                                 regenerate the Grafana dashboard JSON"
 	@echo "make chaos [EXPERIMENT=experiments/x.yml]  chaos experiments on the running lab (build/chaos: journals, report)"
 	@echo "make chaos-clean                           remove every fault on record or tagged, on every lab node"
+	@echo "make dataset [TOPOLOGY=file SEED=1 OUT=build/dataset]  record a labelled telemetry dataset (netns)"
 	@echo "make test        lint + unit tests + molecule (fast scenarios)"
 	@echo "make test-full   make test + the slow scenarios"
 	@echo "make bench       benchmarks under tests/bench (one JSON line per figure)"
@@ -128,6 +129,13 @@ chaos: setup
 
 chaos-clean: setup
 	$(BIN)/ansible-playbook playbooks/chaos.yml --tags rollback
+
+# A labelled telemetry dataset (docs/dataset.md) recorded on netns labs with real agents:
+# the standard set (rgg:16, grid:9, community), or TOPOLOGY=<file|kind:n> SEED=<n> OUT=<dir>.
+OUT ?= build/dataset
+dataset: setup
+	$(BIN)/python -m meshcore_tools.chaos dataset --seed $(SEED) --out $(OUT) \
+	  $(if $(filter command line,$(origin TOPOLOGY)),--topology $(TOPOLOGY))
 
 lint: setup
 	$(BIN)/yamllint -s .

@@ -5,6 +5,7 @@
     leftovers                                        what is on record or tagged, per node
     report JOURNAL.json... --out DIR                 tables + plots from journals
     check-journal JOURNAL.json...                    validate against the journal schema
+    dataset --topology SPEC --seed N --out DIR       record a labelled dataset on a netns lab
     stress                                           random faults in a loop (the reaper test)
 
 Targets (``run``, ``rollback``, ``leftovers``):
@@ -172,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--out", default="build/chaos")
     chk = sub.add_parser("check-journal")
     chk.add_argument("journals", nargs="+")
+    ds = sub.add_parser("dataset", help="record a labelled dataset on a netns lab")
+    ds.add_argument("--topology", action="append",
+                    help="rgg:16, grid:9, community, or a topology file (repeatable)")
+    ds.add_argument("--seed", type=int, default=1)
+    ds.add_argument("--out", default="build/dataset")
+    ds.add_argument("--hold", type=float, default=8.0)
+    ds.add_argument("--quiet", type=float, default=15.0)
     s = sub.add_parser("stress", help="random faults in a loop on a netns lab")
     s.add_argument("--state", type=Path, required=True, help="the lab's normalised topology")
     s.add_argument("--netns-tag", required=True, help="namespaces are <tag>-<node>")
@@ -189,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_report(a)
     if a.cmd == "check-journal":
         return cmd_check(a)
+    if a.cmd == "dataset":
+        from meshcore_tools.chaos import record
+
+        for spec in a.topology or ["rgg:16", "grid:9", "community"]:
+            record.record(spec, a.seed, Path(a.out), hold=a.hold, quiet_s=a.quiet)
+        return 0
     from meshcore_tools.chaos import stress
 
     stress.run(a.state, a.netns_tag, a.journal_root, a.count, a.seed,

@@ -239,7 +239,7 @@ class Runner:
                     "skipped": f"blast radius: touches {sorted(plan)}"}
         cursors = {n: self.mesh.event_cursor(n) for n in self._watchers(fault)}
         res: dict[str, Any] = {"step": step.index, "class": step.cls, "target": list(target),
-                               "fault_id": fault.id}
+                               "fault_id": fault.id, "params": dict(step.params)}
         with self.j.record(self.j.doc["run"], "action", f"inject {fault.label()}",
                            fault_id=fault.id, duration_s=step.duration_s) as a:
             self.touched |= set(plan)
