@@ -126,11 +126,11 @@ def run_topology(spec: str, impls: list[str], a: argparse.Namespace) -> None:
                                   route_proto="babel")
                 match = "babeld -c"
             try:
-                conv = cold_start(mesh, t0, 120)
+                conv = cold_start(mesh, t0, a.cold_timeout)
                 emit(topology=name, impl=impl, figure="cold_start_s",
                      value=None if conv is None else round(conv, 2), unit="s")
                 if conv is None:
-                    log(f"{impl}: not converged in 120 s; see {workdir}")
+                    log(f"{impl}: not converged in {a.cold_timeout} s; see {workdir}")
                     continue
                 opts = Options(agent_match=match, restart_by_node=dict(lab.argv),
                                restart_log=str(workdir / f"restarted.{impl}.log"))
@@ -143,6 +143,8 @@ def run_topology(spec: str, impls: list[str], a: argparse.Namespace) -> None:
                     Path(a.keep_journals).mkdir(parents=True, exist_ok=True)
                     shutil.copy(out, Path(a.keep_journals) / out.name)
                 log(f"{impl}: status {doc['status']}, deviated {doc['deviated']}")
+                if doc["status"] == "interrupted":  # the runner rolled back; stop the bench
+                    raise KeyboardInterrupt
                 for pair, lv in doc["measurements"].get("service_levels", {}).items():
                     emit(topology=name, impl=impl, figure="service_levels", probe=pair, **lv)
                 p95s = summarise(name, impl, doc["measurements"].get("steps", []))
@@ -172,6 +174,8 @@ def main() -> None:
     p.add_argument("--hold", type=float, default=6.0)
     p.add_argument("--settle", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--cold-timeout", type=float, default=300.0,
+                   help="seconds to wait for every pair to route after the daemons start")
     p.add_argument("--keep-journals", help="copy each run's journal here")
     a = p.parse_args()
     if os.geteuid() != 0:
