@@ -163,7 +163,7 @@ molecule-image: image-rpi
 	$(BIN)/molecule test -s image
 
 test-full: test molecule-full image-rpi molecule-image
-	$(BIN)/pytest -q tests/test_monitoring_netns.py tests/test_lab_e2e.py tests/test_lab_yggdrasil.py tests/test_lab_identity_rotation.py tests/test_dashboard_lab.py tests/test_image_rpi.py tests/test_hw_lab.py --run-slow -p no:cacheprovider
+	$(BIN)/pytest -q tests/test_monitoring_netns.py tests/test_lab_e2e.py tests/test_lab_yggdrasil.py tests/test_lab_identity_rotation.py tests/test_dashboard_lab.py tests/test_image_rpi.py tests/test_hw_lab.py tests/test_chaos_reaper.py tests/test_chaos_suite_netns.py tests/test_chaos_rogue.py --run-slow -p no:cacheprovider
 
 bench: setup
 	@set -e; for b in tests/bench/bench_*.py; do $(BIN)/python $$b; done
