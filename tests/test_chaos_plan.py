@@ -77,3 +77,19 @@ def test_deadlines_are_bounded() -> None:
     assert reaper.check_deadline(5.0, 10.0)
     assert reaper.check_deadline(10.0 + reaper.MAX_DURATION_S + 1, 10.0)
     assert reaper.check_deadline(70.0, 10.0) is None
+
+
+def test_probe_figures_from_a_ping_transcript() -> None:
+    from meshcore_tools.chaos import probes
+
+    lines = [f"[{100 + 0.016 * i:.6f}] 64 bytes from 10.77.0.2: icmp_seq={i} ttl=63 time=0.2 ms"
+             for i in range(200) if not 50 <= i < 80]  # 30 lost: 0.48 s without a reply
+    tr = probes.parse("\n".join(lines) + "\n200 packets transmitted, 170 received, 15% loss")
+    assert tr.sent == 200 and tr.received == 170
+    # first loss to first success: the gap 49 -> 80 (31 intervals) minus one ping interval
+    assert abs(probes.recover_s(tr, 100.8, 101.5) - (31 * 0.016 - 0.01)) < 1e-6
+    # nothing lost: one sending gap (about 16 ms here) minus the 10 ms interval
+    assert probes.recover_s(tr, 102.0, 103.0) < 0.016
+    assert probes.heal_s(tr, 100.9) > 0.3 and probes.heal_s(tr, 102.0) == 0.0
+    lv = probes.service_levels(tr)
+    assert lv.loss_pct == 15.0 and lv.latency_p95_ms == 0.2 and not lv.ok()

@@ -69,6 +69,19 @@ def recover_s(trace: Trace, start: float, end: float, interval: float = INTERVAL
     return max(0.0, max(gaps, default=0.0) - interval) if gaps else 0.0
 
 
+def heal_s(trace: Trace, removed: float, interval: float = INTERVAL_S) -> float:
+    """A partition's heal: from its removal to the first reply after it, when the flow was
+    cut (no reply in the last second before the removal); 0 when the flow was never cut
+    (both ends on one side); ``inf`` if no reply came back at all."""
+    times = [t for t, _, _ in trace.replies]
+    after = [t for t in times if t >= removed]
+    if not after:
+        return math.inf
+    if any(removed - 1.0 <= t < removed for t in times):
+        return 0.0
+    return max(0.0, after[0] - removed - interval)
+
+
 def quantile(values: Sequence[float], q: float) -> float:
     """Nearest-rank quantile (the bench's convention): q=0.95 of 30 values is the 29th."""
     srt = sorted(values)

@@ -211,10 +211,9 @@ class Runner:
                 if res.get("skipped"):
                     continue
                 if res["class"] == "partition":  # the heal: from removal to first success
-                    start, end = res["removed_at"], res["removed_at"] + RECONVERGE_MAX_S
+                    v = probes.heal_s(tr, res["removed_at"])
                 else:
-                    start, end = res["injected_at"], res["removed_at"]
-                v = probes.recover_s(tr, start, end)
+                    v = probes.recover_s(tr, res["injected_at"], res["removed_at"])
                 res["recover_s"][f"{s}->{d}"] = None if math.isinf(v) else round(v, 4)
         self.j.doc["measurements"]["service_levels"] = {
             f"{s}->{d}": probes.service_levels(tr).__dict__ for s, d, tr in traces}
