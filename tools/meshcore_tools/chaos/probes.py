@@ -71,13 +71,13 @@ def recover_s(trace: Trace, start: float, end: float, interval: float = INTERVAL
 
 def heal_s(trace: Trace, removed: float, interval: float = INTERVAL_S) -> float:
     """A partition's heal: from its removal to the first reply after it, when the flow was
-    cut (no reply in the last second before the removal); 0 when the flow was never cut
-    (both ends on one side); ``inf`` if no reply came back at all."""
+    cut (no reply in the 100 ms before the removal); 0 when the flow was never cut (both
+    ends on one side); ``inf`` if no reply came back at all."""
     times = [t for t, _, _ in trace.replies]
     after = [t for t in times if t >= removed]
     if not after:
         return math.inf
-    if any(removed - 1.0 <= t < removed for t in times):
+    if any(removed - 0.1 <= t < removed for t in times):
         return 0.0
     return max(0.0, after[0] - removed - interval)
 
