@@ -80,7 +80,7 @@ def torture(base: Path, injections: int, seed: int) -> dict[str, object]:
                          for p in netns.run("ip", "netns", "pids", lab.ns(n)).stdout.split()
                          if Path(f"/proc/{p}").exists())
                   for n in NODES}
-    reaped = sum(line.count('"reaped"') for p in base.glob("*.reaper.log")
+    reaped = sum(line.count('"reaped"') for p in base.glob("*.reaper.*.log")
                  for line in p.read_text().splitlines())
     return {"injections": started, "controller_kills": kills, "reaped_by_reapers": reaped,
             "reaper_restarts": reaper_restarts, "leftovers": leftovers, "agents": agents}

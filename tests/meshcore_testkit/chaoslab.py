@@ -52,8 +52,10 @@ class ChaosLab(netns.NetnsLab):
                 self.agents[node] = self.spawn(node, stand_in_argv(), self.base / f"{node}.agent")
 
     def start_reaper(self, node: str) -> None:
+        """A node's reaper; a restarted one logs to a new file (``<node>.reaper.<n>.log``)."""
+        n = len(list(self.base.glob(f"{node}.reaper.*.log")))
         self.reapers[node] = self.spawn_argv(reaper_argv(self.nodes, node),
-                                             self.base / f"{node}.reaper.log")
+                                             self.base / f"{node}.reaper.{n}.log")
 
     def down(self) -> None:
         self.stop(timeout=3)

@@ -125,7 +125,7 @@ def cmd_nodes(a: argparse.Namespace) -> int:
 def cmd_report(a: argparse.Namespace) -> int:
     from meshcore_tools.chaos import report
 
-    journals = [json.loads(Path(p).read_text()) for p in a.journals]
+    journals = [report.recompute(json.loads(Path(p).read_text())) for p in a.journals]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(report.table(journals) + "\n")

@@ -16,7 +16,25 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from meshcore_tools.chaos import probes
 from meshcore_tools.chaos.probes import quantile
+
+
+def recompute(journal: dict[str, Any]) -> dict[str, Any]:
+    """The steps' recover times again, from the probe trace the journal keeps, with this
+    version's definitions (a journal written by an older runner gets today's figures)."""
+    m = journal.get("measurements", {})
+    for pair, points in m.get("probe_traces", {}).items():
+        trace = probes.Trace([(t, 0, r) for t, r in points], 0, 0, 0.0, 0.0)
+        for s in m.get("steps", []):
+            if s.get("skipped") or "removed_at" not in s:
+                continue
+            if s["class"] == "partition":
+                v = probes.heal_s(trace, s["removed_at"])
+            else:
+                v = probes.recover_s(trace, s["injected_at"], s["removed_at"])
+            s.setdefault("recover_s", {})[pair] = None if math.isinf(v) else round(v, 4)
+    return journal
 
 
 def _stats(values: Sequence[float | None]) -> str:
