@@ -10,6 +10,7 @@ and flushes what they left in the kernel, so the next one starts clean.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +66,13 @@ class RoutingLab(netns.NetnsLab):
             run = self.workdir / node
             run.mkdir(exist_ok=True)
             (run / "babeld.pid").unlink(missing_ok=True)
-            argv = ["babeld", "-c", str(conf), "-I", str(run / "babeld.pid"),
+            pid = run / "babeld.pid"
+            argv = ["babeld", "-c", str(conf), "-I", str(pid),
                     "-S", str(run / "babeld.state"), *self.ifnames(node)]
-            self.argv[node] = argv
+            # A killed babeld leaves its pid file, and babeld refuses to start while it
+            # exists ("creat(...): File exists"): a restart removes it first.
+            self.argv[node] = ["sh", "-c", f"rm -f {shlex.quote(str(pid))}; exec "
+                               + shlex.join(argv)]
             self.spawn(node, argv, self.workdir / f"{node}.babeld.log")
 
     def start_agent(self, ca: CA) -> None:
