@@ -64,7 +64,7 @@ def emit(**fields: Any) -> None:
 def suite(classes: list[str], trials: int, hold: float, settle: float, seed: int) -> dict[str, Any]:
     return experiment.validate({
         "version": 1, "title": f"bench_chaos seed {seed}", "seed": seed,
-        "steady_state": {"timeout_s": 60},
+        "steady_state": {"timeout_s": 180},
         "blast_radius": {"max_nodes": 80, "max_duration_s": 120},
         "faults": [{"class": c, "target": "random", "duration_s": hold, "repetitions": trials,
                     "settle_s": settle, "params": PARAMS.get(c, {})} for c in classes],

@@ -152,19 +152,22 @@ def wire(state: dict[str, Any], ns_of: Callable[[str], str]) -> int:
         created += 1
     for name, node in state["nodes"].items():
         batch = ["link set lo up", f"address replace {node['node_address']}/32 dev lo"]
+        qdiscs = []  # tc's own batch: `ip -batch` has no qdisc object
         nft = []
         for end in node["links"]:
             link = by_end[(name, end["ifname"])]
             batch.append(f"address replace {end['address']} dev {end['ifname']}")
             batch.append(f"link set {end['ifname']} up")
             if link.get("rate"):
-                batch.append(f"qdisc replace dev {end['ifname']} root tbf rate {link['rate']} "
-                             "burst 32kbit latency 50ms")
+                qdiscs.append(f"qdisc replace dev {end['ifname']} root tbf rate {link['rate']} "
+                              "burst 32kbit latency 50ms")
             if link.get("loss"):
                 nft.append(f"  chain in_{end['ifname']} {{\n"
                            f"    type filter hook ingress device \"{end['ifname']}\" priority 0;\n"
                            f"    numgen random mod 100 < {int(link['loss'])} drop\n  }}")
         run("ip", "-n", ns_of(name), "-batch", "-", input="\n".join(batch) + "\n")
+        if qdiscs:
+            run("tc", "-n", ns_of(name), "-batch", "-", input="\n".join(qdiscs) + "\n")
         if nft:
             rules = ("table netdev meshcore_lab\ndelete table netdev meshcore_lab\n"
                      "table netdev meshcore_lab {\n" + "\n".join(nft) + "\n}\n")
