@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import networkx as nx
 import yaml
 
 from meshcore_tools.chaos import faults
@@ -114,17 +115,36 @@ def schedule(exp: dict[str, Any], topo: Topo) -> list[Step]:
     return steps
 
 
-def on_path(step: Step, path: list[str], exclude: set[str]) -> tuple[str, ...] | None:
-    """Resolve a path-position target: a link of ``path``, or a transit node of it."""
+def on_path(step: Step, path: list[str], exclude: set[str],
+            graph: nx.Graph | None = None) -> tuple[str, ...] | None:
+    """Resolve a path-position target: a link of ``path``, or a transit node of it.
+
+    With ``graph``, only a link or node whose loss leaves the path's two ends connected
+    (a protected element: there is another way round to reroute to); on a tree-like mesh
+    most links are bridges, and cutting one measures the fault's duration, not recovery.
+    """
     assert step.path_position is not None
     kind = faults.CLASSES[step.cls].target
+    src, dst = path[0], path[-1]
+
+    def survives(removed: tuple[str, ...]) -> bool:
+        if graph is None:
+            return True
+        g = graph.copy()
+        if len(removed) == 2:
+            g.remove_edge(*removed)
+        else:
+            g.remove_node(removed[0])
+        return bool(nx.has_path(g, src, dst))
+
+    cands: list[tuple[str, ...]]
     if kind == "link":
-        links = list(itertools.pairwise(path))
-        return links[min(len(links) - 1, int(step.path_position * len(links)))] if links else None
-    transit = [n for n in path[1:-1] if n not in exclude]
-    if not transit:
+        cands = [e for e in itertools.pairwise(path) if survives(e)]
+    else:
+        cands = [(n,) for n in path[1:-1] if n not in exclude and survives((n,))]
+    if not cands:
         return None
-    return (transit[min(len(transit) - 1, int(step.path_position * len(transit)))],)
+    return cands[min(len(cands) - 1, int(step.path_position * len(cands)))]
 
 
 def nodes_touched(plan: dict[str, list[dict[str, Any]]]) -> int:

@@ -110,9 +110,14 @@ class Runner:
         out = []
         for p in self.exp.get("probes") or [{"src": "auto", "dst": "auto"}]:
             src, dst = p.get("src", "auto"), p.get("dst", "auto")
-            if "auto" in (src, dst):  # the two ends of the longest shortest path
+            if "auto" in (src, dst):
+                # The two farthest nodes of the largest part of the mesh without bridges
+                # (2-edge-connected): a flow that a single link cut can reroute.
+                core = max(nx.k_edge_components(self.topo.graph, 2), key=len)
+                if len(core) < 2:
+                    core = set(self.topo.graph)
                 lengths = dict(nx.all_pairs_shortest_path_length(self.topo.graph))
-                src, dst = max(((u, v) for u in lengths for v in lengths[u]),
+                src, dst = max(((u, v) for u in core for v in core if u != v),
                                key=lambda q: (lengths[q[0]][q[1]], q))
             out.append((src, dst, float(p.get("interval_s", probes.INTERVAL_S))))
         return out
@@ -226,9 +231,11 @@ class Runner:
         if step.path_position is not None:
             s, d, _ = self.probe_pairs[0]
             path = self.mesh.path(self.mesh.hops(), s, d)
-            resolved = xp.on_path(step, path, exclude) if path[-1] == d else None
+            resolved = (xp.on_path(step, path, exclude, self.topo.graph) if path[-1] == d
+                        else None)
             if resolved is None:
-                return {"step": step.index, "class": step.cls, "skipped": f"no path: {path}"}
+                return {"step": step.index, "class": step.cls,
+                        "skipped": f"no protected element on the path {path}"}
             target = resolved
         fault = Fault(step.cls, tuple(target), f"{self.name}-{step.index}", step.params)
         plan = faults.plan(fault, self.topo, self.opts)
