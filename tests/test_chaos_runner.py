@@ -90,7 +90,8 @@ def test_a_run_injects_measures_removes_and_journals(lab: ChaosLab) -> None:
     for s in steps:
         # Static routes never fail over: the flow is down for as long as the fault holds.
         out = s["recover_s"]["a->d"]
-        assert 0.9 <= out <= 1.6, s
+        held = s["removed_at"] - s["injected_at"]  # the 1 s hold plus the node calls
+        assert 0.9 <= out <= held + 1.0, s  # + the removal's own calls (slow under load)
         assert s["reconverge_s"] is None  # a -> b is routed over the dead link the whole time
         assert s["reconverge_after_remove_s"] is not None and s["reconverge_after_remove_s"] < 1
     assert lab.leftovers() == {}
