@@ -16,6 +16,7 @@ give the same schedule. The agents and the lab come from the test kit
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -117,3 +118,4 @@ def record(spec: str, seed: int, out: Path, hold: float = 8.0, quiet_s: float = 
     finally:
         mesh.close()
         lab.down()
+        shutil.rmtree(work, ignore_errors=True)  # the samples are in the dataset now
