@@ -77,32 +77,39 @@ def _targets(a: argparse.Namespace) -> Any:
 
 def cmd_run(a: argparse.Namespace) -> int:
     from meshcore_tools.chaos import experiment, journal, report
-    from meshcore_tools.chaos.runner import Runner
+    from meshcore_tools.chaos.runner import Runner, interrupts
 
     mesh, opts = _targets(a)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     journals = []
     rc = 0
-    try:
-        for path in a.experiments:
-            exp = experiment.load(Path(path))
-            name = Path(path).stem.replace("_", "-")[:24] + time.strftime("-%H%M%S")
-            log(f"{path}: {exp['title']}")
-            doc = Runner(exp, mesh, opts, name=name, log=log, dry_run=a.dry_run).run().journal
-            journal.check(doc)
-            (out / f"{Path(path).stem}.journal.json").write_text(json.dumps(doc, indent=1))
-            journals.append(doc)
-            log(f"{path}: status {doc['status']}, deviated {doc['deviated']}")
-            if doc["status"] != "completed" or doc["deviated"]:
-                rc = 1
-            if doc["status"] == "interrupted":
-                break
-    finally:
-        mesh.close()
-    (out / "report.md").write_text(report.table(journals) + "\n")
-    report.plots(journals, out)
-    print((out / "report.md").read_text())
+    # SIGINT/SIGTERM are the runs' own until the journals and the report are written: a run
+    # stops and rolls back at the first; between runs and after, a signal is only counted
+    # (the next run is then recorded as interrupted, and no further one starts).
+    with interrupts() as intr:
+        if intr is not None:
+            intr.armed = False
+        try:
+            for path in a.experiments:
+                exp = experiment.load(Path(path))
+                name = Path(path).stem.replace("_", "-")[:24] + time.strftime("-%H%M%S")
+                log(f"{path}: {exp['title']}")
+                doc = Runner(exp, mesh, opts, name=name, log=log,
+                             dry_run=a.dry_run).run().journal
+                journal.check(doc)
+                (out / f"{Path(path).stem}.journal.json").write_text(json.dumps(doc, indent=1))
+                journals.append(doc)
+                log(f"{path}: status {doc['status']}, deviated {doc['deviated']}")
+                if doc["status"] != "completed" or doc["deviated"]:
+                    rc = 1
+                if doc["status"] == "interrupted":
+                    break
+        finally:
+            mesh.close()
+        (out / "report.md").write_text(report.table(journals) + "\n")
+        report.plots(journals, out)
+        print((out / "report.md").read_text())
     return rc
 
 

@@ -14,8 +14,11 @@
 3. Whatever happened (an error, SIGINT, SIGTERM), every node the run touched
    is rolled back (its journal undone and its tags swept) with further
    SIGINT/SIGTERM ignored until that is done — chaostoolkit skips rollbacks on
-   an interrupt and drops them on a second one. The nodes' reapers remain the
-   last line when the controller itself dies.
+   an interrupt and drops them on a second one. The run handles SIGINT itself
+   (:func:`interrupts`), so a controller started with SIGINT ignored (a
+   background job of a script, which Python then never interrupts) still
+   stops and rolls back. The nodes' reapers remain the last line when the
+   controller itself dies.
 4. The steady state is checked again; ``deviated`` is true when it no longer
    holds.
 
@@ -29,6 +32,7 @@ connect is routed again, without loops) after injection and after removal.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
@@ -55,22 +59,43 @@ class Outcome:
     steps: list[dict[str, Any]] = field(default_factory=list)
 
 
+class Interrupts:
+    """The SIGINT and SIGTERM handler of a run: the first signal raises KeyboardInterrupt (the
+    run stops and rolls back); a later one, or one once ``armed`` is off (the rollback has
+    begun), is only counted."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.armed = True
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received += 1
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+        os.write(2, f"[chaos] signal {signum} ignored: the run is stopping\n".encode())
+
+
 @contextmanager
-def shielded() -> Iterator[None]:
-    """SIGINT/SIGTERM ignored inside (the rollback must finish); restored after."""
+def interrupts() -> Iterator[Interrupts | None]:
+    """:class:`Interrupts` on SIGINT and SIGTERM inside, whatever was inherited (a process
+    started with SIGINT ignored never sees a KeyboardInterrupt otherwise); the handlers
+    before are restored after. Nested, the outer one stays (``cmd_run`` holds it until the
+    journals are written). None outside the main thread, where signals cannot be handled."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield None
         return
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    current = signal.getsignal(signal.SIGINT)
+    if isinstance(current, Interrupts):
+        yield current
+        return
+    handler = Interrupts()
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield handler
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-
-
-def _term_as_interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
 
 
 def usable_links(topo: Topo, fault: Fault | None) -> list[tuple[str, str]]:
@@ -156,12 +181,17 @@ class Runner:
 
     # -- the run ---------------------------------------------------------------------
     def run(self) -> Outcome:
+        with interrupts() as intr:
+            return self._run(intr)
+
+    def _run(self, intr: Interrupts | None) -> Outcome:
         out = Outcome(self.j.doc)
         status, deviated = "completed", False
-        old_term = None
-        if threading.current_thread() is threading.main_thread():
-            old_term = signal.signal(signal.SIGTERM, _term_as_interrupt)
         try:
+            if intr is not None:
+                if intr.received:  # interrupted before this run began (cmd_run, between runs)
+                    raise KeyboardInterrupt
+                intr.armed = True
             if not self.steady_state("before"):
                 self.log("steady state does not hold: nothing injected")
                 return Outcome(self.j.finish("failed", False))
@@ -180,12 +210,20 @@ class Runner:
                                       "duration": 0.0})
             status = "aborted"
         finally:
-            with shielded():
-                self._rollback()
-            if old_term is not None:
-                signal.signal(signal.SIGTERM, old_term)
-        if status == "completed":
-            deviated = not self.steady_state("after")
+            if intr is not None:
+                intr.armed = False  # from here on a signal is counted, never raised
+            self.log(f"{status}: rolling back {len(self.touched)} node(s)")
+            self._rollback()
+        if status == "completed":  # nothing is on the nodes any more: an interrupt may stop it
+            try:
+                if intr is not None:
+                    intr.armed = True
+                deviated = not self.steady_state("after")
+            except KeyboardInterrupt:
+                status = "interrupted"
+            finally:
+                if intr is not None:
+                    intr.armed = False
         self.j.doc["measurements"]["steps"] = out.steps
         return Outcome(self.j.finish(status, deviated), out.steps)
 
