@@ -6,6 +6,11 @@ run``) in each. Every class goes through the node-side CLI exactly as the
 runner drives it (journal first, owned tags), and after each removal every
 namespace is asked for leftovers (journal records, tagged nft tables, owned tc
 qdiscs, tagged link aliases, chaos cgroups, tagged or stopped processes).
+
+A loaded host makes every node call slow (a Python start in a namespace), so
+nothing here is timed: faults get deadlines far beyond the test (or, for the
+reaper's own deadline, 20 s), and an effect that comes asynchronously (a
+signal, a restart, the reaper) is waited for with a deadline of a minute.
 """
 
 from __future__ import annotations
@@ -44,10 +49,11 @@ def nothing_left(lab: ChaosLab) -> Iterator[None]:
 
 
 DEFAULT = Options()
+WAIT_S = 60.0  # a deadline for what comes asynchronously; met at once on an idle host
 
 
 def put(lab: ChaosLab, cls: str, target: tuple[str, ...], opts: Options = DEFAULT,
-        hold: float = 30, **params: object) -> tuple[Fault, dict[str, list[dict[str, object]]]]:
+        hold: float = 300, **params: object) -> tuple[Fault, dict[str, list[dict[str, object]]]]:
     fault = Fault(cls, target, f"t{time.monotonic_ns() % 10**9}", params)
     plan = faults.plan(fault, Topo(lab.state), opts)
     res = inject(lab.nodes, fault, plan, time.time() + hold, "test")
@@ -81,7 +87,7 @@ def test_link_down_is_seen_by_the_kernel(lab: ChaosLab) -> None:
     take(lab, fault, plan)
     st = lab.link_state("a", t.ifname("a", "b"))
     assert "UP" in st["flags"] and not st.get("ifalias")
-    assert lab.wait(lambda: lab.ping("a", lab.link_addr("b", "a"))[0] > 0, 3)
+    assert lab.wait(lambda: lab.ping("a", lab.link_addr("b", "a"))[0] > 0, WAIT_S)
 
 
 def test_lossy_link_drops_about_the_share_asked(lab: ChaosLab) -> None:
@@ -112,24 +118,35 @@ def test_slow_link_has_a_tbf_with_the_owned_handle(lab: ChaosLab) -> None:
     assert rtts and max(rtts) > 100, out  # ms: the cap is in the path
 
 
+def agent_pids(lab: ChaosLab, node: str) -> list[int]:
+    """The (stand-in) agents running in a node's namespace."""
+    found = []
+    for p in netns.run("ip", "netns", "pids", lab.ns(node)).stdout.split():
+        try:  # a short-lived process (the reaper's nft, tc) may be gone already
+            if "mesh_agent" in Path(f"/proc/{p}/cmdline").read_text(errors="replace"):
+                found.append(int(p))
+        except OSError:
+            continue
+    return found
+
+
 def test_node_crash_kills_the_agent_and_restarts_it_on_removal(lab: ChaosLab) -> None:
     log = lab.base / "restarted.log"
     old = lab.agents["b"].pid
     opts = Options(restart=stand_in_argv(), restart_log=str(log))
     fault, plan = put(lab, "node_crash", ("b",), opts)
-    assert lab.wait(lambda: lab.agents["b"].poll() is not None, 2)
+    assert lab.wait(lambda: lab.agents["b"].poll() is not None, WAIT_S)
     take(lab, fault, plan)
-    pids = netns.run("ip", "netns", "pids", lab.ns("b")).stdout.split()
-    assert any(int(p) != old and "mesh_agent" in Path(f"/proc/{p}/cmdline").read_text()
-               for p in pids), pids
+    assert lab.wait(lambda: [p for p in agent_pids(lab, "b") if p != old], WAIT_S), \
+        agent_pids(lab, "b")
 
 
 def test_frozen_agent_is_stopped_then_continued(lab: ChaosLab) -> None:
     pid = lab.agents["c"].pid
     fault, plan = put(lab, "frozen_agent", ("c",))
-    assert lab.wait(lambda: (proc_stat(pid) or ("?",))[0] == "T", 2)
+    assert lab.wait(lambda: (proc_stat(pid) or ("?",))[0] == "T", WAIT_S)
     take(lab, fault, plan)
-    assert lab.wait(lambda: (proc_stat(pid) or ("T",))[0] != "T", 2)
+    assert lab.wait(lambda: (proc_stat(pid) or ("T",))[0] != "T", WAIT_S)
 
 
 def test_partition_cuts_every_link_across(lab: ChaosLab) -> None:
@@ -144,7 +161,9 @@ def test_partition_cuts_every_link_across(lab: ChaosLab) -> None:
 def test_cpu_starvation_throttles_the_agent(lab: ChaosLab) -> None:
     busy = lab.spawn("a", stand_in_argv(busy=True), lab.base / "busy.log")
     try:
-        time.sleep(0.2)
+        # Until the spinner runs as itself (the spawn's exec done), which the fault looks for.
+        assert lab.wait(lambda: "busy\0mesh_agent" in Path(f"/proc/{busy.pid}/cmdline")
+                        .read_text(errors="replace"), WAIT_S)
         # The faults aim at the oldest match: the idle stand-in, unless told the busy one.
         opts = Options(agent_match="busy mesh_agent run")
         fault, plan = put(lab, "cpu_starvation", ("a",), opts, quota_pct=5)
@@ -152,12 +171,15 @@ def test_cpu_starvation_throttles_the_agent(lab: ChaosLab) -> None:
         d = Path("/sys/fs/cgroup/cpu") / name if Path("/sys/fs/cgroup/cpu").is_dir() \
             else Path("/sys/fs/cgroup") / name
         assert str(busy.pid) in (d / "cgroup.procs").read_text().split()
-        t0 = cpu_seconds(busy.pid)
-        time.sleep(1.0)
-        used = cpu_seconds(busy.pid) - t0
+        t0, w0 = cpu_seconds(busy.pid), time.monotonic()
+        time.sleep(1.0)  # a window to measure over, not a wait: its length is measured
+        used, wall = cpu_seconds(busy.pid) - t0, time.monotonic() - w0
         take(lab, fault, plan)
         assert not d.exists()
-        assert used < 0.15, f"the spinner used {used:.2f} s of CPU in 1 s under a 5 % quota"
+        # A quota caps the share of the wall time, however long the window really was
+        # (a loaded host only lowers it); 3 times the quota leaves the period's rounding.
+        assert used < 0.15 * wall, \
+            f"the spinner used {used:.2f} s of CPU in {wall:.2f} s under a 5 % quota"
     finally:
         busy.kill()
         busy.wait()
@@ -179,14 +201,14 @@ def test_rogue_node_floods_its_neighbours_advert_port(lab: ChaosLab) -> None:
     with netns.entered(lab.ns("a")):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((lab.link_addr("a", "b"), faults.ADVERT_PORT))
-    sock.settimeout(2)
+    sock.settimeout(WAIT_S)  # the flooder starts in its namespace: a Python start
     try:
         fault, plan = put(lab, "rogue", ("b",), rate=200, seconds=60)
         got = [sock.recv(2048) for _ in range(20)]
         assert all(len(x) == 400 for x in got)
         take(lab, fault, plan)
-        time.sleep(0.2)
-        sock.settimeout(0.3)
+        assert lab.wait(lambda: lab.leftovers() == {}, WAIT_S)  # the flooder is gone
+        sock.settimeout(1.0)
         while True:  # drain what was in flight, then silence
             try:
                 sock.recv(2048)
@@ -223,13 +245,32 @@ def test_refused_without_touching_anything(lab: ChaosLab) -> None:
         assert r.rc == 2 and not r.data["ok"], r
 
 
+def reaped(lab: ChaosLab, node: str, fault_id: str) -> list[dict[str, object]]:
+    """What the node's reapers logged having removed for ``fault_id``."""
+    out = []
+    for p in lab.base.glob(f"{node}.reaper.*.log"):
+        for line in p.read_text(errors="replace").splitlines():
+            rec = json.loads(line) if line.startswith("{") else {}
+            if isinstance(rec.get("reaped"), dict) and rec["reaped"].get("id") == fault_id:
+                out.append({**rec["reaped"], "at": rec["at"]})
+    return out
+
+
 def test_reaper_removes_a_fault_at_its_deadline(lab: ChaosLab) -> None:
-    hold = 3.0  # long enough for both nodes to journal it on a loaded machine
-    t0 = time.time()
-    put(lab, "silent_cut", ("b", "c"), hold=hold)
+    # Both nodes must journal it before the deadline (an injection after it is refused),
+    # and the cut must be seen while it holds: 20 s is far more than either takes even
+    # on a loaded host; what the test waits for is the reaper, not the clock.
+    hold = 20.0
+    fault, _ = put(lab, "silent_cut", ("b", "c"), hold=hold)
+    deadline = {n: json.loads((lab.base / "journal" / n / f"{fault.id}.json").read_text())
+                ["deadline"] for n in ("b", "c")}
     assert lab.ping("b", lab.link_addr("c", "b"))[0] == 0
-    assert lab.wait(lambda: lab.leftovers() == {}, hold + 10), lab.leftovers()
-    assert time.time() - t0 >= hold  # not before its deadline
+    assert lab.wait(lambda: lab.leftovers() == {}, hold + WAIT_S), lab.leftovers()
+    for node in ("b", "c"):
+        # Removed by the node's own reaper, for its deadline, and not before it.
+        got = reaped(lab, node, fault.id)
+        assert [r["reason"] for r in got] == ["deadline"] and not got[0]["errors"], got
+        assert float(str(got[0]["at"])) >= deadline[node], (got, deadline)
     assert lab.ping("b", lab.link_addr("c", "b")) == (3, 3)
 
 
@@ -242,7 +283,7 @@ def test_reaper_removes_a_fault_from_before_a_reboot(lab: ChaosLab) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(entry))
     tmp.replace(path)  # atomically, as the node writes it: the reaper is reading
-    assert lab.wait(lambda: lab.leftovers() == {}, 3), lab.leftovers()
+    assert lab.wait(lambda: lab.leftovers() == {}, WAIT_S), lab.leftovers()
     assert "UP" in lab.link_state("b", Topo(lab.state).ifname("b", "c"))["flags"]
 
 
@@ -254,7 +295,7 @@ def test_reaper_sweeps_tagged_state_no_record_accounts_for(lab: ChaosLab) -> Non
     for node in ("a", "b", "c"):
         for p in (lab.base / "journal" / node).glob("*.json"):
             p.unlink()
-    assert lab.wait(lambda: lab.leftovers() == {}, 3), lab.leftovers()
+    assert lab.wait(lambda: lab.leftovers() == {}, WAIT_S), lab.leftovers()
     assert lab.ping("a", lab.link_addr("b", "a")) == (3, 3)
 
 
