@@ -72,18 +72,26 @@ def torture(base: Path, injections: int, seed: int) -> dict[str, object]:
                 lab.reapers[node].wait()
                 lab.start_reaper(node)
                 reaper_restarts += 1
-        # Every deadline passed, and a reaper period on top.
-        time.sleep(max(0.0, last_deadline - time.time()) + 1.0)
-        lab.wait(lambda: lab.leftovers() == {}, 10)
+        # Every deadline passed; then the reapers get a minute (a loaded host) to be done.
+        time.sleep(max(0.0, last_deadline - time.time()))
+        lab.wait(lambda: lab.leftovers() == {}, 60)
         leftovers = lab.leftovers()
-        agents = {n: any("mesh_agent" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
-                         for p in netns.run("ip", "netns", "pids", lab.ns(n)).stdout.split()
-                         if Path(f"/proc/{p}").exists())
-                  for n in NODES}
+        lab.wait(lambda: all(agent_running(lab, n) for n in NODES), 60)
+        agents = {n: agent_running(lab, n) for n in NODES}
     reaped = sum(line.count('"reaped"') for p in base.glob("*.reaper.*.log")
                  for line in p.read_text().splitlines())
     return {"injections": started, "controller_kills": kills, "reaped_by_reapers": reaped,
             "reaper_restarts": reaper_restarts, "leftovers": leftovers, "agents": agents}
+
+
+def agent_running(lab: ChaosLab, node: str) -> bool:
+    for p in netns.run("ip", "netns", "pids", lab.ns(node)).stdout.split():
+        try:  # a short-lived process may be gone already
+            if "mesh_agent" in Path(f"/proc/{p}/cmdline").read_text(errors="replace"):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def check(result: dict[str, object], injections: int) -> None:
