@@ -66,8 +66,9 @@ class ChaosLab(netns.NetnsLab):
         return str(end["address"]).split("/")[0]
 
     def ping(self, src: str, dst_addr: str, count: int = 3, interval: float = 0.05,
-             wait: float = 0.3) -> tuple[int, int]:
-        """(received, sent)."""
+             wait: float = 1.0) -> tuple[int, int]:
+        """(received, sent). ``wait``: how long ping waits for the replies still out after
+        its last send (a loaded host may run it late; replies never take long on a veth)."""
         out = netns.run(*netns.exec_argv(self.ns(src), "ping", "-n", "-q", "-c", str(count),
                                          "-i", str(interval), "-W", str(wait), dst_addr),
                         check=False).stdout
