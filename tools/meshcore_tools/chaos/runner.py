@@ -212,7 +212,8 @@ class Runner:
         finally:
             if intr is not None:
                 intr.armed = False  # from here on a signal is counted, never raised
-            self.log(f"{status}: rolling back {len(self.touched)} node(s)")
+            if self.touched or status != "completed":
+                self.log(f"{status}: rolling back {len(self.touched)} node(s)")
             self._rollback()
         if status == "completed":  # nothing is on the nodes any more: an interrupt may stop it
             try:
