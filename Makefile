@@ -35,13 +35,16 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 1
 export PY_COLORS ?= 1
 
-.PHONY: help setup venv pki-backup hw-lab image image-rpi seed image-boot-test image-repro agent-bundle lab lab-status lab-report lab-destroy dashboard test test-full lint unit molecule molecule-full molecule-image bench fuzz
+.PHONY: chaos chaos-clean dataset help setup venv pki-backup hw-lab image image-rpi seed image-boot-test image-repro agent-bundle lab lab-status lab-report lab-destroy dashboard test test-full lint unit molecule molecule-full molecule-image bench fuzz
 
 help:
 	@echo "make lab [NODES=10] [TOPOLOGY=grid|rgg|ladder|community|FILE]   build + provision the lab mesh"
 	@echo "make lab-status | lab-destroy                                  status table | remove the lab"
 	@echo "make lab-report                                                key series + build/lab/report.png"
 	@echo "make dashboard                                                 regenerate the Grafana dashboard JSON"
+	@echo "make chaos [EXPERIMENT=experiments/x.yml]  chaos experiments on the running lab (build/chaos: journals, report)"
+	@echo "make chaos-clean                           remove every fault on record or tagged, on every lab node"
+	@echo "make dataset [TOPOLOGY=file SEED=1 OUT=build/dataset]  record a labelled telemetry dataset (netns)"
 	@echo "make test        lint + unit tests + molecule (fast scenarios)"
 	@echo "make test-full   make test + the slow scenarios"
 	@echo "make bench       benchmarks under tests/bench (one JSON line per figure)"
@@ -118,11 +121,28 @@ dashboard: setup
 lab-destroy: setup
 	@$(BIN)/labctl destroy
 
+# The default suite (experiments/*.yml), or EXPERIMENT=file[,file], on the running lab.
+EXPERIMENT ?=
+chaos: setup
+	$(BIN)/ansible-playbook playbooks/chaos.yml \
+	  $(if $(EXPERIMENT),-e '{"chaos_experiments": $(shell printf '%s' '$(EXPERIMENT)' | $(BIN)/python -c 'import json,sys,os; print(json.dumps([os.path.abspath(p) for p in sys.stdin.read().split(",")]))')}')
+
+chaos-clean: setup
+	$(BIN)/ansible-playbook playbooks/chaos.yml --tags rollback
+
+# A labelled telemetry dataset (docs/dataset.md) recorded on netns labs with real agents:
+# the standard set (rgg:16, grid:9, community), or TOPOLOGY=<file|kind:n> SEED=<n> OUT=<dir>.
+OUT ?= build/dataset
+dataset: setup
+	$(BIN)/python -m meshcore_tools.chaos dataset --seed $(SEED) --out $(OUT) \
+	  $(if $(filter command line,$(origin TOPOLOGY)),--topology $(TOPOLOGY))
+
 lint: setup
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint
 	$(BIN)/ruff check files tools tests
 	cd files/mesh_agent && ../../$(BIN)/mypy mesh_agent
+	cd files/chaos && ../../$(BIN)/mypy meshcore_chaos
 	$(BIN)/mypy -p meshcore_tools -p meshcore_testkit
 
 unit: setup
@@ -143,7 +163,7 @@ molecule-image: image-rpi
 	$(BIN)/molecule test -s image
 
 test-full: test molecule-full image-rpi molecule-image
-	$(BIN)/pytest -q tests/test_monitoring_netns.py tests/test_lab_e2e.py tests/test_lab_yggdrasil.py tests/test_lab_identity_rotation.py tests/test_dashboard_lab.py tests/test_image_rpi.py tests/test_hw_lab.py --run-slow -p no:cacheprovider
+	$(BIN)/pytest -q tests/test_monitoring_netns.py tests/test_lab_e2e.py tests/test_lab_yggdrasil.py tests/test_lab_identity_rotation.py tests/test_dashboard_lab.py tests/test_image_rpi.py tests/test_hw_lab.py tests/test_chaos_reaper.py tests/test_chaos_suite_netns.py tests/test_chaos_rogue.py --run-slow -p no:cacheprovider
 
 bench: setup
 	@set -e; for b in tests/bench/bench_*.py; do $(BIN)/python $$b; done

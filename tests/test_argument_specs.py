@@ -141,6 +141,7 @@ CASES = [
 ]
 MY_ROLES = [
     "yggdrasil", "spire_server", "spire_agent", "spire_release", "lab_pki", "mesh_link", "chrony",
+    "chaos_reaper",
 ]  # fmt: skip
 
 

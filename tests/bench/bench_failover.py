@@ -31,10 +31,8 @@ the end.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -45,16 +43,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meshcore_testkit.agents import agent_argv, agent_config, write_config
 from meshcore_testkit.pki import CA
+from meshcore_testkit.routers import BABELD, RoutingLab
 from meshcore_tools import netns
+from meshcore_tools.chaos import probes
 from meshcore_tools.lab import topology as topo
 
-PING_INTERVAL = 0.01
-BABELD = {
-    "babeld-h1.0": "hello-interval 1 update-interval 4",
-    "babeld-h0.2": "hello-interval 0.2 update-interval 1",
-}
+PING_INTERVAL = probes.INTERVAL_S
 
 
 def log(msg: str) -> None:
@@ -65,56 +60,8 @@ def emit(**fields: Any) -> None:
     print(json.dumps({"bench": "failover", **fields}), flush=True)
 
 
-class Lab(netns.NetnsLab):
-    """Plain namespaces wired like the container lab, routing daemons inside."""
-
-    def __init__(self, state: dict[str, Any], workdir: Path) -> None:
-        super().__init__(state, "mcb", sysctls={
-            "net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0",
-            "net.ipv4.conf.default.rp_filter": "0"})
-        self.workdir = workdir
-        self.by_link_addr = {
-            end["address"].split("/")[0]: name
-            for name, n in state["nodes"].items()
-            for end in n["links"]
-        }
-
-    def stop(self, timeout: float = 5.0) -> list[int | None]:
-        codes = super().stop(timeout)
-        for name in self.state["nodes"]:  # whatever a daemon left behind
-            ns = self.ns(name)
-            netns.ip(ns, "route", "flush", "proto", "babel", check=False)
-            netns.ip(ns, "route", "flush", "proto", "77", check=False)
-            netns.ip(ns, "nexthop", "flush", check=False)
-        return codes
-
-    def ifnames(self, node: str) -> list[str]:
-        return [e["ifname"] for e in self.state["nodes"][node]["links"]]
-
-    # --- routing implementations -----------------------------------------------------
-    def start_babeld(self, timers: str) -> None:
-        conf = self.workdir / "babeld.conf"
-        conf.write_text(
-            f"default type wired {timers}\n"
-            "redistribute local ip 10.77.0.0/16 ge 32\n"
-            "redistribute local deny\nredistribute deny\n"
-        )
-        for node in self.state["nodes"]:
-            run = self.workdir / node
-            run.mkdir(exist_ok=True)
-            self.spawn(node, ["babeld", "-c", str(conf), "-I", str(run / "babeld.pid"),
-                              "-S", str(run / "babeld.state"), *self.ifnames(node)],
-                       self.workdir / f"{node}.babeld.log")
-
-    def start_agent(self, ca: CA) -> None:
-        """The agent in enforce mode, 50 ms x 3 hellos, started as its unit starts it."""
-        for node, n in self.state["nodes"].items():
-            d = self.workdir / node
-            # The certificate binds the node address (IP SAN): the agent requires it.
-            pki = ca.write(d / "pki", node, n["node_address"])
-            cfg = agent_config(node, n["node_address"], pki, d)
-            self.spawn(node, agent_argv(write_config(self.workdir / f"{node}.agent.yml", cfg)),
-                       self.workdir / f"{node}.agent.log")
+class Lab(RoutingLab):
+    """The shared routing lab (meshcore_testkit.routers), plus the flow's path."""
 
     # --- measurement -----------------------------------------------------------------
     def reachable(self, src: str, dst_addr: str) -> bool:
@@ -161,18 +108,11 @@ def wait_converged(
     return None
 
 
-REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .* icmp_seq=(\d+)")
-
-
 def outage(ping_output: str, cut_at: float) -> tuple[float, int]:
-    """Longest reply gap spanning the cut, minus one interval; and lost count."""
-    times = [float(m.group(1)) for line in ping_output.splitlines() if (m := REPLY.match(line))]
-    sent = re.search(r"(\d+) packets transmitted, (\d+) received", ping_output)
-    lost = int(sent.group(1)) - int(sent.group(2)) if sent else -1
-    gaps = [(b - a) for a, b in itertools.pairwise(times) if b >= cut_at - 0.05]
-    if not times or times[-1] < cut_at:
-        return float("inf"), lost
-    return max(0.0, max(gaps, default=0.0) - PING_INTERVAL), lost
+    """Longest reply gap spanning the cut, minus one interval (meshcore_tools.chaos.probes,
+    Battlemesh's first loss to first success); and the lost count."""
+    trace = probes.parse(ping_output)
+    return probes.recover_s(trace, cut_at, float("inf")), trace.sent - trace.received
 
 
 def trial(lab: Lab, src: str, dst: str, mode: str, hold: float) -> dict[str, Any] | None:

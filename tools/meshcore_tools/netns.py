@@ -26,7 +26,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -89,6 +89,13 @@ def delete(*names: str) -> None:
         run("ip", "netns", "delete", name, check=False)
 
 
+def kill_inside(ns: str) -> None:
+    """SIGKILL every process whose network namespace is ``ns`` (``ip netns pids``)."""
+    for pid in run("ip", "netns", "pids", ns, check=False).stdout.split():
+        with suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
 def links_in(ns: str) -> set[str]:
     out = ip(ns, "-j", "link", "show")
     return {link["ifname"] for link in json.loads(out or "[]")}
@@ -145,19 +152,22 @@ def wire(state: dict[str, Any], ns_of: Callable[[str], str]) -> int:
         created += 1
     for name, node in state["nodes"].items():
         batch = ["link set lo up", f"address replace {node['node_address']}/32 dev lo"]
+        qdiscs = []  # tc's own batch: `ip -batch` has no qdisc object
         nft = []
         for end in node["links"]:
             link = by_end[(name, end["ifname"])]
             batch.append(f"address replace {end['address']} dev {end['ifname']}")
             batch.append(f"link set {end['ifname']} up")
             if link.get("rate"):
-                batch.append(f"qdisc replace dev {end['ifname']} root tbf rate {link['rate']} "
-                             "burst 32kbit latency 50ms")
+                qdiscs.append(f"qdisc replace dev {end['ifname']} root tbf rate {link['rate']} "
+                              "burst 32kbit latency 50ms")
             if link.get("loss"):
                 nft.append(f"  chain in_{end['ifname']} {{\n"
                            f"    type filter hook ingress device \"{end['ifname']}\" priority 0;\n"
                            f"    numgen random mod 100 < {int(link['loss'])} drop\n  }}")
         run("ip", "-n", ns_of(name), "-batch", "-", input="\n".join(batch) + "\n")
+        if qdiscs:
+            run("tc", "-n", ns_of(name), "-batch", "-", input="\n".join(qdiscs) + "\n")
         if nft:
             rules = ("table netdev meshcore_lab\ndelete table netdev meshcore_lab\n"
                      "table netdev meshcore_lab {\n" + "\n".join(nft) + "\n}\n")
@@ -281,6 +291,8 @@ class NetnsLab:
 
     def down(self) -> None:
         self.stop()
+        for ns in self.namespaces:  # what a test started in there that the lab never owned
+            kill_inside(ns)
         delete(*self.namespaces)
 
     def __enter__(self) -> NetnsLab:

@@ -1,0 +1,95 @@
+"""The fault plans and the reaper's decision, with no network (plain data in and out)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from meshcore_chaos.node import reaper
+from meshcore_chaos.node.journal import Entry
+from meshcore_tools.chaos import faults
+from meshcore_tools.chaos.faults import Fault, FaultError, Topo
+from meshcore_tools.lab import topology
+
+
+@pytest.fixture(scope="module")
+def topo() -> Topo:
+    return Topo(topology.normalise(topology.build("rgg", 20, seed=3)))
+
+
+def test_every_class_plans_owned_operations_only(topo: Topo) -> None:
+    rng = random.Random(1)
+    for cls, info in faults.CLASSES.items():
+        target = faults.pick_target(cls, topo, rng)
+        plan = faults.plan(Fault(cls, target, "f1"), topo)
+        assert plan, cls
+        for node, ops in plan.items():
+            assert node in topo.state["nodes"]
+            for op in ops:
+                if op["op"] == "nft":
+                    assert op["table"] == "meshcore_chaos_f1"
+                if op["op"] == "spawn":
+                    assert "meshcore_chaos:f1" in op["argv"]
+        assert info.hardware
+
+
+def test_link_faults_touch_both_ends_but_link_down_one(topo: Topo) -> None:
+    a, b = sorted(topo.graph.edges)[0]
+    assert set(faults.plan(Fault("silent_cut", (a, b), "x"), topo)) == {a, b}
+    assert set(faults.plan(Fault("slow", (a, b), "x"), topo)) == {a, b}
+    assert set(faults.plan(Fault("link_down", (a, b), "x"), topo)) == {a}
+
+
+def test_partition_cuts_exactly_the_links_across(topo: Topo) -> None:
+    side = faults.bisect(topo, seed=4)
+    plan = faults.plan(Fault("partition", side, "p"), topo)
+    across = [(a, b) for a, b in topo.graph.edges if (a in side) != (b in side)]
+    chains = sum(op["body"].count("chain ") for ops in plan.values() for op in ops)
+    assert chains == 2 * len(across)
+    assert faults.bisect(topo, seed=4) == side  # seeded: reproducible
+
+
+@pytest.mark.parametrize(("cls", "target", "params"), [
+    ("silent_cut", ("n01",), {}), ("lossy", None, {"loss_pct": 0}), ("frozen_agent", ("zz",), {}),
+    ("cpu_starvation", None, {"quota_pct": 100}), ("nope", ("n01",), {}),
+])
+def test_bad_faults_are_refused(topo: Topo, cls: str, target: tuple[str, ...] | None,
+                                params: dict[str, object]) -> None:
+    if target is None:
+        target = faults.pick_target(cls, topo, random.Random(0))
+    with pytest.raises(FaultError):
+        faults.plan(Fault(cls, target, "x", params), topo)
+
+
+def entry(fid: str, deadline: float, boot: str = "b1") -> Entry:
+    return Entry(fid, "e", "silent_cut", deadline, boot, 0.0)
+
+
+def test_reaper_takes_what_is_past_its_deadline_or_from_another_boot() -> None:
+    es = [entry("late", 10.0), entry("future", 30.0), entry("old-boot", 99.0, boot="b0")]
+    assert [(d.id, d.reason) for d in reaper.due(es, 20.0, "b1")] == [
+        ("late", "deadline"), ("old-boot", "reboot")]
+    assert reaper.next_wakeup(es[1:2], 20.0, 0.5) == 0.5
+    assert reaper.next_wakeup(es[1:2], 29.9, 0.5) == pytest.approx(0.1)
+
+
+def test_deadlines_are_bounded() -> None:
+    assert reaper.check_deadline(5.0, 10.0)
+    assert reaper.check_deadline(10.0 + reaper.MAX_DURATION_S + 1, 10.0)
+    assert reaper.check_deadline(70.0, 10.0) is None
+
+
+def test_probe_figures_from_a_ping_transcript() -> None:
+    from meshcore_tools.chaos import probes
+
+    lines = [f"[{100 + 0.016 * i:.6f}] 64 bytes from 10.77.0.2: icmp_seq={i} ttl=63 time=0.2 ms"
+             for i in range(200) if not 50 <= i < 80]  # 30 lost: 0.48 s without a reply
+    tr = probes.parse("\n".join(lines) + "\n200 packets transmitted, 170 received, 15% loss")
+    assert tr.sent == 200 and tr.received == 170
+    # first loss to first success: the gap 49 -> 80 (31 intervals) minus one ping interval
+    assert abs(probes.recover_s(tr, 100.8, 101.5) - (31 * 0.016 - 0.01)) < 1e-6
+    # nothing lost: one sending gap (about 16 ms here) minus the 10 ms interval
+    assert probes.recover_s(tr, 102.0, 103.0) < 0.016
+    assert probes.heal_s(tr, 100.9) > 0.3 and probes.heal_s(tr, 102.0) == 0.0
+    lv = probes.service_levels(tr)
+    assert lv.loss_pct == 15.0 and lv.latency_p95_ms == 0.2 and not lv.ok()

@@ -1,0 +1,97 @@
+"""Reading a running mesh from the controller: routes, readiness, the agents' event logs.
+
+Every read is a command run *on the node* through a prefix (``nsenter --net``
+for a netns lab, ``podman exec`` for the container lab, ``ssh`` for a fleet),
+so the same runner measures all three. Route dumps of all nodes run a few at
+a time (threads), because global reconvergence is sampled from all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from meshcore_tools import netns
+from meshcore_tools.chaos import routes
+from meshcore_tools.chaos.nodes import Nodes, netns_nodes
+
+
+class Mesh:
+    def __init__(self, state: Mapping[str, Any], prefix_of: Callable[[str], Sequence[str]],
+                 nodes: Nodes, *, api: str | None = "http://127.0.0.1:9105",
+                 route_proto: str | None = "77") -> None:
+        self.state = state
+        self.prefix_of = prefix_of
+        self.nodes = nodes
+        self.api = api  # None: no agent API (babeld)
+        self.route_proto = route_proto
+        self.names = list(state["nodes"])
+        self.pool = ThreadPoolExecutor(max_workers=6)
+
+    def sh(self, node: str, *argv: str, timeout: float = 10) -> str:
+        try:
+            return subprocess.run([*self.prefix_of(node), *argv], capture_output=True, text=True,
+                                  timeout=timeout).stdout
+        except subprocess.TimeoutExpired:
+            return ""
+
+    def address(self, node: str) -> str:
+        return str(self.state["nodes"][node]["node_address"])
+
+    # -- forwarding state ----------------------------------------------------------
+    def dump(self, node: str) -> list[dict[str, Any]]:
+        argv = ["ip", "-j", "route", "show"]
+        if self.route_proto:
+            argv += ["proto", self.route_proto]
+        return list(json.loads(self.sh(node, *argv) or "[]"))
+
+    def hops(self) -> routes.NextHops:
+        dumps = dict(zip(self.names, self.pool.map(self.dump, self.names), strict=True))
+        return routes.next_hops(self.state, dumps)
+
+    def path(self, hops: routes.NextHops, src: str, dst: str) -> list[str]:
+        out = [src]
+        while out[-1] != dst and len(out) <= len(self.names):
+            nxt = hops.get(out[-1], {}).get(dst)
+            if nxt is None or nxt in out:
+                break
+            out.append(nxt)
+        return out
+
+    # -- the agents -------------------------------------------------------------------
+    def get(self, node: str, path: str) -> tuple[int, str]:
+        if self.api is None:
+            return 0, ""
+        out = self.sh(node, "curl", "-s", "-m", "2", "-w", "\n%{http_code}", self.api + path)
+        body, _, code = out.rpartition("\n")
+        return (int(code) if code.isdigit() else 0), body
+
+    def ready(self) -> dict[str, bool]:
+        if self.api is None:
+            return {}
+        codes = self.pool.map(lambda n: self.get(n, "/readyz")[0], self.names)
+        return {n: c == 200 for n, c in zip(self.names, codes, strict=True)}
+
+    def event_cursor(self, node: str) -> int:
+        code, body = self.get(node, "/v1/events?limit=1")
+        return int(json.loads(body).get("newest_id", 0)) if code == 200 else 0
+
+    def events(self, node: str, after: int, kinds: Sequence[str]) -> list[dict[str, Any]]:
+        q = "&".join([f"after={after}", "limit=500", *(f"kind={k}" for k in kinds)])
+        code, body = self.get(node, f"/v1/events?{q}")
+        return list(json.loads(body).get("events", [])) if code == 200 else []
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def netns_mesh(state: Mapping[str, Any], ns_of: Callable[[str], str], journal_root: Any,
+               **kw: Any) -> Mesh:
+    """A Mesh over a netns lab whose node ``n`` lives in namespace ``ns_of(n)``."""
+    def prefix(node: str) -> list[str]:
+        return ["nsenter", f"--net={netns.NETNS_DIR / ns_of(node)}"]
+
+    return Mesh(state, prefix, netns_nodes(ns_of, journal_root), **kw)

@@ -1,0 +1,90 @@
+"""The mesh's forwarding state as one picture: which pairs route, which loop, which have none.
+
+Input: every node's kernel routes (``ip -j route show``, one dump per node),
+the topology's addresses, and the links that are currently usable. Each
+pair's path is followed next hop by next hop through the dumps (the primary
+route: lowest metric), as a packet would go. No I/O here.
+
+A pair is *connected* when the usable links join its two ends; *routed* when
+following the next hops from the source reaches the destination; *looping*
+when the walk comes back to a node it has visited; otherwise *black-holed*
+(a node on the way has no route, or a next hop over a dead link). Global
+reconvergence is the moment every connected pair is routed (no loop, no hole).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+NextHops = dict[str, dict[str, str]]  # node -> destination node -> next-hop node
+
+
+def next_hops(state: Mapping[str, Any], dumps: Mapping[str, list[dict[str, Any]]]) -> NextHops:
+    """Node -> destination -> next hop, from each node's ``ip -j route show``."""
+    by_addr: dict[str, str] = {}
+    for name, node in state["nodes"].items():
+        by_addr[str(node["node_address"])] = name
+        for end in node["links"]:
+            by_addr[str(end["address"]).split("/")[0]] = name
+    out: NextHops = {}
+    for node, routes in dumps.items():
+        best: dict[str, tuple[int, str]] = {}
+        for r in routes:
+            dst = by_addr.get(str(r.get("dst", "")).removesuffix("/32"))
+            if dst is None or dst == node:
+                continue
+            gw = r.get("gateway") or next(
+                (h.get("gateway") for h in r.get("nexthops", []) if h.get("gateway")), None)
+            hop = by_addr.get(str(gw)) if gw else None
+            metric = int(r.get("metric", 0))
+            if hop is not None and (dst not in best or metric < best[dst][0]):
+                best[dst] = (metric, hop)
+        out[node] = {dst: hop for dst, (_, hop) in best.items()}
+    return out
+
+
+@dataclass
+class Picture:
+    connected: int = 0
+    routed: int = 0
+    looping: list[tuple[str, str]] = field(default_factory=list)
+    holes: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def converged(self) -> bool:
+        return self.routed == self.connected
+
+
+def picture(hops: NextHops, nodes: Iterable[str],
+            usable: Iterable[tuple[str, str]]) -> Picture:
+    """Every ordered pair of ``nodes`` that ``usable`` links connect, walked through ``hops``."""
+    g = nx.Graph()
+    names = list(nodes)
+    g.add_nodes_from(names)
+    g.add_edges_from(usable)
+    up = {frozenset(e) for e in g.edges}
+    pic = Picture()
+    for comp in nx.connected_components(g):
+        for src in comp:
+            for dst in comp:
+                if src == dst:
+                    continue
+                pic.connected += 1
+                at, seen = src, {src}
+                while at != dst:
+                    hop = hops.get(at, {}).get(dst)
+                    if hop is None or frozenset((at, hop)) not in up:
+                        pic.holes.append((src, dst))
+                        break
+                    if hop in seen:
+                        pic.looping.append((src, dst))
+                        break
+                    seen.add(hop)
+                    at = hop
+                else:
+                    pic.routed += 1
+    return pic
