@@ -8,3 +8,22 @@ whatever happened to the controller. Every rule, qdisc, cgroup, link alias and
 process a fault creates carries the owned tag ``meshcore_chaos`` (or the owned
 tc handle ``c4a0:``), so a rollback finds it and touches nothing else.
 """
+
+import signal
+
+
+class StopSignals:
+    """A service loop's exit condition: ``requested`` turns true on SIGTERM or SIGINT.
+
+    Installs its handlers when made; the loop finishes its current pass and
+    returns, so what it writes last (a journal line, the recorder's summary) is
+    still written.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._set)
+        signal.signal(signal.SIGINT, self._set)
+
+    def _set(self, *_: object) -> None:
+        self.requested = True

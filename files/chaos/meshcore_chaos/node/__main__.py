@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from meshcore_chaos.node import ops, reaper
+from meshcore_chaos.node import StopSignals, ops, reaper
 from meshcore_chaos.node.journal import DEFAULT_DIR, Entry, Journal, boot_id
 
 
@@ -140,16 +139,9 @@ def cmd_reap(a: argparse.Namespace, journal: Journal) -> int:
 
 
 def cmd_reaper(a: argparse.Namespace, journal: Journal) -> int:
-    stop = False
-
-    def on_term(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    stop = StopSignals()
     out(ok=True, reaper="started", journal=str(journal.dir), pid=os.getpid())
-    while not stop:
+    while not stop.requested:
         for d in reap_once(journal):
             out(reaped=d, at=time.time())
         time.sleep(reaper.next_wakeup(journal.entries(), time.time(), a.interval) or 0.01)

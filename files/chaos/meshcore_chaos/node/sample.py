@@ -29,13 +29,13 @@ import argparse
 import json
 import os
 import re
-import signal
 import time
 import urllib.request
 from collections import deque
 from pathlib import Path
 from typing import Any
 
+from meshcore_chaos.node import StopSignals
 from meshcore_chaos.node.ops import OpError, find_process
 
 METRICS = {
@@ -169,20 +169,13 @@ def main() -> None:
     p.add_argument("--api", default="http://127.0.0.1:9105")
     p.add_argument("--agent-match", default="mesh_agent run")
     a = p.parse_args()
-    stop = False
-
-    def on_term(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    stop = StopSignals()
     s = Sampler(a.node, a.api, a.agent_match)
     t0, c0 = time.monotonic(), time.process_time()
     n = 0
     with open(a.out, "a") as f:
         nxt = time.monotonic()
-        while not stop and (not a.seconds or time.monotonic() - t0 < a.seconds):
+        while not stop.requested and (not a.seconds or time.monotonic() - t0 < a.seconds):
             for rec in s.tick(time.time()):
                 f.write(json.dumps(rec, separators=(",", ":")) + "\n")
             f.flush()
