@@ -598,6 +598,32 @@ def test_spire_archives_missing_names_each_role():
     assert spire_archives_missing("monitor1", {}, groups) == []
 
 
+def test_spire_archives_missing_is_the_rule_spire_release_asserts():
+    """The site check and the role's own assert accept exactly the same archives.
+
+    The role's ``that`` expression is read from its tasks file and evaluated by
+    Ansible's templar, so an edit to either side that breaks agreement fails here.
+    """
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar, trust_as_template
+
+    tasks = yaml.safe_load((ROOT / "roles/spire_release/tasks/main.yml").read_text())
+    asserts = [t["ansible.builtin.assert"] for t in tasks if "ansible.builtin.assert" in t]
+    that = next(a["that"] for a in asserts if "spire_release_archive_sha256" in str(a["that"]))
+    groups = {"mesh_nodes": ["n1"]}
+    shas = ["", "a" * 64, "A" * 64, "a" * 63, "not-hex"]
+    for sha in shas:
+        for src in ["", "/srv/spire.tgz"]:
+            templar = Templar(
+                loader=DataLoader(),
+                variables={"spire_release_archive_sha256": sha, "spire_release_archive_src": src},
+            )
+            role_ok = templar.template(trust_as_template("{{ " + that + " }}"))
+            hv = {"spire_agent_archive_sha256": sha, "spire_agent_archive_src": src}
+            site_ok = spire_archives_missing("n1", hv, groups) == []
+            assert site_ok == role_ok, (sha, src, role_ok, site_ok)
+
+
 def test_a_spire_site_without_archive_checksums_fails_before_any_task(tmp_path):
     """The example site (SPIRE) ships with empty sha256s: site.yml names them before any
     host is touched, and one host's failure stops the whole run (any_errors_fatal)."""

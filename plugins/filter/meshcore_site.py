@@ -216,7 +216,9 @@ def spire_archives_missing(
     A host in ``spire_servers`` installs spire-server and one in ``mesh_nodes``
     spire-agent, each from a release archive: downloaded, which needs the
     64-hex sha256, or copied from ``*_archive_src`` on the controller (its sha256
-    optional). Checked before any task so a missing value cannot fail midway.
+    then either empty or the 64-hex value: a malformed one is refused as well).
+    Checked before any task so a missing value cannot fail midway. The rule is
+    the one roles/spire_release asserts, and a test holds the two together.
     """
     missing = []
     for role, group in (("spire_server", "spire_servers"), ("spire_agent", "mesh_nodes")):
@@ -224,7 +226,7 @@ def spire_archives_missing(
             continue
         sha = str(hostvars.get(f"{role}_archive_sha256") or "")
         src = str(hostvars.get(f"{role}_archive_src") or "")
-        if not src and not re.fullmatch(r"[0-9a-f]{64}", sha):
+        if not (re.fullmatch(r"[0-9a-f]{64}", sha) or (src and not sha)):
             missing.append(f"{role}_archive_sha256")
     return missing
 
