@@ -49,3 +49,36 @@ def test_three_emulated_pis(backend):
     assert checks["site_yml_changed"][1] == {"starter-01": 0, "starter-02": 0, "starter-03": 0}
     assert checks["prometheus"]["up"] == 6
     assert checks["skewed_clock"]["offset_s"] < 10
+
+
+def test_a_signal_stops_the_run_and_keeps_what_it_proved(tmp_path, monkeypatch):
+    """SIGTERM mid-run: the cleanup runs, the result records the checks passed so far."""
+    import signal as _signal
+
+    from meshcore_tools import hwlab
+
+    lab = hwlab.Lab("native", tmp_path, tmp_path)
+    lab.dir.mkdir()  # write_site makes it; stood in for below
+    stopped = []
+
+    def write_site():
+        lab.check("hostnames_and_addresses", True)
+
+    def image_and_seeds():
+        os.kill(os.getpid(), _signal.SIGTERM)
+
+    monkeypatch.setattr(lab, "write_site", write_site)
+    monkeypatch.setattr(lab, "image_and_seeds", image_and_seeds)
+    monkeypatch.setattr(lab, "_stop", lambda keep: stopped.append(keep))
+    old = {s: _signal.getsignal(s) for s in (_signal.SIGINT, _signal.SIGTERM)}
+    try:
+        _signal.signal(_signal.SIGTERM, hwlab._interrupt)
+        result = lab.run_all(keep=False, site_yml=True)
+    finally:
+        for s, h in old.items():
+            _signal.signal(s, h)
+    assert stopped == [False]
+    assert not result["ok"]
+    assert result["error"] == "interrupted by SIGTERM"
+    assert result["checks"] == {"hostnames_and_addresses": True}
+    assert json.loads((tmp_path / "native/result.json").read_text())["checks"] == result["checks"]

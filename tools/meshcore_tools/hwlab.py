@@ -109,6 +109,11 @@ class Lab:
         self.prometheus: subprocess.Popen[bytes] | None = None
 
     # -- helpers -------------------------------------------------------------
+    def check(self, name: str, value: Any) -> None:
+        """Record a passed check, and log it at once: a run cut short keeps what it proved."""
+        self.checks[name] = value
+        log(f"{self.backend}: check {name}: {json.dumps(value, sort_keys=True, default=str)[:400]}")
+
     def step(self, name: str, t0: float) -> None:
         self.steps[name] = round(time.monotonic() - t0, 1)
         log(f"{self.backend}: {name} {self.steps[name]} s (load {load_average()})")
@@ -290,7 +295,7 @@ class Lab:
                 rtc_base=skew if node.name == self.skewed else None,
             )
             node.proc = start(argv, node.workdir)
-        self.checks["rtc_base_of_" + self.skewed] = skew
+        self.check("rtc_base_of_" + self.skewed, skew)
         for node in self.nodes:
             self.wait(f"{node.name} /healthz", lambda n=node: self.api(n, "/healthz"), 1500)
             self.step(f"boot_to_healthy_{node.name}_s", t0)
@@ -306,7 +311,7 @@ class Lab:
                 raise Failed(f"{node.name}: hostname {hostname!r}, agent says {health['node']!r}")
             if f" {node.address}/16 " not in addrs:
                 raise Failed(f"{node.name}: mesh address {node.address}/16 missing:\n{addrs}")
-        self.checks["hostnames_and_addresses"] = True
+        self.check("hostnames_and_addresses", True)
 
     def check_mesh(self) -> None:
         t0 = time.monotonic()
@@ -338,10 +343,13 @@ class Lab:
 
         self.wait("every node's neighbours", neighbours_ok, 600)
         self.step("neighbours_s", t0)
-        self.checks["neighbours"] = {
-            n.name: sorted(x["name"] for x in self.api(n, "/v1/neighbors")["neighbors"])
-            for n in self.nodes
-        }
+        self.check(
+            "neighbours",
+            {
+                n.name: sorted(x["name"] for x in self.api(n, "/v1/neighbors")["neighbors"])
+                for n in self.nodes
+            },
+        )
         self.wait("the whole topology on every node (adverts verified)", topology_ok, 600)
         self.step("topology_s", t0)
         rejected = {}
@@ -358,9 +366,9 @@ class Lab:
                 for x in metric_lines(metrics, "meshcore_adverts_rejected_total")
                 if float(x.split()[-1]) > 0
             }
-        self.checks["adverts_rejected"] = rejected
+        self.check("adverts_rejected", rejected)
         path = self.api(self.nodes[0], f"/v1/paths/{NODES[2]}")
-        self.checks["path_1_to_3"] = path
+        self.check("path_1_to_3", path)
 
     def check_ping(self) -> None:
         n1, n2, n3 = self.nodes
@@ -397,7 +405,7 @@ class Lab:
                     f"{n1.name}: batman-adv does not route to {n3.name} through {n2.name}: {best}"
                 )
             via = best[0]
-        self.checks["ping_1_to_3"] = {"runs": runs, "via": via}
+        self.check("ping_1_to_3", {"runs": runs, "via": via})
 
     def check_clock(self) -> None:
         skewed = next(n for n in self.nodes if n.name == self.skewed)
@@ -410,10 +418,13 @@ class Lab:
         offset = self.wait(f"{self.skewed}'s clock stepped from {TIME_SERVER}", close, 600)
         self.step("skewed_clock_fixed_s", t0)
         tracking = self.ssh(skewed, "chronyc -n tracking")
-        self.checks["skewed_clock"] = {
-            "offset_s": round(offset, 3),
-            "tracking": tracking.splitlines()[:3],
-        }
+        self.check(
+            "skewed_clock",
+            {
+                "offset_s": round(offset, 3),
+                "tracking": tracking.splitlines()[:3],
+            },
+        )
 
     def check_prometheus(self) -> None:
         prom = shutil.which("prometheus")
@@ -471,7 +482,7 @@ class Lab:
             )
 
         t0 = time.monotonic()
-        self.checks["prometheus"] = self.wait("Prometheus scraping all three", scraped, 300)
+        self.check("prometheus", self.wait("Prometheus scraping all three", scraped, 300))
         self.step("prometheus_scrapes_s", t0)
 
     def set_host_vars(self, node: Node, values: dict[str, Any]) -> None:
@@ -483,6 +494,9 @@ class Lab:
 
     # -- 6. site.yml over ssh --------------------------------------------------------
     def site_yml(self) -> None:
+        # The host's Prometheus has proved its point; its node_exporter scrapes cost the
+        # emulated Pis seconds of CPU every 15 s, which site.yml's modules need.
+        self.stop_prometheus()
         for node in self.nodes:
             self.set_host_vars(
                 node,
@@ -518,16 +532,32 @@ class Lab:
                 )
             }
             recaps.append(recap)
-        self.checks["site_yml_changed"] = recaps
+        self.check("site_yml_changed", recaps)
         if set(recaps[1]) != set(NODES) or any(recaps[1].values()):
             raise Failed(f"the second site.yml run changed something: {recaps[1]}")
 
     # -- teardown ---------------------------------------------------------------------
-    def stop(self, keep: bool) -> None:
-        if self.prometheus is not None:
+    def stop_prometheus(self) -> None:
+        if self.prometheus is not None and self.prometheus.poll() is None:
             self.prometheus.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            try:
                 self.prometheus.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.prometheus.kill()
+                self.prometheus.wait()
+
+    def stop(self, keep: bool) -> None:
+        # A second Ctrl-C must not cut the cleanup short.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            self._stop(keep)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, _interrupt)
+
+    def _stop(self, keep: bool) -> None:
+        self.stop_prometheus()
         for node in self.nodes:
             if node.proc is None or node.proc.poll() is not None:
                 continue
@@ -559,7 +589,7 @@ class Lab:
             if site_yml:
                 self.site_yml()
             ok = True
-        except (Failed, subprocess.TimeoutExpired) as exc:
+        except (Failed, subprocess.TimeoutExpired, Interrupted) as exc:
             error = str(exc)
             log(f"{self.backend}: FAILED: {error}")
             for node in self.nodes:
@@ -588,6 +618,14 @@ class Lab:
         return result
 
 
+class Interrupted(Exception):
+    """SIGINT or SIGTERM: stop the VMs and Prometheus, write the result, run no more."""
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -600,12 +638,18 @@ def main() -> int:
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     backends = ("native", "batman") if args.backend == "both" else (args.backend,)
+    # Both signals end the run through run_all's cleanup (a shell that started us in
+    # the background may have left SIGINT ignored, and SIGTERM's default skips cleanup).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     rc = 0
     for backend in backends:
         lab = Lab(backend, args.workdir, args.workdir, args.skewed)
         result = lab.run_all(args.keep, not args.no_site_yml)
         print(json.dumps(result, sort_keys=True, default=str), flush=True)
         rc |= 0 if result["ok"] else 1
+        if result["error"].startswith("interrupted by"):
+            return 128 + 2
     return rc
 
 
