@@ -238,6 +238,8 @@ class Agent:
             self._originate(flood=True)
         if got.lists_us is not None and r.origin is not None:  # back-link detection
             self.routing.back_link(r.origin, got.lists_us)
+        if got.removed and r.origin is not None:  # remote detours, before the recompute
+            self.routing.detour(r.origin, got.removed)
         if got.changed:
             self.routing.changed()
 
