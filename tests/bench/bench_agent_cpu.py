@@ -22,8 +22,8 @@ that an average agent spends there):
           --cut seconds after it: detection, back-link failover, floods, recompute
 
 ``--profile FILE`` also writes a cProfile of the whole run. One JSON line per
-figure on stdout. Echo probes are built (their CPU counts) but never answered,
-so every neighbour stays on hello timing.
+figure on stdout. Echo probes are answered by the peer "kernel" (an ICMP echo
+reply built here, no agent CPU), so neighbours go to echo mode as in a mesh.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import heapq
 import itertools
 import json
 import random
+import struct
 import sys
 import time
 from collections import Counter
@@ -43,6 +44,7 @@ from typing import Any
 
 from mesh_agent.identity.hellokeys import HelloKeys
 from mesh_agent.link.sensor import Event, LinkSensor, NeighborUp
+from mesh_agent.link.wire import _inet_checksum
 from mesh_agent.paths import PathTable
 from mesh_agent.paths.schedule import ComputeSchedule
 from mesh_agent.topology.core import Send, TopologyCore
@@ -138,10 +140,16 @@ class Node:
     def _tick(self) -> None:
         now = self.clock.now
         for ifname in self.sensor.hello_interfaces():
-            data = self.cpu.run("hello_build", self.sensor.build_hello, ifname, now)
-            self.mesh.deliver_hello(self, ifname, data)
+            if getattr(self.sensor, "hello_due", lambda i, t: True)(ifname, now):
+                data = self.cpu.run("hello_build", self.sensor.build_hello, ifname, now)
+                self.mesh.deliver_hello(self, ifname, data)
         for ifname in self.ifaces:
-            self.cpu.run("echo_build", self.sensor.echo_requests, ifname, now)
+            probes = self.cpu.run("echo_build", self.sensor.echo_requests, ifname, now)
+            if self.mesh._peer(self, ifname) is not None:  # the peer's kernel answers
+                for _dest, probe in probes:
+                    reply = kernel_reply(probe)
+                    self.clock.at(now + 2 * DELAY, lambda i=ifname, r=reply: self.cpu.run(
+                        "echo_rx", self.sensor.receive_echo, i, r, self.clock.now))
         self._events(self.cpu.run("hello_judge", self.sensor.tick, now))
         self.clock.at(now + self.mesh.hello_s, self._tick)
 
@@ -230,6 +238,17 @@ class Node:
     def _path_update(self) -> None:
         self.paths.update(self.cpu.run("graph", self.topology.graph))
         self.cpu.run("route_choices", self.paths.choices)
+
+
+def kernel_reply(request: bytes) -> bytes:
+    """The ICMP echo reply a neighbour's kernel sends, as the raw socket reads it."""
+    icmp = bytearray(request)
+    icmp[0] = 0
+    icmp[2:4] = b"\0\0"
+    icmp[2:4] = struct.pack("!H", _inet_checksum(bytes(icmp)))
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0xC0, 20 + len(icmp), 1, 0, 64, 1, 0,
+                     bytes(4), bytes(4))
+    return ip + bytes(icmp)
 
 
 class Mesh:

@@ -197,3 +197,31 @@ def test_random_packets_never_raise_or_change_state(data: bytes) -> None:
     before = copy.deepcopy(a.neighbors())
     assert a.receive_echo("mesh0", data, 0.03) is False
     assert a.neighbors() == before
+
+
+def test_hellos_slow_down_in_echo_mode_and_speed_up_when_it_ends() -> None:
+    """Once every neighbour on an interface answers our probes, hellos go out every
+    ECHO_HELLO_EVERY-th tick announcing that interval; a neighbour not in echo mode
+    (here: a new candidate) brings the interface back to every tick at once."""
+    from mesh_agent.link.sensor import ECHO_HELLO_EVERY
+    from mesh_agent.link.wire import decode_hello
+
+    a, b = up_pair()
+    assert a.hello_due("mesh0", 0.02)  # b is up but not in echo mode yet
+    assert decode_hello(a.build_hello("mesh0", 0.02)).interval_ms == round(IV * 1000)
+    probe_and_answer(a, 0.03)
+    assert a.echo_only("mesh0")
+    hello = decode_hello(a.build_hello("mesh0", 0.04))
+    assert hello.interval_ms == round(ECHO_HELLO_EVERY * IV * 1000)
+    sent = [t for t in (0.04 + i * IV for i in range(1, 3 * ECHO_HELLO_EVERY + 1))
+            if a.hello_due("mesh0", t) and a.build_hello("mesh0", t)]
+    assert len(sent) == 3
+    # b still judges a by a's announced (slower) interval: not dead in between.
+    b.receive("mesh0", a.build_hello("mesh0", 1.0), "10.78.0.0", 1.0)
+    assert b.tick(1.0 + 3 * ECHO_HELLO_EVERY * IV - 0.001) == []
+    # A stranger on the same interface: every tick again, at the full rate.
+    c = LinkSensor("c", "10.77.0.3", IV, 3, keys=PairKeysForTests("c"))
+    c.add_interface("mesh0")
+    a.receive("mesh0", c.build_hello("mesh0", 1.01), "10.78.0.5", 1.01)
+    assert not a.echo_only("mesh0") and a.hello_due("mesh0", 1.02)
+    assert decode_hello(a.build_hello("mesh0", 1.02)).interval_ms == round(IV * 1000)
