@@ -33,6 +33,9 @@ Per implementation the bench also reports (issue 16):
                            kernel routes every other node's address, hop by
                            hop to its end without a loop (``ip route get`` in
                            every namespace, about one poll a second)
+  start_link_deaths        (the agent) neighbour deaths its logs show from
+                           the start to the end of the idle window, before
+                           any cut: every one is false
   cpu_share_pct            the daemons' CPU from their start to their stop, as
                            a share of the whole machine (all cores), beside
                            ``machine_busy_pct`` over the same time (/proc/stat)
@@ -253,6 +256,18 @@ def machine_ticks() -> tuple[int, int]:
     return sum(f) - f[3] - f[4], sum(f)
 
 
+DEATH = re.compile(r"neighbour \S+ down on \S+ \(([\w-]+)\)")
+
+
+def agent_link_deaths(workdir: Path) -> dict[str, int]:
+    """Neighbour deaths the agents logged so far, by reason (none is real before a cut)."""
+    out: dict[str, int] = {}
+    for path in workdir.glob("*.agent.log"):
+        for m in DEATH.finditer(path.read_text(errors="replace")):
+            out[m.group(1)] = out.get(m.group(1), 0) + 1
+    return out
+
+
 def daemon_pids(lab: Lab) -> list[int]:
     """PIDs of the daemons (children of `ip netns exec`, which execs in place)."""
     return [p.pid for p in lab.procs if p.poll() is None]
@@ -336,6 +351,11 @@ def run_topology(
             for key, value in stats.items():
                 emit(topology=name, impl=impl, figure=key, value=round(value, 2),
                      nodes=len(state["nodes"]))
+            if impl == "mesh_agent":  # false deaths: no link was cut yet
+                deaths = agent_link_deaths(lab.workdir)
+                emit(topology=name, impl=impl, figure="start_link_deaths",
+                     value=sum(deaths.values()), by_reason=deaths,
+                     seconds=round(time.monotonic() - t_start, 1))
             for mode in filter(None, modes):
                 outs, losts, raws = [], [], []
                 for i in range(trials):
