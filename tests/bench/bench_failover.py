@@ -53,6 +53,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
