@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import math
 from pathlib import Path
 
 import networkx as nx
@@ -49,6 +50,26 @@ def test_community_mesh_is_tree_like() -> None:
     pairs = list(itertools.combinations(g, 2))
     protected = sum(nx.edge_connectivity(g, u, v) >= 2 for u, v in pairs) / len(pairs)
     assert 0.05 <= protected <= 0.28
+
+
+@pytest.mark.parametrize(("n", "seed"), [(30, 1), (72, 1), (72, 2), (120, 5)])
+def test_ringtree_is_seeded_two_edge_connected_and_long(n: int, seed: int) -> None:
+    """Rings hung on rings: no bridge (every link has a detour), sparse, a long diameter."""
+    a, b = topo.ring_tree(n, seed), topo.ring_tree(n, seed)
+    assert a.links == b.links
+    assert a.links != topo.ring_tree(n, seed + 1).links
+    assert topo.build("ringtree", n, seed).links == a.links
+    g = a.graph()
+    assert g.number_of_nodes() == n
+    assert nx.is_connected(g) and not list(nx.bridges(g))
+    assert g.number_of_edges() <= 1.6 * n  # tree-like: far sparser than rgg's degree 6
+    assert nx.diameter(g) >= 2 * math.log2(n) - 4  # long rings, not a small world
+    topo.validate(a)
+
+
+def test_ringtree_needs_a_ring() -> None:
+    with pytest.raises(topo.TopologyError, match="at least 6"):
+        topo.ring_tree(5)
 
 
 def test_normalise_assigns_unique_addresses_and_ifnames() -> None:
@@ -102,5 +123,5 @@ def test_bad_topologies_are_rejected_with_a_clear_message(
 
 
 def test_unknown_topology_names_the_choices() -> None:
-    with pytest.raises(topo.TopologyError, match="grid, rgg, ladder, community"):
+    with pytest.raises(topo.TopologyError, match="grid, rgg, ladder, ringtree, community"):
         topo.build("nonsense", 10)

@@ -18,12 +18,31 @@ routes, and cuts the middle link of that path:
   admin    `ip link set down` on one end (the kernel sees it)
 
 The outage is the longest gap between two consecutive echo replies (ping
-timestamps) minus the ping interval. The ping runs at real-time priority
+timestamps) minus the ping interval; ``raw_*`` figures give the gap itself
+(as an independent harness reports it). The ping runs at real-time priority
 (SCHED_FIFO 20, `chrt`): it is the measuring instrument, and at normal
 priority 50 routing daemons on 2 cores could starve it, so that a reply gap
 of 50-80 ms showed with no ping lost at all (the path never broke). Each
 figure also carries the pings lost (median and max over the cuts). One JSON
-line per figure on stdout; progress on stderr. Needs root. The namespaces are
+line per figure on stdout, each with the 1-minute load average (``load1``);
+progress on stderr.
+
+Per implementation the bench also reports (issue 16):
+
+  cold_start_all_pairs_s   from the last daemon's start until every node's
+                           kernel routes every other node's address, hop by
+                           hop to its end without a loop (``ip route get`` in
+                           every namespace, one poll a second, at most
+                           180 s)
+  start_link_deaths        (the agent) neighbour deaths its logs show from
+                           the start to the end of the idle window, before
+                           any cut: every one is false
+  cpu_share_pct            the daemons' CPU from their start to their stop, as
+                           a share of the whole machine (all cores), beside
+                           ``machine_busy_pct`` over the same time (/proc/stat)
+
+With ``--pairs K`` the cuts go to K seeded node pairs (at least 3 hops apart,
+trials cycling over them) instead of the one farthest pair. Needs root. The namespaces are
 named mcb<pid>-<node> (meshcore_tools.netns.NetnsLab) and all are deleted at
 the end.
 """
@@ -32,7 +51,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -50,6 +71,7 @@ from meshcore_tools.chaos import probes
 from meshcore_tools.lab import topology as topo
 
 PING_INTERVAL = probes.INTERVAL_S
+COLD_START_TIMEOUT_S = 180.0
 
 
 def log(msg: str) -> None:
@@ -57,7 +79,8 @@ def log(msg: str) -> None:
 
 
 def emit(**fields: Any) -> None:
-    print(json.dumps({"bench": "failover", **fields}), flush=True)
+    load1 = float(Path("/proc/loadavg").read_text().split()[0])
+    print(json.dumps({"bench": "failover", **fields, "load1": load1}), flush=True)
 
 
 class Lab(RoutingLab):
@@ -82,6 +105,45 @@ class Lab(RoutingLab):
                 return hops
             hops.append(self.by_link_addr[gw])
         return hops
+
+    def next_hops(self) -> dict[str, dict[str, str | None]]:
+        """Per node, per destination node: the next hop node its kernel uses (itself when
+        local, None when unrouted). One ``ip -batch`` of route gets per namespace, in parallel."""
+        names = {n["node_address"]: name for name, n in self.state["nodes"].items()}
+        batch = "".join(f"route get {a}\n" for a in names)
+        procs = {node: subprocess.Popen(
+            netns.exec_argv(self.ns(node), "ip", "-j", "-force", "-batch", "-"),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            for node in self.state["nodes"]}
+        out: dict[str, dict[str, str | None]] = {}
+        for node, proc in procs.items():
+            stdout, _ = proc.communicate(batch, timeout=30)
+            hops: dict[str, str | None] = dict.fromkeys(self.state["nodes"])
+            for line in stdout.splitlines():
+                for r in json.loads(line or "[]"):
+                    dst = names.get(r.get("dst", ""))
+                    if dst is None:
+                        continue
+                    if r.get("type") == "local":
+                        hops[dst] = node
+                    elif r.get("gateway") in self.by_link_addr:
+                        hops[dst] = self.by_link_addr[r["gateway"]]
+            out[node] = hops
+        return out
+
+    def all_pairs_routed(self) -> bool:
+        """Every node reaches every other by its kernel's next hops, without a loop."""
+        hops = self.next_hops()
+        for src in hops:
+            for dst in hops:
+                at, seen = src, {src}
+                while at != dst:
+                    nxt = hops[at].get(dst)
+                    if nxt is None or nxt in seen:
+                        return False
+                    seen.add(nxt)
+                    at = nxt
+        return True
 
     def link_ifnames(self, a: str, b: str) -> tuple[str, str]:
         ia = next(e["ifname"] for e in self.state["nodes"][a]["links"] if e["peer"] == b)
@@ -108,11 +170,13 @@ def wait_converged(
     return None
 
 
-def outage(ping_output: str, cut_at: float) -> tuple[float, int]:
+def outage(ping_output: str, cut_at: float) -> tuple[float, int, float]:
     """Longest reply gap spanning the cut, minus one interval (meshcore_tools.chaos.probes,
-    Battlemesh's first loss to first success); and the lost count."""
+    Battlemesh's first loss to first success); the lost count; and the raw gap (the interval
+    not subtracted, as an independent harness reports it)."""
     trace = probes.parse(ping_output)
-    return probes.recover_s(trace, cut_at, float("inf")), trace.sent - trace.received
+    return (probes.recover_s(trace, cut_at, math.inf, PING_INTERVAL), trace.sent - trace.received,
+            probes.recover_s(trace, cut_at, math.inf, 0.0))
 
 
 def trial(lab: Lab, src: str, dst: str, mode: str, hold: float) -> dict[str, Any] | None:
@@ -144,7 +208,7 @@ def trial(lab: Lab, src: str, dst: str, mode: str, hold: float) -> dict[str, Any
     time.sleep(hold)
     ping.send_signal(signal.SIGINT)
     out, _ = ping.communicate(timeout=10)
-    seconds, lost = outage(out, cut_at)
+    seconds, lost, raw = outage(out, cut_at)
     after = lab.path(src, dst)
     # restore
     if mode == "silent":
@@ -152,7 +216,8 @@ def trial(lab: Lab, src: str, dst: str, mode: str, hold: float) -> dict[str, Any
         netns.silent_cut(lab.ns(b), ib, False)
     else:
         netns.ip(lab.ns(a), "link", "set", ia, "up")
-    return {"outage_s": seconds, "lost": lost, "path_before": path, "cut": [a, b],
+    return {"outage_s": seconds, "raw_gap_s": raw, "lost": lost, "path_before": path,
+            "cut": [a, b],
             "path_after": after}
 
 
@@ -177,6 +242,35 @@ def proc_stats(pids: list[int], seconds: float) -> dict[str, float]:
             "cpu_pct_mean": statistics.mean(cpus), "cpu_pct_max": max(cpus)}
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine since boot."""
+    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(f) - f[3] - f[4], sum(f)
+
+
+DEATH = re.compile(r"neighbour \S+ down on \S+ \(([\w-]+)\)")
+
+
+def agent_link_deaths(workdir: Path) -> dict[str, int]:
+    """Neighbour deaths the agents logged so far, by reason (none is real before a cut)."""
+    out: dict[str, int] = {}
+    for path in workdir.glob("*.agent.log"):
+        for m in DEATH.finditer(path.read_text(errors="replace")):
+            out[m.group(1)] = out.get(m.group(1), 0) + 1
+    return out
+
+
 def daemon_pids(lab: Lab) -> list[int]:
     """PIDs of the daemons (children of `ip netns exec`, which execs in place)."""
     return [p.pid for p in lab.procs if p.poll() is None]
@@ -194,11 +288,35 @@ def far_pair(state: dict[str, Any]) -> tuple[str, str]:
     return src, dst
 
 
-def run_topology(spec: str, impls: list[str], modes: list[str], trials: int) -> None:
+def seeded_pairs(state: dict[str, Any], count: int, seed: int) -> list[tuple[str, str]]:
+    """``count`` seeded node pairs at least 3 hops apart (a middle link to cut)."""
+    import random
+
+    import networkx as nx
+
+    g = nx.Graph()
+    for link in state["links"]:
+        g.add_edge(link["a"], link["b"])
+    rng = random.Random(seed)
+    nodes = sorted(g)
+    pairs: list[tuple[str, str]] = []
+    for _ in range(1000 * count):
+        if len(pairs) == count:
+            break
+        u, v = rng.sample(nodes, 2)
+        if nx.shortest_path_length(g, u, v) >= 3 and (u, v) not in pairs:
+            pairs.append((u, v))
+    return pairs
+
+
+def run_topology(
+    spec: str, impls: list[str], modes: list[str], trials: int, pairs: int = 0
+) -> None:
     kind, n = spec.split(":")
     state = topo.normalise(topo.build(kind, int(n), seed=1))
     name = state["name"]
     src, dst = far_pair(state)
+    flows = seeded_pairs(state, pairs, seed=1) if pairs else [(src, dst)]
     workdir = Path(tempfile.mkdtemp(prefix="bench-failover-"))
     lab = Lab(state, workdir)
     log(f"{name}: {len(state['nodes'])} nodes, {len(state['links'])} links, flow {src} -> {dst}")
@@ -206,6 +324,7 @@ def run_topology(spec: str, impls: list[str], modes: list[str], trials: int) -> 
         lab.up()
         ca = CA.create("bench CA")
         for impl in impls:
+            t_start, busy0 = time.monotonic(), machine_ticks()
             if impl == "mesh_agent":
                 lab.start_agent(ca)
                 hold, stable = 2.0, 1.0
@@ -213,6 +332,18 @@ def run_topology(spec: str, impls: list[str], modes: list[str], trials: int) -> 
                 lab.start_babeld(BABELD[impl])
                 hold = 8.0 if impl == "babeld-h1.0" else 4.0
                 stable = 5.0
+            t_last = time.monotonic()
+            cold = None
+            # A poll starts an `ip` per namespace: one a second, so the poll itself
+            # does not starve the daemons it waits for (a continuous poll did).
+            while time.monotonic() - t_last < COLD_START_TIMEOUT_S:
+                if lab.all_pairs_routed():
+                    cold = time.monotonic() - t_last
+                    break
+                time.sleep(1.0)
+            emit(topology=name, impl=impl, figure="cold_start_all_pairs_s",
+                 value=None if cold is None else round(cold, 2), unit="s",
+                 spawn_s=round(t_last - t_start, 2), nodes=len(state["nodes"]))
             conv = wait_converged(lab, src, dst, 90)
             if conv is None:
                 log(f"{impl}: did not converge in 90 s; see {workdir}")
@@ -226,16 +357,23 @@ def run_topology(spec: str, impls: list[str], modes: list[str], trials: int) -> 
             for key, value in stats.items():
                 emit(topology=name, impl=impl, figure=key, value=round(value, 2),
                      nodes=len(state["nodes"]))
+            if impl == "mesh_agent":  # false deaths: no link was cut yet
+                deaths = agent_link_deaths(lab.workdir)
+                emit(topology=name, impl=impl, figure="start_link_deaths",
+                     value=sum(deaths.values()), by_reason=deaths,
+                     seconds=round(time.monotonic() - t_start, 1))
             for mode in filter(None, modes):
-                outs, losts = [], []
+                outs, losts, raws = [], [], []
                 for i in range(trials):
-                    if wait_converged(lab, src, dst, 90, stable=stable) is None:
-                        log(f"{impl} {mode}: no route before trial {i}")
+                    fsrc, fdst = flows[i % len(flows)]
+                    if wait_converged(lab, fsrc, fdst, 90, stable=stable) is None:
+                        log(f"{impl} {mode}: no route {fsrc} -> {fdst} before trial {i}")
                         continue
-                    r = trial(lab, src, dst, mode, hold)
+                    r = trial(lab, fsrc, fdst, mode, hold)
                     if r is None:
                         continue
                     outs.append(r["outage_s"])
+                    raws.append(r["raw_gap_s"])
                     losts.append(r["lost"])
                     log(f"{impl} {mode} #{i}: outage {r['outage_s'] * 1000:.0f} ms, "
                         f"lost {r['lost']}, cut {r['cut']}, path {r['path_before']} -> "
@@ -246,8 +384,21 @@ def run_topology(spec: str, impls: list[str], modes: list[str], trials: int) -> 
                     emit(topology=name, impl=impl, figure=f"outage_{mode}_ms",
                          median=round(1000 * statistics.median(outs), 1),
                          p95=round(1000 * p95, 1), max=round(1000 * max(outs), 1),
-                         trials=len(outs), unit="ms",
+                         trials=len(outs), unit="ms", pairs=len(flows),
                          lost_median=statistics.median(losts), lost_max=max(losts))
+                    rs = sorted(raws)
+                    emit(topology=name, impl=impl, figure=f"raw_gap_{mode}_ms",
+                         median=round(1000 * statistics.median(rs), 1),
+                         p95=round(1000 * rs[min(len(rs) - 1, round(0.95 * (len(rs) - 1)))], 1),
+                         max=round(1000 * max(rs), 1), trials=len(rs), unit="ms")
+            elapsed = time.monotonic() - t_start
+            busy1 = machine_ticks()
+            cpu = cpu_seconds(daemon_pids(lab))
+            emit(topology=name, impl=impl, figure="cpu_share_pct",
+                 value=round(100 * cpu / (elapsed * (os.cpu_count() or 1)), 2),
+                 machine_busy_pct=round(100 * (busy1[0] - busy0[0])
+                                        / max(1, busy1[1] - busy0[1]), 2),
+                 seconds=round(elapsed, 1), cpus=os.cpu_count())
             lab.stop()
     finally:
         lab.down()
@@ -262,6 +413,8 @@ def main() -> None:
     p.add_argument("--impls", default="mesh_agent,babeld-h1.0,babeld-h0.2")
     p.add_argument("--modes", default="silent,admin")
     p.add_argument("--trials", type=int, default=5)
+    p.add_argument("--pairs", type=int, default=0,
+                   help="cut on this many seeded node pairs (0: the farthest pair only)")
     a = p.parse_args()
     if os.geteuid() != 0:
         emit(figure="skipped", reason="needs root for network namespaces")
@@ -269,7 +422,7 @@ def main() -> None:
     if shutil.which("babeld") is None:
         raise SystemExit("bench_failover: babeld is not installed (make setup installs it)")
     for spec in a.topologies.split(","):
-        run_topology(spec, a.impls.split(","), a.modes.split(","), a.trials)
+        run_topology(spec, a.impls.split(","), a.modes.split(","), a.trials, a.pairs)
 
 
 if __name__ == "__main__":

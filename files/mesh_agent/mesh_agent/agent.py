@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import mesh_agent
-from mesh_agent.api import create_app, guarded_server
 from mesh_agent.config import AgentConfig
 from mesh_agent.identity import Identity
 from mesh_agent.identity.clock import ClockTrust, refresh
@@ -36,6 +35,7 @@ from mesh_agent.routes.netlink import Netlink
 from mesh_agent.routes.programmer import RouteProgrammer
 from mesh_agent.routes.pyroute2_lean import AsyncIPRoute
 from mesh_agent.routing import Routing
+from mesh_agent.startup import ApiPacing
 from mesh_agent.store.events import EventKind, EventLog
 from mesh_agent.timers import every
 from mesh_agent.topology.core import Send
@@ -75,6 +75,10 @@ class Agent:
         self._ipr: AsyncIPRoute | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._watcher: IdentityWatcher | None = None
+        self.api_pacing = ApiPacing(clock())
+        self._serve_api = False
+        self._server: Any = None
+        self._api_sockets: list[Any] = []
         self.exit_code = 0
 
     def stop(self) -> None:
@@ -99,11 +103,10 @@ class Agent:
         for ifname, index in sorted((await interfaces(self._ipr, self.cfg.wants_interface))
                                     .items()):
             self._open(ifname, index)
-        # Build the API before the timers start: building it blocks the loop
-        # long enough (100s of ms on a busy Pi) to make neighbours miss hellos.
-        server, api_sockets = guarded_server(
-            create_app(self.view, self.metrics.registry, self.events), self.cfg.api_endpoints,
-            lambda reason: self.view.api_refused.update([reason])) if serve_api else (None, [])
+        # The API (FastAPI's import and the app: most of the agent's start-up CPU)
+        # comes once the routing has settled (ApiPacing), built off the loop.
+        self._serve_api = serve_api
+        self.api_pacing = ApiPacing(self.clock())
         refresh(self.view.clock_trust, self.identity, self.wall(), self.cfg.clock_sync_file,
                 start=True)
         self._originate(flood=False)
@@ -115,8 +118,6 @@ class Agent:
                    for i, poll in enumerate(self.link.pollers)}}
         if self._watcher is not None:
             jobs["identity"] = self._watcher.run()
-        if server is not None:
-            jobs["api"] = server.serve(sockets=api_sockets)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(job, name=name) for name, job in jobs.items()]
         for task in self._tasks:
@@ -131,11 +132,32 @@ class Agent:
         try:
             await self._stop.wait()
         finally:
-            if server is not None:
-                server.should_exit = True
+            if self._server is not None:
+                self._server.should_exit = True
             await self._shutdown()
-            for sock in api_sockets:
+            for sock in self._api_sockets:
                 sock.close()
+
+    def _start_api(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._api(), name="api")
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    async def _api(self) -> None:
+        def build() -> tuple[Any, list[Any]]:
+            from mesh_agent.api import create_app, guarded_server  # FastAPI: the heavy import
+
+            return guarded_server(
+                create_app(self.view, self.metrics.registry, self.events),
+                self.cfg.api_endpoints, lambda reason: self.view.api_refused.update([reason]))
+
+        # In a thread: the loop keeps its hello cadence (the GIL switches every 5 ms).
+        server, sockets = await asyncio.to_thread(build)
+        self._server, self._api_sockets = server, sockets
+        if self._stop.is_set():
+            return
+        log.info("API up %.1f s after the start", self.clock() - self.api_pacing.started)
+        await server.serve(sockets=sockets)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         """A task must never end on its own: stop, and let systemd restart us."""
@@ -216,6 +238,8 @@ class Agent:
             self._originate(flood=True)
         if got.lists_us is not None and r.origin is not None:  # back-link detection
             self.routing.back_link(r.origin, got.lists_us)
+        if got.removed and r.origin is not None:  # remote detours, before the recompute
+            self.routing.detour(r.origin, got.removed)
         if got.changed:
             self.routing.changed()
 
@@ -266,6 +290,9 @@ class Agent:
             log.info("adverts expired: %s", ", ".join(gone))
             self.routing.changed()
         self.sockets.count_kernel_drops()
+        if (self._serve_api and self.api_pacing.due_at is None
+                and self.api_pacing.due(now, self.view.ready(), self.topology.changes_total)):
+            self._start_api()
 
     async def _checkpoints(self) -> None:
         while True:

@@ -182,6 +182,10 @@ class AgentCollector(Collector):
                      "carrier loss", v.routes.standby_count() if v else 0)
         yield _counter("meshcore_route_errors_total", "Failed netlink operations",
                        v.routes.errors_total if v else 0)
+        yield _counter("meshcore_route_detours_total",
+                       "Routes moved straight to their backup's next hop because an advert "
+                       "removed a link their primary crossed (remote detours)",
+                       v.routes.detours_total if v else 0)
         yield _gauge("meshcore_converged", "1 when the agent is converged (ready)",
                      1 if v is not None and v.ready() else 0)
         if v is not None:

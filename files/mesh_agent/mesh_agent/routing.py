@@ -103,6 +103,21 @@ class Routing:
             self.fail_over(NeighborDown(nb.ifname, origin, nb.link_address, "advert",
                                         self.clock()))
 
+    def detour(self, origin: str, removed: tuple[tuple[str, str], ...]) -> None:
+        """An advert took links out of the graph: move the destinations whose primary
+        crossed them to their cached backups now (lookups, one netlink op each), before
+        the recompute that the same advert scheduled."""
+        moves = self.view.paths.detours(removed)
+        if not moves:
+            return
+        t0 = self.clock()
+        self.view.routes.request_preempt()
+        ops = self.view.routes.detour_now(moves)
+        if ops:
+            log.info("links %s gone (advert from %s): %d destinations detoured in %.3f ms",
+                     ", ".join("-".join(link) for link in removed), origin, ops,
+                     (self.clock() - t0) * 1000)
+
     def fail_over(self, ev: NeighborDown) -> None:
         """Switch ev.name's destinations to their prepared backups now: lookups, one netlink op.
 

@@ -1,15 +1,18 @@
-"""API and metrics over an Agent fed by hand (no sockets, no kernel: observe mode)."""
+"""API and metrics over an Agent fed by hand (no kernel: observe mode; no sockets but
+the one loopback listener of the server test)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 
 from fastapi.testclient import TestClient
 from meshcore_testkit.pki import CA, PairKeysForTests
 
 from mesh_agent.agent import Agent
 from mesh_agent.api import create_app
+from mesh_agent.api.server import MAIN_LOOP_S, guarded_server
 from mesh_agent.config import parse_config
 from mesh_agent.link.sensor import LinkSensor
 from mesh_agent.topology import LinkStateDB
@@ -176,6 +179,9 @@ def test_one_metrics_path_reads_each_core_once(ca: CA) -> None:
     # Two facts, two numbers: what the path table reaches, what the programmer holds.
     assert value("meshcore_destinations_reachable") == len(agent.view.paths.choices()) == 1
     assert value("meshcore_routes_installed") == agent.view.routes.route_count()
+    assert value("meshcore_route_detours_total") == agent.view.routes.detours_total == 0
+    agent.view.routes.detours_total = 2  # as two remote detours leave it: read, not copied
+    assert value("meshcore_route_detours_total") == 2
 
 
 def test_every_family_is_there_before_anything_happened() -> None:
@@ -184,4 +190,51 @@ def test_every_family_is_there_before_anything_happened() -> None:
 
     names = {m.name for m in Metrics().registry.collect()}
     assert {"meshcore_hellos_received", "meshcore_failover_duration_seconds",
-            "meshcore_adverts_rejected", "meshcore_converged"} <= names
+            "meshcore_adverts_rejected", "meshcore_converged",
+            "meshcore_route_detours"} <= names
+
+
+def test_the_server_wakes_once_a_second_answers_and_stops(ca: CA) -> None:
+    """uvicorn's main loop ticks every MAIN_LOOP_S, not every 0.1 s (issue 16: its tick
+    was a third of an idle agent's wake-ups); the server still answers, and a stop
+    still ends it within a tick."""
+    agent = make_agent(ca)
+    server, sockets = guarded_server(
+        create_app(agent.view, agent.metrics.registry, agent.events), [("127.0.0.1", 0)],
+        lambda reason: None)
+    port = sockets[0].getsockname()[1]
+    ticks = 0
+    on_tick = server.on_tick
+
+    async def counted(counter: int) -> bool:
+        nonlocal ticks
+        ticks += 1
+        return await on_tick(counter)
+
+    server.on_tick = counted  # type: ignore[method-assign]
+
+    def get(path: str) -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
+            return int(r.status)
+
+    async def run() -> tuple[int, float, int]:
+        task = asyncio.create_task(server.serve(sockets=sockets))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        status = await asyncio.to_thread(get, "/healthz")
+        await asyncio.sleep(2.5 * MAIN_LOOP_S)
+        seen = ticks
+        server.should_exit = True
+        t_stop = time.monotonic()
+        await asyncio.wait_for(task, 5 * MAIN_LOOP_S)
+        return status, time.monotonic() - t_stop, seen
+
+    try:
+        status, stop_s, seen = asyncio.run(run())
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert status == 200
+    # About 3 ticks in 2.5 s (uvicorn's own loop: about 25).
+    assert 1 <= seen <= 5, seen
+    assert stop_s <= MAIN_LOOP_S + 1.0, stop_s  # the next tick sees the stop

@@ -7,10 +7,11 @@ echo request into the IPv4 echo reply a raw socket would read.
 from __future__ import annotations
 
 import copy
+import itertools
 import struct
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from meshcore_testkit.pki import PairKeysForTests
 
@@ -197,3 +198,97 @@ def test_random_packets_never_raise_or_change_state(data: bytes) -> None:
     before = copy.deepcopy(a.neighbors())
     assert a.receive_echo("mesh0", data, 0.03) is False
     assert a.neighbors() == before
+
+
+def test_hellos_slow_down_in_echo_mode_and_speed_up_when_it_ends() -> None:
+    """Once every neighbour on an interface answers our probes, hellos go out every
+    ECHO_HELLO_EVERY-th tick announcing that interval; a neighbour not in echo mode
+    (here: a new candidate) brings the interface back to every tick at once."""
+    from mesh_agent.link.sensor import ECHO_HELLO_EVERY
+    from mesh_agent.link.wire import decode_hello
+
+    a, b = up_pair()
+    assert a.hello_due("mesh0", 0.02)  # b is up but not in echo mode yet
+    assert decode_hello(a.build_hello("mesh0", 0.02)).interval_ms == round(IV * 1000)
+    probe_and_answer(a, 0.03)
+    assert a.echo_only("mesh0")
+    hello = decode_hello(a.build_hello("mesh0", 0.04))
+    assert hello.interval_ms == round(ECHO_HELLO_EVERY * IV * 1000)
+    sent = [t for t in (0.04 + i * IV for i in range(1, 3 * ECHO_HELLO_EVERY + 1))
+            if a.hello_due("mesh0", t) and a.build_hello("mesh0", t)]
+    assert len(sent) == 3
+    # b still judges a by a's announced (slower) interval: not dead in between.
+    b.receive("mesh0", a.build_hello("mesh0", 1.0), "10.78.0.0", 1.0)
+    assert b.tick(1.0 + 3 * ECHO_HELLO_EVERY * IV - 0.001) == []
+    # A stranger on the same interface: every tick again, at the full rate.
+    c = LinkSensor("c", "10.77.0.3", IV, 3, keys=PairKeysForTests("c"))
+    c.add_interface("mesh0")
+    a.receive("mesh0", c.build_hello("mesh0", 1.01), "10.78.0.5", 1.01)
+    assert not a.echo_only("mesh0") and a.hello_due("mesh0", 1.02)
+    assert decode_hello(a.build_hello("mesh0", 1.02)).interval_ms == round(IV * 1000)
+
+
+def a_on_time_b_late(
+    b_runs_at: float, phase: float, a_late: tuple[float, ...] = (0.0,)
+) -> list[NeighborDown]:
+    """a and b up at 0.01; a's timer then keeps its word (as ``LinkTimer.tick``: read
+    what is queued, hellos where due, probes, judge; tick k late by ``a_late[k]``, well
+    under the harmless lag), b's kernel answering every probe; b's agent is starved
+    and runs only at *b_runs_at*, reading a's queued hellos with their kernel arrival
+    times, probing, and judging. What b declares dead."""
+    a, b = up_pair()
+    to_b: list[tuple[float, bytes]] = []
+    to_a: list[tuple[float, bytes]] = []  # b's kernel's echo replies
+    for k in itertools.count():
+        t = 0.01 + phase + k * IV + a_late[k % len(a_late)]
+        if t >= b_runs_at:
+            break
+        for at, reply in [r for r in to_a if r[0] <= t]:
+            a.receive_echo("mesh0", reply, at)
+            to_a.remove((at, reply))
+        if a.hello_due("mesh0", t):
+            to_b.append((t, a.build_hello("mesh0", t)))
+        to_a += [(t + 0.0001, kernel_reply(probe)) for _, probe in a.echo_requests("mesh0", t)]
+        assert a.tick(t) == []
+    events = [ev for at, data in to_b for ev in b.receive("mesh0", data, "10.78.0.0", at)]
+    b.echo_requests("mesh0", b_runs_at)  # answered, but read at b's next tick
+    events += b.tick(b_runs_at)
+    return [ev for ev in events if isinstance(ev, NeighborDown)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(b_runs_at=st.floats(0.02, 0.9), phase=st.floats(0.0, IV - 0.001),
+       a_late=st.lists(st.floats(0.0, 0.04), min_size=1, max_size=20).map(tuple))
+@example(b_runs_at=0.25, phase=0.0, a_late=(0.0,))  # the first failure on the paced hellos
+def test_a_late_peer_never_times_out_a_neighbour_entering_echo_mode(
+    b_runs_at: float, phase: float, a_late: tuple[float, ...]
+) -> None:
+    """Issue 16's start-up false deaths (ringtree-72 at load 56-77: 54 timeouts, and 42
+    one-way deaths at the other ends, about one per link). Once b answered a's first
+    probe, a went to one hello every ECHO_HELLO_EVERY intervals, but its last hello
+    had announced the full rate: b, not in echo mode with a yet (its own probe not
+    sent or its answer not read: a late agent), judged a by 3 x 50 ms and timed it out
+    in a's first slow gap. b's lateness must not kill a neighbour that kept its word;
+    and b's own stall, below a's control timeout for it (1 s), kills nothing either."""
+    assert a_on_time_b_late(b_runs_at, phase, a_late) == []
+
+
+def test_entering_echo_mode_announces_the_slower_interval_before_going_quiet() -> None:
+    from mesh_agent.link.sensor import ECHO_HELLO_EVERY
+    from mesh_agent.link.wire import decode_hello
+
+    a, _b = up_pair()
+    probe_and_answer(a, 0.03)
+    assert a.echo_only("mesh0")
+    # The last hello (0.01) announced 50 ms: one more, announcing the slow rate, now.
+    assert a.hello_due("mesh0", 0.04)
+    hello = decode_hello(a.build_hello("mesh0", 0.04))
+    assert hello.interval_ms == round(ECHO_HELLO_EVERY * IV * 1000)
+    assert not a.hello_due("mesh0", 0.09)
+    # A stretch (our own timers late) is announced at once as well.
+    a.advertised_interval_s = 2 * IV
+    assert a.hello_due("mesh0", 0.09)
+    assert decode_hello(a.build_hello("mesh0", 0.09)).interval_ms == round(
+        2 * ECHO_HELLO_EVERY * IV * 1000)
+    a.advertised_interval_s = IV  # the stretch decays: nothing to say at once
+    assert not a.hello_due("mesh0", 0.14)

@@ -188,3 +188,28 @@ def test_table_input_errors() -> None:
     table.update(tree_like())
     assert table.update(nx.Graph([("x", "y")])) == set(tree_like()) - {"s"}
     assert table.choices() == {}
+
+
+def test_detours_are_a_lookup_of_backups_around_removed_links() -> None:
+    """A remote link's removal moves exactly the destinations whose primary crossed it
+    and whose backup avoids it (by another first hop); the moves are valid paths in the
+    graph without the link, and nothing else moves."""
+    g = nx.cycle_graph(10)
+    g = nx.relabel_nodes(g, {i: f"n{i}" for i in range(10)})
+    nx.set_edge_attributes(g, 1.0, "cost")
+    t = PathTable("n0", k=2)
+    t.update(g)
+    assert t.detours([]) == {}
+    moves = t.detours([("n3", "n2")])
+    crossing = {d for d, ch in t.choices().items()
+                if any({a, b} == {"n2", "n3"} for a, b in itertools.pairwise(ch.primary))}
+    assert {"n3", "n4"} <= crossing <= {"n3", "n4", "n5"}
+    assert set(moves) == crossing
+    assert set(moves.values()) == {"n9"}
+    for dst in moves:
+        assert ("n2", "n3") not in itertools.pairwise(t.get(dst).backup)  # type: ignore[union-attr]
+    # n5-n6 is crossed at most by the primary to n5 (an equal-cost tie), whose backup
+    # goes round by n1; when the backups cross a removed link too, nothing moves.
+    m56 = t.detours([("n5", "n6")])
+    assert set(m56) <= {"n5"} and set(m56.values()) <= {"n1"}
+    assert t.detours([("n2", "n3"), ("n7", "n8")]) == {}

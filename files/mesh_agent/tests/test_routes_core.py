@@ -42,6 +42,13 @@ class FakeNetlink:
         await self._rec("route_replace", dst, gid, priority)
         (self.standby if priority else self.routes)[dst] = gid
 
+    def route_replace_now(
+        self, dst: str, nh: int, prefsrc: str | None, proto: int, priority: int = 0
+    ) -> None:
+        """A remote detour's synchronous replace: recorded at once."""
+        self.ops.append(("route_replace", (dst, nh, priority)))
+        (self.standby if priority else self.routes)[dst] = nh
+
     async def route_delete(self, dst: str, proto: int, priority: int | None = None) -> None:
         await self._rec("route_delete", dst, priority)
         (self.standby if priority else self.routes).pop(dst, None)
@@ -183,5 +190,49 @@ def test_standby_routes_follow_the_backups() -> None:
         assert prog.standby_count() == 0
         removed = [a for n, a in fake.ops if n == "route_delete" and a[1] == STANDBY_METRIC]
         assert len(removed) == len(with_backup) - len(behind_n11)
+
+    asyncio.run(go())
+
+
+def test_detour_now_moves_only_the_destinations_whose_primary_crossed_the_removed_link() -> None:
+    """A remote failover: n5-n6 left the graph (an advert said so); n0's destinations
+    whose primary crossed it go straight to their backup's nexthop, one op each,
+    synchronously; the others keep their group; the next sync restores the groups."""
+
+    async def go() -> None:
+        fake, prog, table = await programmed_ring()
+        before = len(fake.ops)
+        moves = table.detours([("n5", "n6")])
+        crossed = {d for d, ch in table.choices().items()
+                   if {"n5", "n6"} <= set(ch.primary)
+                   and abs(ch.primary.index("n5") - ch.primary.index("n6")) == 1}
+        assert crossed and set(moves) == crossed
+        assert prog.detour_now(moves) == len(moves) == len(fake.ops) - before
+        for dst in moves:
+            assert fake.routes[ADDR[dst]] == prog._nh_id(moves[dst])
+        assert prog.detour_now(moves) == 0  # already there
+        untouched = {r.destination: r for r in prog.installed() if r.destination not in moves}
+        assert all(r.active == r.primary for r in untouched.values())
+        assert {r.destination: r.active for r in prog.installed() if r.destination in moves} \
+            == moves
+        # The recompute without the link: every route back on a group, nothing leaked.
+        g = ring(12)
+        g.remove_edge("n5", "n6")
+        table.update(g)
+        assert await prog.sync(table.choices(), ADDR, LINKS)
+        for r in prog.installed():
+            assert r.primary != "" and fake.routes[r.address] == r.group_id
+
+    asyncio.run(go())
+
+
+def test_detour_after_a_local_failover_sends_nothing() -> None:
+    async def go() -> None:
+        fake, prog, table = await programmed_ring()
+        assert prog.switch_now("n1", table.failover("n1")) == 1
+        before = len(fake.ops)
+        # n0's own link to n1 in an advert (n1 dropped us): the group already moved.
+        assert prog.detour_now(table.detours([("n1", "n0")])) == 0
+        assert len(fake.ops) == before
 
     asyncio.run(go())

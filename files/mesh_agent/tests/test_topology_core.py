@@ -109,6 +109,23 @@ def test_back_link_detection_reports_whether_a_changed_advert_lists_us(ca: CA) -
     assert cut.changed and cut.lists_us is False and cut.result.origin == "b"
 
 
+def test_an_advert_that_drops_links_names_them(ca: CA) -> None:
+    t = core(ca)
+    b = LinkStateDB(ca.identity("b", ADDR["b"]), ADDR["b"], 60.0)
+    first = t.received("mesh0", "10.78.0.1", b.originate({"a": 1.0, "c": 1.0, "d": 1.0}, NOW)[0],
+                       NOW, 255, HOPS)
+    assert first.changed and first.removed == ()  # a new origin removes nothing
+    costlier = t.received("mesh0", "10.78.0.1", b.originate({"a": 1.0, "c": 5.0, "d": 1.0},
+                                                            NOW + 1)[0], NOW + 1, 255, HOPS)
+    assert costlier.changed and costlier.removed == ()
+    cut = t.received("mesh0", "10.78.0.1", b.originate({"a": 1.0}, NOW + 2)[0], NOW + 2, 255,
+                     HOPS)
+    assert cut.removed == (("b", "c"), ("b", "d"))
+    again = t.received("mesh0", "10.78.0.1", b.originate({"a": 1.0}, NOW + 3)[0], NOW + 3, 255,
+                       HOPS)
+    assert again.result.accepted and not again.changed and again.removed == ()
+
+
 def test_topology_changes_are_counted_once_per_new_shape(ca: CA) -> None:
     t = core(ca)
     t.originate({"b": 1.0}, NOW)

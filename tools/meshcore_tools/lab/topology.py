@@ -33,7 +33,7 @@ MGMT_NET = ipaddress.IPv4Network("10.79.0.0/16")
 MGMT_GATEWAY = MGMT_NET.network_address + 1
 MONITOR_MGMT = MGMT_NET.network_address + 2
 MAX_NODES = 1000
-BUILTIN = ("grid", "rgg", "ladder", "community")
+BUILTIN = ("grid", "rgg", "ladder", "ringtree", "community")
 TOPOLOGY_DIR = Path(__file__).resolve().parent / "topologies"
 
 
@@ -121,6 +121,47 @@ def random_geometric(n: int, seed: int = 1, degree: float = 6.0) -> Topology:
     return Topology(f"rgg-{n}-s{seed}", nodes, links)
 
 
+def ring_tree(n: int, seed: int = 1) -> Topology:
+    """A seeded community-shaped mesh: rings hung on rings, tree-like, with long cycles.
+
+    Grown as an ear decomposition (Whitney 1932), so every link lies on a cycle
+    (2-edge-connected, as the cores of the published Ninux and Freifunk
+    snapshots the issue-16 harness used): a backbone ring of 6-10 nodes, then
+    rings of 2-8 new nodes, each hung between an existing node and a second one
+    at most two hops from it (or the same node: a district loop behind one
+    rooftop), until ``n`` nodes; then about one short chord (two existing
+    nodes two or three hops apart) per eight nodes, the extra rooftop links a
+    real mesh grows. Attachment prefers nodes of higher degree (supernodes).
+    Hop-count costs (cost 1 on every link).
+    """
+    if n < 6:
+        raise TopologyError(f"a ring-and-tree mesh needs at least 6 nodes, got {n}")
+    rng = random.Random(seed)
+    names = [node_name(i + 1, n) for i in range(n)]
+    g = nx.Graph()
+    first = min(n, rng.randint(6, 10))
+    nx.add_cycle(g, names[:first])
+    used = first
+    while used < n:
+        new = names[used : used + min(n - used, rng.randint(2, 8))]
+        used += len(new)
+        nodes = sorted(g)
+        a = rng.choices(nodes, weights=[g.degree(v) ** 2 for v in nodes])[0]
+        near = sorted(nx.single_source_shortest_path_length(g, a, cutoff=2))
+        b = a if rng.random() < 0.25 else rng.choice(near)
+        nx.add_path(g, [a, *new, b])
+    for _ in range(round(n / 8)):
+        nodes = sorted(g)
+        a = rng.choice(nodes)
+        dist = nx.single_source_shortest_path_length(g, a, cutoff=3)
+        far = sorted(v for v, d in dist.items() if d >= 2)
+        if far:
+            g.add_edge(a, rng.choice(far))
+    links = [{"a": u, "b": v, "cost": 1} for u, v in sorted(tuple(sorted(e)) for e in g.edges())]
+    nodes_out = [{"name": v} for v in names]
+    return Topology(f"ringtree-{n}-s{seed}", nodes_out, links)
+
+
 def load(path: Path) -> Topology:
     try:
         data = yaml.safe_load(path.read_text())
@@ -147,6 +188,8 @@ def build(kind: str, nodes: int, seed: int = 1) -> Topology:
         return ladder(nodes)
     if kind == "rgg":
         return random_geometric(nodes, seed)
+    if kind == "ringtree":
+        return ring_tree(nodes, seed)
     shipped = TOPOLOGY_DIR / f"{kind}.yml"
     path = shipped if shipped.exists() else Path(kind)
     if not path.exists():

@@ -82,6 +82,18 @@ ONE_WAY_HELLOS = 2
 # least ECHO_CONTROL_MIN_S) before its hellos alone kill the link.
 ECHO_CONTROL_MULT = 4
 ECHO_CONTROL_MIN_S = 1.0
+# Echo mode carries the liveness, so on an interface where every neighbour is up
+# and answers our probes (and no candidate waits) our hellos only carry
+# discovery, RTT, loss and the two-way check: they go out every
+# ECHO_HELLO_EVERY-th hello interval and announce that interval (a peer whose
+# probes to us go unanswered then detects us in dead_multiplier times it). The
+# echo probes, and so the detection, keep the full rate. An interface goes back
+# to every interval as soon as a neighbour or candidate there is not in echo mode.
+# The slower interval is announced *before* the hellos slow down: the hello that
+# last went out may have announced the full rate, and a peer not yet in echo mode
+# with us (its probe answered but not read yet: a late agent) would time us out
+# after dead_multiplier times that, inside the first slow gap.
+ECHO_HELLO_EVERY = 5
 # Sent-but-unanswered probes remembered per neighbour.
 ECHO_WINDOW = 32
 # Bounds (module docstring). Neighbours plus candidates fit one hello's echo list.
@@ -249,6 +261,8 @@ class LinkSensor:
         self._solicit_tokens: dict[str, tuple[float, float]] = {}
         self._solicits: list[Solicit] = []
         self._next_hops: dict[str, tuple[str, str]] = {}
+        self._hello_at: dict[str, float] = {}  # when we last built a hello, per interface
+        self._announced_ms: dict[str, int] = {}  # the interval it announced, per interface
 
     # -- interfaces -------------------------------------------------------
     def add_interface(self, ifname: str) -> None:
@@ -257,6 +271,8 @@ class LinkSensor:
     def remove_interface(self, ifname: str, now: float) -> list[Event]:
         events = self.carrier_lost(ifname, now, reason="removed")
         self._seq.pop(ifname, None)
+        self._hello_at.pop(ifname, None)
+        self._announced_ms.pop(ifname, None)
         for key in [k for k in self._candidates if k[0] == ifname]:
             del self._candidates[key]
         return events
@@ -266,9 +282,40 @@ class LinkSensor:
         return sorted(self._seq)
 
     # -- sending ----------------------------------------------------------
+    def echo_only(self, ifname: str) -> bool:
+        """Every neighbour on *ifname* is up and in echo mode, and no candidate waits."""
+        nbs = [nb for (ifn, _), nb in self._table.items() if ifn == ifname]
+        return (
+            bool(nbs)
+            and all(nb.state == "up" and nb.echo_active for nb in nbs)
+            and not any(ifn == ifname for ifn, _ in self._candidates)
+        )
+
+    def hello_due(self, ifname: str, now: float) -> bool:
+        """Whether a hello goes out on *ifname* at this tick (every tick, but every
+        :data:`ECHO_HELLO_EVERY`-th in echo mode). A hello that would announce a
+        longer interval than the last one there did is due at once: peers judge
+        our silence by the last interval they heard, so we never fall quieter
+        than that before saying so (entering echo mode, or a stretch)."""
+        last = self._hello_at.get(ifname)
+        if last is None or not self.echo_only(ifname):
+            return True
+        if self._announce_ms(ifname) > self._announced_ms.get(ifname, 0):
+            return True
+        return now - last >= (ECHO_HELLO_EVERY - 0.5) * self.hello_interval_s
+
+    def _announce_ms(self, ifname: str) -> int:
+        """The hello interval a hello on *ifname* announces now, as the wire carries it."""
+        interval_s = self.advertised_interval_s * (
+            ECHO_HELLO_EVERY if self.echo_only(ifname) else 1
+        )
+        return max(1, min(65535, round(interval_s * 1000)))
+
     def build_hello(self, ifname: str, now: float) -> bytes:
         seq = self._seq.get(ifname, 0) + 1
         self._seq[ifname] = seq
+        self._hello_at[ifname] = now
+        interval_ms = self._announced_ms[ifname] = self._announce_ms(ifname)
         now_us = int(now * 1e6)
         mine = [n for (ifn, _), n in sorted(self._table.items()) if ifn == ifname]
         listed = {n.name for n in mine}
@@ -292,7 +339,7 @@ class LinkSensor:
             Hello(
                 seq=seq,
                 tx_ts_us=now_us,
-                interval_ms=max(1, min(65535, round(self.advertised_interval_s * 1000))),
+                interval_ms=interval_ms,
                 node_address=self.node_address,
                 name=self.node_name,
                 echoes=tuple(echoes[:MAX_ECHO]),

@@ -73,7 +73,7 @@ class LinkTimer:
         now = self.clock()
         open_ = set(self.sockets.interfaces)
         for ifname in self.sensor.hello_interfaces():  # none on batman-adv: it senses links
-            if ifname in open_:
+            if ifname in open_ and self.sensor.hello_due(ifname, now):
                 self.sockets.send_hello(ifname, self.sensor.build_hello(ifname, now))
         for ifname in self.sockets.echo_interfaces:
             for dest, probe in self.sensor.echo_requests(ifname, now):

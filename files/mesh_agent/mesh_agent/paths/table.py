@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import networkx as nx
@@ -115,6 +116,28 @@ class PathTable:
         for dst in self._by_next_hop.get(dead_neighbor, ()):
             nh = self._choices[dst].backup_next_hop
             if nh is not None:
+                out[dst] = nh
+        return out
+
+    def detours(self, removed: Iterable[tuple[str, str]]) -> dict[str, str]:
+        """Backup next hop for every destination whose primary crosses a ``removed`` link.
+
+        The remote half of fast reroute: an advert just took those links out of
+        the graph somewhere else in the mesh, and until the next :meth:`update`
+        every node whose primary crossed them would keep sending into the hole
+        (or back and forth: a remote micro-loop). Pure lookup in the cached
+        paths: a destination moves only when its backup avoids every removed
+        link and leaves by another neighbour than the primary.
+        """
+        gone = {frozenset(link) for link in removed}
+        if not gone:
+            return {}
+        out: dict[str, str] = {}
+        for dst, ch in self._choices.items():
+            nh = ch.backup_next_hop
+            if nh is None or ch.backup is None or _links(ch.primary).isdisjoint(gone):
+                continue
+            if _links(ch.backup).isdisjoint(gone):
                 out[dst] = nh
         return out
 

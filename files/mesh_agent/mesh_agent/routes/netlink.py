@@ -248,6 +248,12 @@ class Netlink:
     async def route_replace(
         self, dst: str, nh_id: int, prefsrc: str | None, protocol: int, priority: int = 0
     ) -> None:
+        self.route_replace_now(dst, nh_id, prefsrc, protocol, priority)
+
+    def route_replace_now(
+        self, dst: str, nh_id: int, prefsrc: str | None, protocol: int, priority: int = 0
+    ) -> None:
+        """:meth:`route_replace` as a plain call (a remote detour's operation)."""
         # IPv4 replaces only the route with the same metric: the metric-0
         # primary and the standby at a higher metric live side by side.
         body = route_body(dst, protocol, nh_id, prefsrc, priority or None)

@@ -46,6 +46,9 @@ STANDBY_METRIC = 0x6D65
 OPS_PER_YIELD = 32
 
 GroupKey = tuple[str, str | None]
+# The primary in the key of a route detoured straight to a neighbour's nexthop
+# (no node has the empty name, so no sync wants it: the next one restores the group).
+DETOUR = ""
 
 
 class _Preempted(Exception):
@@ -94,6 +97,7 @@ class RouteProgrammer:
         self._standby: dict[str, tuple[str, str]] = {}  # dst name -> (address, backup name)
         self.errors_total = 0
         self.preempted_total = 0
+        self.detours_total = 0  # routes moved by remote detours (detour_now)
         self.last_sync_ok = False
         self._syncing = False
         self._preempt = False
@@ -287,6 +291,8 @@ class RouteProgrammer:
             del self._groups[k]
         for dst in [d for d, (_, k) in self._routes.items() if k in dead_groups]:
             self._flushed[dst] = self._routes.pop(dst)
+        for dst in [d for d, (_, k) in self._routes.items() if k[0] == DETOUR and k[1] in gone]:
+            del self._routes[dst]  # the kernel dropped it with its nexthop: the next sync adds it
         for dst in [d for d, (_, b) in self._standby.items() if b in gone]:
             del self._standby[dst]
 
@@ -324,6 +330,36 @@ class RouteProgrammer:
             ops += 1
         return ops
 
+    def detour_now(self, moves: Mapping[str, str]) -> int:
+        """Point each destination of *moves* (``PathTable.detours``: destination ->
+        backup next hop) straight at that neighbour's nexthop, synchronously.
+
+        One ``route replace`` per destination (a group may also carry
+        destinations the removed link does not concern). The route is then
+        remembered under a key no sync ever wants, so the next sync puts it
+        back on its group. Returns the number of kernel operations done.
+        """
+        ops = 0
+        for dst, backup in moves.items():
+            route = self._routes.get(dst)
+            if route is None or backup not in self._nh:
+                continue
+            addr, key = route
+            if key == (DETOUR, backup) or self._groups.get(key) == backup:
+                continue  # already there (its group was switched by a local failover)
+            if self.nl is not None:
+                try:
+                    self.nl.route_replace_now(addr, self._nh_id(backup), self.prefsrc,
+                                              self.protocol)
+                except (NetlinkError, OSError) as exc:
+                    self.errors_total += 1
+                    log.warning("netlink route_replace_now %s -> %s failed: %s", dst, backup, exc)
+                    continue
+            self._routes[dst] = (addr, (DETOUR, backup))
+            ops += 1
+        self.detours_total += ops
+        return ops
+
     async def readd_flushed(self, dead: str, moves: Mapping[str, str]) -> int:
         """After a carrier loss: put back the routes the kernel dropped with their group.
 
@@ -356,14 +392,15 @@ class RouteProgrammer:
     def installed(self) -> list[InstalledRoute]:
         out = []
         for dst, (addr, key) in sorted(self._routes.items()):
+            detoured = key[0] == DETOUR  # straight to the backup's nexthop
             out.append(
                 InstalledRoute(
                     destination=dst,
                     address=addr,
                     primary=key[0],
                     backup=key[1],
-                    active=self._groups.get(key, key[0]),
-                    group_id=self._gid(key),
+                    active=str(key[1]) if detoured else self._groups.get(key, key[0]),
+                    group_id=self._nh_id(str(key[1])) if detoured else self._gid(key),
                 )
             )
         return out

@@ -19,6 +19,10 @@ and returns what to send. The rules, each tested in ``test_topology_core.py``:
   whose fresh advert dropped us has lost the link. On a silent cut the far
   end often times out first, and its advert reaches us around the mesh
   before our own timer fires (the failover policy decides what to do).
+- **Removed links**: an accepted advert that no longer lists a neighbour it
+  listed before took that link out of the graph; the shell detours the
+  destinations whose primary crossed it (``PathTable.detours``) before the
+  full recompute.
 - **Topology change**: a computed graph differs from the last one in its
   nodes, edges or costs (counted, for ``meshcore_topology_changes_total``).
 """
@@ -53,6 +57,8 @@ class Received:
     changed: bool = False  # the graph may have changed: the paths are due
     # When it changed the topology: whether the origin's advert lists us.
     lists_us: bool | None = None
+    # The links (origin, neighbour) it took out of the graph: remote detours.
+    removed: tuple[tuple[str, str], ...] = ()
 
     @property
     def rejected(self) -> bool:
@@ -97,7 +103,8 @@ class TopologyCore:
             return Received(result, back)
         sends = tuple(Send(i, a, data) for i, a in flood_to if (i, a) != (ifname, src))
         changed = result.topology_changed
-        return Received(result, sends, changed, result.lists_us if changed else None)
+        removed = tuple((str(result.origin), n) for n in result.removed) if changed else ()
+        return Received(result, sends, changed, result.lists_us if changed else None, removed)
 
     def solicited(self, solicits: Iterable[tuple[str, str]], now: float) -> list[Send]:
         """Our advert (it carries our certificate) to each ``(interface, link address)``

@@ -168,6 +168,9 @@ class Result:
     # neighbour. A neighbour whose fresh advert dropped us has lost the link
     # (back-link detection): it often knows before our own timer fires.
     lists_us: bool | None = None
+    # Of an accepted advert that replaced an older one: the neighbours the
+    # origin listed before and lists no more (their links left the graph).
+    removed: tuple[str, ...] = ()
 
 
 class _Bucket:
@@ -372,7 +375,11 @@ class LinkStateDB:
         self.accepted_total += 1
         changed = stored is None or _topo_key(stored.advert) != _topo_key(advert)
         lists_us = any(name == self.node_name for name, _ in advert.links)
-        return Result(True, None, origin, changed, lists_us=lists_us)
+        removed: tuple[str, ...] = ()
+        if changed and stored is not None:
+            now_listed = {name for name, _ in advert.links}
+            removed = tuple(sorted({n for n, _ in stored.advert.links} - now_listed))
+        return Result(True, None, origin, changed, lists_us=lists_us, removed=removed)
 
     def _verify(self, advert: Advert) -> str | None:
         """The expensive checks; the failed reason or None."""
