@@ -69,11 +69,19 @@ class Mesh:
         body, _, code = out.rpartition("\n")
         return (int(code) if code.isdigit() else 0), body
 
-    def ready(self) -> dict[str, bool]:
+    def readiness(self) -> dict[str, dict[str, Any]]:
+        """Per node: ``ready``, and for a node that is not, ``why`` (see :func:`not_ready_why`)."""
         if self.api is None:
             return {}
-        codes = self.pool.map(lambda n: self.get(n, "/readyz")[0], self.names)
-        return {n: c == 200 for n, c in zip(self.names, codes, strict=True)}
+        answers = self.pool.map(lambda n: self.get(n, "/readyz"), self.names)
+        out = {}
+        for n, (code, body) in zip(self.names, answers, strict=True):
+            out[n] = {"ready": code == 200} if code == 200 else {
+                "ready": False, "why": not_ready_why(code, body)}
+        return out
+
+    def ready(self) -> dict[str, bool]:
+        return {n: r["ready"] for n, r in self.readiness().items()}
 
     def event_cursor(self, node: str) -> int:
         code, body = self.get(node, "/v1/events?limit=1")
@@ -86,6 +94,20 @@ class Mesh:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+
+
+def not_ready_why(code: int, body: str) -> dict[str, Any]:
+    """Why one ``/readyz`` answer is not 200: no answer within the 2 s (code 0, the agent's
+    API too slow or down) is told apart from a 503 and the checks it names as failing."""
+    if code == 0:
+        return {"code": 0, "failing": ["no answer within 2 s"]}
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return {"code": code, "failing": ["unreadable body"]}
+    checks = doc.get("checks") or {}
+    failing = doc.get("failing") or [k for k, ok in checks.items() if not ok]
+    return {"code": code, "failing": failing, "detail": doc.get("detail", {})}
 
 
 def netns_mesh(state: Mapping[str, Any], ns_of: Callable[[str], str], journal_root: Any,

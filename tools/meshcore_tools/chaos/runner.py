@@ -155,9 +155,10 @@ class Runner:
             recs: list[dict[str, Any]] = []
             if ss["agents_ready"] and self.mesh.api is not None:
                 with self.j.record(recs, "probe", "agents-ready") as a:
-                    ready = self.mesh.ready()
-                    a.output = {"not_ready": sorted(n for n, ok in ready.items() if not ok)}
-                    a.tolerance_met = all(ready.values())
+                    ready = self.mesh.readiness()
+                    bad = sorted(n for n, r in ready.items() if not r["ready"])
+                    a.output = {"not_ready": bad, "why": {n: ready[n]["why"] for n in bad}}
+                    a.tolerance_met = not bad
             if ss["all_pairs_routed"]:
                 with self.j.record(recs, "probe", "all-pairs-routed-no-loops") as a:
                     pic = routes.picture(self.mesh.hops(), self.topo.graph,
