@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from meshcore_testkit.bench import bench_parser, bench_preflight, bench_workdir
 from meshcore_testkit.pki import CA
 from meshcore_testkit.routers import BABELD, RoutingLab
 from meshcore_tools.chaos import experiment, probes, report, routes
@@ -107,11 +106,10 @@ def run_topology(spec: str, impls: list[str], a: argparse.Namespace) -> None:
     kind, _, n = spec.partition(":")
     state = topo.normalise(topo.build(kind, int(n or 0), seed=1))
     name = state["name"]
-    workdir = Path(tempfile.mkdtemp(prefix="bench-chaos-"))
-    lab = RoutingLab(state, workdir, prefix="mcc")
     log(f"{name}: {len(state['nodes'])} nodes, {len(state['links'])} links")
     ours: dict[str, float] = {}
-    try:
+    with bench_workdir("bench-chaos-", lambda d: RoutingLab(state, d, prefix="mcc")) as (
+            workdir, lab):
         lab.up()
         ca = CA.create("bench CA")
         for impl in impls:
@@ -158,19 +156,12 @@ def run_topology(spec: str, impls: list[str], a: argparse.Namespace) -> None:
             finally:
                 mesh.close()
                 lab.stop()
-    finally:
-        lab.down()
-        if os.environ.get("BENCH_KEEP") is None:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--topologies", default="rgg:50,community")
-    p.add_argument("--impls", default="mesh_agent,babeld-h0.2,babeld-default")
+    p = bench_parser(__doc__, topologies="rgg:50,community",
+                     impls="mesh_agent,babeld-h0.2,babeld-default")
     p.add_argument("--classes", default=",".join(CLASSES))
-    p.add_argument("--trials", type=int, default=5)
     p.add_argument("--hold", type=float, default=6.0)
     p.add_argument("--settle", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=1)
@@ -178,11 +169,8 @@ def main() -> None:
                    help="seconds to wait for every pair to route after the daemons start")
     p.add_argument("--keep-journals", help="copy each run's journal here")
     a = p.parse_args()
-    if os.geteuid() != 0:
-        emit(figure="skipped", reason="needs root for network namespaces")
+    if not bench_preflight("bench_chaos", emit):
         return
-    if shutil.which("babeld") is None:
-        raise SystemExit("bench_chaos: babeld is not installed (make setup installs it)")
     for spec in a.topologies.split(","):
         run_topology(spec, a.impls.split(","), a)
 

@@ -30,19 +30,17 @@ the end.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from meshcore_testkit.bench import bench_parser, bench_preflight, bench_workdir
 from meshcore_testkit.pki import CA
 from meshcore_testkit.routers import BABELD, RoutingLab
 from meshcore_tools import netns
@@ -199,10 +197,8 @@ def run_topology(spec: str, impls: list[str], modes: list[str], trials: int) -> 
     state = topo.normalise(topo.build(kind, int(n), seed=1))
     name = state["name"]
     src, dst = far_pair(state)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-failover-"))
-    lab = Lab(state, workdir)
     log(f"{name}: {len(state['nodes'])} nodes, {len(state['links'])} links, flow {src} -> {dst}")
-    try:
+    with bench_workdir("bench-failover-", lambda d: Lab(state, d)) as (workdir, lab):
         lab.up()
         ca = CA.create("bench CA")
         for impl in impls:
@@ -249,25 +245,15 @@ def run_topology(spec: str, impls: list[str], modes: list[str], trials: int) -> 
                          trials=len(outs), unit="ms",
                          lost_median=statistics.median(losts), lost_max=max(losts))
             lab.stop()
-    finally:
-        lab.down()
-        if os.environ.get("BENCH_KEEP") is None:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--topologies", default="ladder:8,rgg:50")
-    p.add_argument("--impls", default="mesh_agent,babeld-h1.0,babeld-h0.2")
+    p = bench_parser(__doc__, topologies="ladder:8,rgg:50",
+                     impls="mesh_agent,babeld-h1.0,babeld-h0.2")
     p.add_argument("--modes", default="silent,admin")
-    p.add_argument("--trials", type=int, default=5)
     a = p.parse_args()
-    if os.geteuid() != 0:
-        emit(figure="skipped", reason="needs root for network namespaces")
+    if not bench_preflight("bench_failover", emit):
         return
-    if shutil.which("babeld") is None:
-        raise SystemExit("bench_failover: babeld is not installed (make setup installs it)")
     for spec in a.topologies.split(","):
         run_topology(spec, a.impls.split(","), a.modes.split(","), a.trials)
 
