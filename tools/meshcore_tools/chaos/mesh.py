@@ -17,17 +17,19 @@ from typing import Any
 from meshcore_tools import netns
 from meshcore_tools.chaos import routes
 from meshcore_tools.chaos.nodes import Nodes, netns_nodes
+from meshcore_tools.lab import prometheus
 
 
 class Mesh:
     def __init__(self, state: Mapping[str, Any], prefix_of: Callable[[str], Sequence[str]],
                  nodes: Nodes, *, api: str | None = "http://127.0.0.1:9105",
-                 route_proto: str | None = "77") -> None:
+                 route_proto: str | None = "77", prometheus: str | None = None) -> None:
         self.state = state
         self.prefix_of = prefix_of
         self.nodes = nodes
         self.api = api  # None: no agent API (babeld)
         self.route_proto = route_proto
+        self.prometheus = prometheus  # None: no Prometheus to ask for alerts
         self.names = list(state["nodes"])
         self.pool = ThreadPoolExecutor(max_workers=6)
 
@@ -91,6 +93,12 @@ class Mesh:
         q = "&".join([f"after={after}", "limit=500", *(f"kind={k}" for k in kinds)])
         code, body = self.get(node, f"/v1/events?{q}")
         return list(json.loads(body).get("events", [])) if code == 200 else []
+
+    def firing_alerts(self, ignore: Sequence[str] = ()) -> list[str]:
+        """The alerts firing on the mesh's Prometheus (OSError when it does not answer)."""
+        if self.prometheus is None:
+            raise ValueError("no Prometheus configured")
+        return prometheus.firing(prometheus.api(self.prometheus, "alerts", timeout=10), ignore)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

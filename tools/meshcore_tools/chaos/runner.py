@@ -1,7 +1,8 @@
 """Running an experiment: steady state, inject and measure, remove, steady state again.
 
 1. The steady-state hypothesis is checked first (agents ready, every pair
-   routed without a loop, the probes' ends reachable), waiting at most its
+   routed without a loop, the probes' ends reachable, no alert firing on the
+   mesh's Prometheus when there is one), waiting at most its
    ``timeout_s`` for a mesh that is still converging. If it does not hold, the
    run injects nothing: the journal's ``status`` is ``failed``, ``deviated``
    false, and its ``before`` probes say which part failed.
@@ -175,10 +176,29 @@ class Runner:
                                self.mesh.address(s), self.mesh.address(d))]
                     a.output = {"unreachable": bad}
                     a.tolerance_met = not bad
+            if ss["no_alerts_firing"]:
+                with self.j.record(recs, "probe", "no-alerts-firing") as a:
+                    self._alerts(a, ss["alerts_ignore"])
             met = all(r.get("tolerance_met") for r in recs)
             if met or time.monotonic() > deadline:
                 return self.j.steady(when, recs)
             time.sleep(1.0)
+
+    def _alerts(self, a: Any, ignore: list[str]) -> None:
+        """No alert firing on the mesh's Prometheus; skipped (and said so) without one, failed
+        when the one configured does not answer."""
+        if self.mesh.prometheus is None:
+            a.output = {"skipped": "no Prometheus URL configured (--prometheus)"}
+            a.tolerance_met = True
+            return
+        try:
+            firing = self.mesh.firing_alerts(ignore)
+        except (OSError, ValueError) as exc:
+            a.output = {"prometheus": self.mesh.prometheus, "error": str(exc)}
+            a.tolerance_met = False
+            return
+        a.output = {"prometheus": self.mesh.prometheus, "firing": firing, "ignored": ignore}
+        a.tolerance_met = not firing
 
     # -- the run ---------------------------------------------------------------------
     def run(self) -> Outcome:
