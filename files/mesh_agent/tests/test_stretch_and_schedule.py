@@ -119,5 +119,6 @@ def test_a_steady_stream_of_changes_keeps_paths_not_current_but_never_stale() ->
     not_current = sum(1 for ok, _ in samples if not ok) / len(samples)
     worst = max(p for _, p in samples)
     assert not_current > 0.9  # readiness false at nearly every poll ...
-    assert worst <= SPF_HOLD_MAX_S + 2 * compute_ticks * tick + change_every * tick  # ... never stale
+    bound = SPF_HOLD_MAX_S + 2 * compute_ticks * tick + change_every * tick
+    assert worst <= bound  # ... though no change waits longer than a hold and two computations
     assert sched.computations_total > 30

@@ -17,7 +17,7 @@ from typing import Any
 from meshcore_tools import netns
 from meshcore_tools.chaos import routes
 from meshcore_tools.chaos.nodes import Nodes, netns_nodes
-from meshcore_tools.lab import prometheus
+from meshcore_tools.lab import prometheus as promapi
 
 
 class Mesh:
@@ -98,7 +98,7 @@ class Mesh:
         """The alerts firing on the mesh's Prometheus (OSError when it does not answer)."""
         if self.prometheus is None:
             raise ValueError("no Prometheus configured")
-        return prometheus.firing(prometheus.api(self.prometheus, "alerts", timeout=10), ignore)
+        return promapi.firing(promapi.api(self.prometheus, "alerts", timeout=10), ignore)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

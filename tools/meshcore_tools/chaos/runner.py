@@ -45,7 +45,7 @@ from typing import Any
 from meshcore_tools.chaos import experiment as xp
 from meshcore_tools.chaos import faults, probes, routes
 from meshcore_tools.chaos.faults import Fault, Options, Topo
-from meshcore_tools.chaos.journal import JournalBuilder, iso
+from meshcore_tools.chaos.journal import Activity, JournalBuilder, iso
 from meshcore_tools.chaos.mesh import Mesh
 from meshcore_tools.chaos.nodes import inject, remove, rollback
 
@@ -184,7 +184,7 @@ class Runner:
                 return self.j.steady(when, recs)
             time.sleep(1.0)
 
-    def _alerts(self, a: Any, ignore: list[str]) -> None:
+    def _alerts(self, a: Activity, ignore: list[str]) -> None:
         """No alert firing on the mesh's Prometheus; skipped (and said so) without one, failed
         when the one configured does not answer."""
         if self.mesh.prometheus is None:
