@@ -93,3 +93,17 @@ def test_probe_figures_from_a_ping_transcript() -> None:
     assert probes.heal_s(tr, 100.9) > 0.3 and probes.heal_s(tr, 102.0) == 0.0
     lv = probes.service_levels(tr)
     assert lv.loss_pct == 15.0 and lv.latency_p95_ms == 0.2 and not lv.ok()
+
+
+def test_a_not_ready_agent_says_why_and_a_timeout_is_not_a_503() -> None:
+    from meshcore_tools.chaos.mesh import not_ready_why
+
+    assert not_ready_why(0, "") == {"code": 0, "failing": ["no answer within 2 s"]}
+    body = ('{"ready": false, "checks": {"neighbors_known": true, "paths_current": false},'
+            ' "failing": ["paths_current"], "detail": {"paths_pending_seconds": 0.3}}')
+    assert not_ready_why(503, body) == {"code": 503, "failing": ["paths_current"],
+                                        "detail": {"paths_pending_seconds": 0.3}}
+    # An agent from before ``failing`` existed: the failing checks are read from ``checks``.
+    old = '{"ready": false, "checks": {"neighbors_known": true, "routes_programmed": false}}'
+    assert not_ready_why(503, old)["failing"] == ["routes_programmed"]
+    assert not_ready_why(502, "<html>")["failing"] == ["unreadable body"]

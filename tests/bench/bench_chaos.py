@@ -25,28 +25,38 @@ flow between the two farthest nodes, 10 ms pings at RT priority), each held
   ratio                             babeld p95 / our p95, per class
 
 A recover time of "null" means the flow did not come back before the fault
-was removed (counted, not dropped). Needs root and babeld. Namespaces
-``mcc<pid>-<node>``, all deleted at the end.
+was removed (counted, not dropped).
+
+``--mode cumulative`` instead cuts ``--cuts`` links (silent cuts, seeded random
+order, meshcore_tools.chaos.cumulative) one at a time without restoring any;
+after each cut it waits at most ``--reconverge-max`` seconds for every pair the
+remaining links connect to route again, then reports one line per cut
+(``cumulative_step``: connected, routed, looping, holes, share) and a summary
+(``cumulative``: final and worst share, steps at 100 %). Every cut is rolled
+back at the end (and each node's reaper removes it at its deadline anyway).
+
+Needs root and babeld. Namespaces ``mcc<pid>-<node>``, all deleted at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from meshcore_chaos.node.reaper import MAX_DURATION_S
+from meshcore_testkit.bench import bench_parser, bench_preflight, bench_workdir
 from meshcore_testkit.pki import CA
 from meshcore_testkit.routers import BABELD, RoutingLab
-from meshcore_tools.chaos import experiment, probes, report, routes
-from meshcore_tools.chaos.faults import Options, Topo
+from meshcore_tools.chaos import cumulative, experiment, faults, probes, report, routes
+from meshcore_tools.chaos.faults import Fault, Options, Topo
 from meshcore_tools.chaos.mesh import Mesh, netns_mesh
-from meshcore_tools.chaos.runner import Runner, usable_links
+from meshcore_tools.chaos.nodes import inject, rollback
+from meshcore_tools.chaos.runner import SAMPLE_S, Runner, usable_links
 from meshcore_tools.lab import topology as topo
 
 CLASSES = ["silent_cut", "link_down", "lossy", "node_crash", "frozen_agent", "partition"]
@@ -103,15 +113,56 @@ def summarise(name: str, impl: str, steps: list[dict[str, Any]]) -> dict[str, fl
     return p95s
 
 
+def run_cumulative(name: str, impl: str, mesh: Mesh, a: argparse.Namespace) -> None:
+    t = Topo(mesh.state)
+    order = cumulative.cut_order(t.graph, a.cuts, a.seed)
+    # One node-side deadline for every cut: the whole run's bound, within the reaper's maximum.
+    budget = len(order) * (a.reconverge_max + 10) + 60
+    if budget > MAX_DURATION_S:
+        raise SystemExit(f"bench_chaos: {len(order)} cuts need up to {budget:.0f} s, over the "
+                         f"reaper's {MAX_DURATION_S:.0f} s bound: lower --reconverge-max")
+    deadline = time.time() + budget
+    cut: list[tuple[str, str]] = []
+    touched: set[str] = set()
+    steps: list[dict[str, Any]] = []
+    try:
+        for i, link in enumerate(order, 1):
+            fault = Fault("silent_cut", link, f"{impl[:8]}-cum{i}")
+            plan = faults.plan(fault, t)
+            touched |= set(plan)
+            res = inject(mesh.nodes, fault, plan, deadline, f"{impl[:8]}-cumulative")
+            if not all(r.rc == 0 and r.data.get("ok") for r in res):
+                log(f"{impl}: cut {i} {link} refused: {[r.data for r in res]}")
+                break
+            cut.append(link)
+            usable = cumulative.usable_after(t.graph, cut)
+            t0 = time.time()
+            while True:
+                pic = routes.picture(mesh.hops(), t.graph, usable)
+                if pic.converged or time.time() - t0 > a.reconverge_max:
+                    break
+                time.sleep(SAMPLE_S)
+            step = {"step": i, "cut": list(link), "connected": pic.connected,
+                    "routed": pic.routed, "looping": len(pic.looping), "holes": len(pic.holes),
+                    "share": round(pic.share, 4), "reconverged": pic.converged,
+                    "reconverge_s": round(time.time() - t0, 2) if pic.converged else None,
+                    "examples": [list(x) for x in (pic.looping + pic.holes)[:3]]}
+            steps.append(step)
+            emit(topology=name, impl=impl, figure="cumulative_step", **step)
+        emit(topology=name, impl=impl, figure="cumulative", seed=a.seed,
+             reconverge_max_s=a.reconverge_max, **cumulative.summary(steps))
+    finally:
+        rollback(mesh.nodes, sorted(touched))
+
+
 def run_topology(spec: str, impls: list[str], a: argparse.Namespace) -> None:
     kind, _, n = spec.partition(":")
     state = topo.normalise(topo.build(kind, int(n or 0), seed=1))
     name = state["name"]
-    workdir = Path(tempfile.mkdtemp(prefix="bench-chaos-"))
-    lab = RoutingLab(state, workdir, prefix="mcc")
     log(f"{name}: {len(state['nodes'])} nodes, {len(state['links'])} links")
     ours: dict[str, float] = {}
-    try:
+    with bench_workdir("bench-chaos-", lambda d: RoutingLab(state, d, prefix="mcc")) as (
+            workdir, lab):
         lab.up()
         ca = CA.create("bench CA")
         for impl in impls:
@@ -131,6 +182,9 @@ def run_topology(spec: str, impls: list[str], a: argparse.Namespace) -> None:
                      value=None if conv is None else round(conv, 2), unit="s")
                 if conv is None:
                     log(f"{impl}: not converged in {a.cold_timeout} s; see {workdir}")
+                    continue
+                if a.mode == "cumulative":
+                    run_cumulative(name, impl, mesh, a)
                     continue
                 opts = Options(agent_match=match, restart_by_node=dict(lab.argv),
                                restart_log=str(workdir / f"restarted.{impl}.log"))
@@ -158,31 +212,27 @@ def run_topology(spec: str, impls: list[str], a: argparse.Namespace) -> None:
             finally:
                 mesh.close()
                 lab.stop()
-    finally:
-        lab.down()
-        if os.environ.get("BENCH_KEEP") is None:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--topologies", default="rgg:50,community")
-    p.add_argument("--impls", default="mesh_agent,babeld-h0.2,babeld-default")
+    p = bench_parser(__doc__, topologies="rgg:50,community",
+                     impls="mesh_agent,babeld-h0.2,babeld-default")
     p.add_argument("--classes", default=",".join(CLASSES))
-    p.add_argument("--trials", type=int, default=5)
     p.add_argument("--hold", type=float, default=6.0)
     p.add_argument("--settle", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--cold-timeout", type=float, default=300.0,
                    help="seconds to wait for every pair to route after the daemons start")
     p.add_argument("--keep-journals", help="copy each run's journal here")
+    p.add_argument("--mode", choices=["mttr", "cumulative"], default="mttr",
+                   help="mttr: the fault classes' schedule; cumulative: links cut one by one, "
+                        "none restored")
+    p.add_argument("--cuts", type=int, default=50, help="cumulative: how many links to cut")
+    p.add_argument("--reconverge-max", type=float, default=30.0,
+                   help="cumulative: seconds to wait for reconvergence after each cut")
     a = p.parse_args()
-    if os.geteuid() != 0:
-        emit(figure="skipped", reason="needs root for network namespaces")
+    if not bench_preflight("bench_chaos", emit):
         return
-    if shutil.which("babeld") is None:
-        raise SystemExit("bench_chaos: babeld is not installed (make setup installs it)")
     for spec in a.topologies.split(","):
         run_topology(spec, a.impls.split(","), a)
 

@@ -49,21 +49,19 @@ the end.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import re
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from meshcore_testkit.bench import bench_parser, bench_preflight, bench_workdir
 from meshcore_testkit.pki import CA
 from meshcore_testkit.routers import BABELD, RoutingLab
 from meshcore_tools import netns
@@ -317,10 +315,8 @@ def run_topology(
     name = state["name"]
     src, dst = far_pair(state)
     flows = seeded_pairs(state, pairs, seed=1) if pairs else [(src, dst)]
-    workdir = Path(tempfile.mkdtemp(prefix="bench-failover-"))
-    lab = Lab(state, workdir)
     log(f"{name}: {len(state['nodes'])} nodes, {len(state['links'])} links, flow {src} -> {dst}")
-    try:
+    with bench_workdir("bench-failover-", lambda d: Lab(state, d)) as (workdir, lab):
         lab.up()
         ca = CA.create("bench CA")
         for impl in impls:
@@ -400,27 +396,17 @@ def run_topology(
                                         / max(1, busy1[1] - busy0[1]), 2),
                  seconds=round(elapsed, 1), cpus=os.cpu_count())
             lab.stop()
-    finally:
-        lab.down()
-        if os.environ.get("BENCH_KEEP") is None:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--topologies", default="ladder:8,rgg:50")
-    p.add_argument("--impls", default="mesh_agent,babeld-h1.0,babeld-h0.2")
+    p = bench_parser(__doc__, topologies="ladder:8,rgg:50",
+                     impls="mesh_agent,babeld-h1.0,babeld-h0.2")
     p.add_argument("--modes", default="silent,admin")
-    p.add_argument("--trials", type=int, default=5)
     p.add_argument("--pairs", type=int, default=0,
                    help="cut on this many seeded node pairs (0: the farthest pair only)")
     a = p.parse_args()
-    if os.geteuid() != 0:
-        emit(figure="skipped", reason="needs root for network namespaces")
+    if not bench_preflight("bench_failover", emit):
         return
-    if shutil.which("babeld") is None:
-        raise SystemExit("bench_failover: babeld is not installed (make setup installs it)")
     for spec in a.topologies.split(","):
         run_topology(spec, a.impls.split(","), a.modes.split(","), a.trials, a.pairs)
 

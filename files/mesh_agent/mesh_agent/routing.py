@@ -48,7 +48,7 @@ class Routing:
 
     def changed(self) -> None:
         """Something the paths depend on changed: compute (after the back-off)."""
-        self.view.schedule.changed()
+        self.view.schedule.changed(self.clock())
         self._dirty.set()
 
     # -- the computation --------------------------------------------------

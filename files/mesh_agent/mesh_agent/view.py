@@ -102,6 +102,16 @@ class AgentView:
     def ready(self) -> bool:
         return all(self.readiness().values())
 
+    def readiness_detail(self) -> dict[str, float | int]:
+        """What a failing check needs to be read: a flicker or a stuck state (``/readyz``)."""
+        return {
+            "neighbors_up": len(self.sensor.up_neighbors()),
+            "paths_pending_seconds": round(self.schedule.pending_s(self.clock()), 3),
+            "path_computations_total": self.schedule.computations_total,
+            "route_errors_total": self.routes.errors_total,
+            "route_syncs_preempted_total": self.routes.preempted_total,
+        }
+
     # -- what the API serves ----------------------------------------------
     def neighbors(self) -> list[dict[str, Any]]:
         now = self.clock()

@@ -43,6 +43,10 @@ def test_health_ready_metrics_views(ca: CA) -> None:
     assert client.get("/healthz").json() == {"status": "ok", "node": "a"}
     r = client.get("/readyz")
     assert r.status_code == 503 and r.json()["checks"]["neighbors_known"] is False
+    # The 503 names what fails, with what tells a flicker from a stuck agent.
+    assert set(r.json()["failing"]) == {k for k, ok in r.json()["checks"].items() if not ok}
+    assert r.json()["detail"]["neighbors_up"] == 0
+    assert r.json()["detail"]["path_computations_total"] == 0
 
     # Neighbour b appears on mesh0 (two-way hello exchange, fake clock).
     agent.sensor.add_interface("mesh0")
@@ -61,6 +65,7 @@ def test_health_ready_metrics_views(ca: CA) -> None:
 
     r = client.get("/readyz")
     assert r.status_code == 200, r.json()
+    assert r.json()["failing"] == [] and r.json()["detail"]["paths_pending_seconds"] == 0.0
     nbs = client.get("/v1/neighbors").json()["neighbors"]
     assert nbs[0]["name"] == "b" and nbs[0]["interface"] == "mesh0" and nbs[0]["cost"] == 1.0
     topo = client.get("/v1/topology").json()

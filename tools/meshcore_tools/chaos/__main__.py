@@ -43,10 +43,11 @@ def _targets(a: argparse.Namespace) -> Any:
 
     api = None if a.api == "none" else a.api
     proto = None if a.route_proto == "any" else a.route_proto
+    prom = None if a.prometheus in (None, "none") else a.prometheus
     if a.netns_tag:
         state = json.loads(Path(a.state).read_text())
         mesh = netns_mesh(state, lambda n: f"{a.netns_tag}-{n}", Path(a.journal_root), api=api,
-                          route_proto=proto)
+                          route_proto=proto, prometheus=prom)
         return mesh, Options()
     if a.inventory:
         inv = json.loads(subprocess.run(["ansible-inventory", "-i", a.inventory, "--list"],
@@ -58,11 +59,15 @@ def _targets(a: argparse.Namespace) -> Any:
             return ["ssh", "-o", "BatchMode=yes", str(hostvars.get(node, {}).get(
                 "ansible_host", node)), "sudo"]
 
-        return (Mesh(state, ssh, wrapper_nodes(ssh), api=api, route_proto=proto),
+        return (Mesh(state, ssh, wrapper_nodes(ssh), api=api, route_proto=proto,
+                     prometheus=prom),
                 Options(agent_match="mesh-agent run"))
+    from meshcore_tools.lab import prometheus
     from meshcore_tools.lab import state as lab
 
     st = lab.load_state()
+    if a.prometheus is None and "monitor" in st:
+        prom = prometheus.url_of(st)  # the lab monitor's, with the project's alert rules
 
     def podman(node: str) -> list[str]:
         return ["podman", "exec", "-i", lab.container(node)]
@@ -71,7 +76,8 @@ def _targets(a: argparse.Namespace) -> Any:
         return ["nsenter", f"--net={netns.NETNS_DIR / lab.ns(node)}"]
 
     # systemd (Restart=always) brings a SIGKILLed agent back: no restart argv.
-    return (Mesh(st, inside, wrapper_nodes(podman), api=api, route_proto=proto),
+    return (Mesh(st, inside, wrapper_nodes(podman), api=api, route_proto=proto,
+                 prometheus=prom),
             Options(agent_match="mesh-agent run"))
 
 
@@ -166,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the agents' API as seen on each node; none: no agent API")
         sp.add_argument("--route-proto", default="77",
                         help="the routes that count (the agent's protocol 77; babel; any)")
+        sp.add_argument("--prometheus",
+                        help="base URL of the Prometheus whose alerts the steady state reads "
+                             "(default: the lab monitor's with --lab, else none; none: skip)")
 
     r = sub.add_parser("run", help="run experiments")
     r.add_argument("experiments", nargs="+")

@@ -17,17 +17,19 @@ from typing import Any
 from meshcore_tools import netns
 from meshcore_tools.chaos import routes
 from meshcore_tools.chaos.nodes import Nodes, netns_nodes
+from meshcore_tools.lab import prometheus as promapi
 
 
 class Mesh:
     def __init__(self, state: Mapping[str, Any], prefix_of: Callable[[str], Sequence[str]],
                  nodes: Nodes, *, api: str | None = "http://127.0.0.1:9105",
-                 route_proto: str | None = "77") -> None:
+                 route_proto: str | None = "77", prometheus: str | None = None) -> None:
         self.state = state
         self.prefix_of = prefix_of
         self.nodes = nodes
         self.api = api  # None: no agent API (babeld)
         self.route_proto = route_proto
+        self.prometheus = prometheus  # None: no Prometheus to ask for alerts
         self.names = list(state["nodes"])
         self.pool = ThreadPoolExecutor(max_workers=6)
 
@@ -69,11 +71,19 @@ class Mesh:
         body, _, code = out.rpartition("\n")
         return (int(code) if code.isdigit() else 0), body
 
-    def ready(self) -> dict[str, bool]:
+    def readiness(self) -> dict[str, dict[str, Any]]:
+        """Per node: ``ready``, and for a node that is not, ``why`` (see :func:`not_ready_why`)."""
         if self.api is None:
             return {}
-        codes = self.pool.map(lambda n: self.get(n, "/readyz")[0], self.names)
-        return {n: c == 200 for n, c in zip(self.names, codes, strict=True)}
+        answers = self.pool.map(lambda n: self.get(n, "/readyz"), self.names)
+        out = {}
+        for n, (code, body) in zip(self.names, answers, strict=True):
+            out[n] = {"ready": code == 200} if code == 200 else {
+                "ready": False, "why": not_ready_why(code, body)}
+        return out
+
+    def ready(self) -> dict[str, bool]:
+        return {n: r["ready"] for n, r in self.readiness().items()}
 
     def event_cursor(self, node: str) -> int:
         code, body = self.get(node, "/v1/events?limit=1")
@@ -84,8 +94,28 @@ class Mesh:
         code, body = self.get(node, f"/v1/events?{q}")
         return list(json.loads(body).get("events", [])) if code == 200 else []
 
+    def firing_alerts(self, ignore: Sequence[str] = ()) -> list[str]:
+        """The alerts firing on the mesh's Prometheus (OSError when it does not answer)."""
+        if self.prometheus is None:
+            raise ValueError("no Prometheus configured")
+        return promapi.firing(promapi.api(self.prometheus, "alerts", timeout=10), ignore)
+
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+
+
+def not_ready_why(code: int, body: str) -> dict[str, Any]:
+    """Why one ``/readyz`` answer is not 200: no answer within the 2 s (code 0, the agent's
+    API too slow or down) is told apart from a 503 and the checks it names as failing."""
+    if code == 0:
+        return {"code": 0, "failing": ["no answer within 2 s"]}
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return {"code": code, "failing": ["unreadable body"]}
+    checks = doc.get("checks") or {}
+    failing = doc.get("failing") or [k for k, ok in checks.items() if not ok]
+    return {"code": code, "failing": failing, "detail": doc.get("detail", {})}
 
 
 def netns_mesh(state: Mapping[str, Any], ns_of: Callable[[str], str], journal_root: Any,

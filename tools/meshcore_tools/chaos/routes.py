@@ -58,33 +58,41 @@ class Picture:
     def converged(self) -> bool:
         return self.routed == self.connected
 
+    @property
+    def share(self) -> float:
+        """The share of connected pairs that are routed (1.0 when none is connected)."""
+        return self.routed / self.connected if self.connected else 1.0
+
+
+def connected_pairs(nodes: Iterable[str],
+                    usable: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Every ordered pair of ``nodes`` that the ``usable`` links join (same connected component)."""
+    g = nx.Graph()
+    g.add_nodes_from(nodes)
+    g.add_edges_from(usable)
+    return [(src, dst) for comp in nx.connected_components(g)
+            for src in sorted(comp) for dst in sorted(comp) if src != dst]
+
 
 def picture(hops: NextHops, nodes: Iterable[str],
             usable: Iterable[tuple[str, str]]) -> Picture:
     """Every ordered pair of ``nodes`` that ``usable`` links connect, walked through ``hops``."""
-    g = nx.Graph()
-    names = list(nodes)
-    g.add_nodes_from(names)
-    g.add_edges_from(usable)
-    up = {frozenset(e) for e in g.edges}
+    usable = list(usable)
+    up = {frozenset(e) for e in usable}
     pic = Picture()
-    for comp in nx.connected_components(g):
-        for src in comp:
-            for dst in comp:
-                if src == dst:
-                    continue
-                pic.connected += 1
-                at, seen = src, {src}
-                while at != dst:
-                    hop = hops.get(at, {}).get(dst)
-                    if hop is None or frozenset((at, hop)) not in up:
-                        pic.holes.append((src, dst))
-                        break
-                    if hop in seen:
-                        pic.looping.append((src, dst))
-                        break
-                    seen.add(hop)
-                    at = hop
-                else:
-                    pic.routed += 1
+    for src, dst in connected_pairs(nodes, usable):
+        pic.connected += 1
+        at, seen = src, {src}
+        while at != dst:
+            hop = hops.get(at, {}).get(dst)
+            if hop is None or frozenset((at, hop)) not in up:
+                pic.holes.append((src, dst))
+                break
+            if hop in seen:
+                pic.looping.append((src, dst))
+                break
+            seen.add(hop)
+            at = hop
+        else:
+            pic.routed += 1
     return pic

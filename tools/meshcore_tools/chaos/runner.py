@@ -1,7 +1,8 @@
 """Running an experiment: steady state, inject and measure, remove, steady state again.
 
 1. The steady-state hypothesis is checked first (agents ready, every pair
-   routed without a loop, the probes' ends reachable), waiting at most its
+   routed without a loop, the probes' ends reachable, no alert firing on the
+   mesh's Prometheus when there is one), waiting at most its
    ``timeout_s`` for a mesh that is still converging. If it does not hold, the
    run injects nothing: the journal's ``status`` is ``failed``, ``deviated``
    false, and its ``before`` probes say which part failed.
@@ -44,7 +45,7 @@ from typing import Any
 from meshcore_tools.chaos import experiment as xp
 from meshcore_tools.chaos import faults, probes, routes
 from meshcore_tools.chaos.faults import Fault, Options, Topo
-from meshcore_tools.chaos.journal import JournalBuilder, iso
+from meshcore_tools.chaos.journal import Activity, JournalBuilder, iso
 from meshcore_tools.chaos.mesh import Mesh
 from meshcore_tools.chaos.nodes import inject, remove, rollback
 
@@ -155,9 +156,10 @@ class Runner:
             recs: list[dict[str, Any]] = []
             if ss["agents_ready"] and self.mesh.api is not None:
                 with self.j.record(recs, "probe", "agents-ready") as a:
-                    ready = self.mesh.ready()
-                    a.output = {"not_ready": sorted(n for n, ok in ready.items() if not ok)}
-                    a.tolerance_met = all(ready.values())
+                    ready = self.mesh.readiness()
+                    bad = sorted(n for n, r in ready.items() if not r["ready"])
+                    a.output = {"not_ready": bad, "why": {n: ready[n]["why"] for n in bad}}
+                    a.tolerance_met = not bad
             if ss["all_pairs_routed"]:
                 with self.j.record(recs, "probe", "all-pairs-routed-no-loops") as a:
                     pic = routes.picture(self.mesh.hops(), self.topo.graph,
@@ -174,10 +176,29 @@ class Runner:
                                self.mesh.address(s), self.mesh.address(d))]
                     a.output = {"unreachable": bad}
                     a.tolerance_met = not bad
+            if ss["no_alerts_firing"]:
+                with self.j.record(recs, "probe", "no-alerts-firing") as a:
+                    self._alerts(a, ss["alerts_ignore"])
             met = all(r.get("tolerance_met") for r in recs)
             if met or time.monotonic() > deadline:
                 return self.j.steady(when, recs)
             time.sleep(1.0)
+
+    def _alerts(self, a: Activity, ignore: list[str]) -> None:
+        """No alert firing on the mesh's Prometheus; skipped (and said so) without one, failed
+        when the one configured does not answer."""
+        if self.mesh.prometheus is None:
+            a.output = {"skipped": "no Prometheus URL configured (--prometheus)"}
+            a.tolerance_met = True
+            return
+        try:
+            firing = self.mesh.firing_alerts(ignore)
+        except (OSError, ValueError) as exc:
+            a.output = {"prometheus": self.mesh.prometheus, "error": str(exc)}
+            a.tolerance_met = False
+            return
+        a.output = {"prometheus": self.mesh.prometheus, "firing": firing, "ignored": ignore}
+        a.tolerance_met = not firing
 
     # -- the run ---------------------------------------------------------------------
     def run(self) -> Outcome:

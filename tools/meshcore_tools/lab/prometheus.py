@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -27,6 +28,18 @@ def instant(base: str, query: str, timeout: float = 60) -> float | None:
     """The first sample of an instant query, or None when it returns nothing."""
     result = api(base, "query", timeout=timeout, query=query)["result"]
     return float(result[0]["value"][1]) if result else None
+
+
+def firing(alerts: Mapping[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+    """The firing alerts of an ``/api/v1/alerts`` answer's data, as ``Name{node=...}``, sorted.
+
+    A pending alert (its ``for:`` not yet over) is not firing; names in ``ignore`` are left out.
+    """
+    skip = set(ignore)
+    return sorted(
+        f"{a['labels'].get('alertname', '?')}{{node={a['labels'].get('node', '-')}}}"
+        for a in alerts.get("alerts", [])
+        if a.get("state") == "firing" and a["labels"].get("alertname") not in skip)
 
 
 def targets(address: str) -> tuple[dict[str, dict[str, str]], str | None]:

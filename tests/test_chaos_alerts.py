@@ -1,0 +1,89 @@
+"""The steady state's no-alerts-firing probe, against /api/v1/alerts answers recorded from a
+real Prometheus (2.42) running the project's alert rules (roles/prometheus/files/rules) with
+one node's targets down: MeshNodeDown pending (its ``for: 1m`` not over), then firing."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from meshcore_tools.chaos import experiment
+from meshcore_tools.chaos.journal import Activity
+from meshcore_tools.chaos.mesh import Mesh
+from meshcore_tools.chaos.nodes import Nodes
+from meshcore_tools.chaos.runner import Runner
+from meshcore_tools.lab import prometheus
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def recorded(name: str) -> dict[str, Any]:
+    return dict(json.loads((FIXTURES / f"prometheus_alerts_{name}.json").read_text()))
+
+
+def test_only_firing_alerts_count_and_ignored_names_are_left_out() -> None:
+    assert prometheus.firing(recorded("pending")["data"]) == []  # pending is not firing yet
+    firing = recorded("firing")["data"]
+    assert prometheus.firing(firing) == ["MeshNodeDown{node=n3}"]
+    assert prometheus.firing(firing, ignore=["MeshNodeDown"]) == []
+
+
+@pytest.fixture
+def served() -> Iterator[dict[str, Any]]:
+    """A local HTTP server answering /api/v1/alerts with whatever the test puts in ``body``."""
+    state: dict[str, Any] = {"body": b""}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path.startswith("/api/v1/alerts") else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(state["body"])
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    state["url"] = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        yield state
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def probe(prom: str | None, ignore: list[str]) -> Activity:
+    mesh = Mesh({"nodes": {}}, lambda n: [], Nodes(lambda n: []), prometheus=prom)
+    act = Activity("probe", "no-alerts-firing")
+    try:
+        Runner._alerts(SimpleNamespace(mesh=mesh), act, ignore)  # type: ignore[arg-type]
+    finally:
+        mesh.close()
+    return act
+
+
+def test_the_probe_fails_on_a_firing_alert_and_holds_on_a_pending_one(
+        served: dict[str, Any]) -> None:
+    ignore = experiment.schema("experiment")["properties"]["steady_state"]["properties"][
+        "alerts_ignore"]["default"]
+    served["body"] = json.dumps(recorded("firing")).encode()
+    act = probe(served["url"], ignore)
+    assert act.tolerance_met is False and act.output["firing"] == ["MeshNodeDown{node=n3}"]
+    served["body"] = json.dumps(recorded("pending")).encode()
+    act = probe(served["url"], ignore)
+    assert act.tolerance_met is True and act.output["firing"] == []
+
+
+def test_no_prometheus_is_a_skip_said_in_the_journal_and_a_dead_one_a_failure() -> None:
+    act = probe(None, [])
+    assert act.tolerance_met is True
+    assert act.output == {"skipped": "no Prometheus URL configured (--prometheus)"}
+    act = probe("http://127.0.0.1:9", [])  # the discard port: nothing listens
+    assert act.tolerance_met is False and "error" in act.output
