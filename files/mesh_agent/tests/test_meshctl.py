@@ -196,7 +196,7 @@ def test_events_follow_prints_new_ones(live: Live, monkeypatch: pytest.MonkeyPat
         else:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(ctl.time, "sleep", sleep)
+    monkeypatch.setattr("mesh_agent.ctl.main.time.sleep", sleep)
     code, text = live.run("events", "--limit", "1", "--follow")
     assert code == 130
     assert [line.split()[2] for line in text.splitlines()] == ["failover", "link_up"]
