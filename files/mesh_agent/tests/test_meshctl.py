@@ -214,7 +214,7 @@ def test_agent_down_is_one_line_and_exit_3(capsys: pytest.CaptureFixture[str]) -
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert ctl.main(["--ssh", "status"]) == 2
-    assert capsys.readouterr().err == "meshctl: --ssh needs --node HOST\n"
+    assert capsys.readouterr().err == "meshctl: --ssh needs --node HOST (or the fleet command)\n"
     with pytest.raises(SystemExit) as exc:
         ctl.main(["events", "--since", "soon"])
     assert exc.value.code == 2
@@ -253,6 +253,14 @@ def test_over_ssh_the_node_answers_in_json(live: Live, tmp_path: Path,
     assert ctl.main(["--node", "n1", "--ssh", "routes", "nowhere"], out=out) == 1
     assert out.getvalue().strip() == "no path to nowhere"
     assert ctl.main(["--node", "unreachable", "--ssh", "status"], out=io.StringIO()) == 3
+    # The fleet over ssh: one node answers, one does not.
+    monkeypatch.setattr(fleet, "inventory_nodes",
+                        lambda inventory, group: {"a": "n1", "b": "unreachable"})
+    out = io.StringIO()
+    assert ctl.main(["--ssh", "fleet", "-i", "inv"], out=out) == 1
+    lines = out.getvalue().splitlines()
+    assert lines[1].split()[:2] == ["a", "yes"]
+    assert lines[2].split()[:2] == ["b", "no"] and lines[2].endswith("ssh unreachable: exit 255")
 
 
 def test_command_argv_drops_global_options() -> None:

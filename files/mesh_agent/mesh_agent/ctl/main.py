@@ -314,6 +314,8 @@ def run_fleet(args: argparse.Namespace, out: TextIO) -> int:
         return USAGE
 
     def ask(address: str) -> dict[str, Any] | str:
+        if args.ssh:
+            return status_over_ssh(address, args.timeout)
         try:
             return status_of(HttpClient(node_api_url(address, args.port), args.timeout))[0]
         except (AgentUnreachable, ApiError) as exc:
@@ -343,6 +345,21 @@ def command_argv(argv: list[str]) -> list[str]:
         flag = argv[i].split("=", 1)[0]
         i += 2 if flag in GLOBAL_WITH_VALUE and "=" not in argv[i] else 1
     return argv[i:]
+
+
+def status_over_ssh(host: str, timeout: float) -> dict[str, Any] | str:
+    """``meshctl --json status`` run on *host* over ssh: its summary, or why not (one line)."""
+    ssh = shlex.split(os.environ.get("MESHCTL_SSH", SSH_DEFAULT))
+    try:
+        res = subprocess.run([*ssh, host, "meshctl --json status"], capture_output=True,
+                             text=True, timeout=timeout + 10)
+    except subprocess.TimeoutExpired:
+        return f"ssh {host}: no answer"
+    if res.returncode in (OK, BAD) and res.stdout.strip():
+        data: dict[str, Any] = json.loads(res.stdout)
+        return data
+    last = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
+    return f"ssh {host}: {last}"
 
 
 def run_ssh(args: argparse.Namespace, argv: list[str], out: TextIO) -> int:
@@ -381,8 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ask this node on its management address instead of the local agent")
     p.add_argument("--port", type=int, default=API_PORT, help="API port with --node (%(default)s)")
     p.add_argument("--ssh", action="store_true",
-                   help="with --node: run meshctl on the node over ssh ($MESHCTL_SSH, default "
-                        f"'{SSH_DEFAULT}'), for an API bound to loopback only")
+                   help="with --node or fleet: run meshctl on the node over ssh ($MESHCTL_SSH, "
+                        f"default '{SSH_DEFAULT}'), for an API bound to loopback only")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -413,8 +430,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
     args.command = {"neighbors": "neighbours"}.get(args.command, args.command)
-    if args.ssh and not args.node:
-        print("meshctl: --ssh needs --node HOST", file=sys.stderr)
+    if args.ssh and not args.node and args.command != "fleet":
+        print("meshctl: --ssh needs --node HOST (or the fleet command)", file=sys.stderr)
         return USAGE
     try:
         if args.ssh and args.command != "fleet":
