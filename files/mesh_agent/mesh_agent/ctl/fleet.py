@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mesh_agent.ctl.render import duration
-from mesh_agent.ctl.status import problems
+from mesh_agent.ctl.status import CERT_WARN_S, problems
 
 FLEET_HEADERS = ("NODE", "HEALTHY", "READY", "MODE", "NEIGHBOURS", "ROUTES", "BACKUP",
                  "CERT EXPIRES IN", "VERSION", "PROBLEMS")
@@ -63,7 +63,8 @@ def nodes_of(listing: Mapping[str, Any], group: str) -> dict[str, str]:
     return out
 
 
-def fleet_rows(results: Mapping[str, dict[str, Any] | str]) -> list[dict[str, Any]]:
+def fleet_rows(results: Mapping[str, dict[str, Any] | str],
+               cert_warn_s: float = CERT_WARN_S) -> list[dict[str, Any]]:
     """One row per node: its status summary, or the error string when it did not answer."""
     rows = []
     for name in sorted(results):
@@ -71,7 +72,7 @@ def fleet_rows(results: Mapping[str, dict[str, Any] | str]) -> list[dict[str, An
         if isinstance(r, str):
             rows.append({"node": name, "healthy": False, "reachable": False, "problems": [r]})
             continue
-        found = problems(r)
+        found = problems(r, cert_warn_s)
         rows.append({
             "node": name, "healthy": not found, "reachable": True, "ready": r["ready"],
             "mode": r["mode"], "neighbors_up": len(r["neighbors_up"]),

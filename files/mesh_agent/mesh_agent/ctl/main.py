@@ -323,7 +323,7 @@ def run_fleet(args: argparse.Namespace, out: TextIO) -> int:
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         answers = dict(zip(nodes, pool.map(ask, nodes.values()), strict=True))
-    rows = fleet_mod.fleet_rows(answers)
+    rows = fleet_mod.fleet_rows(answers, args.cert_warn)
     summary = fleet_mod.fleet_summary(rows)
     if args.json:
         print(json.dumps({"summary": summary, "nodes": rows}, sort_keys=True), file=out)
@@ -422,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fleet", help="one row of health per node of an Ansible inventory")
     f.add_argument("-i", "--inventory", required=True)
     f.add_argument("--group", default="mesh_nodes")
+    f.add_argument("--cert-warn", type=parse_duration, default="1d", metavar="DURATION",
+                   help="a certificate expiring within this is a problem (default 1d; SPIRE: 10m)")
     return p
 
 

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-# A certificate closer than this to its expiry makes a node unhealthy in the fleet view:
-# peers reject its adverts once it has expired (the lab CA issues for days).
+from mesh_agent.ctl.render import duration
+
+# A certificate closer than this to its expiry makes a node unhealthy (meshctl fleet
+# --cert-warn): peers reject its adverts once it has expired. The lab CA issues for 30
+# days; SPIRE's SVIDs live about an hour and are renewed at half-life, so a SPIRE
+# fleet passes a shorter --cert-warn (10m).
 CERT_WARN_S = 24 * 3600.0
 
 
@@ -53,7 +57,7 @@ def summarise(
     }
 
 
-def problems(status: dict[str, Any]) -> list[str]:
+def problems(status: dict[str, Any], cert_warn_s: float = CERT_WARN_S) -> list[str]:
     """Why a node is unhealthy, one short phrase each; empty when it is healthy."""
     out = [f"not ready: {name}" for name, ok in sorted(status["checks"].items()) if not ok]
     if not status["neighbors_up"]:
@@ -61,6 +65,6 @@ def problems(status: dict[str, Any]) -> list[str]:
     left = status["cert_seconds_left"]
     if left <= 0:
         out.append("certificate expired")
-    elif left < CERT_WARN_S:
-        out.append("certificate expires within a day")
+    elif left < cert_warn_s:
+        out.append(f"certificate expires in {duration(left)}")
     return out
