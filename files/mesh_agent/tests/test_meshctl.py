@@ -25,7 +25,7 @@ from mesh_agent.api import create_app, guarded_server
 from mesh_agent.config import parse_config
 from mesh_agent.ctl import fleet
 from mesh_agent.ctl import main as ctl
-from mesh_agent.ctl.render import parse_duration, table
+from mesh_agent.ctl.render import duration, parse_duration, table
 from mesh_agent.link.sensor import LinkSensor
 from mesh_agent.store import EventKind, EventLog
 from mesh_agent.topology import LinkStateDB
@@ -161,7 +161,7 @@ def test_topology_plan_identity(live: Live, ca: CA) -> None:
     assert json.loads(live.run("--json", "topology")[1])["edges"] == [
         {"a": "a", "b": "b", "cost": 1.0}]
     code, text = live.run("plan")
-    assert code == 0 and "1 bridges" in text
+    assert code == 0 and "1 bridges" in text and text.endswith("no new link proposed\n")
     assert json.loads(live.run("--json", "plan")[1])["summary"]["bridges"] == 1.0
     code, text = live.run("identity")
     assert code == 0 and text.startswith("spiffe id     spiffe://mesh.lab/node/a\n")
@@ -320,6 +320,8 @@ def test_fleet_command(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_durations() -> None:
+    assert [duration(x) for x in (0.0004, 0.85, 42, 312, 11040, 525600)] == [
+        "0.4ms", "850ms", "42s", "5m12s", "3h04m", "6d02h"]
     assert [parse_duration(t) for t in ("90", "30s", "15m", "1h", "2d")] == [
         90, 30, 900, 3600, 172800]
     with pytest.raises(ValueError):

@@ -158,8 +158,12 @@ def render_plan(data: dict[str, Any]) -> str:
             f"{s['pairs_two_edge_connected'] * 100:.0f}% of node pairs joined by two "
             f"edge-disjoint paths, {s['bridges']:.0f} bridges")
     rows = [[x["u"], x["v"], x["cost"], x["pairs_protected"]] for x in data["links"]]
-    body = (table(["ADD LINK", "TO", "COST", "PAIRS PROTECTED"], rows) if rows
-            else "no link to add: every pair has two edge-disjoint paths")
+    if rows:
+        body = table(["ADD LINK", "TO", "COST", "PAIRS PROTECTED"], rows)
+    elif s["pairs_two_edge_connected"] >= 1.0:
+        body = "no link to add: every pair has two edge-disjoint paths"
+    else:
+        body = "no new link proposed"
     return f"{head}\n{body}"
 
 
@@ -411,7 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="links that would give every node pair a backup path")
     pl.add_argument("--max-links", type=int, default=10)
     sub.add_parser("identity", help="SPIFFE ID, certificate expiry, trust bundle, source")
-    e = sub.add_parser("events", help="what happened: links, failovers, rejected adverts...")
+    e = sub.add_parser("events", help="what happened: links, failovers, rejected adverts...",
+                       description="The node's event log, oldest first; times are UTC on the "
+                                   "node's clock.")
     e.add_argument("--since", type=parse_duration, metavar="DURATION",
                    help="events of the last DURATION (90, 30s, 15m, 1h, 2d), oldest first")
     e.add_argument("--follow", "-f", action="store_true", help="then wait for new ones")

@@ -21,9 +21,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def duration(seconds: float) -> str:
-    """A short human duration: 850ms, 42s, 5m12s, 3h04m, 6d02h."""
+    """A short human duration: 0.4ms, 850ms, 42s, 5m12s, 3h04m, 6d02h."""
     s = abs(seconds)
-    if s < 1:
+    if s < 0.01:  # RTTs and failovers: keep a decimal
+        text = f"{s * 1000:.1f}ms"
+    elif s < 1:
         text = f"{s * 1000:.0f}ms"
     elif s < 60:
         text = f"{s:.0f}s"
