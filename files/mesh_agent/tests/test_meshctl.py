@@ -104,7 +104,8 @@ def test_status_one_screen_and_json(live: Live) -> None:
     code, text = live.run("status")
     assert code == 0, text
     lines = text.splitlines()
-    assert lines[0].startswith("* a (10.77.0.1) - mesh-agent ") and "mode observe" in lines[0]
+    assert lines[0].startswith("* a (10.77.0.1) - mesh-agent ")
+    assert lines[0].endswith(", mode observe, native links with echo probes")
     assert "Ready:       yes" in text and "Neighbours:  1 up (b)" in text
     assert "spiffe://mesh.lab/node/a (files), certificate expires in " in text
     assert "failover          b" in text and "duration_seconds=0.0004" in text

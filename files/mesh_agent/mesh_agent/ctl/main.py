@@ -213,7 +213,8 @@ def render_status(s: dict[str, Any]) -> str:
     lf = s["last_failover"]
     lines = [
         f"{'*' if s['ready'] else 'x'} {s['node']} ({s['address']}) - mesh-agent {s['version']}, "
-        f"mode {s['mode']}, {s['link_backend']} links",
+        f"mode {s['mode']}, {s['link_backend']} links"
+        + (" with echo probes" if s["echo"] and s["link_backend"] == "native" else ""),
         f"  Ready:       {yes_no(s['ready'])} ({checks})",
         f"  Neighbours:  {len(s['neighbors_up'])} up"
         + (f" ({', '.join(s['neighbors_up'])})" if s["neighbors_up"] else "")

@@ -36,6 +36,7 @@ def summarise(
         "version": agent["version"],
         "mode": agent["mode"],
         "link_backend": agent["link_backend"],
+        "echo": bool(agent.get("echo")),
         "address": agent["address"],
         "ready": bool(ready.get("ready")),
         "checks": ready.get("checks", {}),
