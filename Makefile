@@ -57,6 +57,10 @@ help:
 	@echo "make hw-lab [BACKEND=both|native|batman]  three emulated Pis (QEMU TCG) seeded with make seed: mesh, route, scrape, site.yml"
 	@echo "make image-boot-test  boot the rpi-arm64 image under qemu-system-aarch64 (TCG) with a seed, check it"
 	@echo "make image-repro      build rpi-arm64 twice from scratch with SOURCE_DATE_EPOCH, compare hashes"
+	@echo "make agent-bundle     the agent's release bundle (a venv built in the base image) in build/agent"
+	@echo "make molecule-image   the rpi-arm64 image booted under QEMU as a molecule instance: converge, verify"
+	@echo "make lint | unit | molecule | molecule-full   the parts of make test / test-full"
+	@echo "make setup | venv     Debian packages, podman config and .venv (root) | only .venv (any user)"
 
 setup:
 	@bash scripts/setup.sh

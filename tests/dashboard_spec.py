@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "roles" / "grafana" / "files" / "dashboards" / "mesh-core.json"
 WAITING = re.compile(r"^Waiting for issue: (\w+)\.")
 # The panels the seeds promise, by title prefix, and the ones that wait for a
-# later issue's metric. Kept explicit here and in the README: a panel joins or
+# later issue's metric. Kept explicit here and in docs/monitoring.md: a panel joins or
 # leaves the waiting list only by editing this table.
 SEED_PANELS = (
     "MTTR p50/p95/p99", "Mesh latency", "Slot-sync success", "eBPF overhead",

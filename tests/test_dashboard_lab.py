@@ -77,7 +77,7 @@ def check_panel(prometheus: str, panel: dict[str, Any]) -> None:
         arrived = {e: values(query(prometheus, e)) for e in exprs}
         assert not any(arrived.values()), (
             f"{title}: its metric now has data {arrived}; remove its waiting marker "
-            "(meshcore_tools/grafana/dashboard.py, tests/dashboard_spec.py, README)")
+            "(meshcore_tools/grafana/dashboard.py, tests/dashboard_spec.py, docs/monitoring.md)")
         pytest.xfail(f"waiting for issue {waiting_for(panel)}: no data yet, as expected")
     deadline = time.monotonic() + DEADLINE_S
     while True:

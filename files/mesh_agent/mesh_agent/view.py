@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
+import mesh_agent
 from mesh_agent.config import AgentConfig
 from mesh_agent.counters import Histogram
-from mesh_agent.identity import Identity
+from mesh_agent.identity import Identity, spiffe_id
 from mesh_agent.identity.clock import ClockTrust
 from mesh_agent.identity.hellokeys import HelloKeys
 from mesh_agent.identity.watch import IdentityWatcher
@@ -201,3 +204,41 @@ class AgentView:
     def last_failover(self) -> dict[str, Any] | None:
         last = self.failover.last
         return None if last is None else dict(last)
+
+    def agent_view(self) -> dict[str, Any]:
+        """What runs here: version, mode and link backend (``meshctl status``, the fleet table)."""
+        return {
+            "node": self.node_name,
+            "version": mesh_agent.__version__,
+            "mode": self.mode,
+            "link_backend": self.cfg.link.backend,
+            "echo": self.cfg.link.echo,
+            "address": str(self.cfg.node_address),
+        }
+
+    def identity_view(self) -> dict[str, Any]:
+        """The node's SVID and trust bundle as an operator checks them (no key material)."""
+
+        def cert(c: x509.Certificate) -> dict[str, Any]:
+            return {
+                "subject": c.subject.rfc4514_string(),
+                "serial": format(c.serial_number, "x"),
+                "not_before": c.not_valid_before_utc.timestamp(),
+                "not_after": c.not_valid_after_utc.timestamp(),
+                "sha256": c.fingerprint(hashes.SHA256()).hex(),
+            }
+
+        ident = self.identity
+        w = self.watcher
+        return {
+            "spiffe_id": spiffe_id(ident.trust_domain, ident.node_name),
+            "certificate": cert(ident.cert),
+            "bundle": [cert(c) for c in ident.bundle],
+            # files unless the agent follows the SPIFFE Workload API (mesh_agent.identity.watch).
+            "source": w.source.name if w is not None else "files",
+            "following_rotations": w is not None,
+            "rotations": w.rotations if w is not None else 0,
+            "reload_errors": w.errors if w is not None else 0,
+            "clock_trusted": self.clock_trust.trusted,
+            "validity_checked": ident.check_validity,
+        }

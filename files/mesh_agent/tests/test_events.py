@@ -68,6 +68,17 @@ def test_filters_by_kind_and_subject(tmp_path: Path) -> None:
     assert about_n1[1].detail == {"duration_seconds": 0.0004}
 
 
+def test_since_keeps_the_records_from_a_wall_clock_time(tmp_path: Path) -> None:
+    wall = [1000.0]
+    log = make(tmp_path, limits=NO_LIMITS, wall=lambda: wall[0])
+    for t in (1000.0, 2000.0, 3000.0):
+        wall[0] = t
+        log.append(EventKind.LINK_DOWN, "n1", "timeout", {"t": t})
+    assert [e.wall for e in log.query(after=0, since=2000.0)] == [2000.0, 3000.0]
+    assert [e.wall for e in log.query(since=2500.0, limit=5)] == [3000.0]
+    assert log.query(after=0, since=3500.0) == []
+
+
 def test_survives_restart_and_never_reuses_an_id(tmp_path: Path) -> None:
     log = make(tmp_path, limits=NO_LIMITS, max_records=5)
     for i in range(12):

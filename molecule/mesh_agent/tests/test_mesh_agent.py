@@ -100,6 +100,16 @@ def test_healthz_and_metrics(host):
         assert name in metrics, name
 
 
+def test_meshctl_on_the_path_answers_as_an_operator(host):
+    # Not root: the config is root:meshcore 0640, so meshctl falls back to the default endpoint.
+    out = host.run("su -s /bin/sh nobody -c 'meshctl --json identity'")
+    assert out.rc == 0, out.stderr
+    assert json.loads(out.stdout)["spiffe_id"].startswith("spiffe://mesh.lab/node/")
+    status = host.run("meshctl status")
+    assert status.rc in (0, 1), status.stderr  # 1: not ready (yet), still an answer
+    assert "mesh-agent" in status.stdout.splitlines()[0]
+
+
 def test_agent_runs_hellos_on_the_mesh_interface(host):
     status, body = http(host, "/v1/neighbors")
     assert status == 200

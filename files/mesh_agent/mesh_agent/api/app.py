@@ -36,6 +36,8 @@ class StateReader(Protocol):
     def paths_view(self) -> dict[str, dict[str, Any]]: ...
     def path(self, dst: str) -> dict[str, Any] | None: ...
     def last_failover(self) -> dict[str, Any] | None: ...
+    def agent_view(self) -> dict[str, Any]: ...
+    def identity_view(self) -> dict[str, Any]: ...
 
 
 def create_app(state: StateReader, registry: CollectorRegistry, events: EventReader) -> FastAPI:
@@ -64,6 +66,16 @@ def create_app(state: StateReader, registry: CollectorRegistry, events: EventRea
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/agent")
+    async def agent() -> dict[str, Any]:
+        """Version, mode (observe or enforce) and link backend of this node's agent."""
+        return state.agent_view()
+
+    @app.get("/v1/identity")
+    async def identity() -> dict[str, Any]:
+        """SPIFFE ID, certificate validity, trust bundle and where the identity comes from."""
+        return {"node": node, **state.identity_view()}
 
     @app.get("/v1/neighbors")
     async def neighbors() -> dict[str, Any]:

@@ -3,6 +3,7 @@
     GET /v1/events                       the newest 100 events, oldest first
     GET /v1/events?after=ID              the events after ID (at most ``limit``)
     GET /v1/events?kind=link_down&kind=failover&subject=n3&limit=20
+    GET /v1/events?after=0&since=1796290000  from that wall-clock time on, oldest first
 
 The response::
 
@@ -39,6 +40,7 @@ class EventReader(Protocol):
         after: int | None = ...,
         kinds: list[str] = ...,
         subject: str | None = ...,
+        since: float | None = ...,
         limit: int = ...,
     ) -> list[Event]: ...
 
@@ -53,11 +55,12 @@ def events_router(node: str, log: EventReader) -> APIRouter:
         after: Annotated[int | None, Query(ge=0)] = None,
         kind: Annotated[list[EventKind] | None, Query()] = None,
         subject: Annotated[str | None, Query(max_length=MAX_TEXT)] = None,
+        since: Annotated[float | None, Query(ge=0)] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
     ) -> dict[str, Any]:
         oldest, newest = log.bounds()  # before the query: every match up to newest is in it
         found = log.query(after=after, kinds=[str(k) for k in kind or []], subject=subject,
-                          limit=limit)
+                          since=since, limit=limit)
         if len(found) == limit:
             next_after = found[-1].id
         else:  # nothing else matched up to newest (or later, if an append raced us)

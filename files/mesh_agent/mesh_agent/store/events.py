@@ -304,9 +304,14 @@ class EventLog:
         after: int | None = None,
         kinds: Collection[str] = (),
         subject: str | None = None,
+        since: float | None = None,
         limit: int = 100,
     ) -> list[Event]:
-        """Events in id order: the first ``limit`` after ``after``, or the newest ``limit``."""
+        """Events in id order: the first ``limit`` after ``after``, or the newest ``limit``.
+
+        ``since`` keeps the records whose ``wall`` is at or after it (Unix seconds; the
+        node's clock, which on a Pi without an RTC may have started in 1970).
+        """
         if self._conn is None:
             return []
         where: list[str] = []
@@ -320,6 +325,9 @@ class EventLog:
         if subject is not None:
             where.append("subject = ?")
             args.append(subject)
+        if since is not None:
+            where.append("wall >= ?")
+            args.append(since)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         order = "ASC" if after is not None else "DESC"
         sql = f"SELECT {_COLUMNS} FROM events{clause} ORDER BY id {order} LIMIT ?"

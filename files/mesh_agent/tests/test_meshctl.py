@@ -1,0 +1,329 @@
+"""meshctl against the real API app, served by the agent's own server on loopback in-process.
+
+The agent is fed by hand (no sockets, no kernel: observe mode), as in test_api_metrics;
+meshctl talks HTTP to it exactly as it does on a node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from meshcore_testkit.pki import CA, PairKeysForTests
+
+from mesh_agent.agent import Agent
+from mesh_agent.api import create_app, guarded_server
+from mesh_agent.config import parse_config
+from mesh_agent.ctl import fleet
+from mesh_agent.ctl import main as ctl
+from mesh_agent.ctl.render import duration, parse_duration, table
+from mesh_agent.link.sensor import LinkSensor
+from mesh_agent.store import EventKind, EventLog
+from mesh_agent.topology import LinkStateDB
+
+NOW = time.time()
+
+
+class Live:
+    def __init__(self, url: str, agent: Agent) -> None:
+        self.url, self.agent = url, agent
+
+    def run(self, *argv: str) -> tuple[int, str]:
+        out = io.StringIO()
+        code = ctl.main(["--api", self.url, *argv], out=out)
+        return code, out.getvalue()
+
+
+def make_agent(ca: CA, tmp_path: Path, wall: list[float]) -> Agent:
+    cfg = parse_config({"node_name": "a", "node_address": "10.77.0.1", "mode": "observe"})
+    events = EventLog.in_state_dir(tmp_path, boot_id="boot-a", wall=lambda: wall[0])
+    agent = Agent(cfg, ca.identity("a", "10.77.0.1"), events=events)
+    agent.sensor.keys = PairKeysForTests("a")
+    # Neighbour b on mesh0 (two-way hellos), both adverts in the LSDB, paths computed.
+    agent.sensor.add_interface("mesh0")
+    b = LinkSensor("b", "10.77.0.2", 0.05, 3, keys=PairKeysForTests("b"))
+    b.add_interface("mesh0")
+    now = time.monotonic()
+    b.receive("mesh0", agent.sensor.build_hello("mesh0", now), "10.98.0.0", now)
+    agent.sensor.receive("mesh0", b.build_hello("mesh0", now), "10.98.0.1", now)
+    agent.topology.originate({"b": 1.0}, now)
+    raw, _ = LinkStateDB(ca.identity("b", "10.77.0.2"), "10.77.0.2", 30.0).originate(
+        {"a": 1.0}, now)
+    assert agent.topology.lsdb.receive(raw, now).accepted
+    agent.routing.changed()
+    generation = agent.view.schedule.start()
+    asyncio.run(agent.routing.recompute())
+    agent.view.schedule.finished(generation)
+    # What happened, on the node's clock: two hours ago, ten minutes ago.
+    wall[0] = NOW - 7200
+    events.append(EventKind.LINK_UP, "b", "hello")
+    wall[0] = NOW - 600
+    events.append(EventKind.LINK_DOWN, "b", "carrier")
+    events.append(EventKind.FAILOVER, "b", "carrier",
+                  {"duration_seconds": 0.0004, "destinations": 1})
+    wall[0] = NOW
+    return agent
+
+
+@pytest.fixture
+def live(ca: CA, tmp_path: Path) -> Iterator[Live]:
+    agent = make_agent(ca, tmp_path, [NOW])
+    app = create_app(agent.view, agent.metrics.registry, agent.events)
+    server, sockets = guarded_server(app, [("127.0.0.1", 0)], lambda reason: None)
+    port = sockets[0].getsockname()[1]
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=sockets)))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        yield Live(f"http://127.0.0.1:{port}", agent)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        agent.events.close()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def test_status_one_screen_and_json(live: Live) -> None:
+    code, text = live.run("status")
+    assert code == 0, text
+    lines = text.splitlines()
+    assert lines[0].startswith("* a (10.77.0.1) - mesh-agent ")
+    assert lines[0].endswith(", mode observe, native links with echo probes")
+    assert "Ready:       yes" in text and "Neighbours:  1 up (b)" in text
+    assert "spiffe://mesh.lab/node/a (files), certificate expires in " in text
+    assert "failover          b" in text and "duration_seconds=0.0004" in text
+    code, text = live.run("--json", "status")
+    s = json.loads(text)
+    assert code == 0 and s["ready"] is True and s["neighbors_up"] == ["b"]
+    assert s["destinations"] == 1 and s["mode"] == "observe"
+    assert s["cert_seconds_left"] > 3600
+    assert [e["kind"] for e in s["recent_events"]] == ["link_up", "link_down", "failover"]
+
+
+def test_neighbours_table_json_and_expected(live: Live) -> None:
+    code, text = live.run("neighbours")
+    header, row = text.splitlines()
+    assert code == 0
+    assert header.split() == ["NEIGHBOUR", "INTERFACE", "LINK", "ADDRESS", "NODE", "ADDRESS",
+                              "STATE", "RTT", "LOSS", "COST", "LINK", "AGE"]
+    assert row.split()[:5] == ["b", "mesh0", "10.98.0.1", "10.77.0.2", "up"]
+    # The columns line up: each cell starts under its header.
+    assert row.index("mesh0") == header.index("INTERFACE")
+    code, text = live.run("neighbors", "--expect", "b,c")
+    assert code == 1 and text.rstrip().endswith("missing (expected): c")
+    code, text = live.run("--json", "neighbours", "--expect", "b")
+    data = json.loads(text)
+    assert code == 0 and data["expected_missing"] == []
+    assert data["neighbors"][0]["name"] == "b"
+
+
+def test_routes_all_one_and_none(live: Live) -> None:
+    code, text = live.run("routes")
+    lines = text.splitlines()
+    assert code == 0 and lines[0] == (
+        "a: 1 destinations, mode observe (routes are computed, not programmed)")
+    assert lines[1].split()[:3] == ["DESTINATION", "PRIMARY", "BACKUP"]
+    assert lines[2].split() == ["b", "b", "-", "no", "no", "1.0", "yes"]
+    code, text = live.run("routes", "b")
+    assert code == 0
+    assert "primary      a -> b  (next hop b, cost 1.0)" in text
+    assert "backup       none" in text and "kernel       10.77.0.2 via b" in text
+    code, text = live.run("--json", "routes", "b")
+    assert code == 0 and json.loads(text)["primary"] == ["a", "b"]
+    code, text = live.run("routes", "nowhere")
+    assert code == 1 and text.strip() == "no path to nowhere"
+    code, text = live.run("--json", "routes")
+    assert json.loads(text)["destinations"]["b"]["installed"] is True
+
+
+def test_topology_plan_identity(live: Live, ca: CA) -> None:
+    code, text = live.run("topology")
+    assert code == 0 and text.startswith("a: 2 nodes, 1 links\n")
+    lines = text.splitlines()
+    assert [line.split()[:2] for line in lines[2:4]] == [["a", "10.77.0.1"], ["b", "10.77.0.2"]]
+    assert lines[-2:] == ["A  B  COST", "a  b  1.0"]
+    assert json.loads(live.run("--json", "topology")[1])["edges"] == [
+        {"a": "a", "b": "b", "cost": 1.0}]
+    code, text = live.run("plan")
+    assert code == 0 and "1 bridges" in text and text.endswith("no new link proposed\n")
+    assert json.loads(live.run("--json", "plan")[1])["summary"]["bridges"] == 1.0
+    code, text = live.run("identity")
+    assert code == 0 and text.startswith("spiffe id     spiffe://mesh.lab/node/a\n")
+    assert "source        files\n" in text and "trust bundle  " in text
+    data = json.loads(live.run("--json", "identity")[1])
+    cert = live.agent.identity.cert
+    assert data["certificate"]["not_after"] == cert.not_valid_after_utc.timestamp()
+    assert data["certificate"]["serial"] == format(cert.serial_number, "x")
+    assert len(data["bundle"]) == 1
+    assert "PRIVATE KEY" not in json.dumps(data)
+
+
+def test_events_since_kind_and_json_lines(live: Live) -> None:
+    code, text = live.run("events", "--since", "1h")
+    lines = text.splitlines()
+    assert code == 0 and len(lines) == 2
+    assert lines[0].split()[2:5] == ["link_down", "b", "carrier"]
+    assert lines[1].split()[2:4] == ["failover", "b"]
+    code, text = live.run("events")
+    assert [line.split()[2] for line in text.splitlines()] == ["link_up", "link_down", "failover"]
+    code, text = live.run("--json", "events", "--kind", "failover")
+    records = [json.loads(line) for line in text.splitlines()]
+    assert [r["kind"] for r in records] == ["failover"]
+    assert records[0]["detail"]["duration_seconds"] == 0.0004
+
+
+def test_events_follow_prints_new_ones(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    polls = []
+
+    def sleep(_: float) -> None:
+        polls.append(1)
+        if len(polls) == 1:
+            live.agent.events.append(EventKind.LINK_UP, "b", "hello")
+        else:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("mesh_agent.ctl.main.time.sleep", sleep)
+    code, text = live.run("events", "--limit", "1", "--follow")
+    assert code == 130
+    assert [line.split()[2] for line in text.splitlines()] == ["failover", "link_up"]
+
+
+def test_agent_down_is_one_line_and_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in (["status"], ["routes", "b"], ["events", "--follow"]):
+        code = ctl.main(["--api", f"http://127.0.0.1:{closed_port()}", *command],
+                        out=io.StringIO())
+        err = capsys.readouterr().err
+        assert code == 3
+        assert err.startswith("meshctl: cannot reach the agent at http://127.0.0.1:")
+        assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert ctl.main(["--ssh", "status"]) == 2
+    assert capsys.readouterr().err == "meshctl: --ssh needs --node HOST (or the fleet command)\n"
+    with pytest.raises(SystemExit) as exc:
+        ctl.main(["events", "--since", "soon"])
+    assert exc.value.code == 2
+
+
+def test_local_api_from_the_agent_config(tmp_path: Path) -> None:
+    from mesh_agent.ctl.client import local_api_url
+
+    cfg = tmp_path / "agent.yml"
+    cfg.write_text("node_name: a\nnode_address: 10.77.0.1\n"
+                   "api_listen: ['10.20.0.11:9200', '127.0.0.1:9201']\n")
+    assert local_api_url(cfg) == "http://127.0.0.1:9201"
+    # Unreadable (root:mesh-agent 0640 for an operator): the agent's own default.
+    assert local_api_url(tmp_path / "missing.yml") == "http://127.0.0.1:9105"
+
+
+def test_over_ssh_the_node_answers_in_json(live: Live, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stand-in for ssh: runs the remote command line with this Python, against the live API.
+    fake = tmp_path / "fake_ssh.py"
+    fake.write_text(
+        "import shlex, subprocess, sys\n"
+        "host, remote = sys.argv[1], shlex.split(sys.argv[2])\n"
+        "if host == 'unreachable': sys.exit(255)\n"
+        "assert remote[:2] == ['meshctl', '--json'], remote\n"
+        f"cmd = [sys.executable, '-m', 'mesh_agent.ctl.main', '--api', {live.url!r}]\n"
+        "sys.exit(subprocess.call(cmd + remote[1:]))\n")
+    monkeypatch.setenv("MESHCTL_SSH", f"{sys.executable} {fake}")
+    out = io.StringIO()
+    assert ctl.main(["--node", "n1", "--ssh", "routes", "b"], out=out) == 0
+    assert "primary      a -> b  (next hop b, cost 1.0)" in out.getvalue()
+    out = io.StringIO()
+    assert ctl.main(["--node", "n1", "--ssh", "events", "--since", "1h"], out=out) == 0
+    assert len(out.getvalue().splitlines()) == 2
+    out = io.StringIO()
+    assert ctl.main(["--node", "n1", "--ssh", "routes", "nowhere"], out=out) == 1
+    assert out.getvalue().strip() == "no path to nowhere"
+    assert ctl.main(["--node", "unreachable", "--ssh", "status"], out=io.StringIO()) == 3
+    # The fleet over ssh: one node answers, one does not.
+    monkeypatch.setattr(fleet, "inventory_nodes",
+                        lambda inventory, group: {"a": "n1", "b": "unreachable"})
+    out = io.StringIO()
+    assert ctl.main(["--ssh", "fleet", "-i", "inv", "--cert-warn", "1h"], out=out) == 1
+    lines = out.getvalue().splitlines()
+    assert lines[1].split()[:2] == ["a", "yes"], out.getvalue()
+    assert lines[2].split()[:2] == ["b", "no"] and lines[2].endswith("ssh unreachable: exit 255")
+
+
+def test_command_argv_drops_global_options() -> None:
+    assert ctl.command_argv(["--node", "status", "--ssh", "--json", "events", "--since", "1h"]) \
+        == ["events", "--since", "1h"]
+    assert ctl.command_argv(["--port=9200", "routes", "b"]) == ["routes", "b"]
+
+
+# -- fleet: the pure aggregation, and one run against the live agent ------------------------
+def test_fleet_nodes_of_an_inventory_listing() -> None:
+    listing: dict[str, Any] = {
+        "_meta": {"hostvars": {"n1": {"ansible_host": "10.0.0.1", "mesh_mgmt_address": "10.9.0.1"},
+                               "n2": {"ansible_host": "10.0.0.2"}, "n3": {}, "mon": {}}},
+        "all": {"children": ["mesh_nodes", "monitor"]},
+        "mesh_nodes": {"hosts": ["n2", "n1"], "children": ["gateways"]},
+        "gateways": {"hosts": ["n3", "n1"]},
+        "monitor": {"hosts": ["mon"]},
+    }
+    assert fleet.nodes_of(listing, "mesh_nodes") == {"n1": "10.9.0.1", "n2": "10.0.0.2",
+                                                     "n3": "n3"}
+    with pytest.raises(fleet.InventoryError):
+        fleet.nodes_of(listing, "nobody")
+
+
+def test_fleet_rows_count_unreachable_as_unhealthy(live: Live) -> None:
+    good = json.loads(live.run("--json", "status")[1])
+    # The test CA issues one-day certificates: with the default (a day) every node warns.
+    assert fleet.fleet_rows({"a": good})[0]["problems"][0].startswith("certificate expires in")
+    expiring = {**good, "node": "c", "cert_seconds_left": 1800.0}
+    rows = fleet.fleet_rows({"b-node": "cannot reach the agent at http://10.0.0.2:9105: refused",
+                             "a": good, "c": expiring}, cert_warn_s=3600.0)
+    assert [r["node"] for r in rows] == ["a", "b-node", "c"]
+    assert [r["healthy"] for r in rows] == [True, False, False]
+    assert rows[2]["problems"] == ["certificate expires in 30m00s"]
+    assert fleet.fleet_summary(rows) == {"nodes": 3, "healthy": 1, "unreachable": 1}
+    text = table(fleet.FLEET_HEADERS, fleet.fleet_table_rows(rows)).splitlines()
+    assert text[1].split()[:7] == ["a", "yes", "yes", "observe", "1", "1", "0/1"]
+    assert text[2].split()[:3] == ["b-node", "no", "-"] and text[2].endswith("refused")
+
+
+def test_fleet_command(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = live.url.rsplit(":", 1)[1]
+    # a answers on 127.0.0.1; nothing listens on 127.0.0.2 (loopback too).
+    monkeypatch.setattr(fleet, "inventory_nodes",
+                        lambda inventory, group: {"a": "127.0.0.1", "gone": "127.0.0.2"})
+    out = io.StringIO()
+    assert ctl.main(["--port", port, "fleet", "-i", "inv", "--cert-warn", "1h"], out=out) == 1
+    lines = out.getvalue().splitlines()
+    assert lines[0].split()[:3] == ["NODE", "HEALTHY", "READY"]
+    assert lines[1].split()[:2] == ["a", "yes"] and lines[2].split()[:2] == ["gone", "no"]
+    assert lines[-1] == "1/2 nodes healthy, 1 unreachable"
+    out = io.StringIO()
+    ctl.main(["--json", "--port", port, "fleet", "-i", "inv", "--cert-warn", "1h"], out=out)
+    assert json.loads(out.getvalue())["summary"] == {"nodes": 2, "healthy": 1, "unreachable": 1}
+
+
+def test_durations() -> None:
+    assert [duration(x) for x in (0.0004, 0.85, 42, 312, 11040, 525600)] == [
+        "0.4ms", "850ms", "42s", "5m12s", "3h04m", "6d02h"]
+    assert [parse_duration(t) for t in ("90", "30s", "15m", "1h", "2d")] == [
+        90, 30, 900, 3600, 172800]
+    with pytest.raises(ValueError):
+        parse_duration("-1h")
