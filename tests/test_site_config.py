@@ -407,6 +407,23 @@ def test_seed_starter_lab_pki(tmp_path, operator_key):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     user_data = yaml.safe_load(read("user-data"))
     assert user_data["hostname"] == "starter-02"
+    # /etc/hosts: the base role's own 127.0.1.1 line, appended once (cloud-init's hosts
+    # template rewrote it at every boot, so site.yml changed it after every reboot).
+    assert user_data["manage_etc_hosts"] is False
+    base = yaml.safe_load((ROOT / "roles/base/tasks/hostname.yml").read_text())
+    line = next(
+        t["ansible.builtin.lineinfile"]["line"]
+        for t in base
+        if t.get("ansible.builtin.lineinfile", {}).get("path") == "/etc/hosts"
+    )
+    hosts = [f for f in user_data["write_files"] if f["path"] == "/etc/hosts"]
+    assert hosts == [
+        {
+            "path": "/etc/hosts",
+            "append": True,
+            "content": line.replace("{{ base_hostname }}", "starter-02") + "\n",
+        }
+    ]
     assert user_data["users"][0]["ssh_authorized_keys"][0].endswith("op@example")
     files = _files(read)
     assert (
