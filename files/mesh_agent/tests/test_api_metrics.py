@@ -8,6 +8,7 @@ import time
 import urllib.request
 
 from fastapi.testclient import TestClient
+from meshcore_testkit.inprocess import adverts_with_b, compute, meet_b
 from meshcore_testkit.pki import CA, PairKeysForTests
 
 from mesh_agent.agent import Agent
@@ -29,14 +30,6 @@ def client_of(agent: Agent) -> TestClient:
     return TestClient(create_app(agent.view, agent.metrics.registry, agent.events))
 
 
-def compute(agent: Agent) -> None:
-    """What the compute loop does once: update the paths, sync the routes (observe mode)."""
-    agent.routing.changed()
-    generation = agent.view.schedule.start()
-    asyncio.run(agent.routing.recompute())
-    agent.view.schedule.finished(generation)
-
-
 def test_health_ready_metrics_views(ca: CA) -> None:
     agent = make_agent(ca)
     client = client_of(agent)
@@ -49,18 +42,11 @@ def test_health_ready_metrics_views(ca: CA) -> None:
     assert r.json()["detail"]["path_computations_total"] == 0
 
     # Neighbour b appears on mesh0 (two-way hello exchange, fake clock).
-    agent.sensor.add_interface("mesh0")
-    b = LinkSensor("b", "10.77.0.2", 0.05, 3, keys=PairKeysForTests("b"))
-    b.add_interface("mesh0")
     now = time.monotonic()
-    b.receive("mesh0", agent.sensor.build_hello("mesh0", now), "10.98.0.0", now)
-    agent.sensor.receive("mesh0", b.build_hello("mesh0", now), "10.98.0.1", now)
+    meet_b(agent, now)
     assert [n.state for n in agent.sensor.neighbors()] == ["up"]
     # Our advert and b's advert are in the LSDB.
-    agent.topology.originate({"b": 1.0}, now)
-    b_db = LinkStateDB(ca.identity("b", "10.77.0.2"), "10.77.0.2", 30.0)
-    raw, _ = b_db.originate({"a": 1.0}, now)
-    assert agent.topology.lsdb.receive(raw, now).accepted
+    adverts_with_b(agent, ca, now)
     compute(agent)
 
     r = client.get("/readyz")

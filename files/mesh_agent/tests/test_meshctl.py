@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from meshcore_testkit.inprocess import adverts_with_b, compute, meet_b
 from meshcore_testkit.pki import CA, PairKeysForTests
 
 from mesh_agent.agent import Agent
@@ -26,9 +27,7 @@ from mesh_agent.config import parse_config
 from mesh_agent.ctl import fleet
 from mesh_agent.ctl import main as ctl
 from mesh_agent.ctl.render import duration, parse_duration, table
-from mesh_agent.link.sensor import LinkSensor
 from mesh_agent.store import EventKind, EventLog
-from mesh_agent.topology import LinkStateDB
 
 NOW = time.time()
 
@@ -49,20 +48,10 @@ def make_agent(ca: CA, tmp_path: Path, wall: list[float]) -> Agent:
     agent = Agent(cfg, ca.identity("a", "10.77.0.1"), events=events)
     agent.sensor.keys = PairKeysForTests("a")
     # Neighbour b on mesh0 (two-way hellos), both adverts in the LSDB, paths computed.
-    agent.sensor.add_interface("mesh0")
-    b = LinkSensor("b", "10.77.0.2", 0.05, 3, keys=PairKeysForTests("b"))
-    b.add_interface("mesh0")
     now = time.monotonic()
-    b.receive("mesh0", agent.sensor.build_hello("mesh0", now), "10.98.0.0", now)
-    agent.sensor.receive("mesh0", b.build_hello("mesh0", now), "10.98.0.1", now)
-    agent.topology.originate({"b": 1.0}, now)
-    raw, _ = LinkStateDB(ca.identity("b", "10.77.0.2"), "10.77.0.2", 30.0).originate(
-        {"a": 1.0}, now)
-    assert agent.topology.lsdb.receive(raw, now).accepted
-    agent.routing.changed()
-    generation = agent.view.schedule.start()
-    asyncio.run(agent.routing.recompute())
-    agent.view.schedule.finished(generation)
+    meet_b(agent, now)
+    adverts_with_b(agent, ca, now)
+    compute(agent)
     # What happened, on the node's clock: two hours ago, ten minutes ago.
     wall[0] = NOW - 7200
     events.append(EventKind.LINK_UP, "b", "hello")
