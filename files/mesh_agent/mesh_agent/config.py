@@ -19,7 +19,7 @@ import dataclasses
 import ipaddress
 import re
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,11 +269,16 @@ class AgentConfig:
 
     @property
     def api_endpoints(self) -> list[tuple[str, int]]:
-        out = []
-        for endpoint in self.api_listen:
-            host, _, port = endpoint.rpartition(":")
-            out.append((host.strip("[]"), int(port)))
-        return out
+        return api_endpoints(self.api_listen)
+
+
+def api_endpoints(listen: Iterable[str]) -> list[tuple[str, int]]:
+    """``host:port`` / ``[v6]:port`` entries of ``api_listen`` as (host, port) pairs."""
+    out = []
+    for endpoint in listen:
+        host, _, port = endpoint.rpartition(":")
+        out.append((host.strip("[]"), int(port)))
+    return out
 
 
 # -- parsing, from the fields ------------------------------------------------------------

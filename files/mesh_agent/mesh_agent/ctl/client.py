@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mesh_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load_config
+from mesh_agent.config import (
+    DEFAULT_CONFIG_PATH,
+    AgentConfig,
+    ConfigError,
+    api_endpoints,
+    load_config,
+)
 
 TIMEOUT_S = 5.0
 
@@ -51,7 +57,7 @@ def local_api_url(config_path: Path = DEFAULT_CONFIG_PATH) -> str:
     try:
         endpoints = load_config(config_path).api_endpoints
     except ConfigError:
-        endpoints = [(h, int(p)) for h, _, p in (e.rpartition(":") for e in _default_listen())]
+        endpoints = api_endpoints(_default_listen())
     loopback = [(h, p) for h, p in endpoints if h.startswith("127.") or h == "::1"]
     host, port = (loopback or endpoints)[0]
     return _url(host, port)
