@@ -56,6 +56,7 @@ def test_a_signal_stops_the_run_and_keeps_what_it_proved(tmp_path, monkeypatch):
     import signal as _signal
 
     from meshcore_tools import hwlab
+    from meshcore_tools.interrupts import interrupts
 
     lab = hwlab.Lab("native", tmp_path, tmp_path)
     lab.dir.mkdir()  # write_site makes it; stood in for below
@@ -69,14 +70,9 @@ def test_a_signal_stops_the_run_and_keeps_what_it_proved(tmp_path, monkeypatch):
 
     monkeypatch.setattr(lab, "write_site", write_site)
     monkeypatch.setattr(lab, "image_and_seeds", image_and_seeds)
-    monkeypatch.setattr(lab, "_stop", lambda keep: stopped.append(keep))
-    old = {s: _signal.getsignal(s) for s in (_signal.SIGINT, _signal.SIGTERM)}
-    try:
-        _signal.signal(_signal.SIGTERM, hwlab._interrupt)
-        result = lab.run_all(keep=False, site_yml=True)
-    finally:
-        for s, h in old.items():
-            _signal.signal(s, h)
+    monkeypatch.setattr(lab, "stop", lambda keep: stopped.append(keep))
+    with interrupts("hw-lab") as intr:
+        result = lab.run_all(keep=False, site_yml=True, intr=intr)
     assert stopped == [False]
     assert not result["ok"]
     assert result["error"] == "interrupted by SIGTERM"

@@ -59,6 +59,7 @@ from meshcore_tools.image.qemupi import (
     qemu_argv,
     start,
 )
+from meshcore_tools.interrupts import Interrupts, interrupts
 
 STARTER = ROOT / "inventories/starter"
 NODES = ("starter-01", "starter-02", "starter-03")
@@ -547,16 +548,6 @@ class Lab:
                 self.prometheus.wait()
 
     def stop(self, keep: bool) -> None:
-        # A second Ctrl-C must not cut the cleanup short.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
-        try:
-            self._stop(keep)
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, _interrupt)
-
-    def _stop(self, keep: bool) -> None:
         self.stop_prometheus()
         for node in self.nodes:
             if node.proc is None or node.proc.poll() is not None:
@@ -574,7 +565,9 @@ class Lab:
                 os.killpg(node.proc.pid, signal.SIGKILL)
                 node.proc.wait()
 
-    def run_all(self, keep: bool, site_yml: bool) -> dict[str, Any]:
+    def run_all(self, keep: bool, site_yml: bool, intr: Interrupts | None = None) -> dict[str, Any]:
+        """Every step; *intr* (:func:`meshcore_tools.interrupts.interrupts`) turns the first
+        SIGINT/SIGTERM into a stop, and keeps any signal from cutting the cleanup short."""
         t_all = time.monotonic()
         ok, error = False, ""
         try:
@@ -589,7 +582,10 @@ class Lab:
             if site_yml:
                 self.site_yml()
             ok = True
-        except (Failed, subprocess.TimeoutExpired, Interrupted) as exc:
+        except (Failed, subprocess.TimeoutExpired, KeyboardInterrupt) as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                signum = intr.signum if intr is not None else None
+                exc = Failed(f"interrupted by {signal.Signals(signum or signal.SIGINT).name}")
             error = str(exc)
             log(f"{self.backend}: FAILED: {error}")
             for node in self.nodes:
@@ -600,7 +596,11 @@ class Lab:
                         + serial.read_text(errors="replace")[-1500:]
                     )
         finally:
+            if intr is not None:
+                intr.armed = False  # a signal now is counted, never raised
             self.stop(keep)
+            if intr is not None and not intr.received:
+                intr.armed = True
         self.steps["total_s"] = round(time.monotonic() - t_all, 1)
         result = {
             "figure": "three emulated Pis (qemu-system-aarch64 TCG) seeded by make seed",
@@ -618,14 +618,6 @@ class Lab:
         return result
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM: stop the VMs and Prometheus, write the result, run no more."""
-
-
-def _interrupt(signum: int, _frame: object) -> None:
-    raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -638,18 +630,17 @@ def main() -> int:
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     backends = ("native", "batman") if args.backend == "both" else (args.backend,)
+    rc = 0
     # Both signals end the run through run_all's cleanup (a shell that started us in
     # the background may have left SIGINT ignored, and SIGTERM's default skips cleanup).
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-    rc = 0
-    for backend in backends:
-        lab = Lab(backend, args.workdir, args.workdir, args.skewed)
-        result = lab.run_all(args.keep, not args.no_site_yml)
-        print(json.dumps(result, sort_keys=True, default=str), flush=True)
-        rc |= 0 if result["ok"] else 1
-        if result["error"].startswith("interrupted by"):
-            return 128 + 2
+    with interrupts("hw-lab") as intr:
+        for backend in backends:
+            lab = Lab(backend, args.workdir, args.workdir, args.skewed)
+            result = lab.run_all(args.keep, not args.no_site_yml, intr)
+            print(json.dumps(result, sort_keys=True, default=str), flush=True)
+            rc |= 0 if result["ok"] else 1
+            if intr is not None and intr.received:
+                return 128 + 2
     return rc
 
 

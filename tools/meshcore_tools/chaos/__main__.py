@@ -83,7 +83,8 @@ def _targets(a: argparse.Namespace) -> Any:
 
 def cmd_run(a: argparse.Namespace) -> int:
     from meshcore_tools.chaos import experiment, journal, report
-    from meshcore_tools.chaos.runner import Runner, interrupts
+    from meshcore_tools.chaos.runner import Runner
+    from meshcore_tools.interrupts import interrupts
 
     mesh, opts = _targets(a)
     out = Path(a.out)

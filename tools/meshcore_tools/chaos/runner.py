@@ -33,12 +33,8 @@ connect is routed again, without loops) after injection and after removal.
 from __future__ import annotations
 
 import math
-import os
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +44,7 @@ from meshcore_tools.chaos.faults import Fault, Options, Topo
 from meshcore_tools.chaos.journal import Activity, JournalBuilder, iso
 from meshcore_tools.chaos.mesh import Mesh
 from meshcore_tools.chaos.nodes import inject, remove, rollback
+from meshcore_tools.interrupts import Interrupts, interrupts
 
 DEADLINE_GRACE_S = 20.0  # the node's deadline: the planned hold plus this
 SAMPLE_S = 0.25  # how often reconvergence is sampled
@@ -58,45 +55,6 @@ RECONVERGE_MAX_S = 30.0
 class Outcome:
     journal: dict[str, Any]
     steps: list[dict[str, Any]] = field(default_factory=list)
-
-
-class Interrupts:
-    """The SIGINT and SIGTERM handler of a run: the first signal raises KeyboardInterrupt (the
-    run stops and rolls back); a later one, or one once ``armed`` is off (the rollback has
-    begun), is only counted."""
-
-    def __init__(self) -> None:
-        self.received = 0
-        self.armed = True
-
-    def __call__(self, signum: int, frame: object) -> None:
-        self.received += 1
-        if self.armed:
-            self.armed = False
-            raise KeyboardInterrupt
-        os.write(2, f"[chaos] signal {signum} ignored: the run is stopping\n".encode())
-
-
-@contextmanager
-def interrupts() -> Iterator[Interrupts | None]:
-    """:class:`Interrupts` on SIGINT and SIGTERM inside, whatever was inherited (a process
-    started with SIGINT ignored never sees a KeyboardInterrupt otherwise); the handlers
-    before are restored after. Nested, the outer one stays (``cmd_run`` holds it until the
-    journals are written). None outside the main thread, where signals cannot be handled."""
-    if threading.current_thread() is not threading.main_thread():
-        yield None
-        return
-    current = signal.getsignal(signal.SIGINT)
-    if isinstance(current, Interrupts):
-        yield current
-        return
-    handler = Interrupts()
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield handler
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def usable_links(topo: Topo, fault: Fault | None) -> list[tuple[str, str]]:
