@@ -54,7 +54,7 @@ help:
 	@echo "make seed HOST=name [INVENTORY=inventories/starter] [SSH_KEY=~/.ssh/id_ed25519.pub] [JOIN_TOKEN_FILE=] [DEVICE=]"
 	@echo "                 a node's first-boot seed into a copy of the site's image (or a card); no root needed"
 	@echo "make pki-backup [INVENTORY=]  the site's CA and keys (inventories/<site>.pki) into build/backup/, mode 0600"
-	@echo "make hw-lab [BACKEND=both|native|batman]  three emulated Pis (QEMU TCG) seeded with make seed: mesh, route, scrape, site.yml"
+	@echo "make hw-lab [BACKEND=both|native|batman]  three emulated Pis (QEMU TCG) seeded with make seed: mesh, route, scrape, site.yml (native)"
 	@echo "make image-boot-test  boot the rpi-arm64 image under qemu-system-aarch64 (TCG) with a seed, check it"
 	@echo "make image-repro      build rpi-arm64 twice from scratch with SOURCE_DATE_EPOCH, compare hashes"
 	@echo "make agent-bundle     the agent's release bundle (a venv built in the base image) in build/agent"

@@ -5,8 +5,10 @@ qemu-system-aarch64 (TCG) in place of cards: it writes the site, builds its
 image, seeds three cards, boots them wired in a line, checks hostnames,
 addresses, neighbours, verified adverts, node 1 reaching node 3 through node 2,
 the clock of the node booted a year behind, and a Prometheus on the host
-scraping all three, then runs site.yml twice (the second with changed=0). Once
-per link backend. Slow (an image per site, TCG): make test-full.
+scraping all three. Once per link backend. The native run then runs site.yml
+twice (the second with changed=0): about an hour a run under TCG, so not again
+for batman, whose roles `make molecule-image` converges twice on a booted card.
+Slow (an image per site, TCG): make test-full.
 """
 
 from __future__ import annotations
@@ -46,7 +48,11 @@ def test_three_emulated_pis(backend):
     result = json.loads(lines[-1])
     assert result["ok"], result["error"] + "\n" + proc.stderr[-5000:]
     checks = result["checks"]
-    assert checks["site_yml_changed"][1] == {"starter-01": 0, "starter-02": 0, "starter-03": 0}
+    if backend == "native":
+        assert result["site_yml"]
+        assert checks["site_yml_changed"][1] == {"starter-01": 0, "starter-02": 0, "starter-03": 0}
+    else:
+        assert not result["site_yml"]
     assert checks["prometheus"]["up"] == 6
     assert checks["skewed_clock"]["offset_s"] < 10
 
