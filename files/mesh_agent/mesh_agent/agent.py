@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import mesh_agent
+from mesh_agent.api_service import ApiService
 from mesh_agent.config import AgentConfig
 from mesh_agent.identity import Identity
 from mesh_agent.identity.clock import ClockTrust, refresh
@@ -35,7 +36,6 @@ from mesh_agent.routes.netlink import Netlink
 from mesh_agent.routes.programmer import RouteProgrammer
 from mesh_agent.routes.pyroute2_lean import AsyncIPRoute
 from mesh_agent.routing import Routing
-from mesh_agent.startup import ApiPacing
 from mesh_agent.store.events import EventKind, EventLog
 from mesh_agent.timers import every
 from mesh_agent.topology.core import Send
@@ -75,10 +75,7 @@ class Agent:
         self._ipr: AsyncIPRoute | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._watcher: IdentityWatcher | None = None
-        self.api_pacing = ApiPacing(clock())
-        self._serve_api = False
-        self._server: Any = None
-        self._api_sockets: list[Any] = []
+        self.api = ApiService(self._build_api, clock, enabled=False)
         self.exit_code = 0
 
     def stop(self) -> None:
@@ -105,8 +102,7 @@ class Agent:
             self._open(ifname, index)
         # The API (FastAPI's import and the app: most of the agent's start-up CPU)
         # comes once the routing has settled (ApiPacing), built off the loop.
-        self._serve_api = serve_api
-        self.api_pacing = ApiPacing(self.clock())
+        self.api = ApiService(self._build_api, self.clock, enabled=serve_api)
         refresh(self.view.clock_trust, self.identity, self.wall(), self.cfg.clock_sync_file,
                 start=True)
         self._originate(flood=False)
@@ -132,32 +128,16 @@ class Agent:
         try:
             await self._stop.wait()
         finally:
-            if self._server is not None:
-                self._server.should_exit = True
+            self.api.stop()
             await self._shutdown()
-            for sock in self._api_sockets:
-                sock.close()
+            self.api.close()
 
-    def _start_api(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._api(), name="api")
-        task.add_done_callback(self._task_done)
-        self._tasks.append(task)
+    def _build_api(self) -> tuple[Any, list[Any]]:
+        from mesh_agent.api import create_app, guarded_server  # FastAPI: the heavy import
 
-    async def _api(self) -> None:
-        def build() -> tuple[Any, list[Any]]:
-            from mesh_agent.api import create_app, guarded_server  # FastAPI: the heavy import
-
-            return guarded_server(
-                create_app(self.view, self.metrics.registry, self.events),
-                self.cfg.api_endpoints, lambda reason: self.view.api_refused.update([reason]))
-
-        # In a thread: the loop keeps its hello cadence (the GIL switches every 5 ms).
-        server, sockets = await asyncio.to_thread(build)
-        self._server, self._api_sockets = server, sockets
-        if self._stop.is_set():
-            return
-        log.info("API up %.1f s after the start", self.clock() - self.api_pacing.started)
-        await server.serve(sockets=sockets)
+        return guarded_server(
+            create_app(self.view, self.metrics.registry, self.events),
+            self.cfg.api_endpoints, lambda reason: self.view.api_refused.update([reason]))
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         """A task must never end on its own: stop, and let systemd restart us."""
@@ -290,9 +270,9 @@ class Agent:
             log.info("adverts expired: %s", ", ".join(gone))
             self.routing.changed()
         self.sockets.count_kernel_drops()
-        if (self._serve_api and self.api_pacing.due_at is None
-                and self.api_pacing.due(now, self.view.ready(), self.topology.changes_total)):
-            self._start_api()
+        if task := self.api.poll(now, self.view.ready(), self.topology.changes_total):
+            task.add_done_callback(self._task_done)
+            self._tasks.append(task)
 
     async def _checkpoints(self) -> None:
         while True:
