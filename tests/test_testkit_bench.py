@@ -56,3 +56,37 @@ def test_the_shared_options_and_a_bench_s_own() -> None:
     p.add_argument("--modes", default="silent")
     a = p.parse_args(["--trials", "3"])
     assert (a.topologies, a.impls, a.trials, a.modes) == ("ladder:8", "mesh_agent", 3, "silent")
+
+
+def test_sigterm_takes_the_lab_down(tmp_path: Path) -> None:
+    """A bench killed with SIGTERM (a script's `kill`) still takes its lab down."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "down"
+    code = f"""
+import time
+from pathlib import Path
+from meshcore_testkit.bench import bench_workdir
+
+class Lab:
+    def down(self):
+        time.sleep(0.2)
+        Path({str(marker)!r}).write_text("down")
+
+with bench_workdir("bench-sigterm-", lambda d: Lab()) as (workdir, lab):
+    print(workdir, flush=True)
+    time.sleep(30)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    workdir = Path(proc.stdout.readline().strip())
+    assert workdir.is_dir()
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # a second one must not cut the teardown short
+    proc.wait(timeout=10)
+    assert marker.read_text() == "down"
+    assert not workdir.exists()

@@ -2,7 +2,9 @@
 and the options and preflight every routing comparison has.
 
 ``BENCH_KEEP=1`` in the environment keeps the work directory (agent logs, journals) after
-the lab is down, for a look at a failed run.
+the lab is down, for a look at a failed run. SIGINT and SIGTERM stop a bench through the
+same way out (:func:`meshcore_tools.interrupts.interrupts`): a bench killed from a script
+leaves no agents, daemons or namespaces behind.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from meshcore_tools.interrupts import interrupts
+
 
 class _Lab(Protocol):
     def down(self) -> None: ...
@@ -30,17 +34,20 @@ def bench_workdir(prefix: str, make_lab: Callable[[Path], L]) -> Iterator[tuple[
     """A fresh work directory and the lab built in it: on the way out, whatever happened,
     the lab is taken down first, then the directory removed (unless ``BENCH_KEEP`` is set)."""
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
-        lab = make_lab(workdir)
+    with interrupts(prefix.strip("-")) as intr:
         try:
-            yield workdir, lab
+            lab = make_lab(workdir)
+            try:
+                yield workdir, lab
+            finally:
+                if intr is not None:
+                    intr.armed = False  # a second signal is counted, never cuts the teardown
+                lab.down()
         finally:
-            lab.down()
-    finally:
-        if os.environ.get("BENCH_KEEP") is None:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"BENCH_KEEP: kept {workdir}", file=sys.stderr, flush=True)
+            if os.environ.get("BENCH_KEEP") is None:
+                shutil.rmtree(workdir, ignore_errors=True)
+            else:
+                print(f"BENCH_KEEP: kept {workdir}", file=sys.stderr, flush=True)
 
 
 def bench_parser(doc: str | None, *, topologies: str, impls: str,
