@@ -65,7 +65,8 @@ def mgmt_diagnosis(state: dict[str, Any]) -> str:
 
 
 NODE_UNITS = ["prometheus-node-exporter.service", "mesh-agent.service"]
-MONITOR_UNITS = ["prometheus.service", "prometheus-node-exporter.service"]
+MONITOR_UNITS = ["prometheus.service", "prometheus-node-exporter.service",
+                 "prometheus-alertmanager.service", "meshcore-alert-sink.service"]
 
 
 def collect(state: dict[str, Any]) -> dict[str, Any]:
