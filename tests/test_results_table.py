@@ -54,7 +54,7 @@ def test_newest_run_wins_and_its_baseline_comes_from_the_same_run(tmp_path: Path
         "a.jsonl": [{"figure": "outage_ms", "impl": "ours", "median": 10}]})
     table = results.generate(d)
     row = [line for line in table.splitlines() if line.startswith("| outage")]
-    assert row == ["| outage | 10 ms | before: 20 ms | - | 2026-02-01 (new) | `bench --new` |"]
+    assert row == ["| outage | 10 ms | before: 20 ms | - | - | 2026-02-01 (new) | `bench --new` |"]
 
 
 def test_a_line_s_own_command_and_date_win_and_split_keys_separate_runs(tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ def test_a_line_s_own_command_and_date_win_and_split_keys_separate_runs(tmp_path
         {"figure": "outage_ms", "impl": "ours", "median": 7, "label": "two",
          "command": "bench --two", "date": "2026-01-02"}]})
     row = [line for line in results.generate(d).splitlines() if line.startswith("| outage")]
-    assert row == ["| outage | 7 ms | - | - | 2026-01-02 (r, two) | `bench --two` |"]
+    assert row == ["| outage | 7 ms | - | - | - | 2026-01-02 (r, two) | `bench --two` |"]
 
 
 def test_an_ambiguous_or_missing_figure_is_refused(tmp_path: Path) -> None:
@@ -79,6 +79,18 @@ def test_an_ambiguous_or_missing_figure_is_refused(tmp_path: Path) -> None:
     _write(tmp_path, index, {"r.jsonl": [{"figure": "other", "impl": "ours"}]})
     with pytest.raises(results.IndexError_, match="no record matches"):
         results.generate(d)
+
+
+def test_meets_says_whether_the_target_is_met(tmp_path: Path) -> None:
+    index = {"runs": [{"id": "r", "date": "2026-01-01", "command": "x", "files": ["r.jsonl"]}],
+             "figures": [{**FIG, "target": "<= 15 ms", "meets": {"median": "<= 15"}},
+                         {**FIG, "name": "admin", "match": {"figure": "admin_ms"},
+                          "target": "<= 15 ms", "meets": {"median": "<= 15"}}]}
+    d = _write(tmp_path, index, {"r.jsonl": [{"figure": "outage_ms", "impl": "ours", "median": 10},
+                                             {"figure": "admin_ms", "median": 20}]})
+    verdicts = [line.split(" | ")[4] for line in results.generate(d).splitlines()
+                if line.startswith(("| outage", "| admin"))]
+    assert verdicts == ["met", "**missed**"]
 
 
 def test_check_mode_fails_on_a_hand_edit(tmp_path: Path) -> None:

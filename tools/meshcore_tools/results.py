@@ -135,8 +135,28 @@ class Row:
     ours: str
     baseline: str
     target: str
+    verdict: str
     run: str
     command: str
+
+
+OPS = {"<": float.__lt__, "<=": float.__le__, ">": float.__gt__, ">=": float.__ge__,
+       "==": float.__eq__}
+
+
+def verdict(fig: Mapping[str, Any], rec: Record) -> str:
+    """`meets: {p95: "<= 200"}`: "met" when every field holds, else "**missed**"; "-" without."""
+    meets = fig.get("meets")
+    if not meets:
+        return "-"
+    for key, cond in meets.items():
+        op, _, bound = str(cond).partition(" ")
+        if op not in OPS:
+            raise IndexError_(f"index.yml: figure {fig['name']!r}: bad condition {cond!r}")
+        value = rec.data.get(key)
+        if not isinstance(value, (int, float)) or not OPS[op](float(value), float(bound)):
+            return "**missed**"
+    return "met"
 
 
 def build_rows(figures: list[dict[str, Any]], records: list[Record]) -> list[Row]:
@@ -166,16 +186,18 @@ def build_rows(figures: list[dict[str, Any]], records: list[Record]) -> list[Row
                                       if v is not None and v != rec.command)
         rows.append(Row(figure=str(fig["name"]), ours=_show(fig, rec),
                         baseline="; ".join(baselines) or "-", target=str(fig.get("target", "-")),
-                        run=f"{rec.date} ({run_id})", command=f"`{rec.command}`"))
+                        verdict=verdict(fig, rec), run=f"{rec.date} ({run_id})",
+                        command=f"`{rec.command}`"))
     return rows
 
 
 def render(rows: list[Row]) -> str:
     out = [BEGIN, "",
-           "| figure | mesh-core | baseline (same run) | target | newest run | command |",
-           "|---|---|---|---|---|---|"]
+           "| figure | mesh-core | baseline (same run) | target | met? | newest run | command |",
+           "|---|---|---|---|---|---|---|"]
     for row in rows:
-        cells = [row.figure, row.ours, row.baseline, row.target, row.run, row.command]
+        cells = [row.figure, row.ours, row.baseline, row.target, row.verdict, row.run,
+                 row.command]
         out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     out += ["", END]
     return "\n".join(out)
