@@ -10,7 +10,7 @@ NODES ?= 10
 TOPOLOGY ?= grid
 SEED ?= 1
 IMAGE_TARGET ?= container-amd64
-MOLECULE_SCENARIOS ?= base node_exporter prometheus grafana mesh_agent batman_adv spire
+MOLECULE_SCENARIOS ?= base node_exporter prometheus alertmanager grafana mesh_agent batman_adv spire
 MOLECULE_FULL_SCENARIOS ?= etcd yggdrasil chaos_reaper
 HOST ?=
 # The site: an inventory with its site config (group_vars/all/site.yml). The image,
