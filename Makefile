@@ -10,7 +10,7 @@ NODES ?= 10
 TOPOLOGY ?= grid
 SEED ?= 1
 IMAGE_TARGET ?= container-amd64
-MOLECULE_SCENARIOS ?= base node_exporter prometheus grafana mesh_agent batman_adv spire
+MOLECULE_SCENARIOS ?= base node_exporter prometheus alertmanager grafana mesh_agent batman_adv spire
 MOLECULE_FULL_SCENARIOS ?= etcd yggdrasil chaos_reaper
 HOST ?=
 # The site: an inventory with its site config (group_vars/all/site.yml). The image,
@@ -35,7 +35,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 1
 export PY_COLORS ?= 1
 
-.PHONY: chaos chaos-clean dataset help setup venv pki-backup hw-lab image image-rpi seed image-boot-test image-repro agent-bundle lab lab-status lab-report lab-destroy dashboard test test-full lint unit molecule molecule-full molecule-image bench fuzz
+.PHONY: chaos chaos-clean dataset help setup venv pki-backup hw-lab image image-rpi seed image-boot-test image-repro agent-bundle lab lab-status lab-report lab-destroy dashboard test test-full lint unit molecule molecule-full molecule-image bench fuzz results
 
 help:
 	@echo "make lab [NODES=10] [TOPOLOGY=grid|rgg|ladder|community|FILE]   build + provision the lab mesh"
@@ -48,6 +48,7 @@ help:
 	@echo "make test        lint + unit tests + molecule (fast scenarios)"
 	@echo "make test-full   make test + the slow scenarios"
 	@echo "make bench       benchmarks under tests/bench (one JSON line per figure)"
+	@echo "make results     regenerate docs/results.md's table from docs/results/*.jsonl and index.yml"
 	@echo "make fuzz [FUZZ_SECONDS=600]  coverage-guided fuzzing of the agent's advert handling (make test runs 20 s)"
 	@echo "make image [IMAGE_TARGET=container-amd64|rpi-arm64]           build an image"
 	@echo "make image-rpi [INVENTORY=inventories/starter]                 the site's SD-card image (rpi-arm64)"
@@ -171,6 +172,10 @@ test-full: test molecule-full image-rpi molecule-image
 
 bench: setup
 	@set -e; for b in tests/bench/bench_*.py; do $(BIN)/python $$b; done
+
+# The generated table of docs/results.md, from the JSON lines and docs/results/index.yml.
+results: setup
+	$(BIN)/python -m meshcore_tools.results
 
 FUZZ_SECONDS ?= 600
 fuzz: setup

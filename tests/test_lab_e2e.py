@@ -1,16 +1,22 @@
-"""The README's main job end to end: `make lab`, then idempotence, then destroy.
+"""The README's main job end to end: `make lab`, then idempotence, an alert through the
+monitor's Alertmanager to the lab receiver, then destroy.
 
 Slow (about 5 minutes for 10 nodes on 2 cores): runs under `make test-full`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from meshcore_tools.lab import monitor, prometheus
+from meshcore_tools.lab.state import MONITOR, container, load_state
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [
@@ -47,3 +53,30 @@ def test_second_site_run_changes_nothing(lab: dict[str, object]) -> None:
     # The lab's 11 hosts, plus localhost (the site-config check runs there first).
     assert len(recap) == 12 and "localhost" in dict(recap), recap
     assert all(changed == "0" for _, changed in recap), recap
+
+
+def test_an_alert_reaches_the_lab_receiver(lab: dict[str, object]) -> None:
+    """Prometheus knows the monitor's Alertmanager, and an alert posted to it lands in the
+    lab sink's file on the monitor (the lab receiver of roles/alertmanager)."""
+    state = load_state()
+    urls = {s.name: s.url for s in monitor.services(state)}
+    active = prometheus.api(urls["Prometheus"], "alertmanagers")["activeAlertmanagers"]
+    assert [a["url"] for a in active] == ["http://127.0.0.1:9093/api/v2/alerts"]
+    marker = f"e2e-{time.time_ns()}"
+    alert = [{"labels": {"alertname": "MeshCoreLabE2E", "node": marker, "severity": "none"},
+              "annotations": {"summary": "posted by tests/test_lab_e2e.py"}}]
+    req = urllib.request.Request(f"{urls['Alertmanager']}/api/v2/alerts",
+                                 data=json.dumps(alert).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=10).close()
+    deadline = time.monotonic() + 120  # group_wait 30 s, then the webhook
+    while True:
+        out = subprocess.run(["podman", "exec", container(MONITOR), "cat",
+                              "/var/lib/meshcore-alert-sink/alerts.jsonl"],
+                             capture_output=True, text=True).stdout
+        got = [a for line in out.splitlines() for a in json.loads(line)["alerts"]
+               if a["labels"].get("node") == marker]
+        if got or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert got and got[0]["status"] == "firing", out[-2000:]

@@ -3,7 +3,7 @@
 Runs ansible-playbook --list-hosts / --list-tasks against the documented
 50-node example inventory: mesh nodes get batman_adv (the example's
 mesh_link_backend) and the agent, the three gateways get etcd, the monitor
-gets Prometheus.
+gets Prometheus and Alertmanager.
 """
 
 from __future__ import annotations
@@ -45,5 +45,6 @@ def test_roles_per_group() -> None:
     mesh_roles = {"base", "mesh_link", "batman_adv", "node_exporter", "chrony", "mesh_agent"}
     assert mesh_roles <= roles["mesh_nodes"]
     assert "etcd" in roles["gateways"]
-    assert "prometheus" in roles["monitor"] and "etcd" not in roles["monitor"]
+    assert {"prometheus", "alertmanager", "grafana"} <= roles["monitor"]
+    assert "etcd" not in roles["monitor"]
     assert "batman_adv" not in roles["monitor"]

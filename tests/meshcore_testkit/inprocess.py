@@ -7,9 +7,11 @@ For the tests that read the agent through its API or ``meshctl``: node ``a``
 from __future__ import annotations
 
 import asyncio
+import struct
 from typing import TYPE_CHECKING
 
 from mesh_agent.link.sensor import LinkSensor
+from mesh_agent.link.wire import _inet_checksum
 from mesh_agent.topology import LinkStateDB
 
 from meshcore_testkit.pki import CA, PairKeysForTests
@@ -28,6 +30,34 @@ def meet_b(agent: Agent, now: float) -> LinkSensor:
     b.receive("mesh0", agent.sensor.build_hello("mesh0", now), "10.98.0.0", now)
     agent.sensor.receive("mesh0", b.build_hello("mesh0", now), "10.98.0.1", now)
     return b
+
+
+def b_answers_echo(agent: Agent, now: float) -> None:
+    """b's kernel answers the agent's echo probe on ``mesh0``: b is in echo mode."""
+    for _addr, request in agent.sensor.echo_requests("mesh0", now):
+        assert agent.sensor.receive_echo("mesh0", kernel_reply(request), now + 0.0001)
+
+
+def kernel_reply(request: bytes, src: str = "10.78.0.1", dst: str = "10.78.0.0") -> bytes:
+    """What the neighbour's kernel sends back, as our raw ICMP socket reads it."""
+    icmp = bytearray(request)
+    icmp[0] = 0  # echo reply
+    icmp[2:4] = b"\0\0"
+    icmp[2:4] = struct.pack("!H", _inet_checksum(bytes(icmp)))
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0xC0,
+        20 + len(icmp),
+        1,
+        0,
+        64,
+        1,
+        0,
+        bytes(int(x) for x in src.split(".")),
+        bytes(int(x) for x in dst.split(".")),
+    )
+    return ip + bytes(icmp)
 
 
 def adverts_with_b(agent: Agent, ca: CA, now: float) -> None:

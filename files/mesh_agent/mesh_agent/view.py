@@ -25,7 +25,7 @@ from mesh_agent.identity.clock import ClockTrust
 from mesh_agent.identity.hellokeys import HelloKeys
 from mesh_agent.identity.watch import IdentityWatcher
 from mesh_agent.link.backend import LinkBackend, make_backend
-from mesh_agent.link.sensor import LinkSensor
+from mesh_agent.link.sensor import LinkSensor, Neighbor
 from mesh_agent.link.sockets import MeshSockets
 from mesh_agent.link.stretch import HelloStretch
 from mesh_agent.paths import PathTable
@@ -116,6 +116,16 @@ class AgentView:
         }
 
     # -- what the API serves ----------------------------------------------
+    def echo_mode(self, nb: Neighbor) -> str:
+        """How *nb*'s death is detected: ``echo`` (its kernel answers our echo probes),
+        ``pending`` (probes sent, none answered yet: hellos judge), ``off`` (echo probes
+        disabled in the config) or ``batman`` (batman-adv judges, no probes)."""
+        if self.cfg.link.backend == "batman":
+            return "batman"
+        if not self.cfg.link.echo:
+            return "off"
+        return "echo" if nb.echo_active else "pending"
+
     def neighbors(self) -> list[dict[str, Any]]:
         now = self.clock()
         return [
@@ -130,6 +140,7 @@ class AgentView:
                 "age_seconds": round(nb.age(now), 3),
                 "cost": nb.cost(),
                 "last_seq": nb.last_seq,
+                "echo_mode": self.echo_mode(nb),
             }
             for nb in self.sensor.neighbors()
         ]

@@ -332,6 +332,7 @@ def test_agent_serves_the_batman_table(ca: CA, tmp_path: Path) -> None:
     body = TestClient(app).get("/v1/neighbors").json()
     rows = {(n["interface"], n["name"]): n for n in body["neighbors"]}
     assert rows[("wlan0", "node02")]["state"] == "up"
+    assert rows[("wlan0", "node02")]["echo_mode"] == "batman"  # batman-adv judges, no probes
     assert rows[("wlan0", "node02")]["link_address"] == "02:00:00:00:00:02"
     assert rows[("wlan1", "02:00:00:00:00:03")]["cost"] == 6.0
     assert rows[("wlan0", "02:00:00:00:00:05")]["state"] == "init"

@@ -1,7 +1,7 @@
 """Echo mode of the link sensor (BFD's echo function): no sockets, time is a number.
 
-The neighbour's kernel is played by :func:`kernel_reply`, which turns an ICMP
-echo request into the IPv4 echo reply a raw socket would read.
+The neighbour's kernel is played by :func:`meshcore_testkit.inprocess.kernel_reply`,
+which turns an ICMP echo request into the IPv4 echo reply a raw socket would read.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import struct
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from meshcore_testkit.inprocess import kernel_reply
 from meshcore_testkit.pki import PairKeysForTests
 
 from mesh_agent.link import LinkSensor, NeighborDown
@@ -26,28 +27,6 @@ from mesh_agent.link.wire import (
 )
 
 IV = 0.05
-
-
-def kernel_reply(request: bytes, src: str = "10.78.0.1", dst: str = "10.78.0.0") -> bytes:
-    """What the neighbour's kernel sends back, as our raw ICMP socket reads it."""
-    icmp = bytearray(request)
-    icmp[0] = 0  # echo reply
-    icmp[2:4] = b"\0\0"
-    icmp[2:4] = struct.pack("!H", _inet_checksum(bytes(icmp)))
-    ip = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0xC0,
-        20 + len(icmp),
-        1,
-        0,
-        64,
-        1,
-        0,
-        bytes(int(x) for x in src.split(".")),
-        bytes(int(x) for x in dst.split(".")),
-    )
-    return ip + bytes(icmp)
 
 
 def up_pair() -> tuple[LinkSensor, LinkSensor]:

@@ -14,11 +14,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from meshcore_testkit.inprocess import adverts_with_b, compute, meet_b
+from meshcore_testkit.inprocess import adverts_with_b, b_answers_echo, compute, meet_b
 from meshcore_testkit.pki import CA, PairKeysForTests
 
 from mesh_agent.agent import Agent
@@ -111,16 +112,34 @@ def test_neighbours_table_json_and_expected(live: Live) -> None:
     header, row = text.splitlines()
     assert code == 0
     assert header.split() == ["NEIGHBOUR", "INTERFACE", "LINK", "ADDRESS", "NODE", "ADDRESS",
-                              "STATE", "RTT", "LOSS", "COST", "LINK", "AGE"]
+                              "STATE", "RTT", "LOSS", "COST", "ECHO", "LINK", "AGE"]
     assert row.split()[:5] == ["b", "mesh0", "10.98.0.1", "10.77.0.2", "up"]
     # The columns line up: each cell starts under its header.
     assert row.index("mesh0") == header.index("INTERFACE")
+    # Echo probes sent, none answered yet: hellos judge b's liveness.
+    assert row[header.index("ECHO"):].split()[0] == "pending"
     code, text = live.run("neighbors", "--expect", "b,c")
     assert code == 1 and text.rstrip().endswith("missing (expected): c")
     code, text = live.run("--json", "neighbours", "--expect", "b")
     data = json.loads(text)
     assert code == 0 and data["expected_missing"] == []
     assert data["neighbors"][0]["name"] == "b"
+    assert data["neighbors"][0]["echo_mode"] == "pending"
+
+
+def test_neighbours_echo_mode_once_b_answers_probes(live: Live) -> None:
+    b_answers_echo(live.agent, time.monotonic())
+    header, row = live.run("neighbours")[1].splitlines()
+    assert row[header.index("ECHO"):].split()[0] == "echo"
+    data = json.loads(live.run("--json", "neighbours")[1])
+    assert [n["echo_mode"] for n in data["neighbors"]] == ["echo"]
+    # With echo probes off in the config, or on batman-adv, the sensor does not judge by echo.
+    nb = live.agent.sensor.neighbors()[0]
+    off = parse_config({"node_name": "a", "node_address": "10.77.0.1", "link": {"echo": False}})
+    batman = parse_config({"node_name": "a", "node_address": "10.77.0.1",
+                           "link": {"backend": "batman"}})
+    view = live.agent.view
+    assert [replace(view, cfg=c).echo_mode(nb) for c in (off, batman)] == ["off", "batman"]
 
 
 def test_routes_all_one_and_none(live: Live) -> None:
@@ -246,8 +265,8 @@ def test_over_ssh_the_node_answers_in_json(live: Live, tmp_path: Path,
     assert out.getvalue().strip() == "no path to nowhere"
     assert ctl.main(["--node", "unreachable", "--ssh", "status"], out=io.StringIO()) == 3
     # The fleet over ssh: one node answers, one does not.
-    monkeypatch.setattr(fleet, "inventory_nodes",
-                        lambda inventory, group: {"a": "n1", "b": "unreachable"})
+    monkeypatch.setattr(fleet, "inventory_nodes", lambda inventory, group: fleet.FleetInventory(
+        {"a": "n1", "b": "unreachable"}))
     out = io.StringIO()
     assert ctl.main(["--ssh", "fleet", "-i", "inv", "--cert-warn", "1h"], out=out) == 1
     lines = out.getvalue().splitlines()
@@ -279,15 +298,19 @@ def test_fleet_nodes_of_an_inventory_listing() -> None:
 
 def test_fleet_rows_count_unreachable_as_unhealthy(live: Live) -> None:
     good = json.loads(live.run("--json", "status")[1])
-    # The test CA issues one-day certificates: with the default (a day) every node warns.
-    assert fleet.fleet_rows({"a": good})[0]["problems"][0].startswith("certificate expires in")
+    # The test CA issues one-day certificates: a two-day warning flags them. (Not the default,
+    # a day: cert_seconds_left is rounded to 0.1 s and, read within 0.05 s of a whole second
+    # after issue, equals a day exactly, which the default does not flag.)
+    assert fleet.fleet_rows({"a": good}, cert_warn_s=2 * 86400.0)[0]["problems"][0].startswith(
+        "certificate expires in")
     expiring = {**good, "node": "c", "cert_seconds_left": 1800.0}
     rows = fleet.fleet_rows({"b-node": "cannot reach the agent at http://10.0.0.2:9105: refused",
                              "a": good, "c": expiring}, cert_warn_s=3600.0)
     assert [r["node"] for r in rows] == ["a", "b-node", "c"]
     assert [r["healthy"] for r in rows] == [True, False, False]
     assert rows[2]["problems"] == ["certificate expires in 30m00s"]
-    assert fleet.fleet_summary(rows) == {"nodes": 3, "healthy": 1, "unreachable": 1}
+    assert fleet.fleet_summary(rows) == {"nodes": 3, "healthy": 1, "unreachable": 1,
+                                         "missing_neighbours": 0}
     text = table(fleet.FLEET_HEADERS, fleet.fleet_table_rows(rows)).splitlines()
     assert text[1].split()[:7] == ["a", "yes", "yes", "observe", "1", "1", "0/1"]
     assert text[2].split()[:3] == ["b-node", "no", "-"] and text[2].endswith("refused")
@@ -296,17 +319,58 @@ def test_fleet_rows_count_unreachable_as_unhealthy(live: Live) -> None:
 def test_fleet_command(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
     port = live.url.rsplit(":", 1)[1]
     # a answers on 127.0.0.1; nothing listens on 127.0.0.2 (loopback too).
-    monkeypatch.setattr(fleet, "inventory_nodes",
-                        lambda inventory, group: {"a": "127.0.0.1", "gone": "127.0.0.2"})
+    monkeypatch.setattr(fleet, "inventory_nodes", lambda inventory, group: fleet.FleetInventory(
+        {"a": "127.0.0.1", "gone": "127.0.0.2"}))
     out = io.StringIO()
     assert ctl.main(["--port", port, "fleet", "-i", "inv", "--cert-warn", "1h"], out=out) == 1
     lines = out.getvalue().splitlines()
     assert lines[0].split()[:3] == ["NODE", "HEALTHY", "READY"]
     assert lines[1].split()[:2] == ["a", "yes"] and lines[2].split()[:2] == ["gone", "no"]
-    assert lines[-1] == "1/2 nodes healthy, 1 unreachable"
+    assert lines[-2] == "1/2 nodes healthy, 1 unreachable"
+    assert lines[-1] == "expected neighbours: not checked (no mesh_links in the inventory)"
     out = io.StringIO()
     ctl.main(["--json", "--port", port, "fleet", "-i", "inv", "--cert-warn", "1h"], out=out)
-    assert json.loads(out.getvalue())["summary"] == {"nodes": 2, "healthy": 1, "unreachable": 1}
+    data = json.loads(out.getvalue())
+    assert data["summary"] == {"nodes": 2, "healthy": 1, "unreachable": 1,
+                               "missing_neighbours": 0}
+    assert data["neighbours_checked"] is False
+
+
+def test_fleet_status_names_a_missing_expected_neighbour(
+        live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = live.url.rsplit(":", 1)[1]
+    inventory = fleet.FleetInventory({"a": "127.0.0.1"}, {"a": ["b"]})
+    monkeypatch.setattr(fleet, "inventory_nodes", lambda inventory_, group: inventory)
+    argv = ["--port", port, "fleet", "status", "-i", "inv", "--cert-warn", "1h"]
+    out = io.StringIO()
+    assert ctl.main(argv, out=out) == 0, out.getvalue()
+    assert out.getvalue().splitlines()[-1] == "1/1 nodes healthy, 0 unreachable"
+    # The inventory's links also expect c, which a does not see.
+    inventory = fleet.FleetInventory({"a": "127.0.0.1"}, {"a": ["b", "c"]})
+    out = io.StringIO()
+    assert ctl.main(argv, out=out) == 1
+    lines = out.getvalue().splitlines()
+    assert lines[1].split()[:2] == ["a", "no"]
+    assert lines[1].endswith("expected neighbours missing: c")
+    assert lines[-1] == "missing (expected by the inventory): a has no c"
+    out = io.StringIO()
+    assert ctl.main(["--json", *argv], out=out) == 1
+    data = json.loads(out.getvalue())
+    assert data["neighbours_checked"] is True
+    assert data["summary"]["missing_neighbours"] == 1
+    assert data["nodes"][0]["expected_missing"] == ["c"] and not data["nodes"][0]["healthy"]
+
+
+def test_expected_neighbours_from_the_inventory_links() -> None:
+    listing: dict[str, Any] = {"_meta": {"hostvars": {
+        "n1": {"mesh_links": [{"ifname": "mesh0", "peer": "n2"},
+                              {"ifname": "mesh1", "peer": "n3"}]},
+        "n2": {"mesh_links": [{"ifname": "mesh0", "peer": "n1"}]},
+        "n3": {}}}}
+    nodes = {"n1": "n1", "n2": "n2", "n3": "n3"}
+    assert fleet.expected_neighbours(listing, nodes) == {"n1": ["n2", "n3"], "n2": ["n1"]}
+    # The starter and example inventories describe no links: nothing is expected.
+    assert fleet.expected_neighbours({"_meta": {"hostvars": {"n1": {}}}}, nodes) is None
 
 
 def test_durations() -> None:

@@ -53,6 +53,14 @@ def test_every_subcommand_on_live_agents(mesh: AgentMesh) -> None:
     assert meshctl(mesh, 0, "neighbours", "--expect", "n9")[0] == 1
     assert len(json.loads(meshctl(mesh, 0, "--json", "neighbours")[1])["neighbors"]) == 2
 
+    def echo_on_both() -> bool:
+        nbs = json.loads(meshctl(mesh, 0, "--json", "neighbours")[1])["neighbors"]
+        return [n["echo_mode"] for n in nbs] == ["echo", "echo"]
+
+    mesh.wait_for(echo_on_both, 10, "n0's neighbours in echo mode (their kernels answer)")
+    header, *rows = meshctl(mesh, 0, "neighbours")[1].splitlines()
+    assert [row[header.index("ECHO"):].split()[0] for row in rows] == ["echo", "echo"]
+
     code, out, _ = meshctl(mesh, 0, "routes")
     assert code == 0 and "mode enforce (routes are programmed in the kernel)" in out
     code, out, _ = meshctl(mesh, 0, "routes", "n1")

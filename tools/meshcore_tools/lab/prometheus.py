@@ -8,10 +8,12 @@ import urllib.request
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from meshcore_tools.lab import monitor
+
 
 def url_of(state: dict[str, Any]) -> str:
-    """The base URL of the lab monitor's Prometheus."""
-    return f"http://{state['monitor']['mgmt_address']}:9090"
+    """The base URL of the lab monitor's Prometheus (its port from the lab's config)."""
+    return monitor.url_of(state, "Prometheus")
 
 
 def api(base: str, endpoint: str, timeout: float = 5, **params: str) -> Any:

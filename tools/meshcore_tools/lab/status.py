@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from meshcore_tools import ROOT
-from meshcore_tools.lab import prometheus
+from meshcore_tools.lab import monitor, prometheus
 from meshcore_tools.lab.state import MONITOR, STATE_DIR, load_state, ns, pids_of, sh
 
 
@@ -65,7 +65,8 @@ def mgmt_diagnosis(state: dict[str, Any]) -> str:
 
 
 NODE_UNITS = ["prometheus-node-exporter.service", "mesh-agent.service"]
-MONITOR_UNITS = ["prometheus.service", "prometheus-node-exporter.service"]
+MONITOR_UNITS = ["prometheus.service", "prometheus-node-exporter.service",
+                 "prometheus-alertmanager.service", "meshcore-alert-sink.service"]
 
 
 def collect(state: dict[str, Any]) -> dict[str, Any]:
@@ -221,6 +222,7 @@ def cmd_status(args: argparse.Namespace) -> None:
         report["prometheus"]["diagnosis"] = mgmt_diagnosis(state)
     print_table(report)
     print_matrix(report)
+    print("\n" + monitor.describe(monitor.services(state)))
     out = Path(args.json) if args.json else STATE_DIR / "status.json"
     out.write_text(json.dumps(report, indent=2))
     print(f"status report: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")

@@ -4,8 +4,14 @@ The inventory is read with ``ansible-inventory --list`` (the controller has
 Ansible; a node does not need this command). Each node of the ``mesh_nodes``
 group is asked on its management address (``mesh_mgmt_address``, else
 ``ansible_host``, else its name), where the role binds the API. A node that
-does not answer counts as unhealthy. :func:`fleet_rows` and
-:func:`fleet_summary` are pure, for the tests.
+does not answer counts as unhealthy.
+
+Expected neighbours come from the inventory's links: a host's ``mesh_links``
+(a list of ``{peer: <node name>, ...}``; the lab's generated inventory has one
+per veth link). A node whose expected neighbour is not up is unhealthy and the
+command names it. An inventory without ``mesh_links`` (the starter and example
+sites: radio neighbours are not planned) expects nothing, and the check is
+skipped. :func:`fleet_rows` and :func:`fleet_summary` are pure, for the tests.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from mesh_agent.ctl.render import duration
@@ -26,8 +33,15 @@ class InventoryError(Exception):
     pass
 
 
-def inventory_nodes(inventory: str, group: str = "mesh_nodes") -> dict[str, str]:
-    """``{node name: address to ask}`` for every host of *group* in *inventory*."""
+@dataclass(frozen=True)
+class FleetInventory:
+    addresses: dict[str, str]  # node name -> address to ask
+    # node name -> the neighbours its links expect; None: the inventory has no links
+    expected: dict[str, list[str]] | None = None
+
+
+def inventory_nodes(inventory: str, group: str = "mesh_nodes") -> FleetInventory:
+    """The hosts of *group* in *inventory*: where to ask each, which neighbours to expect."""
     try:
         out = subprocess.run(["ansible-inventory", "-i", inventory, "--list"],
                              capture_output=True, text=True, check=True, timeout=120).stdout
@@ -37,7 +51,9 @@ def inventory_nodes(inventory: str, group: str = "mesh_nodes") -> dict[str, str]
     except subprocess.CalledProcessError as exc:
         last = (exc.stderr.strip().splitlines() or ["failed"])[-1]
         raise InventoryError(f"ansible-inventory -i {inventory}: {last}") from None
-    return nodes_of(json.loads(out), group)
+    listing = json.loads(out)
+    nodes = nodes_of(listing, group)
+    return FleetInventory(nodes, expected_neighbours(listing, nodes))
 
 
 def nodes_of(listing: Mapping[str, Any], group: str) -> dict[str, str]:
@@ -63,22 +79,43 @@ def nodes_of(listing: Mapping[str, Any], group: str) -> dict[str, str]:
     return out
 
 
+def expected_neighbours(listing: Mapping[str, Any],
+                        nodes: Mapping[str, str]) -> dict[str, list[str]] | None:
+    """``{node: [peer, ...]}`` from each node's ``mesh_links``; None when no node has links."""
+    hostvars = listing.get("_meta", {}).get("hostvars", {})
+    out = {}
+    for name in nodes:
+        links = hostvars.get(name, {}).get("mesh_links")
+        if isinstance(links, list):
+            out[name] = sorted({str(link["peer"]) for link in links
+                                if isinstance(link, Mapping) and link.get("peer")})
+    return out or None
+
+
 def fleet_rows(results: Mapping[str, dict[str, Any] | str],
-               cert_warn_s: float = CERT_WARN_S) -> list[dict[str, Any]]:
-    """One row per node: its status summary, or the error string when it did not answer."""
+               cert_warn_s: float = CERT_WARN_S,
+               expected: Mapping[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    """One row per node: its status summary, or the error string when it did not answer.
+
+    With *expected*, a node missing an expected neighbour (not up) is unhealthy and its
+    row names them in ``expected_missing``."""
     rows = []
     for name in sorted(results):
         r = results[name]
         if isinstance(r, str):
-            rows.append({"node": name, "healthy": False, "reachable": False, "problems": [r]})
+            rows.append({"node": name, "healthy": False, "reachable": False, "problems": [r],
+                         "expected_missing": []})
             continue
         found = problems(r, cert_warn_s)
+        missing = sorted(set((expected or {}).get(name, [])) - set(r["neighbors_up"]))
+        if missing:
+            found.append("expected neighbours missing: " + ", ".join(missing))
         rows.append({
             "node": name, "healthy": not found, "reachable": True, "ready": r["ready"],
             "mode": r["mode"], "neighbors_up": len(r["neighbors_up"]),
             "destinations": r["destinations"], "with_backup": r["with_backup"],
             "cert_seconds_left": r["cert_seconds_left"], "version": r["version"],
-            "problems": found,
+            "problems": found, "expected_missing": missing,
         })
     return rows
 
@@ -88,6 +125,7 @@ def fleet_summary(rows: list[dict[str, Any]]) -> dict[str, int]:
         "nodes": len(rows),
         "healthy": sum(1 for r in rows if r["healthy"]),
         "unreachable": sum(1 for r in rows if not r["reachable"]),
+        "missing_neighbours": sum(len(r["expected_missing"]) for r in rows),
     }
 
 

@@ -55,7 +55,8 @@ examples:
   meshctl --node 10.20.0.11 identity      a node's certificate, over its management address
   meshctl --node rpi-01 --ssh routes      through ssh, for an API bound to loopback only
   meshctl --json routes | jq .            every command has a --json form for scripts
-  meshctl fleet -i inventories/mine       one row per node of an Ansible inventory
+  meshctl fleet status -i inventories/mine   one row per node of an Ansible inventory;
+                                         exit 1 names nodes missing a neighbour its links expect
 """
 
 
@@ -75,11 +76,12 @@ def render_neighbours(data: dict[str, Any]) -> str:
     rows = [
         [n["name"], n["interface"], n["link_address"], n["node_address"], n["state"],
          "-" if n["rtt_seconds"] is None else duration(n["rtt_seconds"]),
-         f"{n['loss'] * 100:.0f}%", n["cost"], duration(n["age_seconds"])]
+         f"{n['loss'] * 100:.0f}%", n["cost"], n.get("echo_mode", "-"),
+         duration(n["age_seconds"])]
         for n in data["neighbors"]
     ]
     out = table(["NEIGHBOUR", "INTERFACE", "LINK ADDRESS", "NODE ADDRESS", "STATE", "RTT",
-                 "LOSS", "COST", "LINK AGE"], rows) if rows else "no neighbours"
+                 "LOSS", "COST", "ECHO", "LINK AGE"], rows) if rows else "no neighbours"
     if data.get("expected_missing"):
         out += "\nmissing (expected): " + ", ".join(data["expected_missing"])
     return out
@@ -313,7 +315,7 @@ def api_url(args: argparse.Namespace) -> str:
 
 def run_fleet(args: argparse.Namespace, out: TextIO) -> int:
     try:
-        nodes = fleet_mod.inventory_nodes(args.inventory, args.group)
+        inventory = fleet_mod.inventory_nodes(args.inventory, args.group)
     except fleet_mod.InventoryError as exc:
         print(f"meshctl: {exc}", file=sys.stderr)
         return USAGE
@@ -326,16 +328,25 @@ def run_fleet(args: argparse.Namespace, out: TextIO) -> int:
         except (AgentUnreachable, ApiError) as exc:
             return str(exc)
 
+    nodes = inventory.addresses
     with ThreadPoolExecutor(max_workers=16) as pool:
         answers = dict(zip(nodes, pool.map(ask, nodes.values()), strict=True))
-    rows = fleet_mod.fleet_rows(answers, args.cert_warn)
+    rows = fleet_mod.fleet_rows(answers, args.cert_warn, inventory.expected)
     summary = fleet_mod.fleet_summary(rows)
+    checked = inventory.expected is not None
     if args.json:
-        print(json.dumps({"summary": summary, "nodes": rows}, sort_keys=True), file=out)
+        print(json.dumps({"summary": summary, "nodes": rows, "neighbours_checked": checked},
+                         sort_keys=True), file=out)
     else:
         print(table(fleet_mod.FLEET_HEADERS, fleet_mod.fleet_table_rows(rows)), file=out)
         print(f"\n{summary['healthy']}/{summary['nodes']} nodes healthy, "
               f"{summary['unreachable']} unreachable", file=out)
+        for r in rows:
+            if r["expected_missing"]:
+                print(f"missing (expected by the inventory): {r['node']} has no "
+                      + ", ".join(r["expected_missing"]), file=out)
+        if not checked:
+            print("expected neighbours: not checked (no mesh_links in the inventory)", file=out)
     return OK if summary["healthy"] == summary["nodes"] else BAD
 
 
@@ -408,7 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    n = sub.add_parser("neighbours", aliases=["neighbors"], help="neighbours: RTT, loss, link age")
+    n = sub.add_parser(
+        "neighbours", aliases=["neighbors"], help="neighbours: RTT, loss, echo mode, link age",
+        description="ECHO says how a neighbour's death is detected: echo (its kernel answers "
+                    "our echo probes, BFD's echo function), pending (probes sent, none answered "
+                    "yet: hellos judge), off (echo probes disabled) or batman (batman-adv "
+                    "judges). LINK AGE is the time since it came up.")
     n.add_argument("--expect", metavar="NAME,...", help="exit 1 unless these neighbours are up")
     r = sub.add_parser("routes", help="primary and backup next hop per destination")
     r.add_argument("dst", nargs="?", help="one destination: both paths as lists of nodes")
@@ -426,7 +442,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--subject", help="only events about this neighbour or origin")
     e.add_argument("--limit", type=int, default=50, help="without --since: the newest N")
     sub.add_parser("status", help="one screen of health, like systemctl status")
-    f = sub.add_parser("fleet", help="one row of health per node of an Ansible inventory")
+    f = sub.add_parser(
+        "fleet", help="one row of health per node of an Ansible inventory",
+        description="Asks every node of the group on its management address (mesh_mgmt_address, "
+                    "else ansible_host). Exit 1 when a node is unhealthy, does not answer, or "
+                    "misses a neighbour its inventory links expect: each host's mesh_links "
+                    "(a list of {peer: NAME}; the lab's inventory has them). An inventory "
+                    "without mesh_links expects no neighbours and that check is skipped.")
+    f.add_argument("action", nargs="?", choices=["status"], default="status",
+                   help="what to show (only status, the default)")
     f.add_argument("-i", "--inventory", required=True)
     f.add_argument("--group", default="mesh_nodes")
     f.add_argument("--cert-warn", type=parse_duration, default="1d", metavar="DURATION",
