@@ -22,6 +22,7 @@ from typing import Any, TextIO
 import mesh_agent
 from mesh_agent.config import DEFAULT_CONFIG_PATH
 from mesh_agent.ctl import fleet as fleet_mod
+from mesh_agent.ctl import release as release_mod
 from mesh_agent.ctl.client import (
     AgentUnreachable,
     ApiError,
@@ -56,6 +57,7 @@ examples:
   meshctl --node rpi-01 --ssh routes      through ssh, for an API bound to loopback only
   meshctl --json routes | jq .            every command has a --json form for scripts
   meshctl fleet -i inventories/mine       one row per node of an Ansible inventory
+  meshctl release list                    installed agent releases; release use ID switches back
 """
 
 
@@ -292,6 +294,8 @@ def emit_events(events: Iterator[dict[str, Any]], as_json: bool, out: TextIO) ->
 
 
 def run_local(args: argparse.Namespace, out: TextIO) -> int:
+    if args.command == "release":
+        return release_mod.run(args, out)
     client = HttpClient(api_url(args), timeout=args.timeout)
     if args.command == "events":
         return emit_events(events_of(client, args), args.json, out)
@@ -431,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--group", default="mesh_nodes")
     f.add_argument("--cert-warn", type=parse_duration, default="1d", metavar="DURATION",
                    help="a certificate expiring within this is a problem (default 1d; SPIRE: 10m)")
+    release_mod.add_parser(sub)
     return p
 
 
