@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from mesh_agent.ctl import release as release_ctl
 from mesh_agent.ctl.main import build_parser
 from mesh_agent.ctl.main import main as meshctl
@@ -200,7 +201,7 @@ def test_use_refuses_another_wire_version_without_the_flag(fleet: Fleet) -> None
     fleet.install(*fleet.release("w3", "2.0.0", wire=3), allow_wire_change=True)
     rel = Releases(fleet.root)
     rel.use("r1", lambda: None)
-    with pytest.raises(ReleaseError, match="wire version 3.*form no adjacency"):
+    with pytest.raises(ReleaseError, match=r"wire version 3.*form no adjacency"):
         rel.use("w3", lambda: None)
     assert rel.current_id() == "r1"
     rel.use("w3", lambda: None, allow_wire_change=True)

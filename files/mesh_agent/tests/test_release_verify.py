@@ -13,12 +13,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from mesh_agent.release.verify import (
     Accept,
     InstalledState,
     Reason,
-    ReleaseFormatError,
     Refuse,
+    ReleaseFormatError,
     Signature,
     TrustPolicy,
     key_id,

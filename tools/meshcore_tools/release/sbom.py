@@ -86,5 +86,7 @@ def debian_sbom(image_manifest: Mapping[str, Any], epoch: int) -> bytes:
                                            bom_ref=f"image:{name}"),
                        timestamp=dt.datetime.fromtimestamp(epoch, dt.UTC))
     bom = Bom(components=components, serial_number=serial, metadata=meta)
+    assert meta.component is not None
+    bom.register_dependency(meta.component, components)
     text = make_outputter(bom, OutputFormat.JSON, SchemaVersion.V1_6).output_as_string(indent=2)
     return (text if text.endswith("\n") else text + "\n").encode()

@@ -123,7 +123,10 @@ def verify_release(tarball: Path, sigs: list[Signature], trust: TrustPolicy,
                      {p: sha256_hex(d) for p, d in files.items()}, running_wire_version=None)
     if isinstance(verdict, Refuse):
         return verdict
-    listed = dict(reversed(line.split("  ", 1)) for line in sums.splitlines() if line)
+    listed: dict[str, str] = {}
+    for line in sums.splitlines():
+        digest, _, name = line.partition("  ")
+        listed[name] = digest
     want = {p: sha256_hex(d) for p, d in files.items()} | {"manifest.json": sha256_hex(inner)}
     if listed != want:
         return "SHA256SUMS does not match the files"

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace, out: TextIO,
     action = args.release_command
     try:
         if action == "list":
-            rows = releases.list()
+            rows = releases.installed()
             if args.json:
                 print(json.dumps({"current": releases.current_id(),
                                   "releases": [r.as_dict() for r in rows]}, sort_keys=True),

@@ -110,7 +110,7 @@ class Releases:
         return sorted(p.name for p in self.dir.iterdir()
                       if valid_id(p.name) and (p / "venv").is_dir())
 
-    def list(self) -> list[ReleaseInfo]:
+    def installed(self) -> list[ReleaseInfo]:
         """Every installed release, oldest install first."""
         return sorted((self.info(i) for i in self.ids()), key=lambda r: (r.installed, r.id))
 
@@ -156,7 +156,7 @@ class Releases:
         if keep < 0:
             raise ReleaseError("keep must be >= 0")
         current = self.current_id()
-        others = [r for r in self.list() if r.id != current and r.id not in protect]
+        others = [r for r in self.installed() if r.id != current and r.id not in protect]
         doomed = others[:max(0, len(others) - keep)]
         removed = []
         for r in doomed:
