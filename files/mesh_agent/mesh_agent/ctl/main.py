@@ -444,6 +444,10 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
     args.command = {"neighbors": "neighbours"}.get(args.command, args.command)
+    if args.command == "release" and (args.ssh or args.node):
+        print("meshctl: release works on the node's own files: run it there "
+              "(ssh NODE sudo meshctl release ...)", file=sys.stderr)
+        return USAGE
     if args.ssh and not args.node and args.command != "fleet":
         print("meshctl: --ssh needs --node HOST (or the fleet command)", file=sys.stderr)
         return USAGE
