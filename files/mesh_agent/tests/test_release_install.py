@@ -267,3 +267,27 @@ def test_meshctl_release_commands(fleet: Fleet, capsys: pytest.CaptureFixture[st
     assert code == 1 and json.loads(out)["refused"] == "too_few_signatures"
     assert "release refused (too_few_signatures)" in capsys.readouterr().err
     assert meshctl(["release", "--root", str(fleet.root), "prune", "--keep", "0"]) == 0
+
+
+def test_a_refusal_reaches_the_journal(fleet: Fleet) -> None:
+    import logging
+    import socket
+
+    sock_path = fleet.tmp / "log"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(5)
+    logger = logging.getLogger("mesh_agent.release")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    try:
+        release_ctl.log_to_syslog(sock_path)
+        d, m = fleet.release("r1", "1.0.0", tamper=True)
+        with pytest.raises(InstallRefused):
+            fleet.install(d, m)
+        line = sock.recv(4096).decode()
+        assert "meshctl[" in line and "release refused (file_hash)" in line
+    finally:
+        for h in logger.handlers:
+            h.close()
+        logger.handlers[:], logger.level, logger.propagate = saved
+        sock.close()

@@ -295,7 +295,7 @@ def emit_events(events: Iterator[dict[str, Any]], as_json: bool, out: TextIO) ->
 
 def run_local(args: argparse.Namespace, out: TextIO) -> int:
     if args.command == "release":
-        return release_mod.run(args, out)
+        return release_mod.run(args, out, syslog=True)
     client = HttpClient(api_url(args), timeout=args.timeout)
     if args.command == "events":
         return emit_events(events_of(client, args), args.json, out)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import logging.handlers
 import subprocess
 import sys
 import time
@@ -27,6 +29,22 @@ OK, BAD, USAGE = 0, 1, 2
 DEFAULT_ROOT = Path("/opt/mesh-agent")
 DEFAULT_KEYS = Path("/etc/mesh-agent/release-keys.json")
 UNIT = "mesh-agent.service"
+
+
+SYSLOG_SOCKET = Path("/dev/log")
+
+
+def log_to_syslog(path: Path = SYSLOG_SOCKET) -> None:
+    """Send ``mesh_agent.release`` records (installs and refusals, with the reason) to
+    the node's journal, once; the terminal gets its own line from :func:`run`."""
+    logger = logging.getLogger("mesh_agent.release")
+    if logger.handlers or not path.exists():
+        return
+    handler = logging.handlers.SysLogHandler(address=str(path))
+    handler.setFormatter(logging.Formatter("meshctl[%(process)d]: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def systemd_restart() -> None:
@@ -75,8 +93,10 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace, out: TextIO,
-        restart: Callable[[], None] = systemd_restart) -> int:
+        restart: Callable[[], None] = systemd_restart, *, syslog: bool = False) -> int:
     releases = Releases(args.root)
+    if syslog:
+        log_to_syslog()
     action = args.release_command
     try:
         if action == "list":
