@@ -251,3 +251,11 @@ def test_tarball_writer_is_deterministic_for_any_entry_order() -> None:
     with tarfile.open(fileobj=io.BytesIO(one)) as tar:
         assert tar.getnames() == ["a", "b", "b/c", "b/c/d", "b/x"]
         assert tar.getmember("a").mode == 0o755
+
+
+def test_the_version_has_one_owner() -> None:
+    import mesh_agent
+    from meshcore_tools.release.build import agent_version, source_wire_version
+
+    assert mesh_agent.__version__ == agent_version(ROOT)
+    assert source_wire_version(ROOT) == mesh_agent.WIRE_VERSION
