@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from meshcore_tools.release import cli
-from meshcore_tools.release.build import ANSIBLE_PATHS, BuildError, build
+from meshcore_tools.release.build import ANSIBLE_PATHS, BUILD_PINS, BuildError, build
 from meshcore_tools.release.tarball import Entry, reproducible_tgz
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
 def checkout(dest: Path) -> Path:
     """HEAD's release inputs as a one-commit repository at *dest*."""
     dest.mkdir(parents=True)
-    paths = [*ANSIBLE_PATHS, "files/mesh_agent", "requirements/dev.txt"]
+    paths = [*ANSIBLE_PATHS, "files/mesh_agent", "requirements/dev.txt", BUILD_PINS]
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD", "--", *paths],
                              capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:

@@ -50,6 +50,7 @@ from meshcore_tools.release.tarball import Entry, reproducible_tgz
 
 ANSIBLE_PATHS = ("ansible.cfg", "collections/requirements.yml", "playbooks", "plugins", "roles")
 AGENT_DIR = "files/mesh_agent"
+BUILD_PINS = "requirements/release-build.txt"  # the wheel's build backend, pinned
 # machine -> (bundle manifest written by scripts/agent-bundle.sh, how to build it)
 BUNDLES: Mapping[str, tuple[str, str]] = {
     "x86_64": ("build/agent/bundle.json", "make agent-bundle"),
@@ -119,7 +120,8 @@ def build_wheel(root: Path, epoch: int) -> tuple[str, bytes]:
                 continue
             (src / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(root / name, src / rel)
-        env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch), "PYTHONHASHSEED": "0"}
+        env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch), "PYTHONHASHSEED": "0",
+               "PIP_CONSTRAINT": str(root / BUILD_PINS)}
         res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                               "--disable-pip-version-check", "-w", str(Path(tmp, "out")),
                               str(src)], env=env, capture_output=True, text=True)
@@ -231,6 +233,8 @@ def build(root: Path, out_dir: Path, *, epoch: int | None = None, serial: int | 
         "build_inputs": {
             "python": platform.python_version(),
             "requirements_sha256": sha256((root / "requirements/dev.txt").read_bytes()),
+            "wheel_build_pins": [x for x in (root / BUILD_PINS).read_text().splitlines()
+                                 if x and not x.startswith("#")],
             "cyclonedx_bom": metadata.version("cyclonedx-bom"),
             "paths": [*ANSIBLE_PATHS, AGENT_DIR],
         },
