@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from mesh_agent.ctl import release as release_ctl
 from mesh_agent.ctl.main import build_parser
@@ -291,3 +293,45 @@ def test_a_refusal_reaches_the_journal(fleet: Fleet) -> None:
             h.close()
         logger.handlers[:], logger.level, logger.propagate = saved
         sock.close()
+
+
+# ".." and absolute names are rare: one such member refuses the whole bundle.
+segment = st.sampled_from(["x", "y", "venv", ".", "", "x", "y", "r7", ".."])
+PREFIX = ["opt", "mesh-agent", "releases", "r7"]  # the release's own directory in a bundle
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(names=st.lists(st.tuples(st.one_of(st.lists(segment, min_size=1, max_size=4).map(
+                                    lambda s: PREFIX + s), st.lists(segment, min_size=1,
+                                                                    max_size=6)),
+                                st.integers(0, 9).map(lambda n: n == 0),
+                                st.sampled_from(["file", "dir", "sym"])),
+                      max_size=6))
+@example(names=[([*PREFIX, "x"], False, "sym"), ([*PREFIX, "x", "y"], False, "file")])
+def test_no_member_lands_outside_the_release(tmp_path: Path, names) -> None:  # type: ignore[no-untyped-def]
+    """Whatever the member names, unpacking writes only under the incoming directory, and
+    never through a link it made (links point at a sentinel directory here)."""
+    import contextlib
+    import uuid
+    work = tmp_path / uuid.uuid4().hex
+    dest, sentinel = work / "dest", work / "sentinel"
+    dest.mkdir(parents=True)
+    sentinel.mkdir()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for parts, absolute, kind in names:
+            info = tarfile.TarInfo(("/" if absolute else "") + "/".join(parts))
+            if kind == "dir":
+                info.type = tarfile.DIRTYPE
+            elif kind == "sym":
+                info.type, info.linkname = tarfile.SYMTYPE, str(sentinel)
+            tar.addfile(info, io.BytesIO(b""))
+    bundle = work / "b.tar"
+    bundle.write_bytes(out.getvalue())
+    with contextlib.suppress(InstallRefused, FileExistsError, IsADirectoryError,
+                             NotADirectoryError, FileNotFoundError):
+        install_mod.unpack_bundle(bundle, "r7", dest)
+    outside = [p for p in work.rglob("*")
+               if p not in (bundle, sentinel) and dest not in (p, *p.parents)]
+    assert outside == []
