@@ -335,3 +335,17 @@ def test_no_member_lands_outside_the_release(tmp_path: Path, names) -> None:  # 
     outside = [p for p in work.rglob("*")
                if p not in (bundle, sentinel) and dest not in (p, *p.parents)]
     assert outside == []
+
+
+def test_meshctl_release_list_and_use_as_text(fleet: Fleet) -> None:
+    fleet.install(*fleet.release("r1", "1.0.0"))
+    args = build_parser().parse_args(["release", "--root", str(fleet.root), "list"])
+    out = io.StringIO()
+    assert release_ctl.run(args, out) == 0
+    header, row = out.getvalue().splitlines()[:2]
+    assert header.split() == ["RELEASE", "VERSION", "WIRE", "VERIFIED", "INSTALLED"]
+    assert row.split()[:4] == ["r1", "1.0.0", "2", "yes"]
+    args = build_parser().parse_args(["release", "--root", str(fleet.root), "use", "r1"])
+    out = io.StringIO()
+    assert release_ctl.run(args, out, lambda: None) == 0
+    assert out.getvalue().strip() == "current: r1 (was none), agent restarted"

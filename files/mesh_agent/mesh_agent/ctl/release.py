@@ -124,8 +124,10 @@ def run(args: argparse.Namespace, out: TextIO,
                 print(json.dumps({"previous": previous, "current": new, "changed": changed}),
                       file=out)
             else:
-                print(f"current: {new}" + (f" (was {previous})" if changed else
-                                           " (already current, nothing restarted)"), file=out)
+                then = "not restarted (--no-restart)" if args.no_restart else "agent restarted"
+                print(f"current: {new}" + (f" (was {previous or 'none'}), {then}" if changed
+                                           else " (already current, nothing restarted)"),
+                      file=out)
             return OK
         if action == "prune":
             removed = releases.prune(args.keep, protect=tuple(args.protect))
