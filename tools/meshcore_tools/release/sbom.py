@@ -33,9 +33,9 @@ def python_closure(root: str = "mesh-agent") -> dict[str, str]:
     """{canonical name: installed version} of *root* and everything it requires, without
     extras and with markers evaluated for this interpreter."""
     seen: dict[str, str] = {}
-    todo = [root]
-    while todo:
-        name = canonicalize_name(todo.pop())
+    pending = [root]
+    while pending:
+        name = canonicalize_name(pending.pop())
         if name in seen:
             continue
         dist = metadata.distribution(name)
@@ -44,7 +44,7 @@ def python_closure(root: str = "mesh-agent") -> dict[str, str]:
             req = Requirement(spec)
             if req.marker is not None and not Marker(str(req.marker)).evaluate({"extra": ""}):
                 continue
-            todo.append(req.name)
+            pending.append(req.name)
     return dict(sorted(seen.items()))
 
 
