@@ -35,7 +35,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 1
 export PY_COLORS ?= 1
 
-.PHONY: chaos chaos-clean dataset help setup venv pki-backup hw-lab image image-rpi seed image-boot-test image-repro agent-bundle lab lab-status lab-report lab-destroy dashboard test test-full lint unit molecule molecule-full molecule-image bench fuzz results
+.PHONY: chaos chaos-clean dataset help release setup venv pki-backup hw-lab image image-rpi seed image-boot-test image-repro agent-bundle lab lab-status lab-report lab-destroy dashboard test test-full lint unit molecule molecule-full molecule-image bench fuzz results
 
 help:
 	@echo "make lab [NODES=10] [TOPOLOGY=grid|rgg|ladder|community|FILE]   build + provision the lab mesh"
@@ -59,6 +59,7 @@ help:
 	@echo "make image-boot-test  boot the rpi-arm64 image under qemu-system-aarch64 (TCG) with a seed, check it"
 	@echo "make image-repro      build rpi-arm64 twice from scratch with SOURCE_DATE_EPOCH, compare hashes"
 	@echo "make agent-bundle     the agent's release bundle (a venv built in the base image) in build/agent"
+	@echo "make release [REQUIRE_BUNDLES=1]  build/release/mesh-core-vX.Y.Z.tgz: reproducible, manifest, SBOMs (sign: docs/release.md)"
 	@echo "make molecule-image   the rpi-arm64 image booted under QEMU as a molecule instance: converge, verify"
 	@echo "make lint | unit | molecule | molecule-full   the parts of make test / test-full"
 	@echo "make setup | venv     Debian packages, podman config and .venv (root) | only .venv (any user)"
@@ -107,6 +108,12 @@ image-repro: setup
 
 agent-bundle: image
 	@bash scripts/agent-bundle.sh
+
+# The release tarball from what is built (bundles it finds; REQUIRE_BUNDLES=1 needs both).
+release: venv
+	@start=$$(date +%s); \
+	$(BIN)/ansible-playbook playbooks/release.yml $(if $(REQUIRE_BUNDLES),-e release_require_bundles=true); \
+	rc=$$?; echo "make release: $$(( $$(date +%s) - start )) s wall, rc=$$rc"; exit $$rc
 
 lab: image agent-bundle
 	@start=$$(date +%s); \

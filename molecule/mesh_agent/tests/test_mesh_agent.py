@@ -70,6 +70,18 @@ def test_release_layout(host):
     assert host.file(current.linked_to + "/.meshcore-installed").exists
 
 
+def test_meshctl_release_lists_the_live_release(host):
+    # The role's bundle has no release.json: version and wire version come from its venv.
+    out = host.run("meshctl --json release list")
+    assert out.rc == 0, out.stderr
+    data = json.loads(out.stdout)
+    live_id = host.file("/opt/mesh-agent/current").linked_to.split("/")[-2]
+    assert data["current"] == live_id
+    (live,) = [r for r in data["releases"] if r["current"]]
+    assert live["wire_version"] == 2 and live["version"] and not live["verified"]
+    assert len(data["releases"]) <= 3  # the live one and mesh_agent_keep_releases (2) others
+
+
 def test_identity_files_and_modes(host):
     key = host.file("/etc/mesh-agent/pki/node.key")
     assert key.mode == 0o640

@@ -39,8 +39,10 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from mesh_agent import WIRE_VERSION
+
 MAGIC = b"MH"
-VERSION = 2
+VERSION = WIRE_VERSION
 MAX_NAME = 63
 MAX_ECHO = 64
 MAX_AUTH = 128

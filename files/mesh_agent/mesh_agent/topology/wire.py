@@ -32,10 +32,11 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from mesh_agent import WIRE_VERSION
 from mesh_agent.link.wire import MAX_NAME, WireError, decode_name
 
 MAGIC = b"MA"
-VERSION = 2
+VERSION = WIRE_VERSION
 MAX_LINKS = 1024
 MAX_AGE_MS = 0xFFFFFFFF
 _HEAD = struct.Struct("!2sBBIQ4s")
