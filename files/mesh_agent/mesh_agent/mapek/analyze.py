@@ -10,7 +10,11 @@ the finding clears; at most one incident is open per (class, target).
 The threshold detector debounces both ways: a reading must cross
 ``confirm`` samples in a row to raise, and be clear ``clear`` samples in a
 row to recover. A single lost burst does not open an incident, and a signal
-hovering at its threshold does not open and close one per sample.
+hovering at its threshold does not open and close one per sample. An
+incident is *detected* when the detector raises it (the loop can only act
+from then on) and *recovered* at the first of the clear samples that
+closed it (when the signal went back, known ``clear`` samples later): MTTR
+is the time between the two.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class Finding:
     active: bool
     value: float
     threshold: float
+    since: float = 0.0  # when the current run (crossing, or clear) began
 
     @property
     def cls(self) -> IncidentClass:
@@ -73,6 +78,7 @@ class ThresholdDetector:
             raise ValueError("confirm and clear must be at least 1")
         self.confirm, self.clear = confirm, clear
         self._run: dict[tuple[Signal, Target], int] = {}  # >0 crossing run, <0 clear run
+        self._since: dict[tuple[Signal, Target], float] = {}  # when that run began
         self._active: dict[tuple[Signal, Target], Finding] = {}
 
     def detect(self, readings: Sequence[Reading], now: float) -> list[Finding]:
@@ -81,12 +87,14 @@ class ThresholdDetector:
         for r in readings:
             key = (r.signal, r.target)
             seen.add(key)
-            run = self._run.get(key, 0)
-            run = max(run, 0) + 1 if r.crossed else min(run, 0) - 1
+            before = self._run.get(key, 0)
+            run = max(before, 0) + 1 if r.crossed else min(before, 0) - 1
             self._run[key] = run
+            if (run > 0) != (before > 0) or before == 0:
+                self._since[key] = now
             was = key in self._active
             active = run >= self.confirm or (was and -run < self.clear)
-            f = Finding(r.signal, r.target, active, r.value, r.threshold)
+            f = Finding(r.signal, r.target, active, r.value, r.threshold, self._since[key])
             if active:
                 if not was or r.crossed:  # keep the worst-case context fresh while crossing
                     self._active[key] = f
@@ -94,16 +102,20 @@ class ThresholdDetector:
                 self._active.pop(key, None)
                 if run <= -self.clear:
                     self._run.pop(key, None)  # bounded: clear keys are forgotten
+                    self._since.pop(key, None)
             if active or was:
                 out.append(f)
         for key in [k for k in self._active if k not in seen]:
-            run = min(self._run.get(key, 0), 0) - 1
+            before = self._run.get(key, 0)
+            if before > 0:
+                self._since[key] = now
+            run = min(before, 0) - 1
             self._run[key] = run
             last = self._active[key]
             if -run >= self.clear:
                 del self._active[key]
                 del self._run[key]
-                out.append(replace(last, active=False))
+                out.append(replace(last, active=False, since=self._since.pop(key, now)))
             else:
                 out.append(last)
         return out
@@ -155,6 +167,7 @@ class Analyzer:
 
     def findings(self, findings: Iterable[Finding], now: float) -> Analysis:
         out = Analysis()
+        cleared_at: dict[tuple[IncidentClass, Target], float] = {}
         for f in findings:
             key = (f.cls, f.target)
             causes = self._causes.setdefault(key, set())
@@ -169,10 +182,14 @@ class Analyzer:
                     out.opened.append(inc)
             else:
                 causes.discard(f.signal)
+                cleared = max(cleared_at.get(key, f.since), f.since)
+                cleared_at[key] = cleared
             if not causes:
                 del self._causes[key]
                 if key in self.open:
                     done = self.open.pop(key)
-                    done.recovered_at = now
+                    # Recovered when the signal went clear, not when the detector
+                    # was sure of it (``clear`` samples later); never before detection.
+                    done.recovered_at = max(done.detected_at, cleared_at.get(key, now))
                     out.recovered.append(done)
         return out

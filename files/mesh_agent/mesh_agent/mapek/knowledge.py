@@ -95,7 +95,7 @@ class Knowledge:
         self.path, self.boot, self.mode, self.policy = path, boot, mode, policy
         self.max_rows = max_rows
         self._prune_every = max(1, max_rows // 10)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # record() holds it around the writes it batches
         self._conn: sqlite3.Connection | None = None
         self.errors_total = 0
         self.error: str | None = None
@@ -165,17 +165,28 @@ class Knowledge:
             self._write("DELETE FROM thresholds WHERE id <= ?", (rowid - self.max_rows,))
 
     def record(self, step: Step, wall: float) -> None:
-        """Everything one loop step changed (the shell calls this after each step)."""
-        for inc in step.opened:
-            self.opened(inc, wall)
-        for inc in step.decided:
-            self.decided(inc)
-        for inc in step.recovered:
-            self.recovered(inc)
-        for cls, action, s in step.stats:
-            self.stats_changed(cls, action, s)
-        for signal, value, reason in step.thresholds:
-            self.threshold_changed(signal, value, reason, wall)
+        """Everything one loop step changed, in one transaction (the shell calls this after
+        each step): a kill leaves Knowledge before or after the step, never halfway (an
+        incident recovered but not yet counted in the statistics)."""
+        if self._conn is None or not (step.opened or step.decided or step.recovered
+                                      or step.stats or step.thresholds):
+            return
+        with self._lock:
+            errors = self.errors_total
+            if self._write("BEGIN IMMEDIATE", ()) is None:
+                return
+            for inc in step.opened:
+                self.opened(inc, wall)
+            for inc in step.decided:
+                self.decided(inc)
+            for inc in step.recovered:
+                self.recovered(inc)
+            for cls, action, s in step.stats:
+                self.stats_changed(cls, action, s)
+            for signal, value, reason in step.thresholds:
+                self.threshold_changed(signal, value, reason, wall)
+            if self.errors_total != errors or self._write("COMMIT", ()) is None:
+                self._write("ROLLBACK", ())  # all of the step or none of it
 
     # -- reading ----------------------------------------------------------
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
