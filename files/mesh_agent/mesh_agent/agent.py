@@ -63,8 +63,10 @@ class Agent:
         clock_trust: ClockTrust | None = None,
         events: EventLog | None = None,
         knowledge: Knowledge | None = None,
+        cpu: Callable[[], float] = time.process_time,
     ) -> None:
         self.cfg, self.identity, self.clock, self.wall = cfg, identity, clock, wall
+        self.cpu = cpu  # the process's CPU seconds (the loop's CPU signal)
         self.view, self.link = AgentView.build(cfg, identity, clock, wall, seq_store,
                                                clock_trust, events)
         self.sensor, self.topology = self.view.sensor, self.view.topology
@@ -323,7 +325,7 @@ class Agent:
     def _mapek_tick(self) -> None:
         """One MAPE-K step: observe the view, record what changed, carry out the ops."""
         assert self.mapek is not None and self.view.knowledge is not None
-        step = self.mapek.step(self.view.observation(time.process_time()))
+        step = self.mapek.step(self.view.observation(self.cpu()))
         self.view.knowledge.record(step, self.wall())
         for op in step.ops:
             self._carry(op)
