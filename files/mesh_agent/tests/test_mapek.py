@@ -122,6 +122,17 @@ def test_analyzer_one_open_incident_per_target_and_never_flaps(
         assert len(a.open) == int(open_now)
 
 
+def test_an_incident_whose_target_went_away_is_gone_and_teaches_nothing() -> None:
+    loop = MapeK("a", "enforce", FixedPolicy(), 0.05)
+    steps = run(loop, [0.5, 0.5, 0.5])
+    for t in (15.0, 20.0, 25.0, 30.0):  # b is no longer a neighbour
+        steps.append(loop.step(Observation(t)))
+    [inc] = [i for s in steps for i in s.recovered]
+    assert inc.resolution == "gone" and inc.mttr_s is None
+    assert loop.stats == {} and loop.mttr == {}
+    assert [c for s in steps for c in s.thresholds] == []
+
+
 def test_cpu_and_lateness_make_one_starved_incident() -> None:
     a = Analyzer(ThresholdDetector(confirm=1, clear=1))
     me = Target("self", "")
@@ -132,6 +143,7 @@ def test_cpu_and_lateness_make_one_starved_incident() -> None:
     assert not out.recovered
     out = a.analyze([Reading(Signal.CPU, me, 0.1, 0.8), Reading(Signal.LATENESS, me, 0, 0.25)], 2)
     assert [i.mttr_s for i in out.recovered] == [2.0]  # cleared at t=2 (clear=1)
+    assert out.recovered[0].resolution == "recovered"
 
 
 # -- Plan ----------------------------------------------------------------------------------

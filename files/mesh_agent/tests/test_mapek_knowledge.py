@@ -60,6 +60,16 @@ def test_an_open_incident_of_an_earlier_boot_is_abandoned(tmp_path: Path) -> Non
         "abandoned"]
 
 
+def test_a_gone_incident_has_no_mttr(tmp_path: Path) -> None:
+    k = Knowledge.in_state_dir(tmp_path, boot="b1")
+    inc = Incident(3, IncidentClass.LOSSY_LINK, Target("link", "c"), Signal.LOSS, 0.5, 0.2, 3.0)
+    k.opened(inc, 0.0)
+    inc.recovered_at, inc.resolution = 9.0, "gone"
+    k.recovered(inc)
+    [row] = k.incidents()
+    assert (row["state"], row["mttr_seconds"], row["recovered_mono"]) == ("gone", None, 9.0)
+
+
 def test_thresholds_history_and_latest(tmp_path: Path) -> None:
     k = Knowledge.in_state_dir(tmp_path)
     k.threshold_changed("loss", 0.22, "false_alarm:1", 1.0)
@@ -94,7 +104,7 @@ def test_version_1_is_migrated_in_place(tmp_path: Path) -> None:
     conn.close()
     k = Knowledge(path, boot="b")
     [inc] = k.incidents()
-    assert (inc["id"], inc["mode"], inc["policy"]) == (1, "", "")
+    assert (inc["id"], inc["mode"], inc["policy"], inc["state"]) == (1, "", "", "open")
     row = sqlite3.connect(path).execute(
         "SELECT version FROM schema_versions WHERE component = 'knowledge'").fetchone()
     assert row[0] == len(SCHEMA) == 2

@@ -14,7 +14,8 @@ hovering at its threshold does not open and close one per sample. An
 incident is *detected* when the detector raises it (the loop can only act
 from then on) and *recovered* at the first of the clear samples that
 closed it (when the signal went back, known ``clear`` samples later): MTTR
-is the time between the two.
+is the time between the two. An incident whose target stopped being read
+(a neighbour gone) ends as ``gone``, with no MTTR.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Finding:
     value: float
     threshold: float
     since: float = 0.0  # when the current run (crossing, or clear) began
+    gone: bool = False  # cleared because the target stopped being read (a neighbour gone)
 
     @property
     def cls(self) -> IncidentClass:
@@ -115,7 +117,8 @@ class ThresholdDetector:
             if -run >= self.clear:
                 del self._active[key]
                 del self._run[key]
-                out.append(replace(last, active=False, since=self._since.pop(key, now)))
+                out.append(replace(last, active=False, since=self._since.pop(key, now),
+                                   gone=True))
             else:
                 out.append(last)
         return out
@@ -134,10 +137,15 @@ class Incident:
     recovered_at: float | None = None
     action: str | None = None
     action_outcome: str | None = None  # applied | observed | refused:<why> | failed
+    # How it ended: recovered (its signal went back) or gone (its target stopped being
+    # read: a neighbour that went away is not a recovery, and teaches nothing).
+    resolution: str | None = None
 
     @property
     def mttr_s(self) -> float | None:
-        return None if self.recovered_at is None else self.recovered_at - self.detected_at
+        if self.recovered_at is None or self.resolution == "gone":
+            return None
+        return self.recovered_at - self.detected_at
 
     @property
     def key(self) -> tuple[IncidentClass, Target]:
@@ -168,6 +176,7 @@ class Analyzer:
     def findings(self, findings: Iterable[Finding], now: float) -> Analysis:
         out = Analysis()
         cleared_at: dict[tuple[IncidentClass, Target], float] = {}
+        gone: set[tuple[IncidentClass, Target]] = set()
         for f in findings:
             key = (f.cls, f.target)
             causes = self._causes.setdefault(key, set())
@@ -182,8 +191,9 @@ class Analyzer:
                     out.opened.append(inc)
             else:
                 causes.discard(f.signal)
-                cleared = max(cleared_at.get(key, f.since), f.since)
-                cleared_at[key] = cleared
+                cleared_at[key] = max(cleared_at.get(key, f.since), f.since)
+                if f.gone:
+                    gone.add(key)
             if not causes:
                 del self._causes[key]
                 if key in self.open:
@@ -191,5 +201,6 @@ class Analyzer:
                     # Recovered when the signal went clear, not when the detector
                     # was sure of it (``clear`` samples later); never before detection.
                     done.recovered_at = max(done.detected_at, cleared_at.get(key, now))
+                    done.resolution = "gone" if key in gone else "recovered"
                     out.recovered.append(done)
         return out

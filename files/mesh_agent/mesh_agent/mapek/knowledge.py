@@ -16,7 +16,8 @@ timer covers the whole file). Tables:
 Bounded (the oldest incidents and threshold changes beyond ``max_rows`` are
 pruned in batches), crash-safe (every write is one committed transaction;
 ``kill -9`` loses at most the write in flight, tested), and migrated by
-version (schema 2 added the mode and policy an incident ran under).
+version (schema 2 added the mode and policy an incident ran under, and how
+it ended).
 Never in the way: a database that cannot be written counts the error and the
 loop goes on with what it holds in memory.
 """
@@ -74,15 +75,17 @@ SCHEMA: list[list[str]] = [
             reason TEXT NOT NULL
         )""",
     ],
-    [  # version 2: what the loop ran as, so the two policies' incidents can be told apart
+    [  # version 2: what the loop ran as, so the two policies' incidents can be told
+        # apart, and how an incident ended (recovered, or gone with its target)
         "ALTER TABLE incidents ADD COLUMN mode TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE incidents ADD COLUMN policy TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE incidents ADD COLUMN resolution TEXT NOT NULL DEFAULT ''",
     ],
 ]
 
 _INCIDENT_COLUMNS = ("id, boot, class, target, signal, value, threshold, detected_wall, "
                      "detected_mono, decided_mono, recovered_mono, action, action_outcome, "
-                     "mttr_seconds, mode, policy")
+                     "mttr_seconds, mode, policy, resolution")
 
 
 class Knowledge:
@@ -148,8 +151,9 @@ class Knowledge:
                     "WHERE id = ?", (inc.decided_at, inc.action, inc.action_outcome, inc.id))
 
     def recovered(self, inc: Incident) -> None:
-        self._write("UPDATE incidents SET recovered_mono = ?, mttr_seconds = ? WHERE id = ?",
-                    (inc.recovered_at, inc.mttr_s, inc.id))
+        self._write("UPDATE incidents SET recovered_mono = ?, mttr_seconds = ?, resolution = ? "
+                    "WHERE id = ?", (inc.recovered_at, inc.mttr_s, inc.resolution or "recovered",
+                                     inc.id))
 
     def stats_changed(self, cls: str, action: str, s: ActionStats) -> None:
         self._write(
@@ -228,14 +232,14 @@ class Knowledge:
         out = []
         for r in rows[::-1]:
             (iid, boot, cls, target, signal, value, threshold, wall, det, dec, rec, action,
-             outcome, mttr, mode, policy) = r
+             outcome, mttr, mode, policy, resolution) = r
             out.append({
                 "id": iid, "boot": boot, "class": cls, "target": target,
                 "signal": {"name": signal, "value": value, "threshold": threshold},
                 "detected_wall": wall, "detected_mono": det, "decided_mono": dec,
                 "recovered_mono": rec,
                 "action": {"kind": action, "outcome": outcome} if action else None,
-                "state": "recovered" if rec is not None else (
+                "state": (resolution or "recovered") if rec is not None else (
                     "open" if boot == self.boot else "abandoned"),
                 "mttr_seconds": mttr, "mode": mode, "policy": policy,
             })

@@ -117,6 +117,8 @@ class MapeK:
         return self.executor.start(action, now)
 
     def _learn(self, inc: Incident, out: Step) -> None:
+        if inc.resolution == "gone":  # not a recovery: no MTTR, no credit, no tuning
+            return
         mttr = inc.mttr_s or 0.0
         self.mttr.setdefault(str(inc.cls), Histogram(MTTR_BUCKETS)).observe(mttr)
         ran = inc.action if inc.action_outcome == "applied" else str(ActionKind.NONE)
