@@ -98,6 +98,8 @@ class Agent:
         m = self.cfg.mapek
         knowledge.boot = knowledge.boot or self.events.boot
         knowledge.mode, knowledge.policy = m.mode, m.policy
+        if abandoned := knowledge.start_run():
+            log.info("mapek: %d incident(s) left open by the previous run abandoned", abandoned)
         core = MapeK(self.cfg.node_name, m.mode, make_policy(m.policy), self.cfg.hello_interval_s,
                      interval_s=m.interval_s, thresholds=Thresholds(values=knowledge.thresholds()),
                      stats=knowledge.stats(), next_id=knowledge.last_id() + 1)

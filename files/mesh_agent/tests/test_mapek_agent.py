@@ -205,3 +205,4 @@ def test_knowledge_carries_over_a_restart(ca: CA, tmp_path: Path) -> None:
     assert second.mapek is not None
     assert second.mapek.stats == first.mapek.stats
     assert second.mapek.analyzer.next_id == 2
+    assert [i["state"] for i in second.view.incidents()["incidents"]] == ["recovered"]

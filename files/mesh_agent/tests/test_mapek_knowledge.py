@@ -50,14 +50,16 @@ def test_the_chain_is_recorded_and_survives_a_reopen(tmp_path: Path) -> None:
     assert again.stats()[("lossy_link", "quarantine_link")].tries == 2
 
 
-def test_an_open_incident_of_an_earlier_boot_is_abandoned(tmp_path: Path) -> None:
+def test_an_incident_left_open_by_an_earlier_run_is_abandoned(tmp_path: Path) -> None:
     k = Knowledge.in_state_dir(tmp_path, boot="b1")
+    assert k.start_run() == 0
     k.opened(Incident(7, IncidentClass.SLOW_LINK, Target("link", "c"), Signal.RTT, 0.5, 0.1,
                       3.0), 1_800_000_000.0)
     assert [i["state"] for i in k.incidents(open_only=True)] == ["open"]
     k.close()
-    assert [i["state"] for i in Knowledge.in_state_dir(tmp_path, boot="b2").incidents()] == [
-        "abandoned"]
+    again = Knowledge.in_state_dir(tmp_path, boot="b1")  # the same kernel boot, a new run
+    assert again.start_run() == 1 and again.start_run() == 0
+    assert [i["state"] for i in again.incidents()] == ["abandoned"]
 
 
 def test_a_gone_incident_has_no_mttr(tmp_path: Path) -> None:
@@ -105,6 +107,7 @@ def test_version_1_is_migrated_in_place(tmp_path: Path) -> None:
     k = Knowledge(path, boot="b")
     [inc] = k.incidents()
     assert (inc["id"], inc["mode"], inc["policy"], inc["state"]) == (1, "", "", "open")
+    assert k.start_run() == 1
     row = sqlite3.connect(path).execute(
         "SELECT version FROM schema_versions WHERE component = 'knowledge'").fetchone()
     assert row[0] == len(SCHEMA) == 2

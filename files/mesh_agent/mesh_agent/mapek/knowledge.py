@@ -137,6 +137,22 @@ class Knowledge:
                 return None
 
     # -- writing ----------------------------------------------------------
+    def start_run(self) -> int:
+        """A new run of the loop begins: incidents a previous run left open are abandoned
+        (its in-memory state is gone, so nobody will see them recover). Returns how many."""
+        if self._conn is None:
+            return 0
+        with self._lock:
+            try:
+                cur = self._conn.execute(
+                    "UPDATE incidents SET resolution = 'abandoned' "
+                    "WHERE recovered_mono IS NULL AND resolution = ''")
+                return int(cur.rowcount)
+            except sqlite3.Error as exc:
+                self.errors_total += 1
+                self.error = str(exc)
+                return 0
+
     def opened(self, inc: Incident, wall: float) -> None:
         self._write(
             "INSERT OR REPLACE INTO incidents (id, boot, class, target, signal, value, threshold,"
@@ -226,7 +242,7 @@ class Knowledge:
 
     def incidents(self, limit: int = 100, open_only: bool = False) -> list[dict[str, Any]]:
         """The newest ``limit`` incidents, oldest first, as the chain the API serves."""
-        where = " WHERE recovered_mono IS NULL" if open_only else ""
+        where = " WHERE recovered_mono IS NULL AND resolution = ''" if open_only else ""
         rows = self._read(f"SELECT {_INCIDENT_COLUMNS} FROM incidents{where} "
                           "ORDER BY id DESC LIMIT ?", (max(0, limit),))
         out = []
@@ -239,8 +255,7 @@ class Knowledge:
                 "detected_wall": wall, "detected_mono": det, "decided_mono": dec,
                 "recovered_mono": rec,
                 "action": {"kind": action, "outcome": outcome} if action else None,
-                "state": (resolution or "recovered") if rec is not None else (
-                    "open" if boot == self.boot else "abandoned"),
+                "state": resolution or ("recovered" if rec is not None else "open"),
                 "mttr_seconds": mttr, "mode": mode, "policy": policy,
             })
         return out
