@@ -461,3 +461,40 @@ def test_disruptive_choice_without_quorum_is_refused_and_nothing_runs() -> None:
     assert [(d.target, d.action, d.action_outcome) for d in decided] == [
         (me, "isolate_origin", "refused:no_lease")]
     assert ops == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["b", "c"]), st.floats(0.0, 1.0)), min_size=1,
+                max_size=120),
+       st.sampled_from(["fixed", "learned"]), st.integers(0, 1000))
+def test_loop_quarantines_never_flap_and_the_rate_limit_holds(samples, policy, seed) -> None:
+    """Any loss history on two links, either policy: per link, applies and undos
+    alternate (apply first), a quarantine lasts at least one damping half-life, and
+    the actions applied stay within the per-node token bucket."""
+    rate, burst = 1.0 / 30.0, 5
+    loop = MapeK("a", "enforce", make_policy(policy, random.Random(seed)), 0.05,
+                 limit=RateLimit(rate, burst))
+    state: dict[str, tuple[str, float]] = {}
+    applied_at: list[float] = []
+    for i, (link, loss) in enumerate(samples):
+        now = i * 5.0
+        other = "c" if link == "b" else "b"
+        step = loop.step(Observation(now, (LinkSample(link, loss, 0.002),
+                                           LinkSample(other, 0.0, 0.002))))
+        for d in step.decided:
+            if d.action_outcome == "applied":
+                applied_at.append(now)
+        for op in step.ops:
+            if op.action.kind != ActionKind.QUARANTINE_LINK:
+                continue
+            name = op.action.target.name
+            last = state.get(name)
+            if op.op == "apply":
+                assert last is None or last[0] == "undo"
+            else:
+                assert last is not None and last[0] == "apply"
+                assert now - last[1] >= HALF_LIFE_S - 1e-9
+            state[name] = (op.op, now)
+    for i, start in enumerate(applied_at):
+        for j in range(i, len(applied_at)):
+            assert j - i + 1 <= burst + rate * (applied_at[j] - start) + 1e-9
