@@ -1,7 +1,7 @@
 """Monitor: the node's own signals against per-signal thresholds (sans-I/O).
 
-The shell builds an :class:`Observation` from :class:`~mesh_agent.view.AgentView`
-(:func:`mesh_agent.mapek.observe.observation`) on each tick of the loop's timer;
+The shell asks :meth:`mesh_agent.view.AgentView.observation` for an
+:class:`Observation` (plain data) on each tick of the loop's timer;
 :meth:`Monitor.sample` turns it into one :class:`Reading` per signal and target,
 each saying whether it crosses its threshold. Counters (failovers, rejected
 adverts, topology changes, CPU seconds) become rates from the previous
@@ -85,7 +85,12 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class Target:
-    """What an incident is about: a link (to a neighbour), a node (an origin), or this node."""
+    """What an incident is about: a link (to a neighbour), a node (an origin), or this node.
+
+    No signal names a node yet: the advert-storm signal counts rejections over all
+    origins (a per-origin count, bounded against forged names, comes with the
+    rogue-origin isolation).
+    """
 
     kind: str  # link | node | self
     name: str
