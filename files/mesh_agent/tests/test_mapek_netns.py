@@ -87,8 +87,8 @@ def test_a_lossy_link_is_quarantined_then_released_with_an_mttr(pair: AgentMesh)
     assert inc["action"] == {"kind": "quarantine_link", "outcome": "applied"}
     assert wait(lambda: (c := cost_n1_gives_n0(n1.ns)) is not None and c >= QUARANTINE_COST,
                 10, "n1 to give the link the quarantine cost")
-    # Flooded: n0's LSDB holds n1's advert with the raised cost (the graph keeps the
-    # larger of the two directions' costs, or each: either way above the quarantine).
+    # Flooded: n0's LSDB holds n1's advert with the raised cost (an edge's cost in the
+    # graph is the larger of the two directions', so every node's paths see it).
     wait(lambda: (c := edge_cost(n0.ns)) is not None and c >= QUARANTINE_COST, 10,
          "n1's raised cost in n0's graph")
     events = get(n1.ns, "/v1/events?kind=remediation")["events"]
