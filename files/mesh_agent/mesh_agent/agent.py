@@ -32,6 +32,7 @@ from mesh_agent.link.sensor import Event, NeighborUp, Solicit
 from mesh_agent.link.sockets import Datagram
 from mesh_agent.link.timer import LinkTimer
 from mesh_agent.mapek import Knowledge, MapeK, Op, Thresholds, make_policy
+from mesh_agent.mapek.loop import START_SETTLE_S
 from mesh_agent.mapek.plan import ActionKind
 from mesh_agent.metrics import Metrics
 from mesh_agent.routes.netlink import Netlink
@@ -102,7 +103,8 @@ class Agent:
             log.info("mapek: %d incident(s) left open by the previous run abandoned", abandoned)
         core = MapeK(self.cfg.node_name, m.mode, make_policy(m.policy), self.cfg.hello_interval_s,
                      interval_s=m.interval_s, thresholds=Thresholds(values=knowledge.thresholds()),
-                     stats=knowledge.stats(), next_id=knowledge.last_id() + 1)
+                     stats=knowledge.stats(), next_id=knowledge.last_id() + 1,
+                     settle_s=START_SETTLE_S)
         self.view.mapek, self.view.knowledge = core, knowledge
         return core
 

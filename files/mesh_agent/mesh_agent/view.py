@@ -238,6 +238,7 @@ class AgentView:
             rejected_total=sum(n for r, n in rejected.items() if r not in NOT_A_STORM),
             changes_total=self.topology.changes_total,
             cpu_seconds=cpu_seconds,
+            ready=self.ready(),
         )
 
     def incidents(self, limit: int = 100, open_only: bool = False) -> dict[str, Any]:
@@ -247,6 +248,7 @@ class AgentView:
         return {
             "node": self.node_name,
             "enabled": m is not None,
+            "armed": m is not None and m.armed,
             "mode": cfg.mode,
             "policy": cfg.policy,
             "thresholds": m.thresholds.as_dict() if m is not None else {},

@@ -498,3 +498,21 @@ def test_loop_quarantines_never_flap_and_the_rate_limit_holds(samples, policy, s
     for i, start in enumerate(applied_at):
         for j in range(i, len(applied_at)):
             assert j - i + 1 <= burst + rate * (applied_at[j] - start) + 1e-9
+
+
+def test_the_loop_arms_once_the_node_has_been_ready_long_enough() -> None:
+    loop = MapeK("a", "enforce", FixedPolicy(), 0.05, settle_s=15.0)
+    lossy = (LinkSample("b", 0.9, 0.002),)
+
+    def step(t: float, ready: bool) -> list:
+        return loop.step(Observation(t, lossy, ready=ready)).opened
+
+    assert [step(t, False) for t in (0.0, 5.0, 10.0, 15.0, 20.0)] == [[]] * 5
+    assert [step(t, True) for t in (25.0, 30.0, 35.0)] == [[]] * 3  # ready 10 s: settling
+    assert step(40.0, False) == [] and not loop.armed  # readiness lost: start again
+    assert [step(t, True) for t in (45.0, 50.0, 55.0)] == [[]] * 3
+    assert step(60.0, True) == [] and loop.armed  # armed; the detector needs 2 crossings
+    assert [i.cls for i in step(65.0, True)] == [IncidentClass.LOSSY_LINK]
+    # Armed for good: a node that loses readiness later is what the loop is for.
+    loop.step(Observation(70.0, (LinkSample("b", 0.0, 0.002),), ready=False))
+    assert loop.armed

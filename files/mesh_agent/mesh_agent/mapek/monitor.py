@@ -120,6 +120,7 @@ class Observation:
     rejected_total: int = 0
     changes_total: int = 0
     cpu_seconds: float = 0.0
+    ready: bool = True  # the node's readiness (AgentView.readiness, the one place)
 
 
 @dataclass(frozen=True)
