@@ -85,8 +85,8 @@ class MapeK:
         self.executor = Executor(hello_interval_s)
         self.stats: dict[tuple[str, str], ActionStats] = {
             k: ActionStats(v.tries, v.successes, v.mttr_sum) for k, v in (stats or {}).items()}
-        # Shorter than the threshold detector's shortest real incident (confirm +
-        # clear samples) plus one sample.
+        # An incident that cleared by itself within this many seconds of being raised
+        # was a blip: its threshold was too low.
         self.false_alarm_s = false_alarm_s if false_alarm_s is not None else 6 * interval_s
         self.actions_total: dict[tuple[str, str], int] = {}
         self.mttr: dict[str, Histogram] = {}
