@@ -18,7 +18,6 @@ SEED_PANELS = (
     "k-disjoint path availability", "Self-healing events", "Topology changes", "Availability",
 )
 WAITING_PANELS = {
-    "MTTR p50/p95/p99": "chaos",
     "Slot-sync success": "slots",
     "eBPF overhead": "ebpf",
 }
@@ -27,6 +26,8 @@ WAITING_PANELS = {
 NAN_WHEN_NO_EVENTS = {
     "Failover duration p50/p95/p99":
         'sum(increase(meshcore_failovers_total{job="mesh_agent"}[1h]))',
+    "MTTR p50/p95/p99":
+        'sum(increase(meshcore_mttr_seconds_count{job="mesh_agent"}[1h]))',
 }
 
 

@@ -63,7 +63,8 @@ def test_role_choices_are_the_agents() -> None:
     agent = {key: chk for key, _default, chk in schema()}
     pairs = {"mesh_agent_mode": "mode", "mesh_agent_disjoint": "disjoint",
              "mesh_agent_log_level": "log_level", "mesh_agent_link_backend": "link.backend",
-             "mesh_agent_clock_trust": "clock_trust"}
+             "mesh_agent_clock_trust": "clock_trust", "mesh_agent_mapek_mode": "mapek.mode",
+             "mesh_agent_mapek_policy": "mapek.policy"}
     for var, key in pairs.items():
         chk = agent[key]
         assert isinstance(chk, OneOf), key

@@ -175,13 +175,18 @@ def wire(state: dict[str, Any], ns_of: Callable[[str], str]) -> int:
     return created
 
 
-def silent_cut(ns: str, ifname: str, on: bool) -> None:
-    """Drop every frame arriving on ``ifname`` (carrier stays up: a fading radio)."""
+def silent_cut(ns: str, ifname: str, on: bool, loss_pct: int | None = None) -> None:
+    """Drop every frame arriving on ``ifname`` (carrier stays up: a fading radio), or,
+    with ``loss_pct``, that share of them at random (nft ``numgen``, as the chaos
+    suite's ``lossy`` fault does: a marginal radio)."""
     table = f"meshcore_cut_{ifname}"
     if on:
+        if loss_pct is not None and not 1 <= loss_pct <= 99:
+            raise ValueError(f"loss_pct must be 1..99, got {loss_pct}")
+        rule = "drop" if loss_pct is None else f"numgen random mod 100 < {loss_pct} drop"
         rules = (f"table netdev {table} {{\n  chain in {{\n"
                  f"    type filter hook ingress device \"{ifname}\" priority -10;\n"
-                 "    drop\n  }\n}\n")
+                 f"    {rule}\n  }}\n}}\n")
         run(*exec_argv(ns, "nft", "-f", "-"), input=rules)
     else:
         run(*exec_argv(ns, "nft", "delete", "table", "netdev", table), check=False)

@@ -30,6 +30,7 @@ async def _run(cfg: AgentConfig) -> int:
     from mesh_agent.identity import Identity
     from mesh_agent.identity.clock import ClockTrust
     from mesh_agent.identity.watch import IdentityWatcher, select_source
+    from mesh_agent.mapek.knowledge import Knowledge
     from mesh_agent.store.events import EventLog
     from mesh_agent.store.seq import FileSeqStore
 
@@ -51,8 +52,10 @@ async def _run(cfg: AgentConfig) -> int:
     )
     # What the agent keeps across restarts lives in state_dir (the unit's StateDirectory).
     events = EventLog.in_state_dir(cfg.state_dir)
+    knowledge = (Knowledge.in_state_dir(cfg.state_dir, boot=events.boot)
+                 if cfg.mapek.enabled else None)
     agent = Agent(cfg, identity, seq_store=FileSeqStore(cfg.state_dir), clock_trust=trust,
-                  events=events)
+                  events=events, knowledge=knowledge)
     agent.follow(IdentityWatcher(source, identity))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

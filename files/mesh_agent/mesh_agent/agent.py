@@ -5,7 +5,8 @@ inputs and outputs. The cores: link sensing (:mod:`.link.sensor`,
 :mod:`.link.batman`), hello stretching (:mod:`.link.stretch`), flooding,
 database exchange and back-link detection (:mod:`.topology.core`), when to
 fail over (:mod:`.routes.failover`), when to compute (:mod:`.paths.schedule`),
-readiness (:mod:`.view`). The I/O around them: the mesh sockets
+readiness (:mod:`.view`), self-healing (:mod:`.mapek`, when ``mapek.enabled``).
+The I/O around them: the mesh sockets
 (:mod:`.link.sockets`), link changes from rtnetlink (:mod:`.link.carrier`),
 the link backends' pollers (:mod:`.link.backend`), route programming
 (:mod:`.routing`), the event log (:mod:`.store.events`), the API (:mod:`.api`).
@@ -31,6 +32,9 @@ from mesh_agent.link.carrier import interfaces, link_changes
 from mesh_agent.link.sensor import Event, NeighborUp, Solicit
 from mesh_agent.link.sockets import Datagram
 from mesh_agent.link.timer import LinkTimer
+from mesh_agent.mapek import Knowledge, MapeK, Op, Thresholds, make_policy
+from mesh_agent.mapek.loop import START_SETTLE_S
+from mesh_agent.mapek.plan import ActionKind
 from mesh_agent.metrics import Metrics
 from mesh_agent.routes.netlink import Netlink
 from mesh_agent.routes.programmer import RouteProgrammer
@@ -59,8 +63,11 @@ class Agent:
         seq_store: SeqStore | None = None,
         clock_trust: ClockTrust | None = None,
         events: EventLog | None = None,
+        knowledge: Knowledge | None = None,
+        cpu: Callable[[], float] = time.process_time,
     ) -> None:
         self.cfg, self.identity, self.clock, self.wall = cfg, identity, clock, wall
+        self.cpu = cpu  # the process's CPU seconds (the loop's CPU signal)
         self.view, self.link = AgentView.build(cfg, identity, clock, wall, seq_store,
                                                clock_trust, events)
         self.sensor, self.topology = self.view.sensor, self.view.topology
@@ -69,6 +76,9 @@ class Agent:
         self.routing = Routing(self.view, self.events, cfg.hello_interval_s)
         self.timer = LinkTimer(self.sensor, self.sockets, self.view.stretch, cfg.hello_interval_s,
                                clock, self._on_link_events, self._solicited)
+        self.mapek: MapeK | None = None
+        if cfg.mapek.enabled:
+            self.mapek = self._build_mapek(knowledge or Knowledge(None))
         self.metrics = metrics or Metrics()
         self.metrics.bind(self.view)
         self._stop = asyncio.Event()
@@ -80,6 +90,20 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _build_mapek(self, knowledge: Knowledge) -> MapeK:
+        """The loop's core, starting from what Knowledge kept (stats, thresholds, last id)."""
+        m = self.cfg.mapek
+        knowledge.boot = knowledge.boot or self.events.boot
+        knowledge.mode, knowledge.policy = m.mode, m.policy
+        if abandoned := knowledge.start_run():
+            log.info("mapek: %d incident(s) left open by the previous run abandoned", abandoned)
+        core = MapeK(self.cfg.node_name, m.mode, make_policy(m.policy), self.cfg.hello_interval_s,
+                     interval_s=m.interval_s, thresholds=Thresholds(values=knowledge.thresholds()),
+                     stats=knowledge.stats(), next_id=knowledge.last_id() + 1,
+                     settle_s=START_SETTLE_S)
+        self.view.mapek, self.view.knowledge = core, knowledge
+        return core
 
     def follow(self, watcher: IdentityWatcher) -> None:
         """Run ``watcher`` with the agent; on each rotation flood an advert under the new key
@@ -114,6 +138,8 @@ class Agent:
                    for i, poll in enumerate(self.link.pollers)}}
         if self._watcher is not None:
             jobs["identity"] = self._watcher.run()
+        if self.mapek is not None:
+            jobs["mapek"] = self._mapek_loop()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(job, name=name) for name, job in jobs.items()]
         for task in self._tasks:
@@ -165,6 +191,8 @@ class Agent:
             self.view.routes.nl.close()
         self.events.record_stop("error" if self.exit_code else "signal", code=self.exit_code)
         self.events.close()
+        if self.view.knowledge is not None:
+            self.view.knowledge.close()
         log.info("mesh-agent stopped")
 
     # -- interfaces -------------------------------------------------------
@@ -247,8 +275,7 @@ class Agent:
         self.routing.changed()  # next hops may move without any change in the graph
 
     def _originate(self, flood: bool) -> None:
-        links = {name: nb.cost() for name, nb in self.sensor.best_links().items()}
-        sends, changed = self.topology.originate(links, self.clock(),
+        sends, changed = self.topology.originate(self.sensor.advert_costs(), self.clock(),
                                                  self._hops() if flood else ())
         self._send(sends)
         if changed:
@@ -273,6 +300,40 @@ class Agent:
         if task := self.api.poll(now, self.view.ready(), self.topology.changes_total):
             task.add_done_callback(self._task_done)
             self._tasks.append(task)
+
+    async def _mapek_loop(self) -> None:
+        interval = self.cfg.mapek.interval_s
+        await asyncio.sleep(interval)
+        await every(self.clock, interval, self._mapek_tick)
+
+    def _mapek_tick(self) -> None:
+        """One MAPE-K step: observe the view, record what changed, carry out the ops."""
+        assert self.mapek is not None and self.view.knowledge is not None
+        step = self.mapek.step(self.view.observation(self.cpu()))
+        self.view.knowledge.record(step, self.wall())
+        for op in step.ops:
+            self._carry(op)
+
+    def _carry(self, op: Op) -> None:
+        """An executor op onto the cores' inputs (the only place the loop acts)."""
+        a, apply = op.action, op.op == "apply"
+        if a.kind == ActionKind.QUARANTINE_LINK:
+            if self.sensor.set_penalty(a.target.name, a.params["extra_cost"] if apply else 0.0):
+                self._originate(flood=True)
+        elif a.kind == ActionKind.LENGTHEN_HELLO:
+            self.view.stretch.set_floor(a.params["floor_s"] if apply else 0.0)
+        elif a.kind == ActionKind.RESYNC_LSDB:
+            if apply:
+                hops = [(nb.ifname, nb.link_address) for nb in self.sensor.up_neighbors()
+                        if nb.name == a.target.name]
+                self._send(self.topology.neighbor_up(hops, self.clock()))
+        else:  # a descriptor the shell has no executor for (disruptive: needs a lease)
+            log.warning("mapek: no executor for %s; not carried out", a.kind)
+            return
+        log.info("mapek: %s %s on %s%s", op.op, a.kind, a.target,
+                 f" ({op.reason})" if op.reason else "")
+        self.events.append(EventKind.REMEDIATION, str(a.target), f"{op.op}:{a.kind}",
+                           {**a.as_dict(), "reason": op.reason})
 
     async def _checkpoints(self) -> None:
         while True:

@@ -1,7 +1,7 @@
 """The agent's one configuration model, loaded once from YAML.
 
-:class:`AgentConfig` (with its sections :class:`IdentityConfig` and
-:class:`LinkConfig`) is the single owner of every key: its name, its default
+:class:`AgentConfig` (with its sections :class:`IdentityConfig`, :class:`LinkConfig`
+and :class:`MapekConfig`) is the single owner of every key: its name, its default
 and its allowed values or range live in one field declaration,
 ``field(default=..., metadata=check(<check>))``. :func:`parse_config` walks those fields, so there
 is no second list of keys, defaults or ranges to keep in step; the role's
@@ -204,6 +204,22 @@ class LinkConfig:
 
 
 @dataclass(frozen=True)
+class MapekConfig:
+    """The self-healing loop (:mod:`mesh_agent.mapek`, docs/mapek.md).
+
+    ``enabled``: run it at all. ``mode``: ``observe`` records what it would do,
+    ``enforce`` also does it (local actions only, until a lease provider
+    exists). ``policy``: ``fixed`` (the rule table) or ``learned`` (Thompson
+    sampling over Knowledge). ``interval_s``: how often it samples.
+    """
+
+    enabled: bool = field(default=False, metadata=check(Boolean()))
+    mode: str = field(default="observe", metadata=check(OneOf(("observe", "enforce"))))
+    policy: str = field(default="fixed", metadata=check(OneOf(("fixed", "learned"))))
+    interval_s: float = field(default=5.0, metadata=check(Number(0.5, 600.0)))
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     node_name: str = field(metadata=check(Text(_NAME_RE)))
     node_address: ipaddress.IPv4Address = field(metadata=check(_node_address))
@@ -238,6 +254,7 @@ class AgentConfig:
     # When certificate validity windows are checked (mesh_agent.identity.clock).
     clock_trust: str = field(default="synchronized", metadata=check(OneOf(CLOCK_POLICIES)))
     clock_sync_file: Path = field(default=TIMESYNCD_FLAG, metadata=check(FilePath()))
+    mapek: MapekConfig = field(default_factory=MapekConfig)
 
     def __post_init__(self) -> None:
         if self.advert_max_age_s <= self.advert_interval_s:

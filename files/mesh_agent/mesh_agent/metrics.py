@@ -26,6 +26,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from mesh_agent.counters import Histogram
+from mesh_agent.mapek.analyze import IncidentClass
+from mesh_agent.mapek.loop import ACTION_OUTCOMES, MTTR_BUCKETS
+from mesh_agent.mapek.monitor import DEFAULT_BOUNDS
+from mesh_agent.mapek.plan import ActionKind
 from mesh_agent.routes.failover import FAILOVER_BUCKETS
 from mesh_agent.store.events import EventKind
 from mesh_agent.topology.lsdb import REJECT_REASONS
@@ -85,6 +89,7 @@ class AgentCollector(Collector):
         yield from self._routes(v)
         yield from self._identity(v)
         yield from self._shell(v)
+        yield from self._mapek(v)
 
     def _link(self, v: AgentView | None) -> Iterator[Metric]:
         s = v.sensor if v is not None else None
@@ -235,6 +240,42 @@ class AgentCollector(Collector):
         yield _counter("meshcore_event_log_errors_total",
                        "Event log writes or checkpoints that failed (disk full, read-only)",
                        log.errors_total if log else 0)
+
+
+    def _mapek(self, v: AgentView | None) -> Iterator[Metric]:
+        """The self-healing loop; every family is there (at zero) when the loop is off."""
+        m = v.mapek if v is not None else None
+        classes = [str(c) for c in IncidentClass]
+        yield _by(CounterMetricFamily("meshcore_incidents_total",
+                                      "Incidents the self-healing loop opened, by class",
+                                      labels=["class"]),
+                  m.analyzer.opened_total if m else {}, classes)
+        mttr = HistogramMetricFamily("meshcore_mttr_seconds",
+                                     "Incident detection to recovery, by class",
+                                     labels=["class"])
+        hists = m.mttr if m else {}
+        for cls in classes:
+            h = hists.get(cls) or Histogram(MTTR_BUCKETS)
+            mttr.add_metric([cls], h.cumulative(), h.sum)
+        yield mttr
+        actions = CounterMetricFamily(
+            "meshcore_remediation_actions_total",
+            "Actions the loop chose, by what became of them (applied, observed, noop, refused)",
+            labels=["action", "outcome"])
+        done = m.actions_total if m else {}
+        for kind in ActionKind:
+            for outcome in ACTION_OUTCOMES:
+                actions.add_metric([str(kind), outcome], done.get((str(kind), outcome), 0))
+        yield actions
+        thresholds = GaugeMetricFamily("meshcore_mapek_threshold",
+                                       "The Monitor's current threshold per signal (base units)",
+                                       labels=["signal"])
+        values = m.thresholds.as_dict() if m else {}
+        for signal in DEFAULT_BOUNDS:
+            thresholds.add_metric([str(signal)], values.get(str(signal), 0.0))
+        yield thresholds
+        yield _gauge("meshcore_mapek_active_actions", "Remediation actions in force now",
+                     len(m.executor.active) if m else 0)
 
 
 class Metrics:

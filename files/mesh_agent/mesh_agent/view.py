@@ -28,6 +28,9 @@ from mesh_agent.link.backend import LinkBackend, make_backend
 from mesh_agent.link.sensor import LinkSensor, Neighbor
 from mesh_agent.link.sockets import MeshSockets
 from mesh_agent.link.stretch import HelloStretch
+from mesh_agent.mapek.knowledge import Knowledge
+from mesh_agent.mapek.loop import MapeK
+from mesh_agent.mapek.monitor import LinkSample, Observation
 from mesh_agent.paths import PathTable
 from mesh_agent.paths.schedule import ComputeSchedule
 from mesh_agent.routes.failover import FailoverPolicy
@@ -36,6 +39,9 @@ from mesh_agent.store.events import EventLog
 from mesh_agent.topology.core import TopologyCore
 from mesh_agent.topology.lsdb import LinkStateDB, SeqStore
 
+# Rejections that count as the advert-storm signal: "stale" is ordinary
+# flooding (an older copy arriving after the newer one).
+NOT_A_STORM = frozenset({"stale"})
 # PathTable.update durations (meshcore_path_computation_seconds).
 COMPUTE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
@@ -58,6 +64,8 @@ class AgentView:
     watcher: IdentityWatcher | None = None  # set once the agent follows rotations
     api_refused: Counter[str] = field(default_factory=lambda: Counter({"limit": 0, "idle": 0}))
     path_seconds: Histogram = field(default_factory=lambda: Histogram(COMPUTE_BUCKETS))
+    mapek: MapeK | None = None  # the self-healing loop, when mapek.enabled
+    knowledge: Knowledge | None = None
 
     @classmethod
     def build(
@@ -139,6 +147,7 @@ class AgentView:
                 "rtt_seconds": nb.rtt_s,
                 "age_seconds": round(nb.age(now), 3),
                 "cost": nb.cost(),
+                "penalty": self.sensor.penalties.get(nb.name, 0.0),
                 "last_seq": nb.last_seq,
                 "echo_mode": self.echo_mode(nb),
             }
@@ -225,6 +234,38 @@ class AgentView:
             "link_backend": self.cfg.link.backend,
             "echo": self.cfg.link.echo,
             "address": str(self.cfg.node_address),
+        }
+
+    # -- the self-healing loop --------------------------------------------
+    def observation(self, cpu_seconds: float) -> Observation:
+        """What the loop's Monitor reads (:mod:`mesh_agent.mapek.monitor`), now."""
+        rejected = self.topology.lsdb.rejected
+        return Observation(
+            at=self.clock(),
+            links=tuple(LinkSample(nb.name, nb.loss(), nb.rtt_s)
+                        for nb in self.sensor.up_neighbors()),
+            lateness_s=self.stretch.lag_s,
+            failovers_total=self.failover.failovers_total,
+            rejected_total=sum(n for r, n in rejected.items() if r not in NOT_A_STORM),
+            changes_total=self.topology.changes_total,
+            cpu_seconds=cpu_seconds,
+            ready=self.ready(),
+        )
+
+    def incidents(self, limit: int = 100, open_only: bool = False) -> dict[str, Any]:
+        """The chain signal -> incident -> action -> outcome (``/v1/incidents``)."""
+        m, k = self.mapek, self.knowledge
+        cfg = self.cfg.mapek
+        return {
+            "node": self.node_name,
+            "enabled": m is not None,
+            "armed": m is not None and m.armed,
+            "mode": cfg.mode,
+            "policy": cfg.policy,
+            "thresholds": m.thresholds.as_dict() if m is not None else {},
+            "active_actions": m.active_actions() if m is not None else [],
+            "knowledge": "unavailable" if k is None or not k.available else "ok",
+            "incidents": k.incidents(limit, open_only) if k is not None else [],
         }
 
     def identity_view(self) -> dict[str, Any]:

@@ -116,8 +116,11 @@ def test_metric_naming_conventions(ca: CA) -> None:
         if metric.type == "counter":
             # prometheus-client strips _total from the family name; samples carry it.
             assert all(s.name.endswith(("_total", "_created")) for s in metric.samples)
+        # Closed sets only: never a node or node-pair label (the self-healing loop's
+        # class, action, outcome and signal are enums of mesh_agent.mapek).
         for sample in metric.samples:
-            assert set(sample.labels) <= {"reason", "interface", "kind", "le", "socket"}, sample
+            assert set(sample.labels) <= {"reason", "interface", "kind", "le", "socket", "class",
+                                          "action", "outcome", "signal"}, sample
 
 
 def test_certificate_expiry_is_exported(ca: CA) -> None:

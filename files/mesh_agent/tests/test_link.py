@@ -102,6 +102,21 @@ def test_loss_over_window() -> None:
     assert nb.state == "up"
 
 
+def test_a_penalty_raises_the_advertised_cost_until_removed() -> None:
+    """The self-healing loop's input (quarantine): an extra cost per neighbour node."""
+    a, b = pair()
+    exchange(a, b, 0.0)
+    exchange(a, b, IV)
+    assert a.advert_costs() == {"b": 1.0}
+    assert a.set_penalty("b", 100.0)  # changed: the shell re-originates
+    assert a.advert_costs() == {"b": 101.0}
+    assert not a.set_penalty("b", 100.0)  # the same again: nothing to flood
+    assert a.neighbors()[0].cost() == 1.0  # the measured cost is untouched
+    assert not a.set_penalty("c", 50.0)  # not a neighbour (yet): kept, nothing to flood
+    assert a.set_penalty("b", 0.0) and a.advert_costs() == {"b": 1.0}
+    assert a.penalties == {"c": 50.0}
+
+
 def test_dead_after_multiplier_misses() -> None:
     a, b = pair()
     exchange(a, b, 0.0)

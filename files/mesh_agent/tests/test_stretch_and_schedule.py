@@ -37,6 +37,19 @@ def test_stretch_stays_between_the_interval_and_its_cap(steps: list[tuple[float,
         assert 0.05 <= announced <= HELLO_STRETCH_MAX * 0.05 + 1e-12
 
 
+def test_a_floor_holds_the_announced_interval_until_lifted() -> None:
+    """The self-healing loop's input (lengthen_hello): a lower bound, capped like a stretch."""
+    s = HelloStretch(0.05, 3, started_at=0.0)
+    s.set_floor(0.1)
+    assert s.timer_fired(0.0, 10.0).announced_s == 0.1
+    assert s.timer_fired(0.3, 10.0).announced_s == 0.5  # a real stretch still goes above
+    s.set_floor(60.0)
+    assert s.floor_s == HELLO_STRETCH_MAX * 0.05
+    s.set_floor(0.0)
+    assert s.timer_fired(0.0, 200.0).announced_s == pytest.approx(0.05, abs=1e-3)
+    assert s.lag_s == pytest.approx(0.0, abs=1e-3)
+
+
 def test_spf_backoff_is_immediate_when_quiet_and_doubles_in_a_storm() -> None:
     sched = ComputeSchedule()
     now = 100.0

@@ -58,13 +58,6 @@ class PanelSpec:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def quantiles(metric: str, window: str) -> list[tuple[str, str]]:
-    return [
-        (f"histogram_quantile({q}, sum by (le) (rate({metric}[{window}])))", f"p{int(q * 100)}")
-        for q in (0.5, 0.95, 0.99)
-    ]
-
-
 PANELS: list[PanelSpec] = [
     PanelSpec(
         "Availability",
@@ -81,12 +74,16 @@ PANELS: list[PanelSpec] = [
     ),
     PanelSpec(
         "MTTR p50/p95/p99",
-        WAITING_PREFIX + "chaos. Mean time to repair per incident, from the incident records "
-        "(detect, decide, recover) that the chaos/MAPE-K work brings; the agent does not export "
-        "meshcore_incident_mttr_seconds yet. Local repair time is in 'Failover duration'.",
-        quantiles("meshcore_incident_mttr_seconds_bucket{" + AGENT + "}", "1h"),
+        "Time to repair of the self-healing loop's incidents, from detection to recovery "
+        "(meshcore_mttr_seconds, every class, recording rule over 1 h; docs/mapek.md). Empty "
+        "(NaN) while no incident recovered in the hour, and on a fleet with mapek off. Local "
+        "repair time is in 'Failover duration'.",
+        [
+            ('meshcore:mttr_seconds:quantile_rate1h{quantile="0.5"}', "p50"),
+            ('meshcore:mttr_seconds:quantile_rate1h{quantile="0.95"}', "p95"),
+            ('meshcore:mttr_seconds:quantile_rate1h{quantile="0.99"}', "p99"),
+        ],
         unit="s",
-        waiting_for="chaos",
     ),
     PanelSpec(
         "Failover duration p50/p95/p99",

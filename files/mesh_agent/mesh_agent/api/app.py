@@ -38,6 +38,7 @@ class StateReader(Protocol):
     def last_failover(self) -> dict[str, Any] | None: ...
     def agent_view(self) -> dict[str, Any]: ...
     def identity_view(self) -> dict[str, Any]: ...
+    def incidents(self, limit: int = ..., open_only: bool = ...) -> dict[str, Any]: ...
 
 
 def create_app(state: StateReader, registry: CollectorRegistry, events: EventReader) -> FastAPI:
@@ -122,6 +123,17 @@ def create_app(state: StateReader, registry: CollectorRegistry, events: EventRea
         summary = protection_summary(graph)
         links = await asyncio.to_thread(augmentation_plan, graph, "cost", max_links)
         return {"node": node, "summary": summary, "links": links}
+
+    @app.get("/v1/incidents")
+    def incidents(
+        limit: int = Query(100, ge=1, le=1000, description="The newest N incidents"),
+        open_only: bool = Query(False, alias="open", description="Only those not recovered"),
+    ) -> dict[str, Any]:
+        """The self-healing loop's incidents, each as its chain: the signal and threshold
+        that raised it, its class and target, the action chosen and its outcome, and the
+        MTTR once recovered; with the loop's thresholds and active actions (docs/mapek.md).
+        A plain function: FastAPI runs it on its thread pool (it reads SQLite)."""
+        return state.incidents(limit, open_only)
 
     app.include_router(events_router(node, events))
     return app

@@ -1,4 +1,5 @@
-"""meshctl: ask a mesh node's agent what it sees (neighbours, routes, identity, events).
+"""meshctl: ask a mesh node's agent what it sees (neighbours, routes, identity, events,
+incidents).
 
 Exit codes: 0 the answer is good; 1 the answer is bad (not ready, no path, an
 expected neighbour missing, an unhealthy node in the fleet); 2 usage; 3 the
@@ -53,6 +54,7 @@ examples:
   meshctl routes n7                  primary and backup path to n7, loop-free, protection
   meshctl events --since 1h          what happened in the last hour (link down, failover, ...)
   meshctl events --follow            new events as they happen (Ctrl-C stops)
+  meshctl incidents --open           what the self-healing loop is handling now
   meshctl --node 10.20.0.11 identity      a node's certificate, over its management address
   meshctl --node rpi-01 --ssh routes      through ssh, for an API bound to loopback only
   meshctl --json routes | jq .            every command has a --json form for scripts
@@ -277,6 +279,31 @@ def events_of(c: HttpClient, args: argparse.Namespace) -> Iterator[dict[str, Any
         after = page["next"]
 
 
+def fetch_incidents(c: HttpClient, args: argparse.Namespace) -> tuple[Any, int]:
+    params: list[tuple[str, Any]] = [("limit", args.limit)]
+    if args.open:
+        params.append(("open", "true"))
+    return c.get("/v1/incidents", params)[1], OK
+
+
+def render_incidents(data: dict[str, Any]) -> str:
+    """One row per incident: signal -> incident -> action -> outcome, and the MTTR."""
+    if not data["enabled"]:
+        return f"{data['node']}: the self-healing loop is off (mapek.enabled: false)"
+    head = (f"{data['node']}: mapek {data['mode']}, policy {data['policy']}, "
+            f"{len(data['active_actions'])} action(s) in force, knowledge {data['knowledge']}")
+    rows = []
+    for i in data["incidents"]:
+        sig, act = i["signal"], i["action"] or {}
+        rows.append([i["id"], timestamp(i["detected_wall"]), i["class"], i["target"],
+                     f"{sig['name']} {sig['value']:.3g} > {sig['threshold']:.3g}",
+                     act.get("kind"), act.get("outcome"), i["state"],
+                     duration(i["mttr_seconds"]) if i["mttr_seconds"] is not None else None])
+    body = table(["ID", "DETECTED (UTC)", "CLASS", "TARGET", "SIGNAL", "ACTION", "OUTCOME",
+                  "STATE", "MTTR"], rows) if rows else "no incidents"
+    return f"{head}\n{body}"
+
+
 # -- output ------------------------------------------------------------------------------
 COMMANDS: dict[str, tuple[Fetch, Callable[[Any], str]]] = {
     "neighbours": (fetch_neighbours, render_neighbours),
@@ -285,6 +312,7 @@ COMMANDS: dict[str, tuple[Fetch, Callable[[Any], str]]] = {
     "plan": (fetch_plan, render_plan),
     "identity": (fetch_identity, render_identity),
     "status": (fetch_status, render_status),
+    "incidents": (fetch_incidents, render_incidents),
 }
 
 
@@ -445,6 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--kind", action="append", help="only this kind (repeatable)")
     e.add_argument("--subject", help="only events about this neighbour or origin")
     e.add_argument("--limit", type=int, default=50, help="without --since: the newest N")
+    inc = sub.add_parser("incidents", help="the self-healing loop's incidents: signal, action, "
+                                           "outcome, MTTR")
+    inc.add_argument("--open", action="store_true", help="only incidents not recovered yet")
+    inc.add_argument("--limit", type=int, default=50, help="the newest N (default %(default)s)")
     sub.add_parser("status", help="one screen of health, like systemctl status")
     f = sub.add_parser(
         "fleet", help="one row of health per node of an Ansible inventory",

@@ -261,6 +261,9 @@ class LinkSensor:
         self._solicit_tokens: dict[str, tuple[float, float]] = {}
         self._solicits: list[Solicit] = []
         self._next_hops: dict[str, tuple[str, str]] = {}
+        # Extra cost per neighbour node on top of the loss-derived one: the
+        # self-healing loop's quarantine input (mesh_agent.mapek, set_penalty).
+        self.penalties: dict[str, float] = {}
         self._hello_at: dict[str, float] = {}  # when we last built a hello, per interface
         self._announced_ms: dict[str, int] = {}  # the interval it announced, per interface
 
@@ -659,6 +662,23 @@ class LinkSensor:
             if cur is None or (nb.cost(), nb.ifname) < (cur.cost(), cur.ifname):
                 best[nb.name] = nb
         return best
+
+    def set_penalty(self, name: str, extra: float) -> bool:
+        """Add ``extra`` to the advertised cost of the link to ``name`` (0 removes it).
+
+        Returns whether the advertised costs changed (then the shell re-originates).
+        """
+        old = self.penalties.get(name, 0.0)
+        if extra > 0:
+            self.penalties[name] = extra
+        else:
+            self.penalties.pop(name, None)
+        return old != max(0.0, extra) and name in self.best_links()
+
+    def advert_costs(self) -> dict[str, float]:
+        """Per up neighbour node, the cost our advert gives its link (best interface + penalty)."""
+        return {name: nb.cost() + self.penalties.get(name, 0.0)
+                for name, nb in self.best_links().items()}
 
     # -- where the shell sends ---------------------------------------------
     def hello_interfaces(self) -> list[str]:

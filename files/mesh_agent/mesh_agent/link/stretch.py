@@ -20,7 +20,9 @@ is quiet (a starved host keeps being late and keeps the stretch up; with a
 detection of the next cut, 6 s later, to 0.8 s).
 
 Sans-I/O: :meth:`HelloStretch.timer_fired` takes how late the timer fired and
-the time, and returns the interval to announce.
+the time, and returns the interval to announce. :meth:`HelloStretch.set_floor`
+is the self-healing loop's input (:mod:`mesh_agent.mapek`, ``lengthen_hello``):
+a lower bound on the announced interval, held until it is set back to 0.
 """
 
 from __future__ import annotations
@@ -46,6 +48,19 @@ class HelloStretch:
         self.announced_s = interval_s
         self._lag = 0.0
         self._lag_at = started_at
+        self.floor_s = 0.0
+
+    @property
+    def lag_s(self) -> float:
+        """The recent worst harmful lag (as of the last tick; 0 when none was harmful)."""
+        return self._lag
+
+    def set_floor(self, seconds: float) -> None:
+        """Announce at least ``seconds`` (capped at the stretch maximum); 0 removes the floor.
+
+        Takes effect at the next tick (the hello timer's ``timer_fired``).
+        """
+        self.floor_s = min(max(0.0, seconds), HELLO_STRETCH_MAX * self.interval_s)
 
     def timer_fired(self, late: float, now: float) -> Stretch:
         """The hello timer fired ``late`` seconds after it was due, at ``now``."""
@@ -54,7 +69,7 @@ class HelloStretch:
         decayed = self._lag * 0.5 ** ((now - self._lag_at) / LAG_HALF_LIFE_S)
         self._lag, self._lag_at = max(late, decayed), now
         base = self.interval_s
-        announced = min(HELLO_STRETCH_MAX * base, base + 2 * self._lag)
+        announced = max(self.floor_s, min(HELLO_STRETCH_MAX * base, base + 2 * self._lag))
         started = announced > 2 * base >= self.announced_s
         self.announced_s = announced
         return Stretch(announced, started)

@@ -65,6 +65,7 @@ class EventKind(StrEnum):
     IDENTITY_ROTATED = "identity_rotated"  # reason: the source (files | workload_api)
     IDENTITY_REJECTED = "identity_rejected"  # a new identity that did not load or verify
     LOG_RESET = "log_reset"  # the database was unreadable and was set aside
+    REMEDIATION = "remediation"  # subject: target; reason: apply|undo:<action> (mesh_agent.mapek)
 
 
 # Records per second and burst per (kind, reason); kinds not listed are not throttled.
@@ -74,6 +75,7 @@ DEFAULT_LIMITS: Mapping[str, tuple[float, float]] = {
     EventKind.LINK_DOWN: (2.0, 50.0),
     EventKind.FAILOVER: (2.0, 50.0),
     EventKind.IDENTITY_REJECTED: (0.1, 5.0),
+    EventKind.REMEDIATION: (1.0, 20.0),
 }
 
 

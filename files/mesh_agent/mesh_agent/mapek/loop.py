@@ -1,0 +1,164 @@
+"""The MAPE-K loop of one node: Monitor, Analyze, Plan, Execute over Knowledge (sans-I/O).
+
+:meth:`MapeK.step` takes one :class:`~mesh_agent.mapek.monitor.Observation`
+(its ``at`` is the time) and returns a :class:`Step`: the incidents opened,
+decided and recovered, the executor's ops for the shell to carry out, and
+what Knowledge must record (statistics and threshold changes). It performs
+no I/O: the shell (``Agent._mapek_tick``) persists the step with
+:meth:`mesh_agent.mapek.knowledge.Knowledge.record` and applies the ops
+through the cores' inputs.
+
+Start-up. An agent's start is a burst: every topology change at once, and the
+API's import taking a core for a second or two once the routing has settled
+(:mod:`mesh_agent.startup`). None of it is an incident, so the loop *arms*
+only once the node has been ready for ``settle_s`` (:data:`START_SETTLE_S` in
+the agent; 0 in a bare core): until then it samples (the rates need a
+baseline) and analyzes nothing. Once armed it stays armed: a node that loses
+its readiness later is exactly what the loop is for.
+
+Learning. When an incident recovers, the action that *actually ran* gets
+the outcome: the chosen action when it was applied, else ``none`` (observe
+mode and refused actions did nothing, so they teach what doing nothing
+gives). Knowledge also tunes the thresholds inside their bounds: an incident
+that recovered on its own within ``false_alarm_s`` was a false alarm and
+raises its signal's threshold by :data:`RAISE_STEP`; any other recovered
+incident moves the threshold :data:`RELAX_STEP` of the way back to its
+default.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from mesh_agent.counters import Histogram
+from mesh_agent.mapek.analyze import Analyzer, Detector, Incident, IncidentClass
+from mesh_agent.mapek.execute import Action, Executor, Op
+from mesh_agent.mapek.monitor import Monitor, Observation, Reading, Signal, Thresholds
+from mesh_agent.mapek.plan import ActionKind, ActionStats, Policy, Stats, succeeded
+from mesh_agent.mapek.safety import LeaseProvider, RateLimit, Safety
+
+log = logging.getLogger("mesh_agent.mapek")
+
+MTTR_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+RAISE_STEP = 0.10  # a false alarm raises its threshold by 10 %
+RELAX_STEP = 0.05  # a real incident moves it 5 % of the way back to the default
+# The agent arms its loop once it has been ready this long (the API comes at most
+# 15 s after the start: mesh_agent.startup).
+START_SETTLE_S = 15.0
+ACTION_OUTCOMES = ("applied", "observed", "noop", "refused:rate_limited", "refused:no_lease")
+
+
+@dataclass
+class Step:
+    readings: list[Reading] = field(default_factory=list)
+    opened: list[Incident] = field(default_factory=list)
+    decided: list[Incident] = field(default_factory=list)
+    recovered: list[Incident] = field(default_factory=list)
+    ops: list[Op] = field(default_factory=list)
+    stats: list[tuple[str, str, ActionStats]] = field(default_factory=list)
+    thresholds: list[tuple[str, float, str]] = field(default_factory=list)
+
+
+class MapeK:
+    def __init__(
+        self,
+        node: str,
+        mode: str,
+        policy: Policy,
+        hello_interval_s: float,
+        *,
+        interval_s: float = 5.0,
+        thresholds: Thresholds | None = None,
+        stats: Stats | None = None,
+        next_id: int = 1,
+        leases: LeaseProvider | None = None,
+        limit: RateLimit | None = None,
+        detector: Detector | None = None,
+        false_alarm_s: float | None = None,
+        settle_s: float = 0.0,
+    ) -> None:
+        self.node, self.mode, self.policy = node, mode, policy
+        self.monitor = Monitor(thresholds)
+        self.analyzer = Analyzer(detector, next_id)
+        self.safety = Safety(node, mode, leases, limit)
+        self.executor = Executor(hello_interval_s)
+        self.stats: dict[tuple[str, str], ActionStats] = {
+            k: ActionStats(v.tries, v.successes, v.mttr_sum) for k, v in (stats or {}).items()}
+        # An incident that cleared by itself within this many seconds of being raised
+        # was a blip: its threshold was too low.
+        self.false_alarm_s = false_alarm_s if false_alarm_s is not None else 6 * interval_s
+        self.actions_total: dict[tuple[str, str], int] = {}
+        self.mttr: dict[str, Histogram] = {}
+        self.steps_total = 0
+        self.settle_s = settle_s
+        self.armed = settle_s <= 0
+        self._ready_since: float | None = None
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return self.monitor.thresholds
+
+    def step(self, obs: Observation) -> Step:
+        now = obs.at
+        self.steps_total += 1
+        out = Step(readings=self.monitor.sample(obs))
+        if not self.armed:
+            if not obs.ready:
+                self._ready_since = None
+                return out
+            self._ready_since = now if self._ready_since is None else self._ready_since
+            if now - self._ready_since < self.settle_s:
+                return out
+            self.armed = True
+        analysis = self.analyzer.analyze(out.readings, now)
+        self.executor.still_bad({r.target.name for r in out.readings
+                                 if r.target.kind == "link" and r.crossed}, now)
+        out.opened = analysis.opened
+        for inc in analysis.opened:
+            out.ops += self._decide(inc, now)
+            out.decided.append(inc)
+        for inc in analysis.recovered:
+            out.recovered.append(inc)
+            out.ops += self.executor.recovered(inc.target)
+            self._learn(inc, out)
+        out.ops += self.executor.tick(now)
+        return out
+
+    def _decide(self, inc: Incident, now: float) -> list[Op]:
+        kind = ActionKind(self.policy.choose(inc.cls, self.stats))
+        verdict = self.safety.check(kind, now)
+        inc.decided_at, inc.action, inc.action_outcome = now, str(kind), verdict.outcome
+        key = (str(kind), verdict.outcome)
+        self.actions_total[key] = self.actions_total.get(key, 0) + 1
+        action: Action = self.executor.build(
+            kind, inc.target, inc.id, now, verdict.lease.token if verdict.lease else None)
+        log.info("incident %d %s on %s (%s %.3g > %.3g): %s -> %s", inc.id, inc.cls, inc.target,
+                 inc.signal, inc.value, inc.threshold, kind, verdict.outcome)
+        if not verdict.allowed or kind == ActionKind.NONE:
+            return []
+        return self.executor.start(action, now)
+
+    def _learn(self, inc: Incident, out: Step) -> None:
+        if inc.resolution == "gone":  # not a recovery: no MTTR, no credit, no tuning
+            return
+        mttr = inc.mttr_s or 0.0
+        self.mttr.setdefault(str(inc.cls), Histogram(MTTR_BUCKETS)).observe(mttr)
+        ran = inc.action if inc.action_outcome == "applied" else str(ActionKind.NONE)
+        if inc.action is not None:
+            s = self.stats.setdefault((str(inc.cls), str(ran)), ActionStats())
+            s.record(succeeded(IncidentClass(inc.cls), mttr), mttr)
+            out.stats.append((str(inc.cls), str(ran), s))
+        t = self.thresholds
+        signal = Signal(inc.signal)
+        old = t[signal]
+        if ran == ActionKind.NONE and mttr <= self.false_alarm_s:
+            new, reason = t.set(signal, old * (1 + RAISE_STEP)), f"false_alarm:{inc.id}"
+        else:
+            default = t.bounds[signal].default
+            new, reason = t.set(signal, old + (default - old) * RELAX_STEP), f"relax:{inc.id}"
+        if abs(new - old) > 1e-9:
+            out.thresholds.append((str(signal), new, reason))
+
+    def active_actions(self) -> list[dict[str, object]]:
+        return [a.as_dict() for a in list(self.executor.active.values())]

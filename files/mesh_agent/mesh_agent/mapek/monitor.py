@@ -1,0 +1,182 @@
+"""Monitor: the node's own signals against per-signal thresholds (sans-I/O).
+
+The shell asks :meth:`mesh_agent.view.AgentView.observation` for an
+:class:`Observation` (plain data) on each tick of the loop's timer;
+:meth:`Monitor.sample` turns it into one :class:`Reading` per signal and target,
+each saying whether it crosses its threshold. Counters (failovers, rejected
+adverts, topology changes, CPU seconds) become rates from the previous
+observation; a counter that went backwards (a restart) counts as zero.
+
+Thresholds live in :class:`Thresholds`: every signal has a default and
+bounds, and Knowledge may move a threshold only inside its bounds
+(:meth:`Thresholds.set` clamps), so a run of false alarms can make a signal
+less sensitive but never deaf, and a run of long incidents more sensitive but
+never hair-triggered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Signal(StrEnum):
+    LOSS = "loss"  # hello loss ratio of a link (the neighbour's best interface)
+    RTT = "rtt"  # smoothed hello RTT of a link, seconds
+    LATENESS = "lateness"  # how late our own hello timer fires (decayed worst), seconds
+    FAILOVERS = "failovers"  # local failovers per minute
+    REJECTED = "rejected_adverts"  # adverts rejected per minute
+    CHURN = "route_churn"  # topology changes that triggered a recompute, per minute
+    CPU = "cpu"  # the agent's CPU, fraction of one core
+
+
+LINK_SIGNALS = (Signal.LOSS, Signal.RTT)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    default: float
+    lo: float
+    hi: float
+
+    def clamp(self, value: float) -> float:
+        return min(self.hi, max(self.lo, value))
+
+
+# Defaults: a link losing one hello in five is lossy (the link cost already
+# rises from 10 %); RTT 100 ms on a one-hop radio link is far off normal; a
+# hello timer late by a quarter second is a starved host (the stretch starts
+# at (dead_multiplier - 1) intervals); the rates are what a quiet 50-node lab
+# never reaches (docs/mapek.md).
+DEFAULT_BOUNDS: Mapping[Signal, Bounds] = {
+    Signal.LOSS: Bounds(0.2, 0.05, 0.6),
+    Signal.RTT: Bounds(0.1, 0.005, 2.0),
+    Signal.LATENESS: Bounds(0.25, 0.05, 5.0),
+    Signal.FAILOVERS: Bounds(6.0, 1.0, 120.0),
+    Signal.REJECTED: Bounds(60.0, 5.0, 6000.0),
+    Signal.CHURN: Bounds(30.0, 5.0, 600.0),
+    Signal.CPU: Bounds(0.8, 0.2, 1.0),
+}
+
+
+class Thresholds:
+    """Current threshold per signal, always within its :class:`Bounds`."""
+
+    def __init__(self, bounds: Mapping[Signal, Bounds] = DEFAULT_BOUNDS,
+                 values: Mapping[str, float] | None = None) -> None:
+        self.bounds = dict(bounds)
+        self.values: dict[Signal, float] = {s: b.default for s, b in self.bounds.items()}
+        for name, value in (values or {}).items():
+            if name in self.bounds:
+                self.set(Signal(name), value)
+
+    def __getitem__(self, signal: Signal) -> float:
+        return self.values[signal]
+
+    def set(self, signal: Signal, value: float) -> float:
+        """Move a threshold (clamped to its bounds); returns the value it now has."""
+        self.values[signal] = self.bounds[signal].clamp(value)
+        return self.values[signal]
+
+    def as_dict(self) -> dict[str, float]:
+        return {str(s): v for s, v in self.values.items()}
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an incident is about: a link (to a neighbour), a node (an origin), or this node.
+
+    No signal names a node yet: the advert-storm signal counts rejections over all
+    origins (a per-origin count, bounded against forged names, comes with the
+    rogue-origin isolation).
+    """
+
+    kind: str  # link | node | self
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+SELF = Target("self", "")
+
+
+@dataclass(frozen=True)
+class LinkSample:
+    neighbor: str
+    loss: float
+    rtt_s: float | None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One snapshot of the node, plain data (built from the AgentView by the shell)."""
+
+    at: float  # monotonic seconds
+    links: tuple[LinkSample, ...] = ()
+    lateness_s: float = 0.0
+    failovers_total: int = 0
+    rejected_total: int = 0
+    changes_total: int = 0
+    cpu_seconds: float = 0.0
+    ready: bool = True  # the node's readiness (AgentView.readiness, the one place)
+
+
+@dataclass(frozen=True)
+class Reading:
+    signal: Signal
+    target: Target
+    value: float
+    threshold: float
+
+    @property
+    def crossed(self) -> bool:
+        return self.value > self.threshold
+
+
+def _rate(now: int | float, before: int | float, seconds: float, per: float) -> float:
+    if seconds <= 0 or now < before:  # the first sample, or a counter reset
+        return 0.0
+    return (now - before) / seconds * per
+
+
+class Monitor:
+    def __init__(self, thresholds: Thresholds | None = None) -> None:
+        self.thresholds = thresholds or Thresholds()
+        self._last: Observation | None = None
+        self.samples_total = 0
+
+    def sample(self, obs: Observation) -> list[Reading]:
+        """Every signal's reading for this observation (links: one per neighbour)."""
+        t = self.thresholds
+        last = self._last
+        span = obs.at - last.at if last is not None else 0.0
+        self._last = obs
+        self.samples_total += 1
+        out: list[Reading] = []
+        for link in _advertised(obs.links):
+            target = Target("link", link.neighbor)
+            out.append(Reading(Signal.LOSS, target, link.loss, t[Signal.LOSS]))
+            if link.rtt_s is not None:
+                out.append(Reading(Signal.RTT, target, link.rtt_s, t[Signal.RTT]))
+        out.append(Reading(Signal.LATENESS, SELF, obs.lateness_s, t[Signal.LATENESS]))
+        prev = last or obs
+        for signal, now_v, before in (
+                (Signal.FAILOVERS, obs.failovers_total, prev.failovers_total),
+                (Signal.REJECTED, obs.rejected_total, prev.rejected_total),
+                (Signal.CHURN, obs.changes_total, prev.changes_total)):
+            out.append(Reading(signal, SELF, _rate(now_v, before, span, 60.0), t[signal]))
+        out.append(Reading(Signal.CPU, SELF, _rate(obs.cpu_seconds, prev.cpu_seconds, span, 1.0),
+                           t[Signal.CPU]))
+        return out
+
+
+def _advertised(links: Iterable[LinkSample]) -> list[LinkSample]:
+    """Per neighbour, its least lossy interface: the one our advert's cost comes from."""
+    best: dict[str, LinkSample] = {}
+    for s in links:
+        cur = best.get(s.neighbor)
+        if cur is None or s.loss < cur.loss:
+            best[s.neighbor] = s
+    return [best[n] for n in sorted(best)]

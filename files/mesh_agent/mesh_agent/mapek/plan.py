@@ -1,0 +1,165 @@
+"""Plan: which action answers an incident, from the actions that apply to its class.
+
+Two policies behind one interface (``mapek.policy``):
+
+- ``fixed`` (:class:`FixedPolicy`): a rule table, one action per class. It is
+  the control arm the learned policy is measured against.
+- ``learned`` (:class:`ThompsonPolicy`): Thompson sampling over each
+  (class, action)'s history in Knowledge. An action *succeeds* on an incident
+  when the incident recovers within its class's MTTR target
+  (:data:`MTTR_TARGET_S`), so the Bernoulli arm folds both success and MTTR
+  into one reward. Each arm's success probability has a Beta(1 + successes,
+  1 + failures) posterior (uniform prior); the policy draws one sample per
+  applicable arm and takes the largest. Exploration thus fades by itself as
+  evidence accumulates, with no tuning constant.
+
+  W. R. Thompson, "On the likelihood that one unknown probability exceeds
+  another in view of the evidence of two samples", Biometrika 25 (1933);
+  S. Agrawal and N. Goyal, "Analysis of Thompson Sampling for the Multi-armed
+  Bandit Problem", COLT 2012 (logarithmic regret for Beta-Bernoulli arms);
+  D. Russo, B. Van Roy, A. Kazerouni, I. Osband and Z. Wen, "A Tutorial on
+  Thompson Sampling", Foundations and Trends in Machine Learning 11(1), 2018.
+
+  Cost: one ``betavariate`` per applicable arm (at most four) per incident.
+
+The random generator is injected (``random.Random(seed)`` in tests and
+experiments), so a choice is reproducible.
+
+Example::
+
+    >>> import random
+    >>> p = ThompsonPolicy(random.Random(1))
+    >>> stats = {("lossy_link", "quarantine_link"): ActionStats(20, 19, 300.0),
+    ...          ("lossy_link", "none"): ActionStats(20, 2, 2000.0)}
+    >>> p.choose(IncidentClass.LOSSY_LINK, stats)
+    'quarantine_link'
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from mesh_agent.mapek.analyze import IncidentClass
+
+
+class ActionKind(StrEnum):
+    NONE = "none"  # wait and see: the control for every class
+    QUARANTINE_LINK = "quarantine_link"  # raise a link's advertised cost (damped, RFC 2439)
+    LENGTHEN_HELLO = "lengthen_hello"  # announce a longer hello interval for a while
+    RESYNC_LSDB = "resync_lsdb"  # send our whole LSDB to the neighbour again
+    # Descriptors only (disruptive: they need a lease, NoQuorum refuses them):
+    RESTART_UNIT = "restart_unit"
+    REREQUEST_IDENTITY = "rerequest_identity"
+    ISOLATE_ORIGIN = "isolate_origin"
+
+
+# Disruptive: they change another node's routing or stop a service.
+DISRUPTIVE = frozenset({ActionKind.RESTART_UNIT, ActionKind.ISOLATE_ORIGIN,
+                        ActionKind.REREQUEST_IDENTITY})
+
+APPLICABLE: Mapping[IncidentClass, tuple[ActionKind, ...]] = {
+    IncidentClass.LOSSY_LINK: (ActionKind.QUARANTINE_LINK, ActionKind.RESYNC_LSDB,
+                               ActionKind.NONE),
+    IncidentClass.SLOW_LINK: (ActionKind.QUARANTINE_LINK, ActionKind.NONE),
+    IncidentClass.STARVED: (ActionKind.LENGTHEN_HELLO, ActionKind.RESTART_UNIT, ActionKind.NONE),
+    IncidentClass.FAILOVER_STORM: (ActionKind.LENGTHEN_HELLO, ActionKind.NONE),
+    IncidentClass.ADVERT_STORM: (ActionKind.ISOLATE_ORIGIN, ActionKind.REREQUEST_IDENTITY,
+                                 ActionKind.NONE),
+    IncidentClass.ROUTE_CHURN: (ActionKind.LENGTHEN_HELLO, ActionKind.NONE),
+}
+
+# The rule table of the fixed policy (the control arm).
+RULES: Mapping[IncidentClass, ActionKind] = {
+    IncidentClass.LOSSY_LINK: ActionKind.QUARANTINE_LINK,
+    IncidentClass.SLOW_LINK: ActionKind.QUARANTINE_LINK,
+    IncidentClass.STARVED: ActionKind.LENGTHEN_HELLO,
+    IncidentClass.FAILOVER_STORM: ActionKind.LENGTHEN_HELLO,
+    IncidentClass.ADVERT_STORM: ActionKind.ISOLATE_ORIGIN,
+    IncidentClass.ROUTE_CHURN: ActionKind.NONE,
+}
+
+# An incident recovered within this is a success for the action taken.
+MTTR_TARGET_S: Mapping[IncidentClass, float] = {
+    IncidentClass.LOSSY_LINK: 60.0,
+    IncidentClass.SLOW_LINK: 60.0,
+    IncidentClass.STARVED: 120.0,
+    IncidentClass.FAILOVER_STORM: 120.0,
+    IncidentClass.ADVERT_STORM: 300.0,
+    IncidentClass.ROUTE_CHURN: 120.0,
+}
+
+
+@dataclass
+class ActionStats:
+    """One (class, action) arm: how often tried, how often it succeeded, total MTTR."""
+
+    tries: int = 0
+    successes: int = 0
+    mttr_sum: float = 0.0
+
+    @property
+    def failures(self) -> int:
+        return self.tries - self.successes
+
+    @property
+    def mean_mttr(self) -> float | None:
+        return self.mttr_sum / self.tries if self.tries else None
+
+    def record(self, success: bool, mttr_s: float) -> None:
+        self.tries += 1
+        self.successes += int(success)
+        self.mttr_sum += max(0.0, mttr_s)
+
+
+Stats = Mapping[tuple[str, str], ActionStats]
+
+
+def succeeded(cls: IncidentClass, mttr_s: float) -> bool:
+    return mttr_s <= MTTR_TARGET_S[cls]
+
+
+class Policy(Protocol):
+    name: str
+
+    def choose(self, cls: IncidentClass, stats: Stats) -> str: ...
+
+
+class FixedPolicy:
+    name = "fixed"
+
+    def choose(self, cls: IncidentClass, stats: Stats) -> str:
+        return str(RULES[cls])
+
+
+class ThompsonPolicy:
+    """Beta-Bernoulli Thompson sampling over the class's applicable actions (module docstring)."""
+
+    name = "learned"
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.rng = rng or random.Random()
+
+    def probabilities(self, cls: IncidentClass, stats: Stats) -> dict[str, float]:
+        """One posterior draw per applicable action (each in [0, 1])."""
+        draws = {}
+        for action in APPLICABLE[cls]:
+            s = stats.get((str(cls), str(action)), ActionStats())
+            draws[str(action)] = self.rng.betavariate(1 + s.successes, 1 + s.failures)
+        return draws
+
+    def choose(self, cls: IncidentClass, stats: Stats) -> str:
+        draws = self.probabilities(cls, stats)
+        # Ties (vanishingly rare with floats) go to the earlier entry of APPLICABLE.
+        return max(draws, key=lambda a: draws[a])
+
+
+def make_policy(name: str, rng: random.Random | None = None) -> Policy:
+    if name == "fixed":
+        return FixedPolicy()
+    if name == "learned":
+        return ThompsonPolicy(rng)
+    raise ValueError(f"unknown policy {name!r}")

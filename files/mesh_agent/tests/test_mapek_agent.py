@@ -1,0 +1,232 @@
+"""The self-healing loop inside an Agent fed by hand: no sockets, no sleeps, a fake clock.
+
+Neighbour b's hellos arrive with half of them missing; the loop's timer tick
+(``Agent._mapek_tick``, called by hand) opens an incident, raises b's cost in
+our advert (enforce), and, once b's hellos all arrive again, records the
+recovery with its MTTR and releases the cost after the damping's hold.
+Read back through ``/v1/incidents``, ``meshctl incidents``, the metrics and
+the event log.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from meshcore_testkit.inprocess import adverts_with_b, compute, meet_b
+from meshcore_testkit.pki import CA, PairKeysForTests
+from prometheus_client.parser import text_string_to_metric_families
+
+from mesh_agent.agent import Agent
+from mesh_agent.api import create_app
+from mesh_agent.config import parse_config
+from mesh_agent.ctl import main as ctl
+from mesh_agent.link.sensor import LinkSensor
+from mesh_agent.mapek import Knowledge
+from mesh_agent.mapek.execute import QUARANTINE_COST
+from mesh_agent.store import EventKind, EventLog
+
+T0 = 1000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_agent(ca: CA, tmp_path: Path, clock: Clock, mapek: dict[str, Any]) -> Agent:
+    cfg = parse_config({"node_name": "a", "node_address": "10.77.0.1", "mode": "observe",
+                        "state_dir": str(tmp_path), "mapek": mapek})
+    events = EventLog.in_state_dir(tmp_path, boot_id="boot-a", clock=clock)
+    knowledge = Knowledge.in_state_dir(tmp_path) if mapek.get("enabled") else None
+    agent = Agent(cfg, ca.identity("a", "10.77.0.1"), clock=clock, events=events,
+                  knowledge=knowledge, cpu=lambda: 0.0)
+    agent.sensor.keys = PairKeysForTests("a")
+    return agent
+
+
+def hellos(agent: Agent, b: LinkSensor, clock: Clock, seconds: float, keep_every: int) -> None:
+    """Hellos both ways over ``seconds`` (one per 50 ms); the agent gets every
+    ``keep_every``-th of b's, b gets all of the agent's."""
+    for i in range(int(seconds / 0.05)):
+        clock.now += 0.05
+        b.receive("mesh0", agent.sensor.build_hello("mesh0", clock.now), "10.98.0.0", clock.now)
+        data = b.build_hello("mesh0", clock.now)
+        if i % keep_every == 0:
+            agent.sensor.receive("mesh0", data, "10.98.0.1", clock.now)
+
+
+def ready_and_armed(agent: Agent, ca: CA, clock: Clock) -> LinkSensor:
+    """b met, both adverts in, paths computed (the node is ready); clean hellos until the
+    loop has been ready for its settling time and arms."""
+    b = meet_b(agent, clock.now)
+    adverts_with_b(agent, ca, clock.now)
+    compute(agent)
+    assert agent.view.ready() and agent.mapek is not None and not agent.mapek.armed
+    for _ in range(5):  # 20 s of a clean link after the first tick: past START_SETTLE_S
+        hellos(agent, b, clock, 5.0, keep_every=1)
+        agent._mapek_tick()
+    assert agent.mapek.armed
+    return b
+
+
+def own_cost_to_b(agent: Agent) -> float:
+    own = agent.topology.lsdb.entries()["a"].advert
+    return dict(own.links)["b"]
+
+
+def metrics(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in text_string_to_metric_families(client.get("/metrics").text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+@pytest.fixture
+def enforced(ca: CA, tmp_path: Path) -> tuple[Agent, Clock, TestClient, LinkSensor]:
+    clock = Clock()
+    agent = make_agent(ca, tmp_path, clock, {"enabled": True, "mode": "enforce",
+                                             "interval_s": 5})
+    b = ready_and_armed(agent, ca, clock)
+    return agent, clock, TestClient(create_app(agent.view, agent.metrics.registry,
+                                               agent.events)), b
+
+
+def test_nothing_is_analyzed_before_the_node_is_ready_and_settled(ca: CA,
+                                                                   tmp_path: Path) -> None:
+    clock = Clock()
+    agent = make_agent(ca, tmp_path, clock, {"enabled": True, "mode": "enforce"})
+    b = meet_b(agent, clock.now)
+    for _ in range(4):  # a lossy link, but no advert and no paths yet: not ready
+        hellos(agent, b, clock, 5.0, keep_every=2)
+        agent._mapek_tick()
+    assert not agent.view.ready() and agent.mapek is not None and not agent.mapek.armed
+    assert agent.view.incidents()["incidents"] == [] and agent.sensor.penalties == {}
+    assert agent.view.incidents()["armed"] is False
+
+
+def test_a_lossy_link_is_quarantined_released_and_recorded(enforced) -> None:
+    agent, clock, client, b = enforced
+    assert own_cost_to_b(agent) == 1.0
+    # Half of b's hellos lost, for four loop ticks.
+    for _ in range(4):
+        hellos(agent, b, clock, 5.0, keep_every=2)
+        agent._mapek_tick()
+    assert agent.sensor.penalties == {"b": QUARANTINE_COST}
+    assert own_cost_to_b(agent) == 6.0 + QUARANTINE_COST  # loss 50 %: 6, plus the quarantine
+    [inc] = client.get("/v1/incidents", params={"open": "true"}).json()["incidents"]
+    assert inc["class"] == "lossy_link" and inc["target"] == "link:b"
+    assert inc["action"] == {"kind": "quarantine_link", "outcome": "applied"}
+    assert inc["state"] == "open" and inc["mttr_seconds"] is None
+    assert [a["kind"] for a in client.get("/v1/incidents").json()["active_actions"]] == [
+        "quarantine_link"]
+    # b is clean again: recovered first, the cost released after the damping's hold.
+    released_at = None
+    for _ in range(30):
+        hellos(agent, b, clock, 5.0, keep_every=1)
+        agent._mapek_tick()
+        if released_at is None and not agent.sensor.penalties:
+            released_at = clock.now
+    assert released_at is not None and own_cost_to_b(agent) == 1.0
+    body = client.get("/v1/incidents").json()
+    [inc] = body["incidents"]
+    assert inc["state"] == "recovered" and inc["mttr_seconds"] > 0
+    assert body["active_actions"] == [] and body["mode"] == "enforce"
+    assert inc["detected_mono"] < inc["recovered_mono"] < released_at
+    # The same story in the event log and the metrics.
+    rem = agent.events.query(kinds=[EventKind.REMEDIATION])
+    assert [(e.subject, e.reason) for e in rem] == [
+        ("link:b", "apply:quarantine_link"), ("link:b", "undo:quarantine_link")]
+    assert rem[1].detail["reason"] == "released"
+    m = metrics(client)
+    assert m[("meshcore_incidents_total", (("class", "lossy_link"),))] == 1
+    assert m[("meshcore_mttr_seconds_count", (("class", "lossy_link"),))] == 1
+    assert m[("meshcore_mttr_seconds_sum", (("class", "lossy_link"),))] == inc["mttr_seconds"]
+    assert m[("meshcore_remediation_actions_total",
+              (("action", "quarantine_link"), ("outcome", "applied")))] == 1
+    assert m[("meshcore_mapek_threshold", (("signal", "loss"),))] == pytest.approx(
+        body["thresholds"]["loss"])
+    assert m[("meshcore_mapek_active_actions", ())] == 0
+
+
+def test_meshctl_incidents_table_and_json(enforced, monkeypatch) -> None:
+    agent, clock, client, b = enforced
+    for keep in (2, 2, 2, 1, 1, 1, 1):
+        hellos(agent, b, clock, 5.0, keep_every=keep)
+        agent._mapek_tick()
+
+    class Via:  # meshctl's client, answered by the app in-process
+        def __init__(self, url: str, timeout: float = 5.0) -> None:
+            pass
+
+        def get(self, path: str, params: Any = ()) -> tuple[int, Any]:
+            r = client.get(path, params=list(params))
+            return r.status_code, r.json()
+
+    monkeypatch.setattr(ctl, "HttpClient", Via)
+    import io
+
+    out = io.StringIO()
+    assert ctl.main(["--api", "http://in-process", "incidents"], out=out) == 0
+    text = out.getvalue()
+    assert text.startswith("a: mapek enforce, policy fixed, 1 action(s) in force")  # held
+    row = text.splitlines()[2].split()
+    assert row[0] == "1" and "lossy_link" in row and "link:b" in row
+    assert "quarantine_link" in row and "applied" in row and "recovered" in row
+    out = io.StringIO()
+    assert ctl.main(["--api", "http://in-process", "--json", "incidents", "--open"],
+                    out=out) == 0
+    assert json.loads(out.getvalue())["incidents"] == []
+
+
+def test_observe_mode_changes_nothing(ca: CA, tmp_path: Path) -> None:
+    clock = Clock()
+    agent = make_agent(ca, tmp_path, clock, {"enabled": True})  # observe, the default
+    b = ready_and_armed(agent, ca, clock)
+    for _ in range(4):
+        hellos(agent, b, clock, 5.0, keep_every=2)
+        agent._mapek_tick()
+    assert agent.sensor.penalties == {}
+    assert agent.view.incidents()["incidents"][0]["action"] == {
+        "kind": "quarantine_link", "outcome": "observed"}
+    assert agent.events.query(kinds=[EventKind.REMEDIATION]) == []
+
+
+def test_off_by_default_and_the_metrics_are_still_there(ca: CA, tmp_path: Path) -> None:
+    agent = make_agent(ca, tmp_path, Clock(), {})
+    assert agent.mapek is None and agent.view.knowledge is None
+    client = TestClient(create_app(agent.view, agent.metrics.registry, agent.events))
+    body = client.get("/v1/incidents").json()
+    assert body["enabled"] is False and body["incidents"] == []
+    m = metrics(client)
+    assert m[("meshcore_incidents_total", (("class", "lossy_link"),))] == 0
+    assert m[("meshcore_mttr_seconds_count", (("class", "starved_node"),))] == 0
+    assert m[("meshcore_remediation_actions_total",
+              (("action", "none"), ("outcome", "noop")))] == 0
+    assert m[("meshcore_mapek_threshold", (("signal", "loss"),))] == 0
+
+
+def test_knowledge_carries_over_a_restart(ca: CA, tmp_path: Path) -> None:
+    clock = Clock()
+    first = make_agent(ca, tmp_path, clock, {"enabled": True, "mode": "enforce",
+                                             "policy": "learned"})
+    b = ready_and_armed(first, ca, clock)
+    for keep in (2, 2, 2, 1, 1, 1, 1):
+        hellos(first, b, clock, 5.0, keep_every=keep)
+        first._mapek_tick()
+    assert first.mapek is not None and sum(s.tries for s in first.mapek.stats.values()) == 1
+    first.view.knowledge.close()  # type: ignore[union-attr]
+    first.events.close()
+    second = make_agent(ca, tmp_path, clock, {"enabled": True, "mode": "enforce",
+                                              "policy": "learned"})
+    assert second.mapek is not None
+    assert second.mapek.stats == first.mapek.stats
+    assert second.mapek.analyzer.next_id == 2
+    assert [i["state"] for i in second.view.incidents()["incidents"]] == ["recovered"]
