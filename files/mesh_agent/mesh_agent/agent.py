@@ -28,13 +28,12 @@ from mesh_agent.config import AgentConfig
 from mesh_agent.identity import Identity
 from mesh_agent.identity.clock import ClockTrust, refresh
 from mesh_agent.identity.watch import IdentityWatcher
-from mesh_agent.link.carrier import interfaces, link_changes
+from mesh_agent.link.carrier import InterfaceFollower
 from mesh_agent.link.sensor import Event, NeighborUp, Solicit
 from mesh_agent.link.sockets import Datagram
 from mesh_agent.link.timer import LinkTimer
-from mesh_agent.mapek import Knowledge, MapeK, Op, Thresholds, make_policy
-from mesh_agent.mapek.loop import START_SETTLE_S
-from mesh_agent.mapek.plan import ActionKind
+from mesh_agent.mapek import Knowledge
+from mesh_agent.mapek.shell import MapekShell
 from mesh_agent.metrics import Metrics
 from mesh_agent.routes.netlink import Netlink
 from mesh_agent.routes.programmer import RouteProgrammer
@@ -67,7 +66,6 @@ class Agent:
         cpu: Callable[[], float] = time.process_time,
     ) -> None:
         self.cfg, self.identity, self.clock, self.wall = cfg, identity, clock, wall
-        self.cpu = cpu  # the process's CPU seconds (the loop's CPU signal)
         self.view, self.link = AgentView.build(cfg, identity, clock, wall, seq_store,
                                                clock_trust, events)
         self.sensor, self.topology = self.view.sensor, self.view.topology
@@ -76,9 +74,14 @@ class Agent:
         self.routing = Routing(self.view, self.events, cfg.hello_interval_s)
         self.timer = LinkTimer(self.sensor, self.sockets, self.view.stretch, cfg.hello_interval_s,
                                clock, self._on_link_events, self._solicited)
-        self.mapek: MapeK | None = None
+        self.interfaces = InterfaceFollower(
+            cfg.wants_interface, self.sockets, self.sensor, self.routing.ifindex,
+            lambda index: self.view.routes.forget_interface(index), self._on_link_events, clock)
+        self.mapek: MapekShell | None = None
         if cfg.mapek.enabled:
-            self.mapek = self._build_mapek(knowledge or Knowledge(None))
+            self.mapek = MapekShell(cfg, self.view, self.events, knowledge or Knowledge(None),
+                                    clock, wall, cpu, lambda: self._originate(flood=True),
+                                    self._send)
         self.metrics = metrics or Metrics()
         self.metrics.bind(self.view)
         self._stop = asyncio.Event()
@@ -90,20 +93,6 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
-
-    def _build_mapek(self, knowledge: Knowledge) -> MapeK:
-        """The loop's core, starting from what Knowledge kept (stats, thresholds, last id)."""
-        m = self.cfg.mapek
-        knowledge.boot = knowledge.boot or self.events.boot
-        knowledge.mode, knowledge.policy = m.mode, m.policy
-        if abandoned := knowledge.start_run():
-            log.info("mapek: %d incident(s) left open by the previous run abandoned", abandoned)
-        core = MapeK(self.cfg.node_name, m.mode, make_policy(m.policy), self.cfg.hello_interval_s,
-                     interval_s=m.interval_s, thresholds=Thresholds(values=knowledge.thresholds()),
-                     stats=knowledge.stats(), next_id=knowledge.last_id() + 1,
-                     settle_s=START_SETTLE_S)
-        self.view.mapek, self.view.knowledge = core, knowledge
-        return core
 
     def follow(self, watcher: IdentityWatcher) -> None:
         """Run ``watcher`` with the agent; on each rotation flood an advert under the new key
@@ -121,9 +110,7 @@ class Agent:
             if flushed := await self.routing.flush():
                 log.info("removed %d leftover routes/nexthops with proto %d", flushed,
                          self.cfg.route_protocol)
-        for ifname, index in sorted((await interfaces(self._ipr, self.cfg.wants_interface))
-                                    .items()):
-            self._open(ifname, index)
+        await self.interfaces.open_existing(self._ipr)
         # The API (FastAPI's import and the app: most of the agent's start-up CPU)
         # comes once the routing has settled (ApiPacing), built off the loop.
         self.api = ApiService(self._build_api, self.clock, enabled=serve_api)
@@ -132,14 +119,14 @@ class Agent:
         self._originate(flood=False)
         self.events.record_start(version=mesh_agent.__version__, mode=self.cfg.mode)
         jobs = {"hello": self.timer.run(), "housekeeping": self._housekeeping_loop(),
-                "compute": self.routing.compute_loop(), "netlink": self._link_changes(),
+                "compute": self.routing.compute_loop(), "netlink": self.interfaces.follow(),
                 "checkpoints": self._checkpoints(),
                 **{f"poller{i}": poll(self._on_link_events)
                    for i, poll in enumerate(self.link.pollers)}}
         if self._watcher is not None:
             jobs["identity"] = self._watcher.run()
         if self.mapek is not None:
-            jobs["mapek"] = self._mapek_loop()
+            jobs["mapek"] = self.mapek.run()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(job, name=name) for name, job in jobs.items()]
         for task in self._tasks:
@@ -191,33 +178,9 @@ class Agent:
             self.view.routes.nl.close()
         self.events.record_stop("error" if self.exit_code else "signal", code=self.exit_code)
         self.events.close()
-        if self.view.knowledge is not None:
-            self.view.knowledge.close()
+        if self.mapek is not None:
+            self.mapek.close()
         log.info("mesh-agent stopped")
-
-    # -- interfaces -------------------------------------------------------
-    def _open(self, ifname: str, index: int) -> None:
-        self.routing.ifindex[ifname] = index
-        if ifname not in self.sockets.interfaces and self.sockets.open(ifname):
-            self.sensor.add_interface(ifname)
-            log.info("listening for hellos on %s", ifname)
-
-    async def _link_changes(self) -> None:
-        async for ch in link_changes(self.cfg.wants_interface):
-            if ch.up and not ch.deleted:
-                self._open(ch.ifname, ch.index)
-                continue
-            if ch.ifname in self.sockets.interfaces:
-                # The kernel has already dropped our nexthops on this device,
-                # and the groups and routes that used only them.
-                self.view.routes.forget_interface(ch.index)
-                if events := self.sensor.carrier_lost(ch.ifname, self.clock()):
-                    log.info("carrier lost on %s", ch.ifname)
-                self._on_link_events(events)
-            if ch.deleted:
-                self.sockets.close(ch.ifname)
-                self._on_link_events(self.sensor.remove_interface(ch.ifname, self.clock()))
-                self.routing.ifindex.pop(ch.ifname, None)
 
     # -- what arrives -----------------------------------------------------
     def _hops(self, came_from: tuple[str, str] | None = None) -> Iterator[tuple[str, str]]:
@@ -300,40 +263,6 @@ class Agent:
         if task := self.api.poll(now, self.view.ready(), self.topology.changes_total):
             task.add_done_callback(self._task_done)
             self._tasks.append(task)
-
-    async def _mapek_loop(self) -> None:
-        interval = self.cfg.mapek.interval_s
-        await asyncio.sleep(interval)
-        await every(self.clock, interval, self._mapek_tick)
-
-    def _mapek_tick(self) -> None:
-        """One MAPE-K step: observe the view, record what changed, carry out the ops."""
-        assert self.mapek is not None and self.view.knowledge is not None
-        step = self.mapek.step(self.view.observation(self.cpu()))
-        self.view.knowledge.record(step, self.wall())
-        for op in step.ops:
-            self._carry(op)
-
-    def _carry(self, op: Op) -> None:
-        """An executor op onto the cores' inputs (the only place the loop acts)."""
-        a, apply = op.action, op.op == "apply"
-        if a.kind == ActionKind.QUARANTINE_LINK:
-            if self.sensor.set_penalty(a.target.name, a.params["extra_cost"] if apply else 0.0):
-                self._originate(flood=True)
-        elif a.kind == ActionKind.LENGTHEN_HELLO:
-            self.view.stretch.set_floor(a.params["floor_s"] if apply else 0.0)
-        elif a.kind == ActionKind.RESYNC_LSDB:
-            if apply:
-                hops = [(nb.ifname, nb.link_address) for nb in self.sensor.up_neighbors()
-                        if nb.name == a.target.name]
-                self._send(self.topology.neighbor_up(hops, self.clock()))
-        else:  # a descriptor the shell has no executor for (disruptive: needs a lease)
-            log.warning("mapek: no executor for %s; not carried out", a.kind)
-            return
-        log.info("mapek: %s %s on %s%s", op.op, a.kind, a.target,
-                 f" ({op.reason})" if op.reason else "")
-        self.events.append(EventKind.REMEDIATION, str(a.target), f"{op.op}:{a.kind}",
-                           {**a.as_dict(), "reason": op.reason})
 
     async def _checkpoints(self) -> None:
         while True:

@@ -1,7 +1,7 @@
 """The self-healing loop inside an Agent fed by hand: no sockets, no sleeps, a fake clock.
 
 Neighbour b's hellos arrive with half of them missing; the loop's timer tick
-(``Agent._mapek_tick``, called by hand) opens an incident, raises b's cost in
+(``MapekShell.tick``, called by hand) opens an incident, raises b's cost in
 our advert (enforce), and, once b's hellos all arrive again, records the
 recovery with its MTTR and releases the cost after the damping's hold.
 Read back through ``/v1/incidents``, ``meshctl incidents``, the metrics and
@@ -68,11 +68,11 @@ def ready_and_armed(agent: Agent, ca: CA, clock: Clock) -> LinkSensor:
     b = meet_b(agent, clock.now)
     adverts_with_b(agent, ca, clock.now)
     compute(agent)
-    assert agent.view.ready() and agent.mapek is not None and not agent.mapek.armed
+    assert agent.view.ready() and agent.mapek is not None and not agent.mapek.core.armed
     for _ in range(5):  # 20 s of a clean link after the first tick: past START_SETTLE_S
         hellos(agent, b, clock, 5.0, keep_every=1)
-        agent._mapek_tick()
-    assert agent.mapek.armed
+        agent.mapek.tick()
+    assert agent.mapek.core.armed
     return b
 
 
@@ -106,8 +106,8 @@ def test_nothing_is_analyzed_before_the_node_is_ready_and_settled(ca: CA,
     b = meet_b(agent, clock.now)
     for _ in range(4):  # a lossy link, but no advert and no paths yet: not ready
         hellos(agent, b, clock, 5.0, keep_every=2)
-        agent._mapek_tick()
-    assert not agent.view.ready() and agent.mapek is not None and not agent.mapek.armed
+        agent.mapek.tick()
+    assert not agent.view.ready() and agent.mapek is not None and not agent.mapek.core.armed
     assert agent.view.incidents()["incidents"] == [] and agent.sensor.penalties == {}
     assert agent.view.incidents()["armed"] is False
 
@@ -118,7 +118,7 @@ def test_a_lossy_link_is_quarantined_released_and_recorded(enforced) -> None:
     # Half of b's hellos lost, for four loop ticks.
     for _ in range(4):
         hellos(agent, b, clock, 5.0, keep_every=2)
-        agent._mapek_tick()
+        agent.mapek.tick()
     assert agent.sensor.penalties == {"b": QUARANTINE_COST}
     assert own_cost_to_b(agent) == 6.0 + QUARANTINE_COST  # loss 50 %: 6, plus the quarantine
     [inc] = client.get("/v1/incidents", params={"open": "true"}).json()["incidents"]
@@ -131,7 +131,7 @@ def test_a_lossy_link_is_quarantined_released_and_recorded(enforced) -> None:
     released_at = None
     for _ in range(30):
         hellos(agent, b, clock, 5.0, keep_every=1)
-        agent._mapek_tick()
+        agent.mapek.tick()
         if released_at is None and not agent.sensor.penalties:
             released_at = clock.now
     assert released_at is not None and own_cost_to_b(agent) == 1.0
@@ -160,7 +160,7 @@ def test_meshctl_incidents_table_and_json(enforced, monkeypatch) -> None:
     agent, clock, client, b = enforced
     for keep in (2, 2, 2, 1, 1, 1, 1):
         hellos(agent, b, clock, 5.0, keep_every=keep)
-        agent._mapek_tick()
+        agent.mapek.tick()
 
     class Via:  # meshctl's client, answered by the app in-process
         def __init__(self, url: str, timeout: float = 5.0) -> None:
@@ -192,7 +192,7 @@ def test_observe_mode_changes_nothing(ca: CA, tmp_path: Path) -> None:
     b = ready_and_armed(agent, ca, clock)
     for _ in range(4):
         hellos(agent, b, clock, 5.0, keep_every=2)
-        agent._mapek_tick()
+        agent.mapek.tick()
     assert agent.sensor.penalties == {}
     assert agent.view.incidents()["incidents"][0]["action"] == {
         "kind": "quarantine_link", "outcome": "observed"}
@@ -220,13 +220,13 @@ def test_knowledge_carries_over_a_restart(ca: CA, tmp_path: Path) -> None:
     b = ready_and_armed(first, ca, clock)
     for keep in (2, 2, 2, 1, 1, 1, 1):
         hellos(first, b, clock, 5.0, keep_every=keep)
-        first._mapek_tick()
-    assert first.mapek is not None and sum(s.tries for s in first.mapek.stats.values()) == 1
+        first.mapek.tick()
+    assert first.mapek is not None and sum(s.tries for s in first.mapek.core.stats.values()) == 1
     first.view.knowledge.close()  # type: ignore[union-attr]
     first.events.close()
     second = make_agent(ca, tmp_path, clock, {"enabled": True, "mode": "enforce",
                                               "policy": "learned"})
     assert second.mapek is not None
-    assert second.mapek.stats == first.mapek.stats
-    assert second.mapek.analyzer.next_id == 2
+    assert second.mapek.core.stats == first.mapek.core.stats
+    assert second.mapek.core.analyzer.next_id == 2
     assert [i["state"] for i in second.view.incidents()["incidents"]] == ["recovered"]

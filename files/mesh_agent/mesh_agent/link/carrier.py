@@ -1,15 +1,23 @@
 """Mesh interfaces appearing, losing carrier and going away, from rtnetlink (the I/O).
 
 The kernel's link messages (RTMGRP_LINK) become :class:`LinkChange` values;
-what to do about them is the agent's and the link core's business.
+:class:`InterfaceFollower` hands them to the sockets and the link core.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mesh_agent.routes.pyroute2_lean import RTMGRP_LINK, AsyncIPRoute
+
+if TYPE_CHECKING:
+    from mesh_agent.link.sensor import Event, LinkSensor
+    from mesh_agent.link.sockets import MeshSockets
+
+log = logging.getLogger("mesh_agent")
 
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
@@ -53,3 +61,49 @@ async def link_changes(wanted: Callable[[str], bool]) -> AsyncIterator[LinkChang
                 )
     finally:
         mon.close()
+
+
+class InterfaceFollower:
+    """The mesh interfaces the agent listens on, kept in step with the kernel: a socket
+    opened as a wanted interface appears (or gets carrier back), the link core told of a
+    carrier loss or a removal, and routing's ifindex map kept current."""
+
+    def __init__(
+        self,
+        wanted: Callable[[str], bool],
+        sockets: MeshSockets,
+        sensor: LinkSensor,
+        ifindex: dict[str, int],
+        forget_interface: Callable[[int], None],
+        on_events: Callable[[list[Event]], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.wanted, self.sockets, self.sensor, self.ifindex = wanted, sockets, sensor, ifindex
+        self.forget_interface, self.on_events, self.clock = forget_interface, on_events, clock
+
+    async def open_existing(self, ipr: AsyncIPRoute) -> None:
+        for ifname, index in sorted((await interfaces(ipr, self.wanted)).items()):
+            self.open(ifname, index)
+
+    def open(self, ifname: str, index: int) -> None:
+        self.ifindex[ifname] = index
+        if ifname not in self.sockets.interfaces and self.sockets.open(ifname):
+            self.sensor.add_interface(ifname)
+            log.info("listening for hellos on %s", ifname)
+
+    async def follow(self) -> None:
+        async for ch in link_changes(self.wanted):
+            if ch.up and not ch.deleted:
+                self.open(ch.ifname, ch.index)
+                continue
+            if ch.ifname in self.sockets.interfaces:
+                # The kernel has already dropped our nexthops on this device,
+                # and the groups and routes that used only them.
+                self.forget_interface(ch.index)
+                if events := self.sensor.carrier_lost(ch.ifname, self.clock()):
+                    log.info("carrier lost on %s", ch.ifname)
+                self.on_events(events)
+            if ch.deleted:
+                self.sockets.close(ch.ifname)
+                self.on_events(self.sensor.remove_interface(ch.ifname, self.clock()))
+                self.ifindex.pop(ch.ifname, None)

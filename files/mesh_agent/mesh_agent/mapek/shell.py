@@ -1,0 +1,95 @@
+"""The MAPE-K loop inside the agent: its timer and the one place its ops become inputs of
+the other cores. The decisions stay in :class:`.loop.MapeK`; this only moves data.
+
+Built from what :class:`.knowledge.Knowledge` kept (action statistics, thresholds, the last
+incident id), ticked every ``mapek.interval_s``, and every op is carried onto a core's
+input: link quarantine onto :meth:`LinkSensor.set_penalty` (then an advert floods the new
+cost), a longer hello onto :meth:`HelloStretch.set_floor`, an LSDB resync onto
+:meth:`TopologyCore.neighbor_up` toward that neighbour. Disruptive descriptors (restart,
+isolate an origin) have no executor here: they need a lease (docs/mapek.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+
+from mesh_agent.config import AgentConfig
+from mesh_agent.mapek.execute import Op
+from mesh_agent.mapek.knowledge import Knowledge
+from mesh_agent.mapek.loop import START_SETTLE_S, MapeK
+from mesh_agent.mapek.monitor import Thresholds
+from mesh_agent.mapek.plan import ActionKind, make_policy
+from mesh_agent.store.events import EventKind, EventLog
+from mesh_agent.timers import every
+from mesh_agent.topology.core import Send
+from mesh_agent.view import AgentView
+
+log = logging.getLogger("mesh_agent")
+
+
+class MapekShell:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        view: AgentView,
+        events: EventLog,
+        knowledge: Knowledge,
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+        cpu: Callable[[], float],
+        originate: Callable[[], None],
+        send: Callable[[Iterable[Send]], None],
+    ) -> None:
+        self.cfg, self.view, self.events, self.knowledge = cfg, view, events, knowledge
+        self.clock, self.wall, self.cpu = clock, wall, cpu
+        self.originate, self.send = originate, send
+        m = cfg.mapek
+        knowledge.boot = knowledge.boot or events.boot
+        knowledge.mode, knowledge.policy = m.mode, m.policy
+        if abandoned := knowledge.start_run():
+            log.info("mapek: %d incident(s) left open by the previous run abandoned", abandoned)
+        self.core = MapeK(cfg.node_name, m.mode, make_policy(m.policy), cfg.hello_interval_s,
+                          interval_s=m.interval_s,
+                          thresholds=Thresholds(values=knowledge.thresholds()),
+                          stats=knowledge.stats(), next_id=knowledge.last_id() + 1,
+                          settle_s=START_SETTLE_S)
+        view.mapek, view.knowledge = self.core, knowledge
+
+    async def run(self) -> None:
+        interval = self.cfg.mapek.interval_s
+        await asyncio.sleep(interval)
+        await every(self.clock, interval, self.tick)
+
+    def tick(self) -> None:
+        """One MAPE-K step: observe the view, record what changed, carry out the ops."""
+        step = self.core.step(self.view.observation(self.cpu()))
+        self.knowledge.record(step, self.wall())
+        for op in step.ops:
+            self.carry(op)
+
+    def carry(self, op: Op) -> None:
+        """An executor op onto the cores' inputs (the only place the loop acts)."""
+        a, apply = op.action, op.op == "apply"
+        sensor, topology = self.view.sensor, self.view.topology
+        if a.kind == ActionKind.QUARANTINE_LINK:
+            if sensor.set_penalty(a.target.name, a.params["extra_cost"] if apply else 0.0):
+                self.originate()
+        elif a.kind == ActionKind.LENGTHEN_HELLO:
+            self.view.stretch.set_floor(a.params["floor_s"] if apply else 0.0)
+        elif a.kind == ActionKind.RESYNC_LSDB:
+            if apply:
+                hops = [(nb.ifname, nb.link_address) for nb in sensor.up_neighbors()
+                        if nb.name == a.target.name]
+                self.send(topology.neighbor_up(hops, self.clock()))
+        else:  # a descriptor the shell has no executor for (disruptive: needs a lease)
+            log.warning("mapek: no executor for %s; not carried out", a.kind)
+            return
+        log.info("mapek: %s %s on %s%s", op.op, a.kind, a.target,
+                 f" ({op.reason})" if op.reason else "")
+        self.events.append(EventKind.REMEDIATION, str(a.target), f"{op.op}:{a.kind}",
+                           {**a.as_dict(), "reason": op.reason})
+
+    def close(self) -> None:
+        self.knowledge.close()
