@@ -380,3 +380,19 @@ def test_durations() -> None:
         90, 30, 900, 3600, 172800]
     with pytest.raises(ValueError):
         parse_duration("-1h")
+
+
+def test_fleet_finds_ansible_inventory_beside_its_python(tmp_path, monkeypatch) -> None:
+    """`.venv/bin/meshctl fleet` with the venv not on PATH (the README's command) uses the
+    venv's own ansible-inventory."""
+    import shutil
+    import sys
+
+    from mesh_agent.ctl import fleet
+
+    (tmp_path / "ansible-inventory").write_text("#!/bin/sh\n")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python3"))
+    assert fleet.ansible_inventory() == str(tmp_path / "ansible-inventory")
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "elsewhere" / "python3"))
+    assert fleet.ansible_inventory() == "ansible-inventory"  # the error names it

@@ -17,9 +17,12 @@ skipped. :func:`fleet_rows` and :func:`fleet_summary` are pure, for the tests.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mesh_agent.ctl.render import duration
@@ -40,10 +43,18 @@ class FleetInventory:
     expected: dict[str, list[str]] | None = None
 
 
+def ansible_inventory() -> str:
+    """``ansible-inventory`` from PATH, else beside this Python (``.venv/bin/meshctl`` run
+    without the venv activated: the venv that has meshctl has Ansible too)."""
+    beside = Path(sys.executable).parent / "ansible-inventory"
+    return shutil.which("ansible-inventory") or (str(beside) if beside.exists()
+                                                 else "ansible-inventory")
+
+
 def inventory_nodes(inventory: str, group: str = "mesh_nodes") -> FleetInventory:
     """The hosts of *group* in *inventory*: where to ask each, which neighbours to expect."""
     try:
-        out = subprocess.run(["ansible-inventory", "-i", inventory, "--list"],
+        out = subprocess.run([ansible_inventory(), "-i", inventory, "--list"],
                              capture_output=True, text=True, check=True, timeout=120).stdout
     except FileNotFoundError:
         raise InventoryError("ansible-inventory not found: run meshctl fleet on the "
