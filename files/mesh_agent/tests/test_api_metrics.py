@@ -7,9 +7,9 @@ import asyncio
 import time
 import urllib.request
 
-from fastapi.testclient import TestClient
 from meshcore_testkit.inprocess import adverts_with_b, compute, meet_b
 from meshcore_testkit.pki import CA, PairKeysForTests
+from starlette.testclient import TestClient
 
 from mesh_agent.agent import Agent
 from mesh_agent.api import create_app

@@ -344,15 +344,13 @@ def test_every_kind_round_trips(tmp_path: Path, kind: EventKind) -> None:
 
 
 def test_v1_events_pages_with_a_cursor_and_reports_gaps(tmp_path: Path) -> None:
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
 
-    from mesh_agent.api.events import events_router
+    from mesh_agent.api.events import events_endpoint
 
     log = make(tmp_path, limits=NO_LIMITS, max_records=20)
-    app = FastAPI()
-    app.include_router(events_router("n1", log))
-    client = TestClient(app)
+    client = TestClient(Starlette(routes=[events_endpoint("n1", log).route()]))
     for i in range(10):
         log.append(EventKind.LINK_UP if i % 2 else EventKind.LINK_DOWN, f"n{i}", "timeout")
     body = client.get("/v1/events", params={"limit": 3}).json()

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from meshcore_testkit.pki import CA
+from starlette.testclient import TestClient
 
 from mesh_agent.agent import Agent
 from mesh_agent.api import create_app

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 from meshcore_testkit.inprocess import adverts_with_b, compute, meet_b
 from meshcore_testkit.pki import CA, PairKeysForTests
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
 
 from mesh_agent.agent import Agent
 from mesh_agent.api import create_app

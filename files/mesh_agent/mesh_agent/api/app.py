@@ -1,4 +1,4 @@
-"""FastAPI app over a read-only view of the running agent.
+"""The HTTP API (Starlette, :mod:`.routing`) over a read-only view of the running agent.
 
 The app sees the agent only through :class:`StateReader`, the narrow set of
 read methods it needs (:class:`mesh_agent.view.AgentView` implements it), the
@@ -11,12 +11,15 @@ import asyncio
 from typing import Any, Protocol
 
 import networkx as nx
-from fastapi import FastAPI, HTTPException, Query, Response
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 
 import mesh_agent
-from mesh_agent.api.events import EventReader, events_router
+from mesh_agent.api.events import EventReader, events_endpoint
+from mesh_agent.api.routing import Endpoint, Json, NotFound, Param, error, openapi
 from mesh_agent.paths import augmentation_plan, protection_summary
 
 
@@ -41,53 +44,47 @@ class StateReader(Protocol):
     def incidents(self, limit: int = ..., open_only: bool = ...) -> dict[str, Any]: ...
 
 
-def create_app(state: StateReader, registry: CollectorRegistry, events: EventReader) -> FastAPI:
-    app = FastAPI(
-        title="mesh-agent",
-        version=mesh_agent.__version__,
-        description="mesh-core node agent: neighbours, topology, k-disjoint paths, routes.",
-    )
+def create_app(state: StateReader, registry: CollectorRegistry, events: EventReader) -> Starlette:
     node = state.node_name
 
-    @app.get("/healthz")
     async def healthz() -> dict[str, str]:
+        """The process answers."""
         return {"status": "ok", "node": node}
 
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        """200 when every check holds, else 503; ``failing`` names the checks that do not,
-        ``detail`` tells a moment's flicker (paths pending for 0.2 s) from a stuck node."""
+    async def readyz() -> Response:
+        """200 when every check holds, else 503.
+
+        ``failing`` names the checks that do not, ``detail`` tells a moment's flicker
+        (paths pending for 0.2 s) from a stuck node."""
         checks = state.readiness()
         ready = all(checks.values())
-        return JSONResponse(
+        return Json(
             {"ready": ready, "checks": checks, "failing": [k for k, ok in checks.items() if not ok],
              "detail": state.readiness_detail()},
             status_code=200 if ready else 503)
 
-    @app.get("/metrics")
     async def metrics() -> Response:
+        """Prometheus metrics (text exposition format)."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/agent")
     async def agent() -> dict[str, Any]:
         """Version, mode (observe or enforce) and link backend of this node's agent."""
         return state.agent_view()
 
-    @app.get("/v1/identity")
     async def identity() -> dict[str, Any]:
         """SPIFFE ID, certificate validity, trust bundle and where the identity comes from."""
         return {"node": node, **state.identity_view()}
 
-    @app.get("/v1/neighbors")
     async def neighbors() -> dict[str, Any]:
+        """Neighbours: interface, address, RTT, loss, link age, echo mode."""
         return {"node": node, "neighbors": state.neighbors()}
 
-    @app.get("/v1/topology")
     async def topology() -> dict[str, Any]:
+        """The mesh as this node's link-state database sees it."""
         return {"node": node, **state.topology_view()}
 
-    @app.get("/v1/paths")
     async def paths() -> dict[str, Any]:
+        """Every destination's primary and backup paths, and the protection coverage."""
         return {
             "node": node,
             "mode": state.mode,
@@ -96,20 +93,14 @@ def create_app(state: StateReader, registry: CollectorRegistry, events: EventRea
             "last_failover": state.last_failover(),
         }
 
-    @app.get(
-        "/v1/paths/{dst}",
-        responses={404: {"description": "No path to this destination (unknown or unreachable)"}},
-    )
     async def path(dst: str) -> dict[str, Any]:
+        """One destination's paths."""
         found = state.path(dst)
         if found is None:
-            raise HTTPException(status_code=404, detail=f"no path to {dst}")
+            raise NotFound(f"no path to {dst}")
         return {**found, "coverage": state.coverage()}
 
-    @app.get("/v1/plan")
-    async def plan(
-        max_links: int = Query(10, ge=1, le=1000, description="Most new links to propose"),
-    ) -> dict[str, Any]:
+    async def plan(max_links: int) -> dict[str, Any]:
         """Planning report on the mesh as our LSDB sees it (paths.planning).
 
         ``summary``: the fraction of node pairs joined by two edge-disjoint
@@ -124,16 +115,46 @@ def create_app(state: StateReader, registry: CollectorRegistry, events: EventRea
         links = await asyncio.to_thread(augmentation_plan, graph, "cost", max_links)
         return {"node": node, "summary": summary, "links": links}
 
-    @app.get("/v1/incidents")
-    def incidents(
-        limit: int = Query(100, ge=1, le=1000, description="The newest N incidents"),
-        open_only: bool = Query(False, alias="open", description="Only those not recovered"),
-    ) -> dict[str, Any]:
-        """The self-healing loop's incidents, each as its chain: the signal and threshold
-        that raised it, its class and target, the action chosen and its outcome, and the
-        MTTR once recovered; with the loop's thresholds and active actions (docs/mapek.md).
-        A plain function: FastAPI runs it on its thread pool (it reads SQLite)."""
+    def incidents(limit: int, open_only: bool) -> dict[str, Any]:
+        """The self-healing loop's incidents, each as its chain.
+
+        The signal and threshold that raised it, its class and target, the action chosen
+        and its outcome, and the MTTR once recovered; with the loop's thresholds and
+        active actions (docs/mapek.md). A plain function: it runs on the thread pool
+        (it reads SQLite)."""
         return state.incidents(limit, open_only)
 
-    app.include_router(events_router(node, events))
-    return app
+    endpoints = [
+        Endpoint("/healthz", healthz),
+        Endpoint("/readyz", readyz, responses={503: "Not ready: ``failing`` says why"}),
+        Endpoint("/metrics", metrics),
+        Endpoint("/v1/agent", agent),
+        Endpoint("/v1/identity", identity),
+        Endpoint("/v1/neighbors", neighbors),
+        Endpoint("/v1/topology", topology),
+        Endpoint("/v1/paths", paths),
+        Endpoint("/v1/paths/{dst}", path,
+                 responses={404: "No path to this destination (unknown or unreachable)"}),
+        Endpoint("/v1/plan", plan, (
+            Param("max_links", int, default=10, ge=1, le=1000,
+                  description="Most new links to propose"),)),
+        Endpoint("/v1/incidents", incidents, (
+            Param("limit", int, default=100, ge=1, le=1000, description="The newest N incidents"),
+            Param("open", bool, default=False, arg="open_only",
+                  description="Only those not recovered"),)),
+        events_endpoint(node, events),
+    ]
+    document = openapi(
+        "mesh-agent", mesh_agent.__version__,
+        "mesh-core node agent: neighbours, topology, k-disjoint paths, routes.", endpoints)
+
+    async def schema() -> dict[str, Any]:
+        """This document."""
+        return document
+
+    async def http_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return error(exc.status_code, str(exc.detail))
+
+    routes = [e.route() for e in endpoints] + [Endpoint("/openapi.json", schema).route()]
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})

@@ -16,16 +16,15 @@ The response::
 
 A follower (``meshctl events --follow``) polls with ``after=<next>``; ``gap``
 tells it that the log's bound dropped records it never saw. The handler is a
-plain function, so FastAPI runs it on its thread pool and a slow disk never
+plain function, so Starlette runs it on its thread pool and a slow disk never
 blocks the agent's event loop.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Protocol
+from typing import Any, Protocol
 
-from fastapi import APIRouter, Query
-
+from mesh_agent.api.routing import Endpoint, Param
 from mesh_agent.store.events import MAX_TEXT, Event, EventKind
 
 MAX_LIMIT = 1000
@@ -47,19 +46,14 @@ class EventReader(Protocol):
     def bounds(self) -> tuple[int, int]: ...
 
 
-def events_router(node: str, log: EventReader) -> APIRouter:
-    router = APIRouter()
-
-    @router.get("/v1/events")
+def events_endpoint(node: str, log: EventReader) -> Endpoint:
     def events(
-        after: Annotated[int | None, Query(ge=0)] = None,
-        kind: Annotated[list[EventKind] | None, Query()] = None,
-        subject: Annotated[str | None, Query(max_length=MAX_TEXT)] = None,
-        since: Annotated[float | None, Query(ge=0)] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+        after: int | None, kind: list[str] | None, subject: str | None, since: float | None,
+        limit: int,
     ) -> dict[str, Any]:
+        """The node's event log, oldest first, read with a cursor (``after``, ``next``)."""
         oldest, newest = log.bounds()  # before the query: every match up to newest is in it
-        found = log.query(after=after, kinds=[str(k) for k in kind or []], subject=subject,
+        found = log.query(after=after, kinds=list(kind or []), subject=subject,
                           since=since, limit=limit)
         if len(found) == limit:
             next_after = found[-1].id
@@ -74,4 +68,11 @@ def events_router(node: str, log: EventReader) -> APIRouter:
             "gap": after is not None and oldest > after + 1,
         }
 
-    return router
+    return Endpoint("/v1/events", events, (
+        Param("after", int, ge=0, description="Only events after this id (a cursor)"),
+        Param("kind", choices=tuple(k.value for k in EventKind), many=True,
+              description="Only these kinds (repeatable)"),
+        Param("subject", max_length=MAX_TEXT, description="Only events about this subject"),
+        Param("since", float, ge=0, description="Only events from this wall-clock time on"),
+        Param("limit", int, default=100, ge=1, le=MAX_LIMIT, description="At most this many"),
+    ))
