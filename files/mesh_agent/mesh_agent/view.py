@@ -145,7 +145,8 @@ class AgentView:
                 "state": nb.state,
                 "loss": round(nb.loss(), 4),
                 "rtt_seconds": nb.rtt_s,
-                "age_seconds": round(nb.age(now), 3),
+                "age_seconds": round(nb.age(now), 3),  # since it came up (or was first heard)
+                "heard_seconds_ago": round(now - nb.last_rx, 3),  # its last hello
                 "cost": nb.cost(),
                 "penalty": self.sensor.penalties.get(nb.name, 0.0),
                 "last_seq": nb.last_seq,

@@ -125,6 +125,9 @@ def test_neighbours_table_json_and_expected(live: Live) -> None:
     assert code == 0 and data["expected_missing"] == []
     assert data["neighbors"][0]["name"] == "b"
     assert data["neighbors"][0]["echo_mode"] == "pending"
+    # Heard (its last hello) no earlier than it came up: not the link's age.
+    nb = data["neighbors"][0]
+    assert 0 <= nb["heard_seconds_ago"] <= nb["age_seconds"] + 0.01
 
 
 def test_neighbours_echo_mode_once_b_answers_probes(live: Live) -> None:

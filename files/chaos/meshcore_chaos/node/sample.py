@@ -155,7 +155,7 @@ class Sampler:
                         "ifname": ifname, "state": nb.get("state"), "loss": nb.get("loss"),
                         "rtt_s": rtt, "jitter_s": jitter,
                         "link_age_s": round(t - self.up_since[name], 3) if up else 0.0,
-                        "hello_lateness_s": nb.get("age_seconds"), **dev.get(ifname, {})})
+                        "hello_lateness_s": nb.get("heard_seconds_ago"), **dev.get(ifname, {})})
         return out
 
 
