@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import sqlite3
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from meshcore_testkit.crash import committed_ids, kill9_rounds
 
 from mesh_agent.store import Event, EventKind, EventLog, Throttle
 from mesh_agent.store.db import AUTOCHECKPOINT_PAGES, DB_NAME, migrate, open_db
@@ -283,30 +279,18 @@ def test_kill_9_while_writing_loses_at_most_the_last_record(tmp_path: Path) -> N
     most one record more than reported is there (committed, not yet printed).
     The next start knows the previous run crashed.
     """
-    rng = random.Random(1)
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     state = tmp_path / "state"
     acknowledged = 0
-    for _ in range(15):
-        # max_records far above what 15 short runs write: nothing is pruned, so every
-        # start record is still there for the last check (pruning has its own tests).
-        proc = subprocess.Popen([sys.executable, str(script), str(state), "10000000"],
-                                stdout=subprocess.PIPE, text=True)
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "started"
+    # max_records far above what 15 short runs write: nothing is pruned, so every
+    # start record is still there for the last check (pruning has its own tests).
+    for run in kill9_rounds(script, [str(state), "10000000"], 15, random.Random(1)):
+        assert run.first == ["started"]
         acknowledged += 1  # the start record, committed before "started" was printed
-        time.sleep(rng.uniform(0.05, 0.4))
-        proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate(timeout=10)
-        lines = [line for line in out.split("\n") if line.strip().isdigit()]
-        if lines:
-            acknowledged = int(lines[-1])
-        conn = sqlite3.connect(state / DB_NAME)
-        assert conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
-        ids = [r[0] for r in conn.execute("SELECT id FROM events ORDER BY id")]
-        conn.close()
-        assert ids == list(range(1, len(ids) + 1)), "a gap or a reordering"
+        if run.acknowledged is not None:
+            acknowledged = run.acknowledged
+        ids = committed_ids(state / DB_NAME, "events")
         assert acknowledged <= ids[-1] <= acknowledged + 1
         acknowledged = ids[-1]  # the start record of the next run comes after these
     log = make(state, limits=NO_LIMITS)
