@@ -35,7 +35,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 1
 export PY_COLORS ?= 1
 
-.PHONY: chaos chaos-clean dataset help release setup venv pki-backup hw-lab image image-rpi seed image-boot-test image-repro agent-bundle lab lab-status lab-report lab-destroy dashboard test test-full lint unit molecule molecule-full molecule-image bench fuzz results
+.PHONY: chaos chaos-clean dataset help release setup venv pki-backup hw-lab image image-rpi seed image-boot-test image-repro agent-bundle lab lab-status lab-report lab-destroy dashboard test test-full test-full-lab test-full-image test-full-hw lint unit molecule molecule-full molecule-image bench fuzz results
 
 help:
 	@echo "make lab [NODES=10] [TOPOLOGY=grid|rgg|ladder|community|FILE]   build + provision the lab mesh"
@@ -46,7 +46,8 @@ help:
 	@echo "make chaos-clean                           remove every fault on record or tagged, on every lab node"
 	@echo "make dataset [TOPOLOGY=file SEED=1 OUT=build/dataset]  record a labelled telemetry dataset (netns)"
 	@echo "make test        lint + unit tests + molecule (fast scenarios)"
-	@echo "make test-full   make test + the slow scenarios"
+	@echo "make test-full   make test + the slow scenarios, in three parts that also run alone:"
+	@echo "make test-full-lab | test-full-image | test-full-hw   lab and netns tests | the rpi image | three emulated Pis"
 	@echo "make bench       benchmarks under tests/bench (one JSON line per figure)"
 	@echo "make results     regenerate docs/results.md's table from docs/results/*.jsonl and index.yml"
 	@echo "make fuzz [FUZZ_SECONDS=600]  coverage-guided fuzzing of the agent's advert handling (make test runs 20 s)"
@@ -174,8 +175,22 @@ test: lint unit molecule
 molecule-image: image-rpi
 	$(BIN)/molecule test -s image
 
-test-full: test molecule-full image-rpi molecule-image
-	$(BIN)/pytest -q tests/test_monitoring_netns.py tests/test_lab_e2e.py tests/test_lab_yggdrasil.py tests/test_lab_identity_rotation.py tests/test_dashboard_lab.py tests/test_image_rpi.py tests/test_hw_lab.py tests/test_chaos_reaper.py tests/test_chaos_suite_netns.py tests/test_chaos_rogue.py --run-slow -p no:cacheprovider
+# make test-full = make test + its three parts. On a 2-core machine the whole takes
+# about 4 h (the emulated Pis' site.yml runs most of it), so each part also runs
+# alone, without make test: lab (slow molecule scenarios and lab/netns tests),
+# image (the rpi image booted as a molecule instance) and hw (three emulated Pis).
+SLOW_LAB_TESTS = tests/test_monitoring_netns.py tests/test_lab_e2e.py tests/test_lab_yggdrasil.py tests/test_lab_identity_rotation.py tests/test_dashboard_lab.py tests/test_chaos_reaper.py tests/test_chaos_suite_netns.py tests/test_chaos_rogue.py
+
+test-full: test test-full-lab test-full-image test-full-hw
+
+test-full-lab: molecule-full
+	$(BIN)/pytest -q $(SLOW_LAB_TESTS) --run-slow -p no:cacheprovider
+
+test-full-image: image-rpi molecule-image
+	$(BIN)/pytest -q tests/test_image_rpi.py --run-slow -p no:cacheprovider
+
+test-full-hw: setup
+	$(BIN)/pytest -q tests/test_hw_lab.py --run-slow -p no:cacheprovider
 
 bench: setup
 	@set -e; for b in tests/bench/bench_*.py; do $(BIN)/python $$b; done
