@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 
 from mesh_agent.counters import Histogram
 from mesh_agent.mapek.analyze import Analyzer, Detector, Incident, IncidentClass
-from mesh_agent.mapek.execute import Action, Executor, Op
+from mesh_agent.mapek.execute import EXPIRY_S, Action, Executor, Op
 from mesh_agent.mapek.monitor import Monitor, Observation, Reading, Signal, Thresholds
 from mesh_agent.mapek.plan import ActionKind, ActionStats, Policy, Stats, succeeded
-from mesh_agent.mapek.safety import LeaseProvider, RateLimit, Safety
+from mesh_agent.mapek.safety import LEASE_TTL_S, LeaseProvider, RateLimit, Safety
 
 log = logging.getLogger("mesh_agent.mapek")
 
@@ -46,7 +46,8 @@ RELAX_STEP = 0.05  # a real incident moves it 5 % of the way back to the default
 # The agent arms its loop once it has been ready this long (the API comes at most
 # 15 s after the start: mesh_agent.startup).
 START_SETTLE_S = 15.0
-ACTION_OUTCOMES = ("applied", "observed", "noop", "refused:rate_limited", "refused:no_lease")
+ACTION_OUTCOMES = ("applied", "observed", "noop", "refused:rate_limited", "refused:no_lease",
+                   "refused:stale_token")
 
 
 @dataclass
@@ -77,11 +78,12 @@ class MapeK:
         detector: Detector | None = None,
         false_alarm_s: float | None = None,
         settle_s: float = 0.0,
+        lease_ttl_s: float = LEASE_TTL_S,
     ) -> None:
         self.node, self.mode, self.policy = node, mode, policy
         self.monitor = Monitor(thresholds)
         self.analyzer = Analyzer(detector, next_id)
-        self.safety = Safety(node, mode, leases, limit)
+        self.safety = Safety(node, mode, leases, limit, lease_ttl_s)
         self.executor = Executor(hello_interval_s)
         self.stats: dict[tuple[str, str], ActionStats] = {
             k: ActionStats(v.tries, v.successes, v.mttr_sum) for k, v in (stats or {}).items()}
@@ -133,11 +135,22 @@ class MapeK:
         self.actions_total[key] = self.actions_total.get(key, 0) + 1
         action: Action = self.executor.build(
             kind, inc.target, inc.id, now, verdict.lease.token if verdict.lease else None)
-        log.info("incident %d %s on %s (%s %.3g > %.3g): %s -> %s", inc.id, inc.cls, inc.target,
-                 inc.signal, inc.value, inc.threshold, kind, verdict.outcome)
+        log.info("incident %d %s on %s (%s %.3g > %.3g): %s -> %s%s", inc.id, inc.cls,
+                 inc.target, inc.signal, inc.value, inc.threshold, kind, verdict.outcome,
+                 f" ({verdict.reason})" if verdict.reason else "")
         if not verdict.allowed or kind == ActionKind.NONE:
             return []
-        return self.executor.start(action, now)
+        ops = self.executor.start(action, now)
+        if verdict.lease is not None and (EXPIRY_S[kind] <= 0 or not ops):
+            # One-shot (or refused): done with the lease. An action that lasts keeps its
+            # slot until the lease's TTL runs out.
+            self.safety.leases.release(verdict.lease)
+        if action.disruptive and not ops:  # the fence refused its token
+            inc.action_outcome = "refused:stale_token"
+            self.actions_total[key] -= 1
+            key = (str(kind), inc.action_outcome)
+            self.actions_total[key] = self.actions_total.get(key, 0) + 1
+        return ops
 
     def _learn(self, inc: Incident, out: Step) -> None:
         if inc.resolution == "gone":  # not a recovery: no MTTR, no credit, no tuning

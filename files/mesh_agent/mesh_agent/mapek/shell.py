@@ -16,11 +16,14 @@ import logging
 from collections.abc import Callable, Iterable
 
 from mesh_agent.config import AgentConfig
+from mesh_agent.mapek.etcd import EtcdLeases
 from mesh_agent.mapek.execute import Op
 from mesh_agent.mapek.knowledge import Knowledge
+from mesh_agent.mapek.lease import neighbourhood
 from mesh_agent.mapek.loop import START_SETTLE_S, MapeK
 from mesh_agent.mapek.monitor import Thresholds
 from mesh_agent.mapek.plan import ActionKind, make_policy
+from mesh_agent.mapek.safety import LeaseProvider, NoQuorum
 from mesh_agent.store.events import EventKind, EventLog
 from mesh_agent.timers import every
 from mesh_agent.topology.core import Send
@@ -54,8 +57,22 @@ class MapekShell:
                           interval_s=m.interval_s,
                           thresholds=Thresholds(values=knowledge.thresholds()),
                           stats=knowledge.stats(), next_id=knowledge.last_id() + 1,
-                          settle_s=START_SETTLE_S)
+                          settle_s=START_SETTLE_S, leases=self._leases(),
+                          lease_ttl_s=m.lease.ttl_s)
         view.mapek, view.knowledge = self.core, knowledge
+
+    def _leases(self) -> LeaseProvider:
+        """etcd when endpoints are configured (the gateways), else nothing is granted."""
+        lease = self.cfg.mapek.lease
+        if not lease.endpoints:
+            return NoQuorum()
+        node = self.cfg.node_name
+
+        def topology() -> tuple[int, frozenset[str]]:
+            return neighbourhood(self.view.graph(), node)
+
+        return EtcdLeases(lease.endpoints, topology, cap_pct=lease.cap_pct,
+                          timeout_s=lease.timeout_s)
 
     async def run(self) -> None:
         interval = self.cfg.mapek.interval_s
