@@ -130,26 +130,23 @@ class MapeK:
     def _decide(self, inc: Incident, now: float) -> list[Op]:
         kind = ActionKind(self.policy.choose(inc.cls, self.stats))
         verdict = self.safety.check(kind, now)
-        inc.decided_at, inc.action, inc.action_outcome = now, str(kind), verdict.outcome
-        key = (str(kind), verdict.outcome)
-        self.actions_total[key] = self.actions_total.get(key, 0) + 1
         action: Action = self.executor.build(
             kind, inc.target, inc.id, now, verdict.lease.token if verdict.lease else None)
+        outcome, ops = verdict.outcome, []
+        if verdict.allowed and kind != ActionKind.NONE:
+            ops = self.executor.start(action, now)
+            if action.disruptive and not ops:  # the fence refused its token
+                outcome = "refused:stale_token"
+            if verdict.lease is not None and (EXPIRY_S[kind] <= 0 or not ops):
+                # One-shot (or refused): done with the lease. An action that lasts keeps
+                # its slot until the lease's TTL runs out.
+                self.safety.leases.release(verdict.lease)
+        inc.decided_at, inc.action, inc.action_outcome = now, str(kind), outcome
+        key = (str(kind), outcome)
+        self.actions_total[key] = self.actions_total.get(key, 0) + 1
         log.info("incident %d %s on %s (%s %.3g > %.3g): %s -> %s%s", inc.id, inc.cls,
-                 inc.target, inc.signal, inc.value, inc.threshold, kind, verdict.outcome,
+                 inc.target, inc.signal, inc.value, inc.threshold, kind, outcome,
                  f" ({verdict.reason})" if verdict.reason else "")
-        if not verdict.allowed or kind == ActionKind.NONE:
-            return []
-        ops = self.executor.start(action, now)
-        if verdict.lease is not None and (EXPIRY_S[kind] <= 0 or not ops):
-            # One-shot (or refused): done with the lease. An action that lasts keeps its
-            # slot until the lease's TTL runs out.
-            self.safety.leases.release(verdict.lease)
-        if action.disruptive and not ops:  # the fence refused its token
-            inc.action_outcome = "refused:stale_token"
-            self.actions_total[key] -= 1
-            key = (str(kind), inc.action_outcome)
-            self.actions_total[key] = self.actions_total.get(key, 0) + 1
         return ops
 
     def _learn(self, inc: Incident, out: Step) -> None:
