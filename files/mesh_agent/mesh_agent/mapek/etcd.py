@@ -66,11 +66,16 @@ class EtcdLeases:
 
     def __init__(self, endpoints: Sequence[str], topology: Topology, *,
                  cap_pct: float = DEFAULT_CAP_PCT, prefix: str = DEFAULT_PREFIX,
-                 timeout_s: float = 1.0, retry_s: float = 10.0) -> None:
+                 timeout_s: float = 1.0, retry_s: float = 10.0,
+                 tls: tuple[str, str, str] | None = None) -> None:
+        """``tls``: (CA, certificate, key) files for ``https`` endpoints: the etcd role
+        requires a client certificate from the mesh CA, and the node's own has clientAuth."""
         if not endpoints:
             raise ValueError("at least one etcd endpoint")
+        ca, cert, key = tls or (None, None, None)
         self.clients = [etcd3gw.Etcd3Client(host=h, port=p, protocol=proto, timeout=timeout_s,
-                                            api_path="/v3/")
+                                            api_path="/v3/", ca_cert=ca, cert_cert=cert,
+                                            cert_key=key)
                         for proto, h, p in map(parse_endpoint, endpoints)]
         self.topology, self.cap_pct = topology, cap_pct
         self.keys = LeaseKeys(prefix)

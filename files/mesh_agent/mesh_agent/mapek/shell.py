@@ -71,8 +71,10 @@ class MapekShell:
         def topology() -> tuple[int, frozenset[str]]:
             return neighbourhood(self.view.graph(), node)
 
+        ident = self.cfg.identity
         return EtcdLeases(lease.endpoints, topology, cap_pct=lease.cap_pct,
-                          timeout_s=lease.timeout_s)
+                          timeout_s=lease.timeout_s,
+                          tls=(str(ident.ca), str(ident.cert), str(ident.key)))
 
     async def run(self) -> None:
         interval = self.cfg.mapek.interval_s
