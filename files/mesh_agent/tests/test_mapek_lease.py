@@ -288,3 +288,26 @@ def test_a_disruptive_action_carries_its_token_and_a_stale_one_is_refused() -> N
     ops = [o for s in steps for o in s.ops]
     assert [(o.op, o.action.kind) for o in ops] == [("apply", ActionKind.RESTART_UNIT)]
     assert ops[0].action.lease_token == fresh.executor.fence.newest > 0
+
+
+def test_the_agent_gets_etcd_only_with_endpoints_and_talks_tls_with_its_own_certificate() -> None:
+    from mesh_agent.config import parse_config
+    from mesh_agent.mapek.safety import NoQuorum
+    from mesh_agent.mapek.shell import lease_provider
+
+    base = {"node_name": "a", "node_address": "10.77.0.1", "mapek": {"enabled": True}}
+    g = nx.path_graph(["a", "b", "c", "d"])
+    assert isinstance(lease_provider(parse_config(base), lambda: g), NoQuorum)
+    cfg = parse_config({**base, "mapek": {"enabled": True, "lease": {
+        "endpoints": ["https://10.77.0.5:2379", "https://10.77.0.9:2379"], "cap_pct": 50.0}}})
+    p = lease_provider(cfg, lambda: g)
+    assert isinstance(p, EtcdLeases) and p.cap_pct == 50.0
+    assert [(c.protocol, c.host, c.port) for c in p.clients] == [
+        ("https", "10.77.0.5", 2379), ("https", "10.77.0.9", 2379)]
+    ident = cfg.identity
+    assert p.clients[0].session.cert == (str(ident.cert), str(ident.key))
+    assert p.clients[0].session.verify == str(ident.ca)
+    assert p.topology() == (4, frozenset({"a", "b", "c"}))
+    for bad in (["10.77.0.5:2379"], ["http://10.77.0.5"], ["http://10.77.0.5:2379/v3"], "x"):
+        with pytest.raises(ValueError, match=r"mapek\.lease\.endpoints"):
+            parse_config({**base, "mapek": {"lease": {"endpoints": bad}}})
