@@ -175,9 +175,9 @@ def test_no_quorum_refuses_with_a_reason_and_local_actions_still_run(tmp_path: P
         assert isinstance(got, Refusal) and got.reason == "no_quorum", got
         assert "ConnectionFailedError" in got.detail and "Timeout" in got.detail
         assert took < 3 * 1.0 + 1.0  # at most one timeout per endpoint
-        s = Safety("b", "enforce", p)
-        v = s.check(ActionKind.RESTART_UNIT, time.monotonic())
+        v = Safety.settle(got)
         assert (v.allowed, v.outcome) == (False, "refused:no_lease") and "no_quorum" in v.reason
-        assert s.check(ActionKind.QUARANTINE_LINK, time.monotonic()).allowed
+        s = Safety("b", "enforce", p)
+        assert s.check(ActionKind.QUARANTINE_LINK, time.monotonic()).allowed  # local: runs
     finally:
         c.close()

@@ -208,10 +208,13 @@ def test_no_quorum_refuses_with_a_reason_and_backs_off() -> None:
     assert etcd.posts == posts  # within retry_s: not even tried
     etcd.up = True
     assert isinstance(a.acquire("a", "restart_unit", 30, 10.0), Lease)
-    # In the loop: the refusal reaches the verdict, and the local actions still run.
+    # In the loop: the decision waits for the call (made off the event loop), the refusal
+    # becomes the verdict with its reason, and the local actions still run meanwhile.
     etcd.up = False
-    s = Safety("a", "enforce", provider(etcd, nx.path_graph(["a", "b"]), "a"))
-    v = s.check(ActionKind.ISOLATE_ORIGIN, 100.0)
+    p = provider(etcd, nx.path_graph(["a", "b"]), "a")
+    s = Safety("a", "enforce", p)
+    assert s.check(ActionKind.ISOLATE_ORIGIN, 100.0).outcome == "pending:lease"
+    v = Safety.settle(p.acquire("a", "isolate_origin", 30, 100.0))
     assert (v.allowed, v.outcome) == (False, "refused:no_lease")
     assert v.reason.startswith("no_quorum")
     assert s.check(ActionKind.QUARANTINE_LINK, 100.0).allowed
@@ -270,24 +273,56 @@ def lossy(at: float) -> Observation:
     return Observation(at=at, links=(LinkSample("b", 0.5, 0.002),))
 
 
-def test_a_disruptive_action_carries_its_token_and_a_stale_one_is_refused() -> None:
+def ask(loop: MapeK, p: EtcdLeases, steps: list[Any], now: float) -> list[Any]:
+    """What the shell does with a step's lease requests (there in a worker thread)."""
+    return [loop.leased(r.incident, p.acquire(r.holder, r.action, r.ttl_s, now), now)
+            for s in steps for r in s.lease_requests]
+
+
+def test_a_disruptive_action_waits_for_its_lease_and_carries_its_token() -> None:
     etcd = FakeEtcd()
     g = nx.path_graph(["a", "b"])
-    loop = MapeK("a", "enforce", Always(ActionKind.RESTART_UNIT), 0.05,
-                 leases=provider(etcd, g, "a"))
+    p = provider(etcd, g, "a")
+    loop = MapeK("a", "enforce", Always(ActionKind.RESTART_UNIT), 0.05, leases=p)
+    steps = [loop.step(lossy(t)) for t in (0.0, 5.0)]
+    inc = next(i for s in steps for i in s.opened)
+    assert (inc.action, inc.action_outcome, inc.decided_at) == ("restart_unit", "pending:lease",
+                                                                 None)
+    assert not any(s.decided or s.ops for s in steps) and etcd.posts == 0  # no I/O in the core
+    [answered] = ask(loop, p, steps, 5.5)
+    assert answered.decided == [inc] and inc.decided_at == 5.5
+    assert [(o.op, o.action.kind) for o in answered.ops] == [("apply", ActionKind.RESTART_UNIT)]
+    token = answered.ops[0].action.lease_token
+    assert token is not None and token == loop.executor.fence.newest > 0
+    # One-shot: the lease goes back at once (the shell revokes it off the loop).
+    assert [lease.token for lease in answered.releases] == [token]
+    assert loop.actions_total == {("restart_unit", "applied"): 1}
+
+
+def test_a_stale_token_is_refused_and_a_late_answer_after_recovery_does_nothing() -> None:
+    etcd = FakeEtcd()
+    g = nx.path_graph(["a", "b"])
+    p = provider(etcd, g, "a")
+    loop = MapeK("a", "enforce", Always(ActionKind.RESTART_UNIT), 0.05, leases=p)
     # A newer token was seen already (another holder, after this node's lease went stale).
     loop.executor.fence.admit(10**6)
     steps = [loop.step(lossy(t)) for t in (0.0, 5.0)]
-    inc = next(i for s in steps for i in s.opened)
+    [answered] = ask(loop, p, steps, 5.5)
+    inc = answered.decided[0]
     assert (inc.action, inc.action_outcome) == ("restart_unit", "refused:stale_token")
+    assert answered.ops == [] and len(answered.releases) == 1
     assert loop.actions_total == {("restart_unit", "refused:stale_token"): 1}
-    assert not any(k.endswith("/holder/a") for k in etcd.kv)  # released at once
-    fresh = MapeK("a", "enforce", Always(ActionKind.RESTART_UNIT), 0.05,
-                  leases=provider(etcd, g, "a"))
-    steps = [fresh.step(lossy(t)) for t in (0.0, 5.0)]
-    ops = [o for s in steps for o in s.ops]
-    assert [(o.op, o.action.kind) for o in ops] == [("apply", ActionKind.RESTART_UNIT)]
-    assert ops[0].action.lease_token == fresh.executor.fence.newest > 0
+    p.release(answered.releases[0])  # what the shell does with it
+    # Recovered while its lease was being asked for: the grant is handed back unused.
+    late = MapeK("a", "enforce", Always(ActionKind.RESTART_UNIT), 0.05, leases=p)
+    steps = [late.step(lossy(t)) for t in (20.0, 25.0)]
+    steps += [late.step(Observation(at=30.0 + 5 * k, links=(LinkSample("b", 0.0, 0.002),)))
+              for k in range(4)]
+    assert any(s.recovered for s in steps)
+    [answered] = ask(late, p, steps, 50.0)
+    assert answered.ops == [] and len(answered.releases) == 1
+    assert answered.decided[0].action_outcome == "refused:recovered"
+    assert late.actions_total == {}
 
 
 def test_the_agent_gets_etcd_only_with_endpoints_and_talks_tls_with_its_own_certificate() -> None:

@@ -13,9 +13,10 @@ with ``no_quorum`` and stays refused for ``retry_s`` without trying again, so a
 loop deciding on every incident does not wait ``timeout_s`` each time. Only local
 actions run meanwhile (:class:`~.safety.Safety`).
 
-Blocking. The calls are synchronous and the agent's loop makes them in its tick: a
-disruptive decision waits for etcd (at most ``timeout_s`` per endpoint tried). Local
-actions never touch etcd.
+Blocking. The calls are synchronous (``blocking = True``), so the loop never makes
+them: a disruptive decision is *pending* in its step, the shell makes the call in a
+worker thread and hands the answer back (:meth:`~.loop.MapeK.leased`). The event loop
+(hellos every 50 ms) never waits for etcd. Local actions never touch etcd.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class EtcdLeases:
     """Leases in etcd: TTL, the fleet-wide cap, one per 2-hop neighbourhood, fencing tokens."""
 
     name = "etcd"
+    blocking = True  # every call is a request: the shell makes them off the event loop
 
     def __init__(self, endpoints: Sequence[str], topology: Topology, *,
                  cap_pct: float = DEFAULT_CAP_PCT, prefix: str = DEFAULT_PREFIX,

@@ -39,7 +39,12 @@ class Lease:
 
 
 class LeaseProvider(Protocol):
+    """``blocking``: its calls do I/O (etcd), so the loop does not make them itself: it
+    asks for a lease in its :class:`~.loop.Step` and takes the answer later
+    (:meth:`~.loop.MapeK.leased`); the shell makes the call off the event loop."""
+
     name: str
+    blocking: bool
 
     def acquire(self, holder: str, action: str, ttl_s: float, now: float) -> Lease | Refusal: ...
 
@@ -52,6 +57,7 @@ class NoQuorum:
     """No lease service reachable: every disruptive action is refused."""
 
     name = "no_quorum"
+    blocking = False
 
     def acquire(self, holder: str, action: str, ttl_s: float, now: float) -> Lease | Refusal:
         return Refusal("no_quorum", "no lease service configured")
@@ -86,7 +92,8 @@ class RateLimit:
 @dataclass(frozen=True)
 class Verdict:
     allowed: bool
-    outcome: str  # applied | observed | refused:rate_limited | refused:no_lease | noop
+    # applied | observed | refused:rate_limited | refused:no_lease | noop | pending:lease
+    outcome: str
     lease: Lease | None = None
     reason: str = ""  # a refused lease: why (lease.REFUSALS), with its detail
 
@@ -107,10 +114,13 @@ class Safety:
         if self.mode == "observe":
             return Verdict(False, "observed")
         if kind in DISRUPTIVE:
+            if self.leases.blocking:  # rate-limited first: no request the limit would waste
+                if not self.limit.admit(now):
+                    return Verdict(False, "refused:rate_limited")
+                return Verdict(False, "pending:lease")
             lease = self.leases.acquire(self.node, str(kind), self.lease_ttl_s, now)
             if isinstance(lease, Refusal):
-                reason = f"{lease.reason}: {lease.detail}" if lease.detail else lease.reason
-                return Verdict(False, "refused:no_lease", reason=reason)
+                return self.settle(lease)
             if not self.limit.admit(now):
                 self.leases.release(lease)
                 return Verdict(False, "refused:rate_limited")
@@ -118,3 +128,11 @@ class Safety:
         if not self.limit.admit(now):
             return Verdict(False, "refused:rate_limited")
         return Verdict(True, "applied")
+
+    @staticmethod
+    def settle(answer: Lease | Refusal) -> Verdict:
+        """A lease provider's answer as a verdict (a refusal keeps its reason)."""
+        if isinstance(answer, Refusal):
+            reason = f"{answer.reason}: {answer.detail}" if answer.detail else answer.reason
+            return Verdict(False, "refused:no_lease", reason=reason)
+        return Verdict(True, "applied", answer)
