@@ -81,6 +81,7 @@ def test_the_ttl_frees_a_lease_nobody_released(cluster: object) -> None:
         assert time.monotonic() - t0 < TTL + 2.0, "a dead holder blocked past its TTL"
         time.sleep(0.1)
     waited = time.monotonic() - t0
+    print(f"a lease nobody released (TTL {TTL} s) was granted again after {waited:.2f} s")
     assert TTL - 0.5 < waited < TTL + 2.0 and lb.token > la.token
 
 
@@ -112,6 +113,8 @@ def test_a_holder_stopped_past_its_ttl_cannot_act_on_its_stale_token(cluster: ob
         while isinstance(lb := b.acquire("b", "restart_unit", TTL, time.monotonic()), Refusal):
             assert time.monotonic() - t0 < TTL + 2.0
             time.sleep(0.1)
+        print(f"holder stopped with token {stale}; b granted token {lb.token} after "
+              f"{time.monotonic() - t0:.2f} s")
         assert lb.token > stale and fence.admit(lb.token)  # b acts under its lease
         os.kill(holder.pid, signal.SIGCONT)
         holder.stdin.write("go\n")
@@ -157,6 +160,41 @@ def test_contention_never_grants_twice(cluster: object) -> None:
     assert len(set(tokens)) == len(tokens) and tokens == sorted(tokens)
 
 
+def test_stale_holders_never_act_beside_the_new_one(cluster: object) -> None:
+    """200 trials at once (one TTL of waiting for all): holder a is granted, then is not
+    scheduled past its TTL (what SIGSTOP does, above, for one), b is granted; a wakes
+    before b acts on odd trials, after on even ones. a acts only if its own check
+    (deadline, then etcd) passes and the fence admits its token: never beside b."""
+    g = nx.path_graph(["a", "b"])
+    pa = [leases(cluster, g, "a", f"/t6/{i}/") for i in range(TRIALS)]
+    pb = [leases(cluster, g, "b", f"/t6/{i}/") for i in range(TRIALS)]
+    fences = [Fence() for _ in range(TRIALS)]
+    with ThreadPoolExecutor(8) as pool:
+        held = list(pool.map(lambda p: p.acquire("a", "restart_unit", TTL, time.monotonic()),
+                             pa))
+        assert all(isinstance(x, Lease) for x in held)
+        time.sleep(TTL + 1.0)  # a is "stopped" past its TTL; etcd expires its keys
+
+        def trial(i: int) -> tuple[bool, bool]:
+            stale = held[i]
+            assert isinstance(stale, Lease)
+
+            def a_acts() -> bool:
+                return pa[i].validate(stale, time.monotonic()) and fences[i].admit(stale.token)
+
+            a_first = a_acts() if i % 2 else False
+            lb = pb[i].acquire("b", "restart_unit", TTL, time.monotonic())
+            b_acted = isinstance(lb, Lease) and fences[i].admit(lb.token)
+            a_late = a_acts()
+            return a_first or a_late, b_acted
+
+        results = list(pool.map(trial, range(TRIALS)))
+    double = sum(a and b for a, b in results)
+    print(f"{TRIALS} stale-holder trials: b acted in {sum(b for _a, b in results)}, "
+          f"a in {sum(a for a, _b in results)}, both in {double}")
+    assert double == 0 and all(b for _a, b in results)
+
+
 def test_no_quorum_refuses_with_a_reason_and_local_actions_still_run(tmp_path: Path) -> None:
     from meshcore_testkit.etcd import EtcdCluster
 
@@ -172,6 +210,7 @@ def test_no_quorum_refuses_with_a_reason_and_local_actions_still_run(tmp_path: P
         t0 = time.monotonic()
         got = p.acquire("b", "restart_unit", TTL, t0)
         took = time.monotonic() - t0
+        print(f"no quorum: refused in {took:.2f} s ({got.detail})")
         assert isinstance(got, Refusal) and got.reason == "no_quorum", got
         assert "ConnectionFailedError" in got.detail and "Timeout" in got.detail
         assert took < 3 * 1.0 + 1.0  # at most one timeout per endpoint
