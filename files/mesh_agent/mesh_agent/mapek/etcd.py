@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -84,6 +85,9 @@ class EtcdLeases:
         self.retry_s = retry_s
         self._down_until = -math.inf
         self._at = 0  # the endpoint that answered last: tried first
+        # The shell calls from worker threads; one call at a time shares the sessions
+        # and the back-off safely (calls are rare: rate-limited disruptive decisions).
+        self._lock = threading.Lock()
 
     # -- I/O: one JSON post, to the first endpoint that answers ------------------------
     def _post(self, path: str, body: dict[str, Any]) -> Any:
@@ -103,6 +107,10 @@ class EtcdLeases:
 
     # -- the LeaseProvider protocol ----------------------------------------------------
     def acquire(self, holder: str, action: str, ttl_s: float, now: float) -> Lease | Refusal:
+        with self._lock:
+            return self._acquire(holder, action, ttl_s, now)
+
+    def _acquire(self, holder: str, action: str, ttl_s: float, now: float) -> Lease | Refusal:
         if now < self._down_until:
             return Refusal("no_quorum", "backing off after an unreachable etcd")
         fleet, hood = self.topology()
@@ -137,12 +145,17 @@ class EtcdLeases:
         return Refusal("contention", f"no free slot after {claim.cap + 1} tries")
 
     def release(self, lease: Lease) -> None:
-        self._revoke(lease.lease_id)
+        with self._lock:
+            self._revoke(lease.lease_id)
 
     def validate(self, lease: Lease, now: float) -> bool:
         """Whether ``lease`` still stands: before its deadline and still the holder in etcd."""
         if now >= lease.expires_at:
             return False
+        with self._lock:
+            return self._still_held(lease)
+
+    def _still_held(self, lease: Lease) -> bool:
         try:
             return validated(self._post("/kv/txn",
                                         self.keys.validate_txn(lease.holder, lease.token)))
