@@ -195,6 +195,38 @@ def test_stale_holders_never_act_beside_the_new_one(cluster: object) -> None:
     assert double == 0 and all(b for _a, b in results)
 
 
+def test_a_partitioned_member_neither_blocks_nor_doubles_a_grant(cluster: object) -> None:
+    """One member SIGSTOPped (it neither answers nor votes, as if cut off): the clients
+    skip it after one timeout, the majority keeps granting, and never twice."""
+    hood = nx.complete_graph([f"p{i}" for i in range(5)])
+    names = list(hood)
+    providers = {n: EtcdLeases(cluster.endpoints, lambda n=n: neighbourhood(hood, n),  # type: ignore[attr-defined]
+                               prefix="/t7/", timeout_s=0.5) for n in names}
+    cluster.pause_member(0)  # type: ignore[attr-defined]
+    double, granted = 0, 0
+    t0 = time.monotonic()
+    try:
+        # If it was the leader, the other two elect one first (election timeout 500 ms).
+        while not (cluster.healthy(1) and cluster.healthy(2)):  # type: ignore[attr-defined]
+            assert time.monotonic() - t0 < 15.0, "no leader among the two left"
+            time.sleep(0.1)
+        with ThreadPoolExecutor(5) as pool:
+            for _ in range(50):
+                got = list(pool.map(lambda n: providers[n].acquire(n, "restart_unit", 30,
+                                                                   time.monotonic()), names))
+                won = [x for x in got if isinstance(x, Lease)]
+                double += len(won) > 1
+                granted += len(won)
+                for x in won:
+                    providers[x.holder].release(x)
+    finally:
+        cluster.pause_member(0, paused=False)  # type: ignore[attr-defined]
+        cluster.wait_healthy()  # type: ignore[attr-defined]
+    print(f"one member partitioned: 50 trials in {time.monotonic() - t0:.1f} s, "
+          f"{granted} grants, {double} double")
+    assert double == 0 and granted == 50
+
+
 def test_no_quorum_refuses_with_a_reason_and_local_actions_still_run(tmp_path: Path) -> None:
     from meshcore_testkit.etcd import EtcdCluster
 

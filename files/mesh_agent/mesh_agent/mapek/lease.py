@@ -28,7 +28,7 @@ token older than the newest it has seen: a holder that was paused past its TTL a
 woke up cannot act on the stale lease once anyone else has been granted since.
 Before acting, a holder also checks its own deadline (its clock at the request plus
 the TTL, so it errs early) and can ask etcd whether ``holder/<node>`` still has its
-token (:func:`validate_txn`).
+token (:meth:`LeaseKeys.validate_txn`).
 
 Example::
 
@@ -52,7 +52,7 @@ import networkx as nx
 
 DEFAULT_PREFIX = "/meshcore/mapek/"
 DEFAULT_CAP_PCT = 5.0
-# Why a lease was refused: a closed set (it reaches the log and the incident).
+# Why a lease was refused: a closed set (it reaches the log and the verdict).
 REFUSALS = ("no_quorum", "fleet_cap", "neighbourhood", "contention")
 # etcd's default --max-txn-ops is 128: the compares are one per neighbour plus the slot.
 MAX_NEIGHBOURHOOD = 120
