@@ -21,6 +21,7 @@ from pathlib import Path
 
 import networkx as nx
 import pytest
+from meshcore_testkit.etcd import EtcdCluster
 
 from mesh_agent.mapek.etcd import EtcdLeases
 from mesh_agent.mapek.lease import Fence, Refusal, neighbourhood
@@ -34,9 +35,7 @@ TTL = 2  # etcd's minimum here is 1.5 x the 500 ms election timeout
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    from meshcore_testkit.etcd import EtcdCluster
-
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     c = EtcdCluster(tmp_path_factory.mktemp("etcd"))
     c.start()
     try:
@@ -45,13 +44,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         c.close()
 
 
-def leases(cluster: object, graph: nx.Graph, node: str, prefix: str,
+def leases(cluster: EtcdCluster, graph: nx.Graph, node: str, prefix: str,
            cap_pct: float = 5.0) -> EtcdLeases:
-    return EtcdLeases(cluster.endpoints, lambda: neighbourhood(graph, node),  # type: ignore[attr-defined]
+    return EtcdLeases(cluster.endpoints, lambda: neighbourhood(graph, node),
                       cap_pct=cap_pct, prefix=prefix, timeout_s=1.0)
 
 
-def test_granted_with_a_token_then_refused_with_a_reason(cluster: object) -> None:
+def test_granted_with_a_token_then_refused_with_a_reason(cluster: EtcdCluster) -> None:
     g = nx.path_graph(["a", "b", "c", "d", "e", "f"])  # cap at 34 %: 3 of 6
     p = "/t1/"
     la = leases(cluster, g, "a", p, 34.0).acquire("a", "restart_unit", TTL, time.monotonic())
@@ -70,7 +69,7 @@ def test_granted_with_a_token_then_refused_with_a_reason(cluster: object) -> Non
     assert {x.reason for x in got if isinstance(x, Refusal)} == {"fleet_cap"}
 
 
-def test_the_ttl_frees_a_lease_nobody_released(cluster: object) -> None:
+def test_the_ttl_frees_a_lease_nobody_released(cluster: EtcdCluster) -> None:
     g = nx.path_graph(["a", "b"])
     t0 = time.monotonic()
     la = leases(cluster, g, "a", "/t2/").acquire("a", "restart_unit", TTL, t0)
@@ -99,10 +98,10 @@ print(int(p.validate(lease, time.monotonic())), lease.token, flush=True)
 """
 
 
-def test_a_holder_stopped_past_its_ttl_cannot_act_on_its_stale_token(cluster: object) -> None:
+def test_a_holder_stopped_past_its_ttl_cannot_act_on_its_stale_token(cluster: EtcdCluster) -> None:
     fence = Fence()  # what the disruptive action reaches (the executor, the target)
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, ",".join(cluster.endpoints), str(TTL)],  # type: ignore[attr-defined]
+        [sys.executable, "-c", HOLDER, ",".join(cluster.endpoints), str(TTL)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdin is not None and holder.stdout is not None
     try:
@@ -131,7 +130,7 @@ def test_a_holder_stopped_past_its_ttl_cannot_act_on_its_stale_token(cluster: ob
 TRIALS = 200
 
 
-def test_contention_never_grants_twice(cluster: object) -> None:
+def test_contention_never_grants_twice(cluster: EtcdCluster) -> None:
     """Five contenders at once per trial, in threads: neighbours (one may win) on even
     trials, strangers in a fleet of 60 at 5 % (three slots) on odd ones."""
     hood = nx.complete_graph([f"h{i}" for i in range(5)])
@@ -160,7 +159,7 @@ def test_contention_never_grants_twice(cluster: object) -> None:
     assert len(set(tokens)) == len(tokens) and tokens == sorted(tokens)
 
 
-def test_stale_holders_never_act_beside_the_new_one(cluster: object) -> None:
+def test_stale_holders_never_act_beside_the_new_one(cluster: EtcdCluster) -> None:
     """200 trials at once (one TTL of waiting for all): holder a is granted, then is not
     scheduled past its TTL (what SIGSTOP does, above, for one), b is granted; a wakes
     before b acts on odd trials, after on even ones. a acts only if its own check
@@ -195,19 +194,19 @@ def test_stale_holders_never_act_beside_the_new_one(cluster: object) -> None:
     assert double == 0 and all(b for _a, b in results)
 
 
-def test_a_partitioned_member_neither_blocks_nor_doubles_a_grant(cluster: object) -> None:
+def test_a_partitioned_member_neither_blocks_nor_doubles_a_grant(cluster: EtcdCluster) -> None:
     """One member SIGSTOPped (it neither answers nor votes, as if cut off): the clients
     skip it after one timeout, the majority keeps granting, and never twice."""
     hood = nx.complete_graph([f"p{i}" for i in range(5)])
     names = list(hood)
-    providers = {n: EtcdLeases(cluster.endpoints, lambda n=n: neighbourhood(hood, n),  # type: ignore[attr-defined]
+    providers = {n: EtcdLeases(cluster.endpoints, lambda n=n: neighbourhood(hood, n),
                                prefix="/t7/", timeout_s=0.5) for n in names}
-    cluster.pause_member(0)  # type: ignore[attr-defined]
+    cluster.pause_member(0)
     double, granted = 0, 0
     t0 = time.monotonic()
     try:
         # If it was the leader, the other two elect one first (election timeout 500 ms).
-        while not (cluster.healthy(1) and cluster.healthy(2)):  # type: ignore[attr-defined]
+        while not (cluster.healthy(1) and cluster.healthy(2)):
             assert time.monotonic() - t0 < 15.0, "no leader among the two left"
             time.sleep(0.1)
         with ThreadPoolExecutor(5) as pool:
@@ -220,16 +219,14 @@ def test_a_partitioned_member_neither_blocks_nor_doubles_a_grant(cluster: object
                 for x in won:
                     providers[x.holder].release(x)
     finally:
-        cluster.pause_member(0, paused=False)  # type: ignore[attr-defined]
-        cluster.wait_healthy()  # type: ignore[attr-defined]
+        cluster.pause_member(0, paused=False)
+        cluster.wait_healthy()
     print(f"one member partitioned: 50 trials in {time.monotonic() - t0:.1f} s, "
           f"{granted} grants, {double} double")
     assert double == 0 and granted == 50
 
 
 def test_no_quorum_refuses_with_a_reason_and_local_actions_still_run(tmp_path: Path) -> None:
-    from meshcore_testkit.etcd import EtcdCluster
-
     c = EtcdCluster(tmp_path / "noq")
     c.start()
     try:
