@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import networkx as nx
 import pytest
+import yaml
 from meshcore_tools.lab import plan as labctl
 
 
@@ -44,3 +51,66 @@ def test_no_foreign_containers_when_all_match(monkeypatch: pytest.MonkeyPatch) -
     assert labctl.foreign_containers("cafe01") == {}
     monkeypatch.setattr(labctl, "sh", _podman_ps([]))
     assert labctl.foreign_containers("cafe01") == {}
+
+
+# -- the gateways group (etcd members, the MAPE-K loop's leases) -------------------------
+def _state(kind: str, n: int) -> dict[str, Any]:
+    from meshcore_tools.lab import topology as topo
+
+    state = topo.normalise(topo.build(kind, n, 1))
+    state["monitor"] = {"name": "monitor01", "mgmt_address": "10.203.0.2"}
+    return state
+
+
+def _graph(state: dict[str, Any]) -> nx.Graph:
+    return nx.Graph((n, link["peer"]) for n, node in state["nodes"].items()
+                    for link in node["links"])
+
+
+@pytest.mark.parametrize(("kind", "n"), [("grid", 10), ("ladder", 12), ("rgg", 30), ("grid", 50)])
+def test_three_gateways_spread_over_the_mesh(kind: str, n: int) -> None:
+    state = _state(kind, n)
+    gateways = labctl.pick_gateways(state)
+    assert len(gateways) == 3 == len(set(gateways)) and set(gateways) <= set(state["nodes"])
+    assert gateways == labctl.pick_gateways(state)  # the same plan, the same group
+    g = _graph(state)
+    # Farthest-first: no two gateways are neighbours on a mesh wider than 2 hops.
+    assert all(nx.shortest_path_length(g, a, b) >= 2
+               for a in gateways for b in gateways if a < b)
+    assert labctl.pick_gateways(_state("grid", 2)) == ["node01", "node02"]
+
+
+def test_the_inventory_has_the_gateways_and_the_agents_get_their_endpoints(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """labctl writes the group; role-vars.yml turns it into every agent's etcd endpoints
+    when the loop is on, and into none when it is off (rendered by ansible-playbook)."""
+    from meshcore_tools import ROOT
+
+    state = _state("grid", 10)
+    state["name"] = "grid-10"
+    inventory = tmp_path / "inv" / "hosts.yml"
+    monkeypatch.setattr(labctl, "INVENTORY", inventory)
+    labctl.write_inventory(state)
+    children = yaml.safe_load(inventory.read_text())["all"]["children"]
+    gateways = list(children["gateways"]["hosts"])
+    assert gateways == labctl.pick_gateways(state)
+    assert set(gateways) <= set(children["mesh_nodes"]["hosts"])
+    play = tmp_path / "play.yml"
+    play.write_text(yaml.safe_dump([{
+        "hosts": "node02", "connection": "local", "gather_facts": False,
+        "vars_files": [str(ROOT / "playbooks/site-config/role-vars.yml")],
+        "tasks": [{"ansible.builtin.copy": {
+            "content": "{{ mesh_agent_mapek_lease_endpoints | to_json }}",
+            "dest": str(tmp_path / "endpoints-{{ mesh_agent_mapek_enabled }}.json")},
+            "delegate_to": "localhost"}]}]))
+    for enabled in (True, False):
+        proc = subprocess.run(
+            [str(ROOT / ".venv/bin/ansible-playbook"), "-i", str(inventory), str(play),
+             "-e", f"mesh_agent_mapek_enabled={str(enabled).lower()}",
+             "-e", "ansible_python_interpreter=" + sys.executable],
+            capture_output=True, text=True, timeout=120, check=False,
+            env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    on = json.loads((tmp_path / "endpoints-true.json").read_text())
+    assert on == [f"https://{state['nodes'][g]['node_address']}:2379" for g in gateways]
+    assert json.loads((tmp_path / "endpoints-false.json").read_text()) == []

@@ -1,8 +1,8 @@
 """The agent's one configuration model, loaded once from YAML.
 
-:class:`AgentConfig` (with its sections :class:`IdentityConfig`, :class:`LinkConfig`
-and :class:`MapekConfig`) is the single owner of every key: its name, its default
-and its allowed values or range live in one field declaration,
+:class:`AgentConfig` (with its sections :class:`IdentityConfig`, :class:`LinkConfig`,
+:class:`MapekConfig` and its :class:`LeaseConfig`) is the single owner of every key: its
+name, its default and its allowed values or range live in one field declaration,
 ``field(default=..., metadata=check(<check>))``. :func:`parse_config` walks those fields, so there
 is no second list of keys, defaults or ranges to keep in step; the role's
 template is tested against the same fields (``tests/test_agent_config_role.py``)
@@ -203,13 +203,45 @@ class LinkConfig:
             raise ConfigError("link.dead_after_ms: must be larger than link.poll_interval_ms")
 
 
+def _lease_endpoints(key: str, value: Any) -> tuple[str, ...]:
+    """etcd client URLs, ``http[s]://HOST:PORT`` each; none: no lease service."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(i, str) for i in value):
+        raise ConfigError(f"{key}: expected a list of http[s]://HOST:PORT")
+    for item in value:
+        scheme, sep, rest = item.partition("://")
+        host, colon, port = rest.rpartition(":")
+        if (not sep or scheme not in ("http", "https") or not host or not colon
+                or not port.isdigit() or not 0 < int(port) < 65536 or "/" in rest):
+            raise ConfigError(f"{key}: {item!r} must be http[s]://HOST:PORT")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class LeaseConfig:
+    """Leases for the loop's disruptive actions (:mod:`mesh_agent.mapek.lease`).
+
+    ``endpoints``: the etcd members' client URLs (the gateways); none: no lease is
+    ever granted, so only local actions run. ``ttl_s``: a lease's life (a dead
+    holder blocks nobody longer). ``cap_pct``: at most ``max(1, ceil(cap_pct % x
+    fleet))`` disruptive leases at once, fleet-wide (and one per 2-hop
+    neighbourhood). ``timeout_s``: how long one etcd request may take.
+    """
+
+    endpoints: tuple[str, ...] = field(default=(), metadata=check(_lease_endpoints))
+    ttl_s: int = field(default=30, metadata=check(Integer(2, 3600)))
+    cap_pct: float = field(default=5.0, metadata=check(Number(0.1, 100.0)))
+    timeout_s: float = field(default=1.0, metadata=check(Number(0.05, 30.0)))
+
+
 @dataclass(frozen=True)
 class MapekConfig:
     """The self-healing loop (:mod:`mesh_agent.mapek`, docs/mapek.md).
 
     ``enabled``: run it at all. ``mode``: ``observe`` records what it would do,
-    ``enforce`` also does it (local actions only, until a lease provider
-    exists). ``policy``: ``fixed`` (the rule table) or ``learned`` (Thompson
+    ``enforce`` also does it (disruptive actions only under a lease:
+    ``lease``). ``policy``: ``fixed`` (the rule table) or ``learned`` (Thompson
     sampling over Knowledge). ``interval_s``: how often it samples.
     """
 
@@ -217,6 +249,7 @@ class MapekConfig:
     mode: str = field(default="observe", metadata=check(OneOf(("observe", "enforce"))))
     policy: str = field(default="fixed", metadata=check(OneOf(("fixed", "learned"))))
     interval_s: float = field(default=5.0, metadata=check(Number(0.5, 600.0)))
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
 
 
 @dataclass(frozen=True)

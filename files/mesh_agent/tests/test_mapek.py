@@ -353,6 +353,7 @@ def test_observe_mode_runs_nothing_and_no_quorum_refuses_disruptive() -> None:
 def test_a_granted_lease_travels_with_the_action_and_rate_limit_returns_it() -> None:
     class Grants:
         name = "test"
+        blocking = False  # answers at once: the core calls it itself
 
         def __init__(self) -> None:
             self.token, self.released = 0, []

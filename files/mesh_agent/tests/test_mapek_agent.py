@@ -230,3 +230,67 @@ def test_knowledge_carries_over_a_restart(ca: CA, tmp_path: Path) -> None:
     assert second.mapek.core.stats == first.mapek.core.stats
     assert second.mapek.core.analyzer.next_id == 2
     assert [i["state"] for i in second.view.incidents()["incidents"]] == ["recovered"]
+
+
+def test_a_blocking_lease_call_runs_off_the_event_loop_and_its_answer_is_recorded(
+        enforced, tmp_path: Path) -> None:
+    """etcd answers slowly: the tick returns at once, the call runs in a worker thread,
+    and the decision (with the lease's token) lands in Knowledge and /v1/incidents."""
+    import asyncio
+    import threading
+    import time
+
+    from mesh_agent.mapek.plan import ActionKind
+    from mesh_agent.mapek.safety import Lease
+
+    agent, clock, client, b = enforced
+
+    class SlowEtcd:
+        name, blocking = "slow", True
+
+        def __init__(self) -> None:
+            self.threads: list[int] = []
+            self.released: list[int] = []
+
+        def acquire(self, holder: str, action: str, ttl_s: float, now: float) -> Lease:
+            self.threads.append(threading.get_ident())
+            time.sleep(0.3)
+            return Lease(77, holder, now + ttl_s, 1)
+
+        def release(self, lease: Lease) -> None:
+            self.released.append(lease.token)
+
+        def validate(self, lease: Lease, now: float) -> bool:
+            return True
+
+    class Restart:
+        def choose(self, cls: str, stats: object) -> str:
+            return str(ActionKind.RESTART_UNIT)
+
+    slow = SlowEtcd()
+    shell = agent.mapek
+    assert shell is not None
+    shell.core.safety.leases, shell.core.policy = slow, Restart()
+
+    async def run() -> float:
+        longest = 0.0
+        for _ in range(4):
+            hellos(agent, b, clock, 5.0, keep_every=2)
+            t = time.monotonic()
+            shell.tick()
+            longest = max(longest, time.monotonic() - t)
+        while shell._tasks:
+            await asyncio.sleep(0.05)
+        return longest
+
+    longest = asyncio.run(run())
+    assert longest < 0.2 and slow.threads and threading.get_ident() not in slow.threads
+    assert slow.released == [77]  # a one-shot action: handed back at once
+    [inc] = client.get("/v1/incidents").json()["incidents"]
+    assert inc["action"] == {"kind": "restart_unit", "outcome": "applied"}
+    stored = Knowledge.in_state_dir(tmp_path)
+    try:
+        assert [i["action"] for i in stored.incidents()] == [
+            {"kind": "restart_unit", "outcome": "applied"}]
+    finally:
+        stored.close()

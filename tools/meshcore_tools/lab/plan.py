@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Any
 
+import networkx as nx
 import yaml
 
 from meshcore_tools import ROOT
@@ -25,6 +26,36 @@ from meshcore_tools.lab.state import (
     container,
     sh,
 )
+
+# The gateways: etcd members (roles/etcd), where the agents' MAPE-K loop takes its
+# leases (docs/mapek.md). Three tolerate one failure.
+GATEWAYS = 3
+
+
+def pick_gateways(state: dict[str, Any], k: int = GATEWAYS) -> list[str]:
+    """``k`` nodes spread over the mesh: farthest-first by hops, from the first node by name.
+
+    Spread, so one cut or one busy corner does not take the quorum with it; a
+    deterministic choice (ties by name), so a plan always gives the same group.
+    Fewer nodes than ``k``: all of them.
+    """
+    g = nx.Graph()
+    g.add_nodes_from(state["nodes"])
+    g.add_edges_from((n, link["peer"]) for n, node in state["nodes"].items()
+                     for link in node["links"])
+    names = sorted(g)
+    if len(names) <= k:
+        return names
+    chosen = [names[0]]
+    dist = dict(nx.single_source_shortest_path_length(g, names[0]))
+    while len(chosen) < k:
+        # Unreachable nodes (an islanded test plan) count as farthest.
+        far = max((n for n in names if n not in chosen),
+                  key=lambda n: (dist.get(n, len(names)), [-ord(c) for c in n]))
+        chosen.append(far)
+        for n, d in nx.single_source_shortest_path_length(g, far).items():
+            dist[n] = min(dist.get(n, d), d)
+    return sorted(chosen)
 
 
 def write_inventory(state: dict[str, Any], pids: dict[str, int] | None = None) -> None:
@@ -63,6 +94,9 @@ def write_inventory(state: dict[str, Any], pids: dict[str, int] | None = None) -
                                     "ansible_python_interpreter": "{{ ansible_playbook_python }}"}},
             "children": {
                 "mesh_nodes": {"hosts": hosts},
+                # Mesh nodes that also run etcd; the agents get their endpoints when
+                # mesh_agent_mapek_enabled (playbooks/site-config/role-vars.yml).
+                "gateways": {"hosts": dict.fromkeys(pick_gateways(state))},
                 "monitor": {"hosts": {MONITOR: {
                     "ansible_host": container(MONITOR),
                     **({"ansible_nsenter_pid": pids[MONITOR]} if MONITOR in pids else {}),

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mesh_agent.mapek.lease import Fence
 from mesh_agent.mapek.monitor import Target
 from mesh_agent.mapek.plan import DISRUPTIVE, ActionKind
 
@@ -128,6 +129,9 @@ class Executor:
         self.next_id = next_id
         self.active: dict[tuple[ActionKind, Target], Action] = {}
         self.damping: dict[str, Damping] = {}  # per link (neighbour name)
+        # Disruptive actions carry their lease's fencing token: an older one than the
+        # newest seen is refused (a holder paused past its TTL; mapek.lease).
+        self.fence = Fence()
 
     def build(self, kind: ActionKind, target: Target, incident_id: int, now: float,
               lease_token: int | None = None) -> Action:
@@ -144,6 +148,8 @@ class Executor:
     def start(self, action: Action, now: float) -> list[Op]:
         """Begin an action; a quarantine starts (or renews) the link's damping."""
         key = (action.kind, action.target)
+        if action.disruptive and not self.fence.admit(action.lease_token):
+            return []
         if action.kind == ActionKind.QUARANTINE_LINK:
             damp = self.damping.setdefault(action.target.name, Damping())
             if not damp.hit(now) or key in self.active:

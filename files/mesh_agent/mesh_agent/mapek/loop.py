@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 
 from mesh_agent.counters import Histogram
 from mesh_agent.mapek.analyze import Analyzer, Detector, Incident, IncidentClass
-from mesh_agent.mapek.execute import Action, Executor, Op
+from mesh_agent.mapek.execute import EXPIRY_S, Action, Executor, Op
+from mesh_agent.mapek.lease import Refusal
 from mesh_agent.mapek.monitor import Monitor, Observation, Reading, Signal, Thresholds
 from mesh_agent.mapek.plan import ActionKind, ActionStats, Policy, Stats, succeeded
-from mesh_agent.mapek.safety import LeaseProvider, RateLimit, Safety
+from mesh_agent.mapek.safety import LEASE_TTL_S, Lease, LeaseProvider, RateLimit, Safety, Verdict
 
 log = logging.getLogger("mesh_agent.mapek")
 
@@ -46,7 +47,14 @@ RELAX_STEP = 0.05  # a real incident moves it 5 % of the way back to the default
 # The agent arms its loop once it has been ready this long (the API comes at most
 # 15 s after the start: mesh_agent.startup).
 START_SETTLE_S = 15.0
-ACTION_OUTCOMES = ("applied", "observed", "noop", "refused:rate_limited", "refused:no_lease")
+ACTION_OUTCOMES = ("applied", "observed", "noop", "refused:rate_limited", "refused:no_lease",
+                   "refused:stale_token")
+
+
+@dataclass(frozen=True)
+class _Pending:
+    inc: Incident
+    kind: ActionKind
 
 
 @dataclass
@@ -58,6 +66,18 @@ class Step:
     ops: list[Op] = field(default_factory=list)
     stats: list[tuple[str, str, ActionStats]] = field(default_factory=list)
     thresholds: list[tuple[str, float, str]] = field(default_factory=list)
+    # A blocking lease provider (etcd): requests for the shell to make off the event
+    # loop, answered with MapeK.leased; and leases it no longer needs, to release.
+    lease_requests: list[LeaseRequest] = field(default_factory=list)
+    releases: list[Lease] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LeaseRequest:
+    incident: int
+    holder: str
+    action: str
+    ttl_s: float
 
 
 class MapeK:
@@ -77,11 +97,12 @@ class MapeK:
         detector: Detector | None = None,
         false_alarm_s: float | None = None,
         settle_s: float = 0.0,
+        lease_ttl_s: float = LEASE_TTL_S,
     ) -> None:
         self.node, self.mode, self.policy = node, mode, policy
         self.monitor = Monitor(thresholds)
         self.analyzer = Analyzer(detector, next_id)
-        self.safety = Safety(node, mode, leases, limit)
+        self.safety = Safety(node, mode, leases, limit, lease_ttl_s)
         self.executor = Executor(hello_interval_s)
         self.stats: dict[tuple[str, str], ActionStats] = {
             k: ActionStats(v.tries, v.successes, v.mttr_sum) for k, v in (stats or {}).items()}
@@ -94,6 +115,7 @@ class MapeK:
         self.settle_s = settle_s
         self.armed = settle_s <= 0
         self._ready_since: float | None = None
+        self.pending: dict[int, _Pending] = {}  # incident id: waiting for its lease
 
     @property
     def thresholds(self) -> Thresholds:
@@ -116,8 +138,9 @@ class MapeK:
                                  if r.target.kind == "link" and r.crossed}, now)
         out.opened = analysis.opened
         for inc in analysis.opened:
-            out.ops += self._decide(inc, now)
-            out.decided.append(inc)
+            out.ops += self._decide(inc, now, out)
+            if inc.id not in self.pending:
+                out.decided.append(inc)
         for inc in analysis.recovered:
             out.recovered.append(inc)
             out.ops += self.executor.recovered(inc.target)
@@ -125,19 +148,59 @@ class MapeK:
         out.ops += self.executor.tick(now)
         return out
 
-    def _decide(self, inc: Incident, now: float) -> list[Op]:
+    def _decide(self, inc: Incident, now: float, out: Step) -> list[Op]:
         kind = ActionKind(self.policy.choose(inc.cls, self.stats))
         verdict = self.safety.check(kind, now)
-        inc.decided_at, inc.action, inc.action_outcome = now, str(kind), verdict.outcome
-        key = (str(kind), verdict.outcome)
-        self.actions_total[key] = self.actions_total.get(key, 0) + 1
+        if verdict.outcome == "pending:lease":
+            inc.action, inc.action_outcome = str(kind), verdict.outcome
+            self.pending[inc.id] = _Pending(inc, kind)
+            out.lease_requests.append(
+                LeaseRequest(inc.id, self.node, str(kind), self.safety.lease_ttl_s))
+            log.info("incident %d %s on %s: %s waits for its lease", inc.id, inc.cls,
+                     inc.target, kind)
+            return []
+        return self._carry_out(inc, kind, verdict, now, out)
+
+    def leased(self, incident: int, answer: Lease | Refusal, now: float) -> Step:
+        """The lease a blocking provider answered for a pending decision (the shell calls
+        this with what its worker thread got); the step carries the decision and its ops."""
+        out = Step()
+        pending = self.pending.pop(incident, None)
+        if pending is None or pending.inc.recovered_at is not None:
+            # Recovered (or gone) while waiting: nothing left to do under the lease.
+            if isinstance(answer, Lease):
+                out.releases.append(answer)
+            if pending is not None:
+                pending.inc.action_outcome = "refused:recovered"
+                out.decided.append(pending.inc)
+            return out
+        out.ops = self._carry_out(pending.inc, pending.kind, Safety.settle(answer), now, out)
+        out.decided.append(pending.inc)
+        return out
+
+    def _carry_out(self, inc: Incident, kind: ActionKind, verdict: Verdict, now: float,
+                   out: Step) -> list[Op]:
         action: Action = self.executor.build(
             kind, inc.target, inc.id, now, verdict.lease.token if verdict.lease else None)
-        log.info("incident %d %s on %s (%s %.3g > %.3g): %s -> %s", inc.id, inc.cls, inc.target,
-                 inc.signal, inc.value, inc.threshold, kind, verdict.outcome)
-        if not verdict.allowed or kind == ActionKind.NONE:
-            return []
-        return self.executor.start(action, now)
+        outcome, ops = verdict.outcome, []
+        if verdict.allowed and kind != ActionKind.NONE:
+            ops = self.executor.start(action, now)
+            if action.disruptive and not ops:  # the fence refused its token
+                outcome = "refused:stale_token"
+            if verdict.lease is not None and (EXPIRY_S[kind] <= 0 or not ops):
+                # One-shot (or refused): done with the lease. An action that lasts keeps
+                # its slot until the lease's TTL runs out.
+                if self.safety.leases.blocking:
+                    out.releases.append(verdict.lease)
+                else:
+                    self.safety.leases.release(verdict.lease)
+        inc.decided_at, inc.action, inc.action_outcome = now, str(kind), outcome
+        key = (str(kind), outcome)
+        self.actions_total[key] = self.actions_total.get(key, 0) + 1
+        log.info("incident %d %s on %s (%s %.3g > %.3g): %s -> %s%s", inc.id, inc.cls,
+                 inc.target, inc.signal, inc.value, inc.threshold, kind, outcome,
+                 f" ({verdict.reason})" if verdict.reason else "")
+        return ops
 
     def _learn(self, inc: Incident, out: Step) -> None:
         if inc.resolution == "gone":  # not a recovery: no MTTR, no credit, no tuning

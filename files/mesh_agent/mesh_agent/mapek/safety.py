@@ -8,9 +8,12 @@
   changes another node's routing or stops a unit) need a :class:`Lease` from a
   :class:`LeaseProvider`. A lease has a TTL and a fencing token (for etcd, the
   lease's revision) that the action carries, so a holder paused past its TTL
-  is refused by whatever checks the token. Only :class:`NoQuorum` exists
-  here: it refuses every lease, so without the etcd provider (a later change)
-  only local actions run.
+  is refused by whatever checks the token (:class:`.lease.Fence`, in the
+  executor). Providers: :class:`NoQuorum` (no lease service configured or
+  reachable: it refuses every lease, so only local actions run) and
+  :class:`.etcd.EtcdLeases` (the fleet-wide cap, one holder per 2-hop
+  neighbourhood; :mod:`.lease` has the rules). A refusal says why
+  (:data:`.lease.REFUSALS`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from mesh_agent.mapek.lease import Refusal
 from mesh_agent.mapek.plan import DISRUPTIVE, ActionKind
 
 # Local actions: at most a burst of 5, then one per 30 s on average.
@@ -30,27 +34,39 @@ LEASE_TTL_S = 30.0
 class Lease:
     token: int  # fencing token: strictly increasing per grant
     holder: str
-    expires_at: float
+    expires_at: float  # the holder's clock at the request plus the TTL: errs early
+    lease_id: int = 0  # the provider's handle (etcd's lease ID)
 
 
 class LeaseProvider(Protocol):
-    name: str
+    """``blocking``: its calls do I/O (etcd), so the loop does not make them itself: it
+    asks for a lease in its :class:`~.loop.Step` and takes the answer later
+    (:meth:`~.loop.MapeK.leased`); the shell makes the call off the event loop."""
 
-    def acquire(self, holder: str, action: str, ttl_s: float, now: float) -> Lease | None: ...
+    name: str
+    blocking: bool
+
+    def acquire(self, holder: str, action: str, ttl_s: float, now: float) -> Lease | Refusal: ...
 
     def release(self, lease: Lease) -> None: ...
+
+    def validate(self, lease: Lease, now: float) -> bool: ...
 
 
 class NoQuorum:
     """No lease service reachable: every disruptive action is refused."""
 
     name = "no_quorum"
+    blocking = False
 
-    def acquire(self, holder: str, action: str, ttl_s: float, now: float) -> Lease | None:
-        return None
+    def acquire(self, holder: str, action: str, ttl_s: float, now: float) -> Lease | Refusal:
+        return Refusal("no_quorum", "no lease service configured")
 
     def release(self, lease: Lease) -> None:
         return None
+
+    def validate(self, lease: Lease, now: float) -> bool:
+        return False
 
 
 class RateLimit:
@@ -76,18 +92,21 @@ class RateLimit:
 @dataclass(frozen=True)
 class Verdict:
     allowed: bool
-    outcome: str  # applied | observed | refused:rate_limited | refused:no_lease | noop
+    # applied | observed | refused:rate_limited | refused:no_lease | noop | pending:lease
+    outcome: str
     lease: Lease | None = None
+    reason: str = ""  # a refused lease: why (lease.REFUSALS), with its detail
 
 
 class Safety:
     def __init__(self, node: str, mode: str, leases: LeaseProvider | None = None,
-                 limit: RateLimit | None = None) -> None:
+                 limit: RateLimit | None = None, lease_ttl_s: float = LEASE_TTL_S) -> None:
         if mode not in ("observe", "enforce"):
             raise ValueError(f"mode must be observe or enforce, not {mode!r}")
         self.node, self.mode = node, mode
         self.leases: LeaseProvider = leases or NoQuorum()
         self.limit = limit or RateLimit()
+        self.lease_ttl_s = lease_ttl_s
 
     def check(self, kind: ActionKind, now: float) -> Verdict:
         if kind == ActionKind.NONE:
@@ -95,9 +114,13 @@ class Safety:
         if self.mode == "observe":
             return Verdict(False, "observed")
         if kind in DISRUPTIVE:
-            lease = self.leases.acquire(self.node, str(kind), LEASE_TTL_S, now)
-            if lease is None:
-                return Verdict(False, "refused:no_lease")
+            if self.leases.blocking:  # rate-limited first: no request the limit would waste
+                if not self.limit.admit(now):
+                    return Verdict(False, "refused:rate_limited")
+                return Verdict(False, "pending:lease")
+            lease = self.leases.acquire(self.node, str(kind), self.lease_ttl_s, now)
+            if isinstance(lease, Refusal):
+                return self.settle(lease)
             if not self.limit.admit(now):
                 self.leases.release(lease)
                 return Verdict(False, "refused:rate_limited")
@@ -105,3 +128,11 @@ class Safety:
         if not self.limit.admit(now):
             return Verdict(False, "refused:rate_limited")
         return Verdict(True, "applied")
+
+    @staticmethod
+    def settle(answer: Lease | Refusal) -> Verdict:
+        """A lease provider's answer as a verdict (a refusal keeps its reason)."""
+        if isinstance(answer, Refusal):
+            reason = f"{answer.reason}: {answer.detail}" if answer.detail else answer.reason
+            return Verdict(False, "refused:no_lease", reason=reason)
+        return Verdict(True, "applied", answer)
