@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mesh_agent.config import ConfigError, load_config
-from mesh_agent.ctl.client import HttpClient, local_api_url
+from mesh_agent.ctl.client import AgentUnreachable, ApiError, HttpClient, local_api_url
 from mesh_agent.ctl.render import table
 from mesh_agent.release import watch as watch_mod
 from mesh_agent.release.confirm import MAX_WINDOW_S, ConfirmFormatError, as_dict
@@ -79,6 +79,9 @@ def add_parser(sub: Any) -> None:
                    help="do not arm the commit-confirm (no automatic revert)")
     u.add_argument("--confirm-settings", type=Path, default=watch_mod.SETTINGS_FILE,
                    help="window, expected neighbours, reach targets (%(default)s)")
+    u.add_argument("--wait-ready", type=float, default=0.0, metavar="SECONDS",
+                   help="after the restart, wait up to SECONDS for the agent's /readyz "
+                        "(a rolling switch restarts the next node only then)")
     rs.add_parser("confirm", help="confirm the pending switch by hand (no automatic revert)")
     rs.add_parser("confirm-status", help="the pending switch, confirmed releases, last outcome")
     w = rs.add_parser("confirm-watch",
@@ -114,10 +117,27 @@ def _state_dir(args: argparse.Namespace) -> Path:
         return Path("/var/lib/mesh-agent")
 
 
+def wait_ready(api: HttpClient, timeout_s: float, clock: watch_mod.Clock,
+               sleep: Callable[[float], None]) -> float | None:
+    """Seconds until the local agent's /readyz said ready, or None after *timeout_s*."""
+    start = clock.boottime()
+    while True:
+        try:
+            status, _ = api.get("/readyz", ok=(200, 503))
+            if status == 200:
+                return round(clock.boottime() - start, 3)
+        except (AgentUnreachable, ApiError):
+            pass
+        if clock.boottime() - start >= timeout_s:
+            return None
+        sleep(0.5)
+
+
 def run(args: argparse.Namespace, out: TextIO,
         restart: Callable[[], None] = systemd_restart, *, syslog: bool = False,
         clock: watch_mod.Clock | None = None,
-        start_watcher: Callable[[], None] = watch_mod.systemd_start_watcher) -> int:
+        start_watcher: Callable[[], None] = watch_mod.systemd_start_watcher,
+        sleep: Callable[[float], None] = time.sleep) -> int:
     releases = Releases(args.root)
     clock = clock or watch_mod.Clock()
     if syslog:
@@ -155,9 +175,15 @@ def run(args: argparse.Namespace, out: TextIO,
             armed = None
             if changed and not args.no_confirm:
                 armed = watch_mod.arm(releases, previous, new, settings, clock, start_watcher)
+            ready_after = None
+            if changed and args.wait_ready > 0 and not args.no_restart:
+                ready_after = wait_ready(HttpClient(local_api_url(Path(args.config)), timeout=2.0),
+                                         args.wait_ready, clock, sleep)
             if args.json:
                 print(json.dumps({"previous": previous, "current": new, "changed": changed,
-                                  "confirm_within": armed.window_s if armed else None}),
+                                  "confirm_within": armed.window_s if armed else None,
+                                  **({"ready_after_s": ready_after} if args.wait_ready > 0
+                                     else {})}),
                       file=out)
             else:
                 then = "not restarted (--no-restart)" if args.no_restart else "agent restarted"
@@ -167,6 +193,9 @@ def run(args: argparse.Namespace, out: TextIO,
                 if armed:
                     print(f"reverts to {previous} unless confirmed within "
                           f"{armed.window_s:.0f} s (meshctl release confirm-status)", file=out)
+                if args.wait_ready > 0 and changed and not args.no_restart:
+                    print(f"agent ready after {ready_after:.1f} s" if ready_after is not None
+                          else f"agent not ready after {args.wait_ready:.0f} s", file=out)
             return OK
         if action == "confirm":
             p = watch_mod.confirm_by_hand(args.root, clock.wall())
