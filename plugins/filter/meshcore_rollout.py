@@ -11,9 +11,9 @@ mesh node's ``/v1/paths``. These filters judge them on the controller:
   (``meshcore_adverts_rejected_total``).
 * ``meshcore_rollout_gate(samples, wave, active, hosts_all, bounds, names, paths)``: the verdict
   ``{"ok", "failures", "hosts": {host: {"ok", "problems"}}}``. The wave fails when a
-  host of the wave is no longer active (unreachable or failed: ansible's
-  ``any_errors_fatal`` ignores unreachable hosts, ansible/ansible#82834, so the gate
-  counts them itself), a wave node is not ready, runs another release than the
+  host of the wave is no longer active or was unreachable (the play keeps
+  unreachable hosts in the batch, ``ignore_unreachable``, and ansible's
+  ``any_errors_fatal`` ignores them, ansible/ansible#82834: the gate counts them), a wave node is not ready, runs another release than the
   target or reverted itself, a node of the mesh misses a path to another (all pairs,
   from each agent's own path table), or a counter grew by more than its bound
   during the soak.
@@ -87,7 +87,7 @@ def meshcore_rollout_gate(samples: Mapping[str, Any], wave: Sequence[str],
     hosts: dict[str, dict[str, Any]] = {}
     failures: list[str] = []
     for host in wave:
-        if host not in active:
+        if host not in active or (samples.get(host) or {}).get("unreachable"):
             problems = ["unreachable or failed during the wave"]
         else:
             problems = _host_problems(host, samples.get(host) or {}, bounds)
