@@ -114,7 +114,8 @@ def test_all_pairs_from_every_node_including_those_outside_the_wave() -> None:
 
 def test_node_names_that_are_not_inventory_names() -> None:
     names = {h: f"node-{h}" for h in ALL}
-    paths: dict[str, Any] = {h: {"destinations": {names[o]: {} for o in ALL if o != h}} for h in ALL}
+    paths: dict[str, Any] = {h: {"destinations": {names[o]: {} for o in ALL if o != h}}
+                             for h in ALL}
     assert gate({"n1": sample()}, ["n1"], ["n1"], ALL, {}, names, paths)["ok"]
     assert not gate({"n1": sample()}, ["n1"], ["n1"], ALL, {}, {}, paths)["ok"]
 
