@@ -374,3 +374,22 @@ def test_observe_reads_readyz_and_the_targets(node: tuple[Path, Releases]) -> No
     obs = watch_mod.observe(rel, pending(), Api(503, "garbage"),  # type: ignore[arg-type]
                             reach=lambda t: True)
     assert obs == Observation(ready=False, neighbors_up=0, reach_ok=None, current="old")
+
+
+def test_wait_ready_polls_readyz_until_ready_or_the_timeout() -> None:
+    from mesh_agent.ctl.client import AgentUnreachable
+
+    clock = FakeClock()
+    answers: list[object] = [AgentUnreachable("restarting"), 503, 503, 200]
+
+    class Api:
+        def get(self, path: str, ok: tuple[int, ...] = (200,)) -> tuple[int, object]:
+            a = answers.pop(0) if answers else 503
+            if isinstance(a, Exception):
+                raise a
+            return int(a), {}  # type: ignore[call-overload]
+
+    got = release_ctl.wait_ready(Api(), 10.0, clock.clock(), clock.sleep)  # type: ignore[arg-type]
+    assert got == pytest.approx(1.5)  # three polls 0.5 s apart before the 200
+    answers[:] = []
+    assert release_ctl.wait_ready(Api(), 3.0, clock.clock(), clock.sleep) is None  # type: ignore[arg-type]
