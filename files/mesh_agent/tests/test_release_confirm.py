@@ -107,6 +107,8 @@ def test_the_window_is_bounded(window: float) -> None:
 def test_record_round_trip_and_garbage() -> None:
     p = pending(reach=("gw:22",), elapsed_s=3.0, healthy_since=55.0)
     assert Pending.from_json(p.to_json()) == p
+    newer = json.loads(p.to_json()) | {"from_a_newer_release": 1}
+    assert Pending.from_json(json.dumps(newer).encode()) == p
     for junk in (b"", b"[]", b"{}", b'{"release": "x"}', b"\xff"):
         with pytest.raises(ConfirmFormatError):
             Pending.from_json(junk)

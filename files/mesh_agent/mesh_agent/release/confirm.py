@@ -26,7 +26,7 @@ never less than what was already persisted.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 MAX_WINDOW_S = 120.0
@@ -75,7 +75,10 @@ class Pending:
             if not isinstance(doc, dict):
                 raise TypeError("not an object")
             doc["reach"] = tuple(str(r) for r in doc.get("reach", ()))
-            return cls(**doc)
+            # The watcher may be the previous release's code reading a newer release's
+            # record: keys it does not know are ignored, not fatal to the revert.
+            known = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in doc.items() if k in known})
         except ConfirmFormatError:
             raise
         except (ValueError, TypeError) as exc:
