@@ -13,8 +13,6 @@ Slow (a lab plus two rollouts, several minutes on 2 cores): runs under `make tes
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import io
 import json
 import os
@@ -26,16 +24,20 @@ from typing import Any
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from mesh_agent import WIRE_VERSION
+from meshcore_testkit.releases import (
+    BROKEN_READINESS,
+    fake_bundle,
+    keys_json,
+    release_tarball,
+    repack,
+    throwaway_keys,
+)
 from meshcore_tools import ROOT, rollout
 from meshcore_tools.lab.state import INVENTORY, container
 from meshcore_tools.release import sign as signing
 
-MACHINE = "x86_64"
 HASHED = ("/opt/mesh-agent", "/etc/mesh-agent", "/etc/systemd/system/mesh-agent.service",
           "/etc/systemd/system/mesh-release-confirm.service")
-BROKEN_READINESS = b'            "release_selftest": False,  # a deliberately broken release\n'
 
 
 def make(*args: str, timeout: int = 3600) -> subprocess.CompletedProcess[str]:
@@ -50,68 +52,6 @@ def lab4() -> Any:
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     yield
     make("lab-destroy")
-
-
-def repack(src: Path, old: str, new: str, version: str, broken: bool) -> bytes:
-    """The bundle *src* (release *old*) as release *new* of *version*. Release ids have
-    one length, so replacing the venv's absolute path in every file (shebangs,
-    bytecode's file names) keeps the bytecode's strings whole."""
-    assert len(old) == len(new)
-    old_path, new_path = f"releases/{old}".encode(), f"releases/{new}".encode()
-    out = io.BytesIO()
-    with tarfile.open(src, "r:*") as tin, tarfile.open(fileobj=out, mode="w:gz") as tout:
-        for m in tin.getmembers():
-            name = m.name.replace(f"releases/{old}", f"releases/{new}")
-            if "/mesh_agent/__pycache__/" in name and name.rsplit("/", 1)[1].split(".")[0] in (
-                    "__init__", "view"):
-                continue  # their sources change below
-            info = tarfile.TarInfo(name)
-            info.type, info.mode, info.mtime = m.type, m.mode, m.mtime
-            info.uid = info.gid = 0
-            if m.issym() or m.islnk():
-                info.linkname = m.linkname.replace(f"releases/{old}", f"releases/{new}")
-                tout.addfile(info)
-                continue
-            if not m.isfile():
-                tout.addfile(info)
-                continue
-            f = tin.extractfile(m)
-            data = (f.read() if f else b"").replace(old_path, new_path)
-            if name.endswith("site-packages/mesh_agent/__init__.py"):
-                lines = [f'__version__ = "{version}"'.encode() if ln.startswith(b"__version__")
-                         else ln for ln in data.split(b"\n")]
-                data = b"\n".join(lines)
-            if broken and name.endswith("site-packages/mesh_agent/view.py"):
-                anchor = b'            "routes_programmed": self.routes.last_sync_ok,\n'
-                assert anchor in data, "view.readiness changed: update the broken release"
-                data = data.replace(anchor, anchor + BROKEN_READINESS)
-            info.size = len(data)
-            tout.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
-def release_tarball(out: Path, bundle: bytes, rid: str, version: str,
-                    keys: list[Ed25519PrivateKey]) -> Path:
-    """A release tarball shaped like meshcore-release's: manifest, SHA256SUMS, the bundle;
-    the detached manifest and its signatures (2 of the THROWAWAY keys) beside it."""
-    path = f"agent/bundles/{MACHINE}/mesh-agent-{rid}.tgz"
-    digest = hashlib.sha256(bundle).hexdigest()
-    manifest = json.dumps({"schema": 1, "name": "mesh-core", "version": version, "serial": 1,
-                           "wire_version": WIRE_VERSION, "files": {path: digest},
-                           "agent": {"bundles": {MACHINE: {"path": path, "release": rid}}}},
-                          sort_keys=True).encode()
-    sums = (f"{hashlib.sha256(manifest).hexdigest()}  manifest.json\n{digest}  {path}\n").encode()
-    top = f"mesh-core-v{version}"
-    tgz = out / f"{top}.tgz"
-    with tarfile.open(tgz, "w:gz") as tar:
-        for name, data in (("manifest.json", manifest), ("SHA256SUMS", sums), (path, bundle)):
-            info = tarfile.TarInfo(f"{top}/{name}")
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    (out / f"{top}.manifest.json").write_bytes(manifest)
-    for k in keys[:2]:
-        signing.append_signature(out / f"{top}.manifest.json.sigs", signing.sign(manifest, k))
-    return tgz
 
 
 def on_node(node: str, script: str) -> str:
@@ -131,27 +71,6 @@ def current(node: str) -> str:
     return str(json.loads(on_node(node, "meshctl --json release list"))["current"])
 
 
-def fake_bundle(tmp: Path, rid: str) -> Path:
-    """A bundle shaped like scripts/agent-bundle.sh's, with the files repack() edits."""
-    venv = f"opt/mesh-agent/releases/{rid}/venv"
-    site = f"{venv}/lib/python3.11/site-packages/mesh_agent"
-    files = {f"{venv}/bin/meshctl": f"#!/opt/mesh-agent/releases/{rid}/venv/bin/python\n",
-             f"{site}/__init__.py": '__version__ = "0.1.0"\nWIRE_VERSION = 2\n',
-             f"{site}/view.py": '        return {\n'
-                                '            "routes_programmed": self.routes.last_sync_ok,\n'
-                                '        }\n',
-             f"{site}/__pycache__/view.cpython-311.opt-2.pyc": "stale",
-             f"{site}/__pycache__/api.cpython-311.opt-2.pyc": "kept"}
-    path = tmp / f"mesh-agent-{rid}.tgz"
-    with tarfile.open(path, "w:gz") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o755
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 def test_the_lab_releases_are_whole_and_verify(tmp_path: Path) -> None:
     """Without a lab: the re-packed broken release and its tarball pass the controller's
     verifier, with the venv moved to the new id and readiness broken."""
@@ -159,11 +78,9 @@ def test_the_lab_releases_are_whole_and_verify(tmp_path: Path) -> None:
 
     old, new = "0" * 16, "b" * 16
     data = repack(fake_bundle(tmp_path, old), old, new, "90.0.2", broken=True)
-    keys = [Ed25519PrivateKey.generate() for _ in range(3)]  # THROWAWAY
+    keys = throwaway_keys()
     tgz = release_tarball(tmp_path, data, new, "90.0.2", keys)
-    trust = TrustPolicy.from_json(json.dumps({"threshold": 2, "keys": [
-        {"name": f"t{i}", "public_key": base64.b64encode(signing.public_raw(k)).decode()}
-        for i, k in enumerate(keys)]}))
+    trust = TrustPolicy.from_json(keys_json(keys))
     sigs = parse_signatures((tmp_path / "mesh-core-v90.0.2.manifest.json.sigs").read_text())
     verdict = signing.verify_release(
         tgz, sigs, trust, (tmp_path / "mesh-core-v90.0.2.manifest.json").read_bytes())
@@ -189,11 +106,9 @@ def test_good_release_rolls_through_and_broken_canary_is_rolled_back(
     assert len(nodes) == 4
     info = json.loads((ROOT / "build/agent/bundle.json").read_text())
     src, old = ROOT / "build/agent" / info["bundle"], info["release"]
-    keys = [Ed25519PrivateKey.generate() for _ in range(3)]  # THROWAWAY, this run only
+    keys = throwaway_keys()
     keys_file = tmp_path / "release-keys.json"
-    keys_file.write_text(json.dumps({"threshold": 2, "keys": [
-        {"name": f"throwaway{i}", "public_key": base64.b64encode(signing.public_raw(k)).decode()}
-        for i, k in enumerate(keys)]}))
+    keys_file.write_text(keys_json(keys))
     good_id, bad_id = "a" * 16, "b" * 16
     good = release_tarball(tmp_path, repack(src, old, good_id, "90.0.1", broken=False),
                            good_id, "90.0.1", keys)
