@@ -114,6 +114,30 @@ def test_record_round_trip_and_garbage() -> None:
             Pending.from_json(junk)
 
 
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=3), max_leaves=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=200),
+                 st.dictionaries(st.sampled_from(
+                     ["release", "previous", "switched_at", "boot_id", "switched_boottime",
+                      "window_s", "expect_neighbors", "reach", "hold_s", "elapsed_s", "x"]),
+                     json_values).map(lambda d: json.dumps(d).encode())))
+def test_any_bytes_load_or_are_refused(data: bytes) -> None:
+    """A damaged record never crashes the watcher with anything but ConfirmFormatError,
+    and a record that loads can be stepped."""
+    try:
+        p = Pending.from_json(data)
+    except ConfirmFormatError:
+        return
+    for obs in (GOOD, NOT_READY, replace(GOOD, current=p.release)):
+        step(p, obs, p.switched_boottime + p.window_s / 2)
+        step(p, obs, p.switched_boottime + p.window_s)
+
+
 def test_rebase_after_a_reboot_counts_the_wall_clock_time_since_the_switch() -> None:
     p = pending(elapsed_s=30.0)
     q = rebase(p, "boot-2", boottime=8.0, wall=1000.0 + 70.0)

@@ -55,6 +55,17 @@ class Pending:
     healthy_since: float | None = None  # boot-time since when every check holds
 
     def __post_init__(self) -> None:
+        def number(v: object) -> bool:
+            return isinstance(v, int | float) and not isinstance(v, bool) and v == v
+
+        if not (isinstance(self.release, str) and isinstance(self.boot_id, str)
+                and (self.previous is None or isinstance(self.previous, str))
+                and all(number(v) for v in (self.switched_at, self.switched_boottime,
+                                            self.window_s, self.hold_s, self.elapsed_s))
+                and (self.healthy_since is None or number(self.healthy_since))
+                and isinstance(self.expect_neighbors, int)
+                and all(isinstance(r, str) for r in self.reach)):
+            raise ConfirmFormatError("a pending-switch field has the wrong type")
         if not 0 < self.window_s <= MAX_WINDOW_S:
             raise ConfirmFormatError(
                 f"confirm window {self.window_s} s: must be > 0 and <= {MAX_WINDOW_S:.0f} s")
@@ -81,7 +92,7 @@ class Pending:
             return cls(**{k: v for k, v in doc.items() if k in known})
         except ConfirmFormatError:
             raise
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:
             raise ConfirmFormatError(f"bad pending-switch record: {exc}") from exc
 
 
