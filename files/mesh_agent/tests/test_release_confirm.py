@@ -419,3 +419,13 @@ def test_wait_ready_polls_readyz_until_ready_or_the_timeout() -> None:
     assert got == pytest.approx(1.5)  # three polls 0.5 s apart before the 200
     answers[:] = []
     assert release_ctl.wait_ready(Api(), 3.0, clock.clock(), clock.sleep) is None  # type: ignore[arg-type]
+
+
+def test_an_unreadable_record_is_moved_aside_not_retried_forever(
+        node: tuple[Path, Releases]) -> None:
+    root, rel = node
+    (root / watch_mod.PENDING_FILE).write_text('{"release": 1}')
+    with pytest.raises(ConfirmFormatError):
+        watch_mod.watch(rel, lambda p: GOOD, lambda: None, FakeClock().clock())
+    assert not (root / watch_mod.PENDING_FILE).exists()  # the unit's condition fails now
+    assert (root / f"{watch_mod.PENDING_FILE}.bad").exists() and rel.current_id() == "old"

@@ -224,7 +224,15 @@ def watch(releases: Releases, observe_fn: Callable[[Pending], Observation],
     """Run until the pending switch ends; the final decision (None: nothing was pending
     or it was ended by someone else, e.g. ``meshctl release confirm``)."""
     files = ConfirmFiles(releases.root)
-    p = files.load_pending()
+    try:
+        p = files.load_pending()
+    except ConfirmFormatError:
+        # Nothing to act on: move it aside (the unit's condition then stops the restarts)
+        # and say so; the operator decides with meshctl release list/use.
+        os.replace(files.pending, files.root / f"{PENDING_FILE}.bad")
+        log.error("%s is unreadable; moved to %s.bad, nothing reverted", files.pending,
+                  PENDING_FILE)
+        raise
     if p is None:
         return None
     p = rebase(p, clock.boot_id(), clock.boottime(), clock.wall())
