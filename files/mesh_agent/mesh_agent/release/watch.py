@@ -40,6 +40,7 @@ from mesh_agent.release.confirm import (
     DEFAULT_HOLD_S,
     DEFAULT_WINDOW_S,
     Confirm,
+    ConfirmFormatError,
     Decision,
     GiveUp,
     Observation,
