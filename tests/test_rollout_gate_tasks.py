@@ -1,6 +1,6 @@
 """rollout.yml's own gate tasks (the Jinja that gathers each node's sample and judges
-the wave) run by Ansible on local hosts, on registered results shaped like the
-modules' (uri, command), without a mesh.
+the wave) and its rollback command, run by Ansible on local hosts, on registered
+results shaped like the modules' (uri, command) and a stand-in meshctl, without a mesh.
 
 The tasks are taken from playbooks/rollout.yml by name, so the test runs what the
 playbook runs; the verdict is read from ansible-runner's events."""
@@ -109,3 +109,50 @@ def test_the_playbooks_gate_names_every_failure(tmp_path: Path) -> None:
         "n3: failovers grew by 6 during the soak (bound 2)",
         "n3: no path to n1",
     ]
+
+
+@pytest.mark.parametrize("switch_rc, meshctl, flags", [
+    (0, "target", ["--allow-wire-change", "--no-confirm", "--wait-ready", "60"]),
+    (1, "previous", ["--allow-wire-change"]),  # the previous release's meshctl may be older
+])
+def test_the_rollback_command(tmp_path: Path, switch_rc: int, meshctl: str,
+                              flags: list[str]) -> None:
+    ansible_runner = pytest.importorskip("ansible_runner")
+    root = tmp_path / "opt"
+    fakes = {"target": root / "releases/r2/venv/bin/meshctl",
+             "previous": root / "releases/r1/venv/bin/meshctl"}
+    for name, path in fakes.items():
+        path.parent.mkdir(parents=True)
+        path.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                        f"print(json.dumps({{'changed': True, 'current': 'r1', "
+                        f"'who': '{name}', 'argv': sys.argv[1:]}}))\n")
+        path.chmod(0o755)
+    source = yaml.safe_load((ROOT / "playbooks/rollout.yml").read_text())[0]
+    task = {t["name"]: t for t in source["tasks"]}[TASKS["rollback"]]
+    play = [{"hosts": "mesh_nodes", "gather_facts": False,
+             "vars": {"mesh_agent_release_dir": str(root / "releases/r2"),
+                      "mesh_agent_install_root": str(root), "rollout_previous": "r1",
+                      "rollout_ready_timeout_s": 60, "rollout_switch": {"rc": switch_rc},
+                      "rollout_verdict": {"ok": False}},
+             "tasks": [task]}]
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "rb.yml").write_text(yaml.safe_dump(play))
+    (tmp_path / "hosts").write_text(
+        f"[mesh_nodes]\nn1 ansible_connection=local ansible_python_interpreter={sys.executable}\n")
+    (tmp_path / "runner").mkdir()
+    events: list[dict[str, Any]] = []
+
+    def keep(e: dict[str, Any]) -> bool:
+        events.append(e)
+        return True
+
+    r = ansible_runner.run(private_data_dir=str(tmp_path / "runner"), project_dir=str(project),
+                           playbook="rb.yml", inventory=str(tmp_path / "hosts"), quiet=True,
+                           envvars={"PATH": runner_path()}, event_handler=keep)
+    assert r.rc == 0
+    (res,) = [e["event_data"]["res"] for e in events if e.get("event") == "runner_on_ok"]
+    out = json.loads(res["stdout"])
+    assert out["who"] == meshctl and res["changed"] is True
+    assert out["argv"] == ["--json", "release", "--root", str(root), "use", "r1", *flags]
+    assert build_report(events)["hosts"]["n1"]["rollback"]["to"] == "r1"
