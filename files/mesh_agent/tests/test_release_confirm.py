@@ -429,3 +429,26 @@ def test_an_unreadable_record_is_moved_aside_not_retried_forever(
         watch_mod.watch(rel, lambda p: GOOD, lambda: None, FakeClock().clock())
     assert not (root / watch_mod.PENDING_FILE).exists()  # the unit's condition fails now
     assert (root / f"{watch_mod.PENDING_FILE}.bad").exists() and rel.current_id() == "old"
+
+
+def test_meshctl_confirm_watch_and_status(node: tuple[Path, Releases],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line end to end (the unit's ExecStart), with the agent's answers,
+    the clock and the restart injected."""
+    root, rel = node
+    clock = FakeClock()
+    meshctl(root, clock, "use", "new")
+    rc, out = meshctl(root, clock, "confirm-status")
+    assert rc == 0 and json.loads(out)["pending"]["release"] == "new"
+    monkeypatch.setattr(watch_mod, "observe",
+                        lambda releases, p, api: replace(NOT_READY, current=rel.current_id()))
+    restarts: list[str] = []
+    args = build_parser().parse_args(["--json", "--config", str(root / "none.yml"), "release",
+                                      "--root", str(root), "confirm-watch"])
+    out_io = io.StringIO()
+    assert release_ctl.run(args, out_io, restart=lambda: restarts.append("r"),
+                           clock=clock.clock(), sleep=clock.sleep) == 0
+    assert json.loads(out_io.getvalue())["decision"] == "revert"
+    assert restarts == ["r"] and rel.current_id() == "old"
+    rc, out = meshctl(root, clock, "confirm-status")
+    assert json.loads(out)["last"]["outcome"] == "reverted"

@@ -219,7 +219,7 @@ def run(args: argparse.Namespace, out: TextIO,
             api = HttpClient(local_api_url(Path(args.config)), timeout=2.0)
             decision = watch_mod.watch(
                 releases, lambda p: watch_mod.observe(releases, p, api), restart, clock,
-                interval_s=args.interval)
+                sleep=sleep, interval_s=args.interval)
             doc = {"decision": None} if decision is None else as_dict(decision)
             print(json.dumps(doc) if args.json else
                   f"{doc['decision'] or 'nothing pending'}: {doc.get('reason', '')}", file=out)
