@@ -251,10 +251,21 @@ def test_use_arms_the_switch_and_starts_the_watcher(node: tuple[Path, Releases])
     assert (root / "confirm-runner").resolve() == (root / "releases/old/venv").resolve()
 
 
-def test_use_refuses_a_window_over_120_s(node: tuple[Path, Releases]) -> None:
+@pytest.mark.parametrize("settings, argv", [
+    ({}, ["--confirm-within", "600"]),
+    ({"window_s": 121}, []),
+    ({"window_s": 10, "hold_s": 10}, []),
+    ({"expect_neighbors": -1}, []),
+])
+def test_use_refuses_bad_settings_before_switching(
+        node: tuple[Path, Releases], settings: dict[str, float], argv: list[str],
+        capsys: pytest.CaptureFixture[str]) -> None:
     root, rel = node
-    rc, _ = meshctl(root, FakeClock(), "use", "new", "--confirm-within", "600")
+    path = root / "release-confirm.json"
+    path.write_text(json.dumps(settings))
+    rc, _ = meshctl(root, FakeClock(), "use", "new", *argv, settings_file=path)
     assert rc == 1 and rel.current_id() == "old"
+    assert "must be" in capsys.readouterr().err
 
 
 def test_the_runner_is_the_new_release_when_the_old_one_predates_the_watcher(

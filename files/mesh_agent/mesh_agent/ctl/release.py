@@ -28,7 +28,7 @@ from mesh_agent.config import ConfigError, load_config
 from mesh_agent.ctl.client import AgentUnreachable, ApiError, HttpClient, local_api_url
 from mesh_agent.ctl.render import table
 from mesh_agent.release import watch as watch_mod
-from mesh_agent.release.confirm import MAX_WINDOW_S, ConfirmFormatError, as_dict
+from mesh_agent.release.confirm import ConfirmFormatError, as_dict
 from mesh_agent.release.install import STATE_FILE, InstallRefused, install
 from mesh_agent.release.store import ReleaseError, Releases
 from mesh_agent.release.verify import ReleaseFormatError, TrustPolicy, parse_signatures
@@ -165,9 +165,8 @@ def run(args: argparse.Namespace, out: TextIO,
             if args.confirm_within is not None:
                 settings = watch_mod.Settings(args.confirm_within, settings.expect_neighbors,
                                               settings.reach, settings.hold_s)
-            if not 0 < settings.window_s <= MAX_WINDOW_S:
-                raise ReleaseError(f"the confirm window must be > 0 and <= {MAX_WINDOW_S:.0f} s,"
-                                   f" got {settings.window_s}")
+            if not args.no_confirm and (why := settings.problem()):
+                raise ReleaseError(f"{why} ({args.confirm_settings} or --confirm-within)")
             previous, new = releases.use(
                 args.id, (lambda: None) if args.no_restart else restart,
                 allow_wire_change=args.allow_wire_change)

@@ -39,6 +39,7 @@ from mesh_agent.ctl.client import AgentUnreachable, ApiError, HttpClient
 from mesh_agent.release.confirm import (
     DEFAULT_HOLD_S,
     DEFAULT_WINDOW_S,
+    MAX_WINDOW_S,
     Confirm,
     ConfirmFormatError,
     Decision,
@@ -75,6 +76,17 @@ class Settings:
     expect_neighbors: int = 1
     reach: tuple[str, ...] = ()
     hold_s: float = DEFAULT_HOLD_S
+
+    def problem(self) -> str | None:
+        """Why a switch cannot be armed with these settings (checked before switching)."""
+        if not 0 < self.window_s <= MAX_WINDOW_S:
+            return (f"the confirm window must be > 0 and <= {MAX_WINDOW_S:.0f} s, "
+                    f"got {self.window_s}")
+        if not 0 <= self.hold_s < self.window_s:
+            return f"hold_s must be >= 0 and shorter than the window, got {self.hold_s}"
+        if self.expect_neighbors < 0:
+            return "expect_neighbors must be >= 0"
+        return None
 
     @classmethod
     def load(cls, path: Path = SETTINGS_FILE) -> Settings:
