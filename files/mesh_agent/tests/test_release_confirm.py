@@ -463,3 +463,24 @@ def test_meshctl_confirm_watch_and_status(node: tuple[Path, Releases],
     assert restarts == ["r"] and rel.current_id() == "old"
     rc, out = meshctl(root, clock, "confirm-status")
     assert json.loads(out)["last"]["outcome"] == "reverted"
+
+
+def test_the_real_clocks_revert_at_the_window(node: tuple[Path, Releases]) -> None:
+    """This machine's CLOCK_BOOTTIME, boot id and sleep (no injection but the agent's
+    answers and the restart): a 2 s window reverts 2 s after the switch, late by at most
+    a check interval plus the machine's scheduling delay."""
+    import time
+
+    _, rel = node
+    clock = watch_mod.Clock()
+    p = watch_mod.arm(rel, "old", "new", watch_mod.Settings(window_s=2.0, hold_s=0.5),
+                      clock, lambda: None)
+    assert p is not None
+    rel.use("new", lambda: None)  # arm() records the switch; the switch itself
+    start = time.monotonic()
+    d = watch_mod.watch(rel, lambda p: replace(NOT_READY, current=rel.current_id()),
+                        lambda: None, clock, interval_s=0.1)
+    took = time.monotonic() - start
+    assert isinstance(d, Revert) and rel.current_id() == "old"
+    print(f"reverted {took:.2f} s after a switch with a 2 s window")
+    assert 1.8 <= took <= 3.5, took  # a loaded 2-core machine: allow scheduling delay
