@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from meshcore_tools import ROOT
-from meshcore_tools.rollout import TASKS, build_report, runner_path
+from meshcore_tools.rollout import TASKS, build_report, inventory_hosts, runner_path
 
 spec = importlib.util.spec_from_file_location(
     "meshcore_rollout", ROOT / "plugins/filter/meshcore_rollout.py")
@@ -311,3 +311,11 @@ def test_report_from_a_real_runner_event_stream(tmp_path: Path) -> None:
     # ansible's own recap counts the ignored unreachable host as ignored, not dark:
     # only the events say it was unreachable
     assert report["stats"]["dark"] == {} and "n4" in report["stats"]["ignored"]
+
+
+def test_inventory_hosts_walks_child_groups(tmp_path: Path) -> None:
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(yaml.safe_dump({"all": {"children": {
+        "mesh_nodes": {"hosts": {"n1": {}, "n2": {}}, "children": {"gateways": {}}},
+        "gateways": {"hosts": {"g1": {}}}, "monitor": {"hosts": {"m1": {}}}}}}))
+    assert inventory_hosts(inv) == ["g1", "n1", "n2"]

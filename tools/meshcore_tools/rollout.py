@@ -208,6 +208,14 @@ def run(inventory: Path, tarball: Path, keys: Path, *, extravars: Mapping[str, A
         return int(r.rc), build_report(events, hosts_all)
 
 
+def inventory_hosts(inventory: Path, group: str = "mesh_nodes") -> list[str]:
+    """The hosts of *group* in *inventory* (the inventory reader of ``meshctl fleet``), so
+    the report lists the nodes a stopped rollout never reached."""
+    from mesh_agent.ctl.fleet import inventory_nodes
+
+    return sorted(inventory_nodes(str(inventory), group).addresses)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="meshcore-rollout", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -222,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     extra: dict[str, Any] = {}
     for e in args.extra:
         extra.update(json.loads(e))
+    hosts = inventory_hosts(args.inventory, str(extra.get("rollout_hosts", "mesh_nodes")))
     rc, report = run(args.inventory, args.tarball, args.keys, extravars=extra,
-                     quiet=not args.verbose)
+                     hosts_all=hosts, quiet=not args.verbose)
     text = json.dumps(report, indent=2, sort_keys=True)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
