@@ -18,8 +18,11 @@ content:
     own revert.
 
 Ending a pending switch (confirm, revert, give up, superseded) starts by renaming
-``confirm-pending.json`` away: rename(2) succeeds once, so a hand confirm and the
-watcher's revert racing each other cannot both act.
+``confirm-pending.json`` away: rename(2) succeeds once, so two endings cannot both be
+recorded. A revert switches first and records after (a kill in between is recorded on
+the next run); it checks the record is still there just before switching, so a hand
+confirm wins unless it lands in the instant between that check and the switch (then
+the node reverts and the record says confirmed).
 """
 
 from __future__ import annotations
