@@ -22,8 +22,21 @@ METRICS = 'meshcore_failovers_total 1.0\nmeshcore_adverts_rejected_total{reason=
 HOSTS = ["n1", "n2", "n3"]
 
 
-def registered(host: str, broken: dict[str, str]) -> dict[str, Any]:
-    """What the gate's data tasks register on *host*; *broken*: host -> what is wrong."""
+SKIPPED = {"skipped": True, "changed": False, "skip_reason": "Conditional result was False"}
+
+
+def alerts(*firing: str) -> dict[str, Any]:
+    """A uri result of the monitoring host's /api/v1/alerts."""
+    return {"status": 200, "json": {"status": "success", "data": {"alerts": [
+        {"labels": {"alertname": name, "node": "n1"}, "state": "firing"} for name in firing]
+        + [{"labels": {"alertname": "Pending", "node": "n2"}, "state": "pending"}]}}}
+
+
+def registered(host: str, broken: dict[str, str],
+               monitor: tuple[dict[str, Any], dict[str, Any]] = (SKIPPED, SKIPPED)
+               ) -> dict[str, Any]:
+    """What the gate's data tasks register on *host*; *broken*: host -> what is wrong;
+    *monitor*: the alerts before and after (skipped: no monitoring host)."""
     what = broken.get(host)
     ready = {"status": 503, "json": {"ready": False, "failing": ["own_advert"]}} \
         if what == "not ready" else {"status": 200, "json": {"ready": True, "failing": []}}
@@ -40,34 +53,40 @@ def registered(host: str, broken: dict[str, str]) -> dict[str, Any]:
         "rollout_metrics_after": {"status": 200, "content": after},
         "rollout_confirm": {"rc": 0, "stdout": json.dumps({"last": None, "pending": None})},
         "rollout_after_list": {"rc": 0, "stdout": json.dumps({"current": "r2"})},
+        "rollout_alerts_before": monitor[0],
+        "rollout_alerts_after": monitor[1],
     }
 
 
-def play(broken: dict[str, str], missing_path: str | None) -> list[dict[str, Any]]:
+def play(broken: dict[str, str], missing_path: str | None,
+         monitor: tuple[dict[str, Any], dict[str, Any]]) -> list[dict[str, Any]]:
     source = yaml.safe_load((ROOT / "playbooks/rollout.yml").read_text())[0]
     by_name = {t["name"]: t for t in source["tasks"]}
     paths = {"results": [
         {"item": h, "json": {"destinations": {o: {} for o in HOSTS
                                               if o != h and (h, o) != ("n3", missing_path)}}}
         for h in HOSTS]}
-    keys = registered("n1", {})
+    keys = registered("n1", {}, monitor)
     setup = [{"name": "Fake what the data tasks registered",
               "ansible.builtin.set_fact": {k: f"{{{{ rollout_fake[inventory_hostname].{k} }}}}"
                                            for k in keys}},
              {"name": "Fake the path tables", "ansible.builtin.set_fact":
               {"rollout_paths": paths}}]
     return [{"name": source["name"], "hosts": "mesh_nodes", "gather_facts": False,
-             "vars": {k: source["vars"][k] for k in ("rollout_bounds", "rollout_node_names")}
-             | {"rollout_fake": {h: registered(h, broken) for h in HOSTS}},
+             "vars": {k: source["vars"][k] for k in ("rollout_bounds", "rollout_node_names",
+                                                     "rollout_ignore_alerts")}
+             | {"rollout_fake": {h: registered(h, broken, monitor) for h in HOSTS}},
              "tasks": setup + [by_name[n] for n in GATE_TASKS]}]
 
 
-def verdict(tmp_path: Path, broken: dict[str, str], missing_path: str | None = None
+def verdict(tmp_path: Path, broken: dict[str, str], missing_path: str | None = None,
+            monitor: tuple[dict[str, Any], dict[str, Any]] = (SKIPPED, SKIPPED)
             ) -> dict[str, Any]:
     ansible_runner = pytest.importorskip("ansible_runner")
     project = tmp_path / "project"
     project.mkdir()
-    (project / "gate.yml").write_text(yaml.safe_dump(play(broken, missing_path), sort_keys=False))
+    (project / "gate.yml").write_text(yaml.safe_dump(play(broken, missing_path, monitor),
+                                                     sort_keys=False))
     local = f"ansible_connection=local ansible_python_interpreter={sys.executable}"
     (tmp_path / "hosts").write_text("[mesh_nodes]\n" + "".join(f"{h} {local}\n" for h in HOSTS))
     (tmp_path / "runner").mkdir()
@@ -97,6 +116,14 @@ def test_a_healthy_wave_passes_the_playbooks_gate(tmp_path: Path) -> None:
     v = verdict(tmp_path, {})
     assert v["ok"] is True and v["failures"] == []
     assert set(v["hosts"]) == set(HOSTS)
+    assert v["alerts_checked"] is False  # no monitoring host: the alert tasks were skipped
+
+
+def test_a_new_firing_alert_fails_the_playbooks_gate(tmp_path: Path) -> None:
+    v = verdict(tmp_path, {}, monitor=(alerts("Old"), alerts("Old", "MeshNodeNotReady")))
+    assert v["alerts_checked"] is True and v["ok"] is False
+    assert v["failures"] == [
+        "alerts firing that were not before the switch: MeshNodeNotReady{node=n1}"]
 
 
 def test_the_playbooks_gate_names_every_failure(tmp_path: Path) -> None:

@@ -71,7 +71,8 @@ ALL = ["n1", "n2", "n3", "n4"]
 
 def test_a_healthy_wave_passes() -> None:
     v = gate({"n1": sample()}, ["n1"], ["n1"], ALL, {}, {}, paths_for(ALL))
-    assert v == {"ok": True, "failures": [], "hosts": {"n1": {"ok": True, "problems": []}}}
+    assert v == {"ok": True, "failures": [], "hosts": {"n1": {"ok": True, "problems": []}},
+                 "alerts_checked": False}
 
 
 @pytest.mark.parametrize("s, needle", [
@@ -118,6 +119,35 @@ def test_node_names_that_are_not_inventory_names() -> None:
                              for h in ALL}
     assert gate({"n1": sample()}, ["n1"], ["n1"], ALL, {}, names, paths)["ok"]
     assert not gate({"n1": sample()}, ["n1"], ["n1"], ALL, {}, {}, paths)["ok"]
+
+
+ALERTS = {"alerts": [
+    {"labels": {"alertname": "MeshLinkDown", "node": "n2"}, "state": "firing"},
+    {"labels": {"alertname": "MeshCertificateNearExpiry", "node": "n3"}, "state": "firing"},
+    {"labels": {"alertname": "MeshNodeNotReady", "node": "n1"}, "state": "pending"},
+    {"labels": {"alertname": "Watchdog"}, "state": "firing"}]}
+
+
+def test_firing_is_the_labs_rule() -> None:
+    from meshcore_tools.lab.prometheus import firing as labs
+
+    for ignore in ((), ("Watchdog",)):
+        assert gate_mod.firing(ALERTS, ignore) == labs(ALERTS, ignore)
+    assert gate_mod.firing(None) == [] and gate_mod.firing({"alerts": [3]}) == []
+
+
+def test_only_alerts_new_since_the_switch_fail_the_gate() -> None:
+    before = {"alerts": ALERTS["alerts"][1:]}
+    def judge(alerts: dict[str, Any]) -> dict[str, Any]:
+        return dict(gate({"n1": sample()}, ["n1"], ["n1"], ALL, {}, {}, paths_for(ALL), alerts))
+
+    v = judge({"before": before, "after": ALERTS, "ignore": []})
+    assert v["failures"] == ["alerts firing that were not before the switch: "
+                             "MeshLinkDown{node=n2}"] and v["alerts_checked"]
+    assert judge({"before": before, "after": ALERTS, "ignore": ["MeshLinkDown"]})["ok"]
+    assert judge({"before": ALERTS, "after": before, "ignore": []})["ok"]  # one cleared
+    v = judge({"before": None, "after": ALERTS, "ignore": []})  # no monitoring host
+    assert v["ok"] and not v["alerts_checked"]
 
 
 # -- the report from a synthetic event list --------------------------------------------
