@@ -33,9 +33,10 @@ def render(role: str, template: str, **overrides: Any) -> str:
     # Only the filters the templates use; Ansible's default/map/select expect its own Undefined.
     for e in (env, native):
         e.filters.update({k: ansible_filters[k] for k in ("comment", "to_json", "to_nice_json",
-                                                           "combine")})
+                                                           "combine", "dirname")})
     variables: dict[str, Any] = {"ansible_managed": "Ansible managed", "inventory_hostname": "n1",
-                                 "groups": {}, "hostvars": {}}
+                                 "groups": {}, "hostvars": {},
+                                 "ansible_playbook_python": "/usr/bin/python3"}
     variables.update(defaults(role))
     variables.update(overrides)
     # Resolve the defaults that are themselves templates, as Ansible does lazily

@@ -254,7 +254,8 @@ def test_meshctl_release_commands(fleet: Fleet, capsys: pytest.CaptureFixture[st
     assert code == 0 and json.loads(out)["release"] == "r1"
     restarted = []
     code, out = cli(fleet, "use", "r1", restart=lambda: restarted.append(1))
-    assert code == 0 and json.loads(out) == {"previous": None, "current": "r1", "changed": True}
+    assert code == 0 and json.loads(out) == {"previous": None, "current": "r1", "changed": True,
+                                             "confirm_within": None}  # nothing to revert to
     assert restarted == [1]
     code, out = cli(fleet, "list")
     assert json.loads(out)["current"] == "r1"

@@ -82,6 +82,17 @@ def test_meshctl_release_lists_the_live_release(host):
     assert len(data["releases"]) <= 3  # the live one and mesh_agent_keep_releases (2) others
 
 
+def test_commit_confirm_unit_is_enabled_and_idle(host):
+    """Installed and enabled for reboots, but it runs only while a switch is pending
+    (ConditionPathExists); the role's unverified install arms nothing."""
+    svc = host.service("mesh-release-confirm.service")
+    assert svc.is_enabled and not svc.is_running
+    settings = json.loads(host.file("/etc/mesh-agent/release-confirm.json").content_string)
+    assert settings["window_s"] == 120.0
+    status = json.loads(host.check_output("meshctl --json release confirm-status"))
+    assert status["pending"] is None
+
+
 def test_identity_files_and_modes(host):
     key = host.file("/etc/mesh-agent/pki/node.key")
     assert key.mode == 0o640

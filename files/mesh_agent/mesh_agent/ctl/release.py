@@ -1,9 +1,14 @@
-"""``meshctl release list|use|prune|install``: the node's installed agent releases.
+"""``meshctl release list|use|prune|install|confirm|confirm-watch|confirm-status``:
+the node's installed agent releases.
 
 These work on the node's files (``--root``, default ``/opt/mesh-agent``), not on the
 agent's API. ``use`` switches ``current`` atomically and restarts the unit through
 the ``restart`` callable :func:`run` is given (``systemctl restart mesh-agent``
-from the command line; tests pass their own).
+from the command line; tests pass their own). A switch to a release this node has
+not confirmed before is *armed* (:mod:`mesh_agent.release.watch`): unless the agent
+is ready, sees its neighbours and reaches a controller or gateway within the window
+(``/etc/mesh-agent/release-confirm.json``, at most 120 s), ``confirm-watch`` (run by
+``mesh-release-confirm.service``) switches back by itself.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mesh_agent.config import ConfigError, load_config
+from mesh_agent.ctl.client import AgentUnreachable, ApiError, HttpClient, local_api_url
 from mesh_agent.ctl.render import table
+from mesh_agent.release import watch as watch_mod
+from mesh_agent.release.confirm import ConfirmFormatError, as_dict
 from mesh_agent.release.install import STATE_FILE, InstallRefused, install
 from mesh_agent.release.store import ReleaseError, Releases
 from mesh_agent.release.verify import ReleaseFormatError, TrustPolicy, parse_signatures
@@ -52,7 +60,8 @@ def systemd_restart() -> None:
 
 
 def add_parser(sub: Any) -> None:
-    r = sub.add_parser("release", help="installed agent releases: list, use, prune, install",
+    r = sub.add_parser("release",
+                       help="installed agent releases: list, use, prune, install, confirm",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--root", type=Path, default=DEFAULT_ROOT,
                    help="install root holding releases/ and current (%(default)s)")
@@ -63,6 +72,22 @@ def add_parser(sub: Any) -> None:
     u.add_argument("--allow-wire-change", action="store_true",
                    help="switch even to a release of another (or unknown) wire version")
     u.add_argument("--no-restart", action="store_true", help="switch only; restart yourself")
+    u.add_argument("--confirm-within", type=float, metavar="SECONDS",
+                   help="revert unless confirmed within SECONDS (<= 120; default: "
+                        "release-confirm.json's window_s, else 120)")
+    u.add_argument("--no-confirm", action="store_true",
+                   help="do not arm the commit-confirm (no automatic revert)")
+    u.add_argument("--confirm-settings", type=Path, default=watch_mod.SETTINGS_FILE,
+                   help="window, expected neighbours, reach targets (%(default)s)")
+    u.add_argument("--wait-ready", type=float, default=0.0, metavar="SECONDS",
+                   help="after the restart, wait up to SECONDS for the agent's /readyz "
+                        "(a rolling switch restarts the next node only then)")
+    rs.add_parser("confirm", help="confirm the pending switch by hand (no automatic revert)")
+    rs.add_parser("confirm-status", help="the pending switch, confirmed releases, last outcome")
+    w = rs.add_parser("confirm-watch",
+                      help="wait for the pending switch to be confirmed, else revert "
+                           "(run by mesh-release-confirm.service)")
+    w.add_argument("--interval", type=float, default=1.0, help="seconds between checks")
     p = rs.add_parser("prune", help="remove all but current and the KEEP newest others")
     p.add_argument("--keep", type=int, required=True)
     p.add_argument("--protect", action="append", default=[], metavar="ID",
@@ -92,9 +117,29 @@ def _state_dir(args: argparse.Namespace) -> Path:
         return Path("/var/lib/mesh-agent")
 
 
+def wait_ready(api: HttpClient, timeout_s: float, clock: watch_mod.Clock,
+               sleep: Callable[[float], None]) -> float | None:
+    """Seconds until the local agent's /readyz said ready, or None after *timeout_s*."""
+    start = clock.boottime()
+    while True:
+        try:
+            status, _ = api.get("/readyz", ok=(200, 503))
+            if status == 200:
+                return round(clock.boottime() - start, 3)
+        except (AgentUnreachable, ApiError):
+            pass
+        if clock.boottime() - start >= timeout_s:
+            return None
+        sleep(0.5)
+
+
 def run(args: argparse.Namespace, out: TextIO,
-        restart: Callable[[], None] = systemd_restart, *, syslog: bool = False) -> int:
+        restart: Callable[[], None] = systemd_restart, *, syslog: bool = False,
+        clock: watch_mod.Clock | None = None,
+        start_watcher: Callable[[], None] = watch_mod.systemd_start_watcher,
+        sleep: Callable[[float], None] = time.sleep) -> int:
     releases = Releases(args.root)
+    clock = clock or watch_mod.Clock()
     if syslog:
         log_to_syslog()
     action = args.release_command
@@ -116,21 +161,72 @@ def run(args: argparse.Namespace, out: TextIO,
                     for r in rows]), file=out)
             return OK
         if action == "use":
+            settings = watch_mod.Settings.load(args.confirm_settings)
+            if args.confirm_within is not None:
+                settings = watch_mod.Settings(args.confirm_within, settings.expect_neighbors,
+                                              settings.reach, settings.hold_s)
+            if not args.no_confirm and (why := settings.problem()):
+                raise ReleaseError(f"{why} ({args.confirm_settings} or --confirm-within)")
             previous, new = releases.use(
                 args.id, (lambda: None) if args.no_restart else restart,
                 allow_wire_change=args.allow_wire_change)
             changed = previous != new
+            armed = None
+            if changed and not args.no_confirm:
+                armed = watch_mod.arm(releases, previous, new, settings, clock, start_watcher)
+            ready_after = None
+            if changed and args.wait_ready > 0 and not args.no_restart:
+                ready_after = wait_ready(HttpClient(local_api_url(Path(args.config)), timeout=2.0),
+                                         args.wait_ready, clock, sleep)
             if args.json:
-                print(json.dumps({"previous": previous, "current": new, "changed": changed}),
+                print(json.dumps({"previous": previous, "current": new, "changed": changed,
+                                  "confirm_within": armed.window_s if armed else None,
+                                  **({"ready_after_s": ready_after} if args.wait_ready > 0
+                                     else {})}),
                       file=out)
             else:
                 then = "not restarted (--no-restart)" if args.no_restart else "agent restarted"
                 print(f"current: {new}" + (f" (was {previous or 'none'}), {then}" if changed
                                            else " (already current, nothing restarted)"),
                       file=out)
+                if armed:
+                    print(f"reverts to {previous} unless confirmed within "
+                          f"{armed.window_s:.0f} s (meshctl release confirm-status)", file=out)
+                if args.wait_ready > 0 and changed and not args.no_restart:
+                    print(f"agent ready after {ready_after:.1f} s" if ready_after is not None
+                          else f"agent not ready after {args.wait_ready:.0f} s", file=out)
+            return OK
+        if action == "confirm":
+            p = watch_mod.confirm_by_hand(args.root, clock.wall())
+            if args.json:
+                print(json.dumps({"confirmed": p.release if p else None}), file=out)
+            else:
+                print(f"confirmed: {p.release}" if p else "nothing pending", file=out)
+            return OK
+        if action == "confirm-status":
+            status = watch_mod.ConfirmFiles(args.root).status()
+            if args.json:
+                print(json.dumps(status, sort_keys=True), file=out)
+            else:
+                pend, last = status["pending"], status["last"]
+                print(f"pending: {pend['release']} (reverts to {pend['previous']} after "
+                      f"{pend['window_s']:.0f} s)" if pend else "pending: none", file=out)
+                print("last: " + (f"{last['outcome']} {last['release']}: "
+                                  f"{last.get('reason', '')}" if last else "none"), file=out)
+            return OK
+        if action == "confirm-watch":
+            api = HttpClient(local_api_url(Path(args.config)), timeout=2.0)
+            decision = watch_mod.watch(
+                releases, lambda p: watch_mod.observe(releases, p, api), restart, clock,
+                sleep=sleep, interval_s=args.interval)
+            doc = {"decision": None} if decision is None else as_dict(decision)
+            print(json.dumps(doc) if args.json else
+                  f"{doc['decision'] or 'nothing pending'}: {doc.get('reason', '')}", file=out)
             return OK
         if action == "prune":
-            removed = releases.prune(args.keep, protect=tuple(args.protect))
+            pending = watch_mod.ConfirmFiles(args.root).load_pending()
+            keep_back = (pending.previous,) if pending and pending.previous else ()
+            removed = releases.prune(args.keep, protect=tuple(args.protect) + keep_back)
             if args.json:
                 print(json.dumps({"removed": removed}), file=out)
             else:
@@ -159,7 +255,8 @@ def run(args: argparse.Namespace, out: TextIO,
             print(json.dumps({"refused": exc.reason, "message": exc.message}), file=out)
         print(f"meshctl: release refused ({exc.reason}): {exc.message}", file=sys.stderr)
         return BAD
-    except (ReleaseError, ReleaseFormatError, OSError, subprocess.CalledProcessError) as exc:
+    except (ReleaseError, ReleaseFormatError, ConfirmFormatError, ValueError, OSError,
+            subprocess.CalledProcessError) as exc:
         print(f"meshctl: {exc}", file=sys.stderr)
         return BAD
     return USAGE

@@ -1,0 +1,142 @@
+"""playbooks/rollout.yml on a 4-node container lab: a good release rolls through every
+wave; a broken one (its agent never becomes ready) fails the canary's gate, the canary
+is rolled back, and every other node's release dirs, config and units are unchanged,
+byte for byte.
+
+Both releases are the lab's own agent bundle re-packed under a new release id and
+version (the broken one with a readiness check that never holds), signed with
+THROWAWAY keys made for this run, and rolled by meshcore-rollout (ansible-runner),
+whose JSON report the assertions read.
+
+Slow (a lab plus two rollouts, several minutes on 2 cores): runs under `make test-full`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from meshcore_testkit.releases import (
+    BROKEN_READINESS,
+    fake_bundle,
+    keys_json,
+    release_tarball,
+    repack,
+    throwaway_keys,
+)
+from meshcore_tools import ROOT, rollout
+from meshcore_tools.lab.state import INVENTORY, container
+from meshcore_tools.release import sign as signing
+
+HASHED = ("/opt/mesh-agent", "/etc/mesh-agent", "/etc/systemd/system/mesh-agent.service",
+          "/etc/systemd/system/mesh-release-confirm.service")
+
+
+def make(*args: str, timeout: int = 3600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "PY_COLORS": "0"}
+    return subprocess.run(["make", "-C", str(ROOT), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def lab4() -> Any:
+    res = make("lab", "NODES=4", "TOPOLOGY=grid")
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    yield
+    make("lab-destroy")
+
+
+def on_node(node: str, script: str) -> str:
+    return subprocess.run(["podman", "exec", container(node), "sh", "-c", script],
+                          capture_output=True, text=True, check=True, timeout=300).stdout
+
+
+def snapshot(node: str) -> str:
+    """Every file's hash and every link's target under the node's release dirs, config
+    and units."""
+    paths = " ".join(HASHED)
+    return on_node(node, f"find {paths} -type f -print0 | sort -z | xargs -0 sha256sum; "
+                         f"find {paths} -type l -printf '%p -> %l\\n' | sort")
+
+
+def current(node: str) -> str:
+    return str(json.loads(on_node(node, "meshctl --json release list"))["current"])
+
+
+def test_the_lab_releases_are_whole_and_verify(tmp_path: Path) -> None:
+    """Without a lab: the re-packed broken release and its tarball pass the controller's
+    verifier, with the venv moved to the new id and readiness broken."""
+    from mesh_agent.release.verify import Accept, TrustPolicy, parse_signatures
+
+    old, new = "0" * 16, "b" * 16
+    data = repack(fake_bundle(tmp_path, old), old, new, "90.0.2", broken=True)
+    keys = throwaway_keys()
+    tgz = release_tarball(tmp_path, data, new, "90.0.2", keys)
+    trust = TrustPolicy.from_json(keys_json(keys))
+    sigs = parse_signatures((tmp_path / "mesh-core-v90.0.2.manifest.json.sigs").read_text())
+    verdict = signing.verify_release(
+        tgz, sigs, trust, (tmp_path / "mesh-core-v90.0.2.manifest.json").read_bytes())
+    assert isinstance(verdict, Accept), verdict
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        got = {m.name: (tar.extractfile(m) or io.BytesIO()).read() for m in tar if m.isfile()}
+    site = f"opt/mesh-agent/releases/{new}/venv/lib/python3.11/site-packages/mesh_agent"
+    assert got[f"opt/mesh-agent/releases/{new}/venv/bin/meshctl"].startswith(
+        f"#!/opt/mesh-agent/releases/{new}/".encode())
+    assert b'__version__ = "90.0.2"' in got[f"{site}/__init__.py"]
+    assert BROKEN_READINESS in got[f"{site}/view.py"]
+    assert sorted(n.rsplit("/", 1)[1] for n in got if "__pycache__" in n) == [
+        "api.cpython-311.opt-2.pyc"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (podman, netns)")
+@pytest.mark.skipif(shutil.which("podman") is None, reason="the lab needs podman")
+def test_good_release_rolls_through_and_broken_canary_is_rolled_back(
+        lab4: None, tmp_path: Path) -> None:
+    inventory = yaml.safe_load(INVENTORY.read_text())
+    nodes = list(inventory["all"]["children"]["mesh_nodes"]["hosts"])
+    assert len(nodes) == 4
+    info = json.loads((ROOT / "build/agent/bundle.json").read_text())
+    src, old = ROOT / "build/agent" / info["bundle"], info["release"]
+    keys = throwaway_keys()
+    keys_file = tmp_path / "release-keys.json"
+    keys_file.write_text(keys_json(keys))
+    good_id, bad_id = "a" * 16, "b" * 16
+    good = release_tarball(tmp_path, repack(src, old, good_id, "90.0.1", broken=False),
+                           good_id, "90.0.1", keys)
+    bad = release_tarball(tmp_path, repack(src, old, bad_id, "90.0.2", broken=True),
+                          bad_id, "90.0.2", keys)
+    extra = {"mesh_rollout_serial": [1, "100%"], "rollout_soak_s": 15,
+             "rollout_ready_timeout_s": 60}
+
+    rc, report = rollout.run(INVENTORY, good, keys_file, extravars=extra, hosts_all=nodes)
+    (tmp_path / "good.json").write_text(json.dumps(report, indent=2))
+    assert rc == 0 and report["status"] == "completed", json.dumps(report, indent=2)[-4000:]
+    assert [len(w["hosts"]) for w in report["waves"]] == [1, 3]
+    good_waves_s = [w["duration_s"] for w in report["waves"]]
+    assert all(current(n) == good_id for n in nodes)
+    before = {n: snapshot(n) for n in nodes}
+
+    rc, report = rollout.run(INVENTORY, bad, keys_file, extravars=extra, hosts_all=nodes)
+    (tmp_path / "broken.json").write_text(json.dumps(report, indent=2))
+    assert rc != 0 and report["status"] == "stopped", json.dumps(report, indent=2)[-4000:]
+    (wave,) = report["waves"]
+    canary = wave["hosts"][0]
+    assert wave["status"] == "rolled_back" and wave["hosts"] == [canary]
+    assert any("not ready" in f for f in wave["gate"]["failures"]), wave["gate"]
+    assert report["hosts"][canary]["status"] == "rolled_back"
+    assert current(canary) == good_id
+    for n in nodes:
+        if n != canary:
+            assert report["hosts"][n]["status"] == "not_reached"
+            assert snapshot(n) == before[n], f"{n} changed outside the canary wave"
+    print(json.dumps({"good_waves_s": good_waves_s,
+                      "canary_gate_after_switch_s": wave["gate_after_switch_s"]}))
