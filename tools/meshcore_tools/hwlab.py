@@ -524,7 +524,7 @@ class Lab:
                     str(self.inventory),
                     str(ROOT / "playbooks/site.yml"),
                     # Fresh cards, nothing to protect: one batch, not the waves of
-                    # rollout-vars.yml (1, 1, 1 here), which would triple each run.
+                    # vars/rollout.yml (1, 1, 1 here), which would triple each run.
                     "-e",
                     '{"mesh_node_serial": ["100%"]}',
                 ],
