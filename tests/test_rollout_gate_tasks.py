@@ -79,16 +79,15 @@ def play(broken: dict[str, str], missing_path: str | None,
              "tasks": setup + [by_name[n] for n in GATE_TASKS]}]
 
 
-def verdict(tmp_path: Path, broken: dict[str, str], missing_path: str | None = None,
-            monitor: tuple[dict[str, Any], dict[str, Any]] = (SKIPPED, SKIPPED)
-            ) -> dict[str, Any]:
+def run_play(tmp_path: Path, plays: list[dict[str, Any]], hosts: list[str],
+             envvars: dict[str, str] | None = None) -> tuple[int, list[dict[str, Any]]]:
+    """Run *plays* with ansible-runner on local *hosts* (group mesh_nodes): rc and events."""
     ansible_runner = pytest.importorskip("ansible_runner")
     project = tmp_path / "project"
     project.mkdir()
-    (project / "gate.yml").write_text(yaml.safe_dump(play(broken, missing_path, monitor),
-                                                     sort_keys=False))
+    (project / "play.yml").write_text(yaml.safe_dump(plays, sort_keys=False))
     local = f"ansible_connection=local ansible_python_interpreter={sys.executable}"
-    (tmp_path / "hosts").write_text("[mesh_nodes]\n" + "".join(f"{h} {local}\n" for h in HOSTS))
+    (tmp_path / "hosts").write_text("[mesh_nodes]\n" + "".join(f"{h} {local}\n" for h in hosts))
     (tmp_path / "runner").mkdir()
     events: list[dict[str, Any]] = []
 
@@ -97,13 +96,20 @@ def verdict(tmp_path: Path, broken: dict[str, str], missing_path: str | None = N
         return True
 
     r = ansible_runner.run(private_data_dir=str(tmp_path / "runner"), project_dir=str(project),
-                           playbook="gate.yml", inventory=str(tmp_path / "hosts"), quiet=True,
-                           envvars={"PATH": runner_path(),
-                                    "ANSIBLE_FILTER_PLUGINS": str(ROOT / "plugins/filter")},
+                           playbook="play.yml", inventory=str(tmp_path / "hosts"), quiet=True,
+                           envvars={"PATH": runner_path(), **(envvars or {})},
                            event_handler=keep)
+    return r.rc, events
+
+
+def verdict(tmp_path: Path, broken: dict[str, str], missing_path: str | None = None,
+            monitor: tuple[dict[str, Any], dict[str, Any]] = (SKIPPED, SKIPPED)
+            ) -> dict[str, Any]:
+    rc, events = run_play(tmp_path, play(broken, missing_path, monitor), HOSTS,
+                          {"ANSIBLE_FILTER_PLUGINS": str(ROOT / "plugins/filter")})
     failed = [(e["event_data"].get("task"), e["event_data"].get("res", {}).get("msg"))
               for e in events if e.get("event") == "runner_on_failed"]
-    assert r.rc == 0, failed
+    assert rc == 0, failed
     # the report builder finds the verdict once a wave is recorded; read it directly here
     got = [e["event_data"]["res"]["rollout_verdict"] for e in events
            if e.get("event") == "runner_on_ok" and e["event_data"].get("task") == TASKS["verdict"]]
@@ -144,7 +150,6 @@ def test_the_playbooks_gate_names_every_failure(tmp_path: Path) -> None:
 ])
 def test_the_rollback_command(tmp_path: Path, switch_rc: int, meshctl: str,
                               flags: list[str]) -> None:
-    ansible_runner = pytest.importorskip("ansible_runner")
     root = tmp_path / "opt"
     fakes = {"target": root / "releases/r2/venv/bin/meshctl",
              "previous": root / "releases/r1/venv/bin/meshctl"}
@@ -162,22 +167,8 @@ def test_the_rollback_command(tmp_path: Path, switch_rc: int, meshctl: str,
                       "rollout_ready_timeout_s": 60, "rollout_switch": {"rc": switch_rc},
                       "rollout_verdict": {"ok": False}},
              "tasks": [task]}]
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "rb.yml").write_text(yaml.safe_dump(play))
-    (tmp_path / "hosts").write_text(
-        f"[mesh_nodes]\nn1 ansible_connection=local ansible_python_interpreter={sys.executable}\n")
-    (tmp_path / "runner").mkdir()
-    events: list[dict[str, Any]] = []
-
-    def keep(e: dict[str, Any]) -> bool:
-        events.append(e)
-        return True
-
-    r = ansible_runner.run(private_data_dir=str(tmp_path / "runner"), project_dir=str(project),
-                           playbook="rb.yml", inventory=str(tmp_path / "hosts"), quiet=True,
-                           envvars={"PATH": runner_path()}, event_handler=keep)
-    assert r.rc == 0
+    rc, events = run_play(tmp_path, play, ["n1"])
+    assert rc == 0
     (res,) = [e["event_data"]["res"] for e in events if e.get("event") == "runner_on_ok"]
     out = json.loads(res["stdout"])
     assert out["who"] == meshctl and res["changed"] is True
