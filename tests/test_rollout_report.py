@@ -229,6 +229,19 @@ def test_report_of_a_clean_rollout() -> None:
     assert all(w["status"] == "passed" for w in r["waves"])
 
 
+def test_a_failed_final_check_on_the_controller_fails_the_rollout() -> None:
+    good = {"ok": True, "failures": [], "hosts": {}}
+    events = [*wave(["n1"], 1.0), switched("n1", 2.0),
+              ok("n1", "verdict", 3.0, rollout_verdict=good), ok("n1", "done", 3.1),
+              ev("runner_on_failed", "localhost", "Assert every mesh node runs the release",
+                 {"msg": "n2 was not rolled"}, 4.0)]
+    r = build_report(events, hosts_all=["n1"])
+    assert set(r["hosts"]) == {"n1"} and r["hosts"]["n1"]["status"] == "upgraded"
+    assert r["controller"]["localhost"] == {"status": "failed", "failed_tasks": [
+        {"task": "Assert every mesh node runs the release", "msg": "n2 was not rolled"}]}
+    assert r["status"] == "failed"
+
+
 def test_garbage_events_are_ignored() -> None:
     r = build_report([{}, {"event": "runner_on_ok"}, {"event": "runner_on_ok",
                                                        "event_data": {"host": 3}},
@@ -303,18 +316,26 @@ def failure_keywords() -> str:
     return "\n  ".join(f"{k}: {json.dumps(play[k])}" for k in FAILURE_KEYWORDS if k in play)
 
 
-def test_report_from_a_real_runner_event_stream(tmp_path: Path) -> None:
-    """Also the proof that the play's failure keywords roll a wave with an unreachable
-    host back: with any_errors_fatal the batch ends at the unreachable host."""
+def stand_in_playbook() -> str:
+    """The stand-in mesh play with the real play's failure keywords, followed by the real
+    playbook's own controller plays (its final check on localhost)."""
+    plays = yaml.safe_load((ROOT / "playbooks/rollout.yml").read_text())
+    return (STAND_IN.format(keywords=failure_keywords(), **TASKS)
+            + yaml.safe_dump(plays[1:], sort_keys=False))
+
+
+def run_stand_in(tmp_path: Path, unreachable: bool) -> tuple[int, list[dict[str, Any]]]:
     ansible_runner = pytest.importorskip("ansible_runner")
     project = tmp_path / "project"
     project.mkdir()
-    (project / "rollout.yml").write_text(STAND_IN.format(keywords=failure_keywords(), **TASKS))
+    (project / "rollout.yml").write_text(stand_in_playbook())
     inventory = tmp_path / "hosts"
     local = f"ansible_connection=local ansible_python_interpreter={sys.executable}"
-    inventory.write_text(
-        f"[mesh_nodes]\nn1 {local}\nn2 {local}\nn3 {local}\n"  # port 9: nothing listens
-        "n4 ansible_connection=ssh ansible_host=127.0.0.1 ansible_port=9 ansible_user=nobody\n")
+    # n4 on port 9: nothing listens
+    n4 = ("n4 ansible_connection=ssh ansible_host=127.0.0.1 ansible_port=9 ansible_user=nobody"
+          if unreachable else f"n4 {local}")
+    inventory.write_text(f"localhost {local}\n[mesh_nodes]\nn1 {local}\nn2 {local}\n"
+                         f"n3 {local}\n{n4}\n")
     events: list[dict[str, Any]] = []
 
     def keep(e: dict[str, Any]) -> bool:
@@ -328,7 +349,14 @@ def test_report_from_a_real_runner_event_stream(tmp_path: Path) -> None:
                                     "ANSIBLE_TIMEOUT": "3",
                                     "PATH": runner_path()},
                            event_handler=keep)
-    assert r.rc != 0  # the second wave failed its gate
+    return int(r.rc), events
+
+
+def test_report_from_a_real_runner_event_stream(tmp_path: Path) -> None:
+    """Also the proof that the play's failure keywords roll a wave with an unreachable
+    host back: with any_errors_fatal the batch ends at the unreachable host."""
+    rc, events = run_stand_in(tmp_path, unreachable=True)
+    assert rc != 0  # the second wave failed its gate
     report = build_report(events, hosts_all=ALL)
     assert [w["hosts"] for w in report["waves"]] == [["n1"], ["n2", "n3", "n4"]]
     assert [w["status"] for w in report["waves"]] == ["passed", "rolled_back"]
@@ -341,6 +369,19 @@ def test_report_from_a_real_runner_event_stream(tmp_path: Path) -> None:
     # ansible's own recap counts the ignored unreachable host as ignored, not dark:
     # only the events say it was unreachable
     assert report["stats"]["dark"] == {} and "n4" in report["stats"]["ignored"]
+
+
+def test_report_of_a_clean_real_runner_rollout_is_completed(tmp_path: Path) -> None:
+    """Every wave passes and the playbook's final check runs on localhost: localhost is
+    the controller, not a mesh node never reached (the lab test's first run reported
+    'failed' for exactly this)."""
+    rc, events = run_stand_in(tmp_path, unreachable=False)
+    assert rc == 0
+    report = build_report(events, hosts_all=ALL)
+    assert any(e.get("event_data", {}).get("host") == "localhost" for e in events)
+    assert set(report["hosts"]) == set(ALL)
+    assert report["controller"] == {"localhost": {"status": "ok", "failed_tasks": []}}
+    assert report["status"] == "completed", report
 
 
 def test_inventory_hosts_walks_child_groups(tmp_path: Path) -> None:

@@ -63,9 +63,12 @@ def _stdout_json(res: Mapping[str, Any]) -> dict[str, Any]:
 def build_report(events: Iterable[Mapping[str, Any]], hosts_all: Sequence[str] = ()
                  ) -> dict[str, Any]:
     """The rollout's outcome from its events: ``status`` (completed, stopped or
-    failed), ``waves`` (hosts, status, gate verdict, times) and ``hosts`` (wave,
-    release before and target, status, the switch and rollback results, failed tasks).
-    *hosts_all* lists the hosts meant to be rolled, so those never reached show."""
+    failed), ``waves`` (hosts, status, gate verdict, times), ``hosts`` (wave,
+    release before and target, status, the switch and rollback results, failed tasks)
+    and ``controller`` (hosts in no wave and not in *hosts_all*, such as the final
+    check's localhost: ok or failed, with failed tasks; a failure there fails the
+    rollout). *hosts_all* lists the hosts meant to be rolled, so those never reached
+    show."""
     waves: list[dict[str, Any]] = []
     wave_of: dict[str, int] = {}
     hosts: dict[str, dict[str, Any]] = {}
@@ -148,6 +151,13 @@ def build_report(events: Iterable[Mapping[str, Any]], hosts_all: Sequence[str] =
 
     for name in hosts_all:
         host(name)
+    # Hosts that were in no wave and are not mesh nodes to roll ran the controller's
+    # plays (localhost: the final check that every node was rolled): reported apart,
+    # and their failures fail the rollout.
+    controller = {n: {"status": "failed" if h["failed_tasks"] or h["status"] in (
+        "failed", "stopped", "unreachable") else "ok", "failed_tasks": h["failed_tasks"]}
+        for n, h in hosts.items() if n not in wave_of and n not in hosts_all}
+    hosts = {n: h for n, h in hosts.items() if n not in controller}
     for w in waves:
         gate = w["gate"]
         members = [hosts[m] for m in w["hosts"]]
@@ -163,7 +173,8 @@ def build_report(events: Iterable[Mapping[str, Any]], hosts_all: Sequence[str] =
         switched = [m["switch"]["at"] for m in members if m["switch"] and m["switch"]["at"]]
         w["gate_after_switch_s"] = (round(w["gate_at"] - max(switched), 3)
                                     if w.get("gate_at") is not None and switched else None)
-    if waves and all(w["status"] == "passed" for w in waves) and all(
+    controller_ok = all(c["status"] == "ok" for c in controller.values())
+    if waves and controller_ok and all(w["status"] == "passed" for w in waves) and all(
             h["status"] == "upgraded" for h in hosts.values()):
         status = "completed"
     elif any(w["status"] == "rolled_back" for w in waves):
@@ -172,7 +183,8 @@ def build_report(events: Iterable[Mapping[str, Any]], hosts_all: Sequence[str] =
         status = "failed"
     targets = {h["target"] for h in hosts.values() if h["target"]}
     return {"status": status, "target": targets.pop() if len(targets) == 1 else sorted(targets),
-            "waves": waves, "hosts": dict(sorted(hosts.items())), "stats": stats}
+            "waves": waves, "hosts": dict(sorted(hosts.items())),
+            "controller": dict(sorted(controller.items())), "stats": stats}
 
 
 def runner_path() -> str:
