@@ -38,6 +38,7 @@ TASKS = {
     "stop": "Stop the rollout when the gate failed",
     "done": "Mark the node done",
 }
+MESH_TASKS = frozenset(TASKS.values())
 HOST_EVENTS = {"runner_on_ok": "ok", "runner_on_failed": "failed",
                "runner_on_unreachable": "unreachable", "runner_on_skipped": "skipped"}
 
@@ -65,14 +66,15 @@ def build_report(events: Iterable[Mapping[str, Any]], hosts_all: Sequence[str] =
     """The rollout's outcome from its events: ``status`` (completed, stopped or
     failed), ``waves`` (hosts, status, gate verdict, times), ``hosts`` (wave,
     release before and target, status, the switch and rollback results, failed tasks)
-    and ``controller`` (hosts in no wave and not in *hosts_all*, such as the final
-    check's localhost: ok or failed, with failed tasks; a failure there fails the
-    rollout). *hosts_all* lists the hosts meant to be rolled, so those never reached
-    show."""
+    and ``controller`` (hosts that ran none of the mesh play's tasks and are not in
+    *hosts_all*, such as the final check's localhost: ok or failed, with failed tasks;
+    a failure there fails the rollout). *hosts_all* lists the hosts meant to be
+    rolled, so those never reached show."""
     waves: list[dict[str, Any]] = []
     wave_of: dict[str, int] = {}
     hosts: dict[str, dict[str, Any]] = {}
     stats: dict[str, Any] = {}
+    rolled: set[str] = set()  # hosts that ran a task of the mesh play
 
     def host(name: str) -> dict[str, Any]:
         return hosts.setdefault(name, {"wave": None, "before": None, "target": None,
@@ -94,6 +96,8 @@ def build_report(events: Iterable[Mapping[str, Any]], hosts_all: Sequence[str] =
             continue
         outcome = HOST_EVENTS[str(kind)]
         t = _time(ev)
+        if task in MESH_TASKS:
+            rolled.add(name)
         if task == TASKS["wave"] and outcome == "ok":
             members = list((res.get("ansible_facts") or {}).get("rollout_wave") or [name])
             key = tuple(members)
@@ -151,12 +155,12 @@ def build_report(events: Iterable[Mapping[str, Any]], hosts_all: Sequence[str] =
 
     for name in hosts_all:
         host(name)
-    # Hosts that were in no wave and are not mesh nodes to roll ran the controller's
-    # plays (localhost: the final check that every node was rolled): reported apart,
-    # and their failures fail the rollout.
+    # Hosts that ran none of the mesh play's tasks and are not mesh nodes to roll ran
+    # only the controller's plays (localhost: the final check that every node was
+    # rolled): reported apart, and their failures fail the rollout.
     controller = {n: {"status": "failed" if h["failed_tasks"] or h["status"] in (
         "failed", "stopped", "unreachable") else "ok", "failed_tasks": h["failed_tasks"]}
-        for n, h in hosts.items() if n not in wave_of and n not in hosts_all}
+        for n, h in hosts.items() if n not in rolled and n not in hosts_all}
     hosts = {n: h for n, h in hosts.items() if n not in controller}
     for w in waves:
         gate = w["gate"]
