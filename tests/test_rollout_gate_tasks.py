@@ -8,6 +8,7 @@ playbook runs; the verdict is read from ansible-runner's events."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,12 @@ import yaml
 from meshcore_tools import ROOT
 from meshcore_tools.rollout import TASKS, build_report, runner_path
 
-GATE_TASKS = ("Gate: collect this node's sample", "Gate: judge the wave", TASKS["verdict"])
+GATE_TASKS = ("Gate: plan the data-plane probes through the wave",
+              "Gate: data-plane probes from each wave node",
+              "Gate: data-plane probes through the wave, from nodes outside it",
+              "Gate: collect this node's sample", "Gate: judge the wave", TASKS["verdict"])
+PROBE_VARS = ("rollout_probe_per_node", "rollout_probe_max_sources", "rollout_probe_count",
+              "rollout_probe_interval_s")
 METRICS = 'meshcore_failovers_total 1.0\nmeshcore_adverts_rejected_total{reason="x"} 0.0\n'
 HOSTS = ["n1", "n2", "n3"]
 
@@ -59,11 +65,12 @@ def registered(host: str, broken: dict[str, str],
 
 
 def play(broken: dict[str, str], missing_path: str | None,
-         monitor: tuple[dict[str, Any], dict[str, Any]]) -> list[dict[str, Any]]:
+         monitor: tuple[dict[str, Any], dict[str, Any]],
+         probe_count: int = 3) -> list[dict[str, Any]]:
     source = yaml.safe_load((ROOT / "playbooks/rollout.yml").read_text())[0]
     by_name = {t["name"]: t for t in source["tasks"]}
     paths = {"results": [
-        {"item": h, "json": {"destinations": {o: {} for o in HOSTS
+        {"item": h, "json": {"destinations": {o: {"primary_next_hop": o} for o in HOSTS
                                               if o != h and (h, o) != ("n3", missing_path)}}}
         for h in HOSTS]}
     keys = registered("n1", {}, monitor)
@@ -74,20 +81,25 @@ def play(broken: dict[str, str], missing_path: str | None,
               {"rollout_paths": paths}}]
     return [{"name": source["name"], "hosts": "mesh_nodes", "gather_facts": False,
              "vars": {k: source["vars"][k] for k in ("rollout_bounds", "rollout_node_names",
-                                                     "rollout_ignore_alerts")}
-             | {"rollout_fake": {h: registered(h, broken, monitor) for h in HOSTS}},
+                                                     "rollout_ignore_alerts", *PROBE_VARS)}
+             | {"rollout_fake": {h: registered(h, broken, monitor) for h in HOSTS},
+                "rollout_probe_count": probe_count},
              "tasks": setup + [by_name[n] for n in GATE_TASKS]}]
 
 
 def run_play(tmp_path: Path, plays: list[dict[str, Any]], hosts: list[str],
              envvars: dict[str, str] | None = None) -> tuple[int, list[dict[str, Any]]]:
-    """Run *plays* with ansible-runner on local *hosts* (group mesh_nodes): rc and events."""
+    """Run *plays* with ansible-runner on local *hosts* (group mesh_nodes, each with a
+    loopback address as its mesh_node_address, and the playbooks' files/ beside the
+    play): rc and events."""
     ansible_runner = pytest.importorskip("ansible_runner")
     project = tmp_path / "project"
     project.mkdir()
     (project / "play.yml").write_text(yaml.safe_dump(plays, sort_keys=False))
+    shutil.copytree(ROOT / "playbooks/files", project / "files")
     local = f"ansible_connection=local ansible_python_interpreter={sys.executable}"
-    (tmp_path / "hosts").write_text("[mesh_nodes]\n" + "".join(f"{h} {local}\n" for h in hosts))
+    (tmp_path / "hosts").write_text("[mesh_nodes]\n" + "".join(
+        f"{h} {local} mesh_node_address=127.0.0.{i + 1}\n" for i, h in enumerate(hosts)))
     (tmp_path / "runner").mkdir()
     events: list[dict[str, Any]] = []
 
@@ -103,9 +115,9 @@ def run_play(tmp_path: Path, plays: list[dict[str, Any]], hosts: list[str],
 
 
 def verdict(tmp_path: Path, broken: dict[str, str], missing_path: str | None = None,
-            monitor: tuple[dict[str, Any], dict[str, Any]] = (SKIPPED, SKIPPED)
-            ) -> dict[str, Any]:
-    rc, events = run_play(tmp_path, play(broken, missing_path, monitor), HOSTS,
+            monitor: tuple[dict[str, Any], dict[str, Any]] = (SKIPPED, SKIPPED),
+            probe_count: int = 3) -> dict[str, Any]:
+    rc, events = run_play(tmp_path, play(broken, missing_path, monitor, probe_count), HOSTS,
                           {"ANSIBLE_FILTER_PLUGINS": str(ROOT / "plugins/filter")})
     failed = [(e["event_data"].get("task"), e["event_data"].get("res", {}).get("msg"))
               for e in events if e.get("event") == "runner_on_failed"]
@@ -123,6 +135,16 @@ def test_a_healthy_wave_passes_the_playbooks_gate(tmp_path: Path) -> None:
     assert v["ok"] is True and v["failures"] == []
     assert set(v["hosts"]) == set(HOSTS)
     assert v["alerts_checked"] is False  # no monitoring host: the alert tasks were skipped
+    # each node pinged the two others' (loopback) addresses with mesh_probe.py
+    assert v["probes_checked"] == 6
+
+
+def test_probes_that_cannot_run_fail_the_playbooks_gate(tmp_path: Path) -> None:
+    v = verdict(tmp_path, {}, probe_count=0)  # mesh_probe.py refuses a count of 0
+    assert v["ok"] is False and v["probes_checked"] == 6
+    assert len(v["failures"]) == 6
+    assert all(f.startswith("probe n") and ", own via n" in f and ": did not run (" in f
+               for f in v["failures"]), v["failures"]
 
 
 def test_a_new_firing_alert_fails_the_playbooks_gate(tmp_path: Path) -> None:

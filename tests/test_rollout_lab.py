@@ -1,10 +1,11 @@
 """playbooks/rollout.yml on a 4-node container lab: a good release rolls through every
-wave; a broken one (its agent never becomes ready) fails the canary's gate, the canary
-is rolled back, and every other node's release dirs, config and units are unchanged,
-byte for byte.
+wave; a broken one (its agent never becomes ready) and a black-holing one (ready, every
+path in its table, but each route it installs drops traffic) each fail the canary's
+gate, the canary is rolled back, and every other node's release dirs, config and units
+are unchanged, byte for byte.
 
 Both releases are the lab's own agent bundle re-packed under a new release id and
-version (the broken one with a readiness check that never holds), signed with
+version (the broken ones edited by meshcore_testkit.releases.repack), signed with
 THROWAWAY keys made for this run, and rolled by meshcore-rollout (ansible-runner),
 whose JSON report the assertions read.
 
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 from meshcore_testkit.releases import (
+    _EDITS,
     BROKEN_READINESS,
     fake_bundle,
     keys_json,
@@ -92,8 +94,27 @@ def test_the_lab_releases_are_whole_and_verify(tmp_path: Path) -> None:
         f"#!/opt/mesh-agent/releases/{new}/".encode())
     assert b'__version__ = "90.0.2"' in got[f"{site}/__init__.py"]
     assert BROKEN_READINESS in got[f"{site}/view.py"]
+    # the bytecode of the edited sources only is left out
     assert sorted(n.rsplit("/", 1)[1] for n in got if "__pycache__" in n) == [
-        "api.cpython-311.opt-2.pyc"]
+        "api.cpython-311.opt-2.pyc", "netlink.cpython-311.opt-2.pyc"]
+    hole = repack(fake_bundle(tmp_path, old), old, "c" * 16, "90.0.3", blackhole=True)
+    with tarfile.open(fileobj=io.BytesIO(hole)) as tar:
+        got = {m.name: (tar.extractfile(m) or io.BytesIO()).read() for m in tar if m.isfile()}
+    netlink = got[f"{site.replace(new, 'c' * 16)}/routes/netlink.py"]
+    assert netlink.count(b"a deliberately black-holing release") == 2
+    assert sorted(n.rsplit("/", 1)[1] for n in got if "__pycache__" in n) == [
+        "api.cpython-311.opt-2.pyc", "view.cpython-311.opt-2.pyc"]
+
+
+def test_the_broken_releases_edits_still_match_the_agents_sources() -> None:
+    """Each edit that makes a broken release finds its line in today's agent, so a
+    refactor fails here, in make test, and not in the slow lab test."""
+    site = ROOT / "files/mesh_agent/mesh_agent"
+    for kind, files in _EDITS.items():
+        for source, changes in files.items():
+            text = (site / source).read_bytes()
+            for before, _ in changes:
+                assert text.count(before) == 1, (kind, source, before)
 
 
 @pytest.mark.slow
@@ -109,11 +130,13 @@ def test_good_release_rolls_through_and_broken_canary_is_rolled_back(
     keys = throwaway_keys()
     keys_file = tmp_path / "release-keys.json"
     keys_file.write_text(keys_json(keys))
-    good_id, bad_id = "a" * 16, "b" * 16
+    good_id, bad_id, hole_id = "a" * 16, "b" * 16, "c" * 16
     good = release_tarball(tmp_path, repack(src, old, good_id, "90.0.1", broken=False),
                            good_id, "90.0.1", keys)
     bad = release_tarball(tmp_path, repack(src, old, bad_id, "90.0.2", broken=True),
                           bad_id, "90.0.2", keys)
+    hole = release_tarball(tmp_path, repack(src, old, hole_id, "90.0.3", blackhole=True),
+                           hole_id, "90.0.3", keys)
     extra = {"mesh_rollout_serial": [1, "100%"], "rollout_soak_s": 15,
              "rollout_ready_timeout_s": 60}
 
@@ -121,6 +144,8 @@ def test_good_release_rolls_through_and_broken_canary_is_rolled_back(
     (tmp_path / "good.json").write_text(json.dumps(report, indent=2))
     assert rc == 0 and report["status"] == "completed", json.dumps(report, indent=2)[-4000:]
     assert [len(w["hosts"]) for w in report["waves"]] == [1, 3]
+    # the data-plane probes ran and passed in every wave
+    assert all(w["gate"]["probes_checked"] > 0 for w in report["waves"]), report["waves"]
     good_waves_s = [w["duration_s"] for w in report["waves"]]
     assert all(current(n) == good_id for n in nodes)
     before = {n: snapshot(n) for n in nodes}
@@ -138,5 +163,24 @@ def test_good_release_rolls_through_and_broken_canary_is_rolled_back(
         if n != canary:
             assert report["hosts"][n]["status"] == "not_reached"
             assert snapshot(n) == before[n], f"{n} changed outside the canary wave"
-    print(json.dumps({"good_waves_s": good_waves_s,
-                      "canary_gate_after_switch_s": wave["gate_after_switch_s"]}))
+    broken_gate_s = wave["gate_after_switch_s"]
+
+    # ready, every path in its table, and dropping all it sends or forwards: only the
+    # data-plane probes see it
+    rc, report = rollout.run(INVENTORY, hole, keys_file, extravars=extra, hosts_all=nodes)
+    (tmp_path / "blackhole.json").write_text(json.dumps(report, indent=2))
+    assert rc != 0 and report["status"] == "stopped", json.dumps(report, indent=2)[-4000:]
+    (wave,) = report["waves"]
+    canary = wave["hosts"][0]
+    assert wave["status"] == "rolled_back" and wave["hosts"] == [canary]
+    failures = wave["gate"]["failures"]
+    assert failures and all(f.startswith("probe ") for f in failures), failures
+    assert any(", own via " in f for f in failures), failures
+    assert report["hosts"][canary]["status"] == "rolled_back"
+    assert current(canary) == good_id
+    for n in nodes:
+        if n != canary:
+            assert snapshot(n) == before[n], f"{n} changed outside the canary wave"
+    print(json.dumps({"good_waves_s": good_waves_s, "canary_gate_after_switch_s": broken_gate_s,
+                      "blackhole_gate_after_switch_s": wave["gate_after_switch_s"],
+                      "blackhole_failures": failures}))

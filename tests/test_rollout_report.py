@@ -72,7 +72,7 @@ ALL = ["n1", "n2", "n3", "n4"]
 def test_a_healthy_wave_passes() -> None:
     v = gate({"n1": sample()}, ["n1"], ["n1"], ALL, {}, {}, paths_for(ALL))
     assert v == {"ok": True, "failures": [], "hosts": {"n1": {"ok": True, "problems": []}},
-                 "alerts_checked": False}
+                 "alerts_checked": False, "probes_checked": 0}
 
 
 @pytest.mark.parametrize("s, needle", [

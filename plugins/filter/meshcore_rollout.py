@@ -18,8 +18,17 @@ the soak. These filters judge them on the controller:
   ansible/ansible#82834: the gate counts them); a wave node is not ready, runs
   another release than the target or reverted itself; a node of the mesh misses a
   path to another (all pairs, from each agent's own path table); a counter grew by
-  more than its bound during the soak; or an alert fires that did not before the
-  switch.
+  more than its bound during the soak; an alert fires that did not before the
+  switch; or a data-plane probe lost more than ``bounds.probe_loss`` (a fraction).
+* ``meshcore_rollout_probe_plan(paths, wave, hosts_all, names, addresses,
+  per_node)``: the pings that check the data plane through the wave, since a release
+  can be ready and fill its path table while it drops traffic (a black hole). Per
+  wave node W, up to *per_node* pairs of each kind: W to other nodes (its own
+  output), and a node outside the wave to a destination whose primary next hop from
+  that node is W (traffic W forwards). Targets are mesh addresses
+  (``mesh_node_address``); hosts without one are never targets. Deterministic for a
+  given input, and spread over the mesh by a hash rather than by name order.
+  Returns ``{"pairs": [{src, dst, addr, via, kind}], "by_source": {src: [addr]}}``.
 
 Self-contained (only the standard library), so the playbook runs from a release
 tarball's ``ansible/`` on a controller without the repository's tools.
@@ -27,6 +36,8 @@ tarball's ``ansible/`` on a controller without the repository's tools.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -90,18 +101,137 @@ def _host_problems(host: str, s: Mapping[str, Any], bounds: Mapping[str, Any]) -
     return problems
 
 
+def _spread(*key: str) -> str:
+    return hashlib.sha256("\0".join(key).encode()).hexdigest()
+
+
+def meshcore_rollout_probe_plan(paths: Mapping[str, Any] | None, wave: Sequence[str],
+                                hosts_all: Sequence[str],
+                                names: Mapping[str, str] | None = None,
+                                addresses: Mapping[str, Any] | None = None,
+                                per_node: int = 3, max_sources: int = 8) -> dict[str, Any]:
+    """The data-plane probes for *wave* (see the module's docstring); *paths*: host ->
+    its /v1/paths; *addresses*: host -> its mesh address (None or "" for none). The
+    transit probes come from at most *max_sources* nodes outside the wave (the
+    playbook runs those one source after another), chosen greedily: each round gives
+    every wave node one more pair, from a source already chosen where one routes
+    through it."""
+    name_of = {h: (names or {}).get(h, h) for h in hosts_all}
+    host_of = {n: h for h, n in name_of.items()}
+    addr = {h: str(a) for h, a in (addresses or {}).items() if a and h in name_of}
+    wave = [w for w in wave if w in name_of]
+    pairs: list[dict[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+
+    def add(src: str, dst: str, via: str, kind: str) -> None:
+        seen.add((src, addr[dst]))
+        pairs.append({"src": src, "dst": dst, "addr": addr[dst], "via": via, "kind": kind})
+
+    for w in wave:
+        own = sorted((h for h in addr if h != w), key=lambda h: _spread(w, h))
+        for dst in own[:max(0, per_node)]:
+            add(w, dst, w, "own")
+    # transit candidates per wave node: (src, dst) with src outside the wave and w the
+    # primary next hop from src to dst; destinations outside the wave first (their
+    # answer does not depend on another wave node's release)
+    candidates: dict[str, list[tuple[str, str]]] = {w: [] for w in wave}
+    via_name = {name_of[w]: w for w in wave}
+    for src in hosts_all:
+        if src in candidates:
+            continue
+        table = (paths or {}).get(src)
+        dests = table.get("destinations") if isinstance(table, Mapping) else None
+        if not isinstance(dests, Mapping):
+            continue
+        for dname, choice in dests.items():
+            target = host_of.get(str(dname))
+            hop = choice.get("primary_next_hop") if isinstance(choice, Mapping) else None
+            via = via_name.get(hop) if isinstance(hop, str) else None
+            if via is None or target is None or target in (via, src) or target not in addr:
+                continue
+            candidates[via].append((src, target))
+    for w, cands in candidates.items():
+        cands.sort(key=lambda c: (c[1] in candidates, _spread(w, *c)))
+    sources: list[str] = []
+    for _ in range(max(0, per_node)):
+        for w in wave:
+            fresh = [c for c in candidates[w] if (c[0], addr[c[1]]) not in seen]
+            pick = next((c for c in fresh if c[0] in sources), None)
+            if pick is None and len(sources) < max_sources:
+                pick = fresh[0] if fresh else None
+            if pick is None:
+                continue
+            if pick[0] not in sources:
+                sources.append(pick[0])
+            add(pick[0], pick[1], w, "transit")
+    by_source: dict[str, list[str]] = {}
+    for pair in pairs:
+        by_source.setdefault(pair["src"], []).append(pair["addr"])
+    return {"pairs": pairs, "by_source": dict(sorted(by_source.items()))}
+
+
+def _probe_result(r: Mapping[str, Any]) -> dict[str, Any]:
+    """{address: {sent, received, error}} from one run of mesh_probe.py as Ansible
+    registered it, or {"error": why} when it did not run."""
+    try:
+        doc = json.loads(r.get("stdout") or "")
+    except ValueError:
+        doc = None
+    if isinstance(doc, Mapping) and not r.get("unreachable"):
+        return dict(doc)
+    why = r.get("msg") or r.get("stderr") or (r.get("stdout") or "")[:200] or "no output"
+    return {"error": ("unreachable: " if r.get("unreachable") else "") + str(why)}
+
+
+def _probe_failures(probes: Mapping[str, Any], bound: float) -> list[str]:
+    """*probes*: {pairs, results: the delegated probe task's loop results (item.key is
+    the source), own: wave host -> its own probe task's result}."""
+    results: dict[str, Any] = {}
+    for r in probes.get("results") or []:
+        item = r.get("item") if isinstance(r, Mapping) else None
+        if isinstance(item, Mapping) and isinstance(item.get("key"), str):
+            results[item["key"]] = _probe_result(r)
+    for host, r in (probes.get("own") or {}).items():
+        if isinstance(r, Mapping):
+            results[host] = _probe_result(r)
+    failures = []
+    for pair in probes.get("pairs") or []:
+        src, addr = pair.get("src"), pair.get("addr")
+        got = results.get(src)
+        what = f"{src} -> {pair.get('dst')} ({addr}), {pair.get('kind')} via {pair.get('via')}"
+        if not isinstance(got, Mapping) or not isinstance(got.get(addr), Mapping):
+            err = got.get("error") if isinstance(got, Mapping) else None
+            failures.append(f"probe {what}: did not run ({err or 'no result'})")
+            continue
+        one = got[addr]
+        try:
+            sent, received = int(one.get("sent", 0)), int(one.get("received", 0))
+        except (TypeError, ValueError):
+            sent, received = 0, 0
+        lost = sent - received if sent > 0 else 0
+        if sent <= 0 or lost / sent > bound:
+            why = f": {one['error']}" if one.get("error") else ""
+            failures.append(f"probe {what}: lost {lost} of {sent}{why} "
+                            f"(bound {bound:.0%})")
+    return failures
+
+
 def meshcore_rollout_gate(samples: Mapping[str, Any], wave: Sequence[str],
                           active: Sequence[str], hosts_all: Sequence[str],
                           bounds: Mapping[str, Any] | None = None,
                           names: Mapping[str, str] | None = None,
                           paths: Mapping[str, Any] | None = None,
-                          alerts: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                          alerts: Mapping[str, Any] | None = None,
+                          probes: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """*samples*: wave host -> {readyz: {status, json}, release, target, confirm,
     metrics_before, metrics_after}; *wave*: the wave's hosts as it started; *active*:
     its hosts still active now; *hosts_all*: every mesh host, whose node name is its
     inventory name unless *names* says otherwise; *paths*: host -> its /v1/paths;
     *alerts*: {before, after, ignore}, the monitoring host's /api/v1/alerts data before
-    the switch and after the soak (None: no monitoring host, or it did not answer)."""
+    the switch and after the soak (None: no monitoring host, or it did not answer);
+    *probes*: {pairs (from meshcore_rollout_probe_plan), results (the delegated probe
+    task's registered loop results), own (wave host -> its own probe task's result)}.
+    A pair whose source's probe did not run fails the gate too."""
     bounds = bounds or {}
     hosts: dict[str, dict[str, Any]] = {}
     failures: list[str] = []
@@ -130,10 +260,14 @@ def meshcore_rollout_gate(samples: Mapping[str, Any], wave: Sequence[str],
         new = sorted(set(firing(after, ignore)) - set(firing(before, ignore)))
         if new:
             failures.append(f"alerts firing that were not before the switch: {', '.join(new)}")
-    return {"ok": not failures, "failures": failures, "hosts": hosts, "alerts_checked": checked}
+    probes = probes or {}
+    failures += _probe_failures(probes, float(bounds.get("probe_loss", 0.5)))
+    return {"ok": not failures, "failures": failures, "hosts": hosts, "alerts_checked": checked,
+            "probes_checked": len(probes.get("pairs") or [])}
 
 
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {"meshcore_rollout_counters": meshcore_rollout_counters,
-                "meshcore_rollout_gate": meshcore_rollout_gate}
+                "meshcore_rollout_gate": meshcore_rollout_gate,
+                "meshcore_rollout_probe_plan": meshcore_rollout_probe_plan}

@@ -23,6 +23,23 @@ from meshcore_tools.release import sign as signing
 
 MACHINE = "x86_64"
 BROKEN_READINESS = b'            "release_selftest": False,  # a deliberately broken release\n'
+_READINESS_ANCHOR = b'            "routes_programmed": self.routes.last_sync_ok,\n'
+# A black-hole release: ready, with a full path table, but every route it installs is
+# of type blackhole (RTN_BLACKHOLE 6, without its nexthop group), so the node drops
+# what it sends and what it should forward to the mesh.
+BLACKHOLE = 6
+_BLACKHOLE_EDITS = (
+    (b"    kind, scope = (RTN_UNICAST, RT_SCOPE_UNIVERSE) if nh_id is not None else (0, 0)\n",
+     f"    kind, scope = ({BLACKHOLE}, RT_SCOPE_UNIVERSE) if nh_id is not None else (0, 0)"
+     "  # a deliberately black-holing release\n".encode()),
+    (b"    if nh_id is not None:\n        body += _u32(RTA_NH_ID, nh_id)\n",
+     b"    if nh_id is not None and False:  # a deliberately black-holing release\n"
+     b"        body += _u32(RTA_NH_ID, nh_id)\n"),
+)
+# source files (under site-packages/mesh_agent/) -> edits, per kind of broken release
+_EDITS: dict[str, dict[str, tuple[tuple[bytes, bytes], ...]]] = {
+    "broken": {"view.py": ((_READINESS_ANCHOR, _READINESS_ANCHOR + BROKEN_READINESS),)},
+    "blackhole": {"routes/netlink.py": _BLACKHOLE_EDITS}}
 
 
 def throwaway_keys(n: int = 3) -> list[Ed25519PrivateKey]:
@@ -37,18 +54,28 @@ def keys_json(keys: list[Ed25519PrivateKey], threshold: int = 2) -> str:
         for i, k in enumerate(keys)]})
 
 
-def repack(src: Path, old: str, new: str, version: str, broken: bool) -> bytes:
-    """The bundle *src* (release *old*) as release *new* of *version*. Release ids have
-    one length, so replacing the venv's absolute path in every file (shebangs,
-    bytecode's file names) keeps the bytecode's strings whole."""
+def repack(src: Path, old: str, new: str, version: str, broken: bool = False,
+           blackhole: bool = False) -> bytes:
+    """The bundle *src* (release *old*) as release *new* of *version*; *broken*: its
+    readiness never holds; *blackhole*: ready, but every route it installs is a
+    blackhole. Release ids have one length, so replacing the venv's absolute path in
+    every file (shebangs, bytecode's file names) keeps the bytecode's strings whole;
+    the bytecode of every edited source is left out."""
     assert len(old) == len(new)
+    edits: dict[str, tuple[tuple[bytes, bytes], ...]] = {"__init__.py": ()}
+    for kind, wanted in (("broken", broken), ("blackhole", blackhole)):
+        if wanted:
+            edits.update(_EDITS[kind])
+    # site-packages/mesh_agent/routes/netlink.py -> .../routes/__pycache__/netlink.
+    stale = tuple("site-packages/mesh_agent/" + "/".join(
+        [*e.split("/")[:-1], "__pycache__", e.split("/")[-1].removesuffix(".py") + "."])
+        for e in edits)
     old_path, new_path = f"releases/{old}".encode(), f"releases/{new}".encode()
     out = io.BytesIO()
     with tarfile.open(src, "r:*") as tin, tarfile.open(fileobj=out, mode="w:gz") as tout:
         for m in tin.getmembers():
             name = m.name.replace(f"releases/{old}", f"releases/{new}")
-            if "/mesh_agent/__pycache__/" in name and name.rsplit("/", 1)[1].split(".")[0] in (
-                    "__init__", "view"):
+            if any(prefix in name for prefix in stale):
                 continue  # their sources change below
             info = tarfile.TarInfo(name)
             info.type, info.mode, info.mtime = m.type, m.mode, m.mtime
@@ -66,10 +93,11 @@ def repack(src: Path, old: str, new: str, version: str, broken: bool) -> bytes:
                 lines = [f'__version__ = "{version}"'.encode() if ln.startswith(b"__version__")
                          else ln for ln in data.split(b"\n")]
                 data = b"\n".join(lines)
-            if broken and name.endswith("site-packages/mesh_agent/view.py"):
-                anchor = b'            "routes_programmed": self.routes.last_sync_ok,\n'
-                assert anchor in data, "view.readiness changed: update the broken release"
-                data = data.replace(anchor, anchor + BROKEN_READINESS)
+            for source, changes in edits.items():
+                if name.endswith(f"site-packages/mesh_agent/{source}"):
+                    for before, after in changes:
+                        assert before in data, f"{source} changed: update the broken release"
+                        data = data.replace(before, after)
             info.size = len(data)
             tout.addfile(info, io.BytesIO(data))
     return out.getvalue()
@@ -108,7 +136,10 @@ def fake_bundle(tmp: Path, rid: str) -> Path:
              f"{site}/view.py": '        return {\n'
                                 '            "routes_programmed": self.routes.last_sync_ok,\n'
                                 '        }\n',
+             f"{site}/routes/netlink.py": "".join(
+                 e[0].decode() for e in _BLACKHOLE_EDITS),
              f"{site}/__pycache__/view.cpython-311.opt-2.pyc": "stale",
+             f"{site}/routes/__pycache__/netlink.cpython-311.opt-2.pyc": "stale",
              f"{site}/__pycache__/api.cpython-311.opt-2.pyc": "kept"}
     path = tmp / f"mesh-agent-{rid}.tgz"
     with tarfile.open(path, "w:gz") as tar:
