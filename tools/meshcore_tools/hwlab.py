@@ -374,6 +374,18 @@ class Lab:
         path = self.api(self.nodes[0], f"/v1/paths/{NODES[2]}")
         self.check("path_1_to_3", path)
 
+    def route_evidence(self, node: Node, dst: Node) -> str:
+        """What explains a wrong route on *node*: the kernel's routes to *dst* and the
+        agent's events of the last two minutes (a link declared dead withdraws routes)."""
+        parts = []
+        with contextlib.suppress(Failed, OSError, ValueError, subprocess.TimeoutExpired):
+            parts.append("routes: " + self.ssh(node, f"ip -4 route show {dst.address}").strip())
+        with contextlib.suppress(Failed, OSError, ValueError, subprocess.TimeoutExpired):
+            events = self.api(node, f"/v1/events?since={time.time() - 120:.0f}&limit=30")
+            items = events.get("events", events) if isinstance(events, dict) else events
+            parts.append("events: " + json.dumps(items)[:3000])
+        return "".join(f"\n{p}" for p in parts)
+
     def check_ping(self) -> None:
         n1, n2, n3 = self.nodes
         # A clean run of 5 is the claim; one datagram lost between emulated NICs on
@@ -390,7 +402,8 @@ class Lab:
         if self.backend == "native":
             route = self.ssh(n1, f"ip -4 route get {n3.address}")
             if f"via {n2.address} " not in route:
-                raise Failed(f"{n1.name}'s route to {n3.address} is not through {n2.name}: {route}")
+                raise Failed(f"{n1.name}'s route to {n3.address} is not through {n2.name}: {route}"
+                             + self.route_evidence(n1, n3))
             via = route.strip()
         else:
             # batman-adv routes at layer 2: node 3's originator is reached through node 2's MAC.
