@@ -150,37 +150,34 @@ def test_good_release_rolls_through_and_broken_canary_is_rolled_back(
     assert all(current(n) == good_id for n in nodes)
     before = {n: snapshot(n) for n in nodes}
 
-    rc, report = rollout.run(INVENTORY, bad, keys_file, extravars=extra, hosts_all=nodes)
-    (tmp_path / "broken.json").write_text(json.dumps(report, indent=2))
-    assert rc != 0 and report["status"] == "stopped", json.dumps(report, indent=2)[-4000:]
-    (wave,) = report["waves"]
-    canary = wave["hosts"][0]
-    assert wave["status"] == "rolled_back" and wave["hosts"] == [canary]
+    def canary_rolled_back(tarball: Path, label: str) -> dict[str, Any]:
+        """Roll *tarball*: its canary's gate fails, the canary is back on the good
+        release, and no other node was reached or changed. The canary's wave."""
+        rc, report = rollout.run(INVENTORY, tarball, keys_file, extravars=extra,
+                                 hosts_all=nodes)
+        (tmp_path / f"{label}.json").write_text(json.dumps(report, indent=2))
+        assert rc != 0 and report["status"] == "stopped", json.dumps(report, indent=2)[-4000:]
+        (wave,) = report["waves"]
+        canary = wave["hosts"][0]
+        assert wave["status"] == "rolled_back" and wave["hosts"] == [canary]
+        assert report["hosts"][canary]["status"] == "rolled_back"
+        assert current(canary) == good_id
+        for n in nodes:
+            if n != canary:
+                assert report["hosts"][n]["status"] == "not_reached"
+                assert snapshot(n) == before[n], f"{n} changed outside the canary wave"
+        return dict(wave)
+
+    wave = canary_rolled_back(bad, "broken")
     assert any("not ready" in f for f in wave["gate"]["failures"]), wave["gate"]
-    assert report["hosts"][canary]["status"] == "rolled_back"
-    assert current(canary) == good_id
-    for n in nodes:
-        if n != canary:
-            assert report["hosts"][n]["status"] == "not_reached"
-            assert snapshot(n) == before[n], f"{n} changed outside the canary wave"
     broken_gate_s = wave["gate_after_switch_s"]
 
     # ready, every path in its table, and dropping all it sends or forwards: only the
     # data-plane probes see it
-    rc, report = rollout.run(INVENTORY, hole, keys_file, extravars=extra, hosts_all=nodes)
-    (tmp_path / "blackhole.json").write_text(json.dumps(report, indent=2))
-    assert rc != 0 and report["status"] == "stopped", json.dumps(report, indent=2)[-4000:]
-    (wave,) = report["waves"]
-    canary = wave["hosts"][0]
-    assert wave["status"] == "rolled_back" and wave["hosts"] == [canary]
+    wave = canary_rolled_back(hole, "blackhole")
     failures = wave["gate"]["failures"]
     assert failures and all(f.startswith("probe ") for f in failures), failures
     assert any(", own via " in f for f in failures), failures
-    assert report["hosts"][canary]["status"] == "rolled_back"
-    assert current(canary) == good_id
-    for n in nodes:
-        if n != canary:
-            assert snapshot(n) == before[n], f"{n} changed outside the canary wave"
     print(json.dumps({"good_waves_s": good_waves_s, "canary_gate_after_switch_s": broken_gate_s,
                       "blackhole_gate_after_switch_s": wave["gate_after_switch_s"],
                       "blackhole_failures": failures}))

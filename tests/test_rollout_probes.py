@@ -9,20 +9,16 @@ rolls such a release and sees its canary rolled back."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from typing import Any
 
+from meshcore_testkit.loader import load_path
 from meshcore_testkit.marks import requires_root
 from meshcore_tools import ROOT, netns
 
-spec = importlib.util.spec_from_file_location(
-    "meshcore_rollout", ROOT / "plugins/filter/meshcore_rollout.py")
-assert spec and spec.loader
-gate_mod = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gate_mod)
+gate_mod = load_path("meshcore_rollout", ROOT / "plugins/filter/meshcore_rollout.py")
 plan = gate_mod.meshcore_rollout_probe_plan
 gate = gate_mod.meshcore_rollout_gate
 
@@ -187,10 +183,7 @@ def test_mesh_probe_refuses_what_is_not_an_address() -> None:
 
 
 def test_mesh_probe_parses_ping_summaries() -> None:
-    probe_spec = importlib.util.spec_from_file_location("mesh_probe", PROBE)
-    assert probe_spec and probe_spec.loader
-    mod = importlib.util.module_from_spec(probe_spec)
-    probe_spec.loader.exec_module(mod)
+    mod = load_path("mesh_probe", PROBE)
     text = ("PING 10.0.0.2 (10.0.0.2) 56(84) bytes of data.\n\n--- 10.0.0.2 ping statistics ---\n"
             "10 packets transmitted, 7 received, 30% packet loss, time 1804ms\n")
     assert mod.parse(text, 10, 1) == {"sent": 10, "received": 7, "error": None}

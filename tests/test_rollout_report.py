@@ -9,7 +9,6 @@ host unreachable)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -17,14 +16,11 @@ from typing import Any
 
 import pytest
 import yaml
+from meshcore_testkit.loader import load_path
 from meshcore_tools import ROOT
 from meshcore_tools.rollout import TASKS, build_report, inventory_hosts, runner_path
 
-spec = importlib.util.spec_from_file_location(
-    "meshcore_rollout", ROOT / "plugins/filter/meshcore_rollout.py")
-assert spec and spec.loader
-gate_mod = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gate_mod)
+gate_mod = load_path("meshcore_rollout", ROOT / "plugins/filter/meshcore_rollout.py")
 gate = gate_mod.meshcore_rollout_gate
 counters = gate_mod.meshcore_rollout_counters
 

@@ -22,7 +22,6 @@ seeds go into small FAT disk images made here).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -33,15 +32,11 @@ from typing import Any
 
 import pytest
 import yaml
+from meshcore_testkit.loader import load_path
 
 ROOT = Path(__file__).resolve().parents[1]
 # The filter plugin is a file Ansible loads by path; so does this test.
-_spec = importlib.util.spec_from_file_location(
-    "meshcore_site", ROOT / "plugins/filter/meshcore_site.py"
-)
-assert _spec is not None and _spec.loader is not None
-meshcore_site = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(meshcore_site)
+meshcore_site = load_path("meshcore_site", ROOT / "plugins/filter/meshcore_site.py")
 site_conflicts, site_errors = meshcore_site.site_conflicts, meshcore_site.site_errors
 site_key, time_sources = meshcore_site.site_key, meshcore_site.time_sources
 spire_archives_missing = meshcore_site.spire_archives_missing
