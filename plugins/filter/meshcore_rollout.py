@@ -20,8 +20,8 @@ the soak. These filters judge them on the controller:
   path to another (all pairs, from each agent's own path table); a counter grew by
   more than its bound during the soak; an alert fires that did not before the
   switch; or a data-plane probe lost more than ``bounds.probe_loss`` (a fraction).
-* ``meshcore_rollout_probe_plan(paths, wave, hosts_all, names, addresses,
-  per_node)``: the pings that check the data plane through the wave, since a release
+* ``meshcore_rollout_probe_plan(paths, wave, hosts_all, names, addresses, per_node,
+  max_sources)``: the pings that check the data plane through the wave, since a release
   can be ready and fill its path table while it drops traffic (a black hole). Per
   wave node W, up to *per_node* pairs of each kind: W to other nodes (its own
   output), and a node outside the wave to a destination whose primary next hop from
