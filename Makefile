@@ -23,6 +23,8 @@ SSH_KEY ?= $(firstword $(wildcard $(HOME)/.ssh/id_ed25519.pub $(HOME)/.ssh/id_ec
 JOIN_TOKEN_FILE ?=
 # The emulated Pis (make hw-lab): native, batman or both.
 BACKEND ?= both
+# make hw-lab SOAK=900: leave the quiet emulated mesh alone that long and count false link deaths.
+SOAK ?= 0
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # Molecule instance and network names end in this, so two checkouts on one
 # machine can run `make molecule` at the same time.
@@ -56,7 +58,7 @@ help:
 	@echo "make seed HOST=name [INVENTORY=inventories/starter] [SSH_KEY=~/.ssh/id_ed25519.pub] [JOIN_TOKEN_FILE=] [DEVICE=]"
 	@echo "                 a node's first-boot seed into a copy of the site's image (or a card); no root needed"
 	@echo "make pki-backup [INVENTORY=]  the site's CA and keys (inventories/<site>.pki) into build/backup/, mode 0600"
-	@echo "make hw-lab [BACKEND=both|native|batman]  three emulated Pis (QEMU TCG) seeded with make seed: mesh, route, scrape, site.yml (native)"
+	@echo "make hw-lab [BACKEND=both|native|batman] [SOAK=s]  three emulated Pis (QEMU TCG) seeded with make seed: mesh, route, scrape, site.yml (native)"
 	@echo "make image-boot-test  boot the rpi-arm64 image under qemu-system-aarch64 (TCG) with a seed, check it"
 	@echo "make image-repro      build rpi-arm64 twice from scratch with SOURCE_DATE_EPOCH, compare hashes"
 	@echo "make agent-bundle     the agent's release bundle (a venv built in the base image) in build/agent"
@@ -99,7 +101,7 @@ pki-backup:
 # Three emulated Pis under qemu-system-aarch64 (TCG), seeded with make seed and
 # wired with QEMU dgram netdevs: mesh, route and scrape with no Ansible run, then site.yml.
 hw-lab: setup
-	$(BIN)/python -m meshcore_tools.hwlab --backend $(BACKEND)
+	$(BIN)/python -m meshcore_tools.hwlab --backend $(BACKEND) --soak $(SOAK)
 
 image-boot-test: image-rpi
 	$(BIN)/python -m meshcore_tools.image.boot_test --inventory $(INVENTORY)

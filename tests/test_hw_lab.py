@@ -86,3 +86,22 @@ def test_a_signal_stops_the_run_and_keeps_what_it_proved(tmp_path, monkeypatch):
     assert result["error"] == "interrupted by SIGTERM"
     assert result["checks"] == {"hostnames_and_addresses": True}
     assert json.loads((tmp_path / "native/result.json").read_text())["checks"] == result["checks"]
+
+
+def test_link_downs_counts_by_reason_from_boot_and_during_the_soak():
+    """The quiet line's false deaths: every link_down counted by reason, and those
+    after the soak's mark (an event id: node 3's wall clock is stepped mid-run)."""
+    from meshcore_tools.hwlab import link_downs
+
+    events = [
+        {"id": 3, "kind": "link_down", "reason": "echo"},
+        {"id": 5, "kind": "link_up", "reason": ""},
+        {"id": 7, "kind": "link_down", "reason": "timeout"},
+        {"id": 9, "kind": "link_down", "reason": "echo"},
+        {"id": 11, "kind": "link_down"},
+    ]
+    assert link_downs(events, mark=7) == {
+        "from_boot": {"echo": 2, "timeout": 1, "unknown": 1},
+        "soak": {"echo": 1, "unknown": 1},
+    }
+    assert link_downs([], mark=0) == {"from_boot": {}, "soak": {}}

@@ -18,7 +18,10 @@ cards and the radio:
    node's topology has the three nodes and both links); node 1 pings node 3's
    mesh address through node 2; node 3's clock was stepped by the mesh's time
    server (node 1); a Prometheus on the host scrapes all three agents and
-   node_exporters;
+   node_exporters. Then, with --soak SECONDS, it leaves the quiet mesh alone
+   that long and counts each agent's link_down events by reason, from boot and
+   during the soak: nothing is cut, so every one is a false death (a figure,
+   recorded as the check link_downs, not a pass/fail);
 6. runs playbooks/site.yml over ssh against the three, twice; both runs must
    report changed=0 (a flashed card is already what site.yml makes). By
    default only for the native backend (--site-yml-on): under TCG each run
@@ -73,6 +76,8 @@ TIME_SERVER = "starter-01"  # the starter site's time server
 MESH_IFACES = ("eth1", "eth2")
 # QEMU user networking always gives the guest this address (each Pi's management NIC).
 QEMU_GUEST_ADDRESS = "10.0.2.15"
+# The most events one /v1/events read returns (mesh_agent.api.events.MAX_LIMIT).
+EVENTS_LIMIT = 1000
 
 
 def log(msg: str) -> None:
@@ -402,8 +407,10 @@ class Lab:
         if self.backend == "native":
             route = self.ssh(n1, f"ip -4 route get {n3.address}")
             if f"via {n2.address} " not in route:
-                raise Failed(f"{n1.name}'s route to {n3.address} is not through {n2.name}: {route}"
-                             + self.route_evidence(n1, n3))
+                raise Failed(
+                    f"{n1.name}'s route to {n3.address} is not through {n2.name}: {route}"
+                    + self.route_evidence(n1, n3)
+                )
             via = route.strip()
         else:
             # batman-adv routes at layer 2: node 3's originator is reached through node 2's MAC.
@@ -502,6 +509,31 @@ class Lab:
         self.check("prometheus", self.wait("Prometheus scraping all three", scraped, 300))
         self.step("prometheus_scrapes_s", t0)
 
+    def check_link_stability(self, soak_s: float) -> None:
+        """Leave the quiet line alone for *soak_s* seconds, then count each agent's
+        ``link_down`` events by reason, since boot and during the soak. Nothing is
+        cut in this lab, so every one is a false death. The split uses the event
+        log's ids (node 3's clock is stepped during the run, so wall times would not
+        do)."""
+        marks = {
+            n.name: int(self.api(n, "/v1/events?limit=1").get("newest_id") or 0) for n in self.nodes
+        }
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < soak_s:
+            time.sleep(min(60.0, soak_s - (time.monotonic() - t0)))
+            log(
+                f"{self.backend}: soak {time.monotonic() - t0:.0f}/{soak_s:.0f} s"
+                f" (load {load_average()})"
+            )
+        out: dict[str, Any] = {}
+        for node in self.nodes:
+            body = self.api(node, f"/v1/events?after=0&kind=link_down&limit={EVENTS_LIMIT}")
+            out[node.name] = link_downs(body.get("events", []), marks[node.name])
+            out[node.name]["log_gap"] = bool(body.get("gap"))
+        self.check("link_downs", {"soak_s": soak_s, "per_node": out})
+        if soak_s:
+            self.step("soak_s", t0)
+
     def set_host_vars(self, node: Node, values: dict[str, Any]) -> None:
         """Add *values* to the node's host_vars file in the site copy."""
         path = self.inventory / "host_vars" / f"{node.name}.yml"
@@ -589,7 +621,9 @@ class Lab:
                 os.killpg(node.proc.pid, signal.SIGKILL)
                 node.proc.wait()
 
-    def run_all(self, keep: bool, site_yml: bool, intr: Interrupts | None = None) -> dict[str, Any]:
+    def run_all(
+        self, keep: bool, site_yml: bool, intr: Interrupts | None = None, soak_s: float = 0.0
+    ) -> dict[str, Any]:
         """Every step; *intr* (:func:`meshcore_tools.interrupts.interrupts`) turns the first
         SIGINT/SIGTERM into a stop, and keeps any signal from cutting the cleanup short."""
         t_all = time.monotonic()
@@ -603,6 +637,7 @@ class Lab:
             self.check_ping()
             self.check_clock()
             self.check_prometheus()
+            self.check_link_stability(soak_s)
             if site_yml:
                 self.site_yml()
             ok = True
@@ -643,6 +678,21 @@ class Lab:
         return result
 
 
+def link_downs(events: list[dict[str, Any]], mark: int) -> dict[str, Any]:
+    """``link_down`` events counted by reason: all of them (``from_boot``) and those
+    after event id *mark* (``soak``)."""
+    total: dict[str, int] = {}
+    soak: dict[str, int] = {}
+    for ev in events:
+        if ev.get("kind") != "link_down":
+            continue
+        reason = str(ev.get("reason") or "unknown")
+        total[reason] = total.get(reason, 0) + 1
+        if int(ev.get("id", 0)) > mark:
+            soak[reason] = soak.get(reason, 0) + 1
+    return {"from_boot": total, "soak": soak}
+
+
 def changed_tasks(text: str) -> dict[str, list[str]]:
     """The tasks an ansible-playbook log reports ``changed`` for, per host."""
     out: dict[str, list[str]] = {}
@@ -673,10 +723,20 @@ def main() -> int:
         " 'native,batman' for both: about an hour per run under TCG)",
     )
     ap.add_argument("--skewed", choices=NODES, default=SKEWED, help="the node a year behind")
+    ap.add_argument(
+        "--soak",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="after the checks, leave the quiet mesh alone this long and count the agents'"
+        " false link deaths (check link_downs); default 0: count those since boot only",
+    )
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     backends = ("native", "batman") if args.backend == "both" else (args.backend,)
     site_yml_on = {b.strip() for b in args.site_yml_on.split(",") if b.strip()}
+    if args.soak < 0:
+        ap.error("--soak: seconds, 0 or more")
     if site_yml_on - {"native", "batman"}:
         ap.error(f"--site-yml-on: unknown backend(s) {sorted(site_yml_on - {'native', 'batman'})}")
     rc = 0
@@ -686,7 +746,7 @@ def main() -> int:
         for backend in backends:
             lab = Lab(backend, args.workdir, args.workdir, args.skewed)
             site_yml = not args.no_site_yml and backend in site_yml_on
-            result = lab.run_all(args.keep, site_yml, intr)
+            result = lab.run_all(args.keep, site_yml, intr, args.soak)
             print(json.dumps(result, sort_keys=True, default=str), flush=True)
             rc |= 0 if result["ok"] else 1
             if intr is not None and intr.received:
