@@ -732,6 +732,9 @@ def main() -> int:
         " false link deaths (check link_downs); default 0: count those since boot only",
     )
     args = ap.parse_args()
+    # Absolute: the key's path goes to make seed, whose playbook's lookups resolve a
+    # relative path against the playbook's directory, not the shell's.
+    args.workdir = args.workdir.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
     backends = ("native", "batman") if args.backend == "both" else (args.backend,)
     site_yml_on = {b.strip() for b in args.site_yml_on.split(",") if b.strip()}
