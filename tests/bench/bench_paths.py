@@ -8,6 +8,12 @@ the CPU figure is the one that does not depend on the load.
 Compares mesh_agent.paths.PathTable (batch Suurballe/Bhandari) with calling the single-pair
 API per destination, networkx max-flow ``edge_disjoint_paths`` (cost-blind), and the naive
 "remove the used links and rerun Dijkstra" method, on seeded random geometric graphs.
+
+``--only lfa``: on the lab's topologies (every node as the source), the share
+of backup next hops that are RFC 5286 loop-free alternates, and of destinations with a
+local repair at all, with the LFA preference (``PathTable(prefer_lfa=True)``, the agent's
+default) against the disjoint backups alone (``prefer_lfa=False``), and what the
+preference costs per update in CPU.
 """
 
 from __future__ import annotations
@@ -283,11 +289,103 @@ def bench_traps() -> None:
     emit("trap_failures", "mesh_agent", ours_fail, "instances", k=2, trials=trials)
 
 
+LFA_TOPOLOGIES = (
+    "rgg:50:1",
+    "rgg:50:2",
+    "rgg:50:3",
+    "ringtree:72:1",
+    "ringtree:72:2",
+    "community:0:1",
+    "grid:25:1",
+    "ladder:8:1",
+)
+
+
+def bench_lfa(specs: tuple[str, ...] = LFA_TOPOLOGIES) -> None:
+    """Loop-free backups with and without the LFA preference, per lab topology."""
+    from meshcore_tools.lab.topology import build
+
+    for spec in specs:
+        kind, n, seed = spec.split(":")
+        topo = build(kind, int(n), int(seed))
+        g = topo.graph()  # the topology's own link costs, as the lab gives the agents
+        extra = {"topology": topo.name, "nodes": g.number_of_nodes(), "links": g.number_of_edges()}
+        for impl, prefer in (("disjoint_backup", False), ("lfa_preference", True)):
+            dests = repair = loop_free = protecting = 0
+            cpu: list[float] = []
+            for src in sorted(g.nodes):
+                table = PathTable(src, k=K, prefer_lfa=prefer)
+                t0 = time.process_time()
+                table.update(g)
+                cpu.append((time.process_time() - t0) * 1000)
+                for ch in table.choices().values():
+                    dests += 1
+                    if ch.backup_next_hop is not None:
+                        repair += 1
+                        loop_free += bool(ch.backup_loop_free)
+                        protecting += bool(ch.backup_node_protecting)
+            emit(
+                "destinations_with_local_repair",
+                impl,
+                round(repair / dests, 4),
+                "ratio",
+                destinations=dests,
+                **extra,
+            )
+            emit(
+                "backup_next_hops_loop_free",
+                impl,
+                round(loop_free / max(repair, 1), 4),
+                "ratio",
+                backup_next_hops=repair,
+                **extra,
+            )
+            emit(
+                "destinations_with_loop_free_repair",
+                impl,
+                round(loop_free / dests, 4),
+                "ratio",
+                **extra,
+            )
+            emit(
+                "destinations_with_node_protecting_repair",
+                impl,
+                round(protecting / dests, 4),
+                "ratio",
+                **extra,
+            )
+            emit(
+                "update_cpu_ms_median_over_sources",
+                impl,
+                round(statistics.median(cpu), 2),
+                "ms",
+                **extra,
+            )
+
+
+SECTIONS = ("size", "optimality", "traps", "lfa")
+
+
 def main() -> None:
-    for n in (50, 200, 1000):
-        bench_size(n)
-    bench_optimality()
-    bench_traps()
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--only",
+        choices=SECTIONS,
+        action="append",
+        help="run only this section (repeatable); default: all",
+    )
+    only = set(ap.parse_args().only or SECTIONS)
+    if "size" in only:
+        for n in (50, 200, 1000):
+            bench_size(n)
+    if "optimality" in only:
+        bench_optimality()
+    if "traps" in only:
+        bench_traps()
+    if "lfa" in only:
+        bench_lfa()
 
 
 if __name__ == "__main__":

@@ -196,6 +196,7 @@ class AgentView:
                 "backup_next_hop": ch.backup_next_hop,
                 "backup_loop_free": ch.backup_loop_free,
                 "backup_node_protecting": ch.backup_node_protecting,
+                "backup_rule": ch.backup_rule,
                 "cost": ch.cost,
                 "installed": dst in installed,
             }
@@ -215,6 +216,7 @@ class AgentView:
             "backup_next_hop": ch.backup_next_hop,
             "backup_loop_free": ch.backup_loop_free,
             "backup_node_protecting": ch.backup_node_protecting,
+            "backup_rule": ch.backup_rule,
             "protected_links": [
                 {"a": a, "b": b, "protected": p} for (a, b), p in ch.protected_links.items()
             ],

@@ -44,16 +44,19 @@ def check_against_oracle(g: nx.Graph, src: int, mode: str) -> None:
         def key(p: list[int], plinks: set[frozenset[int]] = plinks) -> tuple[int, float]:
             return len(plinks & {frozenset(e) for e in itertools.pairwise(p)}), path_cost(g, p)
 
+        # The planned backup is the disjoint one (before the LFA preference).
+        planned = table._planned[dst]
         others = [p for p in nx.all_simple_paths(g, src, dst) if p != ch.primary]
         if not others:
-            assert ch.backup is None
+            assert planned.backup is None
         else:
-            assert ch.backup is not None
+            assert planned.backup is not None
             want = min(map(key, others))
-            got = key(ch.backup)
+            got = key(planned.backup)
             assert got[0] == want[0]
             assert got[1] == pytest.approx(want[1], abs=1e-9)
         check_flags(ch, src, dist)
+        check_lfa_preference(g, ch, planned, src, dist)
 
 
 def check_flags(ch: RouteChoice, src: object, dist: dict[object, dict[object, float]]) -> None:
@@ -64,6 +67,42 @@ def check_flags(ch: RouteChoice, src: object, dist: dict[object, dict[object, fl
     tol = 1e-9
     assert ch.backup_loop_free == (dist[nh][dst] < dist[nh][src] + dist[src][dst] - tol)
     assert ch.backup_node_protecting == (dist[nh][dst] < dist[nh][e] + dist[e][dst] - tol)
+
+
+def check_lfa_preference(
+    g: nx.Graph,
+    ch: RouteChoice,
+    planned: RouteChoice,
+    src: object,
+    dist: dict[object, dict[object, float]],
+) -> None:
+    """The backup is the disjoint one unless its next hop loops and another neighbour does
+    not: then the best loop-free alternate, node-protecting first, then the cheapest."""
+    dst, e, tol = ch.destination, ch.primary_next_hop, 1e-9
+
+    def lfa(n: object) -> bool:
+        return dist[n][dst] < dist[n][src] + dist[src][dst] - tol
+
+    def pref(n: object) -> tuple[bool, float]:
+        protecting = dist[n][dst] < dist[n][e] + dist[e][dst] - tol
+        return (not protecting, g.edges[src, n]["cost"] + dist[n][dst])
+
+    alternates = [n for n in g.neighbors(src) if n != e and lfa(n)]
+    planned_nh = planned.backup_next_hop
+    if (planned_nh is not None and lfa(planned_nh)) or not alternates:
+        assert ch.backup_rule == ("disjoint" if planned.backup is not None else None)
+        assert ch.backup == planned.backup and ch.backup_next_hop == planned_nh
+        return
+    assert ch.backup_rule == "lfa"
+    assert ch.backup is not None and ch.backup_next_hop in alternates
+    assert ch.backup_loop_free is True
+    want = min(map(pref, alternates))
+    got = pref(ch.backup_next_hop)
+    assert got[0] == want[0] and got[1] == pytest.approx(want[1], abs=1e-9)
+    # The backup is what packets will follow: this node, then the alternate's shortest path.
+    assert ch.backup[1] == ch.backup_next_hop and ch.backup[-1] == dst
+    assert src not in ch.backup[1:]
+    assert path_cost(g, ch.backup) == pytest.approx(got[1], abs=1e-9)
 
 
 @settings(max_examples=60, deadline=None)
@@ -163,6 +202,35 @@ def test_loop_free_link_protecting_and_node_protecting() -> None:
     assert ch is not None and ch.backup_next_hop == "N"
     assert ch.backup_loop_free is True
     assert ch.backup_node_protecting is True
+
+
+def test_a_loop_free_alternate_is_preferred_to_a_disjoint_backup_that_loops() -> None:
+    """S-N-X-D shares no link with the primary S-E-D but N's own way to D is back through S:
+    after a failover packets sent to N would loop until N reconverges. M reaches D through E
+    without S (loop-free, not node-protecting), so M is the backup next hop and the backup is
+    what packets will follow, S then M's shortest path."""
+    g = loop_topology()
+    g.add_edge("S", "M", cost=1)
+    g.add_edge("M", "E", cost=1)
+    table = PathTable("S", k=2)
+    table.update(g)
+    ch = table.get("D")
+    assert ch is not None
+    assert table._planned["D"].backup == ["S", "N", "X", "D"]
+    assert ch.backup == ["S", "M", "E", "D"] and ch.backup_next_hop == "M"
+    assert ch.backup_rule == "lfa"
+    assert ch.backup_loop_free is True and ch.backup_node_protecting is False
+    assert table.failover("E")["D"] == "M"
+    # Raised so that M's way to D runs through S: no alternate is loop-free any more, and
+    # the disjoint backup comes back (it still helps once N has reconverged).
+    g.edges["M", "E"]["cost"] = 5
+    assert "D" in table.update(g)
+    ch = table.get("D")
+    assert ch is not None and ch.backup == ["S", "N", "X", "D"] and ch.backup_rule == "disjoint"
+    assert ch.backup_loop_free is False
+    fresh = PathTable("S", k=2)
+    fresh.update(g)
+    assert table.choices() == fresh.choices()
 
 
 def test_flags_follow_distance_changes_on_incremental_update() -> None:

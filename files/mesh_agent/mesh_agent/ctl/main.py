@@ -116,7 +116,8 @@ def render_routes(data: dict[str, Any]) -> str:
                         f"cost {data['cost']})"),
             ("backup", f"{_path(data['backup'])}  (next hop {data['backup_next_hop'] or '-'}, "
                        f"loop-free {yes_no(data['backup_loop_free'])}, node-protecting "
-                       f"{yes_no(data['backup_node_protecting'])})"),
+                       f"{yes_no(data['backup_node_protecting'])}, rule "
+                       f"{data.get('backup_rule') or '-'})"),
             ("disjoint", "; ".join(_path(p) for p in data["disjoint"]) or "none"),
             ("protected", ", ".join(f"{p['a']}-{p['b']} {yes_no(p['protected'])}"
                                     for p in data["protected_links"]) or "-"),

@@ -49,6 +49,11 @@ class RouteChoice:
     # node-protecting, dist(N, D) < dist(N, E) + dist(E, D) with E the primary next hop:
     # N's shortest path to D also avoids E, so the detour survives E failing, not only the link.
     backup_node_protecting: bool | None = None
+    # Which rule chose the backup: "disjoint", the path sharing the fewest links with the
+    # primary (then the cheapest); "lfa", this node then neighbour N's own shortest path, N
+    # the best loop-free alternate, chosen because the disjoint backup's next hop was not one
+    # (packets follow N's routes, not our path, and those would bring them back here).
+    backup_rule: str | None = None
 
 
 def _links(path: list[str]) -> set[Link]:
@@ -82,7 +87,15 @@ class PathTable:
     Equal-cost ties may therefore resolve differently from a fresh table; costs never differ.
     """
 
-    def __init__(self, source: str, k: int = 3, disjoint: str = "edge", weight: str = "cost"):
+    def __init__(
+        self,
+        source: str,
+        k: int = 3,
+        disjoint: str = "edge",
+        weight: str = "cost",
+        *,
+        prefer_lfa: bool = True,
+    ):
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise PathError(f"k must be an integer >= 1, not {k!r}")
         if disjoint not in DISJOINT_MODES:
@@ -91,7 +104,14 @@ class PathTable:
         self.k = k
         self.disjoint = disjoint
         self.weight = weight
+        #: replace a disjoint backup whose next hop is not loop-free by the best loop-free
+        #: alternate, if there is one (:meth:`_alternates`); False keeps the disjoint backups
+        #: (the control arm of tests/bench/bench_paths.py --only lfa)
+        self.prefer_lfa = prefer_lfa
         self._choices: dict[str, RouteChoice] = {}
+        # The choices as planned, each backup the disjoint one (before the LFA preference):
+        # the incremental rule keeps these and derives _choices from them on every update.
+        self._planned: dict[str, RouteChoice] = {}
         self._used: dict[str, set[Link]] = {}
         self._by_next_hop: dict[str, list[str]] = {}
         self._snapshot: dict[Link, float] | None = None
@@ -192,7 +212,7 @@ class PathTable:
 
         if self.source not in graph:
             changed = set(self._choices)
-            self._choices, self._used, self._by_next_hop = {}, {}, {}
+            self._choices, self._planned, self._used, self._by_next_hop = {}, {}, {}, {}
             self.last_recomputed = 0
             return changed
 
@@ -242,7 +262,7 @@ class PathTable:
         else:
             self.last_recomputed = 0
         if todo is not None:
-            for dst, ch in self._choices.items():
+            for dst, ch in self._planned.items():
                 if dst in todo:
                     continue
                 prot = {(a, b): frozenset((a, b)) not in bridges for a, b in ch.protected_links}
@@ -250,56 +270,107 @@ class PathTable:
                     ch = dataclasses.replace(ch, protected_links=prot)
                 new_choices[dst] = ch
                 new_used[dst] = self._used[dst]
-        if new_choices:
-            # Distances change with every update (also for destinations whose paths were kept),
-            # so the flags are refreshed for all of them.
-            self._set_alternate_flags(graph, new_choices)
+        # Distances change with every update (also for destinations whose paths were kept),
+        # so the flags, and the LFA preference, are refreshed for all of them.
+        final = self._alternates(graph, new_choices) if new_choices else {}
 
         changed = {
-            d
-            for d in self._choices.keys() | new_choices.keys()
-            if self._choices.get(d) != new_choices.get(d)
+            d for d in self._choices.keys() | final.keys() if self._choices.get(d) != final.get(d)
         }
-        self._choices, self._used = new_choices, new_used
+        self._choices, self._planned, self._used = final, new_choices, new_used
         by_nh: dict[str, list[str]] = {}
-        for dst, ch in new_choices.items():
+        for dst, ch in final.items():
             by_nh.setdefault(ch.primary_next_hop, []).append(dst)
         self._by_next_hop = by_nh
         return changed
 
-    def _set_alternate_flags(self, graph: nx.Graph, choices: dict[str, RouteChoice]) -> None:
-        """Set the RFC 5286 loop-free and node-protecting flags of every backup next hop.
+    def _alternates(
+        self, graph: nx.Graph, planned: dict[str, RouteChoice]
+    ) -> dict[str, RouteChoice]:
+        """The planned choices with RFC 5286 flags set and, where the disjoint backup's next
+        hop is not loop-free, the best loop-free alternate in its place.
 
         Loop-Free Alternates (RFC 5286, section 3.6, inequalities 1 and 3) need distances from
-        this node and from its neighbours: one plain Dijkstra from the source and one from each
-        neighbour that is a primary or backup next hop, ``O(deg(S) * E log V)`` per update,
-        then ``O(1)`` per destination. Distances are on the plain graph in both disjointness
-        modes. A float tolerance keeps equal-cost ties from counting as loop-free.
+        this node S and from its neighbours. A neighbour N is loop-free for destination D when
+        dist(N, D) < dist(N, S) + dist(S, D) (N's shortest path to D does not come back
+        through S) and node-protecting when dist(N, D) < dist(N, E) + dist(E, D), E the
+        primary next hop. After a local failover packets follow N's routes, not the planned
+        backup path, so a backup next hop that is not loop-free sends them back to S until N
+        has reconverged: a micro-loop. Then, if another neighbour (not E) is loop-free, the
+        backup becomes S followed by that neighbour's shortest path to D, the neighbour chosen
+        by (node-protecting first, then the cheapest cost through it, then its name), and
+        ``backup_rule`` says ``"lfa"``. With no loop-free neighbour the disjoint backup stays:
+        it still helps once N has reconverged.
+
+        One plain Dijkstra from S and one from each neighbour that is needed (the primary and
+        backup next hops, and every neighbour of S once some backup is not loop-free):
+        ``O(deg(S) * E log V)`` per update, then ``O(deg(S))`` per destination. Distances are
+        on the plain graph in both disjointness modes. A float tolerance keeps equal-cost ties
+        from counting as loop-free.
         """
         net = Network(graph, self.weight, "edge")
-        index, zeros = net.index, [0.0] * len(net.nodes)
-        dist: dict[str, list[float]] = {}
+        index, nadj, zeros = net.index, net.nadj, [0.0] * len(net.nodes)
+        trees: dict[str, tuple[list[float], list[int]]] = {}
 
         def from_(node: str) -> list[float]:
-            if node not in dist:
-                dist[node] = dijkstra(net.nadj, zeros, index[node])[0]
-            return dist[node]
+            if node not in trees:
+                trees[node] = dijkstra(nadj, zeros, index[node])
+            return trees[node][0]
 
         def less(a: float, b: float) -> bool:
             return a < b - 1e-9 * max(1.0, abs(b))
 
+        s = index[self.source]
         d_s = from_(self.source)
-        for dst, ch in choices.items():
-            nh = ch.backup_next_hop
-            loop_free = node_protecting = None
-            if nh is not None:
-                d_n, d_e, i = from_(nh), from_(ch.primary_next_hop), index[dst]
-                loop_free = less(d_n[i], d_n[index[self.source]] + d_s[i])
-                node_protecting = less(d_n[i], d_n[index[ch.primary_next_hop]] + d_e[i])
-            if (loop_free, node_protecting) != (ch.backup_loop_free, ch.backup_node_protecting):
-                choices[dst] = dataclasses.replace(
-                    ch, backup_loop_free=loop_free, backup_node_protecting=node_protecting
+        neighbours = sorted(graph.neighbors(self.source), key=str)
+        out: dict[str, RouteChoice] = {}
+        for dst, ch in planned.items():
+            nh, e, i = ch.backup_next_hop, ch.primary_next_hop, index[dst]
+            d_e = from_(e)
+
+            def flags(n: str, i: int = i, e: str = e, d_e: list[float] = d_e) -> tuple[bool, bool]:
+                d_n = from_(n)
+                return (
+                    less(d_n[i], d_n[s] + d_s[i]),
+                    less(d_n[i], d_n[index[e]] + d_e[i]),
                 )
+
+            loop_free = node_protecting = None
+            rule = "disjoint" if ch.backup is not None else None
+            backup = ch.backup
+            if nh is not None:
+                loop_free, node_protecting = flags(nh)
+            if not loop_free and self.prefer_lfa:
+                best: tuple[tuple[bool, float, str], str] | None = None
+                for n in neighbours:
+                    if n == e:
+                        continue
+                    lf, np_ = flags(n)
+                    if lf:
+                        key = (not np_, nadj[s][index[n]] + from_(n)[i], str(n))
+                        if best is None or key < best[0]:
+                            best = (key, n)
+                if best is not None:
+                    (not_np, _, _), n = best
+                    path = tree_path(trees[n][1], index[n], i)
+                    backup = [self.source, *net.to_nodes(path)]  # type: ignore[list-item]
+                    nh, loop_free, node_protecting, rule = n, True, not not_np, "lfa"
+            if backup is ch.backup and (loop_free, node_protecting, rule) == (
+                ch.backup_loop_free,
+                ch.backup_node_protecting,
+                ch.backup_rule,
+            ):
+                out[dst] = ch
+                continue
+            out[dst] = dataclasses.replace(
+                ch,
+                backup=backup,
+                backup_next_hop=nh,
+                backup_loop_free=loop_free,
+                backup_node_protecting=node_protecting,
+                backup_rule=rule,
+            )
+        return out
 
     @staticmethod
     def _paths_links(ch: RouteChoice) -> set[Link]:
