@@ -13,6 +13,7 @@ import json
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -155,6 +156,23 @@ class AgentMesh:
                                **(overrides or {}).get(node.name, {}))
             node.proc = self.lab.spawn(node.name, agent_argv(write_config(d / "agent.yml", cfg)),
                                        node.log, preexec_fn=unit_limits, env=agent_env())
+
+    def restart(self, i: int, overrides: Mapping[str, Any] | None = None) -> None:
+        """SIGTERM node i's agent, wait for it to exit, start it again (its config with
+        *overrides* merged in). The old log is kept as ``agent.log.<n>``."""
+        node = self.nodes[i]
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGTERM)
+        assert node.proc.wait(timeout=10) == 0
+        path = self.base / node.name / "agent.yml"
+        if overrides:
+            write_config(path, {**json.loads(path.read_text()), **overrides})
+        n = 1
+        while node.log.with_name(f"{node.log.name}.{n}").exists():
+            n += 1
+        node.log.rename(node.log.with_name(f"{node.log.name}.{n}"))
+        node.proc = self.lab.spawn(node.name, agent_argv(path), node.log,
+                                   preexec_fn=unit_limits, env=agent_env())
 
     def stop(self) -> list[int | None]:
         """SIGTERM every process; the agents' exit codes (None: had to be killed)."""

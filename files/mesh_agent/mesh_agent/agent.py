@@ -35,7 +35,7 @@ from mesh_agent.link.timer import LinkTimer
 from mesh_agent.mapek import Knowledge
 from mesh_agent.mapek.shell import MapekShell
 from mesh_agent.metrics import Metrics
-from mesh_agent.routes.netlink import Netlink
+from mesh_agent.routes.netlink import Netlink, NetlinkError
 from mesh_agent.routes.programmer import RouteProgrammer
 from mesh_agent.routes.pyroute2_lean import AsyncIPRoute
 from mesh_agent.routing import Routing
@@ -90,6 +90,7 @@ class Agent:
         self._watcher: IdentityWatcher | None = None
         self.api = ApiService(self._build_api, clock, enabled=False)
         self.exit_code = 0
+        self._sweeper: asyncio.Task[None] | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -104,12 +105,26 @@ class Agent:
     # -- lifecycle --------------------------------------------------------
     async def run(self, serve_api: bool = True) -> None:
         self._ipr = AsyncIPRoute()
+        grace = self.cfg.restart_grace_s
+        adopted = 0
         if self.cfg.enforce:
             self.view.routes = RouteProgrammer(
                 Netlink(self._ipr), self.cfg.route_protocol, str(self.cfg.node_address))
-            if flushed := await self.routing.flush():
+            if grace > 0:
+                # The previous run's routes keep this node forwarding until our syncs
+                # replace them; whatever is left goes after the grace.
+                if adopted := await self.routing.adopt():
+                    log.info("kept %d routes of the previous run (proto %d): each until "
+                             "replaced, the rest removed in %.0f s", adopted,
+                             self.cfg.route_protocol, grace)
+                    self._sweeper = asyncio.get_running_loop().create_task(
+                        self._sweep_after(grace), name="sweep")
+            elif flushed := await self.routing.flush():
                 log.info("removed %d leftover routes/nexthops with proto %d", flushed,
                          self.cfg.route_protocol)
+        else:
+            # An enforce run before this one may have left its routes (restart_grace_s).
+            await self._flush_enforce_leftovers()
         await self.interfaces.open_existing(self._ipr)
         # The API (FastAPI's import and the app: most of the agent's start-up CPU)
         # comes once the routing has settled (ApiPacing), built off the loop.
@@ -117,7 +132,8 @@ class Agent:
         refresh(self.view.clock_trust, self.identity, self.wall(), self.cfg.clock_sync_file,
                 start=True)
         self._originate(flood=False)
-        self.events.record_start(version=mesh_agent.__version__, mode=self.cfg.mode)
+        self.events.record_start(version=mesh_agent.__version__, mode=self.cfg.mode,
+                                 routes_adopted=adopted)
         jobs = {"hello": self.timer.run(), "housekeeping": self._housekeeping_loop(),
                 "compute": self.routing.compute_loop(), "netlink": self.interfaces.follow(),
                 "checkpoints": self._checkpoints(),
@@ -162,21 +178,56 @@ class Agent:
         self.exit_code = 1
         self._stop.set()
 
+    async def _flush_enforce_leftovers(self) -> None:
+        """Observe mode: remove the routes an enforce run left for its successor (it can
+        be told only now that the successor will not take them over)."""
+        assert self._ipr is not None
+        nl = Netlink(self._ipr)
+        try:
+            flushed = await RouteProgrammer(nl, self.cfg.route_protocol, None).flush_own()
+        except (NetlinkError, OSError) as exc:  # no nexthop objects in this kernel, ...
+            log.warning("observe mode: could not look for an enforce run's routes: %s", exc)
+            return
+        finally:
+            nl.close()
+        if flushed:
+            log.info("observe mode: removed %d routes/nexthops an enforce run left (proto %d)",
+                     flushed, self.cfg.route_protocol)
+
+    async def _sweep_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            removed = await self.routing.sweep()
+        except (NetlinkError, OSError) as exc:  # the next start sweeps them (adopt)
+            log.warning("restart grace over, but the sweep failed: %s", exc)
+            return
+        if removed:
+            log.info("restart grace over: removed %d routes/nexthops of the previous run "
+                     "that no sync replaced", removed)
+
     async def _shutdown(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for task in self._tasks:
             if task.get_name() != "api":  # the API drains itself (should_exit)
                 task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, timeout=5)
-        if self.cfg.enforce:
+        routes_left = 0
+        if self.cfg.enforce and self.cfg.restart_grace_s > 0:
+            routes_left = len(self.view.routes.installed())
+            log.info("shutdown: left %d routes in the kernel for the next start to take over "
+                     "(restart_grace_s %.0f)", routes_left, self.cfg.restart_grace_s)
+        elif self.cfg.enforce:
             log.info("shutdown: removed %d routes/nexthops", await self.routing.flush())
         self.sockets.close_all()
         if self._ipr is not None:
             self._ipr.close()
         if self.view.routes.nl is not None:
             self.view.routes.nl.close()
-        self.events.record_stop("error" if self.exit_code else "signal", code=self.exit_code)
+        self.events.record_stop("error" if self.exit_code else "signal", code=self.exit_code,
+                                routes_left=routes_left)
         self.events.close()
         if self.mapek is not None:
             self.mapek.close()

@@ -272,6 +272,11 @@ class AgentConfig:
     k: int = field(default=3, metadata=check(Integer(3, 5)))
     disjoint: str = field(default="edge", metadata=check(OneOf(("edge", "node"))))
     route_protocol: int = field(default=77, metadata=check(Integer(5, 255)))
+    # A restart's hand-off (enforce mode): a stopping agent leaves its routes in the
+    # kernel, and the next start keeps them until its own sync replaces each one, for at
+    # most this long, then removes the rest. The node forwards through the restart of an
+    # upgrade or a rollout wave. 0: flush the routes at stop and at start.
+    restart_grace_s: float = field(default=30.0, metadata=check(Number(0.0, 3600.0)))
     # HOST:PORT endpoints of the API: loopback and the management address,
     # never the mesh by default (mesh_agent.api).
     api_listen: tuple[str, ...] = field(default=("127.0.0.1:9105",), metadata=check(_api_listen))

@@ -176,3 +176,13 @@ class Routing:
         """Remove every route and nexthop of ours (start and shutdown)."""
         async with self.lock:
             return await self.view.routes.flush_own()
+
+    async def adopt(self) -> int:
+        """Keep the routes a previous run left, until replaced or swept (a restart's hand-off)."""
+        async with self.lock:
+            return await self.view.routes.adopt()
+
+    async def sweep(self) -> int:
+        """Remove what :meth:`adopt` kept and no sync replaced."""
+        async with self.lock:
+            return await self.view.routes.sweep_stale()

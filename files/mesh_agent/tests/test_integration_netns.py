@@ -8,7 +8,8 @@ Ring of 4::                    Ladder of 8::
     n3 --- n2                      n4 - n5 - n6 - n7
 
 They must converge, route across 2+ hops, survive silent and carrier failures
-(measured as lost 10 ms pings) and remove their routes on SIGTERM.
+(measured as lost 10 ms pings), hand their routes over across a restart and, with
+``restart_grace_s: 0``, remove them on SIGTERM.
 """
 
 from __future__ import annotations
@@ -123,11 +124,64 @@ def test_ring_converges_and_recovers(ring: AgentMesh) -> None:
     assert "failover from n1 (carrier)" in ring.nodes[0].log.read_text()
     print("\n".join(failover_lines(ring)))
 
-    # Clean shutdown removes every route and nexthop the agents installed.
+    # A stop hands the routes to the next start (restart_grace_s, 30 s by default).
     assert ring.stop() == [0, 0, 0, 0]
     for n in ring.nodes:
-        assert ip(n.ns, "route", "show", "proto", str(PROTO)).strip() == ""
-        assert ip(n.ns, "nexthop", "show").strip() == ""
+        assert ip(n.ns, "route", "show", "proto", str(PROTO)).strip() != ""
+        assert "shutdown: left " in n.log.read_text()
+
+
+def test_a_restart_keeps_the_node_forwarding(
+    tmp_path_factory: pytest.TempPathFactory, ca: CA
+) -> None:
+    """n0's agent restarts while n0 pings n2 (two hops) every 10 ms.
+
+    With the hand-off (restart_grace_s > 0) the stopping agent leaves its routes and the
+    new one keeps them until its own sync replaces them, so the node forwards through the
+    restart; its neighbours keep the links meanwhile (the kernel answers their echo
+    probes). A route no sync wants (a stale one planted here) goes once the grace is
+    over. With restart_grace_s: 0 the routes go at stop and come back only after the new
+    agent has converged: the contrast, measured in the same run. Last, SIGTERM with
+    restart_grace_s: 0 removes every route and nexthop.
+    """
+    with AgentMesh(4, RING, tmp_path_factory.mktemp("handoff"), prefix="mah", ca=ca) as ring:
+        ring.wait_for(ring.converged, 60, "all agents ready with N-1 routes")
+        ns, addr = ring.namespaces, [n.address for n in ring.nodes]
+        stale = "10.66.0.1"
+        ring.restart(0, {"restart_grace_s": 8})  # from now on n0 hands off with 8 s of grace
+        ring.wait_for(ring.converged, 30, "n0 back")
+        ip(ns[0], "route", "add", f"{stale}/32", "via", ring.link_address(1, 0),
+           "proto", str(PROTO))
+
+        def restart() -> None:
+            ring.restart(0)
+
+        lost_keep, sent = outage(ns[0], addr[2], restart, count=400)
+        log = ring.nodes[0].log.read_text()
+        assert "kept " in log and "routes of the previous run" in log, log[-2000:]
+        assert stale in ip(ns[0], "route", "show", "proto", str(PROTO))  # within the grace
+        ring.wait_for(
+            lambda: stale not in ip(ns[0], "route", "show", "proto", str(PROTO)), 15,
+            "the stale route swept after the grace",
+        )
+        ring.wait_for(ring.converged, 30, "n0 converged after the hand-off")
+        assert "restart grace over: removed " in ring.nodes[0].log.read_text()
+        assert len(ring.routes(0)) == 3  # our own routes survive the sweep
+
+        # The contrast: no hand-off. The first restart flushes at start, the second at
+        # stop and at start; the second is measured.
+        ring.restart(0, {"restart_grace_s": 0})
+        ring.wait_for(ring.converged, 30, "n0 back without hand-off")
+        lost_flush, sent_flush = outage(ns[0], addr[2], restart, count=400)
+        print(f"\nrestart of n0's agent, n0 -> n2 pings lost at 10 ms: hand-off {lost_keep}/"
+              f"{sent}, flush {lost_flush}/{sent_flush}")
+        assert lost_keep < lost_flush, (lost_keep, lost_flush)
+        assert lost_keep <= 0.05 * sent, lost_keep
+        ring.wait_for(ring.converged, 30, "n0 back again")
+        # SIGTERM with restart_grace_s: 0 removes every route and nexthop n0 installed.
+        ring.stop()
+        assert ip(ns[0], "route", "show", "proto", str(PROTO)).strip() == ""
+        assert ip(ns[0], "nexthop", "show").strip() == ""
 
 
 @pytest.mark.parametrize("echo", [True, False], ids=["echo", "hellos-only"])

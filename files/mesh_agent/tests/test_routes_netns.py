@@ -172,6 +172,54 @@ async def _scenario() -> None:
         ipr.close()
 
 
+def test_a_restart_adopts_replaces_and_sweeps(lab: None) -> None:
+    asyncio.run(_handoff())
+
+
+async def _handoff() -> None:
+    """A second programmer (the next run) keeps the first one's routes in the kernel,
+    replaces each it wants in place with fresh nexthop ids, and sweeps the rest."""
+    table = PathTable("r", k=3)
+    table.update(graph())
+    ipr = AsyncIPRoute(netns=R)
+    try:
+        nl = Netlink(ipr, netlink_socket_in(R))
+        idx = {name: await nl.link_index(name) for name in ("vrx", "vry")}
+        links = {
+            "x": NeighborLink("vrx", idx["vrx"] or 0, "10.99.0.1"),
+            "y": NeighborLink("vry", idx["vry"] or 0, "10.99.0.3"),
+        }
+        first = RouteProgrammer(nl, PROTO, ADDR["r"])
+        assert await first.sync(table.choices(), ADDR, links)
+        before = ip(R, "route", "show", "proto", str(PROTO))
+        old_ids = {n.id for n in await nl.nexthops() if n.protocol == PROTO}
+        # The first run stops without a flush; the next one starts.
+        nxt = RouteProgrammer(nl, PROTO, ADDR["r"])
+        adopted = await nxt.adopt()
+        assert adopted == len(before.strip().splitlines())  # primaries, standbys, the leftover
+        assert ip(R, "route", "show", "proto", str(PROTO)) == before  # still forwarding
+        assert route_dev(ADDR["d"]) in ("vrx", "vry")
+        # It wants only x and d now: each replaced in place, through nexthops of its own.
+        wanted = {k: v for k, v in table.choices().items() if k != "y"}
+        assert await nxt.sync(wanted, ADDR, links)
+        new_ids = {n.id for n in await nl.nexthops() if n.protocol == PROTO} - old_ids
+        assert new_ids and not new_ids & old_ids
+        ours = ip(R, "route", "show", "proto", str(PROTO))
+        for name in ("x", "d"):
+            line = next(x for x in ours.splitlines() if x.startswith(ADDR[name] + " nhid"))
+            assert int(line.split()[2]) in new_ids
+        assert f"{ADDR['y']} nhid" in ours  # not wanted, but swept only after the grace
+        assert await nxt.sweep_stale() >= 1
+        ours = ip(R, "route", "show", "proto", str(PROTO))
+        assert "10.66.0.1" not in ours and f"{ADDR['y']} " not in ours
+        assert all(f"{ADDR[name]} nhid" in ours for name in ("x", "d"))
+        assert {n.id for n in await nl.nexthops() if n.protocol == PROTO} <= new_ids
+        assert route_dev(ADDR["d"]) in ("vrx", "vry")
+        assert nxt.stale_count() == 0 and await nxt.sweep_stale() == 0
+    finally:
+        ipr.close()
+
+
 def test_observe_mode_touches_nothing() -> None:
     async def go() -> None:
         prog = RouteProgrammer(None, PROTO, ADDR["r"])

@@ -95,6 +95,12 @@ class RouteProgrammer:
         self._routes: dict[str, tuple[str, GroupKey]] = {}  # dst name -> (address, key)
         self._flushed: dict[str, tuple[str, GroupKey]] = {}  # routes the kernel dropped
         self._standby: dict[str, tuple[str, str]] = {}  # dst name -> (address, backup name)
+        # Kernel objects of a previous run kept across a restart (adopt): routes by
+        # (address, metric) with the nexthop id they used, and the ids of its nexthops and
+        # groups. Our own ids skip these; sweep_stale removes what was not replaced.
+        self._stale_routes: dict[tuple[str, int], int] = {}
+        self._stale_ids: set[int] = set()
+        self._next_ids = {NH_ID_BASE: 0, GROUP_ID_BASE: 0}
         self.errors_total = 0
         self.preempted_total = 0
         self.detours_total = 0  # routes moved by remote detours (detour_now)
@@ -107,14 +113,22 @@ class RouteProgrammer:
     def enforce(self) -> bool:
         return self.nl is not None
 
+    def _new_id(self, base: int) -> int:
+        """The next id above *base* that no adopted kernel object holds."""
+        while True:
+            self._next_ids[base] += 1
+            nid = base + self._next_ids[base]
+            if nid not in self._stale_ids:
+                return nid
+
     def _nh_id(self, name: str) -> int:
         if name not in self._nh_ids:
-            self._nh_ids[name] = NH_ID_BASE + len(self._nh_ids) + 1
+            self._nh_ids[name] = self._new_id(NH_ID_BASE)
         return self._nh_ids[name]
 
     def _gid(self, key: GroupKey) -> int:
         if key not in self._gids:
-            self._gids[key] = GROUP_ID_BASE + len(self._gids) + 1
+            self._gids[key] = self._new_id(GROUP_ID_BASE)
         return self._gids[key]
 
     def request_preempt(self) -> None:
@@ -167,6 +181,50 @@ class RouteProgrammer:
         self._routes.clear()
         self._standby.clear()
         return removed
+
+    async def adopt(self) -> int:
+        """Keep what a previous run left in the kernel, to be replaced or swept.
+
+        A restart (an upgrade, a rollout's wave, a crash) need not stop this node
+        forwarding: the routes it left still point at neighbours that mostly still
+        work. Our syncs replace each adopted route in place (``route replace`` of the
+        same address and metric, through nexthops with fresh ids), and
+        :meth:`sweep_stale` removes what is left once the restart's grace is over.
+        Returns how many routes were adopted.
+        """
+        if self.nl is None:
+            return 0
+        for r in await self.nl.routes():
+            if r.protocol == self.protocol and r.dst_len == 32:
+                self._stale_routes[(r.dst, r.priority or 0)] = r.nhid or 0
+        self._stale_ids = {n.id for n in await self.nl.nexthops() if n.protocol == self.protocol}
+        return len(self._stale_routes)
+
+    async def sweep_stale(self) -> int:
+        """Remove the adopted objects no sync replaced; the count removed."""
+        if self.nl is None or not (self._stale_routes or self._stale_ids):
+            return 0
+        removed = 0
+        stale_ids = self._stale_ids
+        for r in await self.nl.routes():
+            key = (r.dst, r.priority or 0)
+            if (
+                r.protocol == self.protocol
+                and key in self._stale_routes
+                and (r.nhid is None or r.nhid in stale_ids)
+            ):
+                removed += await self._op("route_delete", r.dst, self.protocol, r.priority)
+        nhs = [n for n in await self.nl.nexthops() if n.protocol == self.protocol]
+        for n in sorted(nhs, key=lambda n: not n.group):  # groups first
+            if n.id in stale_ids:
+                removed += await self._op("nexthop_delete", n.id)
+        self._stale_routes.clear()
+        self._stale_ids = set()
+        return removed
+
+    def stale_count(self) -> int:
+        """Routes adopted from a previous run, until :meth:`sweep_stale` (replaced or not)."""
+        return len(self._stale_routes)
 
     # -- reconvergence ----------------------------------------------------
     async def sync(
