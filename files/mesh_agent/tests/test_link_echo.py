@@ -17,7 +17,11 @@ from meshcore_testkit.inprocess import kernel_reply
 from meshcore_testkit.pki import PairKeysForTests
 
 from mesh_agent.link import LinkSensor, NeighborDown
-from mesh_agent.link.sensor import ECHO_CONTROL_MIN_S
+from mesh_agent.link.sensor import (
+    ECHO_ADAPT_MAX_FACTOR,
+    ECHO_CONTROL_MIN_S,
+    ECHO_RTT_SAMPLES,
+)
 from mesh_agent.link.wire import (
     EchoProbe,
     WireError,
@@ -271,3 +275,59 @@ def test_entering_echo_mode_announces_the_slower_interval_before_going_quiet() -
         2 * ECHO_HELLO_EVERY * IV * 1000)
     a.advertised_interval_s = IV  # the stretch decays: nothing to say at once
     assert not a.hello_due("mesh0", 0.14)
+
+
+def answer_after(a: LinkSensor, now: float, rtt: float) -> None:
+    """a's probe at *now*, answered by b's kernel *rtt* later (the kernel's timestamp)."""
+    requests = a.echo_requests("mesh0", now)
+    assert a.receive_echo("mesh0", kernel_reply(requests[0][1]), now + rtt)
+
+
+def test_fast_answers_keep_the_configured_detection_time() -> None:
+    a, _ = up_pair()
+    for i in range(300):
+        answer_after(a, 0.02 + i * IV, 0.0001 * (1 + i % 7))
+    nb = a.neighbors()[0]
+    assert a.echo_dead_s(nb) == pytest.approx(3 * IV)
+    assert len(nb.echo_rtts) == ECHO_RTT_SAMPLES == len(nb.echo_rtts_sorted)
+
+
+def test_a_stall_it_has_seen_before_is_not_a_death_and_a_cut_still_is() -> None:
+    """b's answers come 200 ms late now and then (a descheduled core, a retransmitting
+    radio): the detection time grows to twice the 99th percentile, within its cap."""
+    a, b = up_pair()
+    t = 0.02
+    for i in range(200):
+        answer_after(a, t, 0.2 if i % 40 == 39 else 0.0002)
+        if i % 5 == 0:  # b's hellos (the control timeout) keep coming
+            a.receive("mesh0", b.build_hello("mesh0", t), "10.78.0.1", t)
+        t += IV
+    nb = a.neighbors()[0]
+    assert a.echo_dead_s(nb) == pytest.approx(min(2 * 0.2, ECHO_ADAPT_MAX_FACTOR * 3 * IV))
+    # The next stall: three probes unanswered for 0.25 s, then the answers arrive.
+    last = t - IV + 0.0002
+    pending = [a.echo_requests("mesh0", t + k * IV) for k in range(5)]
+    assert a.tick(last + 0.25) == []  # the fixed 150 ms would have called it dead
+    for k, requests in enumerate(pending):
+        a.receive_echo("mesh0", kernel_reply(requests[0][1]), last + 0.26 + k * 1e-4)
+    assert a.tick(last + 0.27) == [] and [n.name for n in a.neighbors()] == ["b"]
+    # A real cut: nothing comes back; dead at the adapted time after the last answer.
+    last = last + 0.26 + 4e-4
+    for k in range(1, 12):
+        a.echo_requests("mesh0", last + k * IV)
+    deadline = last + a.echo_dead_s(nb)
+    assert a.tick(deadline - 0.001) == []
+    assert a.tick(deadline) == [NeighborDown("mesh0", "b", "10.78.0.1", "echo", deadline)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=5.0), min_size=1, max_size=600))
+def test_the_adapted_detection_time_is_bounded(rtts: list[float]) -> None:
+    a, _ = up_pair()
+    nb = a.neighbors()[0]
+    for rtt in rtts:
+        nb.note_echo_rtt(rtt)
+    base = 3 * IV
+    assert base <= a.echo_dead_s(nb) <= ECHO_ADAPT_MAX_FACTOR * base
+    assert nb.echo_rtts_sorted == sorted(nb.echo_rtts)
+    assert list(nb.echo_rtts) == rtts[-ECHO_RTT_SAMPLES:]

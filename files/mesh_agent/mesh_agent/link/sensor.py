@@ -43,8 +43,9 @@ beyond :data:`MAX_NEIGHBORS_PER_IF` are dropped and counted by reason in
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -96,6 +97,20 @@ ECHO_CONTROL_MIN_S = 1.0
 ECHO_HELLO_EVERY = 5
 # Sent-but-unanswered probes remembered per neighbour.
 ECHO_WINDOW = 32
+# Echo detection adapts to the jitter it measures (issue 16). A neighbour in echo
+# mode is dead once its answers are ``dead_multiplier`` hello intervals late, or
+# ECHO_JITTER_FACTOR times the 99th percentile of its last ECHO_RTT_SAMPLES echo
+# round trips if that is longer, at most ECHO_ADAPT_MAX_FACTOR times the
+# configured dead time. An answer's time is the kernel's receive timestamp, so the
+# round trip is the link and the peer's kernel, never our own lateness: in a
+# namespace lab (sub-millisecond round trips) nothing changes. On emulated Pis,
+# whose cores a loaded host deschedules for 150 ms and more, and on radios that
+# retransmit, the answers come late now and then, and a fixed 150 ms called one
+# such stall a dead link every 20-40 s per link (docs/hw-lab.md).
+ECHO_RTT_SAMPLES = 256
+ECHO_RTT_QUANTILE = 0.99
+ECHO_JITTER_FACTOR = 2.0
+ECHO_ADAPT_MAX_FACTOR = 4.0
 # Bounds (module docstring). Neighbours plus candidates fit one hello's echo list.
 MAX_NEIGHBORS_PER_IF = 48
 MAX_CANDIDATES_PER_IF = MAX_ECHO - MAX_NEIGHBORS_PER_IF
@@ -193,6 +208,21 @@ class Neighbor:
     echo_last_rx: float = 0.0
     echo_sent: dict[int, float] = field(default_factory=dict)
     echo_active: bool = False
+    # The last ECHO_RTT_SAMPLES echo round trips, in arrival order and sorted.
+    echo_rtts: deque[float] = field(default_factory=lambda: deque(maxlen=ECHO_RTT_SAMPLES))
+    echo_rtts_sorted: list[float] = field(default_factory=list)
+
+    def note_echo_rtt(self, rtt: float) -> None:
+        if len(self.echo_rtts) == ECHO_RTT_SAMPLES:
+            del self.echo_rtts_sorted[bisect.bisect_left(self.echo_rtts_sorted,
+                                                         self.echo_rtts[0])]
+        self.echo_rtts.append(rtt)
+        bisect.insort(self.echo_rtts_sorted, rtt)
+
+    def echo_rtt_quantile(self) -> float:
+        """The ECHO_RTT_QUANTILE of the recent echo round trips (0 before the first)."""
+        xs = self.echo_rtts_sorted
+        return xs[int(ECHO_RTT_QUANTILE * (len(xs) - 1))] if xs else 0.0
 
     def echo_pending(self) -> int:
         """Probes sent since the last answer."""
@@ -544,6 +574,7 @@ class LinkSensor:
         sent = nb.echo_sent[seq]
         if int(sent * 1e6) != reply.tx_ts_us:
             return False
+        nb.note_echo_rtt(max(0.0, now - sent))
         for s in [s for s in nb.echo_sent if s <= seq]:
             del nb.echo_sent[s]
         nb.echo_acked = seq
@@ -566,7 +597,7 @@ class LinkSensor:
             return "timeout" if now - nb.last_rx > hello_dead else None
         if (
             nb.echo_pending() >= self.dead_multiplier
-            and now - nb.echo_last_rx >= self.dead_multiplier * self.hello_interval_s
+            and now - nb.echo_last_rx >= self.echo_dead_s(nb)
         ):
             return "echo"
         control = max(ECHO_CONTROL_MULT * hello_dead, ECHO_CONTROL_MIN_S)
@@ -579,7 +610,13 @@ class LinkSensor:
         control = nb.last_rx + max(ECHO_CONTROL_MULT * hello_dead, ECHO_CONTROL_MIN_S)
         if nb.echo_pending() < self.dead_multiplier:
             return control  # the next probes go out on hello ticks, which judge anyway
-        return min(control, nb.echo_last_rx + self.dead_multiplier * self.hello_interval_s)
+        return min(control, nb.echo_last_rx + self.echo_dead_s(nb))
+
+    def echo_dead_s(self, nb: Neighbor) -> float:
+        """How late *nb*'s echo answers may be before it is dead (:data:`ECHO_RTT_SAMPLES`)."""
+        base = self.dead_multiplier * self.hello_interval_s
+        jitter = ECHO_JITTER_FACTOR * nb.echo_rtt_quantile()
+        return min(max(base, jitter), ECHO_ADAPT_MAX_FACTOR * base)
 
     # -- time and carrier -------------------------------------------------
     def tick(self, now: float) -> list[Event]:
