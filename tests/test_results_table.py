@@ -93,6 +93,19 @@ def test_meets_says_whether_the_target_is_met(tmp_path: Path) -> None:
     assert verdicts == ["met", "**missed**"]
 
 
+def test_meets_reads_a_nested_field_by_a_dotted_key(tmp_path: Path) -> None:
+    index = {"runs": [{"id": "r", "date": "2026-01-01", "command": "x", "files": ["r.jsonl"]}],
+             "figures": [{**FIG, "target": "<= 200 ms", "meets": {"recover_ms.p95": "<= 200"}},
+                         {**FIG, "name": "admin", "match": {"figure": "admin_ms"},
+                          "target": "<= 200 ms", "meets": {"recover_ms.p95": "<= 200"}}]}
+    d = _write(tmp_path, index, {"r.jsonl": [
+        {"figure": "outage_ms", "impl": "ours", "median": 1, "recover_ms": {"p95": 150}},
+        {"figure": "admin_ms", "median": 1, "recover_ms": {"p95": 598}}]})
+    verdicts = [line.split(" | ")[4] for line in results.generate(d).splitlines()
+                if line.startswith(("| outage", "| admin"))]
+    assert verdicts == ["met", "**missed**"]
+
+
 def test_check_mode_fails_on_a_hand_edit(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     (docs / "results").mkdir(parents=True)

@@ -145,7 +145,8 @@ OPS = {"<": float.__lt__, "<=": float.__le__, ">": float.__gt__, ">=": float.__g
 
 
 def verdict(fig: Mapping[str, Any], rec: Record) -> str:
-    """`meets: {p95: "<= 200"}`: "met" when every field holds, else "**missed**"; "-" without."""
+    """`meets: {p95: "<= 200"}`: "met" when every field holds, else "**missed**"; "-" without.
+    A dotted key reads a nested field (`recover_ms.p95`)."""
     meets = fig.get("meets")
     if not meets:
         return "-"
@@ -153,7 +154,9 @@ def verdict(fig: Mapping[str, Any], rec: Record) -> str:
         op, _, bound = str(cond).partition(" ")
         if op not in OPS:
             raise IndexError_(f"index.yml: figure {fig['name']!r}: bad condition {cond!r}")
-        value = rec.data.get(key)
+        value: Any = rec.data
+        for part in str(key).split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
         if not isinstance(value, (int, float)) or not OPS[op](float(value), float(bound)):
             return "**missed**"
     return "met"
