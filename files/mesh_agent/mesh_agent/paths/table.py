@@ -322,30 +322,31 @@ class PathTable:
 
         s = index[self.source]
         d_s = from_(self.source)
+
+        def flags(n: str, e: str, i: int) -> tuple[bool, bool]:
+            """Neighbour *n* for destination index *i*, primary next hop *e*: (loop-free,
+            node-protecting)."""
+            d_n = from_(n)
+            return (
+                less(d_n[i], d_n[s] + d_s[i]),
+                less(d_n[i], d_n[index[e]] + from_(e)[i]),
+            )
+
         neighbours = sorted(graph.neighbors(self.source), key=str)
         out: dict[str, RouteChoice] = {}
         for dst, ch in planned.items():
             nh, e, i = ch.backup_next_hop, ch.primary_next_hop, index[dst]
-            d_e = from_(e)
-
-            def flags(n: str, i: int = i, e: str = e, d_e: list[float] = d_e) -> tuple[bool, bool]:
-                d_n = from_(n)
-                return (
-                    less(d_n[i], d_n[s] + d_s[i]),
-                    less(d_n[i], d_n[index[e]] + d_e[i]),
-                )
-
             loop_free = node_protecting = None
             rule = "disjoint" if ch.backup is not None else None
             backup = ch.backup
             if nh is not None:
-                loop_free, node_protecting = flags(nh)
+                loop_free, node_protecting = flags(nh, e, i)
             if not loop_free and self.prefer_lfa:
                 best: tuple[tuple[bool, float, str], str] | None = None
                 for n in neighbours:
                     if n == e:
                         continue
-                    lf, np_ = flags(n)
+                    lf, np_ = flags(n, e, i)
                     if lf:
                         key = (not np_, nadj[s][index[n]] + from_(n)[i], str(n))
                         if best is None or key < best[0]:

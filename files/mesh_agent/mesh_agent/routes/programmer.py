@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mesh_agent.routes.netlink import Netlink, NetlinkError
+from mesh_agent.routes.netlink import KernelRoute, Netlink, NetlinkError
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,10 @@ class RouteProgrammer:
         self._routes: dict[str, tuple[str, GroupKey]] = {}  # dst name -> (address, key)
         self._flushed: dict[str, tuple[str, GroupKey]] = {}  # routes the kernel dropped
         self._standby: dict[str, tuple[str, str]] = {}  # dst name -> (address, backup name)
-        # Kernel objects of a previous run kept across a restart (adopt): routes by
-        # (address, metric) with the nexthop id they used, and the ids of its nexthops and
-        # groups. Our own ids skip these; sweep_stale removes what was not replaced.
-        self._stale_routes: dict[tuple[str, int], int] = {}
+        # Kernel objects of a previous run kept across a restart (adopt): its routes by
+        # (address, metric), and the ids of its nexthops and groups. Our own ids skip
+        # these; sweep_stale removes what was not replaced.
+        self._stale_routes: set[tuple[str, int]] = set()
         self._stale_ids: set[int] = set()
         self._next_ids = {NH_ID_BASE: 0, GROUP_ID_BASE: 0}
         self.errors_total = 0
@@ -169,17 +169,26 @@ class RouteProgrammer:
         """Remove every route and nexthop carrying our protocol (leftovers of a crash)."""
         if self.nl is None:
             return 0
-        removed = 0
-        for r in await self.nl.routes():
-            if r.protocol == self.protocol and r.dst_len == 32:
-                removed += await self._op("route_delete", r.dst, self.protocol, r.priority)
-        nhs = [n for n in await self.nl.nexthops() if n.protocol == self.protocol]
-        for n in sorted(nhs, key=lambda n: not n.group):  # groups first
-            removed += await self._op("nexthop_delete", n.id)
+        removed = await self._remove_own(lambda r: True, lambda nh_id: True)
         self._nh.clear()
         self._groups.clear()
         self._routes.clear()
         self._standby.clear()
+        return removed
+
+    async def _remove_own(
+        self, route: Callable[[KernelRoute], bool], nexthop: Callable[[int], bool]
+    ) -> int:
+        """Delete the kernel's /32 routes of our protocol that *route* picks, then its
+        nexthops of our protocol that *nexthop* picks (groups first); the count deleted."""
+        assert self.nl is not None
+        removed = 0
+        for r in await self.nl.routes():
+            if r.protocol == self.protocol and r.dst_len == 32 and route(r):
+                removed += await self._op("route_delete", r.dst, self.protocol, r.priority)
+        nhs = [n for n in await self.nl.nexthops() if n.protocol == self.protocol and nexthop(n.id)]
+        for n in sorted(nhs, key=lambda n: not n.group):  # groups first
+            removed += await self._op("nexthop_delete", n.id)
         return removed
 
     async def adopt(self) -> int:
@@ -194,31 +203,26 @@ class RouteProgrammer:
         """
         if self.nl is None:
             return 0
-        for r in await self.nl.routes():
-            if r.protocol == self.protocol and r.dst_len == 32:
-                self._stale_routes[(r.dst, r.priority or 0)] = r.nhid or 0
+        self._stale_routes = {
+            (r.dst, r.priority or 0)
+            for r in await self.nl.routes()
+            if r.protocol == self.protocol and r.dst_len == 32
+        }
         self._stale_ids = {n.id for n in await self.nl.nexthops() if n.protocol == self.protocol}
         return len(self._stale_routes)
 
     async def sweep_stale(self) -> int:
-        """Remove the adopted objects no sync replaced; the count removed."""
+        """Remove the adopted objects no sync replaced (a replaced route points at one of
+        our own nexthops now); the count removed."""
         if self.nl is None or not (self._stale_routes or self._stale_ids):
             return 0
-        removed = 0
-        stale_ids = self._stale_ids
-        for r in await self.nl.routes():
-            key = (r.dst, r.priority or 0)
-            if (
-                r.protocol == self.protocol
-                and key in self._stale_routes
-                and (r.nhid is None or r.nhid in stale_ids)
-            ):
-                removed += await self._op("route_delete", r.dst, self.protocol, r.priority)
-        nhs = [n for n in await self.nl.nexthops() if n.protocol == self.protocol]
-        for n in sorted(nhs, key=lambda n: not n.group):  # groups first
-            if n.id in stale_ids:
-                removed += await self._op("nexthop_delete", n.id)
-        self._stale_routes.clear()
+        stale_routes, stale_ids = self._stale_routes, self._stale_ids
+        removed = await self._remove_own(
+            lambda r: (r.dst, r.priority or 0) in stale_routes
+            and (r.nhid is None or r.nhid in stale_ids),
+            stale_ids.__contains__,
+        )
+        self._stale_routes = set()
         self._stale_ids = set()
         return removed
 
