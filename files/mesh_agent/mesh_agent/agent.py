@@ -9,7 +9,8 @@ readiness (:mod:`.view`), self-healing (:mod:`.mapek`, when ``mapek.enabled``).
 The I/O around them: the mesh sockets
 (:mod:`.link.sockets`), link changes from rtnetlink (:mod:`.link.carrier`),
 the link backends' pollers (:mod:`.link.backend`), route programming
-(:mod:`.routing`), the event log (:mod:`.store.events`), the API (:mod:`.api`).
+(:mod:`.routing`), the event log (:mod:`.store.events`), the API (:mod:`.api`),
+systemd's readiness and watchdog (:mod:`.sdnotify`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from mesh_agent.routes.netlink import Netlink, NetlinkError
 from mesh_agent.routes.programmer import RouteProgrammer
 from mesh_agent.routes.pyroute2_lean import AsyncIPRoute
 from mesh_agent.routing import Routing
+from mesh_agent.sdnotify import Notifier
 from mesh_agent.store.events import EventKind, EventLog
 from mesh_agent.timers import every
 from mesh_agent.topology.core import Send
@@ -64,6 +66,7 @@ class Agent:
         events: EventLog | None = None,
         knowledge: Knowledge | None = None,
         cpu: Callable[[], float] = time.process_time,
+        notifier: Notifier | None = None,
     ) -> None:
         self.cfg, self.identity, self.clock, self.wall = cfg, identity, clock, wall
         self.view, self.link = AgentView.build(cfg, identity, clock, wall, seq_store,
@@ -90,6 +93,7 @@ class Agent:
         self._watcher: IdentityWatcher | None = None
         self.api = ApiService(self._build_api, clock, enabled=False)
         self.exit_code = 0
+        self.notifier = notifier or Notifier()
         self._sweeper: asyncio.Task[None] | None = None
 
     def stop(self) -> None:
@@ -143,6 +147,8 @@ class Agent:
             jobs["identity"] = self._watcher.run()
         if self.mapek is not None:
             jobs["mapek"] = self.mapek.run()
+        if self.notifier.watchdog_s:
+            jobs["watchdog"] = self._watchdog(self.notifier.watchdog_s)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(job, name=name) for name, job in jobs.items()]
         for task in self._tasks:
@@ -154,6 +160,7 @@ class Agent:
         log.info("mesh-agent %s (%s) started in %s mode on %s", self.cfg.node_name,
                  self.cfg.node_address, self.cfg.mode,
                  ", ".join(self.sockets.interfaces) or "no interfaces yet")
+        self.notifier.send("READY=1", f"STATUS={self.cfg.mode} mode, routes adopted: {adopted}")
         try:
             await self._stop.wait()
         finally:
@@ -206,6 +213,7 @@ class Agent:
                      "that no sync replaced", removed)
 
     async def _shutdown(self) -> None:
+        self.notifier.send("STOPPING=1")
         if self._sweeper is not None:
             self._sweeper.cancel()
         for task in self._tasks:
@@ -314,6 +322,17 @@ class Agent:
         if task := self.api.poll(now, self.view.ready(), self.topology.changes_total):
             task.add_done_callback(self._task_done)
             self._tasks.append(task)
+
+    async def _watchdog(self, interval: float) -> None:
+        """systemd's watchdog, pinged every half interval while the hello timer ticks: a
+        blocked loop or a stuck timer stops the pings, and systemd restarts the agent."""
+
+        def ping() -> None:
+            last = self.timer.last_tick
+            if last is not None and self.clock() - last <= interval / 2:
+                self.notifier.send("WATCHDOG=1")
+
+        await every(self.clock, interval / 2, ping)
 
     async def _checkpoints(self) -> None:
         while True:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 
@@ -226,6 +228,73 @@ def test_stalled_agent_is_not_a_dead_link(
             assert downs == [], downs
         else:
             assert {d.split(":")[0] for d in downs} == {"n0", "n2"}, downs  # both time n1 out
+
+
+def test_systemd_hears_ready_the_watchdog_and_stopping(
+    tmp_path_factory: pytest.TempPathFactory, ca: CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent under systemd's notify protocol, with the datagram socket systemd would
+    read (a path: abstract names are per network namespace): READY=1 once it runs,
+    WATCHDOG=1 every half interval while it runs, none while it is stopped (SIGSTOP: the
+    hang systemd must catch), again after SIGCONT, STOPPING=1 on SIGTERM. The unit's
+    side (Type=notify, WatchdogSec=, the restart) is molecule mesh_agent's verifier."""
+    base = tmp_path_factory.mktemp("notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(base / "notify"))
+    sock.settimeout(0.2)
+    got: list[tuple[float, int, str]] = []  # (when, sender pid, message), as systemd reads
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                data, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            except TimeoutError:
+                continue
+            pid = next((int.from_bytes(d[:4], "little") for lvl, typ, d in anc
+                        if lvl == socket.SOL_SOCKET and typ == socket.SCM_CREDENTIALS), 0)
+            got.append((time.monotonic(), pid, data.decode()))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    monkeypatch.setenv("NOTIFY_SOCKET", str(base / "notify"))
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # 1 s: pings every 0.5 s
+
+    def pings(pid: int, since: float, until: float) -> int:
+        return sum(1 for t, p, m in got if p == pid and m == "WATCHDOG=1" and since <= t < until)
+
+    try:
+        with AgentMesh(2, [(0, 1)], base, prefix="man", ca=ca) as mesh:
+            mesh.wait_for(mesh.converged, 60, "2-node line converged")
+            proc = mesh.nodes[1].proc
+            assert proc is not None  # `ip netns exec` execs: this is the agent
+            ready = [(p, m) for _, p, m in got if m.startswith("READY=1")]
+            assert sorted(p for p, _ in ready) == sorted(n.proc.pid for n in mesh.nodes
+                                                         if n.proc), (ready, got[:5])
+            assert all("STATUS=enforce mode" in m for _, m in ready), ready
+            t0 = time.monotonic()
+            time.sleep(3)
+            assert pings(proc.pid, t0, t0 + 3) >= 5, got[-10:]
+            proc.send_signal(signal.SIGSTOP)
+            t1 = time.monotonic()
+            try:
+                time.sleep(2.5)
+            finally:
+                proc.send_signal(signal.SIGCONT)
+            t2 = time.monotonic()
+            time.sleep(2)
+            assert pings(proc.pid, t1 + 0.1, t2) == 0, got[-10:]  # stopped: silent
+            assert pings(proc.pid, t2, t2 + 2) >= 3, got[-10:]  # and back
+            other = mesh.nodes[0].proc
+            assert other is not None and pings(other.pid, t1, t2) >= 4  # n0 never stopped
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+            assert (proc.pid, "STOPPING=1") in [(p, m) for _, p, m in got]
+    finally:
+        done.set()
+        reader.join(timeout=5)
+        sock.close()
 
 
 def test_ladder_repeated_carrier_cuts(ladder: AgentMesh) -> None:

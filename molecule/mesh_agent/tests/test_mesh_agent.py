@@ -142,3 +142,40 @@ def test_agent_runs_hellos_on_the_mesh_interface(host):
 def test_route_protocol_is_named(host):
     assert host.file("/etc/iproute2/rt_protos.d/meshcore.conf").content_string.split() == [
         "77", "meshcore"]
+
+
+def show(host, *props: str) -> dict[str, str]:
+    props_args = " ".join(f"-p {p}" for p in props)
+    out = host.check_output(f"systemctl show mesh-agent.service {props_args}")
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def test_a_hung_agent_is_restarted_by_the_watchdog(host):
+    """Type=notify: the agent said READY=1 and pings the watchdog (5 s in this scenario)
+    while it runs; stopped with SIGSTOP, it stops pinging, and systemd kills and restarts
+    it. Last in this file: the agent restarts."""
+    before = show(host, "Type", "WatchdogUSec", "NotifyAccess", "MainPID", "NRestarts",
+                  "StatusText")
+    assert before["Type"] == "notify" and before["NotifyAccess"] == "main", before
+    assert before["WatchdogUSec"] == "5s", before
+    assert before["StatusText"].startswith("observe mode"), before  # sent with READY=1
+    pid = int(before["MainPID"])
+    time.sleep(12)  # more than two watchdog intervals: a live agent is not restarted
+    assert show(host, "MainPID", "NRestarts") == {
+        "MainPID": str(pid), "NRestarts": before["NRestarts"]}
+    host.check_output(f"kill -STOP {pid}")
+    start = time.monotonic()
+    while time.monotonic() - start < 60:
+        now = show(host, "MainPID", "ActiveState", "NRestarts")
+        if now["MainPID"] not in ("0", str(pid)) and now["ActiveState"] == "active":
+            break
+        time.sleep(0.5)
+    else:
+        host.run(f"kill -CONT {pid}")
+        raise AssertionError(f"the stopped agent was not restarted: {now}")
+    restarted_after = time.monotonic() - start
+    print(f"watchdog: stopped agent replaced after {restarted_after:.1f} s")  # verify log
+    assert int(now["NRestarts"]) == int(before["NRestarts"]) + 1, now
+    assert http(host, "/healthz")[0] == 200
+    journal = host.run("journalctl -u mesh-agent.service --no-pager -n 200").stdout
+    assert "Watchdog timeout" in journal or "watchdog" in journal.lower(), journal[-2000:]

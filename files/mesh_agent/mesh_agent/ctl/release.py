@@ -56,7 +56,10 @@ def log_to_syslog(path: Path = SYSLOG_SOCKET) -> None:
 
 
 def systemd_restart() -> None:
-    subprocess.run(["systemctl", "restart", UNIT], check=True)
+    # --no-block: the unit is Type=notify, so a blocking restart would wait for the new
+    # release's READY=1 and fail when it crashes at start, before the commit-confirm is
+    # armed; queued, the switch is armed whatever the new release does (--wait-ready waits).
+    subprocess.run(["systemctl", "restart", "--no-block", UNIT], check=True)
 
 
 def add_parser(sub: Any) -> None:

@@ -42,6 +42,7 @@ class LinkTimer:
         self.on_events = on_events
         self.on_solicits = on_solicits
         self._deadline: asyncio.TimerHandle | None = None
+        self.last_tick: float | None = None  # the watchdog's proof of progress
 
     async def run(self) -> None:
         await every(self.clock, self.interval_s, self.tick, self.note_lag)
@@ -70,7 +71,7 @@ class LinkTimer:
         # process was descheduled, the neighbours' hellos are in our socket
         # buffers and the silence is ours, not theirs.
         self.drain()
-        now = self.clock()
+        now = self.last_tick = self.clock()
         open_ = set(self.sockets.interfaces)
         for ifname in self.sensor.hello_interfaces():  # none on batman-adv: it senses links
             if ifname in open_ and self.sensor.hello_due(ifname, now):
