@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -249,6 +250,31 @@ def test_use_arms_the_switch_and_starts_the_watcher(node: tuple[Path, Releases])
     assert started == [1]
     # the previous release has the watcher, so it runs it: a broken new one cannot
     assert (root / "confirm-runner").resolve() == (root / "releases/old/venv").resolve()
+
+
+def test_a_release_that_dies_at_start_is_still_armed(
+        node: tuple[Path, Releases], capsys: pytest.CaptureFixture[str]) -> None:
+    """systemctl restart of the Type=notify unit fails when the new agent dies before
+    READY=1: current already points at it, so the switch is armed for its revert and
+    meshctl says what happened with a non-zero exit."""
+    root, rel = node
+    settings_file = root / "release-confirm.json"
+    settings_file.write_text(json.dumps({"window_s": 60}))
+    args = build_parser().parse_args(["release", "--root", str(root), "use", "new",
+                                      "--confirm-settings", str(settings_file)])
+
+    def dies() -> None:
+        raise subprocess.CalledProcessError(1, ["systemctl", "restart", "mesh-agent.service"])
+
+    started: list[int] = []
+    rc = release_ctl.run(args, io.StringIO(), restart=dies, clock=FakeClock().clock(),
+                         start_watcher=lambda: started.append(1))
+    assert rc != 0 and rel.current_id() == "new"
+    p = watch_mod.ConfirmFiles(root).load_pending()
+    assert p is not None and (p.release, p.previous, p.window_s) == ("new", "old", 60.0)
+    assert started == [1]
+    err = capsys.readouterr().err
+    assert "did not start" in err and "reverts to old unless confirmed within 60 s" in err
 
 
 @pytest.mark.parametrize("settings, argv", [

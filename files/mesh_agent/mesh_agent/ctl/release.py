@@ -56,10 +56,9 @@ def log_to_syslog(path: Path = SYSLOG_SOCKET) -> None:
 
 
 def systemd_restart() -> None:
-    # --no-block: the unit is Type=notify, so a blocking restart would wait for the new
-    # release's READY=1 and fail when it crashes at start, before the commit-confirm is
-    # armed; queued, the switch is armed whatever the new release does (--wait-ready waits).
-    subprocess.run(["systemctl", "restart", "--no-block", UNIT], check=True)
+    # The unit is Type=notify: this returns once the new agent said READY=1, and fails
+    # when it dies first (`use` still arms the commit-confirm, then reports the failure).
+    subprocess.run(["systemctl", "restart", UNIT], check=True)
 
 
 def add_parser(sub: Any) -> None:
@@ -170,13 +169,27 @@ def run(args: argparse.Namespace, out: TextIO,
                                               settings.reach, settings.hold_s)
             if not args.no_confirm and (why := settings.problem()):
                 raise ReleaseError(f"{why} ({args.confirm_settings} or --confirm-within)")
+            restart_failed: list[str] = []
+
+            def restart_noting() -> None:
+                """A new release that dies at start must still be armed for its revert."""
+                try:
+                    restart()
+                except subprocess.CalledProcessError as exc:
+                    restart_failed.append(str(exc))
+
             previous, new = releases.use(
-                args.id, (lambda: None) if args.no_restart else restart,
+                args.id, (lambda: None) if args.no_restart else restart_noting,
                 allow_wire_change=args.allow_wire_change)
             changed = previous != new
             armed = None
             if changed and not args.no_confirm:
                 armed = watch_mod.arm(releases, previous, new, settings, clock, start_watcher)
+            if restart_failed:
+                raise ReleaseError(
+                    f"current is {new}, but its agent did not start ({restart_failed[0]})"
+                    + (f"; it reverts to {previous} unless confirmed within "
+                       f"{armed.window_s:.0f} s" if armed else ""))
             ready_after = None
             if changed and args.wait_ready > 0 and not args.no_restart:
                 ready_after = wait_ready(HttpClient(local_api_url(Path(args.config)), timeout=2.0),
