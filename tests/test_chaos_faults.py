@@ -29,7 +29,7 @@ from meshcore_testkit.marks import requires_root
 from meshcore_tools import netns
 from meshcore_tools.chaos import faults
 from meshcore_tools.chaos.faults import Fault, Options, Topo
-from meshcore_tools.chaos.nodes import inject, remove
+from meshcore_tools.chaos.nodes import inject, leftovers, remove
 
 pytestmark = requires_root
 
@@ -229,7 +229,9 @@ def test_refused_without_touching_anything(lab: ChaosLab) -> None:
     try:
         fault = Fault("slow", ("a", "b"), "refused1", {})
         res = inject(lab.nodes, fault, faults.plan(fault, t), time.time() + 30, "test")
-        assert not res[-1].data["ok"]
+        assert [r.node for r in res if not r.data["ok"]] == ["a"], res
+        # all or nothing: b took the fault at the same time and has removed it again
+        assert not leftovers(lab.nodes, ["a", "b"])
         q = json.loads(netns.run("tc", "-n", lab.ns("a"), "-j", "qdisc", "show", "dev", dev).stdout)
         assert next(x for x in q if x.get("root"))["handle"] == "1:"
     finally:

@@ -107,6 +107,10 @@ def summarise(name: str, impl: str, steps: list[dict[str, Any]]) -> dict[str, fl
                             "max": round(max(ok), 1)} if ok else None)
             fields[key + "_missing"] = len(values) - len(ok)
         fields["loops_max"] = max((s.get("loops_seen", 0) for s in got), default=0)
+        spread = [1000 * s["applied_spread_s"] for s in got if "applied_spread_s" in s]
+        if spread:  # the fault's nodes took it this far apart (one CLI start each)
+            fields["applied_spread_ms"] = {"p50": round(probes.quantile(spread, 0.5), 1),
+                                           "max": round(max(spread), 1)}
         emit(figure="mttr", **fields)
         if fields["recover_ms"] and not fields["recover_ms_missing"]:
             p95s[cls] = fields["recover_ms"]["p95"]

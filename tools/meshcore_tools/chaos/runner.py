@@ -276,6 +276,9 @@ class Runner:
                 res["skipped"] = "injection refused"
                 return res
         res["injected_at"] = t_inject
+        applied = [float(x.data["applied_at"]) for x in r if "applied_at" in x.data]
+        if len(applied) > 1:  # how far apart the nodes put it on (inject: all at once)
+            res["applied_spread_s"] = round(max(applied) - min(applied), 4)
         self.log(f"step {step.index}: {fault.label()} for {step.duration_s} s")
         usable = usable_links(self.topo, fault)
         res["reconverge_s"], res["loops_seen"] = self._reconverge(usable, t_inject,
