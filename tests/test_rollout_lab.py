@@ -2,7 +2,9 @@
 wave; a broken one (its agent never becomes ready) and a black-holing one (ready, every
 path in its table, but each route it installs drops traffic) each fail the canary's
 gate, the canary is rolled back, and every other node's release dirs, config and units
-are unchanged, byte for byte.
+are unchanged, byte for byte. Then a node is switched to a release it never confirmed
+and cut off from the mesh at once: its own commit-confirm reverts it, with no
+controller contact, and the time is measured.
 
 Both releases are the lab's own agent bundle re-packed under a new release id and
 version (the broken ones edited by meshcore_testkit.releases.repack), signed with
@@ -20,6 +22,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,9 @@ from meshcore_testkit.releases import (
     throwaway_keys,
 )
 from meshcore_tools import ROOT, rollout
-from meshcore_tools.lab.state import INVENTORY, container
+from meshcore_tools.chaos import faults
+from meshcore_tools.chaos import nodes as chaos_nodes
+from meshcore_tools.lab.state import INVENTORY, container, load_state
 from meshcore_tools.release import sign as signing
 
 HASHED = ("/opt/mesh-agent", "/etc/mesh-agent", "/etc/systemd/system/mesh-agent.service",
@@ -178,6 +183,70 @@ def test_good_release_rolls_through_and_broken_canary_is_rolled_back(
     failures = wave["gate"]["failures"]
     assert failures and all(f.startswith("probe ") for f in failures), failures
     assert any(", own via " in f for f in failures), failures
+    hole_gate_s = wave["gate_after_switch_s"]
+
+    # an isolated canary reverts by itself: a node still on its first (never confirmed)
+    # release beside the good one is switched back to it, which arms the commit-confirm,
+    # and is cut off from every neighbour right after; nothing but the node decides
+    node = next(n for n in nodes if report_hosts_untouched(tmp_path, n))
+    isolated = isolated_canary_reverts(node, old, good_id)
     print(json.dumps({"good_waves_s": good_waves_s, "canary_gate_after_switch_s": broken_gate_s,
-                      "blackhole_gate_after_switch_s": wave["gate_after_switch_s"],
-                      "blackhole_failures": failures}))
+                      "blackhole_gate_after_switch_s": hole_gate_s,
+                      "blackhole_failures": failures, "isolated_canary": isolated}))
+
+
+def report_hosts_untouched(tmp_path: Path, node: str) -> bool:
+    """True when no canary wave of this test ran on *node* (it has only the lab's first
+    release and the good one)."""
+    for label in ("broken", "blackhole"):
+        doc = json.loads((tmp_path / f"{label}.json").read_text())
+        if doc["waves"][0]["hosts"] == [node]:
+            return False
+    return True
+
+
+def isolated_canary_reverts(node: str, first: str, good: str) -> dict[str, Any]:
+    """Switch *node* to *first* (installed, never confirmed: the switch arms the
+    commit-confirm with the role's window), cut every link of the node with the chaos
+    tools' partition fault (journalled, with a node-side deadline), and wait, reading only
+    the node's own files, until it is back on *good*. The figures: seconds from the switch
+    to the revert, the window, and seconds from the links' return to the agent ready."""
+    settings = json.loads(on_node(node, "cat /etc/mesh-agent/release-confirm.json"))
+    window = float(settings["window_s"])
+    state = load_state()
+    topo = faults.Topo(state)
+    fault = faults.Fault("partition", (node,), "isolate-canary")
+    plan = faults.plan(fault, topo)
+    chaos = chaos_nodes.wrapper_nodes(lambda n: ["podman", "exec", "-i", container(n)])
+    t0 = time.monotonic()
+    switched = json.loads(on_node(node, f"meshctl --json release use {first}"))
+    assert switched["confirm_within"] == window, switched
+    res = chaos_nodes.inject(chaos, fault, plan, time.time() + window + 120, "rollout-lab")
+    isolated_after = time.monotonic() - t0
+    try:
+        assert all(r.rc == 0 and r.data.get("ok") for r in res), [r.data for r in res]
+        reverted = None
+        while time.monotonic() - t0 < window + 90:
+            if current(node) == good:
+                reverted = time.monotonic() - t0
+                break
+            time.sleep(1)
+        status = json.loads(on_node(node, "meshctl --json release confirm-status"))
+    finally:
+        chaos_nodes.remove(chaos, fault, plan)
+    assert reverted is not None, status
+    assert status["pending"] is None and status["last"]["outcome"] == "reverted", status
+    assert status["last"]["release"] == first, status
+    assert not chaos_nodes.leftovers(chaos, list(plan)), "the isolation was left behind"
+    t1 = time.monotonic()
+    ready = None
+    while time.monotonic() - t1 < 120:
+        if subprocess.run(["podman", "exec", container(node), "meshctl", "status"],
+                          capture_output=True, timeout=60).returncode == 0:
+            ready = time.monotonic() - t1
+            break
+        time.sleep(1)
+    assert ready is not None, f"{node} not ready 120 s after its links came back"
+    return {"node": node, "window_s": window, "isolated_after_switch_s": round(isolated_after, 1),
+            "reverted_after_switch_s": round(reverted, 1), "reason": status["last"].get("reason"),
+            "ready_after_links_back_s": round(ready, 1)}
