@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -218,13 +219,20 @@ def isolated_canary_reverts(node: str, first: str, good: str) -> dict[str, Any]:
     fault = faults.Fault("partition", (node,), "isolate-canary")
     plan = faults.plan(fault, topo)
     chaos = chaos_nodes.wrapper_nodes(lambda n: ["podman", "exec", "-i", container(n)])
+    # the node side of the chaos tools and its reaper timer, as `make chaos` installs them
+    res = subprocess.run(
+        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", str(INVENTORY),
+         "playbooks/chaos.yml", "--tags", "install", "-e", f"chaos_hosts={','.join(plan)}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "ANSIBLE_FORCE_COLOR": "0"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     t0 = time.monotonic()
     switched = json.loads(on_node(node, f"meshctl --json release use {first}"))
     assert switched["confirm_within"] == window, switched
-    res = chaos_nodes.inject(chaos, fault, plan, time.time() + window + 120, "rollout-lab")
+    done = chaos_nodes.inject(chaos, fault, plan, time.time() + window + 120, "rollout-lab")
     isolated_after = time.monotonic() - t0
     try:
-        assert all(r.rc == 0 and r.data.get("ok") for r in res), [r.data for r in res]
+        assert all(r.rc == 0 and r.data.get("ok") for r in done), [r.data for r in done]
         reverted = None
         while time.monotonic() - t0 < window + 90:
             if current(node) == good:
