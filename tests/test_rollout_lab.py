@@ -233,16 +233,22 @@ def isolated_canary_reverts(node: str, first: str, good: str) -> dict[str, Any]:
     isolated_after = time.monotonic() - t0
     try:
         assert all(r.rc == 0 and r.data.get("ok") for r in done), [r.data for r in done]
-        reverted = None
+        reverted = recorded = None
+        status: dict[str, Any] = {}
         while time.monotonic() - t0 < window + 90:
-            if current(node) == good:
+            if reverted is None and current(node) == good:
                 reverted = time.monotonic() - t0
-                break
+            if reverted is not None:
+                # the watcher switches first, restarts the agent (Type=notify: until the
+                # previous release's READY=1), then records the revert
+                status = json.loads(on_node(node, "meshctl --json release confirm-status"))
+                if status["pending"] is None:
+                    recorded = time.monotonic() - t0
+                    break
             time.sleep(1)
-        status = json.loads(on_node(node, "meshctl --json release confirm-status"))
     finally:
         chaos_nodes.remove(chaos, fault, plan)
-    assert reverted is not None, status
+    assert reverted is not None and recorded is not None, status
     assert status["pending"] is None and status["last"]["outcome"] == "reverted", status
     assert status["last"]["release"] == first, status
     assert not chaos_nodes.leftovers(chaos, list(plan)), "the isolation was left behind"
@@ -256,5 +262,7 @@ def isolated_canary_reverts(node: str, first: str, good: str) -> dict[str, Any]:
         time.sleep(1)
     assert ready is not None, f"{node} not ready 120 s after its links came back"
     return {"node": node, "window_s": window, "isolated_after_switch_s": round(isolated_after, 1),
-            "reverted_after_switch_s": round(reverted, 1), "reason": status["last"].get("reason"),
+            "reverted_after_switch_s": round(reverted, 1),
+            "revert_recorded_after_switch_s": round(recorded, 1),
+            "reason": status["last"].get("reason"),
             "ready_after_links_back_s": round(ready, 1)}
