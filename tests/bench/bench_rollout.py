@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""bench_rollout: what a rollout costs on the container lab, and how fast a bad canary is caught.
+
+The figures issue 20 asks for, on a lab of ``--nodes`` podman nodes (``make lab``):
+
+  tarball_bytes            the signed release tarball the rollout installs
+  rollout_wall_s           playbooks/rollout.yml (meshcore-rollout, ansible-runner) from
+                           start to end for a good release, with the playbook's default
+                           waves (``playbooks/vars/rollout.yml``) unless ``--serial``;
+                           one ``wave`` line per wave (hosts, seconds, gate verdict)
+  probe                    10 ms pings (the chaos probes, RT priority) between the two
+                           farthest nodes and from the first canary to the farthest node,
+                           for the whole good rollout: the longest reply gap and the loss;
+                           a release switch restarts every agent on the way
+  canary_detect_s          a release whose agent never becomes ready: seconds from the
+                           canary's switch to its gate's failed verdict, and the
+                           rollout's wall time to the rollback
+
+Both releases are the lab's own agent bundle re-packed under new release ids and
+versions (``meshcore_testkit.releases``, the lab test's), signed with THROWAWAY keys made
+for this run. One JSON line per figure on stdout, each with the 1-minute load average;
+progress on stderr. The lab is built at the start (``make lab NODES=N TOPOLOGY=T``; an
+existing lab is refused unless ``--reuse-lab``, which rolls onto it and leaves it up) and
+destroyed at the end unless ``--keep-lab``.
+
+Needs root and podman.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import yaml
+from meshcore_testkit.releases import keys_json, release_tarball, repack, throwaway_keys
+from meshcore_tools import ROOT, netns, rollout
+from meshcore_tools.chaos import probes
+from meshcore_tools.chaos.faults import Topo
+from meshcore_tools.lab import state as lab
+
+
+def log(msg: str) -> None:
+    print(f"[bench_rollout {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def emit(**fields: Any) -> None:
+    print(json.dumps({"bench": "rollout", **fields, "load1": round(os.getloadavg()[0], 2)}),
+          flush=True)
+
+
+def make(*args: str) -> float:
+    t0 = time.monotonic()
+    res = subprocess.run(["make", "-C", str(ROOT), *args], capture_output=True, text=True,
+                         env={**os.environ, "ANSIBLE_FORCE_COLOR": "0", "PY_COLORS": "0"})
+    if res.returncode != 0:
+        raise SystemExit(f"bench_rollout: make {' '.join(args)} failed:\n"
+                         f"{res.stdout[-3000:]}{res.stderr[-2000:]}")
+    return time.monotonic() - t0
+
+
+def longest_gap_ms(trace: probes.Trace) -> float | None:
+    times = [t for t, _, _ in trace.replies]
+    if len(times) < 2:
+        return None
+    return round(1000 * max(b - a for a, b in itertools.pairwise(times)), 1)
+
+
+def probe_pairs(state: dict[str, Any], canary: str) -> list[tuple[str, str]]:
+    g = Topo(state).graph
+    ecc = nx.eccentricity(g)
+    far = max(sorted(g), key=lambda n: ecc[n])
+    other = max(sorted(g), key=lambda n: nx.shortest_path_length(g, far, n))
+    pairs = [(far, other)]
+    target = max(sorted(g), key=lambda n: nx.shortest_path_length(g, canary, n))
+    if (canary, target) not in pairs and canary != target:
+        pairs.append((canary, target))
+    return pairs
+
+
+def start_probe(state: dict[str, Any], src: str, dst: str) -> probes.Probe:
+    prefix = ["nsenter", f"--net={netns.NETNS_DIR / lab.ns(src)}"]
+    address = Topo(state).address
+    return probes.Probe(prefix, address(src).split("/")[0], address(dst).split("/")[0])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nodes", type=int, default=10)
+    p.add_argument("--topology", default="grid", help="make lab TOPOLOGY= (kind or file)")
+    p.add_argument("--serial", help="waves as JSON (default: playbooks/vars/rollout.yml)")
+    p.add_argument("--soak", type=float, help="rollout_soak_s (default: the playbook's)")
+    p.add_argument("--no-broken", action="store_true", help="skip the broken canary")
+    p.add_argument("--keep-lab", action="store_true", help="leave the lab up at the end")
+    p.add_argument("--reuse-lab", action="store_true",
+                   help="roll onto the lab that is up (make lab ...) and leave it up")
+    a = p.parse_args()
+    if os.geteuid() != 0 or shutil.which("podman") is None:
+        emit(figure="skipped", reason="needs root and podman for the container lab")
+        return 0
+    if lab.STATE.exists() and not a.reuse_lab:
+        raise SystemExit("bench_rollout: a lab is already planned (make lab-destroy first, "
+                         "or --reuse-lab)")
+    if a.reuse_lab and not lab.STATE.exists():
+        raise SystemExit("bench_rollout: --reuse-lab, but no lab is up (make lab)")
+    extra: dict[str, Any] = {}
+    if a.serial:
+        extra["mesh_rollout_serial"] = json.loads(a.serial)
+    if a.soak is not None:
+        extra["rollout_soak_s"] = a.soak
+    defaults = yaml.safe_load((ROOT / "playbooks/vars/rollout.yml").read_text())
+    play_vars = next(play.get("vars", {}) for play in
+                     yaml.safe_load((ROOT / rollout.PLAYBOOK).read_text())
+                     if "rollout_soak_s" in play.get("vars", {}))
+    try:
+        if not a.reuse_lab:
+            log(f"make lab NODES={a.nodes} TOPOLOGY={a.topology}")
+            emit(figure="lab_up_s", nodes=a.nodes, topology=a.topology,
+                 value=round(make("lab", f"NODES={a.nodes}", f"TOPOLOGY={a.topology}"), 1))
+        state = lab.load_state()
+        hosts = rollout.inventory_hosts(lab.INVENTORY)
+        info = json.loads((ROOT / "build/agent/bundle.json").read_text())
+        src, old = ROOT / "build/agent" / info["bundle"], info["release"]
+        with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
+            work = Path(tmp)
+            keys = throwaway_keys()
+            keys_file = work / "release-keys.json"
+            keys_file.write_text(keys_json(keys))
+            good_id, bad_id = "a" * 16, "b" * 16
+            good = release_tarball(work, repack(src, old, good_id, "90.0.1"), good_id,
+                                   "90.0.1", keys)
+            emit(figure="tarball_bytes", value=good.stat().st_size, unit="B",
+                 note="the lab's agent bundle re-packed (amd64 only; no SBOM, no roles)")
+            serial = extra.get("mesh_rollout_serial", defaults.get("mesh_rollout_serial"))
+            canary = hosts[0]
+            pairs = probe_pairs(state, canary)
+            running = [(s, d, start_probe(state, s, d)) for s, d in pairs]
+            time.sleep(2)
+            log(f"rolling {good.name} to {len(hosts)} nodes, waves {serial}; probes {pairs}")
+            t0 = time.monotonic()
+            rc, report = rollout.run(lab.INVENTORY, good, keys_file, extravars=extra,
+                                     hosts_all=hosts)
+            wall = time.monotonic() - t0
+            traces = [(s, d, pr.stop()) for s, d, pr in running]
+            if rc != 0 or report["status"] != "completed":
+                print(json.dumps(report, indent=2)[-4000:], file=sys.stderr)
+                raise SystemExit("bench_rollout: the good release did not complete")
+            emit(figure="rollout_wall_s", nodes=len(hosts), value=round(wall, 1), unit="s",
+                 waves=len(report["waves"]), serial=serial,
+                 soak_s=extra.get("rollout_soak_s", play_vars["rollout_soak_s"]))
+            for i, w in enumerate(report["waves"]):
+                emit(figure="wave", index=i, hosts=len(w["hosts"]), duration_s=w["duration_s"],
+                     status=w["status"], probes_checked=w["gate"].get("probes_checked"))
+            for s, d, tr in traces:
+                lv = probes.service_levels(tr)
+                emit(figure="probe", src=s, dst=d, longest_gap_ms=longest_gap_ms(tr),
+                     sent=tr.sent, received=tr.received, loss_pct=round(lv.loss_pct, 3),
+                     availability_pct=round(lv.availability_pct, 1))
+            if not a.no_broken:
+                bad = release_tarball(work, repack(src, old, bad_id, "90.0.2", broken=True),
+                                      bad_id, "90.0.2", keys)
+                log("rolling a release whose agent never becomes ready")
+                t0 = time.monotonic()
+                rc, report = rollout.run(lab.INVENTORY, bad, keys_file, extravars=extra,
+                                         hosts_all=hosts)
+                wall = time.monotonic() - t0
+                (wave,) = report["waves"]
+                if rc == 0 or wave["status"] != "rolled_back":
+                    print(json.dumps(report, indent=2)[-4000:], file=sys.stderr)
+                    raise SystemExit("bench_rollout: the broken canary was not rolled back")
+                emit(figure="canary_detect_s", value=wave["gate_after_switch_s"], unit="s",
+                     rollout_wall_s=round(wall, 1), canary=wave["hosts"],
+                     failures=wave["gate"]["failures"][:3])
+    finally:
+        if not (a.keep_lab or a.reuse_lab):
+            log("make lab-destroy")
+            subprocess.run(["make", "-C", str(ROOT), "lab-destroy"], capture_output=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
