@@ -253,8 +253,14 @@ def isolated_canary_reverts(node: str, first: str, good: str) -> dict[str, Any]:
             break
         time.sleep(1)
     assert ready is not None, f"{node} not ready 120 s after its links came back"
+    # the node's own figure: when `current` was re-pointed (the link's mtime), from the
+    # switch time the watcher recorded; the poll above is ~1 s coarse
+    flipped = float(on_node(node, "python3 -c 'import os; "
+                                  "print(os.lstat(\"/opt/mesh-agent/current\").st_mtime)'"))
+    on_node_s = flipped - float(status["last"]["switched_at"])
     return {"node": node, "window_s": window, "isolated_after_switch_s": round(isolated_after, 1),
             "reverted_after_switch_s": round(reverted, 1),
+            "current_repointed_after_switch_s": round(on_node_s, 2),
             "revert_recorded_after_switch_s": round(recorded, 1),
             "reason": status["last"].get("reason"),
             "ready_after_links_back_s": round(ready, 1)}

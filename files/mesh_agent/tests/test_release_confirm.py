@@ -312,7 +312,7 @@ def test_unconfirmed_switch_reverts_by_itself(node: tuple[Path, Releases]) -> No
     restarts: list[str] = []
     seen: list[float] = []
 
-    def observe(p: Pending) -> Observation:
+    def observe(p: Pending, _budget: float) -> Observation:
         seen.append(clock.t)
         return Observation(ready=False, neighbors_up=0, reach_ok=None, current=rel.current_id())
 
@@ -320,7 +320,7 @@ def test_unconfirmed_switch_reverts_by_itself(node: tuple[Path, Releases]) -> No
                         sleep=clock.sleep)
     assert isinstance(d, Revert) and d.to == "old"
     assert rel.current_id() == "old" and restarts == ["restart"]
-    assert clock.t - 100.0 == pytest.approx(120.0)  # reverted at the deadline, not later
+    assert clock.t - 100.0 == pytest.approx(watch_mod.DEFAULT_WINDOW_S)  # at the deadline
     status = watch_mod.ConfirmFiles(root).status()
     assert status["pending"] is None
     assert status["last"]["outcome"] == "reverted" and "agent not ready" in status["last"]["reason"]
@@ -331,7 +331,7 @@ def test_healthy_switch_is_confirmed_and_a_switch_back_is_not_armed(
     root, rel = node
     clock = FakeClock()
     meshctl(root, clock, "use", "new")
-    d = watch_mod.watch(rel, lambda p: replace(GOOD, current=rel.current_id()), lambda: None,
+    d = watch_mod.watch(rel, lambda p, _b: replace(GOOD, current=rel.current_id()), lambda: None,
                         clock.clock(), sleep=clock.sleep)
     assert isinstance(d, Confirm)
     files = watch_mod.ConfirmFiles(root)
@@ -352,7 +352,7 @@ def test_a_killed_watcher_resumes_the_same_window(node: tuple[Path, Releases]) -
     class Killed(Exception):
         pass
 
-    def dies_at_40s(p: Pending) -> Observation:
+    def dies_at_40s(p: Pending, _budget: float) -> Observation:
         if clock.t >= 140.0:
             raise Killed
         return replace(NOT_READY, current=rel.current_id())
@@ -360,10 +360,10 @@ def test_a_killed_watcher_resumes_the_same_window(node: tuple[Path, Releases]) -
     with pytest.raises(Killed):
         watch_mod.watch(rel, dies_at_40s, lambda: None, clock.clock(), sleep=clock.sleep)
     clock.t += 15.0  # systemd restarts it a while later
-    d = watch_mod.watch(rel, lambda p: replace(NOT_READY, current=rel.current_id()),
+    d = watch_mod.watch(rel, lambda p, _b: replace(NOT_READY, current=rel.current_id()),
                         lambda: None, clock.clock(), sleep=clock.sleep)
     assert isinstance(d, Revert)
-    assert clock.t - 100.0 == pytest.approx(120.0)
+    assert clock.t - 100.0 == pytest.approx(watch_mod.DEFAULT_WINDOW_S)
 
 
 def test_a_reboot_keeps_the_window(node: tuple[Path, Releases]) -> None:
@@ -372,10 +372,10 @@ def test_a_reboot_keeps_the_window(node: tuple[Path, Releases]) -> None:
     meshctl(root, clock, "use", "new")
     # 30 s later the node reboots; 25 s of boot; boot time restarts from 0
     clock.boot, clock.wall0, clock.t = "boot-2", clock.wall0 + 100.0 + 30.0 + 25.0, 0.0
-    d = watch_mod.watch(rel, lambda p: replace(NOT_READY, current=rel.current_id()),
+    d = watch_mod.watch(rel, lambda p, _b: replace(NOT_READY, current=rel.current_id()),
                         lambda: None, clock.clock(), sleep=clock.sleep)
     assert isinstance(d, Revert)
-    assert clock.t == pytest.approx(120.0 - 55.0)
+    assert clock.t == pytest.approx(watch_mod.DEFAULT_WINDOW_S - 55.0)
 
 
 def test_confirm_by_hand_stops_the_watcher(node: tuple[Path, Releases]) -> None:
@@ -383,7 +383,7 @@ def test_confirm_by_hand_stops_the_watcher(node: tuple[Path, Releases]) -> None:
     clock = FakeClock()
     meshctl(root, clock, "use", "new")
 
-    def observe(p: Pending) -> Observation:
+    def observe(p: Pending, _budget: float) -> Observation:
         if clock.t >= 110.0:
             assert meshctl(root, clock, "confirm")[1].strip() == '{"confirmed": "new"}'
         return replace(NOT_READY, current=rel.current_id())
@@ -399,7 +399,7 @@ def test_a_revert_interrupted_after_the_switch_is_recorded_on_resume(
     clock = FakeClock()
     meshctl(root, clock, "use", "new")
     rel.use("old", lambda: None)  # the revert switched, then the watcher was killed
-    d = watch_mod.watch(rel, lambda p: replace(NOT_READY, current=rel.current_id()),
+    d = watch_mod.watch(rel, lambda p, _b: replace(NOT_READY, current=rel.current_id()),
                         lambda: None, clock.clock(), sleep=clock.sleep)
     assert d == Superseded("old")
     assert watch_mod.ConfirmFiles(root).status()["last"]["outcome"] == "reverted"
@@ -463,7 +463,7 @@ def test_an_unreadable_record_is_moved_aside_not_retried_forever(
     root, rel = node
     (root / watch_mod.PENDING_FILE).write_text('{"release": 1}')
     with pytest.raises(ConfirmFormatError):
-        watch_mod.watch(rel, lambda p: GOOD, lambda: None, FakeClock().clock())
+        watch_mod.watch(rel, lambda p, _b: GOOD, lambda: None, FakeClock().clock())
     assert not (root / watch_mod.PENDING_FILE).exists()  # the unit's condition fails now
     assert (root / f"{watch_mod.PENDING_FILE}.bad").exists() and rel.current_id() == "old"
 
@@ -478,7 +478,8 @@ def test_meshctl_confirm_watch_and_status(node: tuple[Path, Releases],
     rc, out = meshctl(root, clock, "confirm-status")
     assert rc == 0 and json.loads(out)["pending"]["release"] == "new"
     monkeypatch.setattr(watch_mod, "observe",
-                        lambda releases, p, api: replace(NOT_READY, current=rel.current_id()))
+                        lambda releases, p, api, budget_s=2.0: replace(NOT_READY,
+                                                                       current=rel.current_id()))
     restarts: list[str] = []
     args = build_parser().parse_args(["--json", "--config", str(root / "none.yml"), "release",
                                       "--root", str(root), "confirm-watch"])
@@ -504,9 +505,76 @@ def test_the_real_clocks_revert_at_the_window(node: tuple[Path, Releases]) -> No
     assert p is not None
     rel.use("new", lambda: None)  # arm() records the switch; the switch itself
     start = time.monotonic()
-    d = watch_mod.watch(rel, lambda p: replace(NOT_READY, current=rel.current_id()),
+    d = watch_mod.watch(rel, lambda p, _b: replace(NOT_READY, current=rel.current_id()),
                         lambda: None, clock, interval_s=0.1)
     took = time.monotonic() - start
     assert isinstance(d, Revert) and rel.current_id() == "old"
     print(f"reverted {took:.2f} s after a switch with a 2 s window")
     assert 1.8 <= took <= 3.5, took  # a loaded 2-core machine: allow scheduling delay
+
+
+@pytest.mark.parametrize("interval", [0.3, 1.0, 7.0])
+def test_checks_that_time_out_do_not_stretch_the_window(node: tuple[Path, Releases],
+                                                        interval: float) -> None:
+    """An isolated node: every check runs into its timeout. Each observation takes the
+    whole budget it is given, and the revert is still decided within MIN_OBSERVE_S of
+    the window's end (it was a check interval plus 2-3 s of ping timeouts late: 123.5 s
+    for a 120 s window in the lab)."""
+    root, rel = node
+    clock = FakeClock()
+    meshctl(root, clock, "use", "new")
+    budgets: list[float] = []
+
+    def isolated(p: Pending, budget: float) -> Observation:
+        assert watch_mod.MIN_OBSERVE_S <= budget <= watch_mod.OBSERVE_TIMEOUT_S
+        budgets.append(budget)
+        clock.t += budget  # every check timed out
+        return replace(NOT_READY, current=rel.current_id())
+
+    d = watch_mod.watch(rel, isolated, lambda: None, clock.clock(), sleep=clock.sleep,
+                        interval_s=interval)
+    assert isinstance(d, Revert) and rel.current_id() == "old"
+    late = clock.t - 100.0 - watch_mod.DEFAULT_WINDOW_S
+    assert 0.0 <= late <= watch_mod.MIN_OBSERVE_S + 1e-9, late
+
+
+def test_observe_is_bounded_by_its_budget_and_one_target_is_enough(
+        node: tuple[Path, Releases]) -> None:
+    """Real threads and a real clock: a hung agent API and a target that never answers
+    cost the budget, not their own timeouts; an answering target ends the wait early."""
+    import threading
+    import time
+
+    _root, rel = node
+    release = threading.Event()
+
+    class HungApi:
+        def get(self, path: str, ok: tuple[int, ...] = (200,)) -> tuple[int, object]:
+            release.wait(10.0)
+            return 200, {"ready": True, "detail": {"neighbors_up": 1}}
+
+    class Api:
+        def get(self, path: str, ok: tuple[int, ...] = (200,)) -> tuple[int, object]:
+            return 200, {"ready": True, "detail": {"neighbors_up": 2}}
+
+    def reach(t: str) -> bool:
+        if t == "up":
+            return True
+        release.wait(10.0)
+        return True
+
+    try:
+        start = time.monotonic()
+        obs = watch_mod.observe(rel, pending(reach=("dead-1", "dead-2")), HungApi(),  # type: ignore[arg-type]
+                                reach=reach, budget_s=0.3)
+        took = time.monotonic() - start
+        assert obs == Observation(ready=False, neighbors_up=0, reach_ok=False, current="old")
+        assert took < 2.0, took  # the hung checks would hold it 10 s
+        start = time.monotonic()
+        obs = watch_mod.observe(rel, pending(reach=("dead-1", "up")), Api(),  # type: ignore[arg-type]
+                                reach=reach, budget_s=5.0)
+        took = time.monotonic() - start
+        assert obs == Observation(ready=True, neighbors_up=2, reach_ok=True, current="old")
+        assert took < 2.0, took  # did not wait for dead-1
+    finally:
+        release.set()

@@ -233,8 +233,8 @@ def run(args: argparse.Namespace, out: TextIO,
         if action == "confirm-watch":
             api = HttpClient(local_api_url(Path(args.config)), timeout=2.0)
             decision = watch_mod.watch(
-                releases, lambda p: watch_mod.observe(releases, p, api), restart, clock,
-                sleep=sleep, interval_s=args.interval)
+                releases, lambda p, budget: watch_mod.observe(releases, p, api, budget_s=budget),
+                restart, clock, sleep=sleep, interval_s=args.interval)
             doc = {"decision": None} if decision is None else as_dict(decision)
             print(json.dumps(doc) if args.json else
                   f"{doc['decision'] or 'nothing pending'}: {doc.get('reason', '')}", file=out)

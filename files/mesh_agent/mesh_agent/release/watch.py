@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,7 @@ from mesh_agent.release.confirm import (
     Superseded,
     Wait,
     as_dict,
+    elapsed,
     rebase,
     step,
 )
@@ -68,6 +72,11 @@ SETTINGS_FILE = Path("/etc/mesh-agent/release-confirm.json")
 CONFIRM_UNIT = "mesh-release-confirm.service"
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 PERSIST_EVERY_S = 5.0  # how often the elapsed time is written while waiting
+# One observation (readyz and every reach target, tried at once) takes at most this
+# long, and never longer than what is left of the window (but at least MIN_OBSERVE_S):
+# an isolated node's checks time out, and their timeouts must not stretch the window.
+OBSERVE_TIMEOUT_S = 2.0
+MIN_OBSERVE_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -202,7 +211,7 @@ def systemd_start_watcher() -> None:
     subprocess.run(["systemctl", "restart", "--no-block", CONFIRM_UNIT], check=True)
 
 
-def reach_target(target: str, timeout: float = 2.0) -> bool:
+def reach_target(target: str, timeout: float = OBSERVE_TIMEOUT_S) -> bool:
     """``HOST:PORT``: a TCP connection opens; ``HOST``: one ICMP echo is answered."""
     host, sep, port = target.rpartition(":")
     if sep and port.isdigit() and not host.endswith(":"):
@@ -212,33 +221,65 @@ def reach_target(target: str, timeout: float = 2.0) -> bool:
         except OSError:
             return False
     try:
-        return subprocess.run(["ping", "-c", "1", "-W", str(int(timeout)), target],
+        return subprocess.run(["ping", "-c", "1", "-W", str(max(1, math.ceil(timeout))), target],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               timeout=timeout + 1).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
 
-def observe(releases: Releases, p: Pending, api: HttpClient,
-            reach: Callable[[str], bool] = reach_target) -> Observation:
-    """Ask the local agent's ``/readyz`` (ready, neighbours up) and try the targets."""
-    ready, up = False, 0
+def _readyz(api: HttpClient) -> tuple[bool, int]:
     try:
         status, body = api.get("/readyz", ok=(200, 503))
-        ready = status == 200 and bool(body.get("ready"))
-        up = int(body.get("detail", {}).get("neighbors_up", 0))
+        return (status == 200 and bool(body.get("ready")),
+                int(body.get("detail", {}).get("neighbors_up", 0)))
     except (AgentUnreachable, ApiError, AttributeError, TypeError, ValueError):
-        pass
-    reach_ok = None if not p.reach else any(reach(t) for t in p.reach)
+        return False, 0
+
+
+def observe(releases: Releases, p: Pending, api: HttpClient,
+            reach: Callable[[str], bool] = reach_target,
+            budget_s: float = OBSERVE_TIMEOUT_S) -> Observation:
+    """Ask the local agent's ``/readyz`` (ready, neighbours up) and try the targets, all
+    at once; whatever has not answered within *budget_s* counts as failed (its thread is
+    left to end on its own timeout). One target answering is enough."""
+    pool = ThreadPoolExecutor(max_workers=1 + len(p.reach), thread_name_prefix="confirm-check")
+    try:
+        ready_f = pool.submit(_readyz, api)
+        reach_fs: list[Future[bool]] = [pool.submit(reach, t) for t in p.reach]
+        deadline = time.monotonic() + budget_s
+        pending_fs: set[Future[Any]] = {ready_f, *reach_fs}
+        while pending_fs:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            _done, pending_fs = wait_futures(pending_fs, timeout=left,
+                                             return_when=FIRST_COMPLETED)
+            if ready_f.done() and any(f.done() and f.result() for f in reach_fs):
+                break  # one target is enough
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def result(f: Future[Any], default: Any) -> Any:
+        return f.result() if f.done() and not f.cancelled() and f.exception() is None \
+            else default
+
+    ready, up = result(ready_f, (False, 0))
+    reach_ok = None if not p.reach else any(result(f, False) for f in reach_fs)
     return Observation(ready=ready, neighbors_up=up, reach_ok=reach_ok,
                        current=releases.current_id())
 
 
-def watch(releases: Releases, observe_fn: Callable[[Pending], Observation],
+def watch(releases: Releases, observe_fn: Callable[[Pending, float], Observation],
           restart: Callable[[], None], clock: Clock, sleep: Callable[[float], None] = time.sleep,
           interval_s: float = 1.0) -> Decision | None:
     """Run until the pending switch ends; the final decision (None: nothing was pending
-    or it was ended by someone else, e.g. ``meshctl release confirm``)."""
+    or it was ended by someone else, e.g. ``meshctl release confirm``).
+
+    *observe_fn(p, budget_s)* must return within *budget_s*: the time left of the
+    window (between :data:`MIN_OBSERVE_S` and :data:`OBSERVE_TIMEOUT_S`), and the last
+    sleep ends at the window's end, so a revert is decided at most about
+    :data:`MIN_OBSERVE_S` after it, however slowly the checks fail."""
     files = ConfirmFiles(releases.root)
     try:
         p = files.load_pending()
@@ -255,7 +296,8 @@ def watch(releases: Releases, observe_fn: Callable[[Pending], Observation],
     files.save_pending(p)
     last_saved = clock.boottime()
     while True:
-        obs = observe_fn(p)
+        left = p.window_s - elapsed(p, clock.boottime())
+        obs = observe_fn(p, max(MIN_OBSERVE_S, min(OBSERVE_TIMEOUT_S, left)))
         now = clock.boottime()
         p, decision = step(p, obs, now)
         if not isinstance(decision, Wait):
@@ -268,7 +310,7 @@ def watch(releases: Releases, observe_fn: Callable[[Pending], Observation],
             last_saved = now
         elif not files.pending.exists():
             return None
-        sleep(interval_s)
+        sleep(max(0.0, min(interval_s, decision.remaining_s)))
     detail = as_dict(decision)
     if isinstance(decision, Revert):
         # Switch first, record after: a kill -9 in between leaves the pending record,
