@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import subprocess
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from mesh_agent.view import AgentView
 log = logging.getLogger("mesh_agent")
 
 CGROUP_SERVICES = Path("/sys/fs/cgroup/system.slice")
+MIN_CPU_WINDOW_S = 1.0
 LOCAL_ACTIONS = frozenset({ActionKind.NONE, ActionKind.QUARANTINE_LINK,
                            ActionKind.LENGTHEN_HELLO, ActionKind.RESYNC_LSDB})
 
@@ -116,8 +118,10 @@ class MapekShell:
         self.clock, self.wall, self.cpu = clock, wall, cpu
         self.originate, self.send = originate, send
         self.unit_cpu, self.restart_unit = unit_cpu, restart_unit
-        # The allowlisted units' CPU seconds at the last tick (restart_unit compares).
-        self._unit_sample: tuple[float, Mapping[str, float]] | None = None
+        # The allowlisted units' CPU seconds at the last two ticks (restart_unit compares
+        # with the newest at least MIN_CPU_WINDOW_S old: a lease answered at once leaves
+        # too short a window after the deciding tick).
+        self._unit_samples: deque[tuple[float, Mapping[str, float]]] = deque(maxlen=2)
         m = cfg.mapek
         knowledge.boot = knowledge.boot or events.boot
         knowledge.mode, knowledge.policy = m.mode, m.policy
@@ -140,7 +144,8 @@ class MapekShell:
     def tick(self) -> None:
         """One MAPE-K step: observe the view, record what changed, carry out the ops."""
         if self.cfg.mapek.restart_units:
-            self._unit_sample = (self.clock(), self.unit_cpu(self.cfg.mapek.restart_units))
+            self._unit_samples.append((self.clock(),
+                                       self.unit_cpu(self.cfg.mapek.restart_units)))
         self.settle(self.core.step(self.view.observation(self.cpu())))
 
     def _spawn(self, coro: Any) -> None:
@@ -187,8 +192,10 @@ class MapekShell:
 
     async def _restart_busiest(self, op: Op) -> None:
         units = self.cfg.mapek.restart_units
-        before = self._unit_sample
         now, after = self.clock(), await asyncio.to_thread(self.unit_cpu, units)
+        old_enough = [s for s in self._unit_samples if now - s[0] >= MIN_CPU_WINDOW_S]
+        before = old_enough[-1] if old_enough else (
+            self._unit_samples[0] if self._unit_samples else None)
         unit, why = (busiest_unit(before[1], after, now - before[0]) if before is not None
                      else (None, "no CPU sample to compare with yet"))
         if unit is None:
