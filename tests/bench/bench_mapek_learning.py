@@ -13,9 +13,13 @@ running), which is what is being tested.
 
 After each round every agent's ``/v1/incidents`` is read. An incident is *attributed*
 to a fault when it was detected while the fault held (from its injection to
-``--grace`` seconds after its removal) on a node within one hop of the fault's
-target; any other incident is a *false alarm* (the background links' included). One
-JSON line per round and policy (stdout):
+``--grace`` seconds after its removal) and it is about what the fault touched: a link
+incident (``lossy_link``, ``slow_link``) on the faulty link itself, or on a link of the
+faulty node; a node incident (``starved_node``, ``advert_storm``) on the faulty node or
+a neighbour of it (the ends, for a link fault); a mesh-wide one (``route_churn``,
+``failover_storm``: every node's routes move when one link does) anywhere. Any other
+incident is a *false alarm* (a background link's included). One JSON line per round
+and policy (stdout):
 
   round        incidents, attributed, false_alarms, false_alarms_per_node_hour,
                mttr_p50_s / mttr_p95_s over the attributed incidents that recovered,
@@ -42,6 +46,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,18 +96,37 @@ def background_links(t: Topo, n: int, seed: int) -> list[tuple[str, str]]:
     return random.Random(f"background-{seed}").sample(edges, min(n, len(edges)))
 
 
-def hood(t: Topo, nodes: list[str]) -> set[str]:
-    out = set(nodes)
-    for n in nodes:
-        if n in t.graph:
-            out |= set(t.graph.neighbors(n))
-    return out
+LINK_CLASSES = {"lossy_link", "slow_link"}
+MESH_CLASSES = {"route_churn", "failover_storm"}
 
 
-def attribute(inc: dict[str, Any], node: str, windows: list[tuple[float, float, set[str]]]
-              ) -> bool:
-    at = float(inc.get("detected_wall") or 0.0)
-    return any(start <= at <= end and node in where for start, end, where in windows)
+@dataclass(frozen=True)
+class Window:
+    start: float
+    end: float
+    target: tuple[str, ...]  # a link's two ends, or one node
+    kind: str  # link | node
+
+    def explains(self, node: str, inc: dict[str, Any], t: Topo) -> bool:
+        at = float(inc.get("detected_wall") or 0.0)
+        if not self.start <= at <= self.end:
+            return False
+        cls, about = inc.get("class"), str(inc.get("target", ""))
+        if cls in MESH_CLASSES:
+            return True
+        if cls in LINK_CLASSES:
+            peer = about.removeprefix("link:")
+            if self.kind == "link":
+                return {node, peer} == set(self.target)
+            return self.target[0] in (node, peer)
+        near = set(self.target)
+        for n in self.target:
+            near |= set(t.graph.neighbors(n)) if n in t.graph else set()
+        return node in near
+
+
+def attribute(inc: dict[str, Any], node: str, windows: list[Window], t: Topo) -> bool:
+    return any(w.explains(node, inc, t) for w in windows)
 
 
 class Side:
@@ -115,7 +139,8 @@ class Side:
         self.error: BaseException | None = None
 
     def new_incidents(self) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, list[float]]]:
-        out, thresholds = [], {}
+        out: list[tuple[str, dict[str, Any]]] = []
+        thresholds: dict[str, list[float]] = {}
         for n in self.mesh.names:
             code, body = self.mesh.get(n, "/v1/incidents?limit=1000")
             if code != 200:
@@ -155,13 +180,18 @@ def run_round(side: Side, exp: dict[str, Any], t: Topo, rnd: int, a: argparse.Na
 def summarise_round(side: Side, t: Topo, rnd: int, a: argparse.Namespace, round_s: float,
                     bg: list[tuple[str, str]]) -> dict[str, Any]:
     steps = side.doc.get("measurements", {}).get("steps", [])
-    windows = [(float(s["injected_at"]), float(s["removed_at"]) + a.grace,
-                hood(t, list(s.get("target", []))))
+    windows = [Window(float(s["injected_at"]), float(s["removed_at"]) + a.grace,
+                      tuple(s.get("target", [])), faults.CLASSES[s["class"]].target)
                for s in steps if "injected_at" in s and "removed_at" in s]
     time.sleep(a.grace)  # incidents of the last fault recover within the grace
     new, thresholds = side.new_incidents()
-    attributed = [(n, i) for n, i in new if attribute(i, n, windows)]
-    false = [(n, i) for n, i in new if not attribute(i, n, windows)]
+    attributed = [(n, i) for n, i in new if attribute(i, n, windows, t)]
+    false = [(n, i) for n, i in new if not attribute(i, n, windows, t)]
+    by_class: dict[str, dict[str, int]] = {}
+    for group, rows in (("attributed", attributed), ("false", false)):
+        for _, i in rows:
+            c = by_class.setdefault(str(i["class"]), {"attributed": 0, "false": 0})
+            c[group] += 1
     mttr = [float(i["mttr_seconds"]) for _, i in attributed if i.get("mttr_seconds") is not None]
     actions = Counter(f"{i['class']}:{(i.get('action') or {}).get('kind')}"
                       f"/{(i.get('action') or {}).get('outcome')}" for _, i in new)
@@ -171,7 +201,7 @@ def summarise_round(side: Side, t: Topo, rnd: int, a: argparse.Namespace, round_
     bg_names = {f"{x}|{y}" for x, y in bg} | {f"{y}|{x}" for x, y in bg}
     return {"round": rnd, "policy": side.policy, "round_s": round(round_s, 1),
             "faults": len(windows), "incidents": len(new), "attributed": len(attributed),
-            "false_alarms": len(false),
+            "false_alarms": len(false), "by_class": dict(sorted(by_class.items())),
             "false_alarms_on_background_links": sum(
                 1 for n, i in false if f"{n}|{str(i.get('target', '')).removeprefix('link:')}"
                 in bg_names),
@@ -242,9 +272,12 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         sides = []
         for policy in POLICIES:
-            workdir, lab = stack.enter_context(bench_workdir(
-                f"bench-mapek-{policy}-",
-                lambda d, pol=policy: RoutingLab(state, d, prefix=f"ml{pol[0]}")))
+            prefix = f"ml{policy[0]}"
+
+            def make_lab(d: Path, prefix: str = prefix) -> RoutingLab:
+                return RoutingLab(state, d, prefix=prefix)
+
+            workdir, lab = stack.enter_context(bench_workdir(f"bench-mapek-{policy}-", make_lab))
             lab.up()
             t0 = time.time()
             lab.start_agent(ca, {"mapek": {"enabled": True, "mode": "enforce", "policy": policy,
