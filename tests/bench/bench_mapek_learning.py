@@ -16,7 +16,7 @@ to a fault when it was detected while the fault held (from its injection to
 ``--grace`` seconds after its removal) and it is about what the fault touched: a link
 incident (``lossy_link``, ``slow_link``) on the faulty link itself, or on a link of the
 faulty node; a node incident (``starved_node``, ``advert_storm``) on the faulty node or
-a neighbour of it (the ends, for a link fault); a mesh-wide one (``route_churn``,
+a neighbour of it (on either end, for a link fault); a mesh-wide one (``route_churn``,
 ``failover_storm``: every node's routes move when one link does) anywhere. Any other
 incident is a *false alarm* (a background link's included). One JSON line per round
 and policy (stdout):
@@ -120,8 +120,9 @@ class Window:
                 return {node, peer} == set(self.target)
             return self.target[0] in (node, peer)
         near = set(self.target)
-        for n in self.target:
-            near |= set(t.graph.neighbors(n)) if n in t.graph else set()
+        if self.kind == "node":  # a rogue's floods and a starved node's silence reach its
+            for n in self.target:  # neighbours; a link fault's node effects stay at its ends
+                near |= set(t.graph.neighbors(n)) if n in t.graph else set()
         return node in near
 
 
