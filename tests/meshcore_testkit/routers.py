@@ -11,6 +11,7 @@ and flushes what they left in the kernel, so the next one starts clean.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,13 +76,14 @@ class RoutingLab(netns.NetnsLab):
                                + shlex.join(argv)]
             self.spawn(node, argv, self.workdir / f"{node}.babeld.log")
 
-    def start_agent(self, ca: CA) -> None:
-        """The agent in enforce mode, 50 ms x 3 hellos, started as its unit starts it."""
+    def start_agent(self, ca: CA, overrides: Mapping[str, Any] | None = None) -> None:
+        """The agent in enforce mode, 50 ms x 3 hellos, started as its unit starts it;
+        *overrides*: config keys for every node (``{"mapek": {...}}``)."""
         for node, n in self.state["nodes"].items():
             d = self.workdir / node
             # The certificate binds the node address (IP SAN): the agent requires it.
             pki = ca.write(d / "pki", node, n["node_address"])
-            cfg = agent_config(node, n["node_address"], pki, d)
+            cfg = agent_config(node, n["node_address"], pki, d, **(overrides or {}))
             argv = agent_argv(write_config(self.workdir / f"{node}.agent.yml", cfg))
             self.argv[node] = argv
             self.spawn(node, argv, self.workdir / f"{node}.agent.log", preexec_fn=unit_limits,

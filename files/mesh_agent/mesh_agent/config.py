@@ -235,6 +235,30 @@ class LeaseConfig:
     timeout_s: float = field(default=1.0, metadata=check(Number(0.05, 30.0)))
 
 
+_UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@-]{1,200}\.service$")
+# Never restarted by the loop: the agent itself (systemd's watchdog restarts a hung
+# agent) and what the node cannot be reached or keep time without.
+NEVER_RESTARTED = frozenset({"mesh-agent.service", "mesh-release-confirm.service",
+                             "ssh.service", "sshd.service", "systemd-networkd.service",
+                             "systemd-journald.service", "dbus.service"})
+
+
+def _restart_units(key: str, value: Any) -> tuple[str, ...]:
+    """systemd service names the loop may restart on a starved node (an allowlist)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(i, str) for i in value):
+        raise ConfigError(f"{key}: expected a list of systemd service names (NAME.service)")
+    for unit in value:
+        if not _UNIT_RE.match(unit):
+            raise ConfigError(f"{key}: {unit!r} is not a systemd service name (NAME.service)")
+        if unit in NEVER_RESTARTED:
+            raise ConfigError(f"{key}: {unit} is never restarted by the loop"
+                              + (" (systemd's watchdog restarts a hung agent)"
+                                 if unit == "mesh-agent.service" else ""))
+    return tuple(dict.fromkeys(value))
+
+
 @dataclass(frozen=True)
 class MapekConfig:
     """The self-healing loop (:mod:`mesh_agent.mapek`, docs/mapek.md).
@@ -243,6 +267,8 @@ class MapekConfig:
     ``enforce`` also does it (disruptive actions only under a lease:
     ``lease``). ``policy``: ``fixed`` (the rule table) or ``learned`` (Thompson
     sampling over Knowledge). ``interval_s``: how often it samples.
+    ``restart_units``: the services a ``restart_unit`` decision may restart on a
+    starved node (the busiest of them by CPU; none: the action is never chosen).
     """
 
     enabled: bool = field(default=False, metadata=check(Boolean()))
@@ -250,6 +276,7 @@ class MapekConfig:
     policy: str = field(default="fixed", metadata=check(OneOf(("fixed", "learned"))))
     interval_s: float = field(default=5.0, metadata=check(Number(0.5, 600.0)))
     lease: LeaseConfig = field(default_factory=LeaseConfig)
+    restart_units: tuple[str, ...] = field(default=(), metadata=check(_restart_units))
 
 
 @dataclass(frozen=True)

@@ -265,7 +265,7 @@ class Always:
     def __init__(self, kind: ActionKind) -> None:
         self.kind = kind
 
-    def choose(self, cls: str, stats: object) -> str:
+    def choose(self, cls: str, stats: object, available: object = None) -> str:
         return str(self.kind)
 
 

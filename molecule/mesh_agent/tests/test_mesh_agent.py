@@ -179,3 +179,13 @@ def test_a_hung_agent_is_restarted_by_the_watchdog(host):
     assert http(host, "/healthz")[0] == 200
     journal = host.run("journalctl -u mesh-agent.service --no-pager -n 200").stdout
     assert "Watchdog timeout" in journal or "watchdog" in journal.lower(), journal[-2000:]
+
+
+def test_the_loop_reads_a_units_cpu_from_its_cgroup(host):
+    """restart_unit picks the busiest allowlisted service by its cgroup v2 CPU time: the
+    agent's own reader finds the running agent's and none for a unit that is not running."""
+    code = ("import json; from mesh_agent.mapek.shell import unit_cpu_seconds; "
+            "print(json.dumps(unit_cpu_seconds(['mesh-agent.service', 'absent.service'])))")
+    out = host.check_output("/opt/mesh-agent/current/bin/python -c %s", code)
+    used = json.loads(out)
+    assert set(used) == {"mesh-agent.service"} and used["mesh-agent.service"] > 0, used

@@ -52,6 +52,29 @@ EXPIRY_S: Mapping[ActionKind, float] = {
     ActionKind.ISOLATE_ORIGIN: 600.0,
 }
 LENGTHEN_FACTOR = 2.0  # hello interval floor: this times the configured interval
+# restart_unit restarts the allowlisted service (``mapek.restart_units``) that used the
+# most CPU between the loop's last sample and the decision, if it used at least this
+# share of one core: a starved node's hog, not whatever happens to be listed.
+RESTART_MIN_SHARE = 0.25
+
+
+def busiest_unit(before: Mapping[str, float], after: Mapping[str, float], elapsed_s: float,
+                 min_share: float = RESTART_MIN_SHARE) -> tuple[str | None, str]:
+    """Which allowlisted unit to restart, from two samples of each unit's CPU seconds
+    *elapsed_s* apart; (None, why) when none used ``min_share`` of a core. A unit absent
+    from either sample (not running) or whose counter went down (restarted in between)
+    is left out."""
+    if elapsed_s <= 0:
+        return None, "no CPU sample to compare with yet"
+    shares = {u: (after[u] - before[u]) / elapsed_s for u in sorted(after)
+              if u in before and after[u] >= before[u]}
+    if not shares:
+        return None, "no allowlisted unit is running"
+    unit = max(shares, key=lambda u: shares[u])
+    if shares[unit] < min_share:
+        return None, (f"no allowlisted unit used {min_share:.0%} of a core "
+                      f"(busiest: {unit}, {shares[unit]:.0%})")
+    return unit, f"{unit} used {shares[unit]:.0%} of a core over {elapsed_s:.1f} s"
 
 
 class Damping:

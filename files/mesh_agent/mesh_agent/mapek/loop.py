@@ -98,8 +98,12 @@ class MapeK:
         false_alarm_s: float | None = None,
         settle_s: float = 0.0,
         lease_ttl_s: float = LEASE_TTL_S,
+        available: frozenset[ActionKind] | None = None,
     ) -> None:
         self.node, self.mode, self.policy = node, mode, policy
+        # The actions the shell can carry out here (None: every kind, as in a bare core);
+        # the policy chooses among these only.
+        self.available = available
         self.monitor = Monitor(thresholds)
         self.analyzer = Analyzer(detector, next_id)
         self.safety = Safety(node, mode, leases, limit, lease_ttl_s)
@@ -149,7 +153,7 @@ class MapeK:
         return out
 
     def _decide(self, inc: Incident, now: float, out: Step) -> list[Op]:
-        kind = ActionKind(self.policy.choose(inc.cls, self.stats))
+        kind = ActionKind(self.policy.choose(inc.cls, self.stats, self.available))
         verdict = self.safety.check(kind, now)
         if verdict.outcome == "pending:lease":
             inc.action, inc.action_outcome = str(kind), verdict.outcome

@@ -38,7 +38,7 @@ Example::
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -122,17 +122,33 @@ def succeeded(cls: IncidentClass, mttr_s: float) -> bool:
     return mttr_s <= MTTR_TARGET_S[cls]
 
 
+def applicable(cls: IncidentClass, available: Iterable[ActionKind] | None = None
+               ) -> tuple[ActionKind, ...]:
+    """The class's actions this node can carry out (*available*; None: all of them).
+    ``none`` is always among them."""
+    if available is None:
+        return APPLICABLE[cls]
+    can = set(available) | {ActionKind.NONE}
+    return tuple(a for a in APPLICABLE[cls] if a in can)
+
+
 class Policy(Protocol):
     name: str
 
-    def choose(self, cls: IncidentClass, stats: Stats) -> str: ...
+    def choose(self, cls: IncidentClass, stats: Stats,
+               available: Iterable[ActionKind] | None = None) -> str: ...
 
 
 class FixedPolicy:
+    """The rule table; a rule this node cannot carry out (no executor, nothing configured
+    for it) falls back to ``none``."""
+
     name = "fixed"
 
-    def choose(self, cls: IncidentClass, stats: Stats) -> str:
-        return str(RULES[cls])
+    def choose(self, cls: IncidentClass, stats: Stats,
+               available: Iterable[ActionKind] | None = None) -> str:
+        rule = RULES[cls]
+        return str(rule if rule in applicable(cls, available) else ActionKind.NONE)
 
 
 class ThompsonPolicy:
@@ -143,16 +159,18 @@ class ThompsonPolicy:
     def __init__(self, rng: random.Random | None = None) -> None:
         self.rng = rng or random.Random()
 
-    def probabilities(self, cls: IncidentClass, stats: Stats) -> dict[str, float]:
+    def probabilities(self, cls: IncidentClass, stats: Stats,
+                      available: Iterable[ActionKind] | None = None) -> dict[str, float]:
         """One posterior draw per applicable action (each in [0, 1])."""
         draws = {}
-        for action in APPLICABLE[cls]:
+        for action in applicable(cls, available):
             s = stats.get((str(cls), str(action)), ActionStats())
             draws[str(action)] = self.rng.betavariate(1 + s.successes, 1 + s.failures)
         return draws
 
-    def choose(self, cls: IncidentClass, stats: Stats) -> str:
-        draws = self.probabilities(cls, stats)
+    def choose(self, cls: IncidentClass, stats: Stats,
+               available: Iterable[ActionKind] | None = None) -> str:
+        draws = self.probabilities(cls, stats, available)
         # Ties (vanishingly rare with floats) go to the earlier entry of APPLICABLE.
         return max(draws, key=lambda a: draws[a])
 

@@ -5,22 +5,32 @@ Built from what :class:`.knowledge.Knowledge` kept (action statistics, threshold
 incident id), ticked every ``mapek.interval_s``, and every op is carried onto a core's
 input: link quarantine onto :meth:`LinkSensor.set_penalty` (then an advert floods the new
 cost), a longer hello onto :meth:`HelloStretch.set_floor`, an LSDB resync onto
-:meth:`TopologyCore.neighbor_up` toward that neighbour. Disruptive descriptors (restart,
-isolate an origin) have no executor here: they need a lease (docs/mapek.md). A blocking
-lease provider (etcd) is called here in a worker thread, never on the event loop: the core
-asks in its step (``lease_requests``) and gets the answer through :meth:`MapeK.leased`.
+:meth:`TopologyCore.neighbor_up` toward that neighbour. A blocking lease provider (etcd)
+is called here in a worker thread, never on the event loop: the core asks in its step
+(``lease_requests``) and gets the answer through :meth:`MapeK.leased`.
+
+Disruptive actions run under their lease. ``restart_unit`` (a starved node): off the
+event loop, the lease is validated (still ours, its fencing token current) just before
+acting, the allowlisted service (``mapek.restart_units``) that used the most CPU since
+the loop's last sample is restarted through systemd (:func:`.execute.busiest_unit`),
+and only then is the lease handed back. ``rerequest_identity`` and ``isolate_origin``
+have no executor yet: the loop never chooses them (``MapeK.available``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+import subprocess
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
 
 import networkx as nx
 
 from mesh_agent.config import AgentConfig
-from mesh_agent.mapek.execute import Op
+from mesh_agent.mapek.execute import Op, busiest_unit
 from mesh_agent.mapek.knowledge import Knowledge
 from mesh_agent.mapek.lease import Refusal, neighbourhood
 from mesh_agent.mapek.loop import START_SETTLE_S, LeaseRequest, MapeK, Step
@@ -33,6 +43,43 @@ from mesh_agent.topology.core import Send
 from mesh_agent.view import AgentView
 
 log = logging.getLogger("mesh_agent")
+
+CGROUP_SERVICES = Path("/sys/fs/cgroup/system.slice")
+MIN_CPU_WINDOW_S = 1.0
+LOCAL_ACTIONS = frozenset({ActionKind.NONE, ActionKind.QUARANTINE_LINK,
+                           ActionKind.LENGTHEN_HELLO, ActionKind.RESYNC_LSDB})
+
+
+def available_actions(cfg: AgentConfig) -> frozenset[ActionKind]:
+    """What this node's shell can carry out: the local actions, and ``restart_unit``
+    when services are allowlisted for it."""
+    return LOCAL_ACTIONS | ({ActionKind.RESTART_UNIT} if cfg.mapek.restart_units else set())
+
+
+def unit_cpu_seconds(units: Iterable[str], root: Path = CGROUP_SERVICES) -> dict[str, float]:
+    """CPU seconds each running unit has used (cgroup v2 ``cpu.stat`` ``usage_usec``);
+    a unit that is not running (no cgroup) is left out."""
+    out: dict[str, float] = {}
+    for unit in units:
+        try:
+            for line in (root / unit / "cpu.stat").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "usage_usec":
+                    out[unit] = int(value) / 1e6
+                    break
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def systemctl_restart(unit: str) -> str | None:
+    """``systemctl restart --no-block UNIT``; None when systemd took the job, else why not."""
+    try:
+        res = subprocess.run(["systemctl", "restart", "--no-block", unit],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"systemctl: {exc}"
+    return None if res.returncode == 0 else (res.stderr.strip() or f"rc {res.returncode}")
 
 
 def lease_provider(cfg: AgentConfig, graph: Callable[[], nx.Graph]) -> LeaseProvider:
@@ -64,10 +111,17 @@ class MapekShell:
         cpu: Callable[[], float],
         originate: Callable[[], None],
         send: Callable[[Iterable[Send]], None],
+        unit_cpu: Callable[[Iterable[str]], Mapping[str, float]] = unit_cpu_seconds,
+        restart_unit: Callable[[str], str | None] = systemctl_restart,
     ) -> None:
         self.cfg, self.view, self.events, self.knowledge = cfg, view, events, knowledge
         self.clock, self.wall, self.cpu = clock, wall, cpu
         self.originate, self.send = originate, send
+        self.unit_cpu, self.restart_unit = unit_cpu, restart_unit
+        # The allowlisted units' CPU seconds at the last two ticks (restart_unit compares
+        # with the newest at least MIN_CPU_WINDOW_S old: a lease answered at once leaves
+        # too short a window after the deciding tick).
+        self._unit_samples: deque[tuple[float, Mapping[str, float]]] = deque(maxlen=2)
         m = cfg.mapek
         knowledge.boot = knowledge.boot or events.boot
         knowledge.mode, knowledge.policy = m.mode, m.policy
@@ -78,7 +132,7 @@ class MapekShell:
                           thresholds=Thresholds(values=knowledge.thresholds()),
                           stats=knowledge.stats(), next_id=knowledge.last_id() + 1,
                           settle_s=START_SETTLE_S, leases=lease_provider(cfg, view.graph),
-                          lease_ttl_s=m.lease.ttl_s)
+                          lease_ttl_s=m.lease.ttl_s, available=available_actions(cfg))
         view.mapek, view.knowledge = self.core, knowledge
         self._tasks: set[asyncio.Future[None]] = set()  # lease calls under way
 
@@ -89,21 +143,76 @@ class MapekShell:
 
     def tick(self) -> None:
         """One MAPE-K step: observe the view, record what changed, carry out the ops."""
+        if self.cfg.mapek.restart_units:
+            self._unit_samples.append((self.clock(),
+                                       self.unit_cpu(self.cfg.mapek.restart_units)))
         self.settle(self.core.step(self.view.observation(self.cpu())))
 
+    def _spawn(self, coro: Any) -> None:
+        self._tasks.add(task := asyncio.ensure_future(coro))
+        task.add_done_callback(self._tasks.discard)
+
     def settle(self, step: Step) -> None:
-        """Record a step, carry out its ops, and start its lease calls off the event loop."""
+        """Record a step, carry out its ops, and start its lease calls off the event loop.
+        A disruptive op runs off the loop too, and keeps its lease until it is done."""
         self.knowledge.record(step, self.wall())
+        releases = {lease.token: lease for lease in step.releases}
         for op in step.ops:
-            self.carry(op)
+            if op.action.disruptive and op.op == "apply":
+                token = op.action.lease_token
+                lease = releases.pop(token) if token is not None and token in releases else None
+                self._spawn(self._disrupt(op, lease))
+            else:
+                self.carry(op)
         for request in step.lease_requests:
-            self._tasks.add(task := asyncio.ensure_future(self._lease(request)))
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._lease(request))
         leases = self.core.safety.leases
-        for lease in step.releases:
-            self._tasks.add(task := asyncio.ensure_future(asyncio.to_thread(leases.release,
-                                                                            lease)))
-            task.add_done_callback(self._tasks.discard)
+        for lease in releases.values():
+            self._spawn(asyncio.to_thread(leases.release, lease))
+
+    async def _disrupt(self, op: Op, lease: Lease | None) -> None:
+        """A disruptive action: validate its lease, act, record, then hand the lease back
+        (all blocking calls in worker threads)."""
+        a, leases = op.action, self.core.safety.leases
+        try:
+            if lease is not None and not await asyncio.to_thread(leases.validate, lease,
+                                                                 self.clock()):
+                self._record(op, "refused", "the lease is no longer ours (expired or "
+                             "taken over): nothing done", {})
+                return
+            if a.kind == ActionKind.RESTART_UNIT:
+                await self._restart_busiest(op)
+            else:
+                self._record(op, "refused", f"no executor for {a.kind}", {})
+        except Exception:  # an executor bug must not kill the loop's task set silently
+            log.exception("mapek: %s for incident %d failed", a.kind, a.incident_id)
+        finally:
+            if lease is not None:
+                await asyncio.to_thread(leases.release, lease)
+
+    async def _restart_busiest(self, op: Op) -> None:
+        units = self.cfg.mapek.restart_units
+        now, after = self.clock(), await asyncio.to_thread(self.unit_cpu, units)
+        old_enough = [s for s in self._unit_samples if now - s[0] >= MIN_CPU_WINDOW_S]
+        before = old_enough[-1] if old_enough else (
+            self._unit_samples[0] if self._unit_samples else None)
+        unit, why = (busiest_unit(before[1], after, now - before[0]) if before is not None
+                     else (None, "no CPU sample to compare with yet"))
+        if unit is None:
+            self._record(op, "noop", f"nothing restarted: {why}", {"units": list(units)})
+            return
+        error = await asyncio.to_thread(self.restart_unit, unit)
+        if error is not None:
+            self._record(op, "failed", f"restarting {unit} failed: {error}", {"unit": unit})
+            return
+        self._record(op, "done", f"restarted {unit}: {why}", {"unit": unit})
+
+    def _record(self, op: Op, result: str, why: str, detail: dict[str, Any]) -> None:
+        a = op.action
+        (log.warning if result in ("refused", "failed") else log.info)(
+            "mapek: %s on %s (incident %d): %s", a.kind, a.target, a.incident_id, why)
+        self.events.append(EventKind.REMEDIATION, str(a.target), f"{op.op}:{a.kind}",
+                           {**a.as_dict(), **detail, "result": result, "why": why})
 
     async def _lease(self, request: LeaseRequest) -> None:
         """A blocking provider's call in a worker thread; its answer back into the core."""
@@ -130,8 +239,8 @@ class MapekShell:
                 hops = [(nb.ifname, nb.link_address) for nb in sensor.up_neighbors()
                         if nb.name == a.target.name]
                 self.send(topology.neighbor_up(hops, self.clock()))
-        else:  # a descriptor the shell has no executor for (disruptive: needs a lease)
-            log.warning("mapek: no executor for %s; not carried out", a.kind)
+        else:  # disruptive actions run in _disrupt, under their lease
+            log.warning("mapek: %s is not carried out here", a.kind)
             return
         log.info("mapek: %s %s on %s%s", op.op, a.kind, a.target,
                  f" ({op.reason})" if op.reason else "")

@@ -1,0 +1,336 @@
+#!/usr/bin/env python3
+"""bench_mapek_learning: does the MAPE-K loop's Knowledge learn? fixed vs learned, same run.
+
+Issue 19's judgement. Two netns labs of the same topology run side by side, one with
+``mapek.policy: fixed`` (the rule table: the control arm) and one with ``learned``
+(Thompson sampling over Knowledge), both ``mapek.mode: enforce``, no lease service
+(local actions only). Each round the chaos runner (meshcore_tools.chaos) plays the
+same seeded fault mix on both labs at the same time (one thread per lab, so both
+share the machine's load), while a background of ``--background-pct`` % loss sits
+on ``--background-links`` seeded links of each lab for the whole round (the false
+alarms the issue bounds). Knowledge carries over from round to round (the agents keep
+running), which is what is being tested.
+
+After each round every agent's ``/v1/incidents`` is read. An incident is *attributed*
+to a fault when it was detected while the fault held (from its injection to
+``--grace`` seconds after its removal) and it is about what the fault touched: a link
+incident (``lossy_link``, ``slow_link``) on the faulty link itself, or on a link of the
+faulty node; a node incident (``starved_node``, ``advert_storm``) on the faulty node or
+a neighbour of it (on either end, for a link fault); a mesh-wide one (``route_churn``,
+``failover_storm``: every node's routes move when one link does) anywhere. Any other
+incident is a *false alarm* (a background link's included). One JSON line per round
+and policy (stdout):
+
+  round        incidents, attributed, false_alarms, false_alarms_per_node_hour,
+               mttr_p50_s / mttr_p95_s over the attributed incidents that recovered,
+               actions (kind: count), probe_loss_pct (the chaos probe over the round:
+               the mitigation's effect on traffic), thresholds (mean per signal)
+
+and a ``summary`` per policy (first and last ``--window`` rounds) and a PNG learning
+curve (``--plot``). MTTR here is the agents' own (detected -> recovered, from the
+incidents), so it includes the detector's debounce.
+
+Needs root. Namespaces ``mlf<pid>-*`` and ``mll<pid>-*``, deleted at the end; every
+fault carries a node-side deadline and each lab's reaper removes it then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meshcore_testkit.bench import bench_workdir
+from meshcore_testkit.pki import CA
+from meshcore_testkit.routers import RoutingLab
+from meshcore_tools.chaos import experiment, faults, probes, routes
+from meshcore_tools.chaos.faults import Fault, Options, Topo
+from meshcore_tools.chaos.mesh import Mesh, netns_mesh
+from meshcore_tools.chaos.nodes import inject, reaper_argv, remove
+from meshcore_tools.chaos.runner import Runner, usable_links
+from meshcore_tools.lab import topology as topo
+
+CLASSES = ["lossy", "slow", "cpu_starvation", "rogue"]
+PARAMS: dict[str, dict[str, Any]] = {"lossy": {"loss_pct": 40}, "slow": {"rate": "64kbit"},
+                                     "cpu_starvation": {"quota_pct": 5},
+                                     "rogue": {"mode": "replay", "rate": 300, "seconds": 8}}
+POLICIES = ("fixed", "learned")
+
+
+def log(msg: str) -> None:
+    print(f"[bench_mapek_learning {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr,
+          flush=True)
+
+
+def emit(**fields: Any) -> None:
+    print(json.dumps({"bench": "mapek_learning", **fields, "load1": round(os.getloadavg()[0], 2)}),
+          flush=True)
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    return round(probes.quantile(values, q), 2) if values else None
+
+
+def fault_mix(classes: list[str], hold: float, settle: float, seed: int) -> dict[str, Any]:
+    return experiment.validate({
+        "version": 1, "title": f"bench_mapek_learning seed {seed}", "seed": seed,
+        "steady_state": {"timeout_s": 120},
+        "blast_radius": {"max_nodes": 80, "max_duration_s": 300},
+        "faults": [{"class": c, "target": "random", "duration_s": hold, "settle_s": settle,
+                    "params": PARAMS.get(c, {})} for c in classes],
+    })
+
+
+def background_links(t: Topo, n: int, seed: int) -> list[tuple[str, str]]:
+    edges = sorted(tuple(sorted(e)) for e in t.graph.edges)
+    return random.Random(f"background-{seed}").sample(edges, min(n, len(edges)))
+
+
+LINK_CLASSES = {"lossy_link", "slow_link"}
+MESH_CLASSES = {"route_churn", "failover_storm"}
+
+
+@dataclass(frozen=True)
+class Window:
+    start: float
+    end: float
+    target: tuple[str, ...]  # a link's two ends, or one node
+    kind: str  # link | node
+
+    def explains(self, node: str, inc: dict[str, Any], t: Topo) -> bool:
+        at = float(inc.get("detected_wall") or 0.0)
+        if not self.start <= at <= self.end:
+            return False
+        cls, about = inc.get("class"), str(inc.get("target", ""))
+        if cls in MESH_CLASSES:
+            return True
+        if cls in LINK_CLASSES:
+            peer = about.removeprefix("link:")
+            if self.kind == "link":
+                return {node, peer} == set(self.target)
+            return self.target[0] in (node, peer)
+        near = set(self.target)
+        if self.kind == "node":  # a rogue's floods and a starved node's silence reach its
+            for n in self.target:  # neighbours; a link fault's node effects stay at its ends
+                near |= set(t.graph.neighbors(n)) if n in t.graph else set()
+        return node in near
+
+
+def attribute(inc: dict[str, Any], node: str, windows: list[Window], t: Topo) -> bool:
+    return any(w.explains(node, inc, t) for w in windows)
+
+
+class Side:
+    """One lab: its policy, mesh, the incidents seen so far."""
+
+    def __init__(self, policy: str, lab: RoutingLab, mesh: Mesh) -> None:
+        self.policy, self.lab, self.mesh = policy, lab, mesh
+        self.seen: dict[str, int] = {n: 0 for n in mesh.names}
+        self.doc: dict[str, Any] = {}
+        self.error: BaseException | None = None
+
+    def new_incidents(self) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, list[float]]]:
+        out: list[tuple[str, dict[str, Any]]] = []
+        thresholds: dict[str, list[float]] = {}
+        for n in self.mesh.names:
+            code, body = self.mesh.get(n, "/v1/incidents?limit=1000")
+            if code != 200:
+                log(f"{self.policy}: {n} /v1/incidents answered {code}")
+                continue
+            doc = json.loads(body)
+            for sig, v in doc.get("thresholds", {}).items():
+                thresholds.setdefault(sig, []).append(float(v))
+            for inc in doc.get("incidents", []):
+                if int(inc["id"]) > self.seen[n]:
+                    out.append((n, inc))
+            self.seen[n] = max([self.seen[n]] + [int(i["id"]) for i in doc.get("incidents", [])])
+        return out, thresholds
+
+
+def run_round(side: Side, exp: dict[str, Any], t: Topo, rnd: int, a: argparse.Namespace,
+              bg: list[tuple[str, str]]) -> None:
+    try:
+        budget = len(exp["faults"]) * (a.hold + a.settle + 40) + 120
+        deadline = time.time() + budget
+        bg_faults = [Fault("lossy", link, f"bg{rnd}-{i}", {"loss_pct": a.background_pct})
+                     for i, link in enumerate(bg)]
+        plans = [(f, faults.plan(f, t)) for f in bg_faults]
+        for f, plan in plans:
+            inject(side.mesh.nodes, f, plan, deadline, f"{side.policy}-background")
+        try:
+            opts = Options(restart_by_node=dict(side.lab.argv))
+            side.doc = Runner(exp, side.mesh, opts, name=f"{side.policy[:3]}{rnd}",
+                              log=lambda m: log(f"{side.policy}: {m}")).run().journal
+        finally:
+            for f, plan in plans:
+                remove(side.mesh.nodes, f, plan)
+    except BaseException as exc:  # reported by the main thread
+        side.error = exc
+
+
+def summarise_round(side: Side, t: Topo, rnd: int, a: argparse.Namespace, round_s: float,
+                    bg: list[tuple[str, str]]) -> dict[str, Any]:
+    steps = side.doc.get("measurements", {}).get("steps", [])
+    windows = [Window(float(s["injected_at"]), float(s["removed_at"]) + a.grace,
+                      tuple(s.get("target", [])), faults.CLASSES[s["class"]].target)
+               for s in steps if "injected_at" in s and "removed_at" in s]
+    time.sleep(a.grace)  # incidents of the last fault recover within the grace
+    new, thresholds = side.new_incidents()
+    attributed = [(n, i) for n, i in new if attribute(i, n, windows, t)]
+    false = [(n, i) for n, i in new if not attribute(i, n, windows, t)]
+    by_class: dict[str, dict[str, int]] = {}
+    for group, rows in (("attributed", attributed), ("false", false)):
+        for _, i in rows:
+            c = by_class.setdefault(str(i["class"]), {"attributed": 0, "false": 0})
+            c[group] += 1
+    mttr = [float(i["mttr_seconds"]) for _, i in attributed if i.get("mttr_seconds") is not None]
+    actions = Counter(f"{i['class']}:{(i.get('action') or {}).get('kind')}"
+                      f"/{(i.get('action') or {}).get('outcome')}" for _, i in new)
+    loss = [lv.get("loss_pct") for lv in side.doc.get("measurements", {})
+            .get("service_levels", {}).values()]
+    node_hours = len(side.mesh.names) * round_s / 3600
+    bg_names = {f"{x}|{y}" for x, y in bg} | {f"{y}|{x}" for x, y in bg}
+    return {"round": rnd, "policy": side.policy, "round_s": round(round_s, 1),
+            "faults": len(windows), "incidents": len(new), "attributed": len(attributed),
+            "false_alarms": len(false), "by_class": dict(sorted(by_class.items())),
+            "false_alarms_on_background_links": sum(
+                1 for n, i in false if f"{n}|{str(i.get('target', '')).removeprefix('link:')}"
+                in bg_names),
+            "false_alarms_per_node_hour": round(len(false) / node_hours, 2) if node_hours else None,
+            "false_alarm_examples": [f"{n} {i['class']} {i['target']}" for n, i in false[:4]],
+            "mttr_p50_s": quantile(mttr, 0.5), "mttr_p95_s": quantile(mttr, 0.95),
+            "recovered": len(mttr), "actions": dict(sorted(actions.items())),
+            "probe_loss_pct": loss[0] if loss else None,
+            "thresholds": {k: round(sum(v) / len(v), 4) for k, v in sorted(thresholds.items())},
+            "journal_status": side.doc.get("status")}
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for policy in POLICIES:
+        mine = [r for r in rows if r["policy"] == policy]
+        x = [r["round"] for r in mine]
+        for ax, key in zip(axes, ("mttr_p95_s", "false_alarms", "probe_loss_pct"), strict=True):
+            ax.plot(x, [r[key] if r[key] is not None else math.nan for r in mine], marker="o",
+                    label=policy)
+    for ax, title in zip(axes, ("MTTR p95 (s), attributed incidents", "false alarms per round",
+                                "probe loss over the round (%)"), strict=True):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("MAPE-K: fixed rule table vs learned (Thompson sampling), same fault mix "
+                 "every round, same run", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    log(f"plot: {path}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--topology", default="rgg:16", help="kind:n (a lab topology generator)")
+    p.add_argument("--seed", type=int, default=1, help="topology, fault mix and background")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--classes", default=",".join(CLASSES))
+    p.add_argument("--hold", type=float, default=20.0, help="seconds each fault holds")
+    p.add_argument("--settle", type=float, default=15.0, help="seconds after each fault")
+    p.add_argument("--grace", type=float, default=15.0,
+                   help="an incident detected this long after its fault's removal is its")
+    p.add_argument("--interval", type=float, default=2.0, help="mapek.interval_s")
+    p.add_argument("--background-pct", type=int, default=10)
+    p.add_argument("--background-links", type=int, default=2)
+    p.add_argument("--window", type=int, default=3, help="rounds compared first vs last")
+    p.add_argument("--plot", type=Path, help="write the learning curve PNG here")
+    a = p.parse_args()
+    if os.geteuid() != 0:
+        emit(figure="skipped", reason="needs root for network namespaces")
+        return
+    kind, _, n = a.topology.partition(":")
+    state = topo.normalise(topo.build(kind, int(n or 0), seed=a.seed))
+    t = Topo(state)
+    exp = fault_mix(a.classes.split(","), a.hold, a.settle, a.seed)
+    bg = background_links(t, a.background_links, a.seed)
+    log(f"{state['name']}: {len(state['nodes'])} nodes; background {a.background_pct} % loss "
+        f"on {bg}; {a.rounds} rounds of {a.classes}")
+    ca = CA.create("bench CA")
+    rows: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        sides = []
+        for policy in POLICIES:
+            prefix = f"ml{policy[0]}"
+
+            def make_lab(d: Path, prefix: str = prefix) -> RoutingLab:
+                return RoutingLab(state, d, prefix=prefix)
+
+            workdir, lab = stack.enter_context(bench_workdir(f"bench-mapek-{policy}-", make_lab))
+            lab.up()
+            t0 = time.time()
+            lab.start_agent(ca, {"mapek": {"enabled": True, "mode": "enforce", "policy": policy,
+                                           "interval_s": a.interval}})
+            mesh = netns_mesh(state, lab.ns, workdir / "journal")
+            stack.callback(mesh.close)
+            for node in state["nodes"]:  # the node-side deadline, as the role's timer
+                lab.spawn_argv(reaper_argv(mesh.nodes, node), workdir / f"{node}.reaper.log")
+            while not routes.picture(mesh.hops(), t.graph, usable_links(t, None)).converged:
+                if time.time() - t0 > 180:
+                    raise SystemExit(f"{policy}: not converged in 180 s; see {workdir}")
+                time.sleep(0.5)
+            log(f"{policy}: routed after {time.time() - t0:.1f} s")
+            sides.append(Side(policy, lab, mesh))
+        time.sleep(20.0)  # past START_SETTLE_S: every loop armed
+        for rnd in range(1, a.rounds + 1):
+            t_round = time.time()
+            threads = [threading.Thread(target=run_round, args=(s, exp, t, rnd, a, bg),
+                                        name=s.policy) for s in sides]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            for s in sides:
+                if s.error is not None:
+                    raise s.error
+            round_s = time.time() - t_round
+            for s in sides:
+                row = summarise_round(s, t, rnd, a, round_s, bg)
+                rows.append(row)
+                emit(figure="round", **row)
+    for policy in POLICIES:
+        mine = [r for r in rows if r["policy"] == policy]
+        first, last = mine[:a.window], mine[-a.window:]
+
+        def pooled(rs: list[dict[str, Any]], key: str) -> float | None:
+            vals = [r[key] for r in rs if r[key] is not None]
+            return round(sum(vals) / len(vals), 2) if vals else None
+
+        emit(figure="summary", policy=policy, rounds=len(mine), window=a.window,
+             mttr_p95_s_first=pooled(first, "mttr_p95_s"),
+             mttr_p95_s_last=pooled(last, "mttr_p95_s"),
+             false_alarms_first=pooled(first, "false_alarms"),
+             false_alarms_last=pooled(last, "false_alarms"),
+             false_alarms_per_node_hour=round(
+                 sum(r["false_alarms"] for r in mine)
+                 / max(1e-9, sum(len(state["nodes"]) * r["round_s"] / 3600 for r in mine)), 2),
+             probe_loss_pct_first=pooled(first, "probe_loss_pct"),
+             probe_loss_pct_last=pooled(last, "probe_loss_pct"))
+    if a.plot and rows:
+        plot(rows, a.plot)
+
+
+if __name__ == "__main__":
+    main()

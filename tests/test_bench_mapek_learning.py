@@ -1,0 +1,63 @@
+"""bench_mapek_learning's bookkeeping, no network: which incidents a fault explains."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import networkx as nx
+from meshcore_tools.chaos.faults import Topo
+
+BENCH = Path(__file__).parent / "bench" / "bench_mapek_learning.py"
+
+
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_mapek_learning", BENCH)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class Path4:
+    """a - b - c - d"""
+
+    graph = nx.path_graph(["a", "b", "c", "d"])
+
+
+def inc(cls: str, target: str, at: float) -> dict[str, object]:
+    return {"class": cls, "target": target, "detected_wall": at}
+
+
+def test_a_fault_explains_what_it_touched_while_it_held() -> None:
+    b = bench()
+    t: Topo = Path4()  # type: ignore[assignment]
+    link = b.Window(100.0, 130.0, ("b", "c"), "link")
+    node = b.Window(200.0, 230.0, ("a",), "node")
+    # a link incident on the faulty link, from either end; not on another link
+    assert link.explains("b", inc("lossy_link", "link:c", 110), t)
+    assert link.explains("c", inc("slow_link", "link:b", 110), t)
+    assert not link.explains("c", inc("lossy_link", "link:d", 110), t)
+    # only while the fault held (and its grace)
+    assert not link.explains("b", inc("lossy_link", "link:c", 131), t)
+    assert not link.explains("b", inc("lossy_link", "link:c", 99), t)
+    # mesh-wide classes anywhere; node classes near the target only
+    assert link.explains("a", inc("route_churn", "self:", 120), t)
+    assert link.explains("a", inc("starved_node", "self:", 120), t) is False
+    assert node.explains("b", inc("advert_storm", "self:", 210), t)
+    assert not node.explains("c", inc("advert_storm", "self:", 210), t)
+    # a starved node's links look bad from its neighbours
+    assert node.explains("b", inc("lossy_link", "link:a", 210), t)
+    assert not node.explains("b", inc("lossy_link", "link:c", 210), t)
+    assert b.attribute(inc("lossy_link", "link:a", 210), "b", [link, node], t)
+    assert not b.attribute(inc("lossy_link", "link:a", 150), "b", [link, node], t)
+
+
+def test_the_background_links_are_seeded() -> None:
+    b = bench()
+    t: Topo = Path4()  # type: ignore[assignment]
+    assert b.background_links(t, 2, 1) == b.background_links(t, 2, 1)
+    assert len(b.background_links(t, 9, 1)) == 3
