@@ -186,6 +186,11 @@ def summarise_round(side: Side, t: Topo, rnd: int, a: argparse.Namespace, round_
                for s in steps if "injected_at" in s and "removed_at" in s]
     time.sleep(a.grace)  # incidents of the last fault recover within the grace
     new, thresholds = side.new_incidents()
+    if a.raw is not None:
+        with a.raw.open("a") as f:
+            f.write(json.dumps({"round": rnd, "policy": side.policy,
+                                "windows": [w.__dict__ for w in windows],
+                                "incidents": [[n, i] for n, i in new]}) + "\n")
     attributed = [(n, i) for n, i in new if attribute(i, n, windows, t)]
     false = [(n, i) for n, i in new if not attribute(i, n, windows, t)]
     by_class: dict[str, dict[str, int]] = {}
@@ -252,7 +257,9 @@ def main() -> None:
     p.add_argument("--settle", type=float, default=15.0, help="seconds after each fault")
     p.add_argument("--grace", type=float, default=15.0,
                    help="an incident detected this long after its fault's removal is its")
-    p.add_argument("--interval", type=float, default=2.0, help="mapek.interval_s")
+    p.add_argument("--interval", type=float, default=5.0,
+                   help="mapek.interval_s (the agent's default)")
+    p.add_argument("--raw", type=Path, help="append every round's incidents and fault windows here")
     p.add_argument("--background-pct", type=int, default=10)
     p.add_argument("--background-links", type=int, default=2)
     p.add_argument("--window", type=int, default=3, help="rounds compared first vs last")
@@ -286,7 +293,8 @@ def main() -> None:
             mesh = netns_mesh(state, lab.ns, workdir / "journal")
             stack.callback(mesh.close)
             for node in state["nodes"]:  # the node-side deadline, as the role's timer
-                lab.spawn_argv(reaper_argv(mesh.nodes, node), workdir / f"{node}.reaper.log")
+                lab.spawn_argv(reaper_argv(mesh.nodes, node, interval=1.0),
+                               workdir / f"{node}.reaper.log")
             while not routes.picture(mesh.hops(), t.graph, usable_links(t, None)).converged:
                 if time.time() - t0 > 180:
                     raise SystemExit(f"{policy}: not converged in 180 s; see {workdir}")

@@ -517,3 +517,27 @@ def test_the_loop_arms_once_the_node_has_been_ready_long_enough() -> None:
     # Armed for good: a node that loses readiness later is what the loop is for.
     loop.step(Observation(70.0, (LinkSample("b", 0.0, 0.002),), ready=False))
     assert loop.armed
+
+
+def test_per_minute_signals_count_a_window_not_one_sample() -> None:
+    """Route changes now and then (a lossy background link's cost moving) stay far below
+    the churn threshold even when 3 land in one 5 s sample (36/min per sample before);
+    a real storm still crosses, and a counter reset starts the window anew."""
+    from mesh_agent.mapek.monitor import RATE_WINDOW_S, Monitor, Observation, Signal
+
+    def churn(m: Monitor, at: float, total: int) -> float:
+        [r] = [r for r in m.sample(Observation(at=at, changes_total=total))
+               if r.signal == Signal.CHURN]
+        return r.value
+
+    m, total = Monitor(), 0
+    for k in range(1, 40):  # 3 changes every 30 s, all in one sample
+        total += 3 if k % 6 == 0 else 0
+        assert churn(m, 5.0 * k, total) <= 6.0 < DEFAULT_BOUNDS[Signal.CHURN].default
+    storm = Monitor()
+    churn(storm, 0.0, 0)
+    assert churn(storm, 5.0, 10) == pytest.approx(10 / RATE_WINDOW_S * 60)  # 20/min, young
+    assert churn(storm, 10.0, 40) == pytest.approx(80.0)  # 40 in the window: crossed
+    assert churn(storm, 45.0, 40) == 0.0  # the storm aged out of the window
+    assert churn(storm, 50.0, 3) == 0.0  # counters went back (a restart): anew, no negative
+    assert churn(storm, 55.0, 33) == pytest.approx(60.0)

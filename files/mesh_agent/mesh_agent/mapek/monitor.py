@@ -16,6 +16,7 @@ never hair-triggered.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -135,6 +136,15 @@ class Reading:
         return self.value > self.threshold
 
 
+# The per-minute signals (failovers, rejected adverts, route churn) count the events of
+# the last RATE_WINDOW_S, scaled to a minute, instead of those between two samples: at a
+# 5 s interval two route changes in one sample read 24/min, so a 10 % lossy link's cost
+# moving now and then crossed the churn threshold (bench_mapek_learning). The count is
+# divided by the whole window even while the monitor is younger than it: a young
+# monitor under-reads rather than over-reads.
+RATE_WINDOW_S = 30.0
+
+
 def _rate(now: int | float, before: int | float, seconds: float, per: float) -> float:
     if seconds <= 0 or now < before:  # the first sample, or a counter reset
         return 0.0
@@ -142,10 +152,26 @@ def _rate(now: int | float, before: int | float, seconds: float, per: float) -> 
 
 
 class Monitor:
-    def __init__(self, thresholds: Thresholds | None = None) -> None:
+    def __init__(self, thresholds: Thresholds | None = None,
+                 rate_window_s: float = RATE_WINDOW_S) -> None:
         self.thresholds = thresholds or Thresholds()
         self._last: Observation | None = None
         self.samples_total = 0
+        self.rate_window_s = rate_window_s
+        # Observations back to the newest one at or before the window's start (its base).
+        self._window: deque[Observation] = deque()
+
+    def _windowed(self, obs: Observation) -> Observation:
+        """The window's base for *obs*; a counter that went back (a restart) starts anew."""
+        w = self._window
+        if w and (obs.failovers_total < w[-1].failovers_total
+                  or obs.rejected_total < w[-1].rejected_total
+                  or obs.changes_total < w[-1].changes_total):
+            w.clear()
+        w.append(obs)
+        while len(w) > 1 and w[1].at <= obs.at - self.rate_window_s:
+            w.popleft()
+        return w[0]
 
     def sample(self, obs: Observation) -> list[Reading]:
         """Every signal's reading for this observation (links: one per neighbour)."""
@@ -162,11 +188,13 @@ class Monitor:
                 out.append(Reading(Signal.RTT, target, link.rtt_s, t[Signal.RTT]))
         out.append(Reading(Signal.LATENESS, SELF, obs.lateness_s, t[Signal.LATENESS]))
         prev = last or obs
+        base = self._windowed(obs)
+        over = max(self.rate_window_s, obs.at - base.at)
         for signal, now_v, before in (
-                (Signal.FAILOVERS, obs.failovers_total, prev.failovers_total),
-                (Signal.REJECTED, obs.rejected_total, prev.rejected_total),
-                (Signal.CHURN, obs.changes_total, prev.changes_total)):
-            out.append(Reading(signal, SELF, _rate(now_v, before, span, 60.0), t[signal]))
+                (Signal.FAILOVERS, obs.failovers_total, base.failovers_total),
+                (Signal.REJECTED, obs.rejected_total, base.rejected_total),
+                (Signal.CHURN, obs.changes_total, base.changes_total)):
+            out.append(Reading(signal, SELF, _rate(now_v, before, over, 60.0), t[signal]))
         out.append(Reading(Signal.CPU, SELF, _rate(obs.cpu_seconds, prev.cpu_seconds, span, 1.0),
                            t[Signal.CPU]))
         return out
