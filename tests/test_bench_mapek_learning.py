@@ -61,3 +61,19 @@ def test_the_background_links_are_seeded() -> None:
     t: Topo = Path4()  # type: ignore[assignment]
     assert b.background_links(t, 2, 1) == b.background_links(t, 2, 1)
     assert len(b.background_links(t, 9, 1)) == 3
+
+
+def test_the_fault_mix_has_fixed_targets_off_the_background_links() -> None:
+    """Both labs must meet the same faults: targets come from the seed and the topology,
+    never from either lab's routes."""
+    b = bench()
+    g = nx.random_geometric_graph(12, 0.5, seed=3)
+    t = type("T", (), {"graph": nx.relabel_nodes(g, {i: f"n{i:02d}" for i in g})})()
+    bg = b.background_links(t, 2, 1)
+    mix = b.fault_mix(["lossy", "slow", "cpu_starvation", "rogue"], 10.0, 5.0, 1, t, bg)
+    again = b.fault_mix(["lossy", "slow", "cpu_starvation", "rogue"], 10.0, 5.0, 1, t, bg)
+    targets = [f["target"] for f in mix["faults"]]
+    assert targets == [f["target"] for f in again["faults"]]
+    assert all(isinstance(x, list) and x for x in targets)
+    for f in mix["faults"][:2]:
+        assert tuple(sorted(f["target"])) not in {tuple(sorted(x)) for x in bg}

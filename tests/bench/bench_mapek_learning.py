@@ -81,13 +81,27 @@ def quantile(values: list[float], q: float) -> float | None:
     return round(probes.quantile(values, q), 2) if values else None
 
 
-def fault_mix(classes: list[str], hold: float, settle: float, seed: int) -> dict[str, Any]:
+def fault_mix(classes: list[str], hold: float, settle: float, seed: int, t: Topo,
+              avoid: list[tuple[str, str]]) -> dict[str, Any]:
+    """The round's faults with their targets fixed from the seed and the topology alone
+    (not a position on the probe's path, which the two labs' routes could resolve to
+    different elements): both policies meet the same faults every round. Link faults
+    stay off the background links (*avoid*)."""
+    rng = random.Random(f"mix-{seed}")
+    busy = {tuple(sorted(x)) for x in avoid}
+    targets = []
+    for c in classes:
+        target = faults.pick_target(c, t, rng)
+        while faults.CLASSES[c].target == "link" and tuple(sorted(target)) in busy:
+            target = faults.pick_target(c, t, rng)
+        targets.append(list(target))
     return experiment.validate({
         "version": 1, "title": f"bench_mapek_learning seed {seed}", "seed": seed,
         "steady_state": {"timeout_s": 120},
         "blast_radius": {"max_nodes": 80, "max_duration_s": 300},
-        "faults": [{"class": c, "target": "random", "duration_s": hold, "settle_s": settle,
-                    "params": PARAMS.get(c, {})} for c in classes],
+        "faults": [{"class": c, "target": target, "duration_s": hold, "settle_s": settle,
+                    "params": PARAMS.get(c, {})} for c, target in zip(classes, targets,
+                                                                      strict=True)],
     })
 
 
@@ -271,10 +285,11 @@ def main() -> None:
     kind, _, n = a.topology.partition(":")
     state = topo.normalise(topo.build(kind, int(n or 0), seed=a.seed))
     t = Topo(state)
-    exp = fault_mix(a.classes.split(","), a.hold, a.settle, a.seed)
     bg = background_links(t, a.background_links, a.seed)
+    exp = fault_mix(a.classes.split(","), a.hold, a.settle, a.seed, t, bg)
     log(f"{state['name']}: {len(state['nodes'])} nodes; background {a.background_pct} % loss "
-        f"on {bg}; {a.rounds} rounds of {a.classes}")
+        f"on {bg}; {a.rounds} rounds of " + ", ".join(
+            f"{f['class']} {'-'.join(f['target'])}" for f in exp["faults"]))
     ca = CA.create("bench CA")
     rows: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
