@@ -28,7 +28,11 @@ and policy (stdout):
 
 and a ``summary`` per policy (first and last ``--window`` rounds) and a PNG learning
 curve (``--plot``). MTTR here is the agents' own (detected -> recovered, from the
-incidents), so it includes the detector's debounce.
+incidents), so it includes the detector's debounce. An incident can outlast its round:
+the ``round`` lines are written after the last round and ``--final-wait`` more seconds,
+from every incident's final state (``round_live`` lines, written as the run goes, show
+what was known then); one still open at the end is counted in ``still_open`` and, at its
+time open so far, in ``mttr_p95_s_lower_bound``.
 
 Needs root. Namespaces ``mlf<pid>-*`` and ``mll<pid>-*``, deleted at the end; every
 fault carries a node-side deadline and each lab's reaper removes it then.
@@ -149,12 +153,19 @@ class Side:
 
     def __init__(self, policy: str, lab: RoutingLab, mesh: Mesh) -> None:
         self.policy, self.lab, self.mesh = policy, lab, mesh
-        self.seen: dict[str, int] = {n: 0 for n in mesh.names}
+        # Every incident's latest state, and the round it was first seen after: an
+        # incident still open when its round is read recovers later, and its MTTR must
+        # count (leaving it out censors exactly the longest ones).
+        self.incidents: dict[tuple[str, int], dict[str, Any]] = {}
+        self.round_of: dict[tuple[str, int], int] = {}
+        self.windows: dict[int, list[Window]] = {}
+        self.docs: dict[int, dict[str, Any]] = {}
+        self.round_s: dict[int, float] = {}
         self.doc: dict[str, Any] = {}
         self.error: BaseException | None = None
 
-    def new_incidents(self) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, list[float]]]:
-        out: list[tuple[str, dict[str, Any]]] = []
+    def read(self, rnd: int) -> dict[str, list[float]]:
+        """Every agent's incidents (their latest states); new ones are *rnd*'s."""
         thresholds: dict[str, list[float]] = {}
         for n in self.mesh.names:
             code, body = self.mesh.get(n, "/v1/incidents?limit=1000")
@@ -165,10 +176,14 @@ class Side:
             for sig, v in doc.get("thresholds", {}).items():
                 thresholds.setdefault(sig, []).append(float(v))
             for inc in doc.get("incidents", []):
-                if int(inc["id"]) > self.seen[n]:
-                    out.append((n, inc))
-            self.seen[n] = max([self.seen[n]] + [int(i["id"]) for i in doc.get("incidents", [])])
-        return out, thresholds
+                key = (n, int(inc["id"]))
+                self.incidents[key] = inc
+                self.round_of.setdefault(key, rnd)
+        return thresholds
+
+    def of_round(self, rnd: int) -> list[tuple[str, dict[str, Any]]]:
+        return [(k[0], i) for k, i in sorted(self.incidents.items())
+                if self.round_of[k] == rnd]
 
 
 def run_round(side: Side, exp: dict[str, Any], t: Topo, rnd: int, a: argparse.Namespace,
@@ -192,19 +207,24 @@ def run_round(side: Side, exp: dict[str, Any], t: Topo, rnd: int, a: argparse.Na
         side.error = exc
 
 
-def summarise_round(side: Side, t: Topo, rnd: int, a: argparse.Namespace, round_s: float,
-                    bg: list[tuple[str, str]]) -> dict[str, Any]:
+def record_round(side: Side, rnd: int, a: argparse.Namespace, round_s: float
+                 ) -> dict[str, list[float]]:
+    """After round *rnd*: its fault windows, its journal, and every agent's incidents."""
     steps = side.doc.get("measurements", {}).get("steps", [])
-    windows = [Window(float(s["injected_at"]), float(s["removed_at"]) + a.grace,
-                      tuple(s.get("target", [])), faults.CLASSES[s["class"]].target)
-               for s in steps if "injected_at" in s and "removed_at" in s]
-    time.sleep(a.grace)  # incidents of the last fault recover within the grace
-    new, thresholds = side.new_incidents()
-    if a.raw is not None:
-        with a.raw.open("a") as f:
-            f.write(json.dumps({"round": rnd, "policy": side.policy,
-                                "windows": [w.__dict__ for w in windows],
-                                "incidents": [[n, i] for n, i in new]}) + "\n")
+    side.windows[rnd] = [Window(float(s["injected_at"]), float(s["removed_at"]) + a.grace,
+                                tuple(s.get("target", [])), faults.CLASSES[s["class"]].target)
+                         for s in steps if "injected_at" in s and "removed_at" in s]
+    side.docs[rnd], side.round_s[rnd] = side.doc, round_s
+    return side.read(rnd)
+
+
+def round_row(side: Side, t: Topo, rnd: int, bg: list[tuple[str, str]],
+              thresholds: dict[str, list[float]], now: float) -> dict[str, Any]:
+    """Round *rnd*'s figures from its incidents' states as they are now. MTTR p95 over the
+    attributed incidents that recovered; ``still_open`` were not recovered yet (their
+    time open so far is in ``mttr_p95_s_lower_bound``, with the recovered ones)."""
+    windows, doc, round_s = side.windows[rnd], side.docs[rnd], side.round_s[rnd]
+    new = side.of_round(rnd)
     attributed = [(n, i) for n, i in new if attribute(i, n, windows, t)]
     false = [(n, i) for n, i in new if not attribute(i, n, windows, t)]
     by_class: dict[str, dict[str, int]] = {}
@@ -213,9 +233,11 @@ def summarise_round(side: Side, t: Topo, rnd: int, a: argparse.Namespace, round_
             c = by_class.setdefault(str(i["class"]), {"attributed": 0, "false": 0})
             c[group] += 1
     mttr = [float(i["mttr_seconds"]) for _, i in attributed if i.get("mttr_seconds") is not None]
+    still_open = [i for _, i in attributed if i.get("state") == "open"]
+    bound = mttr + [now - float(i["detected_wall"]) for i in still_open]
     actions = Counter(f"{i['class']}:{(i.get('action') or {}).get('kind')}"
                       f"/{(i.get('action') or {}).get('outcome')}" for _, i in new)
-    loss = [lv.get("loss_pct") for lv in side.doc.get("measurements", {})
+    loss = [lv.get("loss_pct") for lv in doc.get("measurements", {})
             .get("service_levels", {}).values()]
     node_hours = len(side.mesh.names) * round_s / 3600
     bg_names = {f"{x}|{y}" for x, y in bg} | {f"{y}|{x}" for x, y in bg}
@@ -228,10 +250,12 @@ def summarise_round(side: Side, t: Topo, rnd: int, a: argparse.Namespace, round_
             "false_alarms_per_node_hour": round(len(false) / node_hours, 2) if node_hours else None,
             "false_alarm_examples": [f"{n} {i['class']} {i['target']}" for n, i in false[:4]],
             "mttr_p50_s": quantile(mttr, 0.5), "mttr_p95_s": quantile(mttr, 0.95),
-            "recovered": len(mttr), "actions": dict(sorted(actions.items())),
+            "recovered": len(mttr), "still_open": len(still_open),
+            "mttr_p95_s_lower_bound": quantile(bound, 0.95),
+            "actions": dict(sorted(actions.items())),
             "probe_loss_pct": loss[0] if loss else None,
             "thresholds": {k: round(sum(v) / len(v), 4) for k, v in sorted(thresholds.items())},
-            "journal_status": side.doc.get("status")}
+            "journal_status": doc.get("status")}
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -245,8 +269,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         mine = [r for r in rows if r["policy"] == policy]
         x = [r["round"] for r in mine]
         for ax, key in zip(axes, ("mttr_p95_s", "false_alarms", "probe_loss_pct"), strict=True):
-            ax.plot(x, [r[key] if r[key] is not None else math.nan for r in mine], marker="o",
-                    label=policy)
+            line, = ax.plot(x, [r[key] if r[key] is not None else math.nan for r in mine],
+                            marker="o", label=policy)
+            if key == "mttr_p95_s":  # the still-open incidents at their time open so far
+                ax.plot(x, [r["mttr_p95_s_lower_bound"] or math.nan for r in mine],
+                        linestyle="--", color=line.get_color(), alpha=0.6,
+                        label=f"{policy}, open ones included (lower bound)")
     for ax, title in zip(axes, ("MTTR p95 (s), attributed incidents", "false alarms per round",
                                 "probe loss over the round (%)"), strict=True):
         ax.set_title(title, fontsize=10)
@@ -278,6 +306,8 @@ def main() -> None:
     p.add_argument("--background-links", type=int, default=2)
     p.add_argument("--window", type=int, default=3, help="rounds compared first vs last")
     p.add_argument("--plot", type=Path, help="write the learning curve PNG here")
+    p.add_argument("--final-wait", type=float, default=150.0,
+                   help="seconds after the last round for open incidents to end")
     a = p.parse_args()
     if os.geteuid() != 0:
         emit(figure="skipped", reason="needs root for network namespaces")
@@ -329,10 +359,28 @@ def main() -> None:
                 if s.error is not None:
                     raise s.error
             round_s = time.time() - t_round
+            time.sleep(a.grace)  # incidents of the last fault are raised within the grace
             for s in sides:
-                row = summarise_round(s, t, rnd, a, round_s, bg)
+                seen = record_round(s, rnd, a, round_s)
+                emit(figure="round_live", **round_row(s, t, rnd, bg, seen, time.time()))
+        # Incidents still open after the last round: give them time to recover, then take
+        # every round's figures from the incidents' final states.
+        log(f"waiting {a.final_wait:.0f} s for open incidents to end")
+        time.sleep(a.final_wait)
+        for s in sides:
+            final = s.read(a.rounds + 1)  # anything new now belongs to no round
+            now = time.time()
+            for rnd in range(1, a.rounds + 1):
+                row = round_row(s, t, rnd, bg, final, now)
                 rows.append(row)
                 emit(figure="round", **row)
+            if a.raw is not None:
+                with a.raw.open("a") as f:
+                    for rnd in range(1, a.rounds + 1):
+                        f.write(json.dumps({"round": rnd, "policy": s.policy,
+                                            "windows": [w.__dict__ for w in s.windows[rnd]],
+                                            "incidents": [[n, i] for n, i in s.of_round(rnd)]})
+                                + "\n")
     for policy in POLICIES:
         mine = [r for r in rows if r["policy"] == policy]
         first, last = mine[:a.window], mine[-a.window:]
@@ -342,6 +390,9 @@ def main() -> None:
             return round(sum(vals) / len(vals), 2) if vals else None
 
         emit(figure="summary", policy=policy, rounds=len(mine), window=a.window,
+             still_open=sum(r["still_open"] for r in mine),
+             mttr_p95_s_lower_bound_first=pooled(first, "mttr_p95_s_lower_bound"),
+             mttr_p95_s_lower_bound_last=pooled(last, "mttr_p95_s_lower_bound"),
              mttr_p95_s_first=pooled(first, "mttr_p95_s"),
              mttr_p95_s_last=pooled(last, "mttr_p95_s"),
              false_alarms_first=pooled(first, "false_alarms"),
