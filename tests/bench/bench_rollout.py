@@ -93,6 +93,26 @@ def start_probe(state: dict[str, Any], src: str, dst: str) -> probes.Probe:
     return probes.Probe(prefix, address(src).split("/")[0], address(dst).split("/")[0])
 
 
+def keep_report(report: dict[str, Any], where: Path, name: str) -> str:
+    """Write a rollout's whole report to *where*/*name*.json; a short account of what went
+    wrong (each wave's hosts, status and first gate failures; every host that failed or
+    was unreachable) for the log, where only the tail of the report used to go."""
+    where.mkdir(parents=True, exist_ok=True)
+    (where / f"{name}.json").write_text(json.dumps(report, indent=2))
+    waves = [{"wave": w.get("index"), "hosts": len(w.get("hosts", [])), "status": w.get("status"),
+              "duration_s": w.get("duration_s"),
+              "failures": ((w.get("gate") or {}).get("failures") or [])[:5]}
+             for w in report.get("waves", [])]
+    bad = {h: {"status": v.get("status"), "wave": v.get("wave"),
+               "failed_tasks": v.get("failed_tasks", [])[:3]}
+           for h, v in report.get("hosts", {}).items()
+           if v.get("status") not in ("upgraded", "rolled_back")}
+    controller = {h: v for h, v in report.get("controller", {}).items()
+                  if v.get("status") != "ok"}
+    return json.dumps({"status": report.get("status"), "report": str(where / f"{name}.json"),
+                       "waves": waves, "hosts": bad, "controller": controller}, indent=1)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,6 +122,8 @@ def main() -> int:
     p.add_argument("--soak", type=float, help="rollout_soak_s (default: the playbook's)")
     p.add_argument("--no-broken", action="store_true", help="skip the broken canary")
     p.add_argument("--keep-lab", action="store_true", help="leave the lab up at the end")
+    p.add_argument("--report-dir", type=Path, default=ROOT / "build" / "bench-rollout",
+                   help="where each rollout's whole JSON report is written")
     p.add_argument("--reuse-lab", action="store_true",
                    help="roll onto the lab that is up (make lab ...) and leave it up")
     a = p.parse_args()
@@ -152,8 +174,9 @@ def main() -> int:
                                      hosts_all=hosts)
             wall = time.monotonic() - t0
             traces = [(s, d, pr.stop()) for s, d, pr in running]
+            account = keep_report(report, a.report_dir, "good")
             if rc != 0 or report["status"] != "completed":
-                print(json.dumps(report, indent=2)[-4000:], file=sys.stderr)
+                print(account, file=sys.stderr)
                 raise SystemExit("bench_rollout: the good release did not complete")
             emit(figure="rollout_wall_s", nodes=len(hosts), value=round(wall, 1), unit="s",
                  waves=len(report["waves"]), serial=serial,
@@ -175,8 +198,9 @@ def main() -> int:
                                          hosts_all=hosts)
                 wall = time.monotonic() - t0
                 (wave,) = report["waves"]
+                account = keep_report(report, a.report_dir, "broken-canary")
                 if rc == 0 or wave["status"] != "rolled_back":
-                    print(json.dumps(report, indent=2)[-4000:], file=sys.stderr)
+                    print(account, file=sys.stderr)
                     raise SystemExit("bench_rollout: the broken canary was not rolled back")
                 emit(figure="canary_detect_s", value=wave["gate_after_switch_s"], unit="s",
                      rollout_wall_s=round(wall, 1), canary=wave["hosts"],
