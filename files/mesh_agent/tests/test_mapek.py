@@ -33,7 +33,14 @@ from mesh_agent.mapek import (
 from mesh_agent.mapek.analyze import ThresholdDetector
 from mesh_agent.mapek.execute import CEILING, HALF_LIFE_S, MAX_HOLD_S, QUARANTINE_COST, REUSE_LIMIT
 from mesh_agent.mapek.monitor import DEFAULT_BOUNDS, Reading
-from mesh_agent.mapek.plan import APPLICABLE, MTTR_TARGET_S, RULES
+from mesh_agent.mapek.plan import (
+    APPLICABLE,
+    BASELINE_MIN,
+    COLLATERAL_S,
+    MTTR_TARGET_S,
+    RULES,
+    succeeded,
+)
 from mesh_agent.mapek.safety import Lease
 
 LINK_B = Target("link", "b")
@@ -202,6 +209,27 @@ def test_simulated_bandit_converges_to_the_arm_that_recovers() -> None:
     first, last = chosen[:50], chosen[-100:]
     assert last.count("quarantine_link") > first.count("quarantine_link")
     assert last.count("quarantine_link") >= 90
+
+
+def test_success_is_relative_to_the_class_median_once_there_is_a_baseline() -> None:
+    lossy = IncidentClass.LOSSY_LINK
+    target = MTTR_TARGET_S[lossy]
+    assert succeeded(lossy, target) and not succeeded(lossy, target + 0.1)
+    few = [5.0] * (BASELINE_MIN - 1)
+    assert succeeded(lossy, 30.0, few)  # too few recoveries: the target alone judges
+    recent = [10.0, 12.0, 14.0, 16.0, 40.0]
+    assert succeeded(lossy, 14.0, recent) and not succeeded(lossy, 14.5, recent)
+    # Beating the median never excuses missing the target.
+    assert not succeeded(lossy, target + 1, [target + 5] * 10)
+
+
+@given(st.lists(st.floats(0, 500), max_size=40), st.floats(0, 500))
+def test_a_success_is_never_slower_than_the_target_or_the_median(recent, mttr) -> None:
+    lossy = IncidentClass.LOSSY_LINK
+    ok = succeeded(lossy, mttr, recent)
+    assert not ok or mttr <= MTTR_TARGET_S[lossy]
+    if len(recent[-20:]) >= BASELINE_MIN and ok:
+        assert mttr <= sorted(recent[-20:])[len(recent[-20:]) // 2]
 
 
 def test_make_policy() -> None:
@@ -402,6 +430,41 @@ def test_loop_enforce_quarantines_a_lossy_link_and_records_the_chain() -> None:
     t_undo = next(i for i, s in enumerate(steps) if any(o.op == "undo" for o in s.ops))
     t_rec = next(i for i, s in enumerate(steps) if s.recovered)
     assert t_undo >= t_rec
+
+
+def two_links(at: float, b: float, c: float) -> Observation:
+    return Observation(at=at, links=(LinkSample("b", b, 0.002), LinkSample("c", c, 0.002)))
+
+
+def test_an_incident_soon_after_an_applied_action_charges_that_action_once() -> None:
+    loop = MapeK("a", "enforce", FixedPolicy(), 0.05)
+    b = [0.0, 0.5, 0.5, 0.5] + [0.0] * 30
+    c = [0.0] * 5 + [0.5] * 3 + [0.0] * 26  # lossy from 25 s: 15 s after b's quarantine
+    charged: list[tuple[str, str, int, int]] = []
+    recovered: list[str] = []
+    for i, (lb, lc) in enumerate(zip(b, c, strict=True)):
+        step = loop.step(two_links(i * 5.0, lb, lc))
+        if "c" in {inc.target.name for inc in step.opened}:
+            # (the objects are live: read them at that step)
+            charged = [(cls, act, s.tries, s.successes) for cls, act, s in step.stats]
+            recovered = [inc.target.name for inc in step.recovered]
+    # b's quarantine (applied at 10 s) is charged when c's incident opens; b may recover
+    # in the same step, which records it too.
+    assert ("lossy_link", "quarantine_link", 1 + len(recovered), len(recovered)) == charged[0]
+    # Both incidents recovered and were recorded, plus the one charge: 3 tries.
+    s = loop.stats[("lossy_link", "quarantine_link")]
+    assert s.tries == 3 and s.successes <= 2
+
+
+def test_an_incident_long_after_an_applied_action_charges_nothing() -> None:
+    loop = MapeK("a", "enforce", FixedPolicy(), 0.05)
+    gap = int(COLLATERAL_S / 5) + 4
+    b = [0.0, 0.5, 0.5, 0.5] + [0.0] * (gap + 12)
+    c = [0.0] * (4 + gap) + [0.5] * 3 + [0.0] * 9
+    for i, (lb, lc) in enumerate(zip(b, c, strict=True)):
+        loop.step(two_links(i * 5.0, lb, lc))
+    s = loop.stats[("lossy_link", "quarantine_link")]
+    assert s.tries == 2 and loop.analyzer.opened_total == {"lossy_link": 2}
 
 
 def test_loop_observe_mode_acts_never_and_learns_the_baseline() -> None:

@@ -19,7 +19,14 @@ its readiness later is exactly what the loop is for.
 Learning. When an incident recovers, the action that *actually ran* gets
 the outcome: the chosen action when it was applied, else ``none`` (observe
 mode and refused actions did nothing, so they teach what doing nothing
-gives). Knowledge also tunes the thresholds inside their bounds: an incident
+gives). The outcome is relative (:func:`mesh_agent.mapek.plan.succeeded`):
+within the class's MTTR target and no slower than the median of its recent
+recoveries (kept in memory, :data:`~mesh_agent.mapek.plan.BASELINE_N` per
+class; after a restart the baseline starts empty and the target alone judges
+until :data:`~mesh_agent.mapek.plan.BASELINE_MIN` recoveries). An incident
+that opens within :data:`~mesh_agent.mapek.plan.COLLATERAL_S` of an action
+applied for another one charges that action one failure (once per action).
+Knowledge also tunes the thresholds inside their bounds: an incident
 that recovered on its own within ``false_alarm_s`` was a false alarm and
 raises its signal's threshold by :data:`RAISE_STEP`; any other recovered
 incident moves the threshold :data:`RELAX_STEP` of the way back to its
@@ -29,6 +36,7 @@ default.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 
 from mesh_agent.counters import Histogram
@@ -36,7 +44,15 @@ from mesh_agent.mapek.analyze import Analyzer, Detector, Incident, IncidentClass
 from mesh_agent.mapek.execute import EXPIRY_S, Action, Executor, Op
 from mesh_agent.mapek.lease import Refusal
 from mesh_agent.mapek.monitor import Monitor, Observation, Reading, Signal, Thresholds
-from mesh_agent.mapek.plan import ActionKind, ActionStats, Policy, Stats, succeeded
+from mesh_agent.mapek.plan import (
+    BASELINE_N,
+    COLLATERAL_S,
+    ActionKind,
+    ActionStats,
+    Policy,
+    Stats,
+    succeeded,
+)
 from mesh_agent.mapek.safety import LEASE_TTL_S, Lease, LeaseProvider, RateLimit, Safety, Verdict
 
 log = logging.getLogger("mesh_agent.mapek")
@@ -120,6 +136,11 @@ class MapeK:
         self.armed = settle_s <= 0
         self._ready_since: float | None = None
         self.pending: dict[int, _Pending] = {}  # incident id: waiting for its lease
+        # The reward's baseline: each class's last recoveries (any action).
+        self.recent: dict[str, deque[float]] = {}
+        # The last action applied (time, class, action, incident), until an incident
+        # opened within COLLATERAL_S charged it or the window passed.
+        self._applied: tuple[float, str, str, int] | None = None
 
     @property
     def thresholds(self) -> Thresholds:
@@ -142,6 +163,7 @@ class MapeK:
                                  if r.target.kind == "link" and r.crossed}, now)
         out.opened = analysis.opened
         for inc in analysis.opened:
+            self._collateral(inc, now, out)
             out.ops += self._decide(inc, now, out)
             if inc.id not in self.pending:
                 out.decided.append(inc)
@@ -199,6 +221,8 @@ class MapeK:
                 else:
                     self.safety.leases.release(verdict.lease)
         inc.decided_at, inc.action, inc.action_outcome = now, str(kind), outcome
+        if outcome == "applied" and kind != ActionKind.NONE:
+            self._applied = (now, str(inc.cls), str(kind), inc.id)
         key = (str(kind), outcome)
         self.actions_total[key] = self.actions_total.get(key, 0) + 1
         log.info("incident %d %s on %s (%s %.3g > %.3g): %s -> %s%s", inc.id, inc.cls,
@@ -212,10 +236,12 @@ class MapeK:
         mttr = inc.mttr_s or 0.0
         self.mttr.setdefault(str(inc.cls), Histogram(MTTR_BUCKETS)).observe(mttr)
         ran = inc.action if inc.action_outcome == "applied" else str(ActionKind.NONE)
+        recent = self.recent.setdefault(str(inc.cls), deque(maxlen=BASELINE_N))
         if inc.action is not None:
             s = self.stats.setdefault((str(inc.cls), str(ran)), ActionStats())
-            s.record(succeeded(IncidentClass(inc.cls), mttr), mttr)
+            s.record(succeeded(IncidentClass(inc.cls), mttr, recent), mttr)
             out.stats.append((str(inc.cls), str(ran), s))
+        recent.append(mttr)
         t = self.thresholds
         signal = Signal(inc.signal)
         old = t[signal]
@@ -226,6 +252,24 @@ class MapeK:
             new, reason = t.set(signal, old + (default - old) * RELAX_STEP), f"relax:{inc.id}"
         if abs(new - old) > 1e-9:
             out.thresholds.append((str(signal), new, reason))
+
+    def _collateral(self, inc: Incident, now: float, out: Step) -> None:
+        """Charge the last applied action one failure when *inc* opened within
+        COLLATERAL_S of it (and is not the incident it answered)."""
+        if self._applied is None:
+            return
+        at, cls, action, source = self._applied
+        if now - at > COLLATERAL_S:
+            self._applied = None
+            return
+        if inc.id == source:
+            return
+        self._applied = None
+        s = self.stats.setdefault((cls, action), ActionStats())
+        s.charge()
+        out.stats.append((cls, action, s))
+        log.info("incident %d %s on %s opened %.0f s after %s for incident %d: charged "
+                 "to it", inc.id, inc.cls, inc.target, now - at, action, source)
 
     def active_actions(self) -> list[dict[str, object]]:
         return [a.as_dict() for a in list(self.executor.active.values())]

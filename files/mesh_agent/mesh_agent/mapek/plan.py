@@ -7,8 +7,17 @@ Two policies behind one interface (``mapek.policy``):
 - ``learned`` (:class:`ThompsonPolicy`): Thompson sampling over each
   (class, action)'s history in Knowledge. An action *succeeds* on an incident
   when the incident recovers within its class's MTTR target
-  (:data:`MTTR_TARGET_S`), so the Bernoulli arm folds both success and MTTR
-  into one reward. Each arm's success probability has a Beta(1 + successes,
+  (:data:`MTTR_TARGET_S`) *and* no slower than the median of the class's
+  recent recoveries (:func:`succeeded`; the last :data:`BASELINE_N`, whatever
+  action ran, once there are :data:`BASELINE_MIN` of them), so the Bernoulli
+  arm folds both success and MTTR into one reward, and an action only earns
+  credit by beating what the class usually takes: with a fixed target alone,
+  every arm "succeeds" when faults end by themselves well inside it and the
+  arms cannot be told apart. An applied action that is followed, within
+  :data:`COLLATERAL_S`, by another incident on the node is charged one more
+  failure (the loop's ``_collateral``): a side effect, such as route churn
+  after a quarantine, counts against the action that caused it.
+  Each arm's success probability has a Beta(1 + successes,
   1 + failures) posterior (uniform prior); the policy draws one sample per
   applicable arm and takes the largest. Exploration thus fades by itself as
   evidence accumulates, with no tuning constant.
@@ -38,7 +47,8 @@ Example::
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -93,6 +103,15 @@ MTTR_TARGET_S: Mapping[IncidentClass, float] = {
 }
 
 
+# The relative half of the reward: an incident must recover no slower than the median
+# of the class's last BASELINE_N recoveries, once there are BASELINE_MIN of them.
+BASELINE_N = 20
+BASELINE_MIN = 5
+# An incident opened on the node within this many seconds of an applied action (of
+# another incident) is charged to that action as a failure, once per action.
+COLLATERAL_S = 60.0
+
+
 @dataclass
 class ActionStats:
     """One (class, action) arm: how often tried, how often it succeeded, total MTTR."""
@@ -114,12 +133,23 @@ class ActionStats:
         self.successes += int(success)
         self.mttr_sum += max(0.0, mttr_s)
 
+    def charge(self) -> None:
+        """One more failed try with no recovery of its own (a side effect of the action:
+        the loop's collateral rule); ``mean_mttr`` then counts it as 0 s."""
+        self.tries += 1
+
 
 Stats = Mapping[tuple[str, str], ActionStats]
 
 
-def succeeded(cls: IncidentClass, mttr_s: float) -> bool:
-    return mttr_s <= MTTR_TARGET_S[cls]
+def succeeded(cls: IncidentClass, mttr_s: float, recent: Sequence[float] = ()) -> bool:
+    """Whether an incident of *cls* that recovered in *mttr_s* is a success for the action
+    that ran: within the class's target, and, once *recent* (the class's last recoveries,
+    any action) holds :data:`BASELINE_MIN` of them, no slower than their median."""
+    if mttr_s > MTTR_TARGET_S[cls]:
+        return False
+    last = list(recent)[-BASELINE_N:]
+    return len(last) < BASELINE_MIN or mttr_s <= statistics.median(last)
 
 
 def applicable(cls: IncidentClass, available: Iterable[ActionKind] | None = None
