@@ -11,6 +11,7 @@ the event log.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -418,8 +419,22 @@ def test_unit_cpu_reads_cgroup_v2_usage(tmp_path: Path) -> None:
     (tmp_path / "a.service" / "cpu.stat").write_text("usage_usec 2500000\nuser_usec 1\n")
     (tmp_path / "b.service").mkdir()
     (tmp_path / "b.service" / "cpu.stat").write_text("garbage\n")
-    assert unit_cpu_seconds(["a.service", "b.service", "gone.service"], tmp_path) == {
+    proc = tmp_path / "proc"
+    assert unit_cpu_seconds(["a.service", "b.service", "gone.service"], tmp_path, proc) == {
         "a.service": 2.5}
+    # Without the unified hierarchy's file (cgroup v1, a container's read-only controllers):
+    # the unit's live processes, found by their cgroup path, from /proc/PID/stat.
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid, cgroup, utime, stime in ((7, "1:name=systemd:/x/system.slice/b.service", 3, 1),
+                                      (8, "0::/system.slice/b.service", 2, 2),
+                                      (9, "0::/system.slice/other.service", 50, 50)):
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "cgroup").write_text(cgroup + "\n")
+        rest = " ".join(["S"] + ["0"] * 10 + [str(utime * tick), str(stime * tick)] + ["0"] * 8)
+        (proc / str(pid) / "stat").write_text(f"{pid} (python3 (x)) {rest}\n")
+    (proc / "self").mkdir()
+    assert unit_cpu_seconds(["a.service", "b.service", "gone.service"], tmp_path, proc) == {
+        "a.service": 2.5, "b.service": 8.0}
     assert busiest_unit({"a": 1.0, "b": 5.0}, {"a": 3.0, "b": 1.0}, 4.0) == (
         "a", "a used 50% of a core over 4.0 s")  # b restarted in between: left out
     assert busiest_unit({}, {"a": 1.0}, 4.0)[0] is None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -45,6 +46,7 @@ from mesh_agent.view import AgentView
 log = logging.getLogger("mesh_agent")
 
 CGROUP_SERVICES = Path("/sys/fs/cgroup/system.slice")
+PROC = Path("/proc")
 MIN_CPU_WINDOW_S = 1.0
 LOCAL_ACTIONS = frozenset({ActionKind.NONE, ActionKind.QUARANTINE_LINK,
                            ActionKind.LENGTHEN_HELLO, ActionKind.RESYNC_LSDB})
@@ -56,10 +58,15 @@ def available_actions(cfg: AgentConfig) -> frozenset[ActionKind]:
     return LOCAL_ACTIONS | ({ActionKind.RESTART_UNIT} if cfg.mapek.restart_units else set())
 
 
-def unit_cpu_seconds(units: Iterable[str], root: Path = CGROUP_SERVICES) -> dict[str, float]:
-    """CPU seconds each running unit has used (cgroup v2 ``cpu.stat`` ``usage_usec``);
-    a unit that is not running (no cgroup) is left out."""
+def unit_cpu_seconds(units: Iterable[str], root: Path = CGROUP_SERVICES,
+                     proc: Path = PROC) -> dict[str, float]:
+    """CPU seconds each running unit has used: cgroup v2 ``cpu.stat`` ``usage_usec`` under
+    *root* (every process the unit ever ran); where the unified hierarchy has no such file
+    (cgroup v1, or a container whose controllers are read-only), the user and system time
+    of the unit's live processes (:func:`proc_cpu_seconds`). A unit that is not running is
+    left out."""
     out: dict[str, float] = {}
+    rest = []
     for unit in units:
         try:
             for line in (root / unit / "cpu.stat").read_text().splitlines():
@@ -67,7 +74,37 @@ def unit_cpu_seconds(units: Iterable[str], root: Path = CGROUP_SERVICES) -> dict
                 if key == "usage_usec":
                     out[unit] = int(value) / 1e6
                     break
+            else:
+                rest.append(unit)
         except (OSError, ValueError):
+            rest.append(unit)
+    if rest:
+        out.update(proc_cpu_seconds(rest, proc))
+    return out
+
+
+def proc_cpu_seconds(units: Iterable[str], proc: Path = PROC) -> dict[str, float]:
+    """utime + stime of the live processes of each unit, found by the last part of their
+    cgroup path (``/proc/PID/cgroup``, any hierarchy: systemd names a service's cgroup
+    after the unit), from ``/proc/PID/stat``. A process that exited takes its time with
+    it, so the sum can fall: :func:`.execute.busiest_unit` leaves a unit whose time fell
+    out, as it does a restarted one."""
+    wanted = set(units)
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out: dict[str, float] = {}
+    try:
+        pids = [d for d in proc.iterdir() if d.name.isdigit()]
+    except OSError:
+        return out
+    for d in pids:
+        try:
+            unit = next((name for line in (d / "cgroup").read_text().splitlines()
+                         if (name := line.rsplit("/", 1)[-1]) in wanted), None)
+            if unit is None:
+                continue
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            out[unit] = out.get(unit, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, ValueError, IndexError):
             continue
     return out
 
