@@ -25,7 +25,8 @@ recoveries (kept in memory, :data:`~mesh_agent.mapek.plan.BASELINE_N` per
 class; after a restart the baseline starts empty and the target alone judges
 until :data:`~mesh_agent.mapek.plan.BASELINE_MIN` recoveries). An incident
 that opens within :data:`~mesh_agent.mapek.plan.COLLATERAL_S` of an action
-applied for another one charges that action one failure (once per action).
+applied for another one, on a node where nothing else is open (the fault that
+explains both is over), charges that action one failure (once per action).
 Knowledge also tunes the thresholds inside their bounds: an incident
 that recovered on its own within ``false_alarm_s`` was a false alarm and
 raises its signal's threshold by :data:`RAISE_STEP`; any other recovered
@@ -158,12 +159,15 @@ class MapeK:
             if now - self._ready_since < self.settle_s:
                 return out
             self.armed = True
+        before = {i.id for i in self.analyzer.open.values()}
         analysis = self.analyzer.analyze(out.readings, now)
+        # Still open from before this step (recovered ones left the analyzer's table).
+        before &= {i.id for i in self.analyzer.open.values()}
         self.executor.still_bad({r.target.name for r in out.readings
                                  if r.target.kind == "link" and r.crossed}, now)
         out.opened = analysis.opened
         for inc in analysis.opened:
-            self._collateral(inc, now, out)
+            self._collateral(inc, now, before, out)
             out.ops += self._decide(inc, now, out)
             if inc.id not in self.pending:
                 out.decided.append(inc)
@@ -253,16 +257,19 @@ class MapeK:
         if abs(new - old) > 1e-9:
             out.thresholds.append((str(signal), new, reason))
 
-    def _collateral(self, inc: Incident, now: float, out: Step) -> None:
+    def _collateral(self, inc: Incident, now: float, before: set[int], out: Step) -> None:
         """Charge the last applied action one failure when *inc* opened within
-        COLLATERAL_S of it (and is not the incident it answered)."""
+        COLLATERAL_S of it on a node where nothing else was open (*before*: the ids open
+        before this step). While another incident, the action's own among them, is still
+        open, the node is in the middle of a fault, which explains a new incident as well
+        as the action does: nothing is charged."""
         if self._applied is None:
             return
         at, cls, action, source = self._applied
         if now - at > COLLATERAL_S:
             self._applied = None
             return
-        if inc.id == source:
+        if inc.id == source or before - {inc.id}:
             return
         self._applied = None
         s = self.stats.setdefault((cls, action), ActionStats())

@@ -14,9 +14,10 @@ Two policies behind one interface (``mapek.policy``):
   credit by beating what the class usually takes: with a fixed target alone,
   every arm "succeeds" when faults end by themselves well inside it and the
   arms cannot be told apart. An applied action that is followed, within
-  :data:`COLLATERAL_S`, by another incident on the node is charged one more
-  failure (the loop's ``_collateral``): a side effect, such as route churn
-  after a quarantine, counts against the action that caused it.
+  :data:`COLLATERAL_S`, by another incident on a node where nothing else is
+  open any more is charged one more failure (the loop's ``_collateral``): a
+  side effect or a relapse, such as route churn once the fault is over but
+  the hello is still long, counts against the action.
   Each arm's success probability has a Beta(1 + successes,
   1 + failures) posterior (uniform prior); the policy draws one sample per
   applicable arm and takes the largest. Exploration thus fades by itself as
