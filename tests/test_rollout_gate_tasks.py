@@ -151,7 +151,8 @@ def test_a_new_firing_alert_fails_the_playbooks_gate(tmp_path: Path) -> None:
     v = verdict(tmp_path, {}, monitor=(alerts("Old"), alerts("Old", "MeshNodeNotReady")))
     assert v["alerts_checked"] is True and v["ok"] is False
     assert v["failures"] == [
-        "alerts firing that were not before the switch: MeshNodeNotReady{node=n1}"]
+        "alerts firing that were neither firing nor pending before the switch: "
+        "MeshNodeNotReady{node=n1}"]
 
 
 def test_the_playbooks_gate_names_every_failure(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ ALL = ["n1", "n2", "n3", "n4"]
 def test_a_healthy_wave_passes() -> None:
     v = gate({"n1": sample()}, ["n1"], ["n1"], ALL, {}, {}, paths_for(ALL))
     assert v == {"ok": True, "failures": [], "hosts": {"n1": {"ok": True, "problems": []}},
-                 "alerts_checked": False, "probes_checked": 0}
+                 "alerts_checked": False, "alerts": {}, "probes_checked": 0}
 
 
 @pytest.mark.parametrize("s, needle", [
@@ -138,8 +138,12 @@ def test_only_alerts_new_since_the_switch_fail_the_gate() -> None:
         return dict(gate({"n1": sample()}, ["n1"], ["n1"], ALL, {}, {}, paths_for(ALL), alerts))
 
     v = judge({"before": before, "after": ALERTS, "ignore": []})
-    assert v["failures"] == ["alerts firing that were not before the switch: "
-                             "MeshLinkDown{node=n2}"] and v["alerts_checked"]
+    assert v["failures"] == ["alerts firing that were neither firing nor pending before the "
+                             "switch: MeshLinkDown{node=n2}"] and v["alerts_checked"]
+    assert v["alerts"]["after"] == gate_mod.firing(ALERTS)
+    # Pending before the switch, firing after the soak: its condition held already.
+    pending = {"alerts": [{**a, "state": "pending"} for a in ALERTS["alerts"]]}
+    assert judge({"before": pending, "after": ALERTS, "ignore": []})["ok"]
     assert judge({"before": before, "after": ALERTS, "ignore": ["MeshLinkDown"]})["ok"]
     assert judge({"before": ALERTS, "after": before, "ignore": []})["ok"]  # one cleared
     v = judge({"before": None, "after": ALERTS, "ignore": []})  # no monitoring host
