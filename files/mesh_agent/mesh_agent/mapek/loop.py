@@ -159,15 +159,14 @@ class MapeK:
             if now - self._ready_since < self.settle_s:
                 return out
             self.armed = True
-        before = {i.id for i in self.analyzer.open.values()}
         analysis = self.analyzer.analyze(out.readings, now)
-        # Still open from before this step (recovered ones left the analyzer's table).
-        before &= {i.id for i in self.analyzer.open.values()}
         self.executor.still_bad({r.target.name for r in out.readings
                                  if r.target.kind == "link" and r.crossed}, now)
         out.opened = analysis.opened
+        # Open before this step and still open (recovered ones left the analyzer's table).
+        older = len(self.analyzer.open) > len(analysis.opened)
         for inc in analysis.opened:
-            self._collateral(inc, now, before, out)
+            self._collateral(inc, now, older, out)
             out.ops += self._decide(inc, now, out)
             if inc.id not in self.pending:
                 out.decided.append(inc)
@@ -257,19 +256,19 @@ class MapeK:
         if abs(new - old) > 1e-9:
             out.thresholds.append((str(signal), new, reason))
 
-    def _collateral(self, inc: Incident, now: float, before: set[int], out: Step) -> None:
+    def _collateral(self, inc: Incident, now: float, older: bool, out: Step) -> None:
         """Charge the last applied action one failure when *inc* opened within
-        COLLATERAL_S of it on a node where nothing else was open (*before*: the ids open
-        before this step). While another incident, the action's own among them, is still
-        open, the node is in the middle of a fault, which explains a new incident as well
-        as the action does: nothing is charged."""
+        COLLATERAL_S of it on a node where nothing else was open (*older*: an incident
+        opened before this step is still open). While another incident, the action's own
+        among them, is still open, the node is in the middle of a fault, which explains a
+        new incident as well as the action does: nothing is charged."""
         if self._applied is None:
             return
         at, cls, action, source = self._applied
         if now - at > COLLATERAL_S:
             self._applied = None
             return
-        if inc.id == source or before - {inc.id}:
+        if inc.id == source or older:
             return
         self._applied = None
         s = self.stats.setdefault((cls, action), ActionStats())
