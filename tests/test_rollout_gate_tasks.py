@@ -10,6 +10,10 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,8 @@ import yaml
 from meshcore_tools import ROOT
 from meshcore_tools.rollout import TASKS, build_report, runner_path
 
-GATE_TASKS = ("Gate: plan the data-plane probes through the wave",
+GATE_TASKS = ("Gate: the failovers of nodes with a new failover storm",
+              "Gate: plan the data-plane probes through the wave",
               "Gate: data-plane probes from each wave node",
               "Gate: data-plane probes through the wave, from nodes outside it",
               "Gate: collect this node's sample", "Gate: judge the wave", TASKS["verdict"])
@@ -28,6 +33,7 @@ METRICS = 'meshcore_failovers_total 1.0\nmeshcore_adverts_rejected_total{reason=
 HOSTS = ["n1", "n2", "n3"]
 
 
+SOAK_STARTED = time.time()
 SKIPPED = {"skipped": True, "changed": False, "skip_reason": "Conditional result was False"}
 
 
@@ -61,12 +67,13 @@ def registered(host: str, broken: dict[str, str],
         "rollout_after_list": {"rc": 0, "stdout": json.dumps({"current": "r2"})},
         "rollout_alerts_before": monitor[0],
         "rollout_alerts_after": monitor[1],
+        "rollout_soak_started": SOAK_STARTED,
     }
 
 
 def play(broken: dict[str, str], missing_path: str | None,
          monitor: tuple[dict[str, Any], dict[str, Any]],
-         probe_count: int = 3) -> list[dict[str, Any]]:
+         probe_count: int = 3, api: str | None = None) -> list[dict[str, Any]]:
     source = yaml.safe_load((ROOT / "playbooks/rollout.yml").read_text())[0]
     by_name = {t["name"]: t for t in source["tasks"]}
     paths = {"results": [
@@ -81,9 +88,11 @@ def play(broken: dict[str, str], missing_path: str | None,
               {"rollout_paths": paths}}]
     return [{"name": source["name"], "hosts": "mesh_nodes", "gather_facts": False,
              "vars": {k: source["vars"][k] for k in ("rollout_bounds", "rollout_node_names",
-                                                     "rollout_ignore_alerts", *PROBE_VARS)}
+                                                     "rollout_ignore_alerts", "rollout_api",
+                                                     "rollout_storm_window_s", *PROBE_VARS)}
              | {"rollout_fake": {h: registered(h, broken, monitor) for h in HOSTS},
-                "rollout_probe_count": probe_count},
+                "rollout_probe_count": probe_count}
+             | ({"rollout_api": api} if api else {}),
              "tasks": setup + [by_name[n] for n in GATE_TASKS]}]
 
 
@@ -97,6 +106,7 @@ def run_play(tmp_path: Path, plays: list[dict[str, Any]], hosts: list[str],
     project.mkdir()
     (project / "play.yml").write_text(yaml.safe_dump(plays, sort_keys=False))
     shutil.copytree(ROOT / "playbooks/files", project / "files")
+    shutil.copytree(ROOT / "playbooks/tasks", project / "tasks")
     local = f"ansible_connection=local ansible_python_interpreter={sys.executable}"
     (tmp_path / "hosts").write_text("[mesh_nodes]\n" + "".join(
         f"{h} {local} mesh_node_address=127.0.0.{i + 1}\n" for i, h in enumerate(hosts)))
@@ -116,8 +126,9 @@ def run_play(tmp_path: Path, plays: list[dict[str, Any]], hosts: list[str],
 
 def verdict(tmp_path: Path, broken: dict[str, str], missing_path: str | None = None,
             monitor: tuple[dict[str, Any], dict[str, Any]] = (SKIPPED, SKIPPED),
-            probe_count: int = 3) -> dict[str, Any]:
-    rc, events = run_play(tmp_path, play(broken, missing_path, monitor, probe_count), HOSTS,
+            probe_count: int = 3, api: str | None = None) -> dict[str, Any]:
+    rc, events = run_play(tmp_path, play(broken, missing_path, monitor, probe_count, api),
+                          HOSTS,
                           {"ANSIBLE_FILTER_PLUGINS": str(ROOT / "plugins/filter")})
     failed = [(e["event_data"].get("task"), e["event_data"].get("res", {}).get("msg"))
               for e in events if e.get("event") == "runner_on_failed"]
@@ -182,8 +193,8 @@ def test_the_rollback_command(tmp_path: Path, switch_rc: int, meshctl: str,
                         f"print(json.dumps({{'changed': True, 'current': 'r1', "
                         f"'who': '{name}', 'argv': sys.argv[1:]}}))\n")
         path.chmod(0o755)
-    source = yaml.safe_load((ROOT / "playbooks/rollout.yml").read_text())[0]
-    task = {t["name"]: t for t in source["tasks"]}[TASKS["rollback"]]
+    tasks = yaml.safe_load((ROOT / "playbooks/tasks/rollout-rollback.yml").read_text())
+    task = {t["name"]: t for t in tasks}[TASKS["rollback"]]
     play = [{"hosts": "mesh_nodes", "gather_facts": False,
              "vars": {"mesh_agent_release_dir": str(root / "releases/r2"),
                       "mesh_agent_install_root": str(root), "rollout_previous": "r1",
@@ -197,3 +208,114 @@ def test_the_rollback_command(tmp_path: Path, switch_rc: int, meshctl: str,
     assert out["who"] == meshctl and res["changed"] is True
     assert out["argv"] == ["--json", "release", "--root", str(root), "use", "r1", *flags]
     assert build_report(events)["hosts"]["n1"]["rollback"]["to"] == "r1"
+
+
+# -- a failover storm the wave explains, through the playbook's own tasks ------------------
+
+def storm(node: str) -> dict[str, Any]:
+    return {"status": 200, "json": {"status": "success", "data": {"alerts": [
+        {"labels": {"alertname": "MeshFailoverStorm", "node": node}, "state": "firing"}]}}}
+
+
+@pytest.fixture
+def events_api() -> Iterator[tuple[str, dict[str, Any]]]:
+    """A stand-in agent API: /v1/events answers what the test puts in state["events"] and
+    records the query it was asked."""
+    state: dict[str, Any] = {"events": [], "queries": []}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            state["queries"].append(self.path)
+            body = json.dumps({"node": "n2", "events": state["events"]}).encode()
+            self.send_response(200 if self.path.startswith("/v1/events?") else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", state
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("subjects, ok", [(["n1", "n3", "n1", "n3", "n1", "n3"], True),
+                                           (["n9", "n9", "n9", "n1"], False)])
+def test_a_failover_storm_is_judged_by_its_events(tmp_path: Path,
+                                                  events_api: tuple[str, dict[str, Any]],
+                                                  subjects: list[str], ok: bool) -> None:
+    url, state = events_api
+    state["events"] = [{"id": i, "kind": "failover", "subject": s, "reason": "restart",
+                        "wall": SOAK_STARTED - 60 + i} for i, s in enumerate(subjects)]
+    v = verdict(tmp_path, {}, monitor=(alerts("Old"), storm("n2")), api=url)
+    # one read, of n2's failovers over the alert's window before the soak
+    (query,) = state["queries"]
+    assert query.startswith("/v1/events?kind=failover&after=0&limit=1000&since=")
+    assert int(query.rsplit("=", 1)[1]) == int(SOAK_STARTED - 420)
+    if ok:
+        assert v["ok"], v["failures"]
+        assert v["alerts"]["explained"] == ["MeshFailoverStorm{node=n2}"]
+    else:
+        assert v["failures"] == ["MeshFailoverStorm{node=n2}: 3 failovers not explained by "
+                                 "the wave's restarts (bound 2)"]
+
+
+# -- the switch rounds, through the playbook's own tasks ----------------------------------
+
+def test_the_wave_switches_in_rounds_of_nodes_that_share_no_neighbour(tmp_path: Path) -> None:
+    """A path n1-n2-n3-n4-n5: the rounds are [n3], [n2, n5], [n1, n4]; a stand-in meshctl
+    records when each node's switch ran. A round's nodes run together, rounds never
+    overlap, and every node switched once."""
+    hosts = ["n1", "n2", "n3", "n4", "n5"]
+    log = tmp_path / "switches.log"
+    release = tmp_path / "releases/r2"
+    (release / "venv/bin").mkdir(parents=True)
+    meshctl = release / "venv/bin/meshctl"
+    meshctl.write_text(f"#!{sys.executable}\nimport json, sys, time\n"
+                       "t0 = time.time(); time.sleep(1.0)\n"
+                       f"with open({str(log)!r}, 'a') as f:\n"
+                       "    f.write(json.dumps([sys.argv[4], t0, time.time()]) + '\\n')\n"
+                       "print(json.dumps({'changed': True, 'current': 'r2'}))\n")
+    meshctl.chmod(0o755)
+    edges = [("n1", "n2"), ("n2", "n3"), ("n3", "n4"), ("n4", "n5")]
+    nbrs = {h: {"json": {"node": h, "neighbors": [{"name": b if a == h else a}
+                                                  for a, b in edges if h in (a, b)]}}
+            for h in hosts}
+    source = yaml.safe_load((ROOT / "playbooks/rollout.yml").read_text())[0]
+    by_name = {t["name"]: t for t in source["tasks"]}
+    plays = [{"name": "rounds", "hosts": "mesh_nodes", "gather_facts": False,
+              "vars": {"rollout_fake": nbrs, "rollout_node_names": {},
+                       "rollout_round_max": 0, "rollout_ready_timeout_s": 60,
+                       "mesh_agent_release": "r2", "mesh_agent_release_dir": str(release)},
+              "tasks": [{"name": "Fake the neighbours", "ansible.builtin.set_fact": {
+                  "rollout_neighbours": "{{ rollout_fake[inventory_hostname] }}",
+                  "mesh_agent_install_root": f"{tmp_path}/{{{{ inventory_hostname }}}}"}},
+                        by_name["Plan the switch rounds"],
+                        by_name["Switch the wave, one round of nodes that share no neighbour "
+                                "at a time"]]}]
+    rc, events = run_play(tmp_path, plays, hosts,
+                          {"ANSIBLE_FILTER_PLUGINS": str(ROOT / "plugins/filter"),
+                           "ANSIBLE_FORKS": "5"})
+    assert rc == 0
+    (planned,) = [e["event_data"]["res"]["ansible_facts"]["rollout_rounds"] for e in events
+                  if e.get("event") == "runner_on_ok"
+                  and e["event_data"].get("task") == "Plan the switch rounds"]
+    assert planned == [["n3"], ["n2", "n5"], ["n1", "n4"]]
+    ran = {Path(root).name: (t0, t1) for root, t0, t1 in
+           (json.loads(line) for line in log.read_text().splitlines())}
+    assert sorted(ran) == hosts and len(log.read_text().splitlines()) == 5
+
+    def overlap(a: str, b: str) -> bool:
+        return ran[a][0] < ran[b][1] and ran[b][0] < ran[a][1]
+
+    assert overlap("n2", "n5") and overlap("n1", "n4")
+    for a, b in [("n3", "n2"), ("n3", "n5"), ("n3", "n1"), ("n2", "n1"), ("n2", "n4"),
+                 ("n5", "n4"), ("n5", "n1")]:
+        assert not overlap(a, b), (a, b, ran)
+    # the report reads each node's switch from the included task's events
+    report = build_report(events)
+    assert all(report["hosts"][h]["switch"]["changed"] for h in hosts)

@@ -32,7 +32,7 @@ TASKS = {
     "wave": "Record the wave",
     "before": "Remember the release to roll back to",
     "target": "Name the target release",
-    "switch": "Switch to the release, one node at a time",
+    "switch": "Switch to the release, one round at a time",
     "verdict": "Gate: verdict",
     "rollback": "Roll the wave back to the release it ran before",
     "stop": "Stop the rollout when the gate failed",
