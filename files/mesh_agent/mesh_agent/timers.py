@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("mesh_agent")
 
@@ -12,10 +13,12 @@ log = logging.getLogger("mesh_agent")
 async def every(
     clock: Callable[[], float],
     interval: float,
-    fn: Callable[[], None],
+    fn: Callable[[], Awaitable[None] | None],
     lag: Callable[[float], None] | None = None,
 ) -> None:
     """Call ``fn`` every ``interval`` seconds forever; ``lag(late)`` first, if given.
+    When ``fn`` returns an awaitable (a coroutine function), it is awaited before the
+    next tick is scheduled: its blocking parts can run in a worker thread.
 
     An overrun skips the missed ticks rather than bunching them, and an
     exception in one tick is logged without stopping the timer.
@@ -25,7 +28,9 @@ async def every(
         if lag is not None:
             lag(clock() - next_at)
         try:
-            fn()
+            result = fn()
+            if inspect.isawaitable(result):
+                await result
         except Exception:  # a bug in one tick must not stop the timer
             log.exception("timer %s failed", getattr(fn, "__name__", fn))
         next_at += interval

@@ -439,3 +439,37 @@ def test_unit_cpu_reads_cgroup_v2_usage(tmp_path: Path) -> None:
         "a", "a used 50% of a core over 4.0 s")  # b restarted in between: left out
     assert busiest_unit({}, {"a": 1.0}, 4.0)[0] is None
     assert busiest_unit({"a": 1.0}, {"a": 2.0}, 0.0)[0] is None
+
+
+def test_the_timers_tick_reads_unit_cpu_in_a_worker_thread(ca: CA, tmp_path: Path) -> None:
+    """On cgroup v1 the units' CPU is a /proc scan: the loop's timer reads it in a worker
+    thread and passes the sample to the step, so the event loop never waits on it."""
+    import asyncio
+    import threading
+
+    from mesh_agent.timers import every
+
+    clock = Clock()
+    agent = make_agent(ca, tmp_path, clock, {"enabled": True, "mode": "enforce",
+                                             "interval_s": 5, "restart_units": ["x.service"]})
+    shell = agent.mapek
+    assert shell is not None
+    readers: list[int] = []
+
+    def unit_cpu(names: Any) -> dict[str, float]:
+        readers.append(threading.get_ident())
+        return {"x.service": 1.5}
+
+    shell.unit_cpu = unit_cpu  # type: ignore[assignment]
+
+    async def run() -> None:
+        timer = asyncio.ensure_future(every(clock, 0.01, shell._sampled_tick))
+        while len(readers) < 2:
+            await asyncio.sleep(0.005)
+        timer.cancel()
+
+    asyncio.run(run())
+    assert readers and threading.get_ident() not in readers
+    assert shell._unit_samples[-1][1] == {"x.service": 1.5}
+    shell.tick()  # called by hand (the tests above): read on the spot
+    assert readers[-1] == threading.get_ident()

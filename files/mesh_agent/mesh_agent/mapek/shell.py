@@ -176,13 +176,20 @@ class MapekShell:
     async def run(self) -> None:
         interval = self.cfg.mapek.interval_s
         await asyncio.sleep(interval)
-        await every(self.clock, interval, self.tick)
+        await every(self.clock, interval, self._sampled_tick)
 
-    def tick(self) -> None:
-        """One MAPE-K step: observe the view, record what changed, carry out the ops."""
-        if self.cfg.mapek.restart_units:
-            self._unit_samples.append((self.clock(),
-                                       self.unit_cpu(self.cfg.mapek.restart_units)))
+    async def _sampled_tick(self) -> None:
+        """The timer's tick: the allowlisted units' CPU is read in a worker thread (a
+        /proc scan on cgroup v1), the step itself on the loop."""
+        units = self.cfg.mapek.restart_units
+        self.tick(await asyncio.to_thread(self.unit_cpu, units) if units else None)
+
+    def tick(self, unit_cpu: Mapping[str, float] | None = None) -> None:
+        """One MAPE-K step: observe the view, record what changed, carry out the ops.
+        *unit_cpu*: the allowlisted units' CPU seconds, read now (None: read them here)."""
+        if units := self.cfg.mapek.restart_units:
+            self._unit_samples.append((self.clock(), unit_cpu if unit_cpu is not None
+                                       else self.unit_cpu(units)))
         self.settle(self.core.step(self.view.observation(self.cpu())))
 
     def _spawn(self, coro: Any) -> None:
