@@ -193,6 +193,30 @@ def test_thompson_is_reproducible_with_a_seed_and_learns_the_better_arm() -> Non
     assert {p.choose(cls, {}) for _ in range(100)} == {str(x) for x in APPLICABLE[cls]}
 
 
+def test_thompson_starts_from_the_rule_table_and_evidence_overrides_it() -> None:
+    """The rule's arm starts with PRIOR_SUCCESSES pseudo-successes: with two arms and no
+    history, the other arm wins a draw when a uniform beats a Beta(1 + n, 1), one time in
+    n + 2 (1/5 for n = 3); without the prior, one in two. Evidence against the rule wins."""
+    from mesh_agent.mapek.plan import PRIOR_SUCCESSES
+    from mesh_agent.mapek.shell import LOCAL_ACTIONS
+
+    cls = IncidentClass.ROUTE_CHURN  # the rule is none; lengthen_hello the alternative
+    n = 4000
+    p = ThompsonPolicy(random.Random(1))
+    share = [p.choose(cls, {}) for _ in range(n)].count("lengthen_hello") / n
+    assert abs(share - 1 / (PRIOR_SUCCESSES + 2)) < 0.03
+    flat = ThompsonPolicy(random.Random(1), prior_successes=0)
+    assert abs([flat.choose(cls, {}) for _ in range(n)].count("lengthen_hello") / n - 0.5) < 0.03
+    against = {(str(cls), "none"): ActionStats(20, 2, 9000.0),
+               (str(cls), "lengthen_hello"): ActionStats(20, 18, 400.0)}
+    assert [p.choose(cls, against) for _ in range(200)].count("lengthen_hello") >= 190
+    # the prior follows what FixedPolicy can carry out here: isolate_origin has no
+    # executor, so the advert storm's prior is on none
+    assert FixedPolicy().choose(IncidentClass.ADVERT_STORM, {}, LOCAL_ACTIONS) == "none"
+    storm = [p.choose(IncidentClass.ADVERT_STORM, {}, LOCAL_ACTIONS) for _ in range(n)]
+    assert storm.count("none") / n > 0.6
+
+
 def test_simulated_bandit_converges_to_the_arm_that_recovers() -> None:
     """A learning loop in miniature: the environment recovers quickly after a quarantine
     95 % of the time and after anything else 20 %; the policy's share of quarantines grows."""
