@@ -183,6 +183,7 @@ def test_report_of_a_canary_that_fails_and_is_rolled_back() -> None:
         *wave(["n1"], 1.0),
         ok("n1", "before", 2.0, ansible_facts={"rollout_previous": "r1"}),
         ok("n1", "target", 3.0, ansible_facts={"rollout_target": "r2"}),
+        ok("n1", "rounds", 3.5, ansible_facts={"rollout_rounds": [["n1"]]}),
         switched("n1", 4.0, ready=None),
         ok("n1", "verdict", 9.5, rollout_verdict=verdict),
         ok("n1", "rollback", 10.0, changed=True,
@@ -195,6 +196,7 @@ def test_report_of_a_canary_that_fails_and_is_rolled_back() -> None:
     (w,) = r["waves"]
     assert (w["index"], w["hosts"], w["status"], w["gate"]) == (1, ["n1"], "rolled_back", verdict)
     assert w["duration_s"] == pytest.approx(9.5) and w["gate_after_switch_s"] == pytest.approx(5.5)
+    assert w["rounds"] == [["n1"]]
     n1 = r["hosts"]["n1"]
     assert (n1["before"], n1["target"], n1["status"]) == ("r1", "r2", "rolled_back")
     assert n1["switch"]["ready_after_s"] is None and n1["rollback"]["to"] == "r1"

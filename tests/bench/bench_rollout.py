@@ -100,7 +100,7 @@ def keep_report(report: dict[str, Any], where: Path, name: str) -> str:
     where.mkdir(parents=True, exist_ok=True)
     (where / f"{name}.json").write_text(json.dumps(report, indent=2))
     waves = [{"wave": w.get("index"), "hosts": len(w.get("hosts", [])), "status": w.get("status"),
-              "duration_s": w.get("duration_s"),
+              "duration_s": w.get("duration_s"), "rounds": w.get("rounds"),
               "failures": ((w.get("gate") or {}).get("failures") or [])[:5]}
              for w in report.get("waves", [])]
     bad = {h: {"status": v.get("status"), "wave": v.get("wave"),
@@ -183,7 +183,9 @@ def main() -> int:
                  soak_s=extra.get("rollout_soak_s", play_vars["rollout_soak_s"]))
             for i, w in enumerate(report["waves"]):
                 emit(figure="wave", index=i, hosts=len(w["hosts"]), duration_s=w["duration_s"],
-                     status=w["status"], probes_checked=w["gate"].get("probes_checked"))
+                     status=w["status"], probes_checked=w["gate"].get("probes_checked"),
+                     rounds=len(w.get("rounds") or []),
+                     storms_explained=len((w["gate"].get("alerts") or {}).get("explained") or []))
             for s, d, tr in traces:
                 lv = probes.service_levels(tr)
                 emit(figure="probe", src=s, dst=d, longest_gap_ms=longest_gap_ms(tr),

@@ -32,6 +32,7 @@ TASKS = {
     "wave": "Record the wave",
     "before": "Remember the release to roll back to",
     "target": "Name the target release",
+    "rounds": "Plan the switch rounds",
     "switch": "Switch to the release, one round at a time",
     "verdict": "Gate: verdict",
     "rollback": "Roll the wave back to the release it ran before",
@@ -103,7 +104,8 @@ def build_report(events: Iterable[Mapping[str, Any]], hosts_all: Sequence[str] =
             key = tuple(members)
             if not waves or tuple(waves[-1]["hosts"]) != key:
                 waves.append({"index": len(waves) + 1, "hosts": members, "status": "running",
-                              "gate": None, "started": t, "ended": t, "rolled_back": []})
+                              "gate": None, "rounds": None, "started": t, "ended": t,
+                              "rolled_back": []})
                 for m in members:
                     wave_of[m] = len(waves)
                     host(m)["wave"] = len(waves)
@@ -140,6 +142,8 @@ def build_report(events: Iterable[Mapping[str, Any]], hosts_all: Sequence[str] =
                            "at": t}
             if h["status"] == "started":
                 h["status"] = "switched"
+        elif task == TASKS["rounds"] and w is not None:
+            w["rounds"] = facts.get("rollout_rounds")
         elif task == TASKS["verdict"] and w is not None:
             w["gate"] = res.get("rollout_verdict")
             w["gate_at"] = t
