@@ -5,10 +5,12 @@ gate's reading of a failover storm that the wave's own restarts explain
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Any
 
 import networkx as nx
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from meshcore_testkit.loader import load_path
@@ -121,7 +123,7 @@ def failovers(*items: tuple[str, float]) -> dict[str, Any]:
 def judge(failover_events: dict[str, Any], wave: list[str] | None = None) -> dict[str, Any]:
     wave = wave or ["n1", "n2"]
     samples = {h: {"readyz": {"status": 200}, "release": "r2", "target": "r2"} for h in wave}
-    paths = {h: {"destinations": {o: {} for o in ALL if o != h}} for h in ALL}
+    paths: dict[str, Any] = {h: {"destinations": {o: {} for o in ALL if o != h}} for h in ALL}
     return dict(gate(samples, wave, wave, ALL, {"failovers": 2}, {}, paths,
                      {"before": BEFORE, "after": alerts(("MeshFailoverStorm", "n3", "firing")),
                       "ignore": [], "failovers": failover_events, "soak_started": 1000.0}))
@@ -153,3 +155,17 @@ def test_a_storm_on_a_node_whose_events_were_not_read_is_a_new_alert() -> None:
     v = judge({})
     assert v["failures"] == ["alerts firing that were neither firing nor pending before the "
                              "switch: MeshFailoverStorm{node=n3}"]
+
+
+def test_the_storm_window_covers_the_alert_rule() -> None:
+    """rollout_storm_window_s must reach back over MeshFailoverStorm's range and its for:
+    (a failover older than that cannot have raised the alert; one inside must be read)."""
+    def seconds(d: str) -> int:
+        unit = {"s": 1, "m": 60, "h": 3600}
+        return sum(int(n) * unit[u] for n, u in re.findall(r"(\d+)([smh])", d))
+
+    rules = yaml.safe_load((ROOT / "roles/prometheus/files/rules/meshcore.yml").read_text())
+    (rule,) = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == mod.STORM_ALERT]
+    (rng,) = re.findall(r"\[(\w+)\]", rule["expr"])
+    play = yaml.safe_load((ROOT / "playbooks/rollout.yml").read_text())[0]
+    assert play["vars"]["rollout_storm_window_s"] >= seconds(rng) + seconds(rule.get("for", "0s"))
