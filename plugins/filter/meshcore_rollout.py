@@ -133,25 +133,34 @@ def meshcore_rollout_storms(before: Any, after: Any, ignore: Sequence[str] = (),
                             hosts_all: Sequence[str] = ()) -> list[str]:
     """The hosts with a new ``MeshFailoverStorm`` (module docstring); an alerting node
     that is no host of *hosts_all* is left out (the gate blames its storm)."""
-    if STORM_ALERT in (ignore or ()) or not isinstance(before, Mapping) \
-            or not isinstance(after, Mapping):
+    if not isinstance(before, Mapping) or not isinstance(after, Mapping):
         return []
     host_of = {(names or {}).get(h, h): h for h in hosts_all}
-    new = set(firing(after)) - set(firing(before, (), ("firing", "pending")))
-    out = []
-    for alert in sorted(new):
+    return list(_storm_hosts(_new_alerts(before, after, ignore), host_of).values())
+
+
+def _new_alerts(before: Any, after: Any, ignore: Sequence[str] = ()) -> list[str]:
+    """The alerts firing *after* that were neither firing nor pending *before*, sorted."""
+    return sorted(set(firing(after, ignore)) - set(firing(before, ignore, ("firing", "pending"))))
+
+
+def _storm_hosts(alerts: Sequence[str], host_of: Mapping[str, str]) -> dict[str, str]:
+    """alert -> host for the ``MeshFailoverStorm`` ones among *alerts* whose node is a
+    host's (*host_of*: node name -> host), in the order of *alerts*."""
+    out = {}
+    for alert in alerts:
         m = _ALERT.match(alert)
         if m and m["name"] == STORM_ALERT and m["node"] in host_of:
-            out.append(host_of[m["node"]])
+            out[alert] = host_of[m["node"]]
     return out
 
 
-def _storm_explained(events: Any, wave_nodes: set[str], soak_started: float,
-                     bound: float) -> tuple[bool, int]:
-    """Whether a node's failover storm is the wave's restarts: (explained, the failovers
-    that are not). *events*: the node's ``/v1/events?kind=failover`` answer."""
+def _unexplained_failovers(events: Any, wave_nodes: set[str], soak_started: float
+                           ) -> int | None:
+    """How many of a node's failovers the wave's restarts do not explain (module
+    docstring); None when *events* is not a ``/v1/events?kind=failover`` answer."""
     if not isinstance(events, Mapping) or not isinstance(events.get("events"), list):
-        return False, -1
+        return None
     other = 0
     for e in events["events"]:
         if not isinstance(e, Mapping) or e.get("kind") != "failover":
@@ -162,7 +171,7 @@ def _storm_explained(events: Any, wave_nodes: set[str], soak_started: float,
             wall = float("inf")
         if e.get("subject") not in wave_nodes or wall > soak_started:
             other += 1
-    return other <= bound, other
+    return other
 
 
 def _host_problems(host: str, s: Mapping[str, Any], bounds: Mapping[str, Any]) -> list[str]:
@@ -357,28 +366,25 @@ def meshcore_rollout_gate(samples: Mapping[str, Any], wave: Sequence[str],
         # over the last hour can turn from pending to firing during any wave.
         seen = {"before": firing(before, ignore, ("firing", "pending")),
                 "after": firing(after, ignore)}
-        new = sorted(set(seen["after"]) - set(seen["before"]))
+        new = _new_alerts(before, after, ignore)
         # A failover storm the wave's own restarts explain (module docstring).
         storms = alerts.get("failovers") or {}
         wave_nodes = {names.get(h, h) for h in wave}
         soak = float(alerts.get("soak_started") or 0.0)
         bound = float(bounds.get("failovers", 0))
-        explained = []
-        for alert in list(new):
-            m = _ALERT.match(alert)
-            alerting = next((h for h, n in names.items() if m and n == m["node"]), None)
-            if not m or m["name"] != STORM_ALERT or alerting not in storms:
+        seen["explained"] = []
+        for alert, host in _storm_hosts(new, {n: h for h, n in names.items()}).items():
+            if host not in storms:
                 continue
-            ok, other = _storm_explained(storms[alerting], wave_nodes, soak, bound)
-            if ok:
-                explained.append(alert)
-                new.remove(alert)
+            new.remove(alert)
+            other = _unexplained_failovers(storms[host], wave_nodes, soak)
+            if other is None:
+                failures.append(f"{alert}: its failover events could not be read")
+            elif other > bound:
+                failures.append(f"{alert}: {other} failovers not explained by the wave's "
+                                f"restarts (bound {bound:g})")
             else:
-                failures.append(f"{alert}: " + (
-                    "its failover events could not be read" if other < 0 else
-                    f"{other} failovers not explained by the wave's restarts (bound {bound:g})"))
-                new.remove(alert)
-        seen["explained"] = explained
+                seen["explained"].append(alert)
         if new:
             failures.append("alerts firing that were neither firing nor pending before the "
                             f"switch: {', '.join(new)}")
