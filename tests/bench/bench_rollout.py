@@ -11,6 +11,10 @@ The figures issue 20 asks for, on a lab of ``--nodes`` podman nodes (``make lab`
   probe                    10 ms pings (the chaos probes, RT priority) between the two
                            farthest nodes and from the first canary to the farthest node,
                            for the whole good rollout: the longest reply gap and the loss;
+                           the 3 longest gaps placed in the rollout (wave, phase, hosts
+                           switched then) and the pair's shortest path in the lab graph;
+  watchdog_kills           agents systemd's watchdog killed during the good rollout (an
+                           agent starved of CPU misses its WatchdogSec= pings)
                            a release switch restarts every agent on the way
   canary_detect_s          a release whose agent never becomes ready: seconds from the
                            canary's switch to its gate's failed verdict, and the
@@ -73,6 +77,46 @@ def longest_gap_ms(trace: probes.Trace) -> float | None:
     if len(times) < 2:
         return None
     return round(1000 * max(b - a for a, b in itertools.pairwise(times)), 1)
+
+
+def longest_gaps(trace: probes.Trace, report: dict[str, Any], top: int = 3,
+                 near_s: float = 10.0) -> list[dict[str, Any]]:
+    """The *top* longest reply gaps, each placed in the rollout: when it began (seconds
+    after the probe started), the wave and its phase then (install: from the wave's start
+    to its first switch; switch: to its last; soak: to the gate's verdict; gate: after),
+    and the hosts whose switch began within *near_s* before the gap or during it."""
+    times = [t for t, _, _ in trace.replies]
+    gaps = sorted(((b - a, a) for a, b in itertools.pairwise(times)), reverse=True)[:top]
+    switches = sorted((h["switch"]["at"], name) for name, h in report.get("hosts", {}).items()
+                      if (h.get("switch") or {}).get("at"))
+    out = []
+    for gap, at in gaps:
+        wave, phase = None, None
+        for w in report.get("waves", []):
+            if not (w.get("started") or 0) <= at <= (w.get("ended") or 0):
+                continue
+            wave = w.get("index")
+            ats = [t for t, n in switches if n in w.get("hosts", [])]
+            phase = ("install" if not ats or at < min(ats) else "switch" if at <= max(ats)
+                     else "soak" if at < (w.get("gate_at") or at + 1) else "gate")
+        out.append({"gap_ms": round(1000 * gap, 1), "after_start_s": round(at - trace.started, 1),
+                    "wave": wave, "phase": phase,
+                    "switched": [n for t, n in switches if at - near_s <= t <= at + gap]})
+    return out
+
+
+def watchdog_kills(hosts: list[str], since: float) -> dict[str, int]:
+    """Per node, how often systemd's watchdog killed its agent since *since* (wall time):
+    an agent starved of CPU misses its WatchdogSec= pings."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(since))
+    kills = {}
+    for h in hosts:
+        out = subprocess.run(["podman", "exec", lab.container(h), "journalctl", "-q", "--utc",
+                              "--no-pager", "-u", "mesh-agent", "--since", stamp, "-g",
+                              "Watchdog timeout"], capture_output=True, text=True).stdout
+        if n := len(out.splitlines()):
+            kills[h] = n
+    return kills
 
 
 def probe_pairs(state: dict[str, Any], canary: str) -> list[tuple[str, str]]:
@@ -169,10 +213,11 @@ def main() -> int:
             running = [(s, d, start_probe(state, s, d)) for s, d in pairs]
             time.sleep(2)
             log(f"rolling {good.name} to {len(hosts)} nodes, waves {serial}; probes {pairs}")
-            t0 = time.monotonic()
+            t0, wall0 = time.monotonic(), time.time()
             rc, report = rollout.run(lab.INVENTORY, good, keys_file, extravars=extra,
                                      hosts_all=hosts)
             wall = time.monotonic() - t0
+            kills = watchdog_kills(hosts, wall0)
             traces = [(s, d, pr.stop()) for s, d, pr in running]
             account = keep_report(report, a.report_dir, "good")
             if rc != 0 or report["status"] != "completed":
@@ -181,6 +226,8 @@ def main() -> int:
             emit(figure="rollout_wall_s", nodes=len(hosts), value=round(wall, 1), unit="s",
                  waves=len(report["waves"]), serial=serial,
                  soak_s=extra.get("rollout_soak_s", play_vars["rollout_soak_s"]))
+            emit(figure="watchdog_kills", value=sum(kills.values()), nodes=kills,
+                 note="agents systemd's watchdog killed during the good rollout")
             for i, w in enumerate(report["waves"]):
                 emit(figure="wave", index=i, hosts=len(w["hosts"]), duration_s=w["duration_s"],
                      status=w["status"], probes_checked=w["gate"].get("probes_checked"),
@@ -190,7 +237,9 @@ def main() -> int:
                 lv = probes.service_levels(tr)
                 emit(figure="probe", src=s, dst=d, longest_gap_ms=longest_gap_ms(tr),
                      sent=tr.sent, received=tr.received, loss_pct=round(lv.loss_pct, 3),
-                     availability_pct=round(lv.availability_pct, 1))
+                     availability_pct=round(lv.availability_pct, 1),
+                     path=nx.shortest_path(Topo(state).graph, s, d),
+                     gaps=longest_gaps(tr, report))
             if not a.no_broken:
                 bad = release_tarball(work, repack(src, old, bad_id, "90.0.2", broken=True),
                                       bad_id, "90.0.2", keys)
