@@ -102,6 +102,29 @@ def test_loss_over_window() -> None:
     assert nb.state == "up"
 
 
+def test_hello_counts_take_late_hellos_once_and_no_duplicate() -> None:
+    a, b = pair()
+    exchange(a, b, 0.0)
+    held = []
+    for i in range(1, 42):
+        hb = b.build_hello("mesh0", i * IV)
+        if i % 4 == 0:
+            held.append(hb)  # lost for now
+        else:
+            a.receive("mesh0", hb, "10.0.0.1", i * IV)
+            a.receive("mesh0", hb, "10.0.0.1", i * IV)  # a duplicate counts nothing
+        b.receive("mesh0", a.build_hello("mesh0", i * IV), "10.0.0.0", i * IV)
+    nb = a.neighbors()[0]
+    # b's hello at 0 did not list a yet (not authenticated): the session starts at 1;
+    # 31 of its 41 hellos since arrived.
+    assert nb.hello_counts() == (31, 41)
+    # Two of the held ones arrive late: the last is inside the sensor's window and
+    # counts; the first is older than it and is dropped.
+    for late in (held[-1], held[0], held[-1]):
+        a.receive("mesh0", late, "10.0.0.1", 42 * IV)
+    assert nb.hello_counts() == (32, 41)
+
+
 def test_a_penalty_raises_the_advertised_cost_until_removed() -> None:
     """The self-healing loop's input (quarantine): an extra cost per neighbour node."""
     a, b = pair()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -69,6 +70,69 @@ def test_monitor_reads_links_and_rates() -> None:
     # A counter that went backwards (an agent restart) is a zero rate, not a negative one.
     third = m.sample(Observation(60.0, failovers_total=2, cpu_seconds=1.0))
     assert all(r.value >= 0 for r in third)
+
+
+def loss_reading(m: Monitor, at: float, heard: int, expected: int,
+                 ifname: str = "mesh0") -> float | None:
+    out = m.sample(Observation(at, (LinkSample("b", 0.9, None, (heard, expected), ifname),)))
+    return next((r.value for r in out if r.signal is Signal.LOSS), None)
+
+
+def test_monitor_judges_loss_over_enough_hellos_of_the_session() -> None:
+    m = Monitor(loss_min_hellos=100)
+    # The sensor's own ratio (0.9 here) is not used where the hellos are counted, and
+    # a link with fewer than 100 hellos this session has no loss reading yet.
+    assert loss_reading(m, 0.0, 50, 60) is None
+    assert loss_reading(m, 5.0, 120, 150) == pytest.approx(0.2)  # since the session began
+    assert loss_reading(m, 10.0, 200, 240) == pytest.approx(1 - 150 / 180)  # since (50, 60)
+    assert loss_reading(m, 15.0, 300, 340) == pytest.approx(0.0)  # since (200, 240)
+    # A new session of the neighbour (its counts went back) starts again.
+    assert loss_reading(m, 20.0, 40, 50) is None
+    assert loss_reading(m, 25.0, 80, 150) == pytest.approx(0.6)  # since (40, 50)
+    # Another interface of the same neighbour has counts of its own.
+    assert loss_reading(m, 30.0, 10, 10, ifname="mesh1") is None
+
+
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60)), min_size=1, max_size=40),
+       st.integers(1, 150))
+def test_monitor_loss_is_over_the_shortest_run_of_samples_with_enough_hellos(
+        steps: list[tuple[int, int]], need: int) -> None:
+    """Whatever the sample sizes: the loss read is that of the fewest latest samples that
+    hold at least *need* expected hellos (the session from its start if it has fewer
+    samples), and there is none while the session has fewer than *need*."""
+    m = Monitor(loss_min_hellos=need)
+    heard, expected = [0], [0]
+    for i, (got, lost) in enumerate(steps):
+        heard.append(heard[-1] + got)
+        expected.append(expected[-1] + got + lost)
+        value = loss_reading(m, 5.0 * i, heard[-1], expected[-1])
+        if expected[-1] < need:
+            assert value is None
+            continue
+        j = max(k for k in range(len(expected) - 1) if expected[-1] - expected[k] >= need)
+        assert value == pytest.approx(1 - (heard[-1] - heard[j]) / (expected[-1] - expected[j]))
+
+
+def test_background_loss_over_enough_hellos_rarely_crosses() -> None:
+    """10 % loss, 100 hellos per sample (5 s at 50 ms), an hour of samples. Read over the
+    sensor's last 20 hellos a sample crosses the 20 % threshold with chance 4.3e-2 (about
+    31 of 720), and two in a row were the learning bench's false alarms; read over at
+    least 100, the chance is 8.1e-4 (about 0.6 of 720)."""
+    rng = random.Random(7)
+    counted, ratio = Monitor(), Monitor()
+    heard = expected = 0
+    crossed = {"counted": [False], "ratio": [False]}
+    for i in range(720):
+        got = [rng.random() >= 0.1 for _ in range(100)]
+        heard, expected = heard + sum(got), expected + 100
+        last20 = 1 - sum(got[-20:]) / 20
+        for name, m, link in (
+                ("counted", counted, LinkSample("b", last20, None, (heard, expected))),
+                ("ratio", ratio, LinkSample("b", last20, None))):
+            (r,) = [r for r in m.sample(Observation(5.0 * i, (link,))) if r.signal is Signal.LOSS]
+            crossed[name].append(r.crossed)
+    assert sum(crossed["counted"]) <= 5 and sum(crossed["ratio"]) >= 15
+    assert not any(a and b for a, b in itertools.pairwise(crossed["counted"]))
 
 
 @given(st.sampled_from(list(Signal)), st.floats(-1e6, 1e6, allow_nan=False))

@@ -104,6 +104,9 @@ class BatmanNeighbor(Neighbor):
     throughput_mbit: float | None = None
     reference_mbit: float = 100.0
 
+    def hello_counts(self) -> tuple[int, int] | None:
+        return None  # the quality is batman-adv's (TQ or throughput), not hello counts
+
     def loss(self) -> float:
         if self.tq is not None:
             return 1.0 - min(TQ_MAX, max(0, self.tq)) / TQ_MAX

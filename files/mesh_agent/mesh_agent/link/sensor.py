@@ -198,6 +198,7 @@ class Neighbor:
     rtt_last_s: float | None = None
     received: set[int] = field(default_factory=set)
     first_seq: int = 0
+    heard_total: int = 0  # distinct hellos received this session (late ones included)
     missing_us: int = 0  # consecutive hellos from it that did not list us
     # Echo probes (module docstring): ICMP identifier, last seq sent, last seq
     # answered and when, send times of the unanswered ones, and whether any
@@ -236,6 +237,11 @@ class Neighbor:
         lo = self.last_seq - expected + 1
         got = sum(1 for s in self.received if s >= lo)
         return max(0.0, 1.0 - got / expected)
+
+    def hello_counts(self) -> tuple[int, int] | None:
+        """(heard, expected) hellos of this session, for a loss over a longer window than
+        :meth:`loss` (the MAPE-K monitor's); None where the quality has another source."""
+        return self.heard_total, self.last_seq - self.first_seq + 1
 
     def cost(self) -> float:
         """Link cost: 1 plus one per started 10 % of loss (so 0-9 % costs 1, 25 % costs 3).
@@ -437,8 +443,9 @@ class LinkSensor:
             events.extend(self._kill(key, "restart", now))
             nb = None
         elif nb is not None and hello.seq <= nb.last_seq:
-            if nb.last_seq - hello.seq <= LOSS_WINDOW:
-                nb.received.add(hello.seq)  # late or duplicate; helps loss, not liveness
+            if hello.seq > nb.last_seq - LOSS_WINDOW and hello.seq not in nb.received:
+                nb.received.add(hello.seq)  # late; helps loss, not liveness
+                nb.heard_total += 1
             self.drops["old_seq"] += 1
             return events
         if nb is None:
@@ -469,6 +476,7 @@ class LinkSensor:
         nb.node_address = hello.node_address
         nb.received.add(hello.seq)
         nb.received = {s for s in nb.received if s > hello.seq - LOSS_WINDOW}
+        nb.heard_total += 1
 
         mine = next((e for e in hello.echoes if e.name == self.node_name), None)
         if mine is not None and mine.echo_ts_us:
