@@ -97,16 +97,20 @@ def play(broken: dict[str, str], missing_path: str | None,
 
 
 def run_play(tmp_path: Path, plays: list[dict[str, Any]], hosts: list[str],
-             envvars: dict[str, str] | None = None) -> tuple[int, list[dict[str, Any]]]:
+             envvars: dict[str, str] | None = None,
+             replace: dict[str, str] | None = None) -> tuple[int, list[dict[str, Any]]]:
     """Run *plays* with ansible-runner on local *hosts* (group mesh_nodes, each with a
-    loopback address as its mesh_node_address, and the playbooks' files/ beside the
-    play): rc and events."""
+    loopback address as its mesh_node_address, and the playbooks' files/ and tasks/
+    beside the play, with the files of *replace* (path: text) swapped in): rc and
+    events."""
     ansible_runner = pytest.importorskip("ansible_runner")
     project = tmp_path / "project"
     project.mkdir()
     (project / "play.yml").write_text(yaml.safe_dump(plays, sort_keys=False))
     shutil.copytree(ROOT / "playbooks/files", project / "files")
     shutil.copytree(ROOT / "playbooks/tasks", project / "tasks")
+    for path, text in (replace or {}).items():
+        (project / path).write_text(text)
     local = f"ansible_connection=local ansible_python_interpreter={sys.executable}"
     (tmp_path / "hosts").write_text("[mesh_nodes]\n" + "".join(
         f"{h} {local} mesh_node_address=127.0.0.{i + 1}\n" for i, h in enumerate(hosts)))
