@@ -265,7 +265,7 @@ def test_a_failover_storm_is_judged_by_its_events(tmp_path: Path,
         assert v["alerts"]["explained"] == ["MeshFailoverStorm{node=n2}"]
     else:
         assert v["failures"] == ["MeshFailoverStorm{node=n2}: 3 failovers not explained by "
-                                 "the wave's restarts (bound 2)"]
+                                 "the wave's restarts (bound 2), away from: n9 (restart) x3"]
 
 
 # -- the switch rounds, through the playbook's own tasks ----------------------------------

@@ -140,10 +140,12 @@ def test_a_storm_of_failovers_away_from_restarted_wave_nodes_is_the_waves_doing(
 @pytest.mark.parametrize("events, want", [
     # away from a node outside the wave: a real flap
     (failovers(("n4", 900.0), ("n4", 910.0), ("n4", 920.0), ("n1", 930.0)),
-     "MeshFailoverStorm{node=n3}: 3 failovers not explained by the wave's restarts (bound 2)"),
+     "MeshFailoverStorm{node=n3}: 3 failovers not explained by the wave's restarts (bound 2), "
+     "away from: n4 (restart) x3"),
     # away from a wave node, but after the soak started: the new release flaps
     (failovers(("n1", 1001.0), ("n1", 1010.0), ("n2", 1020.0), ("n2", 990.0)),
-     "MeshFailoverStorm{node=n3}: 3 failovers not explained by the wave's restarts (bound 2)"),
+     "MeshFailoverStorm{node=n3}: 3 failovers not explained by the wave's restarts (bound 2), "
+     "away from: n1 (restart), in the soak x2, n2 (restart), in the soak"),
     ({"status": 500}, "MeshFailoverStorm{node=n3}: its failover events could not be read"),
 ])
 def test_a_storm_the_wave_does_not_explain_fails_the_gate(events: Any, want: str) -> None:

@@ -156,12 +156,13 @@ def _storm_hosts(alerts: Sequence[str], host_of: Mapping[str, str]) -> dict[str,
 
 
 def _unexplained_failovers(events: Any, wave_nodes: set[str], soak_started: float
-                           ) -> int | None:
-    """How many of a node's failovers the wave's restarts do not explain (module
-    docstring); None when *events* is not a ``/v1/events?kind=failover`` answer."""
+                           ) -> list[str] | None:
+    """The failovers of a node that the wave's restarts do not explain (module docstring),
+    each as "<neighbour> (<reason>)", with ", in the soak" when it came after the soak
+    started; None when *events* is not a ``/v1/events?kind=failover`` answer."""
     if not isinstance(events, Mapping) or not isinstance(events.get("events"), list):
         return None
-    other = 0
+    other = []
     for e in events["events"]:
         if not isinstance(e, Mapping) or e.get("kind") != "failover":
             continue
@@ -170,8 +171,19 @@ def _unexplained_failovers(events: Any, wave_nodes: set[str], soak_started: floa
         except (KeyError, TypeError, ValueError):
             wall = float("inf")
         if e.get("subject") not in wave_nodes or wall > soak_started:
-            other += 1
+            other.append(f"{e.get('subject')} ({e.get('reason')})"
+                         + (", in the soak" if wall > soak_started else ""))
     return other
+
+
+def _tally(items: Sequence[str], top: int = 4) -> str:
+    """The most frequent *top* of *items* as "a x3, b", and how many kinds are left."""
+    counts: dict[str, int] = {}
+    for i in items:
+        counts[i] = counts.get(i, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    out = ", ".join(k + (f" x{n}" if n > 1 else "") for k, n in ranked[:top])
+    return out + (f", {len(ranked) - top} more" if len(ranked) > top else "")
 
 
 def _host_problems(host: str, s: Mapping[str, Any], bounds: Mapping[str, Any]) -> list[str]:
@@ -380,9 +392,9 @@ def meshcore_rollout_gate(samples: Mapping[str, Any], wave: Sequence[str],
             other = _unexplained_failovers(storms[host], wave_nodes, soak)
             if other is None:
                 failures.append(f"{alert}: its failover events could not be read")
-            elif other > bound:
-                failures.append(f"{alert}: {other} failovers not explained by the wave's "
-                                f"restarts (bound {bound:g})")
+            elif len(other) > bound:
+                failures.append(f"{alert}: {len(other)} failovers not explained by the wave's "
+                                f"restarts (bound {bound:g}), away from: {_tally(other)}")
             else:
                 seen["explained"].append(alert)
         if new:

@@ -165,6 +165,10 @@ def main() -> int:
     p.add_argument("--serial", help="waves as JSON (default: playbooks/vars/rollout.yml)")
     p.add_argument("--soak", type=float, help="rollout_soak_s (default: the playbook's)")
     p.add_argument("--no-broken", action="store_true", help="skip the broken canary")
+    p.add_argument("--controller-nice", type=int, default=0, metavar="N",
+                   help="run the rollout's controller (ansible-runner and what it starts, "
+                        "module runs in the nodes included) at nice N: on a real mesh the "
+                        "controller has CPUs of its own, here it shares the nodes' (0: off)")
     p.add_argument("--keep-lab", action="store_true", help="leave the lab up at the end")
     p.add_argument("--report-dir", type=Path, default=ROOT / "build" / "bench-rollout",
                    help="where each rollout's whole JSON report is written")
@@ -213,6 +217,8 @@ def main() -> int:
             running = [(s, d, start_probe(state, s, d)) for s, d in pairs]
             time.sleep(2)
             log(f"rolling {good.name} to {len(hosts)} nodes, waves {serial}; probes {pairs}")
+            if a.controller_nice:
+                os.nice(a.controller_nice)  # the probes above already run, at RT priority
             t0, wall0 = time.monotonic(), time.time()
             rc, report = rollout.run(lab.INVENTORY, good, keys_file, extravars=extra,
                                      hosts_all=hosts)
@@ -220,19 +226,16 @@ def main() -> int:
             kills = watchdog_kills(hosts, wall0)
             traces = [(s, d, pr.stop()) for s, d, pr in running]
             account = keep_report(report, a.report_dir, "good")
-            if rc != 0 or report["status"] != "completed":
-                print(account, file=sys.stderr)
-                raise SystemExit("bench_rollout: the good release did not complete")
-            emit(figure="rollout_wall_s", nodes=len(hosts), value=round(wall, 1), unit="s",
-                 waves=len(report["waves"]), serial=serial,
-                 soak_s=extra.get("rollout_soak_s", play_vars["rollout_soak_s"]))
+            completed = rc == 0 and report["status"] == "completed"
+            # What happened, also (above all) when the rollout stopped.
             emit(figure="watchdog_kills", value=sum(kills.values()), nodes=kills,
                  note="agents systemd's watchdog killed during the good rollout")
             for i, w in enumerate(report["waves"]):
                 emit(figure="wave", index=i, hosts=len(w["hosts"]), duration_s=w["duration_s"],
                      status=w["status"], probes_checked=w["gate"].get("probes_checked"),
                      rounds=len(w.get("rounds") or []),
-                     storms_explained=len((w["gate"].get("alerts") or {}).get("explained") or []))
+                     storms_explained=len((w["gate"].get("alerts") or {}).get("explained") or []),
+                     failures=(w["gate"].get("failures") or [])[:5])
             for s, d, tr in traces:
                 lv = probes.service_levels(tr)
                 emit(figure="probe", src=s, dst=d, longest_gap_ms=longest_gap_ms(tr),
@@ -240,6 +243,13 @@ def main() -> int:
                      availability_pct=round(lv.availability_pct, 1),
                      path=nx.shortest_path(Topo(state).graph, s, d),
                      gaps=longest_gaps(tr, report))
+            if not completed:
+                print(account, file=sys.stderr)
+                raise SystemExit("bench_rollout: the good release did not complete")
+            emit(figure="rollout_wall_s", nodes=len(hosts), value=round(wall, 1), unit="s",
+                 waves=len(report["waves"]), serial=serial,
+                 soak_s=extra.get("rollout_soak_s", play_vars["rollout_soak_s"]),
+                 controller_nice=a.controller_nice)
             if not a.no_broken:
                 bad = release_tarball(work, repack(src, old, bad_id, "90.0.2", broken=True),
                                       bad_id, "90.0.2", keys)
