@@ -97,6 +97,7 @@ def site_run(extravars: dict[str, Any], tmp: Path) -> tuple[int, list[dict[str, 
         events.append(e)
         return True
 
+    tmp.mkdir(parents=True, exist_ok=True)
     r = ansible_runner.run(
         private_data_dir=str(tmp), project_dir=str(ROOT),
         playbook=str(ROOT / "playbooks/site.yml"), inventory=str(ROOT / "inventories/lab"),
