@@ -267,6 +267,8 @@ class MapekConfig:
     ``enforce`` also does it (disruptive actions only under a lease:
     ``lease``). ``policy``: ``fixed`` (the rule table) or ``learned`` (Thompson
     sampling over Knowledge). ``interval_s``: how often it samples.
+    ``loss_min_hellos``: a link's loss is judged over at least this many of its
+    hellos (:data:`mesh_agent.mapek.monitor.LOSS_MIN_HELLOS`; 5 s at 50 ms hellos).
     ``restart_units``: the services a ``restart_unit`` decision may restart on a
     starved node (the busiest of them by CPU; none: the action is never chosen).
     """
@@ -275,6 +277,7 @@ class MapekConfig:
     mode: str = field(default="observe", metadata=check(OneOf(("observe", "enforce"))))
     policy: str = field(default="fixed", metadata=check(OneOf(("fixed", "learned"))))
     interval_s: float = field(default=5.0, metadata=check(Number(0.5, 600.0)))
+    loss_min_hellos: int = field(default=100, metadata=check(Integer(10, 100000)))
     lease: LeaseConfig = field(default_factory=LeaseConfig)
     restart_units: tuple[str, ...] = field(default=(), metadata=check(_restart_units))
 

@@ -411,6 +411,16 @@ def test_the_loop_chooses_only_what_this_node_can_carry_out(ca: CA, tmp_path: Pa
             parse_config({**base, "mapek": {"restart_units": bad}})
 
 
+def test_the_loss_window_comes_from_the_config(ca: CA, tmp_path: Path) -> None:
+    agent = make_agent(ca, tmp_path, Clock(), {"enabled": True, "loss_min_hellos": 40})
+    assert agent.mapek is not None and agent.mapek.core.monitor.loss_min_hellos == 40
+    base = {"node_name": "a", "node_address": "10.77.0.1"}
+    assert parse_config({**base}).mapek.loss_min_hellos == 100
+    for bad in (0, 9, 100001, "many"):
+        with pytest.raises(ValueError, match=r"mapek\.loss_min_hellos"):
+            parse_config({**base, "mapek": {"loss_min_hellos": bad}})
+
+
 def test_unit_cpu_reads_cgroup_v2_usage(tmp_path: Path) -> None:
     from mesh_agent.mapek.execute import busiest_unit
     from mesh_agent.mapek.shell import unit_cpu_seconds

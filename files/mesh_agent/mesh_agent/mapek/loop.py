@@ -44,7 +44,14 @@ from mesh_agent.counters import Histogram
 from mesh_agent.mapek.analyze import Analyzer, Detector, Incident, IncidentClass
 from mesh_agent.mapek.execute import EXPIRY_S, Action, Executor, Op
 from mesh_agent.mapek.lease import Refusal
-from mesh_agent.mapek.monitor import Monitor, Observation, Reading, Signal, Thresholds
+from mesh_agent.mapek.monitor import (
+    LOSS_MIN_HELLOS,
+    Monitor,
+    Observation,
+    Reading,
+    Signal,
+    Thresholds,
+)
 from mesh_agent.mapek.plan import (
     BASELINE_N,
     COLLATERAL_S,
@@ -116,12 +123,13 @@ class MapeK:
         settle_s: float = 0.0,
         lease_ttl_s: float = LEASE_TTL_S,
         available: frozenset[ActionKind] | None = None,
+        loss_min_hellos: int = LOSS_MIN_HELLOS,
     ) -> None:
         self.node, self.mode, self.policy = node, mode, policy
         # The actions the shell can carry out here (None: every kind, as in a bare core);
         # the policy chooses among these only.
         self.available = available
-        self.monitor = Monitor(thresholds)
+        self.monitor = Monitor(thresholds, loss_min_hellos=loss_min_hellos)
         self.analyzer = Analyzer(detector, next_id)
         self.safety = Safety(node, mode, leases, limit, lease_ttl_s)
         self.executor = Executor(hello_interval_s)

@@ -169,7 +169,8 @@ class MapekShell:
                           thresholds=Thresholds(values=knowledge.thresholds()),
                           stats=knowledge.stats(), next_id=knowledge.last_id() + 1,
                           settle_s=START_SETTLE_S, leases=lease_provider(cfg, view.graph),
-                          lease_ttl_s=m.lease.ttl_s, available=available_actions(cfg))
+                          lease_ttl_s=m.lease.ttl_s, available=available_actions(cfg),
+                          loss_min_hellos=m.loss_min_hellos)
         view.mapek, view.knowledge = self.core, knowledge
         self._tasks: set[asyncio.Future[None]] = set()  # lease calls under way
 
