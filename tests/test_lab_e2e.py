@@ -110,8 +110,8 @@ def site_run(extravars: dict[str, Any], tmp: Path) -> tuple[int, list[dict[str, 
 def test_a_config_change_restarts_the_running_agents_in_rounds(
         lab: dict[str, object], tmp_path: Path) -> None:
     """A changed agent config, all 10 nodes in one batch: each running agent restarts once,
-    in rounds where no two nodes are neighbours (the lab's own graph), each round after
-    the previous one's agents are ready; then the change is undone the same way."""
+    in rounds where no two nodes are neighbours (the lab's own graph), a round only after
+    the one before it is ready; then the change is undone the same way."""
     state = load_state()
     adjacent = {frozenset((link["a"], link["b"])) for link in state["links"]}
     mesh = sorted(state["nodes"])
@@ -134,5 +134,9 @@ def test_a_config_change_restarts_the_running_agents_in_rounds(
                 h = str(d["host"])
                 span[h] = (min(span.get(h, (t0, t1))[0], t0), max(span.get(h, (t0, t1))[1], t1))
         assert sorted(span) == mesh, span
-        for before, after in itertools.pairwise(planned):
-            assert max(span[h][1] for h in before) <= min(span[h][0] for h in after), span
+        # The rounds run one after another, though not in the plan's order: Ansible runs
+        # the included rounds in the order their first host (in batch order) reaches them.
+        for a, b in itertools.combinations(planned, 2):
+            a0, a1 = min(span[h][0] for h in a), max(span[h][1] for h in a)
+            b0, b1 = min(span[h][0] for h in b), max(span[h][1] for h in b)
+            assert a1 <= b0 or b1 <= a0, (a, b, span)
