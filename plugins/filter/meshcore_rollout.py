@@ -54,6 +54,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -178,10 +179,7 @@ def _unexplained_failovers(events: Any, wave_nodes: set[str], soak_started: floa
 
 def _tally(items: Sequence[str], top: int = 4) -> str:
     """The most frequent *top* of *items* as "a x3, b", and how many kinds are left."""
-    counts: dict[str, int] = {}
-    for i in items:
-        counts[i] = counts.get(i, 0) + 1
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ranked = sorted(Counter(items).items(), key=lambda kv: (-kv[1], kv[0]))
     out = ", ".join(k + (f" x{n}" if n > 1 else "") for k, n in ranked[:top])
     return out + (f", {len(ranked) - top} more" if len(ranked) > top else "")
 

@@ -72,13 +72,6 @@ def make(*args: str) -> float:
     return time.monotonic() - t0
 
 
-def longest_gap_ms(trace: probes.Trace) -> float | None:
-    times = [t for t, _, _ in trace.replies]
-    if len(times) < 2:
-        return None
-    return round(1000 * max(b - a for a, b in itertools.pairwise(times)), 1)
-
-
 def longest_gaps(trace: probes.Trace, report: dict[str, Any], top: int = 3,
                  near_s: float = 10.0) -> list[dict[str, Any]]:
     """The *top* longest reply gaps, each placed in the rollout: when it began (seconds
@@ -238,11 +231,13 @@ def main() -> int:
                      failures=(w["gate"].get("failures") or [])[:5])
             for s, d, tr in traces:
                 lv = probes.service_levels(tr)
-                emit(figure="probe", src=s, dst=d, longest_gap_ms=longest_gap_ms(tr),
+                gaps = longest_gaps(tr, report)
+                emit(figure="probe", src=s, dst=d,
+                     longest_gap_ms=gaps[0]["gap_ms"] if gaps else None,
                      sent=tr.sent, received=tr.received, loss_pct=round(lv.loss_pct, 3),
                      availability_pct=round(lv.availability_pct, 1),
                      path=nx.shortest_path(Topo(state).graph, s, d),
-                     gaps=longest_gaps(tr, report))
+                     gaps=gaps)
             if not completed:
                 print(account, file=sys.stderr)
                 raise SystemExit("bench_rollout: the good release did not complete")
