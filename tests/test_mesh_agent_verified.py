@@ -1,5 +1,6 @@
-"""The mesh_agent role's verified install: the tasks of roles/mesh_agent/tasks/verified.yml
-(taken from the file by name), run by Ansible on a local host. Its controller half checks a
+"""The mesh_agent role's verified install: the tasks of roles/mesh_agent/tasks/stage.yml,
+which verified.yml (and rollout.yml's staging play) runs first, taken from the file by
+name and run by Ansible on a local host. Its controller half checks a
 signed release before anything reaches a node; its staging tasks unpack the tarball on the
 node, whole or not at all, at low priority.
 
@@ -44,7 +45,7 @@ def run_tasks(tmp: Path, tarball: Path, keys_file: Path, names: tuple[str, ...] 
               extra: dict[str, Any] | None = None,
               path: str = "/usr/bin:/bin") -> subprocess.CompletedProcess[str]:
     tasks = {t["name"]: t for t in yaml.safe_load(
-        (ROOT / "roles/mesh_agent/tasks/verified.yml").read_text())}
+        (ROOT / "roles/mesh_agent/tasks/stage.yml").read_text())}
     variables = {"mesh_agent_release_tarball": str(tarball),
                  "mesh_agent_release_keys_file": str(keys_file),
                  "mesh_agent_release_signatures_file":

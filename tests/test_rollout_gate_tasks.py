@@ -37,6 +37,13 @@ SOAK_STARTED = time.time()
 SKIPPED = {"skipped": True, "changed": False, "skip_reason": "Conditional result was False"}
 
 
+def wave_play() -> dict[str, Any]:
+    """rollout.yml's play of waves (its first play stages the release everywhere)."""
+    plays = yaml.safe_load((ROOT / "playbooks/rollout.yml").read_text())
+    (play,) = [p for p in plays if p["name"] == "Roll out an agent release"]
+    return dict(play)
+
+
 def alerts(*firing: str) -> dict[str, Any]:
     """A uri result of the monitoring host's /api/v1/alerts."""
     return {"status": 200, "json": {"status": "success", "data": {"alerts": [
@@ -74,7 +81,7 @@ def registered(host: str, broken: dict[str, str],
 def play(broken: dict[str, str], missing_path: str | None,
          monitor: tuple[dict[str, Any], dict[str, Any]],
          probe_count: int = 3, api: str | None = None) -> list[dict[str, Any]]:
-    source = yaml.safe_load((ROOT / "playbooks/rollout.yml").read_text())[0]
+    source = wave_play()
     by_name = {t["name"]: t for t in source["tasks"]}
     paths = {"results": [
         {"item": h, "json": {"destinations": {o: {"primary_next_hop": o} for o in HOSTS
@@ -98,11 +105,12 @@ def play(broken: dict[str, str], missing_path: str | None,
 
 def run_play(tmp_path: Path, plays: list[dict[str, Any]], hosts: list[str],
              envvars: dict[str, str] | None = None,
-             replace: dict[str, str] | None = None) -> tuple[int, list[dict[str, Any]]]:
+             replace: dict[str, str] | None = None,
+             host_vars: dict[str, str] | None = None) -> tuple[int, list[dict[str, Any]]]:
     """Run *plays* with ansible-runner on local *hosts* (group mesh_nodes, each with a
-    loopback address as its mesh_node_address, and the playbooks' files/ and tasks/
-    beside the play, with the files of *replace* (path: text) swapped in): rc and
-    events."""
+    loopback address as its mesh_node_address and the inventory variables of
+    *host_vars* (host: "k=v ..."), and the playbooks' files/ and tasks/ beside the play,
+    with the files of *replace* (path: text) swapped in): rc and events."""
     ansible_runner = pytest.importorskip("ansible_runner")
     project = tmp_path / "project"
     project.mkdir()
@@ -113,7 +121,8 @@ def run_play(tmp_path: Path, plays: list[dict[str, Any]], hosts: list[str],
         (project / path).write_text(text)
     local = f"ansible_connection=local ansible_python_interpreter={sys.executable}"
     (tmp_path / "hosts").write_text("[mesh_nodes]\n" + "".join(
-        f"{h} {local} mesh_node_address=127.0.0.{i + 1}\n" for i, h in enumerate(hosts)))
+        f"{h} {local} mesh_node_address=127.0.0.{i + 1} {(host_vars or {}).get(h, '')}\n"
+        for i, h in enumerate(hosts)))
     (tmp_path / "runner").mkdir()
     events: list[dict[str, Any]] = []
 
@@ -307,7 +316,7 @@ def test_the_wave_switches_in_rounds_of_nodes_that_share_no_neighbour(tmp_path: 
     # n6's agent did not answer (a uri result without json): it switches alone
     hosts.append("n6")
     nbrs["n6"] = {"failed": True, "status": -1, "msg": "Status code was -1: timed out"}
-    source = yaml.safe_load((ROOT / "playbooks/rollout.yml").read_text())[0]
+    source = wave_play()
     by_name = {t["name"]: t for t in source["tasks"]}
     plays = [{"name": "rounds", "hosts": "mesh_nodes", "gather_facts": False,
               "vars": {"rollout_fake": nbrs, "rollout_node_names": {},

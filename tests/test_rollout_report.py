@@ -19,6 +19,7 @@ import yaml
 from meshcore_testkit.loader import load_path
 from meshcore_tools import ROOT
 from meshcore_tools.rollout import TASKS, build_report, inventory_hosts, runner_path
+from test_rollout_gate_tasks import wave_play
 
 gate_mod = load_path("meshcore_rollout", ROOT / "plugins/filter/meshcore_rollout.py")
 gate = gate_mod.meshcore_rollout_gate
@@ -317,7 +318,7 @@ FAILURE_KEYWORDS = ("max_fail_percentage", "any_errors_fatal", "ignore_unreachab
 
 
 def failure_keywords() -> str:
-    play = yaml.safe_load((ROOT / "playbooks/rollout.yml").read_text())[0]
+    play = wave_play()
     return "\n  ".join(f"{k}: {json.dumps(play[k])}" for k in FAILURE_KEYWORDS if k in play)
 
 
@@ -326,7 +327,7 @@ def stand_in_playbook() -> str:
     playbook's own controller plays (its final check on localhost)."""
     plays = yaml.safe_load((ROOT / "playbooks/rollout.yml").read_text())
     return (STAND_IN.format(keywords=failure_keywords(), **TASKS)
-            + yaml.safe_dump(plays[1:], sort_keys=False))
+            + yaml.safe_dump([p for p in plays if p["hosts"] == "localhost"], sort_keys=False))
 
 
 def run_stand_in(tmp_path: Path, unreachable: bool) -> tuple[int, list[dict[str, Any]]]:

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from meshcore_testkit.loader import load_path
 from meshcore_tools import ROOT
+from test_rollout_gate_tasks import wave_play
 
 mod = load_path("meshcore_rollout", ROOT / "plugins/filter/meshcore_rollout.py")
 rounds = mod.meshcore_rollout_rounds
@@ -169,5 +170,5 @@ def test_the_storm_window_covers_the_alert_rule() -> None:
     rules = yaml.safe_load((ROOT / "roles/prometheus/files/rules/meshcore.yml").read_text())
     (rule,) = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == mod.STORM_ALERT]
     (rng,) = re.findall(r"\[(\w+)\]", rule["expr"])
-    play = yaml.safe_load((ROOT / "playbooks/rollout.yml").read_text())[0]
+    play = wave_play()
     assert play["vars"]["rollout_storm_window_s"] >= seconds(rng) + seconds(rule.get("for", "0s"))

@@ -75,7 +75,8 @@ def make(*args: str) -> float:
 def longest_gaps(trace: probes.Trace, report: dict[str, Any], top: int = 3,
                  near_s: float = 10.0) -> list[dict[str, Any]]:
     """The *top* longest reply gaps, each placed in the rollout: when it began (seconds
-    after the probe started), the wave and its phase then (install: from the wave's start
+    after the probe started), the wave and its phase then (stage: the release staged on
+    every node before the first wave; install: from the wave's start
     to its first switch; switch: to its last; soak: to the gate's verdict; gate: after),
     and the hosts whose switch began within *near_s* before the gap or during it."""
     times = [t for t, _, _ in trace.replies]
@@ -85,6 +86,9 @@ def longest_gaps(trace: probes.Trace, report: dict[str, Any], top: int = 3,
     out = []
     for gap, at in gaps:
         wave, phase = None, None
+        stage = report.get("stage") or {}
+        if stage.get("started") is not None and stage["started"] <= at <= stage["ended"]:
+            phase = "stage"
         for w in report.get("waves", []):
             if not (w.get("started") or 0) <= at <= (w.get("ended") or 0):
                 continue
@@ -223,6 +227,10 @@ def main() -> int:
             # What happened, also (above all) when the rollout stopped.
             emit(figure="watchdog_kills", value=sum(kills.values()), nodes=kills,
                  note="agents systemd's watchdog killed during the good rollout")
+            stage = report.get("stage") or {}
+            emit(figure="stage", hosts=stage.get("hosts"), duration_s=stage.get("duration_s"),
+                 serial=extra.get("rollout_stage_serial", defaults["rollout_stage_serial"]),
+                 note="the release staged on every node before the first wave")
             for i, w in enumerate(report["waves"]):
                 emit(figure="wave", index=i, hosts=len(w["hosts"]), duration_s=w["duration_s"],
                      status=w["status"], probes_checked=w["gate"].get("probes_checked"),

@@ -29,6 +29,8 @@ from meshcore_tools import ROOT
 
 PLAYBOOK = "playbooks/rollout.yml"
 TASKS = {
+    "staged": "Check the release is staged",
+    "discard": "Discard the release staged on the nodes the rollout did not reach",
     "wave": "Record the wave",
     "before": "Remember the release to roll back to",
     "target": "Name the target release",
@@ -65,8 +67,11 @@ def _stdout_json(res: Mapping[str, Any]) -> dict[str, Any]:
 def build_report(events: Iterable[Mapping[str, Any]], hosts_all: Sequence[str] = ()
                  ) -> dict[str, Any]:
     """The rollout's outcome from its events: ``status`` (completed, stopped or
-    failed), ``waves`` (hosts, status, gate verdict, times), ``hosts`` (wave,
-    release before and target, status, the switch and rollback results, failed tasks)
+    failed), ``stage`` (the staging play before the waves: its times and how many
+    nodes staged the release), ``waves`` (hosts, status, gate verdict, times),
+    ``hosts`` (wave, whether it staged the release, release before and target,
+    status, the switch and rollback results, whether a stopped rollout discarded its
+    staged copy, failed tasks)
     and ``controller`` (hosts that ran none of the mesh play's tasks and are not in
     *hosts_all*, such as the final check's localhost: ok or failed, with failed tasks;
     a failure there fails the rollout). *hosts_all* lists the hosts meant to be
@@ -78,9 +83,11 @@ def build_report(events: Iterable[Mapping[str, Any]], hosts_all: Sequence[str] =
     rolled: set[str] = set()  # hosts that ran a task of the mesh play
 
     def host(name: str) -> dict[str, Any]:
-        return hosts.setdefault(name, {"wave": None, "before": None, "target": None,
-                                       "status": "not_reached", "switch": None,
-                                       "rollback": None, "failed_tasks": []})
+        return hosts.setdefault(name, {"wave": None, "staged": None, "before": None,
+                                       "target": None, "status": "not_reached", "switch": None,
+                                       "rollback": None, "unstaged": False, "failed_tasks": []})
+
+    stage: dict[str, Any] = {"started": None, "ended": None, "hosts": 0}
 
     for ev in events:
         kind = ev.get("event")
@@ -97,6 +104,8 @@ def build_report(events: Iterable[Mapping[str, Any]], hosts_all: Sequence[str] =
             continue
         outcome = HOST_EVENTS[str(kind)]
         t = _time(ev)
+        if stage["started"] is None and not waves and t is not None:
+            stage["started"] = t
         if task in MESH_TASKS:
             rolled.add(name)
         if task == TASKS["wave"] and outcome == "ok":
@@ -122,15 +131,27 @@ def build_report(events: Iterable[Mapping[str, Any]], hosts_all: Sequence[str] =
             if task == TASKS["stop"]:
                 if h["status"] not in ("rolled_back", "unreachable"):
                     h["status"] = "stopped"
-            elif h["status"] != "unreachable":
-                h["status"] = "failed"
+            else:  # an unreachable host stays so, with the task that stopped it
+                if h["status"] != "unreachable":
+                    h["status"] = "failed"
                 h["failed_tasks"].append({"task": task, "msg": res.get("msg") or
                                           res.get("stderr") or ""})
             continue
         if outcome != "ok":
             continue
         facts = res.get("ansible_facts") or {}
-        if task == TASKS["before"]:
+        if task == TASKS["staged"]:
+            h["staged"] = bool((res.get("stat") or {}).get("exists"))
+            stage["hosts"] += h["staged"]
+            if t is not None:
+                stage["ended"] = t
+        elif task == TASKS["discard"]:
+            for item in res.get("results") or []:
+                pair = item.get("item") if isinstance(item, dict) else None
+                if (isinstance(pair, list) and pair and isinstance(pair[0], str)
+                        and item.get("changed")):
+                    host(pair[0])["unstaged"] = True
+        elif task == TASKS["before"]:
             h["before"] = facts.get("rollout_previous")
         elif task == TASKS["target"]:
             h["target"] = facts.get("rollout_target")
@@ -189,9 +210,13 @@ def build_report(events: Iterable[Mapping[str, Any]], hosts_all: Sequence[str] =
         status = "stopped"
     else:
         status = "failed"
+    if stage["ended"] is None:  # no staging play ran (or none of it finished)
+        stage["started"] = None
+    stage["duration_s"] = (round(stage["ended"] - stage["started"], 3)
+                           if stage["started"] is not None and stage["ended"] is not None else None)
     targets = {h["target"] for h in hosts.values() if h["target"]}
     return {"status": status, "target": targets.pop() if len(targets) == 1 else sorted(targets),
-            "waves": waves, "hosts": dict(sorted(hosts.items())),
+            "stage": stage, "waves": waves, "hosts": dict(sorted(hosts.items())),
             "controller": dict(sorted(controller.items())), "stats": stats}
 
 
