@@ -62,3 +62,72 @@ def test_running_agents_restart_in_rounds_of_nodes_that_share_no_neighbour(
            (json.loads(line) for line in log.read_text().splitlines())}
     assert sorted(ran) == hosts[:6] and len(log.read_text().splitlines()) == 6
     assert_path_rounds_ran_apart(ran)
+
+
+def test_a_release_switch_of_running_agents_goes_in_the_rounds_too(tmp_path: Path) -> None:
+    """The role leaves a running agent's switch to the rounds (its own tasks, by name, on
+    local hosts with a ``current`` link each): n1-n3 run r1 and get r2, n4 runs r2
+    already. The rounds then run the real tasks/agent-restart.yml, whose switch is
+    ``meshctl release use r2 --wait-ready 60`` (a stand-in meshctl that logs its times):
+    a path n1-n2-n3 puts each node in a round of its own, one after another."""
+    hosts = ["n1", "n2", "n3", "n4"]
+    log = tmp_path / "switches.log"
+    for h in hosts:
+        root = tmp_path / h
+        for rid in ("r1", "r2"):
+            (root / "releases" / rid / "venv/bin").mkdir(parents=True)
+        (root / "current").symlink_to(f"releases/{'r2' if h == 'n4' else 'r1'}/venv")
+        meshctl = root / "releases/r2/venv/bin/meshctl"
+        meshctl.write_text(f"#!{sys.executable}\nimport json, sys, time\n"
+                           "t0 = time.time(); time.sleep(1.0)\n"
+                           f"with open({str(log)!r}, 'a') as f:\n"
+                           f"    f.write(json.dumps([{h!r}, t0, time.time(), sys.argv[1:]])"
+                           " + '\\n')\n"
+                           "print(json.dumps({'changed': True, 'current': 'r2'}))\n")
+        meshctl.chmod(0o755)
+    main = {t["name"]: t for t in yaml.safe_load(
+        (ROOT / "roles/mesh_agent/tasks/main.yml").read_text())}
+    derived = yaml.safe_load((ROOT / "roles/mesh_agent/vars/main.yml").read_text())
+    edges = [("n1", "n2"), ("n2", "n3")]
+    nbrs = {h: {"json": {"node": h, "neighbors": [{"name": b if a == h else a}
+                                                  for a, b in edges if h in (a, b)]}}
+            for h in hosts}
+    play = yaml.safe_load((ROOT / "playbooks/mesh-node.yml").read_text())[0]
+    post = {t["name"]: t for t in play["post_tasks"]}
+    read = "Read the neighbours of each node whose agent waits for its restart"
+    plays = [{"name": "switch rounds", "hosts": "mesh_nodes", "gather_facts": False,
+              "vars": {"fake": nbrs, "mesh_agent_node_name": "{{ inventory_hostname }}",
+                       "mesh_agent_install_root": f"{tmp_path}/{{{{ inventory_hostname }}}}",
+                       "mesh_agent_release": "r2", "mesh_agent_release_keys_file": "keys.json",
+                       "mesh_agent_release_dir":
+                           f"{tmp_path}/{{{{ inventory_hostname }}}}/releases/r2",
+                       "mesh_agent_restart_deferred": True, "mesh_agent_was_active":
+                           {"stdout": "active"},
+                       "mesh_node_ready_timeout_s": 60, "mesh_node_api": "http://127.0.0.1:9",
+                       **derived},
+              "tasks": [main["Read the release the running agent was started from"],
+                        main["Leave the switch to the play's rounds"],
+                        main["Switch to the verified release"],
+                        {"name": "Fake the neighbours", "ansible.builtin.set_fact": {
+                            "mesh_node_neighbours": "{{ fake[inventory_hostname] }}"}},
+                        *(t for n, t in post.items() if n != read)]}]
+    rc, events = run_play(tmp_path, plays, hosts,
+                          {"ANSIBLE_FILTER_PLUGINS": str(ROOT / "plugins/filter"),
+                           "ANSIBLE_FORKS": "4"})
+    assert rc == 0, [e.get("stdout") for e in events][-10:]
+    # the role switched nothing itself
+    assert not [e for e in events if e.get("event") == "runner_on_ok"
+                and e["event_data"].get("task") == "Switch to the verified release"]
+    runs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(h for h, *_ in runs) == ["n1", "n2", "n3"]  # n4 runs r2 already
+    assert all(argv == ["--json", "release", "--root", str(tmp_path / h), "use", "r2",
+                        "--wait-ready", "60"] for h, _, _, argv in runs)
+    ran = {h: (t0, t1) for h, t0, t1, _ in runs}
+    for a, b in (("n1", "n2"), ("n2", "n3"), ("n1", "n3")):
+        assert ran[a][1] <= ran[b][0] or ran[b][1] <= ran[a][0], ran
+    reset = {e["event_data"]["host"]: e["event_data"]["res"]["ansible_facts"]
+             for e in events if e.get("event") == "runner_on_ok"
+             and e["event_data"].get("task") == "Note the agent restarted"}
+    assert sorted(reset) == ["n1", "n2", "n3"]
+    assert all(f["mesh_agent_switch_pending"] == "" and f["mesh_agent_restart_pending"] is False
+               for f in reset.values())
