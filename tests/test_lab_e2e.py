@@ -140,3 +140,64 @@ def test_a_config_change_restarts_the_running_agents_in_rounds(
             a0, a1 = min(span[h][0] for h in a), max(span[h][1] for h in a)
             b0, b1 = min(span[h][0] for h in b), max(span[h][1] for h in b)
             assert a1 <= b0 or b1 <= a0, (a, b, span)
+
+
+def test_a_signed_release_switches_the_running_agents_in_rounds(
+        lab: dict[str, object], tmp_path: Path) -> None:
+    """site.yml with a signed release (throwaway keys) on the running lab, all 10 nodes in
+    one batch: every node switches with ``meshctl release use --wait-ready`` in rounds of
+    nodes that are not neighbours, one round after another; a second run switches nothing.
+    Then every node is put back on the lab's own release (as a rollback would)."""
+    from meshcore_testkit.releases import keys_json, release_tarball, repack, throwaway_keys
+
+    state = load_state()
+    adjacent = {frozenset((link["a"], link["b"])) for link in state["links"]}
+    mesh = sorted(state["nodes"])
+    info = json.loads((ROOT / "build/agent/bundle.json").read_text())
+    src, old, new = ROOT / "build/agent" / info["bundle"], info["release"], "e" * 16
+    keys = throwaway_keys()  # THROWAWAY test keys
+    keys_file = tmp_path / "release-keys.json"
+    keys_file.write_text(keys_json(keys))
+    tarball = release_tarball(tmp_path, repack(src, old, new, "90.0.5", broken=False), new,
+                              "90.0.5", keys)
+    extra = {"mesh_agent_release_keys_file": str(keys_file),
+             "mesh_agent_release_tarball": str(tarball)}
+    switch = "Switch the agent to its new release, one round at a time"
+
+    def current(node: str) -> str:
+        out = subprocess.run(["podman", "exec", container(node), "meshctl", "--json", "release",
+                              "list"], capture_output=True, text=True, check=True, timeout=60)
+        return str(json.loads(out.stdout)["current"])
+
+    try:
+        rc, events = site_run(extra, tmp_path / "switch")
+        assert rc == 0, [e.get("stdout") for e in events][-20:]
+        oks = [e["event_data"] for e in events if e.get("event") == "runner_on_ok"]
+        assert not [d for d in oks if d.get("task") == "Switch to the verified release"]
+        (rounds,) = {json.dumps(d["res"]["ansible_facts"]["mesh_node_restart_rounds"])
+                     for d in oks if d.get("task") == "Plan the agent restart rounds"}
+        planned: list[list[str]] = json.loads(rounds)
+        assert sorted(h for r in planned for h in r) == mesh, planned
+        assert not any(frozenset((a, b)) in adjacent for r in planned for a in r for b in r)
+        span = {str(d["host"]): tuple(datetime.fromisoformat(str(d[k])).timestamp()
+                                      for k in ("start", "end"))
+                for d in oks if d.get("task") == switch}
+        assert sorted(span) == mesh, span
+        assert all(json.loads(d["res"]["stdout"])["current"] == new
+                   for d in oks if d.get("task") == switch)
+        for a, b in itertools.combinations(planned, 2):
+            a0, a1 = min(span[h][0] for h in a), max(span[h][1] for h in a)
+            b0, b1 = min(span[h][0] for h in b), max(span[h][1] for h in b)
+            assert a1 <= b0 or b1 <= a0, (a, b, span)
+        assert all(current(n) == new for n in mesh)
+
+        rc, events = site_run(extra, tmp_path / "again")
+        assert rc == 0
+        assert not [e for e in events if e.get("event") == "runner_on_ok"
+                    and e["event_data"].get("task") == switch]
+    finally:
+        for n in mesh:
+            subprocess.run(["podman", "exec", container(n), "meshctl", "--json", "release", "use",
+                            old, "--no-confirm", "--wait-ready", "60"],
+                           capture_output=True, text=True, timeout=120)
+    assert all(current(n) == old for n in mesh)
