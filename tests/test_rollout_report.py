@@ -205,6 +205,20 @@ def test_report_of_a_canary_that_fails_and_is_rolled_back() -> None:
     assert r["stats"]["failures"] == {"n1": 1}
 
 
+def test_report_gives_the_rounds_in_the_order_they_ran() -> None:
+    """Ansible runs included rounds in the order their first host reaches them: the plan
+    [[n1], [n2, n3], [n4]] ran as [n2, n3], then n4, then n1."""
+    good = {"ok": True, "failures": [], "hosts": {}}
+    events = [*wave(ALL, 1.0),
+              ok("n1", "rounds", 2.0, ansible_facts={"rollout_rounds": [["n1"], ["n2", "n3"],
+                                                                          ["n4"]]}),
+              switched("n2", 3.0), switched("n3", 3.2), switched("n4", 5.0), switched("n1", 7.0),
+              ok("n1", "verdict", 9.0, rollout_verdict=good)]
+    (w,) = build_report(events, hosts_all=ALL)["waves"]
+    assert w["rounds"] == [["n1"], ["n2", "n3"], ["n4"]]
+    assert w["rounds_run"] == [["n2", "n3"], ["n4"], ["n1"]]
+
+
 def test_report_of_a_completed_rollout_with_an_unreachable_host_is_not_completed() -> None:
     good = {"ok": True, "failures": [], "hosts": {}}
     events = [*wave(["n1"], 1.0), switched("n1", 2.0), ok("n1", "verdict", 3.0,
