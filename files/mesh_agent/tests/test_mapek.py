@@ -33,7 +33,7 @@ from mesh_agent.mapek import (
 )
 from mesh_agent.mapek.analyze import ThresholdDetector
 from mesh_agent.mapek.execute import CEILING, HALF_LIFE_S, MAX_HOLD_S, QUARANTINE_COST, REUSE_LIMIT
-from mesh_agent.mapek.monitor import DEFAULT_BOUNDS, Reading
+from mesh_agent.mapek.monitor import DEFAULT_BOUNDS, LOSS_KEEP_S, Reading
 from mesh_agent.mapek.plan import (
     APPLICABLE,
     BASELINE_MIN,
@@ -86,11 +86,36 @@ def test_monitor_judges_loss_over_enough_hellos_of_the_session() -> None:
     assert loss_reading(m, 5.0, 120, 150) == pytest.approx(0.2)  # since the session began
     assert loss_reading(m, 10.0, 200, 240) == pytest.approx(1 - 150 / 180)  # since (50, 60)
     assert loss_reading(m, 15.0, 300, 340) == pytest.approx(0.0)  # since (200, 240)
-    # A new session of the neighbour (its counts went back) starts again.
-    assert loss_reading(m, 20.0, 40, 50) is None
-    assert loss_reading(m, 25.0, 80, 150) == pytest.approx(0.6)  # since (40, 50)
+    # A new session of the neighbour (its counts went back) adds to the old one's: (40, 50)
+    # is (340, 390) in all, read since (200, 240).
+    assert loss_reading(m, 20.0, 40, 50) == pytest.approx(1 - 140 / 150)
+    assert loss_reading(m, 25.0, 80, 150) == pytest.approx(0.6)  # since (340, 390)
     # Another interface of the same neighbour has counts of its own.
     assert loss_reading(m, 30.0, 10, 10, ifname="mesh1") is None
+
+
+def test_a_link_that_keeps_timing_out_still_reads_its_loss() -> None:
+    """40 % loss on 50 ms hellos: the session dies every few seconds (a few hellos lost in a
+    row), so no session reaches 100 hellos, and the link is missing from a sample or two
+    between sessions. Summed over its sessions the loss reads about 40 % and crosses the
+    threshold: a lossy link, not only a failover storm. Gone longer than LOSS_KEEP_S, the
+    link is forgotten."""
+    rng = random.Random(3)
+    m = Monitor(loss_min_hellos=100)
+    readings: list[float | None] = []
+    at = 0.0
+    for _ in range(40):
+        got = [rng.random() >= 0.4 for _ in range(rng.randint(30, 60))]
+        readings.append(loss_reading(m, at, sum(got), len(got)))
+        at += 5.0
+        m.sample(Observation(at))  # between sessions: the neighbour is down
+        at += 5.0
+    later = readings[5:]
+    assert all(r is not None for r in later)
+    assert all(0.25 <= r <= 0.55 for r in later if r is not None), later  # 3 sd of 100
+    assert all(r is not None and r > Thresholds().values[Signal.LOSS] for r in later)
+    m.sample(Observation(at + LOSS_KEEP_S + 1))
+    assert loss_reading(m, at + LOSS_KEEP_S + 2, 50, 60) is None  # forgotten: starts anew
 
 
 @given(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60)), min_size=1, max_size=40),

@@ -156,8 +156,15 @@ RATE_WINDOW_S = 30.0
 # 20 % threshold in one sample in 23 (binomial tail 4.3e-2), so two samples in a row did now
 # and then on the learning bench's background links (docs/mapek.md); over 100 it is 8.1e-4
 # per sample, while a link losing 30 % still crosses in 98 % of samples (40 %: all). A link
-# with fewer hellos than that this session has no loss reading yet (too little evidence).
+# with fewer hellos than that has no loss reading yet (too little evidence).
 LOSS_MIN_HELLOS = 100
+# The window runs on across the neighbour's sessions: a link losing 40 % of 50 ms hellos
+# times out (a few lost in a row) every few seconds, and a window that started anew with
+# each session never held 100 hellos, so such a link never read as lossy, only as a
+# failover storm (docs/mapek.md, "the classification gap"). A link gone from the samples
+# keeps its window this long (then it is forgotten: bounded), so its next session adds
+# to it.
+LOSS_KEEP_S = 120.0
 
 
 def _rate(now: int | float, before: int | float, seconds: float, per: float) -> float:
@@ -179,31 +186,43 @@ class Monitor:
         self.loss_min_hellos = loss_min_hellos
         # Observations back to the newest one at or before the window's start (its base).
         self._window: deque[Observation] = deque()
-        # Per (neighbour, interface), its (heard, expected) hello counts back to the newest
-        # sample that leaves at least loss_min_hellos expected since (the loss window's
-        # base); the first entry is the session's start (0, 0) until that many were expected.
+        # Per (neighbour, interface), its (heard, expected) hello counts, summed over its
+        # sessions, back to the newest sample that leaves at least loss_min_hellos expected
+        # since (the loss window's base); the first entry is (0, 0) until that many were.
         self._hellos: dict[tuple[str, str], deque[tuple[int, int]]] = {}
+        # Per (neighbour, interface): the current session's last raw counts, the sum of
+        # the sessions before it, and when the link was last sampled.
+        self._session: dict[tuple[str, str], tuple[int, int]] = {}
+        self._before: dict[tuple[str, str], tuple[int, int]] = {}
+        self._sampled: dict[tuple[str, str], float] = {}
 
-    def _losses(self, links: Iterable[LinkSample]) -> dict[tuple[str, str], float | None]:
+    def _losses(self, links: Iterable[LinkSample], at: float
+                ) -> dict[tuple[str, str], float | None]:
         """The loss of each link with hello counts over at least loss_min_hellos of its
-        hellos; None while it has had fewer this session."""
+        hellos, summed over its sessions (LOSS_KEEP_S); None while it has had fewer."""
         out: dict[tuple[str, str], float | None] = {}
         for link in links:
             if link.hellos is None:
                 continue
             key = (link.neighbor, link.ifname)
-            heard, expected = link.hellos
-            w = self._hellos.get(key)
-            if w is None or expected < w[-1][1] or heard < w[-1][0]:  # new, or a new session
-                w = self._hellos[key] = deque([(0, 0)])
+            raw_h, raw_e = link.hellos
+            last = self._session.get(key)
+            if last is not None and (raw_e < last[1] or raw_h < last[0]):  # a new session
+                bh, be = self._before.get(key, (0, 0))
+                self._before[key] = (bh + last[0], be + last[1])
+            self._session[key], self._sampled[key] = (raw_h, raw_e), at
+            bh, be = self._before.get(key, (0, 0))
+            heard, expected = bh + raw_h, be + raw_e
+            w = self._hellos.setdefault(key, deque([(0, 0)]))
             w.append((heard, expected))
             while len(w) > 2 and expected - w[1][1] >= self.loss_min_hellos:
                 w.popleft()
             h0, e0 = w[0]
             out[key] = (None if expected - e0 < self.loss_min_hellos
                         else min(1.0, max(0.0, 1.0 - (heard - h0) / (expected - e0))))
-        for gone in self._hellos.keys() - out.keys():
-            del self._hellos[gone]
+        for gone in [k for k, t in self._sampled.items() if at - t > LOSS_KEEP_S]:
+            del self._hellos[gone], self._session[gone], self._sampled[gone]
+            self._before.pop(gone, None)
         return out
 
     def _windowed(self, obs: Observation) -> Observation:
@@ -226,7 +245,7 @@ class Monitor:
         self._last = obs
         self.samples_total += 1
         out: list[Reading] = []
-        losses = self._losses(obs.links)
+        losses = self._losses(obs.links, obs.at)
         for link in _advertised(obs.links):
             target = Target("link", link.neighbor)
             loss = link.loss if link.hellos is None else losses[(link.neighbor, link.ifname)]
