@@ -245,7 +245,8 @@ class AgentView:
         rejected = self.topology.lsdb.rejected
         return Observation(
             at=self.clock(),
-            links=tuple(LinkSample(nb.name, nb.loss(), nb.rtt_s, nb.hello_counts(), nb.ifname)
+            links=tuple(LinkSample(nb.name, nb.loss(), nb.rtt_s, nb.hello_counts(), nb.ifname,
+                                   nb.first_seen)
                         for nb in self.sensor.up_neighbors()),
             lateness_s=self.stretch.lag_s,
             failovers_total=self.failover.failovers_total,

@@ -94,6 +94,27 @@ def test_monitor_judges_loss_over_enough_hellos_of_the_session() -> None:
     assert loss_reading(m, 30.0, 10, 10, ifname="mesh1") is None
 
 
+def test_a_new_session_is_told_by_its_start_or_a_gap_not_only_by_counts_that_went_back(
+        ) -> None:
+    """Sessions of 60 hellos with 30 heard each (50 % loss), whose counts do not go back:
+    the next session's (30, 60) is told apart by its start (or, without one, by the
+    sample it was missing from), so the loss reads 50 %, not a join's 0 or 100 %."""
+    for starts in (True, False):
+        m = Monitor(loss_min_hellos=100)
+        at, got = 0.0, []
+        for i in range(6):
+            link = LinkSample("b", 0.5, None, (30 + i, 60 + 2 * i), "mesh0",
+                              float(i) if starts else None)
+            out = m.sample(Observation(at, (link,)))
+            got.append(next((r.value for r in out if r.signal is Signal.LOSS), None))
+            at += 5.0
+            if not starts:
+                m.sample(Observation(at))  # the link was down in between
+                at += 5.0
+        assert got[:1] == [None]
+        assert [round(v, 2) for v in got[2:] if v is not None] == [0.5] * 4, (starts, got)
+
+
 def test_a_link_that_keeps_timing_out_still_reads_its_loss() -> None:
     """40 % loss on 50 ms hellos: the session dies every few seconds (a few hellos lost in a
     row), so no session reaches 100 hellos, and the link is missing from a sample or two

@@ -113,6 +113,9 @@ class LinkSample:
     # loss is *loss*.
     hellos: tuple[int, int] | None = None
     ifname: str = ""
+    # When our side of this session began (the sensor's first_seen): a new session has
+    # counts of its own, even when they are not below the last session's.
+    session_start: float | None = None
 
 
 @dataclass(frozen=True)
@@ -190,11 +193,12 @@ class Monitor:
         # sessions, back to the newest sample that leaves at least loss_min_hellos expected
         # since (the loss window's base); the first entry is (0, 0) until that many were.
         self._hellos: dict[tuple[str, str], deque[tuple[int, int]]] = {}
-        # Per (neighbour, interface): the current session's last raw counts, the sum of
-        # the sessions before it, and when the link was last sampled.
-        self._session: dict[tuple[str, str], tuple[int, int]] = {}
+        # Per (neighbour, interface): the current session (its start, its last raw
+        # counts), the sum of the sessions before it, and when the link was last sampled.
+        self._session: dict[tuple[str, str], tuple[float | None, int, int]] = {}
         self._before: dict[tuple[str, str], tuple[int, int]] = {}
         self._sampled: dict[tuple[str, str], float] = {}
+        self._at: float | None = None  # the sample before
 
     def _losses(self, links: Iterable[LinkSample], at: float
                 ) -> dict[tuple[str, str], float | None]:
@@ -207,10 +211,13 @@ class Monitor:
             key = (link.neighbor, link.ifname)
             raw_h, raw_e = link.hellos
             last = self._session.get(key)
-            if last is not None and (raw_e < last[1] or raw_h < last[0]):  # a new session
+            # A new session: another start, counts that went back, or a link that was
+            # missing from the sample before (it was down in between).
+            if last is not None and (last[0] != link.session_start or raw_e < last[2]
+                                     or raw_h < last[1] or self._sampled[key] != self._at):
                 bh, be = self._before.get(key, (0, 0))
-                self._before[key] = (bh + last[0], be + last[1])
-            self._session[key], self._sampled[key] = (raw_h, raw_e), at
+                self._before[key] = (bh + last[1], be + last[2])
+            self._session[key], self._sampled[key] = (link.session_start, raw_h, raw_e), at
             bh, be = self._before.get(key, (0, 0))
             heard, expected = bh + raw_h, be + raw_e
             w = self._hellos.setdefault(key, deque([(0, 0)]))
@@ -223,6 +230,7 @@ class Monitor:
         for gone in [k for k, t in self._sampled.items() if at - t > LOSS_KEEP_S]:
             del self._hellos[gone], self._session[gone], self._sampled[gone]
             self._before.pop(gone, None)
+        self._at = at
         return out
 
     def _windowed(self, obs: Observation) -> Observation:
