@@ -205,6 +205,22 @@ def test_report_of_a_canary_that_fails_and_is_rolled_back() -> None:
     assert r["stats"]["failures"] == {"n1": 1}
 
 
+def test_an_unreachable_discard_target_does_not_mark_the_host_that_ran_it() -> None:
+    """The discard runs once, delegated to each node never reached: one of them being
+    unreachable makes the looped task unreachable for the (rolled back) host that ran it."""
+    bad = {"ok": False, "failures": ["n1: x"], "hosts": {}}
+    results = [{"item": ["n2", ""], "changed": True}, {"item": ["n2", ".sigs"], "changed": True},
+               {"item": ["n3", ""], "unreachable": True}]
+    events = [*wave(["n1"], 1.0), switched("n1", 2.0),
+              ok("n1", "verdict", 3.0, rollout_verdict=bad),
+              ok("n1", "rollback", 4.0, stdout=json.dumps({"changed": True, "current": "r1"})),
+              ev("runner_on_unreachable", "n1", TASKS["discard"], {"results": results}, 5.0),
+              ev("runner_on_failed", "n1", TASKS["stop"], {"msg": "The wave n1 failed"}, 6.0)]
+    r = build_report(events, hosts_all=ALL)
+    assert r["hosts"]["n1"]["status"] == "rolled_back" and r["status"] == "stopped"
+    assert [h for h in ALL if r["hosts"][h]["unstaged"]] == ["n2"]
+
+
 def test_report_gives_the_rounds_in_the_order_they_ran() -> None:
     """Ansible runs included rounds in the order their first host reaches them: the plan
     [[n1], [n2, n3], [n4]] ran as [n2, n3], then n4, then n1."""

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from meshcore_tools import ROOT
 from test_rollout_gate_tasks import assert_path_rounds_ran_apart, run_play
@@ -64,12 +65,15 @@ def test_running_agents_restart_in_rounds_of_nodes_that_share_no_neighbour(
     assert_path_rounds_ran_apart(ran)
 
 
-def test_a_release_switch_of_running_agents_goes_in_the_rounds_too(tmp_path: Path) -> None:
+@pytest.mark.parametrize("n2_ready", [True, False])
+def test_a_release_switch_of_running_agents_goes_in_the_rounds_too(
+        tmp_path: Path, n2_ready: bool) -> None:
     """The role leaves a running agent's switch to the rounds (its own tasks, by name, on
     local hosts with a ``current`` link each): n1-n3 run r1 and get r2, n4 runs r2
     already. The rounds then run the real tasks/agent-restart.yml, whose switch is
     ``meshctl release use r2 --wait-ready 60`` (a stand-in meshctl that logs its times):
-    a path n1-n2-n3 puts each node in a round of its own, one after another."""
+    a path n1-n2-n3 puts each node in a round of its own, one after another. An agent
+    that is not ready in time (``ready_after_s`` null, rc 0) fails its node and the play."""
     hosts = ["n1", "n2", "n3", "n4"]
     log = tmp_path / "switches.log"
     for h in hosts:
@@ -83,7 +87,8 @@ def test_a_release_switch_of_running_agents_goes_in_the_rounds_too(tmp_path: Pat
                            f"with open({str(log)!r}, 'a') as f:\n"
                            f"    f.write(json.dumps([{h!r}, t0, time.time(), sys.argv[1:]])"
                            " + '\\n')\n"
-                           "print(json.dumps({'changed': True, 'current': 'r2'}))\n")
+                           "print(json.dumps({'changed': True, 'current': 'r2', "
+                           f"'ready_after_s': {1.0 if n2_ready or h != 'n2' else None}}}))\n")
         meshctl.chmod(0o755)
     main = {t["name"]: t for t in yaml.safe_load(
         (ROOT / "roles/mesh_agent/tasks/main.yml").read_text())}
@@ -96,6 +101,7 @@ def test_a_release_switch_of_running_agents_goes_in_the_rounds_too(tmp_path: Pat
     post = {t["name"]: t for t in play["post_tasks"]}
     read = "Read the neighbours of each node whose agent waits for its restart"
     plays = [{"name": "switch rounds", "hosts": "mesh_nodes", "gather_facts": False,
+              "max_fail_percentage": 0,
               "vars": {"fake": nbrs, "mesh_agent_node_name": "{{ inventory_hostname }}",
                        "mesh_agent_install_root": f"{tmp_path}/{{{{ inventory_hostname }}}}",
                        "mesh_agent_release": "r2", "mesh_agent_release_keys_file": "keys.json",
@@ -111,14 +117,22 @@ def test_a_release_switch_of_running_agents_goes_in_the_rounds_too(tmp_path: Pat
                         {"name": "Fake the neighbours", "ansible.builtin.set_fact": {
                             "mesh_node_neighbours": "{{ fake[inventory_hostname] }}"}},
                         *(t for n, t in post.items() if n != read)]}]
+    switch = "Switch the agent to its new release, one round at a time"
     rc, events = run_play(tmp_path, plays, hosts,
                           {"ANSIBLE_FILTER_PLUGINS": str(ROOT / "plugins/filter"),
                            "ANSIBLE_FORKS": "4"})
+    if not n2_ready:
+        assert rc != 0
+        assert [e["event_data"]["host"] for e in events if e.get("event") == "runner_on_failed"
+                and e["event_data"].get("task") == switch] == ["n2"]
+        return
     assert rc == 0, [e.get("stdout") for e in events][-10:]
     # the role switched nothing itself
     assert not [e for e in events if e.get("event") == "runner_on_ok"
                 and e["event_data"].get("task") == "Switch to the verified release"]
     runs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert all(e["event_data"]["res"]["stdout"] for e in events
+               if e.get("event") == "runner_on_ok" and e["event_data"].get("task") == switch)
     assert sorted(h for h, *_ in runs) == ["n1", "n2", "n3"]  # n4 runs r2 already
     assert all(argv == ["--json", "release", "--root", str(tmp_path / h), "use", "r2",
                         "--wait-ready", "60"] for h, _, _, argv in runs)

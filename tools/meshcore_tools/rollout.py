@@ -123,6 +123,15 @@ def build_report(events: Iterable[Mapping[str, Any]], hosts_all: Sequence[str] =
         w = waves[wave_of[name] - 1] if name in wave_of else None
         if w is not None and t is not None:
             w["ended"] = t if w["ended"] is None else max(w["ended"], t)
+        if task == TASKS["discard"]:
+            # run_once and delegated: an unreachable target makes the looped task
+            # unreachable for the host that ran it, which itself is fine
+            for item in res.get("results") or []:
+                pair = item.get("item") if isinstance(item, dict) else None
+                if (isinstance(pair, list) and pair and isinstance(pair[0], str)
+                        and item.get("changed")):
+                    host(pair[0])["unstaged"] = True
+            continue
         if outcome == "unreachable":
             h["status"] = "unreachable"
             h["failed_tasks"].append({"task": task, "msg": res.get("msg", "unreachable")})
@@ -145,12 +154,6 @@ def build_report(events: Iterable[Mapping[str, Any]], hosts_all: Sequence[str] =
             stage["hosts"] += h["staged"]
             if t is not None:
                 stage["ended"] = t
-        elif task == TASKS["discard"]:
-            for item in res.get("results") or []:
-                pair = item.get("item") if isinstance(item, dict) else None
-                if (isinstance(pair, list) and pair and isinstance(pair[0], str)
-                        and item.get("changed")):
-                    host(pair[0])["unstaged"] = True
         elif task == TASKS["before"]:
             h["before"] = facts.get("rollout_previous")
         elif task == TASKS["target"]:
