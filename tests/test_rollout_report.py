@@ -85,7 +85,11 @@ def test_a_healthy_wave_passes() -> None:
     (sample(metrics_after=METRICS.replace("failovers_total 3.0", "failovers_total 9.0")),
      "failovers grew by 6 during the soak (bound 2)"),
     (sample(metrics_after=METRICS.replace('"stale"} 2.0', '"stale"} 5.0')),
-     "adverts_rejected grew by 3 during the soak (bound 0)"),
+     "adverts_rejected grew by 3 during the soak (bound 0): stale 3"),
+    (sample(metrics_after=METRICS.replace('"stale"} 2.0', '"stale"} 5.0').replace(
+        '"signature"} 1.0', '"signature"} 2.0')
+        + 'meshcore_adverts_rejected_total{reason="replayed"} 1.0\n'),
+     "adverts_rejected grew by 5 during the soak (bound 0): stale 3, replayed 1, signature 1"),
 ])
 def test_a_wave_node_fails_the_gate(s: dict[str, Any], needle: str) -> None:
     v = gate({"n1": s}, ["n1"], ["n1"], ALL, {"failovers": 2}, {}, paths_for(ALL))

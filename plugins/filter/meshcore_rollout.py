@@ -78,6 +78,29 @@ def meshcore_rollout_counters(text: Any) -> dict[str, float]:
     return out
 
 
+_REASON = re.compile(r'reason="([^"]*)"')
+
+
+def _rejected_by_reason(text: Any) -> dict[str, float]:
+    """``meshcore_adverts_rejected_total`` per ``reason`` label."""
+    out: dict[str, float] = {}
+    for line in str(text or "").splitlines():
+        m = _SAMPLE.match(line)
+        if m and m.group(1) == COUNTERS["adverts_rejected"]:
+            reason = _REASON.search(m.group(2) or "")
+            key = reason.group(1) if reason else "-"
+            try:
+                out[key] = out.get(key, 0.0) + float(m.group(3))
+            except ValueError:
+                continue
+    return out
+
+
+def _growth(before: float, after: float) -> float:
+    """A restart resets a counter: growth since the restart is then the value."""
+    return after - before if after >= before else after
+
+
 def firing(data: Any, ignore: Sequence[str] = (),
            states: Sequence[str] = ("firing",)) -> list[str]:
     """The firing alerts of a Prometheus ``/api/v1/alerts`` answer's data, as
@@ -204,11 +227,16 @@ def _host_problems(host: str, s: Mapping[str, Any], bounds: Mapping[str, Any]) -
     before = meshcore_rollout_counters(s.get("metrics_before"))
     after = meshcore_rollout_counters(s.get("metrics_after"))
     for name in COUNTERS:
-        # A restart resets the counters: growth since the restart is then the value.
-        grew = after[name] - before[name] if after[name] >= before[name] else after[name]
+        grew = _growth(before[name], after[name])
         bound = float(bounds.get(name, 0))
         if grew > bound:
-            problems.append(f"{name} grew by {grew:g} during the soak (bound {bound:g})")
+            why = ""
+            if name == "adverts_rejected":  # which reasons: a flooding race or an attack
+                b, a = (_rejected_by_reason(s.get(k)) for k in ("metrics_before", "metrics_after"))
+                reasons = sorted(((_growth(b.get(r, 0.0), v), r) for r, v in a.items()),
+                                 key=lambda x: (-x[0], x[1]))
+                why = ": " + ", ".join(f"{r} {g:g}" for g, r in reasons if g > 0)
+            problems.append(f"{name} grew by {grew:g} during the soak (bound {bound:g}){why}")
     return problems
 
 
