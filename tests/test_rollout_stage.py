@@ -7,6 +7,7 @@ staging of a real 4-node lab is tests/test_rollout_lab.py."""
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -187,3 +188,46 @@ def test_a_stopped_rollout_discards_only_the_copies_it_staged_where_it_never_got
     assert left == sigs == {"n1", "n2", "n4"}
     report = build_report(events, HOSTS)
     assert {h for h in HOSTS if report["hosts"][h]["unstaged"]} == {"n3", "n5"}
+
+
+def test_the_waves_install_a_few_nodes_at_a_time(tmp_path: Path) -> None:
+    """The node-side install (verified.yml's task, by name) with the throttle rollout.yml
+    gives it: 5 nodes, throttle 2, a stand-in meshctl that logs when it ran: never more
+    than 2 at once, and every node installed."""
+    log = tmp_path / "installs.log"
+    for h in HOSTS:
+        meshctl = tmp_path / h / "current/bin/meshctl"
+        meshctl.parent.mkdir(parents=True)
+        meshctl.write_text(f"#!{sys.executable}\nimport json, time\n"
+                           "t0 = time.time(); time.sleep(1.0)\n"
+                           f"with open({str(log)!r}, 'a') as f:\n"
+                           f"    f.write(json.dumps([{h!r}, t0, time.time()]) + '\\n')\n"
+                           "print(json.dumps({'already': False}))\n")
+        meshctl.chmod(0o755)
+    tasks = {t["name"]: t for t in yaml.safe_load(
+        (ROOT / "roles/mesh_agent/tasks/verified.yml").read_text())}
+    (include,) = [t for t in wave_play()["tasks"]
+                  if t["name"] == "Verify and install the release beside the live one"]
+    throttle = include["vars"]["mesh_agent_release_install_throttle"]
+    assert throttle == "{{ rollout_install_throttle }}"
+    assert yaml.safe_load((ROOT / "playbooks/vars/rollout.yml").read_text())[
+        "rollout_install_throttle"] >= 1
+    play = {"name": "install", "hosts": "mesh_nodes", "gather_facts": False,
+            "vars": {"mesh_agent_release_install_throttle": 2,
+                     "mesh_agent_install_root": f"{tmp_path}/{{{{ inventory_hostname }}}}",
+                     "mesh_agent_release_priority": [],
+                     "mesh_agent_release_staged": "/nonexistent",
+                     "mesh_agent_state_dir": "/nonexistent",
+                     "mesh_agent_release_allow_downgrade": False,
+                     "mesh_agent_release_node_verifier": {"rc": 0}},
+            "tasks": [tasks["Verify and install the release on the node"]]}
+    rc, _ = run_play(tmp_path, [play], HOSTS, ENV)
+    assert rc == 0
+    ran = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(h for h, _, _ in ran) == HOSTS
+    edges = sorted([(t0, 1) for _, t0, _ in ran] + [(t1, -1) for _, _, t1 in ran])
+    most = running = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    assert most == 2, ran
