@@ -33,8 +33,11 @@ the soak. These filters judge them on the controller:
   before the switch. The playbook reads their failover events, and the gate does not
   blame the wave for a storm its own restarts explain: a neighbour that restarts makes
   a node fail over once (or twice), and a wave restarts many neighbours within the
-  alert's 5 minutes. Every failover away from a node outside the wave, or after the
-  soak started, still counts, and more than ``bounds.failovers`` of them fail the gate.
+  alert's 5 minutes. A wave node that restarted fails over away from its neighbours
+  too, outside the wave or not, until they hear its new agent (their adverts dropped it
+  meanwhile): its own failovers before the soak are its restart's doing as well. Every
+  other failover away from a node outside the wave, and every failover after the soak
+  started, still counts, and more than ``bounds.failovers`` of them fail the gate.
 * ``meshcore_rollout_probe_plan(paths, wave, hosts_all, names, addresses, per_node,
   max_sources)``: the pings that check the data plane through the wave, since a release
   can be ready and fill its path table while it drops traffic (a black hole). Per
@@ -179,11 +182,12 @@ def _storm_hosts(alerts: Sequence[str], host_of: Mapping[str, str]) -> dict[str,
     return out
 
 
-def _unexplained_failovers(events: Any, wave_nodes: set[str], soak_started: float
-                           ) -> list[str] | None:
+def _unexplained_failovers(events: Any, wave_nodes: set[str], soak_started: float,
+                           restarted: bool = False) -> list[str] | None:
     """The failovers of a node that the wave's restarts do not explain (module docstring),
     each as "<neighbour> (<reason>)", with ", in the soak" when it came after the soak
-    started; None when *events* is not a ``/v1/events?kind=failover`` answer."""
+    started; *restarted*: the node itself is one of the wave's. None when *events* is not
+    a ``/v1/events?kind=failover`` answer."""
     if not isinstance(events, Mapping) or not isinstance(events.get("events"), list):
         return None
     other = []
@@ -194,7 +198,7 @@ def _unexplained_failovers(events: Any, wave_nodes: set[str], soak_started: floa
             wall = float(e["wall"])
         except (KeyError, TypeError, ValueError):
             wall = float("inf")
-        if e.get("subject") not in wave_nodes or wall > soak_started:
+        if wall > soak_started or not (restarted or e.get("subject") in wave_nodes):
             other.append(f"{e.get('subject')} ({e.get('reason')})"
                          + (", in the soak" if wall > soak_started else ""))
     return other
@@ -415,7 +419,7 @@ def meshcore_rollout_gate(samples: Mapping[str, Any], wave: Sequence[str],
             if host not in storms:
                 continue
             new.remove(alert)
-            other = _unexplained_failovers(storms[host], wave_nodes, soak)
+            other = _unexplained_failovers(storms[host], wave_nodes, soak, host in wave)
             if other is None:
                 failures.append(f"{alert}: its failover events could not be read")
             elif len(other) > bound:
