@@ -68,34 +68,39 @@ COUNTERS = {"failovers": "meshcore_failovers_total",
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
 
-def meshcore_rollout_counters(text: Any) -> dict[str, float]:
-    out = dict.fromkeys(COUNTERS, 0.0)
-    names = {v: k for k, v in COUNTERS.items()}
+_REASON = re.compile(r'reason="([^"]*)"')
+
+
+def _samples(text: Any) -> list[tuple[str, str, float]]:
+    """(metric, labels, value) of each sample line of a Prometheus text exposition."""
+    out = []
     for line in str(text or "").splitlines():
         m = _SAMPLE.match(line)
-        if m and m.group(1) in names:
+        if m:
             try:
-                out[names[m.group(1)]] += float(m.group(3))
+                out.append((m.group(1), m.group(2) or "", float(m.group(3))))
             except ValueError:
                 continue
     return out
 
 
-_REASON = re.compile(r'reason="([^"]*)"')
+def meshcore_rollout_counters(text: Any) -> dict[str, float]:
+    out = dict.fromkeys(COUNTERS, 0.0)
+    names = {v: k for k, v in COUNTERS.items()}
+    for metric, _, value in _samples(text):
+        if metric in names:
+            out[names[metric]] += value
+    return out
 
 
 def _rejected_by_reason(text: Any) -> dict[str, float]:
     """``meshcore_adverts_rejected_total`` per ``reason`` label."""
     out: dict[str, float] = {}
-    for line in str(text or "").splitlines():
-        m = _SAMPLE.match(line)
-        if m and m.group(1) == COUNTERS["adverts_rejected"]:
-            reason = _REASON.search(m.group(2) or "")
+    for metric, labels, value in _samples(text):
+        if metric == COUNTERS["adverts_rejected"]:
+            reason = _REASON.search(labels)
             key = reason.group(1) if reason else "-"
-            try:
-                out[key] = out.get(key, 0.0) + float(m.group(3))
-            except ValueError:
-                continue
+            out[key] = out.get(key, 0.0) + value
     return out
 
 

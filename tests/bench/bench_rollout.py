@@ -83,10 +83,10 @@ def longest_gaps(trace: probes.Trace, report: dict[str, Any], top: int = 3,
     gaps = sorted(((b - a, a) for a, b in itertools.pairwise(times)), reverse=True)[:top]
     switches = sorted((h["switch"]["at"], name) for name, h in report.get("hosts", {}).items()
                       if (h.get("switch") or {}).get("at"))
+    stage = report.get("stage") or {}
     out = []
     for gap, at in gaps:
         wave, phase = None, None
-        stage = report.get("stage") or {}
         if stage.get("started") is not None and stage["started"] <= at <= stage["ended"]:
             phase = "stage"
         for w in report.get("waves", []):

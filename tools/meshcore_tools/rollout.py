@@ -202,11 +202,11 @@ def build_report(events: Iterable[Mapping[str, Any]], hosts_all: Sequence[str] =
             w["status"] = "failed"
         w["duration_s"] = (round(w["ended"] - w["started"], 3)
                            if w["started"] is not None and w["ended"] is not None else None)
-        switched = [m["switch"]["at"] for m in members if m["switch"] and m["switch"]["at"]]
-        # The rounds as they ran: Ansible runs the included rounds in the order their
-        # first host (in batch order) reaches them, not in the plan's order.
         at = {n: hosts[n]["switch"]["at"] for n in w["hosts"]
               if hosts[n]["switch"] and hosts[n]["switch"]["at"]}
+        switched = list(at.values())
+        # The rounds as they ran: Ansible runs the included rounds in the order their
+        # first host (in batch order) reaches them, not in the plan's order.
         w["rounds_run"] = sorted((r for r in w["rounds"] or [] if any(n in at for n in r)),
                                  key=lambda r: min(at[n] for n in r if n in at))
         w["gate_after_switch_s"] = (round(w["gate_at"] - max(switched), 3)
