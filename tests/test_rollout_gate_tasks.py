@@ -303,7 +303,8 @@ def assert_path_rounds_ran_apart(ran: dict[str, tuple[float, float]]) -> None:
 
 def test_the_wave_switches_in_rounds_of_nodes_that_share_no_neighbour(tmp_path: Path) -> None:
     """A path n1-n2-n3-n4-n5, and n6, whose agent did not answer (its read failed, as one
-    did in the 50-node lab): the rounds are [n3], [n6], [n2, n5], [n1, n4]. A stand-in
+    did in the 50-node lab): the rounds are [n3], [n6], [n2, n5], [n1, n4], with the
+    agents named by the inventory's mesh_agent_node_name (not the host's). A stand-in
     meshctl records when each node's switch ran: a round's nodes run together, rounds
     never overlap, and every node switched once."""
     hosts = ["n1", "n2", "n3", "n4", "n5"]
@@ -318,15 +319,19 @@ def test_the_wave_switches_in_rounds_of_nodes_that_share_no_neighbour(tmp_path: 
                        "print(json.dumps({'changed': True, 'current': 'r2'}))\n")
     meshctl.chmod(0o755)
     edges = [("n1", "n2"), ("n2", "n3"), ("n3", "n4"), ("n4", "n5")]
-    nbrs: dict[str, Any] = {h: {"json": {"node": h, "neighbors": [
-        {"name": b if a == h else a} for a, b in edges if h in (a, b)]}} for h in hosts}
+    # the agents' names are the inventory's mesh_agent_node_name (node-n1 ..), which the
+    # play's rollout_node_names maps the hosts to
+    nbrs: dict[str, Any] = {h: {"json": {"node": f"node-{h}", "neighbors": [
+        {"name": f"node-{b if a == h else a}"} for a, b in edges if h in (a, b)]}}
+        for h in hosts}
     # n6's agent did not answer (a uri result without json): it switches alone
     hosts.append("n6")
     nbrs["n6"] = {"failed": True, "status": -1, "msg": "Status code was -1: timed out"}
     source = wave_play()
     by_name = {t["name"]: t for t in source["tasks"]}
     plays = [{"name": "rounds", "hosts": "mesh_nodes", "gather_facts": False,
-              "vars": {"rollout_fake": nbrs, "rollout_node_names": {},
+              "vars": {"rollout_fake": nbrs,
+                       "rollout_node_names": source["vars"]["rollout_node_names"],
                        "rollout_round_max": 0, "rollout_ready_timeout_s": 60,
                        "mesh_agent_release": "r2", "mesh_agent_release_dir": str(release)},
               "tasks": [{"name": "Fake the neighbours", "ansible.builtin.set_fact": {
@@ -337,7 +342,8 @@ def test_the_wave_switches_in_rounds_of_nodes_that_share_no_neighbour(tmp_path: 
                                 "at a time"]]}]
     rc, events = run_play(tmp_path, plays, hosts,
                           {"ANSIBLE_FILTER_PLUGINS": str(ROOT / "plugins/filter"),
-                           "ANSIBLE_FORKS": "5"})
+                           "ANSIBLE_FORKS": "5"},
+                          host_vars={h: f"mesh_agent_node_name=node-{h}" for h in hosts})
     assert rc == 0
     (planned,) = [e["event_data"]["res"]["ansible_facts"]["rollout_rounds"] for e in events
                   if e.get("event") == "runner_on_ok"

@@ -187,3 +187,12 @@ def test_the_storm_window_covers_the_alert_rule() -> None:
     (rng,) = re.findall(r"\[(\w+)\]", rule["expr"])
     play = wave_play()
     assert play["vars"]["rollout_storm_window_s"] >= seconds(rng) + seconds(rule.get("for", "0s"))
+
+
+def test_node_names_come_from_the_inventory_else_the_host() -> None:
+    """A host's mesh_agent_node_name where the inventory sets a non-empty one, else its
+    inventory name; a host hostvars does not know keeps its own."""
+    hostvars = {"a": {"mesh_agent_node_name": "pi-a"}, "b": {"mesh_agent_node_name": ""},
+                "c": {"ansible_host": "10.0.0.3"}}
+    assert mod.meshcore_node_names(["a", "b", "c", "d"], hostvars) == {
+        "a": "pi-a", "b": "b", "c": "c", "d": "d"}

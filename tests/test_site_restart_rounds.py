@@ -20,8 +20,9 @@ from test_rollout_gate_tasks import assert_path_rounds_ran_apart, run_play
 def test_running_agents_restart_in_rounds_of_nodes_that_share_no_neighbour(
         tmp_path: Path) -> None:
     """A path n1-n2-n3-n4-n5; n6 waits too but its neighbours could not be read; n7's
-    agent needs no restart (or was not running: the role started it at once). The rounds
-    are [n3], [n6], [n2, n5], [n1, n4]; n7 is never restarted."""
+    agent needs no restart (or was not running: the role started it at once). The agents
+    are named node-n1 .. by the inventory's mesh_agent_node_name, which the neighbours'
+    answers use. The rounds are [n3], [n6], [n2, n5], [n1, n4]; n7 is never restarted."""
     hosts = ["n1", "n2", "n3", "n4", "n5", "n6", "n7"]
     log = tmp_path / "restarts.log"
     edges = [("n1", "n2"), ("n2", "n3"), ("n3", "n4"), ("n4", "n5")]
@@ -32,12 +33,11 @@ def test_running_agents_restart_in_rounds_of_nodes_that_share_no_neighbour(
     play = yaml.safe_load((ROOT / "playbooks/mesh-node.yml").read_text())[0]
     post = {t["name"]: t for t in play["post_tasks"]}
     read = "Read the neighbours of each node whose agent waits for its restart"
-    assert set(post) - {read} == {"Name the nodes for the restart rounds",
-                                  "Plan the agent restart rounds",
+    assert set(post) - {read} == {"Plan the agent restart rounds",
                                   "Restart the agents, one round of nodes that share no "
                                   "neighbour at a time"}
     plays = [{"name": "restart rounds", "hosts": "mesh_nodes", "gather_facts": False,
-              "vars": {"fake": nbrs, "mesh_agent_node_name": "node-{{ inventory_hostname }}"},
+              "vars": {"fake": nbrs},
               "tasks": [{"name": "Fake the pending restarts and the neighbours",
                          "ansible.builtin.set_fact": {
                              "mesh_agent_restart_pending": "{{ inventory_hostname != 'n7' }}",
@@ -53,7 +53,8 @@ def test_running_agents_restart_in_rounds_of_nodes_that_share_no_neighbour(
     rc, events = run_play(tmp_path, plays, hosts,
                           {"ANSIBLE_FILTER_PLUGINS": str(ROOT / "plugins/filter"),
                            "ANSIBLE_FORKS": "7"},
-                          replace={"tasks/agent-restart.yml": yaml.safe_dump(stand_in)})
+                          replace={"tasks/agent-restart.yml": yaml.safe_dump(stand_in)},
+                          host_vars={h: f"mesh_agent_node_name=node-{h}" for h in hosts})
     assert rc == 0, [e.get("stdout") for e in events][-10:]
     (planned,) = {json.dumps(e["event_data"]["res"]["ansible_facts"]["mesh_node_restart_rounds"])
                   for e in events if e.get("event") == "runner_on_ok"

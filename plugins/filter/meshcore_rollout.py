@@ -38,6 +38,10 @@ the soak. These filters judge them on the controller:
   meanwhile): its own failovers before the soak are its restart's doing as well. Every
   other failover away from a node outside the wave, and every failover after the soak
   started, still counts, and more than ``bounds.failovers`` of them fail the gate.
+* ``meshcore_node_names(hosts, hostvars)``: host -> node name, the one mapping every
+  filter's *names* takes (``playbooks/rollout.yml`` and ``site.yml``'s restart rounds):
+  a host's ``mesh_agent_node_name`` where its inventory sets one (templated in that
+  host's context), else its inventory name (the ``mesh_agent`` role's default).
 * ``meshcore_rollout_probe_plan(paths, wave, hosts_all, names, addresses, per_node,
   max_sources)``: the pings that check the data plane through the wave, since a release
   can be ready and fill its path table while it drops traffic (a black hole). Per
@@ -58,7 +62,7 @@ import hashlib
 import json
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 STORM_ALERT = "MeshFailoverStorm"
@@ -122,6 +126,16 @@ def firing(data: Any, ignore: Sequence[str] = (),
         for a in alerts
         if isinstance(a, Mapping) and a.get("state") in states
         and isinstance(a.get("labels"), Mapping) and a["labels"].get("alertname") not in skip)
+
+
+def meshcore_node_names(hosts: Iterable[str], hostvars: Mapping[str, Any]) -> dict[str, str]:
+    """Host -> node name: each host's ``mesh_agent_node_name`` (a non-empty one), else
+    the host's inventory name. *hostvars*: Ansible's ``hostvars``."""
+    out = {}
+    for host in hosts:
+        name = (hostvars.get(host) or {}).get("mesh_agent_node_name")
+        out[host] = str(name) if name else host
+    return out
 
 
 def _neighbour_names(answer: Any) -> set[str] | None:
@@ -443,7 +457,8 @@ def meshcore_rollout_gate(samples: Mapping[str, Any], wave: Sequence[str],
 
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"meshcore_rollout_counters": meshcore_rollout_counters,
+        return {"meshcore_node_names": meshcore_node_names,
+                "meshcore_rollout_counters": meshcore_rollout_counters,
                 "meshcore_rollout_gate": meshcore_rollout_gate,
                 "meshcore_rollout_probe_plan": meshcore_rollout_probe_plan,
                 "meshcore_rollout_rounds": meshcore_rollout_rounds,
