@@ -162,7 +162,7 @@ def test_a_signed_release_switches_the_running_agents_in_rounds(
                               "90.0.5", keys)
     extra = {"mesh_agent_release_keys_file": str(keys_file),
              "mesh_agent_release_tarball": str(tarball)}
-    switch = "Switch the agent to its new release, one round at a time"
+    switch = "Switch to the release, one round at a time"  # tasks/release-use.yml
 
     def current(node: str) -> str:
         out = subprocess.run(["podman", "exec", container(node), "meshctl", "--json", "release",

@@ -66,7 +66,7 @@ def registered(host: str, broken: dict[str, str],
     return {
         "rollout_wave": HOSTS,
         "rollout_target": "r2",
-        "rollout_switch": {"rc": 0, "stdout": json.dumps({"changed": True, "current": "r2"})},
+        "mesh_release_use": {"rc": 0, "stdout": json.dumps({"changed": True, "current": "r2"})},
         "rollout_metrics_before": {"status": 200, "content": METRICS},
         "rollout_readyz": ready,
         "rollout_metrics_after": {"status": 200, "content": after},
@@ -211,7 +211,7 @@ def test_the_rollback_command(tmp_path: Path, switch_rc: int, meshctl: str,
     play = [{"hosts": "mesh_nodes", "gather_facts": False,
              "vars": {"mesh_agent_release_dir": str(root / "releases/r2"),
                       "mesh_agent_install_root": str(root), "rollout_previous": "r1",
-                      "rollout_ready_timeout_s": 60, "rollout_switch": {"rc": switch_rc},
+                      "rollout_ready_timeout_s": 60, "mesh_release_use": {"rc": switch_rc},
                       "rollout_verdict": {"ok": False}},
              "tasks": [task]}]
     rc, events = run_play(tmp_path, play, ["n1"])
@@ -318,6 +318,9 @@ def test_the_wave_switches_in_rounds_of_nodes_that_share_no_neighbour(tmp_path: 
                        "    f.write(json.dumps([sys.argv[4], t0, time.time()]) + '\\n')\n"
                        "print(json.dumps({'changed': True, 'current': 'r2'}))\n")
     meshctl.chmod(0o755)
+    for h in [*hosts, "n6"]:  # each node's install root holds the release
+        (tmp_path / h / "releases").mkdir(parents=True)
+        (tmp_path / h / "releases/r2").symlink_to(release)
     edges = [("n1", "n2"), ("n2", "n3"), ("n3", "n4"), ("n4", "n5")]
     # the agents' names are the inventory's mesh_agent_node_name (node-n1 ..), which the
     # play's rollout_node_names maps the hosts to

@@ -118,7 +118,7 @@ def test_a_release_switch_of_running_agents_goes_in_the_rounds_too(
                         {"name": "Fake the neighbours", "ansible.builtin.set_fact": {
                             "mesh_node_neighbours": "{{ fake[inventory_hostname] }}"}},
                         *(t for n, t in post.items() if n != read)]}]
-    switch = "Switch the agent to its new release, one round at a time"
+    switch = "Switch to the release, one round at a time"  # tasks/release-use.yml
     rc, events = run_play(tmp_path, plays, hosts,
                           {"ANSIBLE_FILTER_PLUGINS": str(ROOT / "plugins/filter"),
                            "ANSIBLE_FORKS": "4"})
