@@ -19,12 +19,13 @@ import re
 import signal
 import socket
 import statistics
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
-from meshcore_testkit.agents import PROTO, AgentMesh, api, outage, ping
+from meshcore_testkit.agents import PROTO, AgentMesh, api, metric, outage, ping, ping_argv
 from meshcore_testkit.marks import requires_root
 from meshcore_testkit.pki import CA
 from meshcore_tools.netns import ip, silent_cut, veth
@@ -228,6 +229,32 @@ def test_stalled_agent_is_not_a_dead_link(
             assert downs == [], downs
         else:
             assert {d.split(":")[0] for d in downs} == {"n0", "n2"}, downs  # both time n1 out
+
+
+def test_a_ping_flood_from_the_node_is_not_a_dead_link(
+    tmp_path_factory: pytest.TempPathFactory, ca: CA
+) -> None:
+    """The node itself floods its neighbour with pings (``ping -f`` for 4 s: thousands of
+    answers a second on that interface; an operator's test, a monitoring probe). The echo
+    socket keeps only the answers to our own probes (an in-kernel filter), so the link
+    stays up. Before the filter every answer queued in it too, took each hello tick's read
+    budget, and ours waited behind them: the agent declared its neighbour dead."""
+    with AgentMesh(2, [(0, 1)], tmp_path_factory.mktemp("flood"), prefix="maf",
+                   hello_interval_ms=200, ca=ca) as mesh:
+        mesh.wait_for(mesh.converged, 60, "2-node line converged")
+        ns0 = mesh.namespaces[0]
+        answered = 'meshcore_echo_probes_total'
+        mesh.wait_for(lambda: metric(ns0, answered, '{kind="answered"}') > 0, 10,
+                      "n1's kernel answering n0's probes")
+        before = len(mesh.nodes[0].log.read_text())
+        flood = subprocess.run(ping_argv(ns0, mesh.link_address(1, 0), "-f", "-q", "-w", "4"),
+                               capture_output=True, text=True, timeout=30)
+        m = re.search(r"(\d+) packets transmitted, (\d+) received", flood.stdout)
+        assert m and int(m.group(2)) > 2000, flood.stdout  # the flood was answered
+        time.sleep(1.0)
+        downs = [line for line in mesh.nodes[0].log.read_text()[before:].splitlines()
+                 if "neighbour n1 down" in line]
+        assert downs == [], downs
 
 
 def test_systemd_hears_ready_the_watchdog_and_stopping(

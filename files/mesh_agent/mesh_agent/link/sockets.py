@@ -94,10 +94,8 @@ def _echo_filter() -> tuple[bytes, Any]:
     interface, so without it every ping the node itself sends (an operator's, a
     monitoring probe's, a flood) queues in our socket beside our probes' answers and
     takes the read budget of a tick: on a starved host, our own answers then wait
-    behind them past the echo dead time and a live link is declared dead (suspected,
-    not proven: the rollout bench's probe source, sending pings at 60/s on a 50-node
-    lab, failed over away from the neighbour their answers came from 8 times in one
-    wave). ``ldxb 4*([SKF_NET_OFF]&0xf)`` loads the IPv4 header length,
+    behind them past the echo dead time and a live link is declared dead (a ``ping -f``
+    from the node did it within seconds: test_integration_netns.py). ``ldxb 4*([SKF_NET_OFF]&0xf)`` loads the IPv4 header length,
     ``ld [x + SKF_NET_OFF + 8]`` the first word after the ICMP header.
     """
     skf_net_off = -0x100000
