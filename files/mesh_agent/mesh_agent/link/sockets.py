@@ -95,7 +95,8 @@ def _echo_filter() -> tuple[bytes, Any]:
     monitoring probe's, a flood) queues in our socket beside our probes' answers and
     takes the read budget of a tick: on a starved host, our own answers then wait
     behind them past the echo dead time and a live link is declared dead (a ``ping -f``
-    from the node did it within seconds: test_integration_netns.py). ``ldxb 4*([SKF_NET_OFF]&0xf)`` loads the IPv4 header length,
+    from the node did it within seconds: test_integration_netns.py).
+    ``ldxb 4*([SKF_NET_OFF]&0xf)`` loads the IPv4 header length,
     ``ld [x + SKF_NET_OFF + 8]`` the first word after the ICMP header.
     """
     skf_net_off = -0x100000
