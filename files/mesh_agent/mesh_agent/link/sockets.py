@@ -68,6 +68,13 @@ _ECHO_REPLY_ONLY = struct.pack("@I", 0xFFFFFFFF & ~(1 << 0))
 Datagram = tuple[bytes, str, float, int | None]
 
 
+def _bpf_program(insns: list[tuple[int, int, int, int]]) -> tuple[bytes, Any]:
+    """A classic BPF program for SO_ATTACH_FILTER (struct sock_fprog) and the buffer it
+    points into, which must outlive the setsockopt call."""
+    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in insns))
+    return struct.pack("HL", len(insns), ctypes.addressof(code)), code
+
+
 def _gtsm_filter() -> tuple[bytes, Any]:
     """A classic BPF socket filter that keeps only packets with IP TTL 255.
 
@@ -82,8 +89,7 @@ def _gtsm_filter() -> tuple[bytes, Any]:
         (0x06, 0, 0, 0xFFFFFFFF),  # BPF_RET | BPF_K: keep all of it
         (0x06, 0, 0, 0),  # drop
     ]
-    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in insns))
-    return struct.pack("HL", len(insns), ctypes.addressof(code)), code
+    return _bpf_program(insns)
 
 
 def _echo_filter() -> tuple[bytes, Any]:
@@ -107,8 +113,7 @@ def _echo_filter() -> tuple[bytes, Any]:
         (0x06, 0, 0, 0xFFFFFFFF),  # keep
         (0x06, 0, 0, 0),  # drop
     ]
-    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in insns))
-    return struct.pack("HL", len(insns), ctypes.addressof(code)), code
+    return _bpf_program(insns)
 
 
 def udp_socket(ifname: str, port: int) -> socket.socket | None:
