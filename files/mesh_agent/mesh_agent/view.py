@@ -150,6 +150,9 @@ class AgentView:
                 "cost": nb.cost(),
                 "penalty": self.sensor.penalties.get(nb.name, 0.0),
                 "last_seq": nb.last_seq,
+                # (heard, expected) of its hellos, counted on across its sessions here: the
+                # MAPE-K monitor's loss reading (None where batman-adv judges the link)
+                "hello_counts": nb.hello_counts(),
                 "echo_mode": self.echo_mode(nb),
             }
             for nb in self.sensor.neighbors()
@@ -245,9 +248,10 @@ class AgentView:
         rejected = self.topology.lsdb.rejected
         return Observation(
             at=self.clock(),
-            links=tuple(LinkSample(nb.name, nb.loss(), nb.rtt_s, nb.hello_counts(), nb.ifname,
-                                   nb.first_seen)
-                        for nb in self.sensor.up_neighbors()),
+            # Every neighbour heard, up or not (held down after a flap: its hellos count).
+            links=tuple(LinkSample(nb.name, nb.loss(), nb.rtt_s if nb.state == "up" else None,
+                                   nb.hello_counts(), nb.ifname, nb.state == "up")
+                        for nb in self.sensor.neighbors()),
             lateness_s=self.stretch.lag_s,
             failovers_total=self.failover.failovers_total,
             rejected_total=sum(n for r, n in rejected.items() if r not in NOT_A_STORM),

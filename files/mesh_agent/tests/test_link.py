@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
+import random
+import statistics
 
 import pytest
 from hypothesis import given, settings
@@ -18,7 +21,9 @@ from mesh_agent.link import (
     decode_hello,
     encode_hello,
 )
+from mesh_agent.link.sensor import COUNTS_KEEP_S
 from mesh_agent.link.wire import Echo
+from mesh_agent.mapek.monitor import LOSS_MIN_HELLOS, LinkSample, Monitor, Observation, Signal
 
 IV = 0.05
 
@@ -123,6 +128,80 @@ def test_hello_counts_take_late_hellos_once_and_no_duplicate() -> None:
     for late in (held[-1], held[0], held[-1]):
         a.receive("mesh0", late, "10.0.0.1", 42 * IV)
     assert nb.hello_counts() == (32, 41)
+
+
+def lossy_link_run(seconds: float, loss: float, seed: int = 5,
+                   sample_every: float = 5.0) -> list[tuple[tuple[int, int], int] | None]:
+    """a and b hello each other every IV; a hears b's hellos with *loss* (b hears all).
+    a's dead time is 3 intervals, so a times b out whenever 3 are lost in a row. Returns,
+    every *sample_every*, b's hello counts as a reports them and the hellos expected in
+    b's current session alone (None: b was not up then)."""
+    rng = random.Random(seed)
+    a, b = pair()
+    samples: list[tuple[tuple[int, int], int] | None] = []
+    steps = int(seconds / IV)
+    every = int(sample_every / IV)
+    for i in range(steps):
+        now = i * IV
+        hb = b.build_hello("mesh0", now)
+        if rng.random() >= loss:
+            a.receive("mesh0", hb, "10.0.0.1", now)
+        b.receive("mesh0", a.build_hello("mesh0", now), "10.0.0.0", now)
+        a.tick(now + IV / 2)
+        b.tick(now + IV / 2)
+        if i % every == every - 1:
+            up = [nb for nb in a.up_neighbors() if nb.name == "b"]
+            counts = up[0].hello_counts() if up else None
+            samples.append((counts, up[0].last_seq - up[0].first_seq + 1)
+                           if up and counts is not None else None)
+    return samples
+
+
+def test_hello_counts_run_on_across_sessions_that_end_between_samples() -> None:
+    """40 % loss: a times b out about once a second, so most of b's sessions begin and
+    end between two samples 5 s apart. The counts a reports run on across them (they
+    never go back), so the hellos of every session count: over the run they read the
+    loss, where the sessions up at the samples alone never held the 100 hellos the
+    MAPE-K monitor's loss reading needs. Fed to the monitor, the link reads lossy."""
+    samples = lossy_link_run(120.0, 0.4)
+    seen = [c for c in samples if c is not None]
+    assert len(seen) >= 6
+    counts = [c for c, _ in seen]
+    assert all(x[0] <= y[0] and x[1] <= y[1] for x, y in itertools.pairwise(counts))
+    heard, expected = counts[-1]
+    assert expected >= 0.8 * 120.0 / IV  # nearly every hello b sent since the first session
+    assert 0.32 <= 1 - heard / expected <= 0.48
+    # The session up at a sample alone mostly holds too few hellos for a reading.
+    assert statistics.median(own for _, own in seen) < LOSS_MIN_HELLOS / 2
+    m = Monitor()
+    readings = []
+    for k, sample in enumerate(samples):
+        links = (LinkSample("b", 0.0, None, sample[0], "mesh0"),) if sample else ()
+        out = m.sample(Observation(5.0 * k, links))
+        readings += [r for r in out if r.signal is Signal.LOSS]
+    assert len(readings) >= 8 and all(r.crossed for r in readings[-5:]), readings
+
+
+def test_hello_counts_start_anew_after_the_link_was_gone_for_long() -> None:
+    a, b = pair()
+    for i in range(20):
+        exchange(a, b, i * IV)
+    (nb,) = a.up_neighbors()
+    assert nb.hello_counts() == (19, 19)  # b's first hello did not list a yet
+    assert [type(e) for e in a.tick(20 * IV + 3 * IV + 0.01)] == [NeighborDown]
+    # Back 2 s later, it counts on: the 10 hellos of the new session, and the 4 b should
+    # have sent between the last one heard (at 19 IV) and its timeout (at 23 IV).
+    for i in range(60, 70):
+        exchange(a, b, i * IV)
+    (nb,) = a.up_neighbors()
+    assert nb.hello_counts() == (19 + 10, 19 + 4 + 10)
+    # Gone longer than COUNTS_KEEP_S: a new session starts from nothing.
+    a.tick(70 * IV + 3 * IV + 0.01)
+    later = 70 * IV + COUNTS_KEEP_S + 1.0
+    for k in range(10):
+        exchange(a, b, later + k * IV)
+    (nb,) = a.up_neighbors()
+    assert nb.hello_counts()[1] <= 10  # type: ignore[index]
 
 
 def test_a_penalty_raises_the_advertised_cost_until_removed() -> None:

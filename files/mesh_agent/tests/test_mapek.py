@@ -33,7 +33,7 @@ from mesh_agent.mapek import (
 )
 from mesh_agent.mapek.analyze import ThresholdDetector
 from mesh_agent.mapek.execute import CEILING, HALF_LIFE_S, MAX_HOLD_S, QUARANTINE_COST, REUSE_LIMIT
-from mesh_agent.mapek.monitor import DEFAULT_BOUNDS, LOSS_KEEP_S, Reading
+from mesh_agent.mapek.monitor import DEFAULT_BOUNDS, LOSS_HOLD_S, LOSS_KEEP_S, Reading
 from mesh_agent.mapek.plan import (
     APPLICABLE,
     BASELINE_MIN,
@@ -72,71 +72,69 @@ def test_monitor_reads_links_and_rates() -> None:
     assert all(r.value >= 0 for r in third)
 
 
+def test_a_neighbour_is_read_on_its_up_interface_and_held_while_away() -> None:
+    """b is up on mesh0 (30 %) and heard but held down on mesh1 (0 %): its reading is
+    mesh0's, the one routed. Then b is missing (between sessions): its last reading
+    stands for LOSS_HOLD_S, then it is not read at all."""
+    m = Monitor()
+    out = m.sample(Observation(0.0, (LinkSample("b", 0.3, None, ifname="mesh0"),
+                                     LinkSample("b", 0.0, None, ifname="mesh1", up=False))))
+    assert [(r.target.name, r.value) for r in out if r.signal is Signal.LOSS] == [("b", 0.3)]
+    for at in (5.0, LOSS_HOLD_S):
+        out = m.sample(Observation(at))
+        assert [(r.target.name, r.value) for r in out if r.signal is Signal.LOSS] == [("b", 0.3)]
+    assert [r for r in m.sample(Observation(LOSS_HOLD_S + 1)) if r.signal is Signal.LOSS] == []
+    # Held down on its only interface, it is still read (its hellos count).
+    out = m.sample(Observation(40.0, (LinkSample("b", 0.5, None, up=False),)))
+    assert [(r.target.name, r.value) for r in out if r.signal is Signal.LOSS] == [("b", 0.5)]
+
+
 def loss_reading(m: Monitor, at: float, heard: int, expected: int,
                  ifname: str = "mesh0") -> float | None:
     out = m.sample(Observation(at, (LinkSample("b", 0.9, None, (heard, expected), ifname),)))
     return next((r.value for r in out if r.signal is Signal.LOSS), None)
 
 
-def test_monitor_judges_loss_over_enough_hellos_of_the_session() -> None:
+def test_monitor_judges_loss_over_enough_hellos() -> None:
     m = Monitor(loss_min_hellos=100)
     # The sensor's own ratio (0.9 here) is not used where the hellos are counted, and
-    # a link with fewer than 100 hellos this session has no loss reading yet.
+    # a link with fewer than 100 hellos counted has no loss reading yet.
     assert loss_reading(m, 0.0, 50, 60) is None
-    assert loss_reading(m, 5.0, 120, 150) == pytest.approx(0.2)  # since the session began
+    assert loss_reading(m, 5.0, 120, 150) == pytest.approx(0.2)  # since the first count
     assert loss_reading(m, 10.0, 200, 240) == pytest.approx(1 - 150 / 180)  # since (50, 60)
     assert loss_reading(m, 15.0, 300, 340) == pytest.approx(0.0)  # since (200, 240)
-    # A new session of the neighbour (its counts went back) adds to the old one's: (40, 50)
-    # is (340, 390) in all, read since (200, 240).
-    assert loss_reading(m, 20.0, 40, 50) == pytest.approx(1 - 140 / 150)
-    assert loss_reading(m, 25.0, 80, 150) == pytest.approx(0.6)  # since (340, 390)
+    # Counts that went back: the sensor forgot the link (gone for COUNTS_KEEP_S) or the
+    # agent restarted. The window starts anew.
+    assert loss_reading(m, 20.0, 40, 50) is None
+    assert loss_reading(m, 25.0, 80, 150) == pytest.approx(0.6)  # since (40, 50)
     # Another interface of the same neighbour has counts of its own.
     assert loss_reading(m, 30.0, 10, 10, ifname="mesh1") is None
 
 
-def test_a_new_session_is_told_by_its_start_or_a_gap_not_only_by_counts_that_went_back(
-        ) -> None:
-    """Sessions of 60 hellos with 30 heard each (50 % loss), whose counts do not go back:
-    the next session's (30, 60) is told apart by its start (or, without one, by the
-    sample it was missing from), so the loss reads 50 %, not a join's 0 or 100 %."""
-    for starts in (True, False):
-        m = Monitor(loss_min_hellos=100)
-        at, got = 0.0, []
-        for i in range(6):
-            link = LinkSample("b", 0.5, None, (30 + i, 60 + 2 * i), "mesh0",
-                              float(i) if starts else None)
-            out = m.sample(Observation(at, (link,)))
-            got.append(next((r.value for r in out if r.signal is Signal.LOSS), None))
-            at += 5.0
-            if not starts:
-                m.sample(Observation(at))  # the link was down in between
-                at += 5.0
-        assert got[:1] == [None]
-        assert [round(v, 2) for v in got[2:] if v is not None] == [0.5] * 4, (starts, got)
-
-
 def test_a_link_that_keeps_timing_out_still_reads_its_loss() -> None:
-    """40 % loss on 50 ms hellos: the session dies every few seconds (a few hellos lost in a
-    row), so no session reaches 100 hellos, and the link is missing from a sample or two
-    between sessions. Summed over its sessions the loss reads about 40 % and crosses the
-    threshold: a lossy link, not only a failover storm. Gone longer than LOSS_KEEP_S, the
+    """40 % loss on 50 ms hellos: the session dies every second or so and the link is
+    missing from some samples; the sensor's counts run on across its sessions
+    (test_link.py), so the reading holds about 40 % and crosses the threshold: a lossy
+    link, not only a failover storm. Gone from the samples longer than LOSS_KEEP_S, the
     link is forgotten."""
     rng = random.Random(3)
     m = Monitor(loss_min_hellos=100)
     readings: list[float | None] = []
-    at = 0.0
+    at, heard, expected = 0.0, 0, 0
     for _ in range(40):
         got = [rng.random() >= 0.4 for _ in range(rng.randint(30, 60))]
-        readings.append(loss_reading(m, at, sum(got), len(got)))
+        heard, expected = heard + sum(got), expected + len(got)
+        readings.append(loss_reading(m, at, heard, expected))
         at += 5.0
-        m.sample(Observation(at))  # between sessions: the neighbour is down
+        m.sample(Observation(at))  # between samples it was down
         at += 5.0
     later = readings[5:]
     assert all(r is not None for r in later)
     assert all(0.25 <= r <= 0.55 for r in later if r is not None), later  # 3 sd of 100
     assert all(r is not None and r > Thresholds().values[Signal.LOSS] for r in later)
     m.sample(Observation(at + LOSS_KEEP_S + 1))
-    assert loss_reading(m, at + LOSS_KEEP_S + 2, 50, 60) is None  # forgotten: starts anew
+    # Forgotten, as the sensor forgets it (COUNTS_KEEP_S): counts from nothing again.
+    assert loss_reading(m, at + LOSS_KEEP_S + 2, 50, 60) is None
 
 
 @given(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60)), min_size=1, max_size=40),
@@ -241,11 +239,16 @@ def test_analyzer_one_open_incident_per_target_and_never_flaps(
 
 def test_an_incident_whose_target_went_away_is_gone_and_teaches_nothing() -> None:
     loop = MapeK("a", "enforce", FixedPolicy(), 0.05)
-    steps = run(loop, [0.5, 0.5, 0.5])
-    for t in (15.0, 20.0, 25.0, 30.0):  # b is no longer a neighbour
-        steps.append(loop.step(Observation(t)))
+    steps = run(loop, [0.5, 0.5, 0.5])  # read at 0, 5 and 10 s
+    # b is no longer a neighbour: its last loss reading is held LOSS_HOLD_S (a flapping
+    # link is away from some samples), then the incident ends in `clear` samples.
+    for k in range(3, 20):
+        steps.append(loop.step(Observation(5.0 * k)))
+        if 5.0 * k <= 10.0 + LOSS_HOLD_S:
+            assert not any(s.recovered for s in steps), k
     [inc] = [i for s in steps for i in s.recovered]
     assert inc.resolution == "gone" and inc.mttr_s is None
+    assert inc.recovered_at == 10.0 + LOSS_HOLD_S + 5.0  # the first sample without it
     assert loop.stats == {} and loop.mttr == {}
     assert [c for s in steps for c in s.thresholds] == []
 

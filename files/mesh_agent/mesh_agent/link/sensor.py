@@ -97,6 +97,12 @@ ECHO_CONTROL_MIN_S = 1.0
 ECHO_HELLO_EVERY = 5
 # Sent-but-unanswered probes remembered per neighbour.
 ECHO_WINDOW = 32
+# The hello counts of a neighbour's ended sessions on an interface are kept this long
+# after the last one ended, and a new session there counts on from them
+# (:meth:`Neighbor.hello_counts`): a link losing 40 % times out about once a second, so
+# most of its sessions begin and end between two samples of the MAPE-K monitor (5 s),
+# whose loss reading needs 100 hellos and saw only the session up at its sample.
+COUNTS_KEEP_S = 120.0
 # Echo detection adapts to the jitter it measures (issue 16). A neighbour in echo
 # mode is dead once its answers are ``dead_multiplier`` hello intervals late, or
 # ECHO_JITTER_FACTOR times the 99th percentile of its last ECHO_RTT_SAMPLES echo
@@ -199,6 +205,9 @@ class Neighbor:
     received: set[int] = field(default_factory=set)
     first_seq: int = 0
     heard_total: int = 0  # distinct hellos received this session (late ones included)
+    # (heard, expected) of this neighbour's earlier sessions on this interface that
+    # ended less than COUNTS_KEEP_S before this one began.
+    counts_before: tuple[int, int] = (0, 0)
     missing_us: int = 0  # consecutive hellos from it that did not list us
     # Echo probes (module docstring): ICMP identifier, last seq sent, last seq
     # answered and when, send times of the unanswered ones, and whether any
@@ -239,9 +248,11 @@ class Neighbor:
         return max(0.0, 1.0 - got / expected)
 
     def hello_counts(self) -> tuple[int, int] | None:
-        """(heard, expected) hellos of this session, for a loss over a longer window than
-        :meth:`loss` (the MAPE-K monitor's); None where the quality has another source."""
-        return self.heard_total, self.last_seq - self.first_seq + 1
+        """(heard, expected) hellos of this session and the earlier ones it counts on from
+        (:data:`COUNTS_KEEP_S`), for a loss over a longer window than :meth:`loss` (the
+        MAPE-K monitor's); None where the quality has another source."""
+        h, e = self.counts_before
+        return h + self.heard_total, e + self.last_seq - self.first_seq + 1
 
     def cost(self) -> float:
         """Link cost: 1 plus one per started 10 % of loss (so 0-9 % costs 1, 25 % costs 3).
@@ -283,6 +294,8 @@ class LinkSensor:
         self.drops: Counter[str] = Counter()
         self._flaps: dict[tuple[str, str], list[float]] = {}
         self.damped_total = 0
+        # Per (interface, name): the hello counts its last session ended with, and when.
+        self._ended_counts: dict[tuple[str, str], tuple[tuple[int, int], float]] = {}
         # When each interface last lost carrier: a hello that arrived before
         # that (still queued when the kernel's event was read) is stale and
         # must not bring the neighbour straight back up.
@@ -465,6 +478,9 @@ class LinkSensor:
                 session=hello.session,
                 first_seq=hello.seq,
             )
+            ended = self._ended_counts.pop(key, None)
+            if ended is not None and now - ended[1] <= COUNTS_KEEP_S:
+                nb.counts_before = ended[0]
             self._table[key] = nb
             self._candidates.pop(key, None)
         self.rx_total += 1
@@ -660,6 +676,17 @@ class LinkSensor:
         nb = self._table.pop(key)
         if nb.echo_ident:
             self._echo_idents.pop(nb.echo_ident, None)
+        counts = nb.hello_counts()
+        if counts is not None:
+            for old in [k for k, (_, t) in self._ended_counts.items()
+                        if now - t > COUNTS_KEEP_S]:
+                del self._ended_counts[old]  # bounded: names with pair keys, for a while
+            # The hellos it should have sent since the last we heard (those whose loss
+            # timed it out) are expected too: else every session's fatal run went
+            # uncounted, and 40 % loss read about 30 %.
+            missed = max(0, int((now - nb.last_rx) / nb.peer_interval_s)) \
+                if nb.peer_interval_s > 0 else 0
+            self._ended_counts[key] = ((counts[0], counts[1] + missed), now)
         if reason not in ("removed", "restart"):
             # Still tagged for a while, so its hellos can tell it we dropped it
             # (its one-way check) instead of going unauthenticated.

@@ -108,14 +108,15 @@ class LinkSample:
     neighbor: str
     loss: float  # the link sensor's own ratio (its last LOSS_WINDOW hellos)
     rtt_s: float | None
-    # (heard, expected) hellos of the neighbour's session on this interface, counted since
-    # it began; None where the quality has another source (batman-adv's TQ): then the
-    # loss is *loss*.
+    # (heard, expected) hellos of the neighbour on this interface, counted on across its
+    # sessions by the link sensor (mesh_agent.link.sensor.COUNTS_KEEP_S), so they only
+    # go back when the sensor forgot the link; None where the quality has another
+    # source (batman-adv's TQ): then the loss is *loss*.
     hellos: tuple[int, int] | None = None
     ifname: str = ""
-    # When our side of this session began (the sensor's first_seen): a new session has
-    # counts of its own, even when they are not below the last session's.
-    session_start: float | None = None
+    # Up (two-way, routed), or heard but not up (held down after flaps, or not yet
+    # two-way): its hellos still count towards its loss.
+    up: bool = True
 
 
 @dataclass(frozen=True)
@@ -161,13 +162,17 @@ RATE_WINDOW_S = 30.0
 # per sample, while a link losing 30 % still crosses in 98 % of samples (40 %: all). A link
 # with fewer hellos than that has no loss reading yet (too little evidence).
 LOSS_MIN_HELLOS = 100
-# The window runs on across the neighbour's sessions: a link losing 40 % of 50 ms hellos
-# times out (a few lost in a row) every few seconds, and a window that started anew with
-# each session never held 100 hellos, so such a link never read as lossy, only as a
-# failover storm (docs/mapek.md, "the classification gap"). A link gone from the samples
-# keeps its window this long (then it is forgotten: bounded), so its next session adds
-# to it.
+# The link sensor counts a neighbour's hellos on across its sessions (a link losing 40 %
+# of 50 ms hellos times out every second or so, and most of its sessions begin and end
+# between two samples), so the window does too; a link gone from the samples keeps its
+# window this long (then it is forgotten: bounded).
 LOSS_KEEP_S = 120.0
+# A link missing from a sample (its neighbour held down after a flap, or between two
+# sessions) keeps its last loss reading this long: a link losing 40 % is up at only some
+# of the samples, and read as clear while it was away the detector never saw two
+# crossings in a row (docs/mapek.md). A neighbour gone for good ends its incidents as
+# ``gone`` once this has passed.
+LOSS_HOLD_S = 30.0
 
 
 def _rate(now: int | float, before: int | float, seconds: float, per: float) -> float:
@@ -189,49 +194,42 @@ class Monitor:
         self.loss_min_hellos = loss_min_hellos
         # Observations back to the newest one at or before the window's start (its base).
         self._window: deque[Observation] = deque()
-        # Per (neighbour, interface), its (heard, expected) hello counts, summed over its
-        # sessions, back to the newest sample that leaves at least loss_min_hellos expected
-        # since (the loss window's base); the first entry is (0, 0) until that many were.
+        # Per (neighbour, interface), its (heard, expected) hello counts back to the newest
+        # sample that leaves at least loss_min_hellos expected since (the loss window's
+        # base); the first entry is (0, 0) until that many were.
         self._hellos: dict[tuple[str, str], deque[tuple[int, int]]] = {}
-        # Per (neighbour, interface): the current session (its start, its last raw
-        # counts), the sum of the sessions before it, and when the link was last sampled.
-        self._session: dict[tuple[str, str], tuple[float | None, int, int]] = {}
-        self._before: dict[tuple[str, str], tuple[int, int]] = {}
-        self._sampled: dict[tuple[str, str], float] = {}
-        self._at: float | None = None  # the sample before
+        self._sampled: dict[tuple[str, str], float] = {}  # when each was last sampled
+        self._read: dict[str, tuple[float, float]] = {}  # per neighbour: last loss read, when
 
     def _losses(self, links: Iterable[LinkSample], at: float
                 ) -> dict[tuple[str, str], float | None]:
         """The loss of each link with hello counts over at least loss_min_hellos of its
-        hellos, summed over its sessions (LOSS_KEEP_S); None while it has had fewer."""
+        hellos; None while it has had fewer."""
         out: dict[tuple[str, str], float | None] = {}
         for link in links:
             if link.hellos is None:
                 continue
             key = (link.neighbor, link.ifname)
-            raw_h, raw_e = link.hellos
-            last = self._session.get(key)
-            # A new session: another start, counts that went back, or a link that was
-            # missing from the sample before (it was down in between).
-            if last is not None and (last[0] != link.session_start or raw_e < last[2]
-                                     or raw_h < last[1] or self._sampled[key] != self._at):
-                bh, be = self._before.get(key, (0, 0))
-                self._before[key] = (bh + last[1], be + last[2])
-            self._session[key], self._sampled[key] = (link.session_start, raw_h, raw_e), at
-            bh, be = self._before.get(key, (0, 0))
-            heard, expected = bh + raw_h, be + raw_e
-            w = self._hellos.setdefault(key, deque([(0, 0)]))
+            heard, expected = link.hellos
+            w = self._hellos.get(key)
+            if w is None or expected < w[-1][1] or heard < w[-1][0]:
+                w = self._hellos[key] = deque([(0, 0)])  # new, or the sensor forgot it
             w.append((heard, expected))
+            self._sampled[key] = at
             while len(w) > 2 and expected - w[1][1] >= self.loss_min_hellos:
                 w.popleft()
             h0, e0 = w[0]
             out[key] = (None if expected - e0 < self.loss_min_hellos
                         else min(1.0, max(0.0, 1.0 - (heard - h0) / (expected - e0))))
         for gone in [k for k, t in self._sampled.items() if at - t > LOSS_KEEP_S]:
-            del self._hellos[gone], self._session[gone], self._sampled[gone]
-            self._before.pop(gone, None)
-        self._at = at
+            del self._hellos[gone], self._sampled[gone]
         return out
+
+    def _held(self, present: set[str], at: float) -> list[tuple[str, float]]:
+        """The last loss read of each neighbour missing from this sample, for LOSS_HOLD_S."""
+        for name in [n for n, (_, t) in self._read.items() if at - t > LOSS_HOLD_S]:
+            del self._read[name]
+        return [(n, v) for n, (v, _) in sorted(self._read.items()) if n not in present]
 
     def _windowed(self, obs: Observation) -> Observation:
         """The window's base for *obs*; a counter that went back (a restart) starts anew."""
@@ -254,10 +252,14 @@ class Monitor:
         self.samples_total += 1
         out: list[Reading] = []
         losses = self._losses(obs.links, obs.at)
-        for link in _advertised(obs.links):
+        links = _advertised(obs.links)
+        for name, held in self._held({link.neighbor for link in links}, obs.at):
+            out.append(Reading(Signal.LOSS, Target("link", name), held, t[Signal.LOSS]))
+        for link in links:
             target = Target("link", link.neighbor)
             loss = link.loss if link.hellos is None else losses[(link.neighbor, link.ifname)]
             if loss is not None:
+                self._read[link.neighbor] = (loss, obs.at)
                 out.append(Reading(Signal.LOSS, target, loss, t[Signal.LOSS]))
             if link.rtt_s is not None:
                 out.append(Reading(Signal.RTT, target, link.rtt_s, t[Signal.RTT]))
@@ -276,10 +278,11 @@ class Monitor:
 
 
 def _advertised(links: Iterable[LinkSample]) -> list[LinkSample]:
-    """Per neighbour, its least lossy interface: the one our advert's cost comes from."""
+    """Per neighbour, its least lossy up interface (the one our advert's cost comes from),
+    or its least lossy one when none is up."""
     best: dict[str, LinkSample] = {}
     for s in links:
         cur = best.get(s.neighbor)
-        if cur is None or s.loss < cur.loss:
+        if cur is None or (not s.up, s.loss) < (not cur.up, cur.loss):
             best[s.neighbor] = s
     return [best[n] for n in sorted(best)]
