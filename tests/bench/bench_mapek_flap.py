@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""bench_mapek_flap: how a held lossy link that flaps is classified, and how soon.
+
+Run: python tests/bench/bench_mapek_flap.py [--runs 3] [--baseline-agent DIR]
+(needs root; prints one JSON object per line)
+
+Three agents in namespaces, a triangle n0-n1, n1-n2, n0-n2, with the lab's link
+defaults (50 ms hellos, dead after 3, echo probes) and the self-healing loop enforcing
+the fixed policy at its default 5 s interval. Once the loop is armed, ``--loss-pct`` %
+of what arrives on both ends of n0-n1 is dropped (nft ``numgen``, as the chaos suite's
+``lossy`` fault) for ``--hold`` seconds, then ``--after`` seconds are watched.
+
+At 40 % the link times out every second or two and is held down after flaps, so its
+ends see it up at only some of the loop's samples. Per run and end (n0, n1), from the
+agent's ``/v1/incidents``: when its ``lossy_link`` incident on the link and its
+``failover_storm`` were detected (seconds after the fault began; null: never), their
+MTTR, and the neighbour downs in its log; at the end one ``summary`` line per build.
+``--baseline-agent`` runs the same trials, interleaved, against another build of the
+agent (an older tree's files/mesh_agent, as MESHCORE_AGENT_PYTHONPATH), labelled
+``baseline``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mesh_agent.mapek.loop import START_SETTLE_S
+from meshcore_testkit.agents import AgentMesh, api
+from meshcore_testkit.bench import bench_workdir
+from meshcore_testkit.pki import CA
+from meshcore_tools.netns import silent_cut
+
+MAPEK = {"mapek": {"enabled": True, "mode": "enforce", "policy": "fixed"}}
+NODES = ("n0", "n1", "n2")
+
+
+RECORDS: list[dict[str, Any]] = []
+
+
+def emit(figure: str, value: Any, unit: str, **extra: Any) -> None:
+    rec = {"bench": "mapek_flap", "figure": figure, **extra, "value": value, "unit": unit}
+    RECORDS.append(rec)
+    print(json.dumps(rec), flush=True)
+
+
+def summaries(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per label, over its runs and both ends: how many ends opened ``lossy_link`` while
+    the loss held (and at all), when (median and worst), and the failover storm's."""
+    out = []
+    for label in sorted({r["label"] for r in records if r["figure"] != "summary"}):
+        mine = [r for r in records if r.get("label") == label]
+
+        def values(fig: str, mine: list[dict[str, Any]] = mine) -> list[float]:
+            return sorted(float(r["value"]) for r in mine
+                          if r["figure"] == fig and r["value"] is not None)
+
+        lossy = [r for r in mine if r["figure"] == "lossy_link_detect_s"]
+        held = [r for r in lossy if r["value"] is not None and r["value"] <= r["hold_s"]]
+        detect, storm = values("lossy_link_detect_s"), values("failover_storm_detect_s")
+        mttr = values("lossy_link_mttr_s")
+        out.append({
+            "bench": "mapek_flap", "figure": "summary", "label": label,
+            "loss_pct": lossy[0]["loss_pct"] if lossy else None,
+            "hold_s": lossy[0]["hold_s"] if lossy else None,
+            "ends": len(lossy), "lossy_ends": len(detect), "lossy_in_fault_ends": len(held),
+            "lossy_detect_median_s": statistics.median(detect) if detect else None,
+            "lossy_detect_max_s": detect[-1] if detect else None,
+            "lossy_mttr_median_s": statistics.median(mttr) if mttr else None,
+            "storm_detect_median_s": statistics.median(storm) if storm else None,
+            "downs_median": statistics.median(values("neighbour_downs")),
+        })
+    return out
+
+
+def incidents(ns: str) -> list[dict[str, Any]]:
+    code, body = api(ns, "/v1/incidents")
+    if code != 200:
+        raise RuntimeError(f"/v1/incidents in {ns}: {code} {body[:200]}")
+    return list(json.loads(body)["incidents"])
+
+
+def trial(args: argparse.Namespace, ca: CA, label: str, run: int) -> None:
+    mesh_box: list[AgentMesh] = []
+
+    def make(workdir: Path):  # type: ignore[no-untyped-def]
+        mesh_box.append(AgentMesh(3, [(0, 1), (1, 2), (0, 2)], workdir, prefix="bfl", ca=ca))
+        return mesh_box[0].lab
+
+    with bench_workdir("bench-mapek-flap-", make) as (_workdir, _lab):
+        mesh = mesh_box[0]
+        mesh.lab.up()
+        mesh.start_agents(ca, {n: MAPEK for n in NODES})
+        mesh.wait_for(mesh.converged, 60, "the triangle converged")
+        time.sleep(START_SETTLE_S + 10)  # the loop arms once ready this long
+        ends = [(mesh.nodes[0], mesh.ifname[(0, 1)], "n1"),
+                (mesh.nodes[1], mesh.ifname[(1, 0)], "n0")]
+        wall0 = time.time()
+        for node, ifname, _ in ends:
+            silent_cut(node.ns, ifname, True, loss_pct=args.loss_pct)
+        try:
+            time.sleep(args.hold)
+        finally:
+            for node, ifname, _ in ends:
+                silent_cut(node.ns, ifname, False)
+        time.sleep(args.after)
+        for node, _, peer in ends:
+            got = incidents(node.ns)
+            tags = {"label": label, "run": run, "node": node.name, "loss_pct": args.loss_pct,
+                    "hold_s": args.hold}
+            for cls, target in (("lossy_link", f"link:{peer}"), ("failover_storm", "self:")):
+                mine = [i for i in got if i["class"] == cls and i["target"] == target]
+                first = mine[0] if mine else None
+                emit(f"{cls}_detect_s",
+                     round(first["detected_wall"] - wall0, 1) if first else None, "s", **tags,
+                     incidents=len(mine))
+                emit(f"{cls}_mttr_s", round(first["mttr_seconds"], 1)
+                     if first and first["mttr_seconds"] is not None else None, "s", **tags,
+                     state=first["state"] if first else None)
+            emit("neighbour_downs", node.log.read_text().count(" down on "), "count", **tags)
+        mesh.stop()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--loss-pct", type=int, default=40)
+    p.add_argument("--hold", type=float, default=45.0, help="seconds the loss holds")
+    p.add_argument("--after", type=float, default=90.0, help="seconds watched after it")
+    p.add_argument("--baseline-agent", type=Path,
+                   help="another build's files/mesh_agent, run the same trials as baseline")
+    p.add_argument("--summary-of", type=Path,
+                   help="print the summary lines of an earlier run's lines and exit")
+    args = p.parse_args()
+    if args.summary_of is not None:
+        lines = [json.loads(x) for x in args.summary_of.read_text().splitlines() if x.strip()]
+        for rec in summaries(lines):
+            print(json.dumps(rec))
+        return 0
+    if os.geteuid() != 0:
+        print("bench_mapek_flap needs root (network namespaces)", file=sys.stderr)
+        return 2
+    ca = CA.create()
+    builds: list[tuple[str, str | None]] = [("candidate", None)]
+    if args.baseline_agent is not None:
+        builds.append(("baseline", str(args.baseline_agent.resolve())))
+    for run in range(1, args.runs + 1):
+        for label, path in builds:
+            if path is None:
+                os.environ.pop("MESHCORE_AGENT_PYTHONPATH", None)
+            else:
+                os.environ["MESHCORE_AGENT_PYTHONPATH"] = path
+            print(f"run {run}/{args.runs} {label}", file=sys.stderr, flush=True)
+            trial(args, ca, label, run)
+    for rec in summaries(RECORDS):
+        print(json.dumps(rec), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

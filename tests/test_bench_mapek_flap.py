@@ -1,0 +1,48 @@
+"""bench_mapek_flap's summary: what it counts from the per-end lines (no namespaces)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent / "bench" / "bench_mapek_flap.py"
+
+
+def load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_mapek_flap", BENCH)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def end(label: str, node: str, lossy: float | None, storm: float | None,
+        mttr: float | None, downs: int) -> list[dict[str, Any]]:
+    tags = {"bench": "mapek_flap", "label": label, "run": 1, "node": node, "loss_pct": 40,
+            "hold_s": 45.0}
+    return [{**tags, "figure": "lossy_link_detect_s", "value": lossy},
+            {**tags, "figure": "lossy_link_mttr_s", "value": mttr},
+            {**tags, "figure": "failover_storm_detect_s", "value": storm},
+            {**tags, "figure": "neighbour_downs", "value": downs}]
+
+
+def test_the_summary_counts_ends_confirmed_while_the_loss_held() -> None:
+    bench = load()
+    records = (end("candidate", "n0", 11.8, 6.8, 45.0, 24)
+               + end("candidate", "n1", 12.0, 7.0, 50.0, 26)
+               + end("baseline", "n0", 46.9, 6.9, 10.0, 27)  # after the fault: not in it
+               + end("baseline", "n1", None, 11.6, None, 25))  # never
+    by = {s["label"]: s for s in bench.summaries(records)}
+    assert by["candidate"]["ends"] == 2 and by["candidate"]["lossy_in_fault_ends"] == 2
+    assert by["candidate"]["lossy_detect_median_s"] == 11.9
+    assert by["candidate"]["lossy_mttr_median_s"] == 47.5
+    assert (by["baseline"]["lossy_ends"], by["baseline"]["lossy_in_fault_ends"]) == (1, 0)
+    assert by["baseline"]["storm_detect_median_s"] == 9.25
+    assert by["baseline"]["downs_median"] == 26.0
+    # Summary lines in the input (an earlier run's file) are not counted again.
+    again = bench.summaries(records + bench.summaries(records))
+    assert again == bench.summaries(records)
