@@ -52,7 +52,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -103,50 +102,6 @@ class Lab(RoutingLab):
                 return hops
             hops.append(self.by_link_addr[gw])
         return hops
-
-    def next_hops(self) -> dict[str, dict[str, str | None]]:
-        """Per node, per destination node: the next hop node its kernel uses (itself when
-        local, None when unrouted). One ``ip -batch`` of route gets per namespace, in parallel."""
-        names = {n["node_address"]: name for name, n in self.state["nodes"].items()}
-        batch = "".join(f"route get {a}\n" for a in names)
-        procs = {node: subprocess.Popen(
-            netns.exec_argv(self.ns(node), "ip", "-j", "-force", "-batch", "-"),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            for node in self.state["nodes"]}
-        out: dict[str, dict[str, str | None]] = {}
-        for node, proc in procs.items():
-            stdout, _ = proc.communicate(batch, timeout=30)
-            hops: dict[str, str | None] = dict.fromkeys(self.state["nodes"])
-            for line in stdout.splitlines():
-                for r in json.loads(line or "[]"):
-                    dst = names.get(r.get("dst", ""))
-                    if dst is None:
-                        continue
-                    if r.get("type") == "local":
-                        hops[dst] = node
-                    elif r.get("gateway") in self.by_link_addr:
-                        hops[dst] = self.by_link_addr[r["gateway"]]
-            out[node] = hops
-        return out
-
-    def all_pairs_routed(self) -> bool:
-        """Every node reaches every other by its kernel's next hops, without a loop."""
-        hops = self.next_hops()
-        for src in hops:
-            for dst in hops:
-                at, seen = src, {src}
-                while at != dst:
-                    nxt = hops[at].get(dst)
-                    if nxt is None or nxt in seen:
-                        return False
-                    seen.add(nxt)
-                    at = nxt
-        return True
-
-    def link_ifnames(self, a: str, b: str) -> tuple[str, str]:
-        ia = next(e["ifname"] for e in self.state["nodes"][a]["links"] if e["peer"] == b)
-        ib = next(e["ifname"] for e in self.state["nodes"][b]["links"] if e["peer"] == a)
-        return ia, ib
 
 
 def wait_converged(
@@ -257,18 +212,6 @@ def machine_ticks() -> tuple[int, int]:
     return sum(f) - f[3] - f[4], sum(f)
 
 
-DEATH = re.compile(r"neighbour \S+ down on \S+ \(([\w-]+)\)")
-
-
-def agent_link_deaths(workdir: Path) -> dict[str, int]:
-    """Neighbour deaths the agents logged so far, by reason (none is real before a cut)."""
-    out: dict[str, int] = {}
-    for path in workdir.glob("*.agent.log"):
-        for m in DEATH.finditer(path.read_text(errors="replace")):
-            out[m.group(1)] = out.get(m.group(1), 0) + 1
-    return out
-
-
 def daemon_pids(lab: Lab) -> list[int]:
     """PIDs of the daemons (children of `ip netns exec`, which execs in place)."""
     return [p.pid for p in lab.procs if p.poll() is None]
@@ -354,7 +297,7 @@ def run_topology(
                 emit(topology=name, impl=impl, figure=key, value=round(value, 2),
                      nodes=len(state["nodes"]))
             if impl == "mesh_agent":  # false deaths: no link was cut yet
-                deaths = agent_link_deaths(lab.workdir)
+                deaths = lab.agent_link_deaths()
                 emit(topology=name, impl=impl, figure="start_link_deaths",
                      value=sum(deaths.values()), by_reason=deaths,
                      seconds=round(time.monotonic() - t_start, 1))

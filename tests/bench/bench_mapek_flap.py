@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh_agent.mapek.loop import START_SETTLE_S
-from meshcore_testkit.agents import AgentMesh, api
+from meshcore_testkit.agents import AgentMesh, api_json
 from meshcore_testkit.bench import bench_workdir
 from meshcore_testkit.pki import CA
 from meshcore_tools.netns import silent_cut
@@ -80,10 +80,7 @@ def summaries(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def incidents(ns: str) -> list[dict[str, Any]]:
-    code, body = api(ns, "/v1/incidents")
-    if code != 200:
-        raise RuntimeError(f"/v1/incidents in {ns}: {code} {body[:200]}")
-    return list(json.loads(body)["incidents"])
+    return list(api_json(ns, "/v1/incidents?limit=1000")["incidents"])
 
 
 def trial(args: argparse.Namespace, ca: CA, label: str, run: int) -> None:

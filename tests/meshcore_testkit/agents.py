@@ -237,6 +237,14 @@ def api(ns: str, path: str, port: int = API_PORT) -> tuple[int, str]:
     return int(code or 0), body
 
 
+def api_json(ns: str, path: str, port: int = API_PORT) -> Any:
+    """GET an agent's JSON API from inside its namespace; anything but 200 raises."""
+    code, body = api(ns, path, port)
+    if code != 200:
+        raise RuntimeError(f"GET {path} in {ns}: {code} {body[:200]}")
+    return json.loads(body)
+
+
 def metric(ns: str, name: str, labels: str = "") -> float:
     """One sample of the agent's /metrics in *ns* (0 when absent)."""
     code, body = api(ns, "/metrics")

@@ -10,7 +10,10 @@ and flushes what they left in the kernel, so the next one starts clean.
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,12 +23,17 @@ from meshcore_tools import netns
 from meshcore_testkit.agents import agent_argv, agent_config, agent_env, unit_limits, write_config
 from meshcore_testkit.pki import CA
 
-# babeld timers per variant; "babeld-default" is babeld's own (hello 4 s on wired links).
+# babeld's interface defaults per variant; "babeld-default" is babeld's own timers (hello
+# 4 s on wired links). Wired links cost by "2 out of 3" hellos heard; wireless ones by ETX
+# (babeld(8)), which a bench with lossy links compares against.
 BABELD = {
-    "babeld-h1.0": "hello-interval 1 update-interval 4",
-    "babeld-h0.2": "hello-interval 0.2 update-interval 1",
-    "babeld-default": "",
+    "babeld-h1.0": "type wired hello-interval 1 update-interval 4",
+    "babeld-h0.2": "type wired hello-interval 0.2 update-interval 1",
+    "babeld-default": "type wired",
+    "babeld-wireless-h0.2": "type wireless hello-interval 0.2 update-interval 1",
 }
+# How the agent logs a neighbour's death: the reason in brackets.
+DEATH = re.compile(r"neighbour \S+ down on \S+ \(([\w-]+)\)")
 ROUTER_SYSCTLS = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0",
                   "net.ipv4.conf.default.rp_filter": "0"}
 
@@ -56,10 +64,63 @@ class RoutingLab(netns.NetnsLab):
     def ifnames(self, node: str) -> list[str]:
         return [e["ifname"] for e in self.state["nodes"][node]["links"]]
 
-    def start_babeld(self, timers: str) -> None:
+    def next_hops(self) -> dict[str, dict[str, str | None]]:
+        """Per node, per destination node: the next hop node its kernel uses (itself when
+        local, None when unrouted). One ``ip -batch`` of route gets per namespace, in parallel."""
+        names = {n["node_address"]: name for name, n in self.state["nodes"].items()}
+        batch = "".join(f"route get {a}\n" for a in names)
+        procs = {node: subprocess.Popen(
+            netns.exec_argv(self.ns(node), "ip", "-j", "-force", "-batch", "-"),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            for node in self.state["nodes"]}
+        out: dict[str, dict[str, str | None]] = {}
+        for node, proc in procs.items():
+            stdout, _ = proc.communicate(batch, timeout=30)
+            hops: dict[str, str | None] = dict.fromkeys(self.state["nodes"])
+            for line in stdout.splitlines():
+                for r in json.loads(line or "[]"):
+                    dst = names.get(r.get("dst", ""))
+                    if dst is None:
+                        continue
+                    if r.get("type") == "local":
+                        hops[dst] = node
+                    elif r.get("gateway") in self.by_link_addr:
+                        hops[dst] = self.by_link_addr[r["gateway"]]
+            out[node] = hops
+        return out
+
+    def all_pairs_routed(self) -> bool:
+        """Every node reaches every other by its kernel's next hops, without a loop."""
+        hops = self.next_hops()
+        for src in hops:
+            for dst in hops:
+                at, seen = src, {src}
+                while at != dst:
+                    nxt = hops[at].get(dst)
+                    if nxt is None or nxt in seen:
+                        return False
+                    seen.add(nxt)
+                    at = nxt
+        return True
+
+    def link_ifnames(self, a: str, b: str) -> tuple[str, str]:
+        ia = next(e["ifname"] for e in self.state["nodes"][a]["links"] if e["peer"] == b)
+        ib = next(e["ifname"] for e in self.state["nodes"][b]["links"] if e["peer"] == a)
+        return ia, ib
+
+    def agent_link_deaths(self) -> dict[str, int]:
+        """Neighbour deaths the agents logged so far, by reason."""
+        out: dict[str, int] = {}
+        for path in self.workdir.glob("*.agent.log"):
+            for m in DEATH.finditer(path.read_text(errors="replace")):
+                out[m.group(1)] = out.get(m.group(1), 0) + 1
+        return out
+
+    def start_babeld(self, defaults: str) -> None:
+        """babeld on every node with these interface defaults (a :data:`BABELD` value)."""
         conf = self.workdir / "babeld.conf"
         conf.write_text(
-            f"default type wired {timers}\n"
+            f"default {defaults}\n"
             "redistribute local ip 10.77.0.0/16 ge 32\n"
             "redistribute local deny\nredistribute deny\n"
         )
