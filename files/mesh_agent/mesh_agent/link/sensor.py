@@ -7,6 +7,25 @@ events. Liveness is BFD-like (RFC 5880 section 6.8.4): a neighbour is dead
 when nothing was heard for ``dead_multiplier`` times *its* advertised hello
 interval.
 
+Loss-aware liveness. A link that loses a share p of its probes loses k of them in
+a row now and then, at a rate of about ``rate * (1 - p) * p**k``: with 10 % loss
+each way (p = 0.19 for an echo round trip) and 50 ms probes, three in a row come
+every 7 s or so, so a fixed "dead after 3" made every such link flap every few
+seconds, each flap a re-flood and a recompute at every node (docs/mapek.md). So
+the run of misses that kills a neighbour is the shortest that a link with its
+*measured* loss (the last :data:`LOSS_SAMPLES` probes or hellos, carried across
+its sessions) reaches by chance at most once per :data:`FALSE_DEATH_S`
+(:func:`misses_to_kill`): ``dead_multiplier`` on a clean link, 7 probes (350 ms)
+at 10 % each way, and never more than :data:`ECHO_ADAPT_MAX_FACTOR` times
+``dead_multiplier``. A link that dies outright is still caught in that many
+probes: the misses of the run in progress never count towards the loss.
+
+Cost. A link costs 1 plus one per started 10 % of loss, with the loss taken over
+the last :data:`LOSS_SAMPLES` hellos, and a level moves only once the loss is
+half a step (:data:`COST_HYSTERESIS`) past its band: over 20 hellos a 10 % link
+read anywhere from 0 to 25 % and its cost moved at most advert refreshes, each a
+flood and a recompute at every node.
+
 Echo mode (RFC 5880 section 6.4, BFD's echo function). Hellos are sent and
 read by the neighbour's agent process, so a neighbour whose process runs late
 (a CPU-starved host: 50 agents on 2 cores) looks dead while its kernel still
@@ -63,6 +82,12 @@ from mesh_agent.link.wire import (
 )
 
 LOSS_WINDOW = 20
+# Loss-aware liveness and cost (module docstring). The outcomes of a neighbour's last
+# LOSS_SAMPLES echo probes and hellos are kept; a share is read once LOSS_MIN_SAMPLES are.
+LOSS_SAMPLES = 256
+LOSS_MIN_SAMPLES = 64
+FALSE_DEATH_S = 3600.0
+COST_HYSTERESIS = 0.05
 # Flap damping, a much simplified RFC 2439: a neighbour that went down
 # FLAP_THRESHOLD times within FLAP_WINDOW_S must stay two-way for HOLD_DOWN_S
 # before it is up again. Without it a CPU-starved host (or a marginal radio)
@@ -173,6 +198,53 @@ class Solicit:
 
 
 @dataclass
+class LossWindow:
+    """The outcomes (lost or not) of the last :data:`LOSS_SAMPLES` probes or hellos."""
+
+    outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=LOSS_SAMPLES))
+    lost: int = 0
+
+    def note(self, lost: int) -> None:
+        """*lost* missed, then one that arrived."""
+        for miss in [True] * min(lost, LOSS_SAMPLES) + [False]:
+            if len(self.outcomes) == LOSS_SAMPLES and self.outcomes[0]:
+                self.lost -= 1
+            self.outcomes.append(miss)
+            self.lost += miss
+
+    def share(self) -> float | None:
+        """The share lost, or None before :data:`LOSS_MIN_SAMPLES` outcomes."""
+        n = len(self.outcomes)
+        return self.lost / n if n >= LOSS_MIN_SAMPLES else None
+
+
+# What a neighbour's ended session leaves for its next one: (heard, expected) hellos,
+# and the hello and echo outcome windows.
+Ended = tuple[tuple[int, int], LossWindow, LossWindow]
+
+
+def misses_to_kill(loss: float | None, rate_hz: float, floor: int, cap: int) -> int:
+    """How many probes in a row, sent at *rate_hz*, must go unanswered before a link that
+    loses a share *loss* of them is dead: the shortest run, at least *floor* and at most
+    *cap*, that such a link reaches by chance at most once per :data:`FALSE_DEATH_S` (a
+    run of k misses starts at a probe with probability at most ``loss**k``).
+
+    >>> misses_to_kill(0.0, 20, 3, 12), misses_to_kill(0.19, 20, 3, 12)
+    (3, 7)
+    >>> misses_to_kill(0.64, 20, 3, 12), misses_to_kill(None, 20, 3, 12)
+    (12, 3)
+    """
+    if loss is None or loss <= 0.0 or rate_hz <= 0.0:
+        return floor
+    if loss >= 1.0:
+        return cap
+    budget = 1.0 / (FALSE_DEATH_S * rate_hz)
+    if budget >= 1.0:
+        return floor
+    return min(cap, max(floor, math.ceil(math.log(budget) / math.log(loss))))
+
+
+@dataclass
 class Candidate:
     """Heard but not authenticated (or recently dead): listed with a tag, never routed."""
 
@@ -208,6 +280,11 @@ class Neighbor:
     # (heard, expected) of this neighbour's earlier sessions on this interface that
     # ended less than COUNTS_KEEP_S before this one began.
     counts_before: tuple[int, int] = (0, 0)
+    # Outcomes of its last hellos and of our last echo probes to it, carried on from
+    # those sessions too (module docstring: loss-aware liveness and cost).
+    hello_window: LossWindow = field(default_factory=LossWindow)
+    echo_window: LossWindow = field(default_factory=LossWindow)
+    cost_steps: int | None = None  # the cost's level (cost() - 1), with hysteresis
     missing_us: int = 0  # consecutive hellos from it that did not list us
     # Echo probes (module docstring): ICMP identifier, last seq sent, last seq
     # answered and when, send times of the unanswered ones, and whether any
@@ -254,12 +331,26 @@ class Neighbor:
         h, e = self.counts_before
         return h + self.heard_total, e + self.last_seq - self.first_seq + 1
 
+    def cost_loss(self) -> float:
+        """The loss the cost comes from: over the last :data:`LOSS_SAMPLES` hellos once
+        :data:`LOSS_MIN_SAMPLES` were expected, before that :meth:`loss`."""
+        share = self.hello_window.share()
+        return self.loss() if share is None else share
+
     def cost(self) -> float:
         """Link cost: 1 plus one per started 10 % of loss (so 0-9 % costs 1, 25 % costs 3).
 
-        Quantised so that loss jitter does not re-flood adverts and move routes.
+        Quantised, and a level moves only once :meth:`cost_loss` is
+        :data:`COST_HYSTERESIS` past its band (from 1 to 2 at 15 %, back at 5 %), so
+        that loss jitter does not re-flood adverts and move routes. The level is
+        remembered; reading it again with the same loss changes nothing.
         """
-        return 1.0 + math.floor(self.loss() * 10)
+        loss = self.cost_loss()
+        cur = self.cost_steps
+        if (cur is None or loss >= (cur + 1) / 10 + COST_HYSTERESIS
+                or loss < cur / 10 - COST_HYSTERESIS):
+            cur = self.cost_steps = math.floor(loss * 10)
+        return 1.0 + cur
 
     def age(self, now: float) -> float:
         return now - (self.up_since if self.up_since is not None else self.first_seen)
@@ -294,8 +385,9 @@ class LinkSensor:
         self.drops: Counter[str] = Counter()
         self._flaps: dict[tuple[str, str], list[float]] = {}
         self.damped_total = 0
-        # Per (interface, name): the hello counts its last session ended with, and when.
-        self._ended_counts: dict[tuple[str, str], tuple[tuple[int, int], float]] = {}
+        # Per (interface, name): what its last session ended with (its hello counts,
+        # hello and echo outcomes), and when.
+        self._ended: dict[tuple[str, str], tuple[Ended, float]] = {}
         # When each interface last lost carrier: a hello that arrived before
         # that (still queued when the kernel's event was read) is stale and
         # must not bring the neighbour straight back up.
@@ -478,11 +570,14 @@ class LinkSensor:
                 session=hello.session,
                 first_seq=hello.seq,
             )
-            ended = self._ended_counts.pop(key, None)
+            ended = self._ended.pop(key, None)
             if ended is not None and now - ended[1] <= COUNTS_KEEP_S:
-                nb.counts_before = ended[0]
+                nb.counts_before, nb.hello_window, nb.echo_window = ended[0]
+            nb.hello_window.note(0)
             self._table[key] = nb
             self._candidates.pop(key, None)
+        else:
+            nb.hello_window.note(hello.seq - nb.last_seq - 1)
         self.rx_total += 1
         nb.last_rx = now
         nb.last_seq = hello.seq
@@ -599,6 +694,7 @@ class LinkSensor:
         if int(sent * 1e6) != reply.tx_ts_us:
             return False
         nb.note_echo_rtt(max(0.0, now - sent))
+        nb.echo_window.note(seq - nb.echo_acked - 1)
         for s in [s for s in nb.echo_sent if s <= seq]:
             del nb.echo_sent[s]
         nb.echo_acked = seq
@@ -616,31 +712,53 @@ class LinkSensor:
 
     def _dead_reason(self, nb: Neighbor, now: float) -> str | None:
         """Why *nb* is dead at *now*, or None (module docstring)."""
-        hello_dead = self.dead_multiplier * nb.peer_interval_s
         if not nb.echo_active:
-            return "timeout" if now - nb.last_rx > hello_dead else None
+            return "timeout" if now - nb.last_rx > self.hello_dead_s(nb) else None
         if (
-            nb.echo_pending() >= self.dead_multiplier
+            nb.echo_pending() >= self.echo_misses(nb)
             and now - nb.echo_last_rx >= self.echo_dead_s(nb)
         ):
             return "echo"
-        control = max(ECHO_CONTROL_MULT * hello_dead, ECHO_CONTROL_MIN_S)
-        return "timeout" if now - nb.last_rx > control else None
+        return "timeout" if now - nb.last_rx > self._control_s(nb) else None
+
+    def _control_s(self, nb: Neighbor) -> float:
+        """In echo mode, how long its hellos alone may be silent (:data:`ECHO_CONTROL_MULT`)."""
+        return max(ECHO_CONTROL_MULT * self.dead_multiplier * nb.peer_interval_s,
+                   ECHO_CONTROL_MIN_S)
 
     def _deadline(self, nb: Neighbor) -> float:
-        hello_dead = self.dead_multiplier * nb.peer_interval_s
         if not nb.echo_active:
-            return nb.last_rx + hello_dead
-        control = nb.last_rx + max(ECHO_CONTROL_MULT * hello_dead, ECHO_CONTROL_MIN_S)
-        if nb.echo_pending() < self.dead_multiplier:
+            return nb.last_rx + self.hello_dead_s(nb)
+        control = nb.last_rx + self._control_s(nb)
+        if nb.echo_pending() < self.echo_misses(nb):
             return control  # the next probes go out on hello ticks, which judge anyway
         return min(control, nb.echo_last_rx + self.echo_dead_s(nb))
 
+    def _max_misses(self) -> int:
+        return int(ECHO_ADAPT_MAX_FACTOR * self.dead_multiplier)
+
+    def hello_dead_s(self, nb: Neighbor) -> float:
+        """How long *nb*'s hellos may be silent before it is dead (not in echo mode): its
+        interval times the run of misses its hello loss allows (:func:`misses_to_kill`)."""
+        rate = 1.0 / nb.peer_interval_s if nb.peer_interval_s > 0 else 0.0
+        misses = misses_to_kill(nb.hello_window.share(), rate, self.dead_multiplier,
+                                self._max_misses())
+        return misses * nb.peer_interval_s
+
+    def echo_misses(self, nb: Neighbor) -> int:
+        """How many echo probes in a row *nb* may leave unanswered (:func:`misses_to_kill`)."""
+        return misses_to_kill(nb.echo_window.share(), 1.0 / self.hello_interval_s,
+                              self.dead_multiplier, self._max_misses())
+
     def echo_dead_s(self, nb: Neighbor) -> float:
-        """How late *nb*'s echo answers may be before it is dead (:data:`ECHO_RTT_SAMPLES`)."""
+        """How late *nb*'s echo answers may be before it is dead: the run of misses its
+        probe loss allows, or twice the jitter it shows (:data:`ECHO_RTT_SAMPLES`) if
+        that is longer, never more than :data:`ECHO_ADAPT_MAX_FACTOR` times the
+        configured dead time."""
         base = self.dead_multiplier * self.hello_interval_s
+        lossy = self.echo_misses(nb) * self.hello_interval_s
         jitter = ECHO_JITTER_FACTOR * nb.echo_rtt_quantile()
-        return min(max(base, jitter), ECHO_ADAPT_MAX_FACTOR * base)
+        return min(max(lossy, jitter), ECHO_ADAPT_MAX_FACTOR * base)
 
     # -- time and carrier -------------------------------------------------
     def tick(self, now: float) -> list[Event]:
@@ -678,15 +796,17 @@ class LinkSensor:
             self._echo_idents.pop(nb.echo_ident, None)
         counts = nb.hello_counts()
         if counts is not None:
-            for old in [k for k, (_, t) in self._ended_counts.items()
-                        if now - t > COUNTS_KEEP_S]:
-                del self._ended_counts[old]  # bounded: names with pair keys, for a while
+            for old in [k for k, (_, t) in self._ended.items() if now - t > COUNTS_KEEP_S]:
+                del self._ended[old]  # bounded: names with pair keys, for a while
             # The hellos it should have sent since the last we heard (those whose loss
             # timed it out) are expected too: else every session's fatal run went
-            # uncounted, and 40 % loss read about 30 %.
+            # uncounted, and 40 % loss read about 30 %. The outcome windows leave that
+            # run out: they judge the next runs, and a dead link's run says nothing of
+            # its loss while it lived.
             missed = max(0, int((now - nb.last_rx) / nb.peer_interval_s)) \
                 if nb.peer_interval_s > 0 else 0
-            self._ended_counts[key] = ((counts[0], counts[1] + missed), now)
+            self._ended[key] = (((counts[0], counts[1] + missed), nb.hello_window,
+                                 nb.echo_window), now)
         if reason not in ("removed", "restart"):
             # Still tagged for a while, so its hellos can tell it we dropped it
             # (its one-way check) instead of going unauthenticated.
