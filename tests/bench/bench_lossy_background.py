@@ -33,6 +33,9 @@ implementation and window:
                               a neighbour change each)
   false_alarms_per_node_hour  agent: incidents opened in the window, by class
   all_pairs_routed            every pair routed without a loop at the window's end
+
+At the end, and with ``--table-of FILE`` for an earlier run's lines, a markdown table:
+one row per implementation and window, the trials' figures summed over their windows.
 """
 
 from __future__ import annotations
@@ -63,8 +66,13 @@ def log(msg: str) -> None:
           flush=True)
 
 
+RECORDS: list[dict[str, Any]] = []
+
+
 def emit(**fields: Any) -> None:
-    print(json.dumps({"bench": "lossy_background", **fields}), flush=True)
+    rec = {"bench": "lossy_background", **fields}
+    RECORDS.append(rec)
+    print(json.dumps(rec), flush=True)
 
 
 def lossy_links(state: dict[str, Any], share: float, seed: int) -> list[tuple[str, str]]:
@@ -164,6 +172,44 @@ def window(lab: RoutingLab, impl: str, name: str, label: str, seconds: float,
     emit(**tags, figure="all_pairs_routed", value=lab.all_pairs_routed())
 
 
+COLUMNS = (("route events /node-min", "route_events_per_node_min", "value"),
+           ("downs, lossy links", "neighbour_downs", "lossy_links"),
+           ("downs, other links", "neighbour_downs", "other_links"),
+           ("recomputes /node-min", "topology_changes_per_node_min", "value"),
+           ("adverts /node-min", "adverts_originated_per_node_min", "value"),
+           ("false alarms /node-h", "false_alarms_per_node_hour", "value"),
+           ("all pairs routed", "all_pairs_routed", "value"))
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    """Markdown: per (topology, implementation, window), each figure over its trials
+    (rates weighted by the windows' lengths, counts summed; '-': not measured)."""
+    keys: list[tuple[str, str, str]] = []
+    for r in records:
+        key = (r.get("topology", ""), r.get("impl", ""), r.get("window", ""))
+        if "figure" in r and r["figure"] != "skipped" and key not in keys:
+            keys.append(key)
+    head = ["topology", "implementation", "window", *(c[0] for c in COLUMNS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in keys:
+        mine = [r for r in records
+                if (r.get("topology"), r.get("impl"), r.get("window")) == key]
+        cells = list(key)
+        for _, fig, field_ in COLUMNS:
+            rs = [r for r in mine if r["figure"] == fig and r.get(field_) is not None]
+            if not rs:
+                cells.append("-")
+            elif fig == "all_pairs_routed":
+                cells.append(f"{sum(1 for r in rs if r[field_])}/{len(rs)}")
+            elif field_ == "value":
+                secs = sum(float(r["seconds"]) for r in rs)
+                cells.append(f"{sum(r[field_] * r['seconds'] for r in rs) / secs:.2f}")
+            else:
+                cells.append(str(sum(int(r[field_]) for r in rs)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def run_topology(spec: str, impls: list[str], args: Any, ca: CA) -> None:
     kind, n = spec.split(":")
     state = topo.normalise(topo.build(kind, int(n), seed=args.seed))
@@ -224,7 +270,13 @@ def main() -> int:
     p.add_argument("--baseline-agent", type=Path,
                    help=f"another build's files/mesh_agent, run as {BASELINE} after "
                         "mesh_agent")
+    p.add_argument("--table-of", type=Path,
+                   help="print the table of an earlier run's lines and exit")
     args = p.parse_args()
+    if args.table_of is not None:
+        print(table([json.loads(x) for x in args.table_of.read_text().splitlines()
+                     if x.strip()]))
+        return 0
     if not bench_preflight("bench_lossy_background", emit):
         return 0
     impls = args.impls.split(",")
@@ -239,6 +291,7 @@ def main() -> int:
     ca = CA.create("bench CA")
     for spec in args.topologies.split(","):
         run_topology(spec, impls, args, ca)
+    print(table(RECORDS), file=sys.stderr, flush=True)
     return 0
 
 
