@@ -154,6 +154,11 @@ class AgentView:
                 # MAPE-K monitor's loss reading (None where batman-adv judges the link)
                 "hello_counts": nb.hello_counts(),
                 "echo_mode": self.echo_mode(nb),
+                # Silence that kills it, sized to the loss measured (mesh_agent.link.sensor),
+                # and the share of our last echo probes it left unanswered (None: too few).
+                "dead_after_seconds": round(self.sensor.detection_s(nb), 4),
+                "probe_loss": None if (share := nb.echo_window.share()) is None
+                else round(share, 4),
             }
             for nb in self.sensor.neighbors()
         ]

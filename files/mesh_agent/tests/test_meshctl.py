@@ -112,7 +112,8 @@ def test_neighbours_table_json_and_expected(live: Live) -> None:
     header, row = text.splitlines()
     assert code == 0
     assert header.split() == ["NEIGHBOUR", "INTERFACE", "LINK", "ADDRESS", "NODE", "ADDRESS",
-                              "STATE", "RTT", "LOSS", "COST", "ECHO", "LINK", "AGE"]
+                              "STATE", "RTT", "LOSS", "COST", "ECHO", "DEAD", "AFTER", "LINK",
+                              "AGE"]
     assert row.split()[:5] == ["b", "mesh0", "10.98.0.1", "10.77.0.2", "up"]
     # The columns line up: each cell starts under its header.
     assert row.index("mesh0") == header.index("INTERFACE")
@@ -136,6 +137,10 @@ def test_neighbours_echo_mode_once_b_answers_probes(live: Live) -> None:
     assert row[header.index("ECHO"):].split()[0] == "echo"
     data = json.loads(live.run("--json", "neighbours")[1])
     assert [n["echo_mode"] for n in data["neighbors"]] == ["echo"]
+    # A clean link: dead after the configured 3 x 50 ms; too few probes for a loss reading.
+    assert [(n["dead_after_seconds"], n["probe_loss"]) for n in data["neighbors"]] == [
+        (0.15, None)]
+    assert row[header.index("DEAD AFTER"):].split()[0] == "150ms"
     # With echo probes off in the config, or on batman-adv, the sensor does not judge by echo.
     nb = live.agent.sensor.neighbors()[0]
     off = parse_config({"node_name": "a", "node_address": "10.77.0.1", "link": {"echo": False}})

@@ -81,11 +81,13 @@ def render_neighbours(data: dict[str, Any]) -> str:
         [n["name"], n["interface"], n["link_address"], n["node_address"], n["state"],
          "-" if n["rtt_seconds"] is None else duration(n["rtt_seconds"]),
          f"{n['loss'] * 100:.0f}%", n["cost"], n.get("echo_mode", "-"),
+         "-" if n.get("dead_after_seconds") is None else duration(n["dead_after_seconds"]),
          duration(n["age_seconds"])]
         for n in data["neighbors"]
     ]
     out = table(["NEIGHBOUR", "INTERFACE", "LINK ADDRESS", "NODE ADDRESS", "STATE", "RTT",
-                 "LOSS", "COST", "ECHO", "LINK AGE"], rows) if rows else "no neighbours"
+                 "LOSS", "COST", "ECHO", "DEAD AFTER", "LINK AGE"], rows) \
+        if rows else "no neighbours"
     if data.get("expected_missing"):
         out += "\nmissing (expected): " + ", ".join(data["expected_missing"])
     return out

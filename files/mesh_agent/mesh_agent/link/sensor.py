@@ -750,6 +750,11 @@ class LinkSensor:
         return misses_to_kill(nb.echo_window.share(), 1.0 / self.hello_interval_s,
                               self.dead_multiplier, self._max_misses())
 
+    def detection_s(self, nb: Neighbor) -> float:
+        """How long *nb* may be silent before it is dead, as judged now: its echo answers
+        in echo mode, else its hellos."""
+        return self.echo_dead_s(nb) if nb.echo_active else self.hello_dead_s(nb)
+
     def echo_dead_s(self, nb: Neighbor) -> float:
         """How late *nb*'s echo answers may be before it is dead: the run of misses its
         probe loss allows, or twice the jitter it shows (:data:`ECHO_RTT_SAMPLES`) if
