@@ -50,6 +50,11 @@ def emit(figure: str, value: Any, unit: str, **extra: Any) -> None:
     print(json.dumps(rec), flush=True)
 
 
+def median(xs: list[float]) -> float | None:
+    """The median to 0.01 (a mean of two tenths prints 11.850000000000001), or None."""
+    return round(statistics.median(xs), 2) if xs else None
+
+
 def summaries(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per label, over its runs and both ends: how many ends opened ``lossy_link`` while
     the loss held (and at all), when (median and worst), and the failover storm's."""
@@ -70,11 +75,11 @@ def summaries(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "loss_pct": lossy[0]["loss_pct"] if lossy else None,
             "hold_s": lossy[0]["hold_s"] if lossy else None,
             "ends": len(lossy), "lossy_ends": len(detect), "lossy_in_fault_ends": len(held),
-            "lossy_detect_median_s": statistics.median(detect) if detect else None,
+            "lossy_detect_median_s": median(detect),
             "lossy_detect_max_s": detect[-1] if detect else None,
-            "lossy_mttr_median_s": statistics.median(mttr) if mttr else None,
-            "storm_detect_median_s": statistics.median(storm) if storm else None,
-            "downs_median": statistics.median(values("neighbour_downs")),
+            "lossy_mttr_median_s": median(mttr),
+            "storm_detect_median_s": median(storm),
+            "downs_median": median(values("neighbour_downs")),
         })
     return out
 
