@@ -21,10 +21,10 @@ at 10 % each way, and never more than :data:`ECHO_ADAPT_MAX_FACTOR` times
 probes: the misses of the run in progress never count towards the loss.
 
 Cost. A link costs 1 plus one per started 10 % of loss, with the loss taken over
-the last :data:`LOSS_SAMPLES` hellos, and a level moves only once the loss is
-half a step (:data:`COST_HYSTERESIS`) past its band: over 20 hellos a 10 % link
-read anywhere from 0 to 25 % and its cost moved at most advert refreshes, each a
-flood and a recompute at every node.
+the last :data:`LOSS_SAMPLES` hellos; a level rises at once and falls only half a
+step (:data:`COST_HYSTERESIS`) under its band: over 20 hellos a 10 % link read
+anywhere from 0 to 25 % and its cost moved at most advert refreshes, each a flood
+and a recompute at every node.
 
 Echo mode (RFC 5880 section 6.4, BFD's echo function). Hellos are sent and
 read by the neighbour's agent process, so a neighbour whose process runs late
@@ -340,16 +340,19 @@ class Neighbor:
     def cost(self) -> float:
         """Link cost: 1 plus one per started 10 % of loss (so 0-9 % costs 1, 25 % costs 3).
 
-        Quantised, and a level moves only once :meth:`cost_loss` is
-        :data:`COST_HYSTERESIS` past its band (from 1 to 2 at 15 %, back at 5 %), so
-        that loss jitter does not re-flood adverts and move routes. The level is
-        remembered; reading it again with the same loss changes nothing.
+        Quantised, and quick to penalise, slow to forgive (as RFC 2439's damping): a
+        level rises as soon as :meth:`cost_loss` reaches it, and falls only once the
+        loss is :data:`COST_HYSTERESIS` under its band (from 2 back to 1 under 5 %), so
+        a link whose loss jitters about a band's edge keeps the higher cost instead of
+        re-flooding adverts and moving routes. A symmetric band let a link that had been
+        clean keep cost 1 up to 15 % loss. The level is remembered; reading it again
+        with the same loss changes nothing.
         """
         loss = self.cost_loss()
+        steps = math.floor(loss * 10)
         cur = self.cost_steps
-        if (cur is None or loss >= (cur + 1) / 10 + COST_HYSTERESIS
-                or loss < cur / 10 - COST_HYSTERESIS):
-            cur = self.cost_steps = math.floor(loss * 10)
+        if cur is None or steps > cur or loss < cur / 10 - COST_HYSTERESIS:
+            cur = self.cost_steps = steps
         return 1.0 + cur
 
     def age(self, now: float) -> float:
