@@ -205,12 +205,16 @@ class LossWindow:
     lost: int = 0
 
     def note(self, lost: int) -> None:
-        """*lost* missed, then one that arrived."""
-        for miss in [True] * min(lost, LOSS_SAMPLES) + [False]:
-            if len(self.outcomes) == LOSS_SAMPLES and self.outcomes[0]:
-                self.lost -= 1
-            self.outcomes.append(miss)
-            self.lost += miss
+        """*lost* missed, then one that arrived (one per hello or answer: no allocation)."""
+        for _ in range(min(lost, LOSS_SAMPLES)):
+            self._push(True)
+        self._push(False)
+
+    def _push(self, miss: bool) -> None:
+        if len(self.outcomes) == LOSS_SAMPLES and self.outcomes[0]:
+            self.lost -= 1
+        self.outcomes.append(miss)
+        self.lost += miss
 
     def share(self) -> float | None:
         """The share lost, or None before :data:`LOSS_MIN_SAMPLES` outcomes."""
@@ -717,10 +721,8 @@ class LinkSensor:
         """Why *nb* is dead at *now*, or None (module docstring)."""
         if not nb.echo_active:
             return "timeout" if now - nb.last_rx > self.hello_dead_s(nb) else None
-        if (
-            nb.echo_pending() >= self.echo_misses(nb)
-            and now - nb.echo_last_rx >= self.echo_dead_s(nb)
-        ):
+        misses, dead_s = self._echo_rule(nb)
+        if nb.echo_pending() >= misses and now - nb.echo_last_rx >= dead_s:
             return "echo"
         return "timeout" if now - nb.last_rx > self._control_s(nb) else None
 
@@ -733,9 +735,10 @@ class LinkSensor:
         if not nb.echo_active:
             return nb.last_rx + self.hello_dead_s(nb)
         control = nb.last_rx + self._control_s(nb)
-        if nb.echo_pending() < self.echo_misses(nb):
+        misses, dead_s = self._echo_rule(nb)
+        if nb.echo_pending() < misses:
             return control  # the next probes go out on hello ticks, which judge anyway
-        return min(control, nb.echo_last_rx + self.echo_dead_s(nb))
+        return min(control, nb.echo_last_rx + dead_s)
 
     def _max_misses(self) -> int:
         return int(ECHO_ADAPT_MAX_FACTOR * self.dead_multiplier)
@@ -750,8 +753,7 @@ class LinkSensor:
 
     def echo_misses(self, nb: Neighbor) -> int:
         """How many echo probes in a row *nb* may leave unanswered (:func:`misses_to_kill`)."""
-        return misses_to_kill(nb.echo_window.share(), 1.0 / self.hello_interval_s,
-                              self.dead_multiplier, self._max_misses())
+        return self._echo_rule(nb)[0]
 
     def detection_s(self, nb: Neighbor) -> float:
         """How long *nb* may be silent before it is dead, as judged now: its echo answers
@@ -763,10 +765,16 @@ class LinkSensor:
         probe loss allows, or twice the jitter it shows (:data:`ECHO_RTT_SAMPLES`) if
         that is longer, never more than :data:`ECHO_ADAPT_MAX_FACTOR` times the
         configured dead time."""
+        return self._echo_rule(nb)[1]
+
+    def _echo_rule(self, nb: Neighbor) -> tuple[int, float]:
+        """(:meth:`echo_misses`, :meth:`echo_dead_s`), computed once for a judgement."""
+        misses = misses_to_kill(nb.echo_window.share(), 1.0 / self.hello_interval_s,
+                                self.dead_multiplier, self._max_misses())
         base = self.dead_multiplier * self.hello_interval_s
-        lossy = self.echo_misses(nb) * self.hello_interval_s
         jitter = ECHO_JITTER_FACTOR * nb.echo_rtt_quantile()
-        return min(max(lossy, jitter), ECHO_ADAPT_MAX_FACTOR * base)
+        return misses, min(max(misses * self.hello_interval_s, jitter),
+                           ECHO_ADAPT_MAX_FACTOR * base)
 
     # -- time and carrier -------------------------------------------------
     def tick(self, now: float) -> list[Event]:
