@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from meshcore_testkit.loader import load_path
 from meshcore_tools.lab import topology as topo
 
 BENCH = Path(__file__).resolve().parent / "bench" / "bench_lossy_background.py"
 
 
 def load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_lossy_background", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_path("bench_lossy_background", BENCH, register=True)
 
 
 def test_the_lossy_links_are_a_seeded_share_of_the_links() -> None:

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from meshcore_testkit.loader import load_path
 
 BENCH = Path(__file__).resolve().parent / "bench" / "bench_mapek_flap.py"
 
 
 def load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_mapek_flap", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_path("bench_mapek_flap", BENCH, register=True)
 
 
 def end(label: str, node: str, lossy: float | None, storm: float | None,

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import networkx as nx
+from meshcore_testkit.loader import load_path
 from meshcore_tools.chaos.faults import Topo
 
 BENCH = Path(__file__).parent / "bench" / "bench_mapek_learning.py"
 
 
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_mapek_learning", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return load_path("bench_mapek_learning", BENCH, register=True)
 
 
 class Path4:
