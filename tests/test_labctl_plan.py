@@ -82,8 +82,9 @@ def test_three_gateways_spread_over_the_mesh(kind: str, n: int) -> None:
 
 def test_the_inventory_has_the_gateways_and_the_agents_get_their_endpoints(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """labctl writes the group; role-vars.yml turns it into every agent's etcd endpoints
-    when the loop is on, and into none when it is off (rendered by ansible-playbook)."""
+    """labctl writes the group; role-vars.yml turns it into every agent's etcd endpoints,
+    whether the loop is on or off, so ``meshctl lease check`` can try them before it is
+    turned on (rendered by ansible-playbook)."""
     from meshcore_tools import ROOT
 
     state = _state("grid", 10)
@@ -111,6 +112,6 @@ def test_the_inventory_has_the_gateways_and_the_agents_get_their_endpoints(
             capture_output=True, text=True, timeout=120, check=False,
             env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
         assert proc.returncode == 0, proc.stdout + proc.stderr
-    on = json.loads((tmp_path / "endpoints-true.json").read_text())
-    assert on == [f"https://{state['nodes'][g]['node_address']}:2379" for g in gateways]
-    assert json.loads((tmp_path / "endpoints-false.json").read_text()) == []
+    want = [f"https://{state['nodes'][g]['node_address']}:2379" for g in gateways]
+    assert json.loads((tmp_path / "endpoints-true.json").read_text()) == want
+    assert json.loads((tmp_path / "endpoints-false.json").read_text()) == want

@@ -249,3 +249,24 @@ def test_no_quorum_refuses_with_a_reason_and_local_actions_still_run(tmp_path: P
         assert s.check(ActionKind.QUARANTINE_LINK, time.monotonic()).allowed  # local: runs
     finally:
         c.close()
+
+
+def test_missing_tls_files_refuse_with_a_reason_not_a_crash(tmp_path: Path) -> None:
+    """A node whose identity files are not on disk (SPIRE keeps its SVID in memory) gets
+    a refusal naming the file from an https endpoint, not an exception in the shell's
+    worker thread; a plain http endpoint does not need them at all."""
+    missing = tuple(str(tmp_path / f) for f in ("ca.crt", "node.crt", "node.key"))
+    g = nx.path_graph(["a", "b"])
+    p = EtcdLeases(["https://127.0.0.1:1"], lambda: neighbourhood(g, "a"), timeout_s=0.5,
+                   tls=(missing[0], missing[1], missing[2]))
+    got = p.acquire("a", "restart_unit", TTL, time.monotonic())
+    assert isinstance(got, Refusal) and got.reason == "no_quorum", got
+    assert "node.crt" in got.detail, got.detail
+    c = EtcdCluster(tmp_path / "plain")
+    c.start()
+    try:
+        plain = EtcdLeases(c.endpoints, lambda: neighbourhood(g, "a"), timeout_s=1.0,
+                           tls=(missing[0], missing[1], missing[2]))
+        assert isinstance(plain.acquire("a", "restart_unit", TTL, time.monotonic()), Lease)
+    finally:
+        c.close()

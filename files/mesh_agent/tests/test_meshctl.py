@@ -404,3 +404,117 @@ def test_fleet_finds_ansible_inventory_beside_its_python(tmp_path, monkeypatch) 
     assert fleet.ansible_inventory() == str(tmp_path / "ansible-inventory")
     monkeypatch.setattr(sys, "executable", str(tmp_path / "elsewhere" / "python3"))
     assert fleet.ansible_inventory() == "ansible-inventory"  # the error names it
+
+
+# -- meshctl lease check: the provider the agent uses, against a real etcd ---------------
+def lease_config(tmp_path: Path, endpoints: list[str], ttl_s: int = 2) -> Path:
+    cfg = tmp_path / "agent.yml"
+    cfg.write_text(json.dumps({"node_name": "a", "node_address": "10.77.0.1",
+                               "mapek": {"lease": {"endpoints": endpoints, "ttl_s": ttl_s}}}))
+    return cfg
+
+
+def lease_check(live: Live, cfg: Path, *argv: str) -> tuple[int, dict[str, Any]]:
+    code, out = live.run("--config", str(cfg), "--json", "lease", "check", *argv)
+    return code, json.loads(out)
+
+
+def test_lease_check_takes_checks_and_hands_back_a_real_lease(live: Live, tmp_path: Path) -> None:
+    import shutil
+
+    from meshcore_testkit.etcd import EtcdCluster
+
+    if shutil.which("etcd") is None:
+        pytest.skip("needs etcd (Debian package etcd-server)")
+    cluster = EtcdCluster(tmp_path / "etcd")
+    cluster.start()
+    try:
+        cfg = lease_config(tmp_path, cluster.endpoints)
+        code, first = lease_check(live, cfg)
+        assert code == 0, first
+        # The neighbourhood is the running agent's LSDB: a and its neighbour b.
+        assert (first["fleet"], first["cap"], first["neighbourhood"]) == (2, 1, ["a", "b"])
+        assert first["granted"] and first["still_held"] and first["released"], first
+        assert first["token"] > 0 and first["attempts"] == 1 and first["refusal"] is None
+        assert first["endpoints"] == cluster.endpoints
+        # Handed back: the next one is granted at once, with a larger fencing token.
+        code, kept = lease_check(live, cfg, "--keep")
+        assert code == 0 and kept["token"] > first["token"] and not kept["released"], kept
+        # Kept (as a dead holder's would be): refused, naming the holder, until its TTL.
+        code, refused = lease_check(live, cfg)
+        assert code == 1 and refused["refusal"] == {"reason": "neighbourhood", "detail": "a"}
+        code, waited = lease_check(live, cfg, "--wait", "10")
+        assert code == 0 and waited["token"] > kept["token"], waited
+        assert waited["attempts"] > 1 and waited["waited_s"] <= 2 + 1.5, waited
+        # The human form: one line of verdict, one of context.
+        code, text = live.run("--config", str(cfg), "lease", "check")
+        assert code == 0 and text.startswith("a: granted, fencing token "), text
+        assert "handed back" in text and "fleet of 2, cap 1, 2 nodes within 2 hops" in text
+        # No quorum: refused with each endpoint's error, exit 1.
+        cluster.stop_member(1)
+        cluster.stop_member(2)
+        code, noq = lease_check(live, lease_config(tmp_path, cluster.endpoints, 30))
+        assert code == 1 and noq["refusal"]["reason"] == "no_quorum", noq
+        assert "ConnectionFailedError" in noq["refusal"]["detail"]
+    finally:
+        cluster.close()
+
+
+def test_lease_check_without_endpoints_or_agent_says_why(
+        live: Live, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = live.run("--config", str(lease_config(tmp_path, [])), "lease", "check")
+    assert code == 1 and out == ""
+    assert "no lease service configured" in capsys.readouterr().err
+    cfg = lease_config(tmp_path, ["http://127.0.0.1:1"])
+    code = ctl.main(["--api", f"http://127.0.0.1:{closed_port()}", "--config", str(cfg),
+                     "lease", "check"], out=io.StringIO())
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("meshctl: the neighbourhood comes from the running agent")
+    assert ctl.main(["--node", "n2", "lease", "check"]) == 2
+    assert "run it there (ssh NODE sudo meshctl lease ...)" in capsys.readouterr().err
+
+
+def test_lease_check_sequence_on_a_fake_clock() -> None:
+    """acquire (again while refused, within --wait), hold, validate, release: in order."""
+    import networkx as nx
+
+    from mesh_agent.ctl.lease import check
+    from mesh_agent.mapek.lease import Refusal
+    from mesh_agent.mapek.safety import Lease
+
+    t = [0.0]
+    calls: list[str] = []
+
+    class Provider:
+        name, blocking = "fake", True
+
+        def acquire(self, holder: str, action: str, ttl_s: float, now: float) -> Any:
+            calls.append(f"acquire@{now:g}")
+            if now < 2:
+                return Refusal("fleet_cap", "slot 0: z")
+            return Lease(7, holder, now + ttl_s, 99)
+
+        def release(self, lease: Lease) -> None:
+            calls.append(f"release:{lease.lease_id}")
+
+        def validate(self, lease: Lease, now: float) -> bool:
+            calls.append(f"validate@{now:g}")
+            return now < lease.expires_at
+
+    def sleep(s: float) -> None:
+        t[0] += s
+
+    g = nx.path_graph(["a", "b", "c", "d"])
+    r = check(Provider(), "a", g, ttl_s=30, cap_pct=5.0, hold_s=3, wait_s=5,
+              clock=lambda: t[0], sleep=sleep)
+    assert calls == ["acquire@0", "acquire@0.5", "acquire@1", "acquire@1.5", "acquire@2",
+                     "validate@5", "release:99"]
+    assert (r["granted"], r["token"], r["attempts"], r["waited_s"]) == (True, 7, 5, 2.0)
+    assert (r["neighbourhood"], r["fleet"], r["cap"], r["held_after_s"]) == (
+        ["a", "b", "c"], 4, 1, 3.0)
+    calls.clear()
+    t[0] = 0.0
+    r = check(Provider(), "a", g, ttl_s=30, cap_pct=5.0, wait_s=1, clock=lambda: t[0],
+              sleep=sleep)
+    assert not r["granted"] and r["refusal"] == {"reason": "fleet_cap", "detail": "slot 0: z"}
+    assert calls == ["acquire@0", "acquire@0.5", "acquire@1"]  # none past --wait

@@ -94,8 +94,8 @@ def write_inventory(state: dict[str, Any], pids: dict[str, int] | None = None) -
                                     "ansible_python_interpreter": "{{ ansible_playbook_python }}"}},
             "children": {
                 "mesh_nodes": {"hosts": hosts},
-                # Mesh nodes that also run etcd; the agents get their endpoints when
-                # mesh_agent_mapek_enabled (playbooks/site-config/role-vars.yml).
+                # Mesh nodes that also run etcd; every agent gets their endpoints
+                # (playbooks/site-config/role-vars.yml; `meshctl lease check` tries them).
                 "gateways": {"hosts": dict.fromkeys(pick_gateways(state))},
                 "monitor": {"hosts": {MONITOR: {
                     "ansible_host": container(MONITOR),

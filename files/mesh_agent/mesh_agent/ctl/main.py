@@ -23,6 +23,7 @@ from typing import Any, TextIO
 import mesh_agent
 from mesh_agent.config import DEFAULT_CONFIG_PATH
 from mesh_agent.ctl import fleet as fleet_mod
+from mesh_agent.ctl import lease as lease_mod
 from mesh_agent.ctl import release as release_mod
 from mesh_agent.ctl.client import (
     AgentUnreachable,
@@ -61,6 +62,7 @@ examples:
   meshctl fleet status -i inventories/mine   one row per node of an Ansible inventory;
                                          exit 1 names nodes missing a neighbour its links expect
   meshctl release list                    installed agent releases; release use ID switches back
+  meshctl lease check                     can this node take a lease from the gateways' etcd?
 """
 
 
@@ -329,6 +331,8 @@ def emit_events(events: Iterator[dict[str, Any]], as_json: bool, out: TextIO) ->
 def run_local(args: argparse.Namespace, out: TextIO) -> int:
     if args.command == "release":
         return release_mod.run(args, out, syslog=True)
+    if args.command == "lease":
+        return lease_mod.run(args, out, sys.stderr)
     client = HttpClient(api_url(args), timeout=args.timeout)
     if args.command == "events":
         return emit_events(events_of(client, args), args.json, out)
@@ -495,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--cert-warn", type=parse_duration, default="1d", metavar="DURATION",
                    help="a certificate expiring within this is a problem (default 1d; SPIRE: 10m)")
     release_mod.add_parser(sub)
+    lease_mod.add_parser(sub)
     return p
 
 
@@ -503,9 +508,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
     args.command = {"neighbors": "neighbours"}.get(args.command, args.command)
-    if args.command == "release" and (args.ssh or args.node):
-        print("meshctl: release works on the node's own files: run it there "
-              "(ssh NODE sudo meshctl release ...)", file=sys.stderr)
+    if args.command in ("release", "lease") and (args.ssh or args.node):
+        print(f"meshctl: {args.command} works with the node's own files: run it there "
+              f"(ssh NODE sudo meshctl {args.command} ...)", file=sys.stderr)
         return USAGE
     if args.ssh and not args.node and args.command != "fleet":
         print("meshctl: --ssh needs --node HOST (or the fleet command)", file=sys.stderr)

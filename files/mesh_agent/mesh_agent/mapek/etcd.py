@@ -76,10 +76,14 @@ class EtcdLeases:
         if not endpoints:
             raise ValueError("at least one etcd endpoint")
         ca, cert, key = tls or (None, None, None)
-        self.clients = [etcd3gw.Etcd3Client(host=h, port=p, protocol=proto, timeout=timeout_s,
-                                            api_path="/v3/", ca_cert=ca, cert_cert=cert,
-                                            cert_key=key)
-                        for proto, h, p in map(parse_endpoint, endpoints)]
+        # The TLS files only for https endpoints: requests insists they exist even for
+        # plain http, and a node whose identity comes from SPIRE has none on disk.
+        self.clients = [etcd3gw.Etcd3Client(
+            host=h, port=p, protocol=proto, timeout=timeout_s, api_path="/v3/",
+            ca_cert=ca if proto == "https" else None,
+            cert_cert=cert if proto == "https" else None,
+            cert_key=key if proto == "https" else None)
+            for proto, h, p in map(parse_endpoint, endpoints)]
         self.topology, self.cap_pct = topology, cap_pct
         self.keys = LeaseKeys(prefix)
         self.retry_s = retry_s
@@ -100,6 +104,9 @@ class EtcdLeases:
                 answer = client.post(client.get_url(path), json=body)
             except (etcd_exc.ConnectionFailedError, etcd_exc.ConnectionTimeoutError) as exc:
                 errors.append(f"{client.host}:{client.port}: {type(exc).__name__}")
+                continue
+            except OSError as exc:  # requests: a TLS file missing or unreadable
+                errors.append(f"{client.host}:{client.port}: {exc}")
                 continue
             self._at = i
             return answer
