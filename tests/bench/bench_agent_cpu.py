@@ -221,7 +221,7 @@ class Node:
             self.mesh.deliver_advert(self, s.ifname, s.data)
 
     def _changed(self) -> None:
-        self.schedule.changed()
+        self.schedule.changed(self.clock.now)
         if not self.compute_pending:
             self.compute_pending = True
             delay = self.schedule.delay(self.clock.now)
