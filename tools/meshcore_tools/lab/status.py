@@ -17,6 +17,7 @@ from typing import Any
 
 from meshcore_tools import ROOT
 from meshcore_tools.lab import monitor, prometheus
+from meshcore_tools.lab.plan import pick_gateways
 from meshcore_tools.lab.state import MONITOR, STATE_DIR, load_state, ns, pids_of, sh
 
 
@@ -65,6 +66,7 @@ def mgmt_diagnosis(state: dict[str, Any]) -> str:
 
 
 NODE_UNITS = ["prometheus-node-exporter.service", "mesh-agent.service"]
+GATEWAY_UNITS = ["etcd.service"]  # the gateways' etcd members (the loop's leases)
 MONITOR_UNITS = ["prometheus.service", "prometheus-node-exporter.service",
                  "prometheus-alertmanager.service", "meshcore-alert-sink.service"]
 
@@ -77,7 +79,10 @@ def collect(state: dict[str, Any]) -> dict[str, Any]:
             for name, n in nodes.items() for end in n["links"]
         }
         pids = pids_of([*nodes, MONITOR])
-        units = {name: pool.submit(unit_states, pids.get(name), NODE_UNITS) for name in nodes}
+        gateways = set(pick_gateways(state))
+        units = {name: pool.submit(unit_states, pids.get(name),
+                                   NODE_UNITS + (GATEWAY_UNITS if name in gateways else []))
+                 for name in nodes}
         units[MONITOR] = pool.submit(unit_states, pids.get(MONITOR), MONITOR_UNITS)
         targets, prom_error = prometheus.targets(state["monitor"]["mgmt_address"])
         agents = all(u.result().get("mesh-agent.service") == "active"
