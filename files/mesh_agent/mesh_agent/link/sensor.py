@@ -721,9 +721,13 @@ class LinkSensor:
         """Why *nb* is dead at *now*, or None (module docstring)."""
         if not nb.echo_active:
             return "timeout" if now - nb.last_rx > self.hello_dead_s(nb) else None
-        misses, dead_s = self._echo_rule(nb)
-        if nb.echo_pending() >= misses and now - nb.echo_last_rx >= dead_s:
-            return "echo"
+        # The rule never allows fewer misses than dead_multiplier: below that (a healthy
+        # link, nearly every tick) it need not be worked out.
+        pending = nb.echo_pending()
+        if pending >= self.dead_multiplier:
+            misses, dead_s = self._echo_rule(nb)
+            if pending >= misses and now - nb.echo_last_rx >= dead_s:
+                return "echo"
         return "timeout" if now - nb.last_rx > self._control_s(nb) else None
 
     def _control_s(self, nb: Neighbor) -> float:
@@ -735,8 +739,11 @@ class LinkSensor:
         if not nb.echo_active:
             return nb.last_rx + self.hello_dead_s(nb)
         control = nb.last_rx + self._control_s(nb)
+        pending = nb.echo_pending()
+        if pending < self.dead_multiplier:  # fewer than the rule's floor: as below
+            return control
         misses, dead_s = self._echo_rule(nb)
-        if nb.echo_pending() < misses:
+        if pending < misses:
             return control  # the next probes go out on hello ticks, which judge anyway
         return min(control, nb.echo_last_rx + dead_s)
 
