@@ -161,7 +161,7 @@ lint: setup
 	$(BIN)/mypy -p meshcore_tools -p meshcore_testkit
 
 unit: setup
-	$(BIN)/pytest -q files/mesh_agent/tests tests --ignore=tests/bench -p no:cacheprovider
+	$(BIN)/pytest -q files/mesh_agent/tests tests --ignore=tests/bench -p no:cacheprovider --durations=20
 
 molecule: image agent-bundle
 	@set -e; for s in $(MOLECULE_SCENARIOS); do \
