@@ -83,8 +83,9 @@ def test_three_gateways_spread_over_the_mesh(kind: str, n: int) -> None:
 def test_the_inventory_has_the_gateways_and_the_agents_get_their_endpoints(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """labctl writes the group; role-vars.yml turns it into every agent's etcd endpoints,
-    whether the loop is on or off, so ``meshctl lease check`` can try them before it is
-    turned on (rendered by ansible-playbook)."""
+    whether the loop is on or off (so ``meshctl lease check`` can try them before it is
+    turned on), and into the commit-confirm's reach targets: the *other* gateways, unless
+    the site config names its own (rendered by ansible-playbook)."""
     from meshcore_tools import ROOT
 
     state = _state("grid", 10)
@@ -96,22 +97,38 @@ def test_the_inventory_has_the_gateways_and_the_agents_get_their_endpoints(
     gateways = list(children["gateways"]["hosts"])
     assert gateways == labctl.pick_gateways(state)
     assert set(gateways) <= set(children["mesh_nodes"]["hosts"])
+    plain = next(n for n in sorted(state["nodes"]) if n not in gateways)
+    out = tmp_path / "out"
     play = tmp_path / "play.yml"
     play.write_text(yaml.safe_dump([{
-        "hosts": "node02", "connection": "local", "gather_facts": False,
+        "hosts": f"{plain},{gateways[0]}", "connection": "local", "gather_facts": False,
         "vars_files": [str(ROOT / "playbooks/site-config/role-vars.yml")],
         "tasks": [{"ansible.builtin.copy": {
-            "content": "{{ mesh_agent_mapek_lease_endpoints | to_json }}",
-            "dest": str(tmp_path / "endpoints-{{ mesh_agent_mapek_enabled }}.json")},
+            "content": "{{ {'endpoints': mesh_agent_mapek_lease_endpoints, "
+                       "'reach': mesh_agent_confirm_reach} | to_json }}",
+            "dest": str(out) + "-{{ run }}-{{ inventory_hostname }}.json"},
             "delegate_to": "localhost"}]}]))
-    for enabled in (True, False):
+    sites = {"derived": {"release": {}}, "own": {"release": {"confirm_reach": ["10.99.0.1:22"]}},
+             "none": {"release": {"confirm_reach": []}}, "bare": {}}
+    for run, site in sites.items():
         proc = subprocess.run(
             [str(ROOT / ".venv/bin/ansible-playbook"), "-i", str(inventory), str(play),
-             "-e", f"mesh_agent_mapek_enabled={str(enabled).lower()}",
+             "-e", json.dumps({"run": run, "site": site}),
              "-e", "ansible_python_interpreter=" + sys.executable],
             capture_output=True, text=True, timeout=120, check=False,
             env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
         assert proc.returncode == 0, proc.stdout + proc.stderr
-    want = [f"https://{state['nodes'][g]['node_address']}:2379" for g in gateways]
-    assert json.loads((tmp_path / "endpoints-true.json").read_text()) == want
-    assert json.loads((tmp_path / "endpoints-false.json").read_text()) == want
+
+    def got(run: str, host: str) -> dict[str, list[str]]:
+        data: dict[str, list[str]] = json.loads(Path(f"{out}-{run}-{host}.json").read_text())
+        return data
+
+    addr = {g: state["nodes"][g]["node_address"] for g in gateways}
+    want = [f"https://{addr[g]}:2379" for g in gateways]
+    for host in (plain, gateways[0]):
+        assert got("derived", host)["endpoints"] == want
+        assert got("own", host)["reach"] == ["10.99.0.1:22"]
+        assert got("none", host)["reach"] == []
+    assert got("derived", plain)["reach"] == [addr[g] for g in gateways]
+    assert got("bare", plain)["reach"] == [addr[g] for g in gateways]
+    assert got("derived", gateways[0])["reach"] == [addr[g] for g in gateways[1:]]
