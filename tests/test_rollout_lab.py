@@ -154,6 +154,15 @@ def test_good_release_rolls_through_and_broken_canary_is_rolled_back(
     assert all(w["gate"]["probes_checked"] > 0 for w in report["waves"]), report["waves"]
     good_waves_s = [w["duration_s"] for w in report["waves"]]
     assert all(current(n) == good_id for n in nodes)
+    # Each node confirmed the switch by itself, having reached another gateway (the site
+    # config's default reach targets: the lab's gateways but the node itself).
+    deadline = time.monotonic() + 130
+    for n in nodes:
+        while (st := json.loads(on_node(n, "meshctl --json release confirm-status")))["pending"]:
+            assert time.monotonic() < deadline, (n, st)
+            time.sleep(2)
+        assert good_id in st["confirmed"], (n, st)
+        assert "controller/gateway reached" in json.dumps(st["last"]), (n, st)
     before = {n: snapshot(n) for n in nodes}
 
     def canary_rolled_back(tarball: Path, label: str) -> dict[str, Any]:
