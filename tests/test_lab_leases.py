@@ -54,12 +54,17 @@ def mesh() -> tuple[dict[str, Any], nx.Graph, list[str]]:
     return state, g, pick_gateways(state)
 
 
-def etcd_health(gateway: str, gateways: list[str], state: dict[str, Any]) -> list[dict[str, Any]]:
-    urls = ",".join(f"https://{state['nodes'][g]['node_address']}:2379" for g in gateways)
+def etcdctl(gateway: str, members: list[str], state: dict[str, Any], *argv: str) -> Any:
+    """etcdctl on *gateway* with its member certificate, against *members* (JSON out)."""
+    urls = ",".join(f"https://{state['nodes'][g]['node_address']}:2379" for g in members)
     res = exec_in(gateway, "env", "ETCDCTL_API=3", "etcdctl", f"--endpoints={urls}",
                   f"--cacert={PKI}/ca.crt", f"--cert={PKI}/etcd.crt", f"--key={PKI}/etcd.key",
-                  "endpoint", "health", "-w", "json", timeout=60)
-    health: list[dict[str, Any]] = json.loads(res.stdout or "[]")
+                  *argv, "-w", "json", timeout=60)
+    return json.loads(res.stdout or "null")
+
+
+def etcd_health(gateway: str, gateways: list[str], state: dict[str, Any]) -> list[dict[str, Any]]:
+    health: list[dict[str, Any]] = etcdctl(gateway, gateways, state, "endpoint", "health") or []
     return health
 
 
@@ -73,11 +78,8 @@ def test_the_gateways_run_one_healthy_etcd_cluster(lab: dict[str, object]) -> No
             break
         assert time.monotonic() < deadline, health
         time.sleep(3)
-    res = exec_in(gateways[0], "env", "ETCDCTL_API=3", "etcdctl",
-                  f"--endpoints=https://{state['nodes'][gateways[0]]['node_address']}:2379",
-                  f"--cacert={PKI}/ca.crt", f"--cert={PKI}/etcd.crt", f"--key={PKI}/etcd.key",
-                  "member", "list", "-w", "json")
-    assert sorted(m["name"] for m in json.loads(res.stdout)["members"]) == gateways
+    members = etcdctl(gateways[0], gateways[:1], state, "member", "list")["members"]
+    assert sorted(m["name"] for m in members) == gateways
 
 
 def test_every_node_takes_a_lease_over_the_mesh(lab: dict[str, object]) -> None:
