@@ -721,13 +721,9 @@ class LinkSensor:
         """Why *nb* is dead at *now*, or None (module docstring)."""
         if not nb.echo_active:
             return "timeout" if now - nb.last_rx > self.hello_dead_s(nb) else None
-        # The rule never allows fewer misses than dead_multiplier: below that (a healthy
-        # link, nearly every tick) it need not be worked out.
-        pending = nb.echo_pending()
-        if pending >= self.dead_multiplier:
-            misses, dead_s = self._echo_rule(nb)
-            if pending >= misses and now - nb.echo_last_rx >= dead_s:
-                return "echo"
+        dead_s = self._echo_dead_s_if_due(nb)
+        if dead_s is not None and now - nb.echo_last_rx >= dead_s:
+            return "echo"
         return "timeout" if now - nb.last_rx > self._control_s(nb) else None
 
     def _control_s(self, nb: Neighbor) -> float:
@@ -739,13 +735,21 @@ class LinkSensor:
         if not nb.echo_active:
             return nb.last_rx + self.hello_dead_s(nb)
         control = nb.last_rx + self._control_s(nb)
-        pending = nb.echo_pending()
-        if pending < self.dead_multiplier:  # fewer than the rule's floor: as below
-            return control
-        misses, dead_s = self._echo_rule(nb)
-        if pending < misses:
+        dead_s = self._echo_dead_s_if_due(nb)
+        if dead_s is None:
             return control  # the next probes go out on hello ticks, which judge anyway
         return min(control, nb.echo_last_rx + dead_s)
+
+    def _echo_dead_s_if_due(self, nb: Neighbor) -> float | None:
+        """:meth:`echo_dead_s` once *nb* has as many probes unanswered as the rule allows
+        (:meth:`echo_misses`), else None: it cannot be dead by its echoes yet. The rule
+        never allows fewer than ``dead_multiplier``, so below that (a healthy link, nearly
+        every tick) it is not worked out at all."""
+        pending = nb.echo_pending()
+        if pending < self.dead_multiplier:
+            return None
+        misses, dead_s = self._echo_rule(nb)
+        return dead_s if pending >= misses else None
 
     def _max_misses(self) -> int:
         return int(ECHO_ADAPT_MAX_FACTOR * self.dead_multiplier)
