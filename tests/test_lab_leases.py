@@ -18,7 +18,7 @@ from typing import Any
 
 import networkx as nx
 import pytest
-from meshcore_tools.lab.plan import pick_gateways
+from meshcore_tools.lab.plan import pick_gateways, state_graph
 from meshcore_tools.lab.state import container, load_state
 
 pytestmark = [
@@ -47,11 +47,7 @@ def lease_check(node: str, *argv: str) -> tuple[int, dict[str, Any]]:
 
 def mesh() -> tuple[dict[str, Any], nx.Graph, list[str]]:
     state = load_state()
-    g = nx.Graph()
-    g.add_nodes_from(state["nodes"])
-    g.add_edges_from((n, link["peer"]) for n, node in state["nodes"].items()
-                     for link in node["links"])
-    return state, g, pick_gateways(state)
+    return state, state_graph(state), pick_gateways(state)
 
 
 def etcdctl(gateway: str, members: list[str], state: dict[str, Any], *argv: str) -> Any:

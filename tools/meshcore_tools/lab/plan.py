@@ -32,6 +32,15 @@ from meshcore_tools.lab.state import (
 GATEWAYS = 3
 
 
+def state_graph(state: dict[str, Any]) -> nx.Graph:
+    """The lab's mesh as planned: its nodes and their links."""
+    g = nx.Graph()
+    g.add_nodes_from(state["nodes"])
+    g.add_edges_from((n, link["peer"]) for n, node in state["nodes"].items()
+                     for link in node["links"])
+    return g
+
+
 def pick_gateways(state: dict[str, Any], k: int = GATEWAYS) -> list[str]:
     """``k`` nodes spread over the mesh: farthest-first by hops, from the first node by name.
 
@@ -39,10 +48,7 @@ def pick_gateways(state: dict[str, Any], k: int = GATEWAYS) -> list[str]:
     deterministic choice (ties by name), so a plan always gives the same group.
     Fewer nodes than ``k``: all of them.
     """
-    g = nx.Graph()
-    g.add_nodes_from(state["nodes"])
-    g.add_edges_from((n, link["peer"]) for n, node in state["nodes"].items()
-                     for link in node["links"])
+    g = state_graph(state)
     names = sorted(g)
     if len(names) <= k:
         return names
