@@ -647,5 +647,43 @@ def test_a_spire_site_without_archive_checksums_fails_before_any_task(tmp_path):
     assert "set spire_agent_archive_sha256 (the 64-hex sha256" in err
     tasks = re.findall(r"^TASK \[(.+?)\]", proc.stdout, flags=re.MULTILINE)
     assert "Fail when a SPIRE release archive would be fetched without its sha256" in tasks
-    assert not [t for t in tasks if not t.startswith(("Check", "Read", "Fail"))], tasks
+    assert not [t for t in tasks if not t.startswith(("Check", "Read", "Fail", "Warn"))], tasks
     assert "PLAY [SPIRE servers]" not in proc.stdout
+
+
+def test_a_mesh_without_gateways_warns_once_and_changes_nothing(tmp_path):
+    """No gateways (the starter) and no site.release.confirm_reach: the MAPE-K loop has no
+    lease endpoints and the commit-confirm no reach target (role-vars.yml). The check warns,
+    once, on the controller, reports nothing changed and does not fail; a site with
+    gateways (example) or with its own reach targets is not warned. check.yml alone: the
+    starter's hosts are not there to be touched."""
+    warning = "WARNING: the inventory has mesh nodes but no gateways"
+    task = "TASK [Warn when the mesh has no gateways and no release reach targets]"
+
+    def check(inv: Path, *extra: str) -> tuple[str, dict[str, str]]:
+        proc = _ansible("-i", str(inv), "playbooks/site-config/check.yml", *extra)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        out = " ".join(proc.stdout.split())  # the YAML callback wraps long messages
+        recap = dict(re.findall(r"^(\S+)\s+: (ok=.*?)\s*$", proc.stdout, flags=re.MULTILINE))
+        assert recap and all(" changed=0 " in r for r in recap.values()), recap
+        assert task in proc.stdout
+        return out, recap
+
+    out, recap = check(ROOT / "inventories/starter")
+    assert out.count(warning) == 1, out
+    assert "commit-confirm" in out and "leases" in out
+    assert "inventories/example/hosts.yml" in out and "site.release.confirm_reach" in out
+    assert "ok=3" in recap["localhost"] and "skipped=0" in recap["localhost"]
+
+    # The example has gateways (its SPIRE sha256s are empty: not this test's check).
+    out, recap = check(
+        ROOT / "inventories/example", "-e", '{"meshcore_site_check_spire_archives": false}'
+    )
+    assert warning not in out
+    assert "skipped=1" in recap["localhost"]
+
+    inv = _copy("starter", tmp_path)
+    _set_site(inv, release={"confirm_reach": ["10.77.0.1"]})
+    out, recap = check(inv)
+    assert warning not in out
+    assert "skipped=1" in recap["localhost"]
