@@ -12,6 +12,8 @@ SEED ?= 1
 IMAGE_TARGET ?= container-amd64
 MOLECULE_SCENARIOS ?= base node_exporter prometheus alertmanager grafana mesh_agent batman_adv spire
 MOLECULE_FULL_SCENARIOS ?= etcd yggdrasil chaos_reaper
+# Scenarios at a time (meshcore_tools.molecule_run; 1 streams the output as it comes).
+MOLECULE_JOBS ?= 2
 HOST ?=
 # The site: an inventory with its site config (group_vars/all/site.yml). The image,
 # the seeds and site.yml all read it.
@@ -164,12 +166,10 @@ unit: setup
 	$(BIN)/pytest -q files/mesh_agent/tests tests --ignore=tests/bench -p no:cacheprovider --durations=20
 
 molecule: image agent-bundle
-	@set -e; for s in $(MOLECULE_SCENARIOS); do \
-	  echo "=== molecule test -s $$s"; $(BIN)/molecule test -s $$s; done
+	$(BIN)/python -m meshcore_tools.molecule_run --jobs $(MOLECULE_JOBS) $(MOLECULE_SCENARIOS)
 
 molecule-full: image
-	@set -e; for s in $(MOLECULE_FULL_SCENARIOS); do \
-	  echo "=== molecule test -s $$s"; $(BIN)/molecule test -s $$s; done
+	$(BIN)/python -m meshcore_tools.molecule_run --jobs $(MOLECULE_JOBS) $(MOLECULE_FULL_SCENARIOS)
 
 test: lint unit molecule
 
