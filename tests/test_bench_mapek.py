@@ -51,6 +51,7 @@ def test_every_case_reports_and_the_lossy_link_opens_incidents() -> None:
     assert share["value"] == quiet["value"] / 1e6 / share["interval_s"] * 100, share
     cycles = -(-STEPS // CYCLE)
     assert cycles // 2 <= lossy["incidents"] <= cycles, lossy  # about one per cycle
+    assert cycles // 2 <= lossy["flapping"] <= cycles, lossy  # n0 fails while lossy
     memory = by["loop_memory", None]
     assert memory["unit"] == "KiB" and 0 < memory["value"] < 10 * 1024, memory
     write = by["knowledge_write_cpu", None]

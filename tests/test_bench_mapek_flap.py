@@ -16,19 +16,22 @@ def load() -> ModuleType:
 
 
 def end(label: str, node: str, lossy: float | None, storm: float | None,
-        mttr: float | None, downs: int) -> list[dict[str, Any]]:
+        mttr: float | None, downs: int, flap: float | None = None,
+        cause: int | None = None) -> list[dict[str, Any]]:
     tags = {"bench": "mapek_flap", "label": label, "run": 1, "node": node, "loss_pct": 40,
             "hold_s": 45.0}
     return [{**tags, "figure": "lossy_link_detect_s", "value": lossy},
             {**tags, "figure": "lossy_link_mttr_s", "value": mttr},
-            {**tags, "figure": "failover_storm_detect_s", "value": storm},
+            {**tags, "figure": "failover_storm_detect_s", "value": storm, "cause": cause},
+            {**tags, "figure": "failover_storm_mttr_s", "value": 30.0 if storm else None},
+            {**tags, "figure": "flapping_link_detect_s", "value": flap},
             {**tags, "figure": "neighbour_downs", "value": downs}]
 
 
 def test_the_summary_counts_ends_confirmed_while_the_loss_held() -> None:
     bench = load()
-    records = (end("candidate", "n0", 11.8, 6.8, 45.0, 24)
-               + end("candidate", "n1", 12.0, 7.0, 50.0, 26)
+    records = (end("candidate", "n0", 11.8, 6.8, 45.0, 24, flap=9.0, cause=3)
+               + end("candidate", "n1", 12.0, 7.0, 50.0, 26, flap=11.0)
                + end("baseline", "n0", 46.9, 6.9, 10.0, 27)  # after the fault: not in it
                + end("baseline", "n1", None, 11.6, None, 25))  # never
     by = {s["label"]: s for s in bench.summaries(records)}
@@ -37,7 +40,11 @@ def test_the_summary_counts_ends_confirmed_while_the_loss_held() -> None:
     assert by["candidate"]["lossy_mttr_median_s"] == 47.5
     assert (by["baseline"]["lossy_ends"], by["baseline"]["lossy_in_fault_ends"]) == (1, 0)
     assert by["baseline"]["storm_detect_median_s"] == 9.25
-    assert by["baseline"]["downs_median"] == 26.0
+    assert by["baseline"]["downs_median"] == 26.0 and by["baseline"]["downs_max"] == 27
+    assert (by["candidate"]["flapping_ends"], by["candidate"]["flapping_detect_median_s"]) == (
+        2, 10.0)
+    assert (by["candidate"]["storm_ends"], by["candidate"]["storm_attributed_ends"]) == (2, 1)
+    assert by["baseline"]["flapping_ends"] == 0 and by["candidate"]["storm_mttr_median_s"] == 30.0
     # Summary lines in the input (an earlier run's file) are not counted again.
     again = bench.summaries(records + bench.summaries(records))
     assert again == bench.summaries(records)

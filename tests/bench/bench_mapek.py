@@ -36,11 +36,20 @@ def emit(figure: str, value: float, unit: str, **extra: Any) -> None:
 
 class Links:
     """One loop's samples, step after step: n0 at the given loss, the others clean, each
-    with its (heard, expected) hello counts counted on as the link sensor does."""
+    with its (heard, expected) hello counts counted on as the link sensor does; n0 fails
+    once per step while lossy (a flapping link: the sensor's ``downs`` counts, which
+    every neighbour that ever went down has in the view's observation)."""
 
     def __init__(self) -> None:
         self.heard = [0] * NEIGHBOURS
         self.expected = 0
+        self.downs = {f"n{i}": 1 for i in range(NEIGHBOURS)}  # each went down once, long ago
+
+    def observe(self, at: float, loss_of_n0: float, **kw: Any) -> Observation:
+        links = self(loss_of_n0)
+        if loss_of_n0 >= 0.5:
+            self.downs["n0"] += 1
+        return Observation(at, links, link_downs=tuple(sorted(self.downs.items())), **kw)
 
     def __call__(self, loss_of_n0: float) -> tuple[LinkSample, ...]:
         self.expected += HELLOS
@@ -58,8 +67,7 @@ def main() -> None:
     n = 20_000
     t0 = time.process_time()
     for i in range(n):
-        quiet.step(Observation(i * INTERVAL_S, links(0.0), failovers_total=i,
-                               cpu_seconds=i * 0.01))
+        quiet.step(links.observe(i * INTERVAL_S, 0.0, failovers_total=i, cpu_seconds=i * 0.01))
     per = (time.process_time() - t0) / n
     emit("step_cpu", per * 1e6, "us", case="quiet", neighbours=NEIGHBOURS)
     emit("core_share", per / INTERVAL_S * 100, "percent", case="quiet",
@@ -70,15 +78,16 @@ def main() -> None:
     pattern = [0.5] * 4 + [0.0] * 20  # an incident, its recovery and the release
     t0 = time.process_time()
     for i in range(n):
-        busy.step(Observation(i * INTERVAL_S, links(pattern[i % len(pattern)])))
+        busy.step(links.observe(i * INTERVAL_S, pattern[i % len(pattern)]))
     emit("step_cpu", (time.process_time() - t0) / n * 1e6, "us", case="lossy_link",
-         incidents=busy.analyzer.opened_total.get("lossy_link", 0))
+         incidents=busy.analyzer.opened_total.get("lossy_link", 0),
+         flapping=busy.analyzer.opened_total.get("flapping_link", 0))
 
     tracemalloc.start()
     kept = MapeK("a", "enforce", FixedPolicy(), 0.05, interval_s=INTERVAL_S)
     links = Links()
     for i in range(2_000):
-        kept.step(Observation(i * INTERVAL_S, links(pattern[i % len(pattern)])))
+        kept.step(links.observe(i * INTERVAL_S, pattern[i % len(pattern)]))
     current, _peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     emit("loop_memory", current / 1024, "KiB", steps=2_000)
@@ -87,7 +96,7 @@ def main() -> None:
         k = Knowledge.in_state_dir(Path(d), boot="bench")
         loop = MapeK("a", "enforce", FixedPolicy(), 0.05, interval_s=INTERVAL_S)
         links = Links()
-        steps = [loop.step(Observation(i * INTERVAL_S, links(pattern[i % len(pattern)])))
+        steps = [loop.step(links.observe(i * INTERVAL_S, pattern[i % len(pattern)]))
                  for i in range(2_400)]
         changed = [s for s in steps if s.opened or s.recovered or s.thresholds]
         t0, w0 = time.process_time(), time.perf_counter()

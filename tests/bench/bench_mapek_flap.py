@@ -14,7 +14,9 @@ At 40 % the link times out every second or two and is held down after flaps, so 
 ends see it up at only some of the loop's samples. Per run and end (n0, n1), from the
 agent's ``/v1/incidents``: when its ``lossy_link`` incident on the link and its
 ``failover_storm`` were detected (seconds after the fault began; null: never), their
-MTTR, and the neighbour downs in its log; at the end one ``summary`` line per build.
+MTTR, its ``flapping_link`` incident on the link (the hold-down) likewise, what was done
+about each (the storm's ``cause`` is set when it was attributed to the flapping link),
+and the neighbour downs in its log; at the end one ``summary`` line per build.
 ``--baseline-agent`` runs the same trials, interleaved, against another build of the
 agent (an older tree's files/mesh_agent, as MESHCORE_AGENT_PYTHONPATH), labelled
 ``baseline``.
@@ -70,6 +72,8 @@ def summaries(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         held = [r for r in lossy if r["value"] is not None and r["value"] <= r["hold_s"]]
         detect, storm = values("lossy_link_detect_s"), values("failover_storm_detect_s")
         mttr = values("lossy_link_mttr_s")
+        storms = [r for r in mine if r["figure"] == "failover_storm_detect_s"
+                  and r["value"] is not None]
         out.append({
             "bench": "mapek_flap", "figure": "summary", "label": label,
             "loss_pct": lossy[0]["loss_pct"] if lossy else None,
@@ -79,7 +83,14 @@ def summaries(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "lossy_detect_max_s": detect[-1] if detect else None,
             "lossy_mttr_median_s": median(mttr),
             "storm_detect_median_s": median(storm),
+            "storm_ends": len(storm),
+            "storm_attributed_ends": sum(1 for r in storms if r.get("cause") is not None),
+            "storm_mttr_median_s": median(values("failover_storm_mttr_s")),
+            "flapping_ends": len(values("flapping_link_detect_s")),
+            "flapping_detect_median_s": median(values("flapping_link_detect_s")),
+            "flapping_mttr_median_s": median(values("flapping_link_mttr_s")),
             "downs_median": median(values("neighbour_downs")),
+            "downs_max": max(values("neighbour_downs"), default=None),
         })
     return out
 
@@ -116,12 +127,16 @@ def trial(args: argparse.Namespace, ca: CA, label: str, run: int) -> None:
             got = incidents(node.ns)
             tags = {"label": label, "run": run, "node": node.name, "loss_pct": args.loss_pct,
                     "hold_s": args.hold}
-            for cls, target in (("lossy_link", f"link:{peer}"), ("failover_storm", "self:")):
+            for cls, target in (("lossy_link", f"link:{peer}"), ("failover_storm", "self:"),
+                                ("flapping_link", f"link:{peer}")):
                 mine = [i for i in got if i["class"] == cls and i["target"] == target]
                 first = mine[0] if mine else None
+                action = first["action"] if first else None
                 emit(f"{cls}_detect_s",
                      round(first["detected_wall"] - wall0, 1) if first else None, "s", **tags,
-                     incidents=len(mine))
+                     incidents=len(mine), action=action["kind"] if action else None,
+                     outcome=action["outcome"] if action else None,
+                     cause=first.get("cause") if first else None)
                 emit(f"{cls}_mttr_s", round(first["mttr_seconds"], 1)
                      if first and first["mttr_seconds"] is not None else None, "s", **tags,
                      state=first["state"] if first else None)

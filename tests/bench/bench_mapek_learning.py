@@ -14,12 +14,12 @@ running), which is what is being tested.
 After each round every agent's ``/v1/incidents`` is read. An incident is *attributed*
 to a fault when it was detected while the fault held (from its injection to
 ``--grace`` seconds after its removal) and it is about what the fault touched: a link
-incident (``lossy_link``, ``slow_link``) on the faulty link itself, or on a link of the
-faulty node; a node incident (``starved_node``, ``advert_storm``) on the faulty node or
-a neighbour of it (on either end, for a link fault); a mesh-wide one (``route_churn``,
-``failover_storm``: every node's routes move when one link does) anywhere. Any other
-incident is a *false alarm* (a background link's included). One JSON line per round
-and policy (stdout):
+incident (``lossy_link``, ``slow_link``, ``flapping_link``) on the faulty link itself, or
+on a link of the faulty node; a node incident (``starved_node``, ``advert_storm``) on the
+faulty node or a neighbour of it (on either end, for a link fault); a mesh-wide one
+(``route_churn``, ``failover_storm``: every node's routes move when one link does)
+anywhere. Any other incident is a *false alarm* (a background link's included). One JSON
+line per round and policy (stdout):
 
   round        incidents, attributed, false_alarms, false_alarms_per_node_hour,
                mttr_p50_s / mttr_p95_s over the attributed incidents that recovered,
@@ -114,7 +114,7 @@ def background_links(t: Topo, n: int, seed: int) -> list[tuple[str, str]]:
     return random.Random(f"background-{seed}").sample(edges, min(n, len(edges)))
 
 
-LINK_CLASSES = {"lossy_link", "slow_link"}
+LINK_CLASSES = {"lossy_link", "slow_link", "flapping_link"}
 MESH_CLASSES = {"route_churn", "failover_storm"}
 
 

@@ -84,7 +84,7 @@ class Agent:
         if cfg.mapek.enabled:
             self.mapek = MapekShell(cfg, self.view, self.events, knowledge or Knowledge(None),
                                     clock, wall, cpu, lambda: self._originate(flood=True),
-                                    self._send)
+                                    self._send, self._on_link_events)
         self.metrics = metrics or Metrics()
         self.metrics.bind(self.view)
         self._stop = asyncio.Event()

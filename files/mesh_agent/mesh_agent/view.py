@@ -263,7 +263,20 @@ class AgentView:
             changes_total=self.topology.changes_total,
             cpu_seconds=cpu_seconds,
             ready=self.ready(),
+            link_downs=tuple(sorted(self.sensor.downs.items())),
+            sole_links=frozenset(n for n in self.sensor.downs if self.sole_link(n)),
         )
+
+    def sole_link(self, name: str) -> bool:
+        """Whether the direct link to neighbour ``name`` is our only way to it now: no
+        route to it at all, or a primary over the link with no detour (a bridge, from the
+        path table's last update). Holding such a link down would cut it off."""
+        ch = self.paths.get(name)
+        if ch is None:
+            return True
+        if len(ch.primary) != 2:
+            return False  # reached another way already
+        return not ch.protected_links.get((ch.primary[0], name), False)
 
     def incidents(self, limit: int = 100, open_only: bool = False) -> dict[str, Any]:
         """The chain signal -> incident -> action -> outcome (``/v1/incidents``)."""

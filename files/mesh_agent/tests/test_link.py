@@ -406,3 +406,47 @@ def test_flapping_neighbor_is_held_down() -> None:
         exchange(a, b, now)
         now += IV
     assert a.up_neighbors() and a.damped_total > 0
+
+
+def test_downs_count_up_sessions_that_ended_and_a_hold_takes_the_link_down_until_it_ends(
+) -> None:
+    from mesh_agent.link.sensor import HOLD_DOWN_REASON
+
+    a, b = pair()
+    now = 0.0
+    for _ in range(2):
+        exchange(a, b, now)
+        now += IV
+    assert a.up_neighbors() and a.downs["b"] == 0
+    # A session that ends by itself is a down.
+    now += 4 * IV
+    assert [e.name for e in a.tick(now) if isinstance(e, NeighborDown)] == ["b"]
+    b.tick(now)
+    assert a.downs["b"] == 1
+    for _ in range(3):
+        exchange(a, b, now)
+        now += IV
+    assert a.up_neighbors()
+    # The loop holds b down: its session ends now, and that is not counted as a flap.
+    end = now + 30.0
+    events = a.set_hold("b", end, now)
+    assert [(e.name, e.reason) for e in events if isinstance(e, NeighborDown)] == [
+        ("b", HOLD_DOWN_REASON)]
+    assert not a.up_neighbors() and a.downs["b"] == 1
+    counts_before = a.neighbors()[0].hello_counts() if a.neighbors() else None
+    while now < end - IV:
+        exchange(a, b, now)
+        assert not a.up_neighbors()
+        now += IV
+    counts = a.neighbors()[0].hello_counts()
+    assert counts is not None and counts[0] > (counts_before or (0, 0))[0] + 100  # still heard
+    while now < end + 3 * IV:
+        exchange(a, b, now)
+        now += IV
+    assert a.up_neighbors() and "b" not in a.holds  # the sensor lifted it by itself
+    # Lifted early by the loop (its undo): up again at the next two-way hellos.
+    assert a.set_hold("b", now + 600.0, now) and not a.up_neighbors()
+    assert a.set_hold("b", 0.0, now) == []
+    exchange(a, b, now + IV)
+    exchange(a, b, now + 2 * IV)
+    assert a.up_neighbors() and a.downs["b"] == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -445,7 +446,7 @@ def test_quarantine_applies_once_renews_while_bad_and_releases_with_hysteresis()
         ex.still_bad({"b"}, float(t))
         assert ex.tick(float(t)) == []
     # Good from t=30 on: released once the penalty is below the reuse limit.
-    release = ex.damping["b"].release_at()
+    release = ex.damping[(ActionKind.QUARANTINE_LINK, "b")].release_at()
     assert ex.tick(release - 0.1) == []
     ops = ex.tick(release + 0.1)
     assert [(o.op, o.reason) for o in ops] == [("undo", "released")]
@@ -751,3 +752,222 @@ def test_per_minute_signals_count_a_window_not_one_sample() -> None:
     assert churn(storm, 45.0, 40) == 0.0  # the storm aged out of the window
     assert churn(storm, 50.0, 3) == 0.0  # counters went back (a restart): anew, no negative
     assert churn(storm, 55.0, 33) == pytest.approx(60.0)
+
+
+# -- Flapping links: the downs signal, the hold-down, the storm's attribution --------------
+def flap_obs(at: float, downs: int, failovers: int = 0,
+             sole: frozenset[str] = frozenset()) -> Observation:
+    return Observation(at=at, links=(LinkSample("b", 0.0, 0.002),), failovers_total=failovers,
+                       link_downs=(("b", downs),) if downs else (), sole_links=sole)
+
+
+def downs_read(m: Monitor, at: float, downs: int) -> float | None:
+    vals = [r.value for r in m.sample(flap_obs(at, downs)) if r.signal == Signal.DOWNS]
+    return vals[0] if vals else None
+
+
+def test_link_downs_read_per_minute_over_the_window_and_one_down_is_no_flap() -> None:
+    from mesh_agent.mapek.monitor import RATE_WINDOW_S
+
+    m = Monitor()
+    assert downs_read(m, 0.0, 0) is None  # never down: not read
+    assert downs_read(m, 5.0, 1) == pytest.approx(60 / RATE_WINDOW_S)  # its first down counts
+    cut = Monitor()
+    downs_read(cut, 0.0, 0)
+    assert downs_read(cut, 5.0, 1) < DEFAULT_BOUNDS[Signal.DOWNS].default  # a cut, a reboot
+    assert downs_read(m, 10.0, 2) == pytest.approx(4.0)
+    assert DEFAULT_BOUNDS[Signal.DOWNS].default < 4.0
+    assert downs_read(m, 35.0, 2) == pytest.approx(2.0)  # the first aged out
+    assert downs_read(m, 40.0, 2) == 0.0
+    # Read while it went down within LOSS_KEEP_S, then no more (bounded).
+    assert downs_read(m, 10.0 + LOSS_KEEP_S - 1, 2) == 0.0
+    assert downs_read(m, 10.0 + LOSS_KEEP_S + 1, 2) is None
+    # A count that went back (the agent restarted) starts anew: no negative rate.
+    assert downs_read(m, 200.0, 1) is None
+    assert downs_read(m, 205.0, 3) == pytest.approx(4.0)
+
+
+def test_a_monitor_that_starts_late_takes_the_counts_so_far_as_history() -> None:
+    m = Monitor()
+    assert downs_read(m, 0.0, 7) is None
+    assert downs_read(m, 5.0, 7) is None
+    assert downs_read(m, 10.0, 8) == pytest.approx(2.0)
+
+
+def flapping_run(downs: list[int], failovers: list[int], *, sole: frozenset[str] = frozenset(),
+                 mode: str = "enforce") -> tuple[MapeK, list[Any]]:
+    loop = MapeK("a", mode, FixedPolicy(), 0.05)
+    steps = [loop.step(flap_obs(i * 5.0, d, f, sole))
+             for i, (d, f) in enumerate(zip(downs, failovers, strict=True))]
+    return loop, steps
+
+
+def test_a_flapping_link_is_held_down_then_released_with_hysteresis() -> None:
+    from mesh_agent.mapek.execute import HOLD_MAX_S
+
+    downs = [0, 0, 1, 2, 3, 4] + [4] * 60
+    loop, steps = flapping_run(downs, [0] * len(downs))
+    opened = [i for s in steps for i in s.opened]
+    assert [(i.cls, i.target, i.action, i.action_outcome) for i in opened] == [
+        (IncidentClass.FLAPPING_LINK, LINK_B, "hold_down_link", "applied")]
+    ops = [(i, o.op, o.action.kind, o.reason) for i, s in enumerate(steps) for o in s.ops]
+    assert [o[1:] for o in ops] == [("apply", ActionKind.HOLD_DOWN_LINK, ""),
+                                    ("undo", ActionKind.HOLD_DOWN_LINK, "released")]
+    apply_at, undo_at = ops[0][0] * 5.0, ops[1][0] * 5.0
+    hold = next(o for s in steps for o in s.ops).action
+    assert hold.params["until"] == hold.issued_at + 600.0  # the sensor's own backstop
+    # Recovered once the downs aged out of the window (3 clear samples), and released
+    # after that: the last hit was while it still read as flapping, at most HOLD_MAX_S on.
+    [done] = [i for s in steps for i in s.recovered]
+    assert done.mttr_s is not None and done.recovered_at is not None
+    assert done.recovered_at <= undo_at <= done.recovered_at + HOLD_MAX_S
+    assert undo_at - apply_at >= 30.0
+    assert loop.stats[("flapping_link", "hold_down_link")].tries == 1
+
+
+def test_a_hold_down_is_refused_on_the_only_way_to_the_neighbour() -> None:
+    downs = [0, 0, 1, 2, 3, 4] + [4] * 20
+    loop, steps = flapping_run(downs, [0] * len(downs), sole=frozenset({"b"}))
+    [inc] = [i for s in steps for i in s.opened]
+    assert (inc.action, inc.action_outcome) == ("hold_down_link", "refused:sole_link")
+    assert [o for s in steps for o in s.ops] == []
+    # Refused: doing nothing is what ran, and what it is credited to.
+    assert ("flapping_link", "hold_down_link") not in loop.stats
+    assert loop.stats[("flapping_link", "none")].tries == 1
+    _, steps = flapping_run(downs, [0] * len(downs), sole=frozenset({"b"}), mode="observe")
+    assert [i.action_outcome for s in steps for i in s.opened] == ["observed"]
+
+
+def test_a_storm_while_a_link_flaps_is_its_symptom_and_not_acted_on() -> None:
+    # b flaps from 10 s (opens at 20 s); the failovers build up more slowly: the storm
+    # opens at 30 s, while the flapping incident is open.
+    downs = [0, 0, 1, 2, 3, 4, 4] + [4] * 40
+    failovers = [0, 0, 1, 2, 3, 6, 9] + [9] * 40
+    loop, steps = flapping_run(downs, failovers)
+    opened = {i.cls: i for s in steps for i in s.opened}
+    flap, storm = opened[IncidentClass.FLAPPING_LINK], opened[IncidentClass.FAILOVER_STORM]
+    assert storm.detected_at > flap.detected_at
+    assert (storm.action, storm.action_outcome, storm.cause) == ("none", "attributed", flap.id)
+    kinds = {o.action.kind for s in steps for o in s.ops}
+    assert kinds == {ActionKind.HOLD_DOWN_LINK}  # one incident, one action
+    assert [i.id for i in (s for st_ in steps for s in st_.recovered)] != []
+    # A symptom teaches nothing: no statistics, no threshold moves for the storm.
+    assert not [k for k in loop.stats if k[0] == "failover_storm"]
+    moved = [t for s in steps for t in s.thresholds]
+    assert all(sig != "failovers" for sig, _, _ in moved)
+    assert loop.actions_total[("none", "attributed")] == 1
+
+
+def test_a_link_found_flapping_after_the_storm_takes_it_over() -> None:
+    # Many routes over b: its first down alone is a storm (opens at 15 s, hello floor),
+    # the flapping is confirmed at 20 s: the storm becomes its symptom, the floor lifted.
+    downs = [0, 0, 1, 2, 3, 4] + [4] * 40
+    failovers = [0, 0, 10, 20, 30, 40] + [40] * 40
+    loop, steps = flapping_run(downs, failovers)
+    opened = {i.cls: i for s in steps for i in s.opened}
+    flap, storm = opened[IncidentClass.FLAPPING_LINK], opened[IncidentClass.FAILOVER_STORM]
+    assert storm.detected_at < flap.detected_at
+    assert (storm.action, storm.action_outcome, storm.cause) == (
+        "lengthen_hello", "applied", flap.id)
+    at_flap = next(s for s in steps if flap in s.opened)
+    assert storm in at_flap.decided  # Knowledge records the cause
+    assert [(o.op, o.action.kind, o.reason) for o in at_flap.ops] == [
+        ("apply", ActionKind.HOLD_DOWN_LINK, ""),
+        ("undo", ActionKind.LENGTHEN_HELLO, "recovered")]
+    assert not [k for k in loop.stats if k[0] == "failover_storm"]
+
+
+def test_a_storm_with_no_flapping_link_is_answered_as_before() -> None:
+    failovers = [0, 0, 10, 20, 30, 40] + [40] * 20
+    loop, steps = flapping_run([0] * len(failovers), failovers)
+    [storm] = [i for s in steps for i in s.opened]
+    assert (storm.cls, storm.action, storm.action_outcome, storm.cause) == (
+        IncidentClass.FAILOVER_STORM, "lengthen_hello", "applied", None)
+    assert loop.stats[("failover_storm", "lengthen_hello")].tries == 1
+
+
+def test_a_hold_down_held_again_lasts_longer_and_never_past_its_maximum() -> None:
+    from mesh_agent.mapek.execute import HOLD_MAX_S
+
+    ex = Executor(hello_interval_s=0.05)
+
+    def hold_for(t0: float) -> float:
+        a = ex.build(ActionKind.HOLD_DOWN_LINK, LINK_B, 1, t0)
+        assert [o.op for o in ex.start(a, t0)] == ["apply"]
+        t = t0
+        while not ex.tick(t):
+            t += 1.0
+        return t - t0
+
+    first = hold_for(0.0)
+    second = hold_for(first + 1.0)  # flapping again right after its release
+    assert 0 < first < second <= HOLD_MAX_S + 1
+    for t in range(0, 3000, 5):  # found flapping forever: the expiry still ends it
+        ex.still_bad({"b"}, 10_000.0 + t, ActionKind.HOLD_DOWN_LINK)
+    a = ex.build(ActionKind.HOLD_DOWN_LINK, LINK_B, 2, 20_000.0)
+    ex.start(a, 20_000.0)
+    assert [o.reason for o in ex.tick(20_600.0)] == ["expired"]
+
+
+def test_a_link_is_the_sole_way_to_its_neighbour_only_when_it_is_a_bridge() -> None:
+    from types import SimpleNamespace
+
+    import networkx as nx
+
+    from mesh_agent.paths import PathTable
+    from mesh_agent.view import AgentView
+
+    g = nx.Graph()
+    g.add_edge("a", "b", cost=1.0)  # a-b-c triangle, then c-d a spur, e unreachable
+    g.add_edge("b", "c", cost=1.0)
+    g.add_edge("a", "c", cost=1.0)
+    g.add_edge("c", "d", cost=1.0)
+    g.add_node("e")
+
+    def sole(source: str, name: str) -> bool:
+        table = PathTable(source)
+        table.update(g)
+        return AgentView.sole_link(SimpleNamespace(paths=table), name)  # type: ignore[arg-type]
+
+    assert not sole("a", "b")  # a detour through c
+    assert sole("c", "d") and sole("d", "c")  # the spur's only link
+    assert sole("a", "e")  # no route at all
+    g.remove_edge("a", "b")
+    g.add_edge("a", "b", cost=50.0)  # routed through c now: the direct link is not needed
+    assert not sole("a", "b")
+
+
+def test_a_hold_is_lifted_when_its_link_becomes_the_only_way() -> None:
+    downs = [0, 0, 1, 2, 3, 4, 4, 4]
+    loop = MapeK("a", "enforce", FixedPolicy(), 0.05)
+    steps = [loop.step(flap_obs(i * 5.0, d)) for i, d in enumerate(downs)]
+    assert [o.op for s in steps for o in s.ops] == ["apply"]
+    # The other way to b failed: b is now reached over the held link only (or not at all).
+    step = loop.step(flap_obs(40.0, 4, sole=frozenset({"b"})))
+    assert [(o.op, o.action.kind, o.reason) for o in step.ops] == [
+        ("undo", ActionKind.HOLD_DOWN_LINK, "sole_link")]
+    assert loop.executor.active == {} and loop.executor.damping == {}
+    assert loop.step(flap_obs(45.0, 4, sole=frozenset({"b"}))).ops == []
+
+
+def test_a_storm_opening_with_its_flapping_link_is_attributed_once_and_charges_nothing(
+) -> None:
+    # The downs and the failovers cross at the same samples: both open at 15 s.
+    downs = [0, 0, 2, 4, 6, 8] + [8] * 20
+    failovers = [0, 0, 10, 20, 30, 40] + [40] * 20
+    loop, steps = flapping_run(downs, failovers)
+    at_open = next(s for s in steps if s.opened)
+    assert {i.cls for i in at_open.opened} == {IncidentClass.FLAPPING_LINK,
+                                               IncidentClass.FAILOVER_STORM}
+    storm = next(i for i in at_open.opened if i.cls == IncidentClass.FAILOVER_STORM)
+    assert [i.id for i in at_open.decided].count(storm.id) == 1
+    assert (storm.action, storm.action_outcome) == ("none", "attributed")
+    assert at_open.stats == []  # the hold is not charged for its own symptom
+    assert loop.stats.get(("flapping_link", "hold_down_link"), ActionStats()).tries <= 1
+
+
+def test_two_incidents_opening_in_one_step_charge_nothing_to_each_other() -> None:
+    b = [0.0, 0.5, 0.5, 0.5] + [0.0] * 20
+    loop, seen = charges(b, list(b))
+    assert seen == []  # c opened in the step that quarantined b: not b's side effect
+    assert loop.stats[("lossy_link", "quarantine_link")].tries == 2  # each its recovery

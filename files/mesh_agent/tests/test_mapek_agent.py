@@ -485,3 +485,36 @@ def test_the_timers_tick_reads_unit_cpu_in_a_worker_thread(ca: CA, tmp_path: Pat
     assert shell._unit_samples[-1][1] == {"x.service": 1.5}
     shell.tick()  # called by hand (the tests above): read on the spot
     assert readers[-1] == threading.get_ident()
+
+
+def test_a_hold_down_ends_the_link_through_the_agent_and_its_undo_lets_it_back(
+        enforced) -> None:
+    """The shell carries hold_down_link onto the link sensor, and the session it ends goes
+    through the agent's own handling of a neighbour down (event log, re-origination)."""
+    import asyncio
+
+    from mesh_agent.mapek.execute import Op
+    from mesh_agent.mapek.monitor import Target
+    from mesh_agent.mapek.plan import ActionKind
+
+    agent, clock, _client, b = enforced
+    assert [n.name for n in agent.sensor.up_neighbors()] == ["b"]
+    core = agent.mapek.core
+    hold = core.executor.build(ActionKind.HOLD_DOWN_LINK, Target("link", "b"), 99, clock.now)
+
+    async def carry(op: Op) -> None:
+        agent.mapek.carry(op)
+        await asyncio.sleep(0)  # the agent's re-origination, queued with call_soon
+
+    asyncio.run(carry(Op("apply", hold)))
+    assert agent.sensor.up_neighbors() == [] and agent.sensor.holds == {"b": hold.expires_at}
+    downs = agent.events.query(kinds=[EventKind.LINK_DOWN])
+    assert [(e.subject, e.reason) for e in downs][-1] == ("b", "hold-down")
+    assert "b" not in dict(agent.topology.lsdb.entries()["a"].advert.links)  # re-originated
+    hellos(agent, b, clock, 2.0, keep_every=1)
+    assert agent.sensor.up_neighbors() == []  # held: heard, never up
+    asyncio.run(carry(Op("undo", hold, "released")))
+    hellos(agent, b, clock, 0.5, keep_every=1)
+    assert [n.name for n in agent.sensor.up_neighbors()] == ["b"]
+    rem = agent.events.query(kinds=[EventKind.REMEDIATION])
+    assert [e.reason for e in rem] == ["apply:hold_down_link", "undo:hold_down_link"]

@@ -105,10 +105,11 @@ def test_version_1_is_migrated_in_place(tmp_path: Path) -> None:
     k = Knowledge(path, boot="b")
     [inc] = k.incidents()
     assert (inc["id"], inc["mode"], inc["policy"], inc["state"]) == (1, "", "", "open")
+    assert inc["cause"] is None
     assert k.start_run() == 1
     row = sqlite3.connect(path).execute(
         "SELECT version FROM schema_versions WHERE component = 'knowledge'").fetchone()
-    assert row[0] == len(SCHEMA) == 2
+    assert row[0] == len(SCHEMA) == 3
 
 
 def test_one_file_with_the_event_log(tmp_path: Path) -> None:

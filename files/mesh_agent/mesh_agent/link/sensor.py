@@ -96,6 +96,8 @@ COST_HYSTERESIS = 0.05
 FLAP_WINDOW_S = 10.0
 FLAP_THRESHOLD = 3
 HOLD_DOWN_S = 1.0
+# The reason of a session ended by the self-healing loop's hold-down (set_hold).
+HOLD_DOWN_REASON = "hold-down"
 # RTT smoothing as TCP's SRTT (RFC 6298 section 2): alpha = 1/8.
 RTT_ALPHA = 0.125
 # A neighbour that times us out puts us back in init and lists us again in its
@@ -392,6 +394,13 @@ class LinkSensor:
         self.drops: Counter[str] = Counter()
         self._flaps: dict[tuple[str, str], list[float]] = {}
         self.damped_total = 0
+        # Per neighbour node, how often a session of it that was up ended (any interface,
+        # any reason): the MAPE-K monitor's link-downs rate (flapping links) reads it.
+        # Keys are names that passed the pair-key check: bounded by the fleet.
+        self.downs: Counter[str] = Counter()
+        # Per neighbour node, until when the self-healing loop holds its link down
+        # (set_hold): no session of it comes up before then.
+        self.holds: dict[str, float] = {}
         # Per (interface, name): what its last session ended with (its hello counts,
         # hello and echo outcomes), and when.
         self._ended: dict[tuple[str, str], tuple[Ended, float]] = {}
@@ -842,12 +851,21 @@ class LinkSensor:
             )
         if nb.state != "up":
             return []
+        if reason == HOLD_DOWN_REASON:
+            return [NeighborDown(nb.ifname, nb.name, nb.link_address, reason, now)]
+        self.downs[nb.name] += 1
         flaps = [t for t in self._flaps.get(key, []) if now - t < FLAP_WINDOW_S]
         flaps.append(now)
         self._flaps[key] = flaps
         return [NeighborDown(nb.ifname, nb.name, nb.link_address, reason, now)]
 
     def _held_down(self, key: tuple[str, str], nb: Neighbor, now: float) -> bool:
+        until = self.holds.get(nb.name)
+        if until is not None:
+            if now < until:
+                self.damped_total += 1
+                return True
+            del self.holds[nb.name]
         recent = [t for t in self._flaps.get(key, []) if now - t < FLAP_WINDOW_S]
         if not recent:
             self._flaps.pop(key, None)
@@ -893,6 +911,24 @@ class LinkSensor:
         else:
             self.penalties.pop(name, None)
         return old != max(0.0, extra) and name in self.best_links()
+
+    def set_hold(self, name: str, until: float, now: float) -> list[Event]:
+        """Hold the link to ``name`` down until ``until`` (monotonic; 0 lifts the hold): the
+        self-healing loop's answer to a flapping link (mesh_agent.mapek, hold_down_link).
+
+        Its sessions up now end at once (reason ``hold-down``: the caller handles the
+        events as any neighbour down, so routes fail over to their backups), and none
+        comes up again before ``until``. Its hellos still count (its loss is measured).
+        The hold's own ending of a session is not a flap: not in ``downs``.
+        """
+        if until <= 0:
+            self.holds.pop(name, None)
+            return []
+        self.holds[name] = until
+        events: list[Event] = []
+        for key in [k for k, nb in self._table.items() if nb.name == name and nb.state == "up"]:
+            events.extend(self._kill(key, HOLD_DOWN_REASON, now))
+        return events
 
     def advert_costs(self) -> dict[str, float]:
         """Per up neighbour node, the cost our advert gives its link (best interface + penalty)."""

@@ -35,6 +35,7 @@ class IncidentClass(StrEnum):
     FAILOVER_STORM = "failover_storm"
     ADVERT_STORM = "advert_storm"
     ROUTE_CHURN = "route_churn"
+    FLAPPING_LINK = "flapping_link"
 
 
 CLASS_OF: dict[Signal, IncidentClass] = {
@@ -45,6 +46,7 @@ CLASS_OF: dict[Signal, IncidentClass] = {
     Signal.FAILOVERS: IncidentClass.FAILOVER_STORM,
     Signal.REJECTED: IncidentClass.ADVERT_STORM,
     Signal.CHURN: IncidentClass.ROUTE_CHURN,
+    Signal.DOWNS: IncidentClass.FLAPPING_LINK,
 }
 
 
@@ -140,6 +142,9 @@ class Incident:
     # How it ended: recovered (its signal went back) or gone (its target stopped being
     # read: a neighbour that went away is not a recovery, and teaches nothing).
     resolution: str | None = None
+    # The incident this one is a symptom of (a failover storm of a flapping link's: the
+    # loop's attribution rule, mapek.loop), or None.
+    cause: int | None = None
 
     @property
     def mttr_s(self) -> float | None:

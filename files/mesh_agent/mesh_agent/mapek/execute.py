@@ -18,6 +18,15 @@ link hovering at its threshold is not raised and released on every sample.
 The penalty has a ceiling, which bounds how long a link that has become
 good stays quarantined (RFC 2439's maximum suppress time):
 ``half_life * log2(ceiling / reuse)``.
+
+A flapping link's hold-down (``hold_down_link``: the link sensor ends its session
+now and brings none up until the hold ends, :meth:`LinkSensor.set_hold`) is damped
+the same way, with its own figure of merit per link, a longer half-life and a
+longer maximum (:data:`HOLD_HALF_LIFE_S`, :data:`HOLD_MAX_S`): each confirmed
+flapping incident, and each further failure of the link while it is held, adds a
+penalty (per flap, as RFC 2439's per withdrawal), and the hold is lifted once it
+has decayed below the reuse limit, so a link that goes on flapping after a hold
+is held longer the next time.
 """
 
 from __future__ import annotations
@@ -38,6 +47,10 @@ REUSE_LIMIT = 500.0
 HALF_LIFE_S = 15.0
 MAX_HOLD_S = 60.0  # a good link is released at most this long after its last hit
 CEILING = REUSE_LIMIT * 2 ** (MAX_HOLD_S / HALF_LIFE_S)
+# The hold-down's damping: released 30 s after the last hit at first, at most HOLD_MAX_S
+# after it however often the link flapped.
+HOLD_HALF_LIFE_S = 30.0
+HOLD_MAX_S = 180.0
 # Added to a quarantined link's advertised cost: well above any loss-derived
 # cost (1..11), inside the advert's u16 centi-cost (655.35).
 QUARANTINE_COST = 100.0
@@ -45,6 +58,7 @@ QUARANTINE_COST = 100.0
 EXPIRY_S: Mapping[ActionKind, float] = {
     ActionKind.QUARANTINE_LINK: 600.0,
     ActionKind.LENGTHEN_HELLO: 120.0,
+    ActionKind.HOLD_DOWN_LINK: 600.0,
     ActionKind.RESYNC_LSDB: 0.0,  # one-shot: nothing to undo
     ActionKind.NONE: 0.0,
     ActionKind.RESTART_UNIT: 0.0,
@@ -115,6 +129,18 @@ class Damping:
         return self._at + self.half_life_s * math.log2(self._penalty / self.reuse)
 
 
+def damping_for(kind: ActionKind) -> Damping:
+    """A fresh figure of merit for a damped link action (quarantine or hold-down)."""
+    if kind == ActionKind.HOLD_DOWN_LINK:
+        return Damping(half_life_s=HOLD_HALF_LIFE_S,
+                       ceiling=REUSE_LIMIT * 2 ** (HOLD_MAX_S / HOLD_HALF_LIFE_S))
+    return Damping()
+
+
+# Actions released by their damping (hysteresis), not by their incident's recovery.
+DAMPED = frozenset({ActionKind.QUARANTINE_LINK, ActionKind.HOLD_DOWN_LINK})
+
+
 @dataclass(frozen=True)
 class Action:
     id: int
@@ -141,7 +167,7 @@ class Action:
 class Op:
     op: str  # apply | undo
     action: Action
-    reason: str = ""  # undo: released | expired | recovered | superseded
+    reason: str = ""  # undo: released | expired | recovered | superseded | sole_link
 
 
 class Executor:
@@ -151,7 +177,8 @@ class Executor:
         self.hello_interval_s = hello_interval_s
         self.next_id = next_id
         self.active: dict[tuple[ActionKind, Target], Action] = {}
-        self.damping: dict[str, Damping] = {}  # per link (neighbour name)
+        # Per damped action kind and link (neighbour name).
+        self.damping: dict[tuple[ActionKind, str], Damping] = {}
         # Disruptive actions carry their lease's fencing token: an older one than the
         # newest seen is refused (a holder paused past its TTL; mapek.lease).
         self.fence = Fence()
@@ -163,20 +190,25 @@ class Executor:
             params = {"extra_cost": QUARANTINE_COST}
         elif kind == ActionKind.LENGTHEN_HELLO:
             params = {"floor_s": self.hello_interval_s * LENGTHEN_FACTOR}
+        elif kind == ActionKind.HOLD_DOWN_LINK:
+            # The sensor lifts the hold by itself then, should the undo never reach it.
+            params = {"until": now + EXPIRY_S[kind]}
         action = Action(self.next_id, kind, target, incident_id, now, now + EXPIRY_S[kind],
                         params, lease_token)
         self.next_id += 1
         return action
 
     def start(self, action: Action, now: float) -> list[Op]:
-        """Begin an action; a quarantine starts (or renews) the link's damping."""
+        """Begin an action; a damped one (quarantine, hold-down) starts or renews its
+        link's damping."""
         key = (action.kind, action.target)
         if action.disruptive and not self.fence.admit(action.lease_token):
             return []
-        if action.kind == ActionKind.QUARANTINE_LINK:
-            damp = self.damping.setdefault(action.target.name, Damping())
+        if action.kind in DAMPED:
+            damp = self.damping.setdefault((action.kind, action.target.name),
+                                           damping_for(action.kind))
             if not damp.hit(now) or key in self.active:
-                return []  # below the suppress limit, or already quarantined
+                return []  # below the suppress limit, or already in force
         elif action.kind in (ActionKind.NONE,):
             return []
         if EXPIRY_S[action.kind] <= 0:  # one-shot
@@ -189,17 +221,31 @@ class Executor:
         ops.append(Op("apply", action))
         return ops
 
-    def still_bad(self, links: Iterable[str], now: float) -> None:
-        """Links that are still found bad while quarantined keep their penalty up."""
+    def still_bad(self, links: Iterable[str], now: float,
+                  kind: ActionKind = ActionKind.QUARANTINE_LINK) -> None:
+        """Links still found bad while their *kind* of damped action is in force keep its
+        penalty up (a quarantine: any link signal crossing; a hold-down: it failed again)."""
         for name in links:
-            damp = self.damping.get(name)
+            damp = self.damping.get((kind, name))
             if damp is not None and damp.suppressed:
                 damp.hit(now)
+
+    def lift_holds(self, names: Iterable[str]) -> list[Op]:
+        """Hold-downs on links that have become the only way to their neighbour (another
+        path failed meanwhile): lifted now, their damping forgotten."""
+        ops: list[Op] = []
+        for name in names:
+            action = self.active.pop((ActionKind.HOLD_DOWN_LINK, Target("link", name)), None)
+            if action is not None:
+                self.damping.pop((ActionKind.HOLD_DOWN_LINK, name), None)
+                ops.append(Op("undo", action, "sole_link"))
+        return ops
 
     def recovered(self, target: Target) -> list[Op]:
         """An incident on ``target`` recovered: undo the hello floor held for it.
 
-        A quarantine is not undone here: its damping releases it (hysteresis).
+        A quarantine or a hold-down is not undone here: its damping releases it
+        (hysteresis).
         """
         action = self.active.pop((ActionKind.LENGTHEN_HELLO, target), None)
         return [] if action is None else [Op("undo", action, "recovered")]
@@ -211,14 +257,14 @@ class Executor:
             if now >= action.expires_at:
                 del self.active[key]
                 ops.append(Op("undo", action, "expired"))
-                if kind == ActionKind.QUARANTINE_LINK:
-                    self.damping.pop(target.name, None)
-            elif kind == ActionKind.QUARANTINE_LINK:
-                damp = self.damping.get(target.name)
+                if kind in DAMPED:
+                    self.damping.pop((kind, target.name), None)
+            elif kind in DAMPED:
+                damp = self.damping.get((kind, target.name))
                 if damp is None or not damp.update(now):
                     del self.active[key]
                     ops.append(Op("undo", action, "released"))
-        for name in [n for n, d in self.damping.items()
+        for gone in [k for k, d in self.damping.items()
                      if not d.suppressed and d.penalty(now) < 1.0]:
-            del self.damping[name]  # bounded: forgotten once decayed
+            del self.damping[gone]  # bounded: forgotten once decayed
         return ops

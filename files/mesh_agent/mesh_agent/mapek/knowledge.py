@@ -17,7 +17,7 @@ Bounded (the oldest incidents and threshold changes beyond ``max_rows`` are
 pruned in batches), crash-safe (every write is one committed transaction;
 ``kill -9`` loses at most the write in flight, tested), and migrated by
 version (schema 2 added the mode and policy an incident ran under, and how
-it ended).
+it ended; schema 3 the incident it is a symptom of).
 Never in the way: a database that cannot be written counts the error and the
 loop goes on with what it holds in memory.
 """
@@ -81,11 +81,14 @@ SCHEMA: list[list[str]] = [
         "ALTER TABLE incidents ADD COLUMN policy TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE incidents ADD COLUMN resolution TEXT NOT NULL DEFAULT ''",
     ],
+    [  # version 3: the incident this one is a symptom of (mapek.loop's attribution)
+        "ALTER TABLE incidents ADD COLUMN cause INTEGER",
+    ],
 ]
 
 _INCIDENT_COLUMNS = ("id, boot, class, target, signal, value, threshold, detected_wall, "
                      "detected_mono, decided_mono, recovered_mono, action, action_outcome, "
-                     "mttr_seconds, mode, policy, resolution")
+                     "mttr_seconds, mode, policy, resolution, cause")
 
 
 class Knowledge:
@@ -163,8 +166,9 @@ class Knowledge:
             self._write("DELETE FROM incidents WHERE id <= ?", (inc.id - self.max_rows,))
 
     def decided(self, inc: Incident) -> None:
-        self._write("UPDATE incidents SET decided_mono = ?, action = ?, action_outcome = ? "
-                    "WHERE id = ?", (inc.decided_at, inc.action, inc.action_outcome, inc.id))
+        self._write("UPDATE incidents SET decided_mono = ?, action = ?, action_outcome = ?, "
+                    "cause = ? WHERE id = ?",
+                    (inc.decided_at, inc.action, inc.action_outcome, inc.cause, inc.id))
 
     def recovered(self, inc: Incident) -> None:
         self._write("UPDATE incidents SET recovered_mono = ?, mttr_seconds = ?, resolution = ? "
@@ -248,7 +252,7 @@ class Knowledge:
         out = []
         for r in rows[::-1]:
             (iid, boot, cls, target, signal, value, threshold, wall, det, dec, rec, action,
-             outcome, mttr, mode, policy, resolution) = r
+             outcome, mttr, mode, policy, resolution, cause) = r
             out.append({
                 "id": iid, "boot": boot, "class": cls, "target": target,
                 "signal": {"name": signal, "value": value, "threshold": threshold},
@@ -256,7 +260,7 @@ class Knowledge:
                 "recovered_mono": rec,
                 "action": {"kind": action, "outcome": outcome} if action else None,
                 "state": resolution or ("recovered" if rec is not None else "open"),
-                "mttr_seconds": mttr, "mode": mode, "policy": policy,
+                "mttr_seconds": mttr, "mode": mode, "policy": policy, "cause": cause,
             })
         return out
 

@@ -32,6 +32,21 @@ that recovered on its own within ``false_alarm_s`` was a false alarm and
 raises its signal's threshold by :data:`RAISE_STEP`; any other recovered
 incident moves the threshold :data:`RELAX_STEP` of the way back to its
 default.
+
+Attribution. A failover storm on a node where a link is flapping is that
+link's symptom: each time the link fails, every route over it fails over. One
+incident, one action: a storm that opens while a ``flapping_link`` incident is
+open is not acted on (its action is ``none``, outcome ``attributed``, its
+``cause`` the link's incident), and a ``flapping_link`` that opens while a storm
+is open takes the storm over (the storm's hello floor, if it had one, is lifted;
+its ``cause`` is set). An attributed storm teaches nothing: neither the
+statistics nor the thresholds learn from a symptom. With several links flapping
+the worst (most downs per minute) is the cause.
+
+A hold-down is refused (``refused:sole_link``) on a link that is the node's only
+way to that neighbour (``Observation.sole_links``): holding it down would cut
+the neighbour off, which is worse than its flapping. A hold in force on a link
+that becomes the only way (the other path failed meanwhile) is lifted at once.
 """
 
 from __future__ import annotations
@@ -72,7 +87,12 @@ RELAX_STEP = 0.05  # a real incident moves it 5 % of the way back to the default
 # 15 s after the start: mesh_agent.startup).
 START_SETTLE_S = 15.0
 ACTION_OUTCOMES = ("applied", "observed", "noop", "refused:rate_limited", "refused:no_lease",
-                   "refused:stale_token")
+                   "refused:stale_token", "refused:sole_link", "attributed")
+# A failover storm is the symptom of a flapping link when one is open on the node at the
+# same time (attribution rule, module docstring).
+SYMPTOMS: dict[IncidentClass, IncidentClass] = {
+    IncidentClass.FAILOVER_STORM: IncidentClass.FLAPPING_LINK,
+}
 
 
 @dataclass(frozen=True)
@@ -150,6 +170,11 @@ class MapeK:
         # The last action applied (time, class, action, incident), until an incident
         # opened within COLLATERAL_S charged it or the window passed.
         self._applied: tuple[float, str, str, int] | None = None
+        # The neighbours whose direct link is our only way to them (the last observation).
+        self._sole: frozenset[str] = frozenset()
+        # Each neighbour's downs count at the last step: a hold-down's penalty grows per
+        # flap (RFC 2439's per withdrawal), not per sample.
+        self._downs: dict[str, int] = {}
 
     @property
     def thresholds(self) -> Thresholds:
@@ -167,23 +192,66 @@ class MapeK:
             if now - self._ready_since < self.settle_s:
                 return out
             self.armed = True
+        self._sole = obs.sole_links
+        out.ops += self.executor.lift_holds(obs.sole_links)
         analysis = self.analyzer.analyze(out.readings, now)
         self.executor.still_bad({r.target.name for r in out.readings
                                  if r.target.kind == "link" and r.crossed}, now)
+        self.executor.still_bad({n for n, c in obs.link_downs if c > self._downs.get(n, c)},
+                                now, ActionKind.HOLD_DOWN_LINK)
+        self._downs = dict(obs.link_downs)
         out.opened = analysis.opened
         # Open before this step and still open (recovered ones left the analyzer's table).
         older = len(self.analyzer.open) > len(analysis.opened)
         for inc in analysis.opened:
+            cause = self._cause_of(inc)
+            if cause is not None:  # a symptom: neither acted on nor charged to an action
+                self._attribute(inc, cause, now, out)
+                continue
             self._collateral(inc, now, older, out)
             out.ops += self._decide(inc, now, out)
             if inc.id not in self.pending:
                 out.decided.append(inc)
+            out.ops += self._takes_over(inc, {i.id for i in analysis.opened}, out)
         for inc in analysis.recovered:
             out.recovered.append(inc)
             out.ops += self.executor.recovered(inc.target)
             self._learn(inc, out)
         out.ops += self.executor.tick(now)
         return out
+
+    def _cause_of(self, inc: Incident) -> Incident | None:
+        """The open incident *inc* is a symptom of (SYMPTOMS), the worst if several."""
+        cls = SYMPTOMS.get(IncidentClass(inc.cls))
+        causes = [i for i in self.analyzer.open.values() if i.cls == cls]
+        return max(causes, key=lambda i: (i.value, -i.id)) if causes else None
+
+    def _attribute(self, inc: Incident, cause: Incident, now: float, out: Step) -> None:
+        inc.cause = cause.id
+        inc.decided_at, inc.action, inc.action_outcome = now, str(ActionKind.NONE), "attributed"
+        key = (str(ActionKind.NONE), "attributed")
+        self.actions_total[key] = self.actions_total.get(key, 0) + 1
+        out.decided.append(inc)
+        log.info("incident %d %s on %s: a symptom of incident %d %s on %s", inc.id, inc.cls,
+                 inc.target, cause.id, cause.cls, cause.target)
+
+    def _takes_over(self, cause: Incident, this_step: set[int], out: Step) -> list[Op]:
+        """*cause* just opened: the incidents open before this step that are its symptoms
+        become attributed to it (those opened in this step are, when their turn comes); a
+        hello floor held for one of them is lifted (the cause's action answers both)."""
+        ops: list[Op] = []
+        for inc in list(self.analyzer.open.values()):
+            if (inc.cause is not None or inc.id in this_step
+                    or SYMPTOMS.get(IncidentClass(inc.cls)) != cause.cls
+                    or self._cause_of(inc) is not cause):
+                continue
+            inc.cause = cause.id
+            if inc.action == ActionKind.LENGTHEN_HELLO and inc.action_outcome == "applied":
+                ops += self.executor.recovered(inc.target)
+            out.decided.append(inc)
+            log.info("incident %d %s on %s: a symptom of incident %d %s on %s, opened since",
+                     inc.id, inc.cls, inc.target, cause.id, cause.cls, cause.target)
+        return ops
 
     def _decide(self, inc: Incident, now: float, out: Step) -> list[Op]:
         kind = ActionKind(self.policy.choose(inc.cls, self.stats, self.available))
@@ -220,7 +288,9 @@ class MapeK:
         action: Action = self.executor.build(
             kind, inc.target, inc.id, now, verdict.lease.token if verdict.lease else None)
         outcome, ops = verdict.outcome, []
-        if verdict.allowed and kind != ActionKind.NONE:
+        if verdict.allowed and kind == ActionKind.HOLD_DOWN_LINK and inc.target.name in self._sole:
+            outcome = "refused:sole_link"
+        elif verdict.allowed and kind != ActionKind.NONE:
             ops = self.executor.start(action, now)
             if action.disruptive and not ops:  # the fence refused its token
                 outcome = "refused:stale_token"
@@ -246,6 +316,8 @@ class MapeK:
             return
         mttr = inc.mttr_s or 0.0
         self.mttr.setdefault(str(inc.cls), Histogram(MTTR_BUCKETS)).observe(mttr)
+        if inc.cause is not None:  # a symptom: its cause's incident is what teaches
+            return
         ran = inc.action if inc.action_outcome == "applied" else str(ActionKind.NONE)
         recent = self.recent.setdefault(str(inc.cls), deque(maxlen=BASELINE_N))
         if inc.action is not None:
@@ -276,7 +348,7 @@ class MapeK:
         if now - at > COLLATERAL_S:
             self._applied = None
             return
-        if inc.id == source or older:
+        if inc.id == source or older or now <= at:  # opened with it: not its consequence
             return
         self._applied = None
         s = self.stats.setdefault((cls, action), ActionStats())

@@ -30,9 +30,10 @@ class Signal(StrEnum):
     REJECTED = "rejected_adverts"  # adverts rejected per minute
     CHURN = "route_churn"  # topology changes that triggered a recompute, per minute
     CPU = "cpu"  # the agent's CPU, fraction of one core
+    DOWNS = "link_downs"  # times a link's session ended, per minute (a flapping link)
 
 
-LINK_SIGNALS = (Signal.LOSS, Signal.RTT)
+LINK_SIGNALS = (Signal.LOSS, Signal.RTT, Signal.DOWNS)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ DEFAULT_BOUNDS: Mapping[Signal, Bounds] = {
     Signal.REJECTED: Bounds(60.0, 5.0, 6000.0),
     Signal.CHURN: Bounds(30.0, 5.0, 600.0),
     Signal.CPU: Bounds(0.8, 0.2, 1.0),
+    # Over the 30 s rate window: one down reads 2/min (a cut, a reboot: not flapping),
+    # two read 4/min. A clean radio link is down about once an hour (docs/mapek.md).
+    Signal.DOWNS: Bounds(3.0, 1.0, 60.0),
 }
 
 
@@ -131,6 +135,10 @@ class Observation:
     changes_total: int = 0
     cpu_seconds: float = 0.0
     ready: bool = True  # the node's readiness (AgentView.readiness, the one place)
+    # Per neighbour node, how many of its up sessions ended so far (the link sensor's
+    # ``downs``), and those whose direct link is our only way to them (AgentView.sole_link).
+    link_downs: tuple[tuple[str, int], ...] = ()
+    sole_links: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,10 @@ class Monitor:
         self._hellos: dict[tuple[str, str], deque[tuple[int, int]]] = {}
         self._sampled: dict[tuple[str, str], float] = {}  # when each was last sampled
         self._read: dict[str, tuple[float, float]] = {}  # per neighbour: last loss read, when
+        # Per neighbour, (when, its downs count so far) back to the rate window's base, and
+        # when its count last rose: a link is read while it went down within LOSS_KEEP_S.
+        self._downs: dict[str, deque[tuple[float, int]]] = {}
+        self._downs_rose: dict[str, float] = {}
 
     def _losses(self, links: Iterable[LinkSample], at: float
                 ) -> dict[tuple[str, str], float | None]:
@@ -230,6 +242,37 @@ class Monitor:
         for name in [n for n, (_, t) in self._read.items() if at - t > LOSS_HOLD_S]:
             del self._read[name]
         return [(n, v) for n, (v, _) in sorted(self._read.items()) if n not in present]
+
+    def _link_downs(self, obs: Observation, last: Observation | None) -> list[Reading]:
+        """Each neighbour's downs per minute over the rate window (a flapping link), read
+        while it went down within LOSS_KEEP_S. A neighbour new to the counts went from 0
+        since the last sample (its first down counts); a count that went back (a restart)
+        starts anew."""
+        out: list[Reading] = []
+        threshold = self.thresholds[Signal.DOWNS]
+        at = obs.at
+        for name, count in obs.link_downs:
+            w = self._downs.get(name)
+            if w is None or count < w[-1][1]:
+                fresh = w is None and last is not None and count > 0
+                w = self._downs[name] = deque([(last.at, 0)] if fresh and last else [])
+                if fresh:
+                    self._downs_rose[name] = at
+            elif count > w[-1][1]:
+                self._downs_rose[name] = at
+            w.append((at, count))
+            while len(w) > 1 and w[1][0] <= at - self.rate_window_s:
+                w.popleft()
+            if at - self._downs_rose.get(name, -LOSS_KEEP_S - 1.0) > LOSS_KEEP_S:
+                continue
+            base_at, base = w[0]
+            rate = _rate(count, base, max(self.rate_window_s, at - base_at), 60.0)
+            out.append(Reading(Signal.DOWNS, Target("link", name), rate, threshold))
+        present = {name for name, _ in obs.link_downs}
+        for name in [n for n in self._downs if n not in present]:
+            del self._downs[name]
+            self._downs_rose.pop(name, None)
+        return out
 
     def _windowed(self, obs: Observation) -> Observation:
         """The window's base for *obs*; a counter that went back (a restart) starts anew."""
@@ -263,6 +306,7 @@ class Monitor:
                 out.append(Reading(Signal.LOSS, target, loss, t[Signal.LOSS]))
             if link.rtt_s is not None:
                 out.append(Reading(Signal.RTT, target, link.rtt_s, t[Signal.RTT]))
+        out += self._link_downs(obs, last)
         out.append(Reading(Signal.LATENESS, SELF, obs.lateness_s, t[Signal.LATENESS]))
         prev = last or obs
         base = self._windowed(obs)

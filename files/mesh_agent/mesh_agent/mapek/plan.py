@@ -68,6 +68,7 @@ class ActionKind(StrEnum):
     QUARANTINE_LINK = "quarantine_link"  # raise a link's advertised cost (damped, RFC 2439)
     LENGTHEN_HELLO = "lengthen_hello"  # announce a longer hello interval for a while
     RESYNC_LSDB = "resync_lsdb"  # send our whole LSDB to the neighbour again
+    HOLD_DOWN_LINK = "hold_down_link"  # keep a flapping link down after it fails (damped)
     # Descriptors only (disruptive: they need a lease, NoQuorum refuses them):
     RESTART_UNIT = "restart_unit"
     REREQUEST_IDENTITY = "rerequest_identity"
@@ -87,6 +88,8 @@ APPLICABLE: Mapping[IncidentClass, tuple[ActionKind, ...]] = {
     IncidentClass.ADVERT_STORM: (ActionKind.ISOLATE_ORIGIN, ActionKind.REREQUEST_IDENTITY,
                                  ActionKind.NONE),
     IncidentClass.ROUTE_CHURN: (ActionKind.LENGTHEN_HELLO, ActionKind.NONE),
+    IncidentClass.FLAPPING_LINK: (ActionKind.HOLD_DOWN_LINK, ActionKind.QUARANTINE_LINK,
+                                  ActionKind.NONE),
 }
 
 # The rule table of the fixed policy (the control arm).
@@ -97,6 +100,7 @@ RULES: Mapping[IncidentClass, ActionKind] = {
     IncidentClass.FAILOVER_STORM: ActionKind.LENGTHEN_HELLO,
     IncidentClass.ADVERT_STORM: ActionKind.ISOLATE_ORIGIN,
     IncidentClass.ROUTE_CHURN: ActionKind.NONE,
+    IncidentClass.FLAPPING_LINK: ActionKind.HOLD_DOWN_LINK,
 }
 
 # An incident recovered within this is a success for the action taken.
@@ -107,6 +111,7 @@ MTTR_TARGET_S: Mapping[IncidentClass, float] = {
     IncidentClass.FAILOVER_STORM: 120.0,
     IncidentClass.ADVERT_STORM: 300.0,
     IncidentClass.ROUTE_CHURN: 120.0,
+    IncidentClass.FLAPPING_LINK: 120.0,
 }
 
 

@@ -4,7 +4,8 @@ the other cores. The decisions stay in :class:`.loop.MapeK`; this only moves dat
 Built from what :class:`.knowledge.Knowledge` kept (action statistics, thresholds, the last
 incident id), ticked every ``mapek.interval_s``, and every op is carried onto a core's
 input: link quarantine onto :meth:`LinkSensor.set_penalty` (then an advert floods the new
-cost), a longer hello onto :meth:`HelloStretch.set_floor`, an LSDB resync onto
+cost), a flapping link's hold-down onto :meth:`LinkSensor.set_hold`, a longer hello
+onto :meth:`HelloStretch.set_floor`, an LSDB resync onto
 :meth:`TopologyCore.neighbor_up` toward that neighbour. A blocking lease provider (etcd)
 is called here in a worker thread, never on the event loop: the core asks in its step
 (``lease_requests``) and gets the answer through :meth:`MapeK.leased`.
@@ -31,6 +32,7 @@ from typing import Any
 import networkx as nx
 
 from mesh_agent.config import AgentConfig
+from mesh_agent.link.sensor import Event
 from mesh_agent.mapek.execute import Op, busiest_unit
 from mesh_agent.mapek.knowledge import Knowledge
 from mesh_agent.mapek.lease import Refusal, neighbourhood
@@ -49,7 +51,8 @@ CGROUP_SERVICES = Path("/sys/fs/cgroup/system.slice")
 PROC = Path("/proc")
 MIN_CPU_WINDOW_S = 1.0
 LOCAL_ACTIONS = frozenset({ActionKind.NONE, ActionKind.QUARANTINE_LINK,
-                           ActionKind.LENGTHEN_HELLO, ActionKind.RESYNC_LSDB})
+                           ActionKind.LENGTHEN_HELLO, ActionKind.RESYNC_LSDB,
+                           ActionKind.HOLD_DOWN_LINK})
 
 
 def available_actions(cfg: AgentConfig) -> frozenset[ActionKind]:
@@ -148,12 +151,13 @@ class MapekShell:
         cpu: Callable[[], float],
         originate: Callable[[], None],
         send: Callable[[Iterable[Send]], None],
+        link_events: Callable[[list[Event]], None],
         unit_cpu: Callable[[Iterable[str]], Mapping[str, float]] = unit_cpu_seconds,
         restart_unit: Callable[[str], str | None] = systemctl_restart,
     ) -> None:
         self.cfg, self.view, self.events, self.knowledge = cfg, view, events, knowledge
         self.clock, self.wall, self.cpu = clock, wall, cpu
-        self.originate, self.send = originate, send
+        self.originate, self.send, self.link_events = originate, send, link_events
         self.unit_cpu, self.restart_unit = unit_cpu, restart_unit
         # The allowlisted units' CPU seconds at the last two ticks (restart_unit compares
         # with the newest at least MIN_CPU_WINDOW_S old: a lease answered at once leaves
@@ -279,6 +283,11 @@ class MapekShell:
                 self.originate()
         elif a.kind == ActionKind.LENGTHEN_HELLO:
             self.view.stretch.set_floor(a.params["floor_s"] if apply else 0.0)
+        elif a.kind == ActionKind.HOLD_DOWN_LINK:
+            # Its sessions end now: the agent's handling of a neighbour down (failover,
+            # re-origination), as for any other.
+            self.link_events(sensor.set_hold(a.target.name, a.params["until"] if apply else 0.0,
+                                             self.clock()))
         elif a.kind == ActionKind.RESYNC_LSDB:
             if apply:
                 hops = [(nb.ifname, nb.link_address) for nb in sensor.up_neighbors()
