@@ -971,3 +971,20 @@ def test_two_incidents_opening_in_one_step_charge_nothing_to_each_other() -> Non
     loop, seen = charges(b, list(b))
     assert seen == []  # c opened in the step that quarantined b: not b's side effect
     assert loop.stats[("lossy_link", "quarantine_link")].tries == 2  # each its recovery
+
+
+def test_a_held_link_that_still_reads_lossy_stays_held_until_it_is_clean() -> None:
+    """Held, a link cannot fail again; its hellos still count, and while they read lossy
+    the hold is renewed, so it does not decay while the fault goes on."""
+    from mesh_agent.mapek.execute import HOLD_MAX_S
+
+    loop = MapeK("a", "enforce", FixedPolicy(), 0.05)
+    downs = [0, 0, 1, 2, 3, 4] + [4] * 60
+    loss = [0.0] * 4 + [0.5] * 16 + [0.0] * 46  # lossy until 100 s
+    undo_at = None
+    for i, (d, lo) in enumerate(zip(downs, loss, strict=True)):
+        step = loop.step(Observation(i * 5.0, links=(LinkSample("b", lo, 0.002),),
+                                     link_downs=(("b", d),) if d else ()))
+        if any(o.op == "undo" and o.action.kind == ActionKind.HOLD_DOWN_LINK for o in step.ops):
+            undo_at = i * 5.0
+    assert undo_at is not None and 100.0 + 30.0 <= undo_at <= 100.0 + HOLD_MAX_S + 5

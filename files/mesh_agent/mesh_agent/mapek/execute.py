@@ -23,8 +23,8 @@ A flapping link's hold-down (``hold_down_link``: the link sensor ends its sessio
 now and brings none up until the hold ends, :meth:`LinkSensor.set_hold`) is damped
 the same way, with its own figure of merit per link, a longer half-life and a
 longer maximum (:data:`HOLD_HALF_LIFE_S`, :data:`HOLD_MAX_S`): each confirmed
-flapping incident, and each further failure of the link while it is held, adds a
-penalty (per flap, as RFC 2439's per withdrawal), and the hold is lifted once it
+flapping incident, each further failure of the link, and each sample in which the
+held link's hellos still read lossy adds a penalty, and the hold is lifted once it
 has decayed below the reuse limit, so a link that goes on flapping after a hold
 is held longer the next time.
 """
@@ -224,7 +224,8 @@ class Executor:
     def still_bad(self, links: Iterable[str], now: float,
                   kind: ActionKind = ActionKind.QUARANTINE_LINK) -> None:
         """Links still found bad while their *kind* of damped action is in force keep its
-        penalty up (a quarantine: any link signal crossing; a hold-down: it failed again)."""
+        penalty up (a quarantine: any link signal crossing; a hold-down: it failed again
+        or still reads lossy)."""
         for name in links:
             damp = self.damping.get((kind, name))
             if damp is not None and damp.suppressed:

@@ -197,7 +197,12 @@ class MapeK:
         analysis = self.analyzer.analyze(out.readings, now)
         self.executor.still_bad({r.target.name for r in out.readings
                                  if r.target.kind == "link" and r.crossed}, now)
-        self.executor.still_bad({n for n, c in obs.link_downs if c > self._downs.get(n, c)},
+        # A held link is still bad while it fails again or its hellos still read lossy (a
+        # held link cannot fail: without the loss the hold would decay while the fault
+        # that made it flap goes on).
+        self.executor.still_bad({n for n, c in obs.link_downs if c > self._downs.get(n, c)}
+                                | {r.target.name for r in out.readings
+                                   if r.signal == Signal.LOSS and r.crossed},
                                 now, ActionKind.HOLD_DOWN_LINK)
         self._downs = dict(obs.link_downs)
         out.opened = analysis.opened
