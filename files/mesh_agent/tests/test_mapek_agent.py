@@ -518,3 +518,23 @@ def test_a_hold_down_ends_the_link_through_the_agent_and_its_undo_lets_it_back(
     assert [n.name for n in agent.sensor.up_neighbors()] == ["b"]
     rem = agent.events.query(kinds=[EventKind.REMEDIATION])
     assert [e.reason for e in rem] == ["apply:hold_down_link", "undo:hold_down_link"]
+
+
+def test_meshctl_incidents_shows_what_a_symptom_was_attributed_to() -> None:
+    from mesh_agent.ctl.main import render_incidents
+
+    def inc(iid: int, cls: str, target: str, kind: str, outcome: str,
+            cause: int | None) -> dict[str, Any]:
+        return {"id": iid, "detected_wall": 1796559647.5, "class": cls, "target": target,
+                "signal": {"name": "x", "value": 10.0, "threshold": 3.0},
+                "action": {"kind": kind, "outcome": outcome}, "state": "recovered",
+                "mttr_seconds": 30.0, "cause": cause}
+
+    text = render_incidents({
+        "node": "n0", "enabled": True, "mode": "enforce", "policy": "fixed",
+        "active_actions": [], "knowledge": "ok",
+        "incidents": [inc(1, "flapping_link", "link:n1", "hold_down_link", "applied", None),
+                      inc(2, "failover_storm", "self:", "none", "attributed", 1)]})
+    storm = next(line for line in text.splitlines() if "failover_storm" in line)
+    flap = next(line for line in text.splitlines() if "flapping_link" in line)
+    assert "attributed, cause #1" in storm and "cause" not in flap

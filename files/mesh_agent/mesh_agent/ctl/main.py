@@ -300,9 +300,12 @@ def render_incidents(data: dict[str, Any]) -> str:
     rows = []
     for i in data["incidents"]:
         sig, act = i["signal"], i["action"] or {}
+        outcome = act.get("outcome")
+        if i.get("cause") is not None:  # a symptom of another incident (mapek.loop)
+            outcome = f"{outcome}, cause #{i['cause']}"
         rows.append([i["id"], timestamp(i["detected_wall"]), i["class"], i["target"],
                      f"{sig['name']} {sig['value']:.3g} > {sig['threshold']:.3g}",
-                     act.get("kind"), act.get("outcome"), i["state"],
+                     act.get("kind"), outcome, i["state"],
                      duration(i["mttr_seconds"]) if i["mttr_seconds"] is not None else None])
     body = table(["ID", "DETECTED (UTC)", "CLASS", "TARGET", "SIGNAL", "ACTION", "OUTCOME",
                   "STATE", "MTTR"], rows) if rows else "no incidents"
