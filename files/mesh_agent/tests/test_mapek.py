@@ -988,3 +988,15 @@ def test_a_held_link_that_still_reads_lossy_stays_held_until_it_is_clean() -> No
         if any(o.op == "undo" and o.action.kind == ActionKind.HOLD_DOWN_LINK for o in step.ops):
             undo_at = i * 5.0
     assert undo_at is not None and 100.0 + 30.0 <= undo_at <= 100.0 + HOLD_MAX_S + 5
+
+
+def test_the_monitor_names_the_links_that_failed_since_its_last_sample() -> None:
+    m = Monitor()
+    m.sample(flap_obs(0.0, 0))
+    assert m.failed == frozenset()
+    m.sample(flap_obs(5.0, 1))  # new to the counts: its first down
+    assert m.failed == {"b"}
+    m.sample(flap_obs(10.0, 1))
+    assert m.failed == frozenset()
+    m.sample(flap_obs(15.0, 3))
+    assert m.failed == {"b"}

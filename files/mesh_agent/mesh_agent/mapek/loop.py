@@ -172,9 +172,6 @@ class MapeK:
         self._applied: tuple[float, str, str, int] | None = None
         # The neighbours whose direct link is our only way to them (the last observation).
         self._sole: frozenset[str] = frozenset()
-        # Each neighbour's downs count at the last step: a hold-down's penalty grows per
-        # flap (RFC 2439's per withdrawal), not per sample.
-        self._downs: dict[str, int] = {}
 
     @property
     def thresholds(self) -> Thresholds:
@@ -197,14 +194,13 @@ class MapeK:
         analysis = self.analyzer.analyze(out.readings, now)
         self.executor.still_bad({r.target.name for r in out.readings
                                  if r.target.kind == "link" and r.crossed}, now)
-        # A held link is still bad while it fails again or its hellos still read lossy (a
-        # held link cannot fail: without the loss the hold would decay while the fault
-        # that made it flap goes on).
-        self.executor.still_bad({n for n, c in obs.link_downs if c > self._downs.get(n, c)}
+        # A held link is still bad while it fails again (a penalty per flap, RFC 2439's per
+        # withdrawal, not per sample) or its hellos still read lossy (a held link cannot
+        # fail: without the loss the hold would decay while the fault goes on).
+        self.executor.still_bad(self.monitor.failed
                                 | {r.target.name for r in out.readings
                                    if r.signal == Signal.LOSS and r.crossed},
                                 now, ActionKind.HOLD_DOWN_LINK)
-        self._downs = dict(obs.link_downs)
         out.opened = analysis.opened
         # Open before this step and still open (recovered ones left the analyzer's table).
         older = len(self.analyzer.open) > len(analysis.opened)

@@ -212,6 +212,8 @@ class Monitor:
         # when its count last rose: a link is read while it went down within LOSS_KEEP_S.
         self._downs: dict[str, deque[tuple[float, int]]] = {}
         self._downs_rose: dict[str, float] = {}
+        # The neighbours whose downs count rose at the last sample (their link failed since).
+        self.failed: frozenset[str] = frozenset()
 
     def _losses(self, links: Iterable[LinkSample], at: float
                 ) -> dict[tuple[str, str], float | None]:
@@ -251,14 +253,17 @@ class Monitor:
         out: list[Reading] = []
         threshold = self.thresholds[Signal.DOWNS]
         at = obs.at
+        failed: set[str] = set()
         for name, count in obs.link_downs:
             w = self._downs.get(name)
             if w is None or count < w[-1][1]:
                 fresh = w is None and last is not None and count > 0
                 w = self._downs[name] = deque([(last.at, 0)] if fresh and last else [])
                 if fresh:
-                    self._downs_rose[name] = at
+                    failed.add(name)
             elif count > w[-1][1]:
+                failed.add(name)
+            if name in failed:
                 self._downs_rose[name] = at
             w.append((at, count))
             while len(w) > 1 and w[1][0] <= at - self.rate_window_s:
@@ -272,6 +277,7 @@ class Monitor:
         for name in [n for n in self._downs if n not in present]:
             del self._downs[name]
             self._downs_rose.pop(name, None)
+        self.failed = frozenset(failed)
         return out
 
     def _windowed(self, obs: Observation) -> Observation:
