@@ -174,24 +174,36 @@ def test_stale_holders_never_act_beside_the_new_one(cluster: EtcdCluster) -> Non
         assert all(isinstance(x, Lease) for x in held)
         time.sleep(TTL + 1.0)  # a is "stopped" past its TTL; etcd expires its keys
 
-        def trial(i: int) -> tuple[bool, bool]:
+        def trial(i: int) -> tuple[bool, bool, int]:
             stale = held[i]
             assert isinstance(stale, Lease)
+            lb: Lease | Refusal
 
             def a_acts() -> bool:
                 return pa[i].validate(stale, time.monotonic()) and fences[i].admit(stale.token)
 
             a_first = a_acts() if i % 2 else False
-            lb = pb[i].acquire("b", "restart_unit", TTL, time.monotonic())
+            # etcd revokes expired leases from a rate-limited queue (200 at once here, on
+            # a loaded CI box), so b may still be refused for a's keys a little past the
+            # TTL: it asks again, as the agent's next loop step would, within a bound.
+            tries = 1
+            while isinstance(lb := pb[i].acquire("b", "restart_unit", TTL, time.monotonic()),
+                             Refusal) and time.monotonic() < give_up:
+                assert lb.reason in ("neighbourhood", "no_quorum"), lb
+                assert not a_acts()  # a's keys linger, yet a cannot act on them
+                tries += 1
+                time.sleep(0.2)
             b_acted = isinstance(lb, Lease) and fences[i].admit(lb.token)
             a_late = a_acts()
-            return a_first or a_late, b_acted
+            return a_first or a_late, b_acted, tries
 
+        give_up = time.monotonic() + 2.0 * TTL + 5.0
         results = list(pool.map(trial, range(TRIALS)))
-    double = sum(a and b for a, b in results)
-    print(f"{TRIALS} stale-holder trials: b acted in {sum(b for _a, b in results)}, "
-          f"a in {sum(a for a, _b in results)}, both in {double}")
-    assert double == 0 and all(b for _a, b in results)
+    double = sum(a and b for a, b, _t in results)
+    print(f"{TRIALS} stale-holder trials: b acted in {sum(b for _a, b, _t in results)}, "
+          f"a in {sum(a for a, _b, _t in results)}, both in {double}; b asked again in "
+          f"{sum(t > 1 for _a, _b, t in results)} (at most {max(t for _a, _b, t in results)} asks)")
+    assert double == 0 and all(b for _a, b, _t in results)
 
 
 def test_a_partitioned_member_neither_blocks_nor_doubles_a_grant(cluster: EtcdCluster) -> None:
