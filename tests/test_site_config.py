@@ -687,3 +687,49 @@ def test_a_mesh_without_gateways_warns_once_and_changes_nothing(tmp_path):
     out, recap = check(inv)
     assert warning not in out
     assert "skipped=1" in recap["localhost"]
+
+
+def test_the_check_runs_under_limit_on_the_controller(tmp_path):
+    """--limit one mesh node: the check still runs, once, on the controller (a play on
+    localhost alone is skipped when localhost is not in the limit: "no hosts matched"),
+    reads the whole inventory, not only the limit, and connects to no node (the starter's
+    addresses are not there)."""
+    spec = "Check the site config against its spec (playbooks/site-config/spec.yml)"
+    checks = [
+        spec,
+        "Check the rules a spec cannot express",
+        "Warn when the mesh has no gateways and no release reach targets",
+    ]
+
+    def tasks(proc: subprocess.CompletedProcess[str]) -> list[str]:
+        return re.findall(r"^TASK \[(.+?)\]", proc.stdout, flags=re.MULTILINE)
+
+    good = _copy("starter", tmp_path / "good")
+    proc = _ansible(
+        "-i", str(good), "playbooks/site-config/check.yml", "--limit", "starter-02", "-vvv"
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    assert "no hosts matched" not in proc.stdout
+    assert tasks(proc)[:3] == checks
+    assert proc.stdout.count("ok: [starter-02 -> localhost]") == 3, proc.stdout[-3000:]
+    assert "ESTABLISH" not in proc.stdout  # -vvv names every connection opened
+    recap = dict(re.findall(r"^(\S+)\s+: (ok=.*?)\s*$", proc.stdout, flags=re.MULTILINE))
+    assert list(recap) == ["starter-02"] and " unreachable=0 " in recap["starter-02"], recap
+
+    # A bad site config stops site.yml --limit at the check, naming the key.
+    bad = _copy("starter", tmp_path / "bad")
+    _set_site(bad, time=None)
+    proc = _ansible("-i", str(bad), "playbooks/site.yml", "--limit", "starter-02")
+    assert proc.returncode != 0
+    assert "missing required arguments: time found in site" in _errors(proc)
+    assert tasks(proc) == [spec]
+
+    # A rule about a host outside the limit still applies.
+    hosts = good / "hosts.yml"
+    data = yaml.safe_load(hosts.read_text())
+    data["all"]["children"]["mesh_nodes"]["hosts"]["starter-03"].pop("mesh_node_address")
+    hosts.write_text(yaml.safe_dump(data))
+    proc = _ansible("-i", str(good), "playbooks/site.yml", "--limit", "starter-01")
+    assert proc.returncode != 0
+    assert "starter-03: mesh_node_address is not set" in _errors(proc)
+    assert tasks(proc) == checks[:2]
