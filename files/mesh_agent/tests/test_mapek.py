@@ -858,6 +858,46 @@ def test_a_storm_while_a_link_flaps_is_its_symptom_and_not_acted_on() -> None:
     assert loop.actions_total[("none", "attributed")] == 1
 
 
+def churn_run(downs: list[int], changes: list[int]) -> tuple[MapeK, list[Any]]:
+    loop = MapeK("a", "enforce", FixedPolicy(), 0.05)
+    steps = [loop.step(Observation(at=i * 5.0, links=(LinkSample("b", 0.0, 0.002),),
+                                   changes_total=c, link_downs=(("b", d),) if d else ()))
+             for i, (d, c) in enumerate(zip(downs, changes, strict=True))]
+    return loop, steps
+
+
+def test_route_churn_while_a_link_flaps_is_its_symptom_either_way_round() -> None:
+    # b flaps from 10 s (opens at 20 s); every down and every return changes the graph:
+    # the churn crosses 30/min later (opens after the flapping link: attributed) ...
+    downs = [0, 0, 1, 2, 3, 4, 5, 6, 7, 8] + [8] * 40
+    changes = [0, 0, 2, 4, 6, 12, 24, 36, 48, 60] + [60] * 40
+    loop, steps = churn_run(downs, changes)
+    opened = {i.cls: i for s in steps for i in s.opened}
+    flap, churn = opened[IncidentClass.FLAPPING_LINK], opened[IncidentClass.ROUTE_CHURN]
+    assert churn.detected_at > flap.detected_at
+    assert (churn.action, churn.action_outcome, churn.cause) == ("none", "attributed", flap.id)
+    assert not [k for k in loop.stats if k[0] == "route_churn"]
+    assert all(sig != "route_churn" for s in steps for sig, _, _ in s.thresholds)
+    # ... or earlier (the flapping link, once open, takes it over).
+    changes = [0, 0, 20, 40, 60, 80] + [80] * 44
+    loop, steps = churn_run(downs, changes)
+    opened = {i.cls: i for s in steps for i in s.opened}
+    flap, churn = opened[IncidentClass.FLAPPING_LINK], opened[IncidentClass.ROUTE_CHURN]
+    assert churn.detected_at < flap.detected_at and churn.cause == flap.id
+    assert churn in next(s for s in steps if flap in s.opened).decided
+    assert not [k for k in loop.stats if k[0] == "route_churn"]
+
+
+def test_route_churn_with_no_flapping_link_here_is_not_attributed() -> None:
+    # Churn from adverts alone (a link flapping elsewhere in the mesh): the rule is local.
+    changes = [0, 0, 20, 40, 60, 80] + [80] * 20
+    loop, steps = churn_run([0] * len(changes), changes)
+    [churn] = [i for s in steps for i in s.opened]
+    assert churn.cls == IncidentClass.ROUTE_CHURN and churn.cause is None
+    assert churn.action_outcome != "attributed"
+    assert [k for k in loop.stats if k[0] == "route_churn"]
+
+
 def test_a_link_found_flapping_after_the_storm_takes_it_over() -> None:
     # Many routes over b: its first down alone is a storm (opens at 15 s, hello floor),
     # the flapping is confirmed at 20 s: the storm becomes its symptom, the floor lifted.

@@ -33,15 +33,18 @@ raises its signal's threshold by :data:`RAISE_STEP`; any other recovered
 incident moves the threshold :data:`RELAX_STEP` of the way back to its
 default.
 
-Attribution. A failover storm on a node where a link is flapping is that
-link's symptom: each time the link fails, every route over it fails over. One
-incident, one action: a storm that opens while a ``flapping_link`` incident is
-open is not acted on (its action is ``none``, outcome ``attributed``, its
-``cause`` the link's incident), and a ``flapping_link`` that opens while a storm
-is open takes the storm over (the storm's hello floor, if it had one, is lifted;
-its ``cause`` is set). An attributed storm teaches nothing: neither the
-statistics nor the thresholds learn from a symptom. With several links flapping
-the worst (most downs per minute) is the cause.
+Attribution. A failover storm or route churn on a node where a link is flapping
+is that link's symptom: each time the link fails, every route over it fails over,
+and each time it fails or comes back the graph changes and every path is
+recomputed. One incident, one action: a symptom that opens while a
+``flapping_link`` incident is open is not acted on (its action is ``none``,
+outcome ``attributed``, its ``cause`` the link's incident), and a
+``flapping_link`` that opens while a symptom is open takes it over (its hello
+floor, if it had one, is lifted; its ``cause`` is set). An attributed symptom
+teaches nothing: neither the statistics nor the thresholds learn from it. With
+several links flapping the worst (most downs per minute) is the cause. The rule
+is local: churn at a node away from the flapping link (which sees its adverts,
+not its downs) is not attributed.
 
 A hold-down is refused (``refused:sole_link``) on a link that is the node's only
 way to that neighbour (``Observation.sole_links``): holding it down would cut
@@ -88,10 +91,11 @@ RELAX_STEP = 0.05  # a real incident moves it 5 % of the way back to the default
 START_SETTLE_S = 15.0
 ACTION_OUTCOMES = ("applied", "observed", "noop", "refused:rate_limited", "refused:no_lease",
                    "refused:stale_token", "refused:sole_link", "attributed")
-# A failover storm is the symptom of a flapping link when one is open on the node at the
-# same time (attribution rule, module docstring).
+# A failover storm and route churn are the symptoms of a flapping link when one is open
+# on the node at the same time (attribution rule, module docstring).
 SYMPTOMS: dict[IncidentClass, IncidentClass] = {
     IncidentClass.FAILOVER_STORM: IncidentClass.FLAPPING_LINK,
+    IncidentClass.ROUTE_CHURN: IncidentClass.FLAPPING_LINK,
 }
 
 
