@@ -45,6 +45,29 @@ def test_the_summary_counts_ends_confirmed_while_the_loss_held() -> None:
         2, 10.0)
     assert (by["candidate"]["storm_ends"], by["candidate"]["storm_attributed_ends"]) == (2, 1)
     assert by["baseline"]["flapping_ends"] == 0 and by["candidate"]["storm_mttr_median_s"] == 30.0
+    # Route churn at the ends (attributed or not), at the third node, and the pings.
+    tags = {"bench": "mapek_flap", "run": 1, "loss_pct": 40, "hold_s": 45.0}
+    records += [
+        {**tags, "label": "candidate", "node": "n0", "figure": "route_churn_detect_s",
+         "value": 12.0, "cause": 3},
+        {**tags, "label": "candidate", "node": "n1", "figure": "route_churn_detect_s",
+         "value": None, "cause": None},
+        {**tags, "label": "baseline", "node": "n0", "figure": "route_churn_detect_s",
+         "value": 8.0, "cause": None},
+        {**tags, "label": "baseline", "node": "n2", "figure": "third_node_route_churn",
+         "value": 2},
+        {**tags, "label": "candidate", "figure": "ping_lost_fault_pct", "value": 0.5},
+        {**tags, "label": "baseline", "figure": "ping_lost_fault_pct", "value": 12.0},
+        {**tags, "label": "baseline", "figure": "ping_lost_fault_pct", "value": 20.0},
+        {**tags, "label": "baseline", "figure": "ping_lost_after_pct", "value": 0.0}]
+    by = {s["label"]: s for s in bench.summaries(records)}
+    assert (by["candidate"]["churn_ends"], by["candidate"]["churn_attributed_ends"]) == (1, 1)
+    assert (by["baseline"]["churn_ends"], by["baseline"]["churn_attributed_ends"]) == (1, 0)
+    assert (by["baseline"]["third_node_churn_total"], by["candidate"]["third_node_churn_total"]
+            ) == (2, 0)
+    assert by["baseline"]["ping_lost_fault_pct_median"] == 16.0
+    assert by["baseline"]["ping_lost_fault_pct_max"] == 20.0
+    assert by["candidate"]["ping_lost_after_pct_median"] is None  # not measured
     # Summary lines in the input (an earlier run's file) are not counted again.
     again = bench.summaries(records + bench.summaries(records))
     assert again == bench.summaries(records)

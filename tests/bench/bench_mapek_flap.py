@@ -16,7 +16,11 @@ agent's ``/v1/incidents``: when its ``lossy_link`` incident on the link and its
 ``failover_storm`` were detected (seconds after the fault began; null: never), their
 MTTR, its ``flapping_link`` incident on the link (the hold-down) likewise, what was done
 about each (the storm's ``cause`` is set when it was attributed to the flapping link),
-and the neighbour downs in its log; at the end one ``summary`` line per build.
+its ``route_churn`` likewise, and the neighbour downs in its log; the third node's
+``route_churn`` (it sees the link's adverts, not its downs); and what the flapping
+costs the data plane: ping from n0 to n1 every 0.1 s while the loss holds and while
+the ``--after`` seconds are watched, lost in percent (the held link's traffic goes round
+by n2). At the end one ``summary`` line per build.
 ``--baseline-agent`` runs the same trials, interleaved, against another build of the
 agent (an older tree's files/mesh_agent, as MESHCORE_AGENT_PYTHONPATH), labelled
 ``baseline``.
@@ -27,14 +31,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from mesh_agent.mapek.loop import START_SETTLE_S
-from meshcore_testkit.agents import AgentMesh, api_json
+from meshcore_testkit.agents import AgentMesh, api_json, ping_argv
 from meshcore_testkit.bench import bench_workdir
 from meshcore_testkit.pki import CA
 from meshcore_tools.netns import silent_cut
@@ -91,8 +97,36 @@ def summaries(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "flapping_mttr_median_s": median(values("flapping_link_mttr_s")),
             "downs_median": median(values("neighbour_downs")),
             "downs_max": max(values("neighbour_downs"), default=None),
+            "churn_ends": len(values("route_churn_detect_s")),
+            "churn_attributed_ends": sum(
+                1 for r in mine if r["figure"] == "route_churn_detect_s"
+                and r["value"] is not None and r.get("cause") is not None),
+            "third_node_churn_total": int(sum(values("third_node_route_churn"))),
+            "ping_lost_fault_pct_median": median(values("ping_lost_fault_pct")),
+            "ping_lost_fault_pct_max": max(values("ping_lost_fault_pct"), default=None),
+            "ping_lost_after_pct_median": median(values("ping_lost_after_pct")),
         })
     return out
+
+
+PING_INTERVAL_S = 0.1
+
+
+def pinger(ns: str, dst: str, seconds: float) -> subprocess.Popen[str]:
+    count = max(1, round(seconds / PING_INTERVAL_S))
+    return subprocess.Popen(ping_argv(ns, dst, "-q", "-i", str(PING_INTERVAL_S), "-c",
+                                      str(count), "-W", "1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def lost_pct(p: subprocess.Popen[str]) -> tuple[float, int]:
+    """(percent lost, sent) of a pinger that ran its course."""
+    out, _ = p.communicate(timeout=60)
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    if m is None:
+        raise RuntimeError(f"ping printed no summary: {out[-300:]}")
+    sent, got = int(m.group(1)), int(m.group(2))
+    return round(100.0 * (sent - got) / sent, 1), sent
 
 
 def incidents(ns: str) -> list[dict[str, Any]]:
@@ -114,21 +148,32 @@ def trial(args: argparse.Namespace, ca: CA, label: str, run: int) -> None:
         time.sleep(START_SETTLE_S + 10)  # the loop arms once ready this long
         ends = [(mesh.nodes[0], mesh.ifname[(0, 1)], "n1"),
                 (mesh.nodes[1], mesh.ifname[(1, 0)], "n0")]
+        src, dst = mesh.nodes[0], mesh.nodes[1]
         wall0 = time.time()
         for node, ifname, _ in ends:
             silent_cut(node.ns, ifname, True, loss_pct=args.loss_pct)
         try:
+            during = pinger(src.ns, dst.address, args.hold)
             time.sleep(args.hold)
         finally:
             for node, ifname, _ in ends:
                 silent_cut(node.ns, ifname, False)
+        after = pinger(src.ns, dst.address, args.after)
         time.sleep(args.after)
+        tags = {"label": label, "run": run, "loss_pct": args.loss_pct, "hold_s": args.hold}
+        for phase, p in (("fault", during), ("after", after)):
+            pct, sent = lost_pct(p)
+            emit(f"ping_lost_{phase}_pct", pct, "%", **tags, src=src.name, dst=dst.name,
+                 sent=sent)
+        third = [i for i in incidents(mesh.nodes[2].ns) if i["class"] == "route_churn"]
+        emit("third_node_route_churn", len(third), "count", **tags, node=mesh.nodes[2].name,
+             outcomes=[(i["action"] or {}).get("outcome") for i in third])
         for node, _, peer in ends:
             got = incidents(node.ns)
             tags = {"label": label, "run": run, "node": node.name, "loss_pct": args.loss_pct,
                     "hold_s": args.hold}
             for cls, target in (("lossy_link", f"link:{peer}"), ("failover_storm", "self:"),
-                                ("flapping_link", f"link:{peer}")):
+                                ("flapping_link", f"link:{peer}"), ("route_churn", "self:")):
                 mine = [i for i in got if i["class"] == cls and i["target"] == target]
                 first = mine[0] if mine else None
                 action = first["action"] if first else None
