@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 from types import ModuleType
 
@@ -71,3 +73,84 @@ def test_the_fault_mix_has_fixed_targets_off_the_background_links() -> None:
     assert all(isinstance(x, list) and x for x in targets)
     for f in mix["faults"][:2]:
         assert tuple(sorted(f["target"])) not in {tuple(sorted(x)) for x in bg}
+
+
+def test_every_pairs_primary_path_is_walked_for_the_links_it_crosses() -> None:
+    b = bench()
+    # a - b - c - d, routed along the line, but c has no route to a (a hole) and sends b's
+    # traffic to d, which sends it back (a loop)
+    hops = {"a": {"b": "b", "c": "b", "d": "b"}, "b": {"a": "a", "c": "c", "d": "c"},
+            "c": {"b": "d", "d": "d"}, "d": {"a": "c", "b": "c", "c": "c"}}
+    crossed = b.crossed_links(hops, ["a", "b", "c", "d"])
+    ab, bc, cd = frozenset("ab"), frozenset("bc"), frozenset("cd")
+    # a->b, a->c, a->d, b->a (c->a has no route; d->a's walk stops at c)
+    assert crossed[ab] == 4
+    # a->c, a->d, b->c, b->d
+    assert crossed[bc] == 4
+    # a->d, b->d, c->d, d->c; c->b and d->b cross it twice (the loop), d->a once
+    assert crossed[cd] == 4 + 2 + 2 + 1
+    assert b.crossed_links({}, ["a", "b"]) == {}
+
+
+def samples(start: float, counts: list[int], link: str = "bc") -> list[tuple[float, object]]:
+    """One sample a second from *start*, *counts* pairs crossing *link*, 3 on another."""
+    return [(start + i, {frozenset(link): n, frozenset("ab"): 3} if n else {frozenset("ab"): 3})
+            for i, n in enumerate(counts)]
+
+
+def test_a_link_fault_is_mitigated_when_no_pair_crosses_it_any_more() -> None:
+    b = bench()
+    # injected at 100.5: samples at 101, 102, 103, 104; off the link from the 3rd on
+    s = samples(101.0, [5, 4, 0, 0])
+    assert b.link_impact(s, ("b", "c"), 100.5, 104.5) == (5, 2.5)
+    assert b.link_impact(s, ("c", "b"), 100.5, 104.5) == (5, 2.5)
+    # still crossed at the removal: never mitigated
+    assert b.link_impact(samples(101.0, [5, 0, 0, 2]), ("b", "c"), 100.5, 104.5) == (5, None)
+    # back on the link after leaving it: mitigated only when it left for good
+    assert b.link_impact(samples(101.0, [5, 0, 3, 0]), ("b", "c"), 100.5, 104.5) == (5, 3.5)
+    # nothing crossed it while it held
+    assert b.link_impact(samples(101.0, [0, 0, 0]), ("b", "c"), 100.5, 104.5) == (0, 0.0)
+    assert b.link_impact(s, ("c", "d"), 100.5, 104.5) == (0, 0.0)
+    # no sample in the window: nothing known
+    assert b.link_impact(s, ("b", "c"), 200.0, 230.0) == (None, None)
+
+
+def test_samples_outside_the_fault_window_are_ignored() -> None:
+    b = bench()
+    # crossed before the injection and again after the removal; off it while it held
+    # from the 2nd sample of the window
+    s = samples(98.0, [7, 7, 6, 0, 0, 0, 9, 9])  # at 98 .. 105
+    assert b.link_impact(s, ("b", "c"), 99.5, 103.5) == (6, 1.5)
+    assert b.link_impact(s, ("b", "c"), 101.0, 103.5) == (0, 0.0)
+
+
+class FakeMesh:
+    names = ("a", "b", "c", "d")
+
+    def get(self, node: str, path: str) -> tuple[int, str]:
+        return 200, '{"incidents": [], "thresholds": {}}'
+
+
+def test_round_rows_and_summaries_carry_the_link_faults_impact() -> None:
+    b = bench()
+    t: Topo = Path4()  # type: ignore[assignment]
+    side = b.Side("learned", None, FakeMesh())
+    side.doc = {"status": "ok", "measurements": {"steps": [
+        {"class": "lossy", "target": ["b", "c"], "injected_at": 100.5, "removed_at": 104.5},
+        {"class": "cpu_starvation", "target": ["b"], "injected_at": 110.0, "removed_at": 115.0},
+        {"class": "slow", "target": ["c", "d"], "injected_at": 120.5, "removed_at": 123.5},
+        {"class": "lossy", "target": ["a", "b"], "skipped": "injection refused"}]}}
+    side.samples = samples(101.0, [5, 4, 0, 0]) + samples(121.0, [2, 2, 1], "cd")
+    b.record_round(side, 1, argparse.Namespace(grace=15.0), 60.0)
+    row = b.round_row(side, t, 1, [], {}, 200.0)
+    assert row["impact"] == [
+        {"class": "lossy", "link": ["b", "c"], "crossed_at_injection": 5, "mitigated_s": 2.5},
+        {"class": "slow", "link": ["c", "d"], "crossed_at_injection": 2, "mitigated_s": None}]
+    assert row["mitigated_s_p50"] == 2.5
+    assert row["never_mitigated"] == 1
+    json.dumps(row)  # one JSON line
+    later = {**row, "round": 2, "mitigated_s_p50": 1.5, "never_mitigated": 0}
+    summary = b.summary("learned", [row, later], 1, 4)
+    assert (summary["mitigated_s_p50_first"], summary["mitigated_s_p50_last"]) == (2.5, 1.5)
+    assert (summary["never_mitigated_first"], summary["never_mitigated_last"]) == (1, 0)
+    assert summary["rounds"] == 2

@@ -24,7 +24,9 @@ line per round and policy (stdout):
   round        incidents, attributed, false_alarms, false_alarms_per_node_hour,
                mttr_p50_s / mttr_p95_s over the attributed incidents that recovered,
                actions (kind: count), probe_loss_pct (the chaos probe over the round:
-               the mitigation's effect on traffic), thresholds (mean per signal)
+               the mitigation's effect on traffic), thresholds (mean per signal),
+               impact (per link fault: crossed_at_injection, mitigated_s),
+               mitigated_s_p50, never_mitigated
 
 and a ``summary`` per policy (first and last ``--window`` rounds) and a PNG learning
 curve (``--plot``). MTTR here is the agents' own (detected -> recovered, from the
@@ -33,6 +35,17 @@ the ``round`` lines are written after the last round and ``--final-wait`` more s
 from every incident's final state (``round_live`` lines, written as the run goes, show
 what was known then); one still open at the end is counted in ``still_open`` and, at its
 time open so far, in ``mttr_p95_s_lower_bound``.
+
+A link fault's MTTR is about the fault's duration whatever the loop does (a quarantined
+or held-down link is still faulty), so its *impact* says what the action did to traffic:
+every node's kernel routes are sampled about once a second all round, and every ordered
+pair's primary path walked next hop by next hop. ``crossed_at_injection`` is how many
+pairs crossed the faulty link at the first sample after the injection; ``mitigated_s``
+the seconds from the injection to the sample from which none crossed it until the
+removal (0.0: none crossed it while it held; null: some still did at the removal, never
+mitigated). ``mitigated_s_p50`` is over the link faults that carried traffic at
+injection and were mitigated; ``never_mitigated`` counts the link faults of the round
+that some pair still crossed at their removal.
 
 Needs root. Namespaces ``mlf<pid>-*`` and ``mll<pid>-*``, deleted at the end; every
 fault carries a node-side deadline and each lab's reaper removes it then.
@@ -148,6 +161,82 @@ def attribute(inc: dict[str, Any], node: str, windows: list[Window], t: Topo) ->
     return any(w.explains(node, inc, t) for w in windows)
 
 
+Crossings = dict[frozenset[str], int]  # link -> ordered pairs whose primary path crosses it
+Sample = tuple[float, Crossings]  # when its dumps started, what they showed
+
+
+def crossed_links(hops: routes.NextHops, names: list[str]) -> Crossings:
+    """Per link, the ordered pairs whose primary path crosses it, walked as a packet goes
+    (as routes.picture does). A walk that meets a missing route or comes back to a node
+    ends there, and counts what it crossed on the way: those packets do cross it."""
+    out: Crossings = {}
+    for src in names:
+        for dst in names:
+            at, seen = src, {src}
+            while at != dst:
+                hop = hops.get(at, {}).get(dst)
+                if hop is None:
+                    break
+                link = frozenset((at, hop))
+                out[link] = out.get(link, 0) + 1
+                if hop in seen:
+                    break
+                seen.add(hop)
+                at = hop
+    return out
+
+
+def link_impact(samples: list[Sample], link: tuple[str, ...], start: float, end: float
+                ) -> tuple[int | None, float | None]:
+    """A link fault held from *start* to *end*: the pairs crossing *link* at the first
+    sample of the window, and the seconds from *start* to the sample from which none
+    crossed it until *end* (0.0 when none did all along; None when some still did at the
+    last sample: never mitigated). (None, None) when no sample fell in the window."""
+    key = frozenset(link)
+    held = [(at, c.get(key, 0)) for at, c in samples if start <= at <= end]
+    if not held:
+        return None, None
+    if held[-1][1]:
+        return held[0][1], None
+    crossed_at = [i for i, (_, n) in enumerate(held) if n]
+    return held[0][1], round(held[crossed_at[-1] + 1][0] - start, 2) if crossed_at else 0.0
+
+
+class RoutePoller:
+    """A thread sampling one lab's forwarding state about every *every* seconds until the
+    ``with`` block ends; its error, if any, is raised there."""
+
+    def __init__(self, mesh: Mesh, every: float = 1.0) -> None:
+        self.mesh, self.every = mesh, every
+        self.samples: list[Sample] = []
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self.run, name="route-poller", daemon=True)
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                at = time.time()
+                hops = self.mesh.hops()
+                # A node with no route at all is a dump that timed out (or an agent
+                # restarting): its walks would stop short and look like a mitigation.
+                if all(hops.get(n) for n in self.mesh.names):
+                    self.samples.append((at, crossed_links(hops, self.mesh.names)))
+                self.stop.wait(max(0.0, at + self.every - time.time()))
+        except BaseException as exc:  # raised by __exit__
+            self.error = exc
+
+    def __enter__(self) -> RoutePoller:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        if self.error is not None and exc[0] is None:
+            raise self.error
+
+
 class Side:
     """One lab: its policy, mesh, the incidents seen so far."""
 
@@ -162,6 +251,8 @@ class Side:
         self.docs: dict[int, dict[str, Any]] = {}
         self.round_s: dict[int, float] = {}
         self.doc: dict[str, Any] = {}
+        self.samples: list[Sample] = []  # the current round's, by its poller
+        self.impact: dict[int, list[dict[str, Any]]] = {}
         self.error: BaseException | None = None
 
     def read(self, rnd: int) -> dict[str, list[float]]:
@@ -198,8 +289,10 @@ def run_round(side: Side, exp: dict[str, Any], t: Topo, rnd: int, a: argparse.Na
             inject(side.mesh.nodes, f, plan, deadline, f"{side.policy}-background")
         try:
             opts = Options(restart_by_node=dict(side.lab.argv))
-            side.doc = Runner(exp, side.mesh, opts, name=f"{side.policy[:3]}{rnd}",
-                              log=lambda m: log(f"{side.policy}: {m}")).run().journal
+            with RoutePoller(side.mesh) as poller:
+                side.doc = Runner(exp, side.mesh, opts, name=f"{side.policy[:3]}{rnd}",
+                                  log=lambda m: log(f"{side.policy}: {m}")).run().journal
+            side.samples = poller.samples
         finally:
             for f, plan in plans:
                 remove(side.mesh.nodes, f, plan)
@@ -209,11 +302,20 @@ def run_round(side: Side, exp: dict[str, Any], t: Topo, rnd: int, a: argparse.Na
 
 def record_round(side: Side, rnd: int, a: argparse.Namespace, round_s: float
                  ) -> dict[str, list[float]]:
-    """After round *rnd*: its fault windows, its journal, and every agent's incidents."""
-    steps = side.doc.get("measurements", {}).get("steps", [])
+    """After round *rnd*: its fault windows, its link faults' impact, its journal, and every
+    agent's incidents."""
+    steps = [s for s in side.doc.get("measurements", {}).get("steps", [])
+             if "injected_at" in s and "removed_at" in s]
     side.windows[rnd] = [Window(float(s["injected_at"]), float(s["removed_at"]) + a.grace,
                                 tuple(s.get("target", [])), faults.CLASSES[s["class"]].target)
-                         for s in steps if "injected_at" in s and "removed_at" in s]
+                         for s in steps]
+    side.impact[rnd] = []
+    for s in steps:
+        if faults.CLASSES[s["class"]].target == "link":
+            crossed, mitigated = link_impact(side.samples, tuple(s["target"]),
+                                             float(s["injected_at"]), float(s["removed_at"]))
+            side.impact[rnd].append({"class": s["class"], "link": list(s["target"]),
+                                     "crossed_at_injection": crossed, "mitigated_s": mitigated})
     side.docs[rnd], side.round_s[rnd] = side.doc, round_s
     return side.read(rnd)
 
@@ -241,6 +343,9 @@ def round_row(side: Side, t: Topo, rnd: int, bg: list[tuple[str, str]],
             .get("service_levels", {}).values()]
     node_hours = len(side.mesh.names) * round_s / 3600
     bg_names = {f"{x}|{y}" for x, y in bg} | {f"{y}|{x}" for x, y in bg}
+    impact = side.impact[rnd]
+    mitigated = [float(x["mitigated_s"]) for x in impact
+                 if x["crossed_at_injection"] and x["mitigated_s"] is not None]
     return {"round": rnd, "policy": side.policy, "round_s": round(round_s, 1),
             "faults": len(windows), "incidents": len(new), "attributed": len(attributed),
             "false_alarms": len(false), "by_class": dict(sorted(by_class.items())),
@@ -255,7 +360,39 @@ def round_row(side: Side, t: Topo, rnd: int, bg: list[tuple[str, str]],
             "actions": dict(sorted(actions.items())),
             "probe_loss_pct": loss[0] if loss else None,
             "thresholds": {k: round(sum(v) / len(v), 4) for k, v in sorted(thresholds.items())},
+            "impact": impact, "mitigated_s_p50": quantile(mitigated, 0.5),
+            "never_mitigated": sum(1 for x in impact if x["crossed_at_injection"] is not None
+                                   and x["mitigated_s"] is None),
             "journal_status": doc.get("status")}
+
+
+def pooled(rs: list[dict[str, Any]], key: str) -> float | None:
+    vals = [r[key] for r in rs if r[key] is not None]
+    return round(sum(vals) / len(vals), 2) if vals else None
+
+
+def summary(policy: str, mine: list[dict[str, Any]], window: int, nodes: int
+            ) -> dict[str, Any]:
+    """One policy's rounds (*mine*, in order): the first and last *window* rounds pooled."""
+    first, last = mine[:window], mine[-window:]
+    return dict(
+        policy=policy, rounds=len(mine), window=window,
+        still_open=sum(r["still_open"] for r in mine),
+        mttr_p95_s_lower_bound_first=pooled(first, "mttr_p95_s_lower_bound"),
+        mttr_p95_s_lower_bound_last=pooled(last, "mttr_p95_s_lower_bound"),
+        mttr_p95_s_first=pooled(first, "mttr_p95_s"),
+        mttr_p95_s_last=pooled(last, "mttr_p95_s"),
+        false_alarms_first=pooled(first, "false_alarms"),
+        false_alarms_last=pooled(last, "false_alarms"),
+        false_alarms_per_node_hour=round(
+            sum(r["false_alarms"] for r in mine)
+            / max(1e-9, sum(nodes * r["round_s"] / 3600 for r in mine)), 2),
+        probe_loss_pct_first=pooled(first, "probe_loss_pct"),
+        probe_loss_pct_last=pooled(last, "probe_loss_pct"),
+        mitigated_s_p50_first=pooled(first, "mitigated_s_p50"),
+        mitigated_s_p50_last=pooled(last, "mitigated_s_p50"),
+        never_mitigated_first=pooled(first, "never_mitigated"),
+        never_mitigated_last=pooled(last, "never_mitigated"))
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -379,29 +516,12 @@ def main() -> None:
                     for rnd in range(1, a.rounds + 1):
                         f.write(json.dumps({"round": rnd, "policy": s.policy,
                                             "windows": [w.__dict__ for w in s.windows[rnd]],
+                                            "impact": s.impact[rnd],
                                             "incidents": [[n, i] for n, i in s.of_round(rnd)]})
                                 + "\n")
     for policy in POLICIES:
-        mine = [r for r in rows if r["policy"] == policy]
-        first, last = mine[:a.window], mine[-a.window:]
-
-        def pooled(rs: list[dict[str, Any]], key: str) -> float | None:
-            vals = [r[key] for r in rs if r[key] is not None]
-            return round(sum(vals) / len(vals), 2) if vals else None
-
-        emit(figure="summary", policy=policy, rounds=len(mine), window=a.window,
-             still_open=sum(r["still_open"] for r in mine),
-             mttr_p95_s_lower_bound_first=pooled(first, "mttr_p95_s_lower_bound"),
-             mttr_p95_s_lower_bound_last=pooled(last, "mttr_p95_s_lower_bound"),
-             mttr_p95_s_first=pooled(first, "mttr_p95_s"),
-             mttr_p95_s_last=pooled(last, "mttr_p95_s"),
-             false_alarms_first=pooled(first, "false_alarms"),
-             false_alarms_last=pooled(last, "false_alarms"),
-             false_alarms_per_node_hour=round(
-                 sum(r["false_alarms"] for r in mine)
-                 / max(1e-9, sum(len(state["nodes"]) * r["round_s"] / 3600 for r in mine)), 2),
-             probe_loss_pct_first=pooled(first, "probe_loss_pct"),
-             probe_loss_pct_last=pooled(last, "probe_loss_pct"))
+        emit(figure="summary", **summary(policy, [r for r in rows if r["policy"] == policy],
+                                         a.window, len(state["nodes"])))
     if a.plot and rows:
         plot(rows, a.plot)
 
