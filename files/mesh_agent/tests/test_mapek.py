@@ -776,7 +776,9 @@ def test_link_downs_read_per_minute_over_the_window_and_one_down_is_no_flap() ->
     downs_read(cut, 0.0, 0)
     assert downs_read(cut, 5.0, 1) < DEFAULT_BOUNDS[Signal.DOWNS].default  # a cut, a reboot
     assert downs_read(m, 10.0, 2) == pytest.approx(4.0)
-    assert DEFAULT_BOUNDS[Signal.DOWNS].default < 4.0
+    # Two or three downs in the window are no flap either: a lossy link's false deaths
+    # come that way under load (the learning bench's background links); four are.
+    assert 6.0 <= DEFAULT_BOUNDS[Signal.DOWNS].default < 60 / (RATE_WINDOW_S + 5.0) * 4
     assert downs_read(m, 35.0, 2) == pytest.approx(2.0)  # the first aged out
     assert downs_read(m, 40.0, 2) == 0.0
     # Read while it went down within LOSS_KEEP_S, then no more (bounded).
@@ -841,7 +843,7 @@ def test_a_hold_down_is_refused_on_the_only_way_to_the_neighbour() -> None:
 def test_a_storm_while_a_link_flaps_is_its_symptom_and_not_acted_on() -> None:
     # b flaps from 10 s (opens at 20 s); the failovers build up more slowly: the storm
     # opens at 30 s, while the flapping incident is open.
-    downs = [0, 0, 1, 2, 3, 4, 4] + [4] * 40
+    downs = [0, 0, 2, 4, 6, 8, 8] + [8] * 40
     failovers = [0, 0, 1, 2, 3, 6, 9] + [9] * 40
     loop, steps = flapping_run(downs, failovers)
     opened = {i.cls: i for s in steps for i in s.opened}
@@ -993,7 +995,7 @@ def test_a_hold_is_lifted_when_its_link_becomes_the_only_way() -> None:
 def test_a_storm_opening_with_its_flapping_link_is_attributed_once_and_charges_nothing(
 ) -> None:
     # The downs and the failovers cross at the same samples: both open at 15 s.
-    downs = [0, 0, 2, 4, 6, 8] + [8] * 20
+    downs = [0, 0, 4, 8, 12, 16] + [16] * 20
     failovers = [0, 0, 10, 20, 30, 40] + [40] * 20
     loop, steps = flapping_run(downs, failovers)
     at_open = next(s for s in steps if s.opened)

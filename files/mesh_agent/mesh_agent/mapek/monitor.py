@@ -59,9 +59,13 @@ DEFAULT_BOUNDS: Mapping[Signal, Bounds] = {
     Signal.REJECTED: Bounds(60.0, 5.0, 6000.0),
     Signal.CHURN: Bounds(30.0, 5.0, 600.0),
     Signal.CPU: Bounds(0.8, 0.2, 1.0),
-    # Over the 30 s rate window: one down reads 2/min (a cut, a reboot: not flapping),
-    # two read 4/min. A clean radio link is down about once an hour (docs/mapek.md).
-    Signal.DOWNS: Bounds(3.0, 1.0, 60.0),
+    # Over the 30-35 s rate window: one down reads 2/min (a cut, a reboot: not flapping),
+    # three 5.1-6/min, four 6.9-8/min. A clean radio link is down about once an hour, a
+    # lossy one that lives about 20 times (the liveness's false deaths), and under load
+    # those come two or three at once: at 3/min the learning bench held its 10 % background
+    # links as flapping 17 times in an hour, reading 3.4-8.0/min, while its 40 % faults
+    # read 6.9-16 (docs/mapek.md, session 41). More than three downs in the window flap.
+    Signal.DOWNS: Bounds(6.0, 1.0, 60.0),
 }
 
 
