@@ -30,7 +30,8 @@ def _list(flag: str) -> dict[str, str]:
 def test_plays_target_the_groups() -> None:
     plays = _list("--list-hosts")
     # The site config is checked first (on the controller, then for every host).
-    assert list(plays) == ["localhost:all", "all", "spire_servers", "mesh_nodes", "gateways", "monitor"]
+    assert list(plays) == ["localhost:all", "all", "spire_servers", "mesh_nodes", "gateways",
+                           "monitor"]
     assert "hosts (50)" in plays["mesh_nodes"]
     gateways = re.findall(r"^\s+(\S+)$", plays["gateways"].split("hosts (3):")[1], re.MULTILINE)
     assert sorted(gateways) == ["rpi-campus-01", "rpi-harbour-01", "rpi-north-01"]
