@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from mesh_agent.mapek.loop import START_SETTLE_S
 from meshcore_testkit.agents import AgentMesh, api_json, ping_argv
 from meshcore_testkit.bench import bench_workdir
 from meshcore_testkit.pki import CA
+from meshcore_tools.chaos import probes
 from meshcore_tools.netns import silent_cut
 
 MAPEK = {"mapek": {"enabled": True, "mode": "enforce", "policy": "fixed"}}
@@ -120,13 +120,13 @@ def pinger(ns: str, dst: str, seconds: float) -> subprocess.Popen[str]:
 
 
 def lost_pct(p: subprocess.Popen[str]) -> tuple[float, int]:
-    """(percent lost, sent) of a pinger that ran its course."""
+    """(percent lost, sent) of a pinger that ran its course (its summary line, read by the
+    chaos probes' parser)."""
     out, _ = p.communicate(timeout=60)
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-    if m is None:
+    trace = probes.parse(out)
+    if trace.sent == 0:
         raise RuntimeError(f"ping printed no summary: {out[-300:]}")
-    sent, got = int(m.group(1)), int(m.group(2))
-    return round(100.0 * (sent - got) / sent, 1), sent
+    return round(100.0 * (trace.sent - trace.received) / trace.sent, 1), trace.sent
 
 
 def incidents(ns: str) -> list[dict[str, Any]]:
@@ -170,22 +170,21 @@ def trial(args: argparse.Namespace, ca: CA, label: str, run: int) -> None:
              outcomes=[(i["action"] or {}).get("outcome") for i in third])
         for node, _, peer in ends:
             got = incidents(node.ns)
-            tags = {"label": label, "run": run, "node": node.name, "loss_pct": args.loss_pct,
-                    "hold_s": args.hold}
+            end_tags = {**tags, "node": node.name}
             for cls, target in (("lossy_link", f"link:{peer}"), ("failover_storm", "self:"),
                                 ("flapping_link", f"link:{peer}"), ("route_churn", "self:")):
                 mine = [i for i in got if i["class"] == cls and i["target"] == target]
                 first = mine[0] if mine else None
                 action = first["action"] if first else None
                 emit(f"{cls}_detect_s",
-                     round(first["detected_wall"] - wall0, 1) if first else None, "s", **tags,
+                     round(first["detected_wall"] - wall0, 1) if first else None, "s", **end_tags,
                      incidents=len(mine), action=action["kind"] if action else None,
                      outcome=action["outcome"] if action else None,
                      cause=first.get("cause") if first else None)
                 emit(f"{cls}_mttr_s", round(first["mttr_seconds"], 1)
-                     if first and first["mttr_seconds"] is not None else None, "s", **tags,
+                     if first and first["mttr_seconds"] is not None else None, "s", **end_tags,
                      state=first["state"] if first else None)
-            emit("neighbour_downs", node.log.read_text().count(" down on "), "count", **tags)
+            emit("neighbour_downs", node.log.read_text().count(" down on "), "count", **end_tags)
         mesh.stop()
 
 
