@@ -756,9 +756,10 @@ def test_per_minute_signals_count_a_window_not_one_sample() -> None:
 
 # -- Flapping links: the downs signal, the hold-down, the storm's attribution --------------
 def flap_obs(at: float, downs: int, failovers: int = 0,
-             sole: frozenset[str] = frozenset()) -> Observation:
+             sole: frozenset[str] = frozenset(), changes: int = 0) -> Observation:
     return Observation(at=at, links=(LinkSample("b", 0.0, 0.002),), failovers_total=failovers,
-                       link_downs=(("b", downs),) if downs else (), sole_links=sole)
+                       changes_total=changes, link_downs=(("b", downs),) if downs else (),
+                       sole_links=sole)
 
 
 def downs_read(m: Monitor, at: float, downs: int) -> float | None:
@@ -797,10 +798,12 @@ def test_a_monitor_that_starts_late_takes_the_counts_so_far_as_history() -> None
 
 
 def flapping_run(downs: list[int], failovers: list[int], *, sole: frozenset[str] = frozenset(),
-                 mode: str = "enforce") -> tuple[MapeK, list[Any]]:
+                 mode: str = "enforce", changes: list[int] | None = None
+                 ) -> tuple[MapeK, list[Any]]:
     loop = MapeK("a", mode, FixedPolicy(), 0.05)
-    steps = [loop.step(flap_obs(i * 5.0, d, f, sole))
-             for i, (d, f) in enumerate(zip(downs, failovers, strict=True))]
+    steps = [loop.step(flap_obs(i * 5.0, d, f, sole, c))
+             for i, (d, f, c) in enumerate(zip(downs, failovers, changes or [0] * len(downs),
+                                               strict=True))]
     return loop, steps
 
 
@@ -861,11 +864,7 @@ def test_a_storm_while_a_link_flaps_is_its_symptom_and_not_acted_on() -> None:
 
 
 def churn_run(downs: list[int], changes: list[int]) -> tuple[MapeK, list[Any]]:
-    loop = MapeK("a", "enforce", FixedPolicy(), 0.05)
-    steps = [loop.step(Observation(at=i * 5.0, links=(LinkSample("b", 0.0, 0.002),),
-                                   changes_total=c, link_downs=(("b", d),) if d else ()))
-             for i, (d, c) in enumerate(zip(downs, changes, strict=True))]
-    return loop, steps
+    return flapping_run(downs, [0] * len(downs), changes=changes)
 
 
 def test_route_churn_while_a_link_flaps_is_its_symptom_either_way_round() -> None:
