@@ -34,7 +34,13 @@ from mesh_agent.mapek import (
 )
 from mesh_agent.mapek.analyze import ThresholdDetector
 from mesh_agent.mapek.execute import CEILING, HALF_LIFE_S, MAX_HOLD_S, QUARANTINE_COST, REUSE_LIMIT
-from mesh_agent.mapek.monitor import DEFAULT_BOUNDS, LOSS_HOLD_S, LOSS_KEEP_S, Reading
+from mesh_agent.mapek.monitor import (
+    DEFAULT_BOUNDS,
+    LOSS_HOLD_S,
+    LOSS_KEEP_S,
+    Bounds,
+    Reading,
+)
 from mesh_agent.mapek.plan import (
     APPLICABLE,
     BASELINE_MIN,
@@ -649,6 +655,25 @@ def test_false_alarms_raise_the_threshold_within_bounds_and_real_incidents_relax
         out += loop.step(obs(t, loss)).thresholds
         t += 1.0
     assert out and out[-1][2].startswith("relax:") and loop.thresholds[Signal.LOSS] < high
+
+
+def test_restore_keeps_rescales_or_resets_each_tuned_value() -> None:
+    bounds = {Signal.LOSS: Bounds(0.2, 0.05, 0.6), Signal.DOWNS: Bounds(6.0, 1.0, 60.0),
+              Signal.RTT: Bounds(0.1, 0.005, 2.0), Signal.CPU: Bounds(0.8, 0.2, 1.0)}
+    t, changes = Thresholds.restore({
+        "loss": (0.3, 0.2),  # tuned from today's default: as it is
+        "link_downs": (4.5, 3.0),  # tuned from 3: the same ratio of today's 6
+        "rtt": (0.5, None),  # unknown default: today's
+        "cpu": (0.8, None),  # unknown, but already today's: nothing to record
+        "gone": (1.0, 1.0),  # a signal this release dropped
+    }, bounds)
+    assert t.as_dict() == {"loss": 0.3, "link_downs": 9.0, "rtt": 0.1, "cpu": 0.8}
+    assert changes == [("link_downs", 9.0, "rebased:3->6"),
+                       ("rtt", 0.1, "reset:default_unrecorded")]
+    # Rescaled past a bound: clamped.
+    t, changes = Thresholds.restore({"link_downs": (50.0, 3.0)}, bounds)
+    assert t[Signal.DOWNS] == 60.0 and changes == [("link_downs", 60.0, "rebased:3->6")]
+    assert t.defaults == {"loss": 0.2, "link_downs": 6.0, "rtt": 0.1, "cpu": 0.8}
 
 
 def test_loop_learned_policy_draws_from_its_seeded_generator() -> None:

@@ -28,6 +28,7 @@ from mesh_agent.ctl import main as ctl
 from mesh_agent.link.sensor import LinkSensor
 from mesh_agent.mapek import Knowledge
 from mesh_agent.mapek.execute import QUARANTINE_COST
+from mesh_agent.mapek.monitor import DEFAULT_BOUNDS, Signal
 from mesh_agent.store import EventKind, EventLog
 
 T0 = 1000.0
@@ -233,6 +234,39 @@ def test_knowledge_carries_over_a_restart(ca: CA, tmp_path: Path) -> None:
     assert second.mapek.core.stats == first.mapek.core.stats
     assert second.mapek.core.analyzer.next_id == 2
     assert [i["state"] for i in second.view.incidents()["incidents"]] == ["recovered"]
+
+
+def test_a_threshold_tuned_from_an_older_default_is_rebased_at_start(
+        ca: CA, tmp_path: Path) -> None:
+    """A release moved a default (link_downs 3 -> 6/min, session 41): the value a node
+    tuned from the old default is rescaled, not kept; one with no recorded default (a
+    database from before) starts from today's; the rebase is in the history."""
+    old = Knowledge.in_state_dir(tmp_path)
+    old.defaults = {"link_downs": 3.0, "loss": DEFAULT_BOUNDS[Signal.LOSS].default}
+    old.threshold_changed("link_downs", 3.6, "false_alarm:1", 1.0)  # tuned from 3
+    old.threshold_changed("loss", 0.3, "false_alarm:2", 2.0)  # from today's default
+    old.defaults = {}
+    old.threshold_changed("rtt", 0.5, "false_alarm:3", 3.0)  # before schema 4
+    old.close()
+    agent = make_agent(ca, tmp_path, Clock(), {"enabled": True, "mode": "enforce"})
+    assert agent.mapek is not None
+    t = agent.mapek.core.thresholds
+    today = DEFAULT_BOUNDS[Signal.DOWNS].default
+    assert t[Signal.DOWNS] == pytest.approx(3.6 * today / 3.0)
+    assert t[Signal.LOSS] == pytest.approx(0.3)
+    assert t[Signal.RTT] == DEFAULT_BOUNDS[Signal.RTT].default
+    k = agent.view.knowledge
+    assert k is not None
+    assert [h["reason"] for h in k.threshold_history()[-2:]] == [
+        f"rebased:3->{today:g}", "reset:default_unrecorded"]
+    assert k.tuned()["link_downs"] == (pytest.approx(3.6 * today / 3.0), today)
+    # Rebased once: the next start takes the stored values as they are.
+    k.close()
+    agent.events.close()
+    again = make_agent(ca, tmp_path, Clock(), {"enabled": True, "mode": "enforce"})
+    assert again.mapek is not None
+    assert again.mapek.core.thresholds.as_dict() == t.as_dict()
+    assert len(again.view.knowledge.threshold_history()) == 5  # type: ignore[union-attr]
 
 
 def test_a_blocking_lease_call_runs_off_the_event_loop_and_its_answer_is_recorded(

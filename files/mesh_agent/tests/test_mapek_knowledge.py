@@ -80,6 +80,28 @@ def test_thresholds_history_and_latest(tmp_path: Path) -> None:
         "false_alarm:1", "false_alarm:2", "false_alarm:3"]
 
 
+def test_a_tuned_value_keeps_the_default_it_was_tuned_from(tmp_path: Path) -> None:
+    k = Knowledge.in_state_dir(tmp_path)
+    k.threshold_changed("loss", 0.22, "false_alarm:1", 1.0)  # no default known
+    k.defaults = {"loss": 0.2}
+    k.threshold_changed("loss", 0.24, "false_alarm:2", 2.0)
+    k.threshold_changed("rtt", 0.2, "false_alarm:3", 3.0)  # no default for this signal
+    assert k.tuned() == {"loss": (0.24, 0.2), "rtt": (0.2, None)}
+
+
+def test_version_3_thresholds_come_back_with_no_default(tmp_path: Path) -> None:
+    path = tmp_path / DB_NAME
+    conn, _ = open_db(path)
+    from mesh_agent.store.db import migrate
+
+    migrate(conn, "knowledge", SCHEMA[:3])
+    conn.execute("INSERT INTO thresholds (wall, signal, value, reason) "
+                 "VALUES (1.0, 'link_downs', 3.6, 'false_alarm:4')")
+    conn.commit()
+    conn.close()
+    assert Knowledge(path).tuned() == {"link_downs": (3.6, None)}
+
+
 def test_bounded(tmp_path: Path) -> None:
     k = Knowledge.in_state_dir(tmp_path, max_rows=50)
     for i in range(1, 501):
@@ -109,7 +131,7 @@ def test_version_1_is_migrated_in_place(tmp_path: Path) -> None:
     assert k.start_run() == 1
     row = sqlite3.connect(path).execute(
         "SELECT version FROM schema_versions WHERE component = 'knowledge'").fetchone()
-    assert row[0] == len(SCHEMA) == 3
+    assert row[0] == len(SCHEMA) == 4
 
 
 def test_one_file_with_the_event_log(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ Bounded (the oldest incidents and threshold changes beyond ``max_rows`` are
 pruned in batches), crash-safe (every write is one committed transaction;
 ``kill -9`` loses at most the write in flight, tested), and migrated by
 version (schema 2 added the mode and policy an incident ran under, and how
-it ended; schema 3 the incident it is a symptom of).
+it ended; schema 3 the incident it is a symptom of; schema 4 the default each
+threshold value was tuned from).
 Never in the way: a database that cannot be written counts the error and the
 loop goes on with what it holds in memory.
 """
@@ -84,6 +85,11 @@ SCHEMA: list[list[str]] = [
     [  # version 3: the incident this one is a symptom of (mapek.loop's attribution)
         "ALTER TABLE incidents ADD COLUMN cause INTEGER",
     ],
+    [  # version 4: the default a threshold was tuned from, so a release that moves the
+        # default rebases the tuned value (monitor.Thresholds.restore) instead of keeping
+        # a value tuned around the old one
+        "ALTER TABLE thresholds ADD COLUMN base REAL",
+    ],
 ]
 
 _INCIDENT_COLUMNS = ("id, boot, class, target, signal, value, threshold, detected_wall, "
@@ -105,6 +111,9 @@ class Knowledge:
         self._conn: sqlite3.Connection | None = None
         self.errors_total = 0
         self.error: str | None = None
+        # Each signal's default (Thresholds.defaults), written beside every tuned value:
+        # the shell sets it from the loop it builds.
+        self.defaults: dict[str, float] = {}
         if path is None:
             self.error = "disabled"
             return
@@ -183,8 +192,9 @@ class Knowledge:
             "mttr_sum = excluded.mttr_sum", (cls, action, s.tries, s.successes, s.mttr_sum))
 
     def threshold_changed(self, signal: str, value: float, reason: str, wall: float) -> None:
-        rowid = self._write("INSERT INTO thresholds (wall, signal, value, reason) "
-                            "VALUES (?,?,?,?)", (wall, signal, value, reason))
+        rowid = self._write("INSERT INTO thresholds (wall, signal, value, reason, base) "
+                            "VALUES (?,?,?,?,?)",
+                            (wall, signal, value, reason, self.defaults.get(signal)))
         if rowid and rowid % self._prune_every == 0:
             self._write("DELETE FROM thresholds WHERE id <= ?", (rowid - self.max_rows,))
 
@@ -233,6 +243,13 @@ class Knowledge:
         rows = self._read("SELECT signal, value FROM thresholds WHERE id IN "
                           "(SELECT max(id) FROM thresholds GROUP BY signal)")
         return {str(s): float(v) for s, v in rows}
+
+    def tuned(self) -> dict[str, tuple[float, float | None]]:
+        """The latest value of each signal's threshold and the default it was tuned from
+        (None: written before schema 4, or with no default known)."""
+        rows = self._read("SELECT signal, value, base FROM thresholds WHERE id IN "
+                          "(SELECT max(id) FROM thresholds GROUP BY signal)")
+        return {str(s): (float(v), None if b is None else float(b)) for s, v, b in rows}
 
     def threshold_history(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._read("SELECT id, wall, signal, value, reason FROM thresholds "

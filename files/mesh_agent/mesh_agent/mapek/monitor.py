@@ -91,6 +91,38 @@ class Thresholds:
     def as_dict(self) -> dict[str, float]:
         return {str(s): v for s, v in self.values.items()}
 
+    @property
+    def defaults(self) -> dict[str, float]:
+        """Each signal's default: what Knowledge records a tuned value was tuned from."""
+        return {str(s): b.default for s, b in self.bounds.items()}
+
+    @classmethod
+    def restore(cls, stored: Mapping[str, tuple[float, float | None]],
+                bounds: Mapping[Signal, Bounds] = DEFAULT_BOUNDS
+                ) -> tuple[Thresholds, list[tuple[str, float, str]]]:
+        """Thresholds from what Knowledge kept: per signal, its last tuned value and the
+        default it was tuned from (*stored*). A value tuned from today's default is taken
+        as it is. One tuned from another default (a release moved the default) keeps its
+        tuning as a ratio: ``value * today / then``, clamped; one whose default was not
+        recorded (Knowledge before schema 4) cannot be rescaled and starts again from
+        today's default. Returns the thresholds and the changes to record, each with its
+        reason (``rebased:<then>-><today>``, ``reset:default_unrecorded``)."""
+        t = cls(bounds)
+        changes: list[tuple[str, float, str]] = []
+        for name, (value, then) in stored.items():
+            if name not in t.bounds:
+                continue
+            signal = Signal(name)
+            today = t.bounds[signal].default
+            if then is not None and abs(then - today) <= 1e-9:
+                t.set(signal, value)
+            elif then is not None and then > 0:
+                new = t.set(signal, value * today / then)
+                changes.append((name, new, f"rebased:{then:g}->{today:g}"))
+            elif abs(value - today) > 1e-9:
+                changes.append((name, today, "reset:default_unrecorded"))
+        return t, changes
+
 
 @dataclass(frozen=True)
 class Target:

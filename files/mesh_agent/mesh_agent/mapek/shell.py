@@ -168,9 +168,14 @@ class MapekShell:
         knowledge.mode, knowledge.policy = m.mode, m.policy
         if abandoned := knowledge.start_run():
             log.info("mapek: %d incident(s) left open by the previous run abandoned", abandoned)
+        thresholds, rebased = Thresholds.restore(knowledge.tuned())
+        knowledge.defaults = thresholds.defaults
+        for signal, value, reason in rebased:
+            log.info("mapek: threshold %s %s: now %g", signal, reason, value)
+        knowledge.record(Step(thresholds=rebased), wall())
         self.core = MapeK(cfg.node_name, m.mode, make_policy(m.policy), cfg.hello_interval_s,
                           interval_s=m.interval_s,
-                          thresholds=Thresholds(values=knowledge.thresholds()),
+                          thresholds=thresholds,
                           stats=knowledge.stats(), next_id=knowledge.last_id() + 1,
                           settle_s=START_SETTLE_S, leases=lease_provider(cfg, view.graph),
                           lease_ttl_s=m.lease.ttl_s, available=available_actions(cfg),
