@@ -64,3 +64,13 @@ def test_the_summary_of_a_run() -> None:
         "cuts": 3, "final_share": 1.0, "min_share": 0.75, "steps_all_routed": 2,
         "steps_not_reconverged": 1, "looping_max": 2, "connected_pairs_end": 6}
     assert cumulative.summary([])["cuts"] == 0
+
+
+def test_the_walk_ends_where_a_packet_would() -> None:
+    hops = {"a": {"c": "b", "d": "b"}, "b": {"c": "c", "d": "a"}, "c": {}}
+    assert routes.walk(hops, "a", "c") == (["a", "b", "c"], "arrived")
+    assert routes.walk(hops, "a", "a") == (["a"], "arrived")
+    assert routes.walk(hops, "c", "a") == (["c"], "hole")  # no route
+    assert routes.walk(hops, "a", "d") == (["a", "b", "a"], "loop")  # last link loops
+    up = {frozenset(("a", "b"))}
+    assert routes.walk(hops, "a", "c", up) == (["a", "b"], "hole")  # b-c is not usable

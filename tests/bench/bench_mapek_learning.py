@@ -64,6 +64,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -167,22 +168,14 @@ Sample = tuple[float, Crossings]  # when its dumps started, what they showed
 
 def crossed_links(hops: routes.NextHops, names: list[str]) -> Crossings:
     """Per link, the ordered pairs whose primary path crosses it, walked as a packet goes
-    (as routes.picture does). A walk that meets a missing route or comes back to a node
+    (routes.walk). A walk that meets a missing route or comes back to a node
     ends there, and counts what it crossed on the way: those packets do cross it."""
     out: Crossings = {}
     for src in names:
         for dst in names:
-            at, seen = src, {src}
-            while at != dst:
-                hop = hops.get(at, {}).get(dst)
-                if hop is None:
-                    break
-                link = frozenset((at, hop))
+            path = routes.walk(hops, src, dst)[0]
+            for link in map(frozenset, pairwise(path)):
                 out[link] = out.get(link, 0) + 1
-                if hop in seen:
-                    break
-                seen.add(hop)
-                at = hop
     return out
 
 

@@ -55,13 +55,10 @@ class Mesh:
         return routes.next_hops(self.state, dumps)
 
     def path(self, hops: routes.NextHops, src: str, dst: str) -> list[str]:
-        out = [src]
-        while out[-1] != dst and len(out) <= len(self.names):
-            nxt = hops.get(out[-1], {}).get(dst)
-            if nxt is None or nxt in out:
-                break
-            out.append(nxt)
-        return out
+        """The nodes a packet passes from *src* toward *dst* (up to a hole, or up to the
+        node where it would loop)."""
+        out, end = routes.walk(hops, src, dst)
+        return out[:-1] if end == "loop" else out
 
     # -- the agents -------------------------------------------------------------------
     def get(self, node: str, path: str) -> tuple[int, str]:

@@ -14,7 +14,7 @@ reconvergence is the moment every connected pair is routed (no loop, no hole).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +74,25 @@ def connected_pairs(nodes: Iterable[str],
             for src in sorted(comp) for dst in sorted(comp) if src != dst]
 
 
+def walk(hops: NextHops, src: str, dst: str,
+         up: Container[frozenset[str]] | None = None) -> tuple[list[str], str]:
+    """A packet's way from *src* to *dst*, next hop by next hop, and how it ended:
+    ``arrived``; ``hole`` (no route at the last node, or its next hop is over a link not
+    in *up*); ``loop`` (the next hop is a node already passed: the path ends with that
+    node, so its last link is the one the packet loops over). The one walk every caller
+    uses (:func:`picture`, the chaos probes' path, the learning bench's crossings)."""
+    path, seen = [src], {src}
+    while path[-1] != dst:
+        hop = hops.get(path[-1], {}).get(dst)
+        if hop is None or (up is not None and frozenset((path[-1], hop)) not in up):
+            return path, "hole"
+        path.append(hop)
+        if hop in seen:
+            return path, "loop"
+        seen.add(hop)
+    return path, "arrived"
+
+
 def picture(hops: NextHops, nodes: Iterable[str],
             usable: Iterable[tuple[str, str]]) -> Picture:
     """Every ordered pair of ``nodes`` that ``usable`` links connect, walked through ``hops``."""
@@ -82,17 +101,11 @@ def picture(hops: NextHops, nodes: Iterable[str],
     pic = Picture()
     for src, dst in connected_pairs(nodes, usable):
         pic.connected += 1
-        at, seen = src, {src}
-        while at != dst:
-            hop = hops.get(at, {}).get(dst)
-            if hop is None or frozenset((at, hop)) not in up:
-                pic.holes.append((src, dst))
-                break
-            if hop in seen:
-                pic.looping.append((src, dst))
-                break
-            seen.add(hop)
-            at = hop
+        end = walk(hops, src, dst, up)[1]
+        if end == "hole":
+            pic.holes.append((src, dst))
+        elif end == "loop":
+            pic.looping.append((src, dst))
         else:
             pic.routed += 1
     return pic
