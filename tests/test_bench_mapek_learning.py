@@ -122,6 +122,12 @@ def test_samples_outside_the_fault_window_are_ignored() -> None:
     s = samples(98.0, [7, 7, 6, 0, 0, 0, 9, 9])  # at 98 .. 105
     assert b.link_impact(s, ("b", "c"), 99.5, 103.5) == (6, 1.5)
     assert b.link_impact(s, ("b", "c"), 101.0, 103.5) == (0, 0.0)
+    # what it carried when the fault began: the last sample before the injection
+    assert b.crossed_before(s, ("b", "c"), 101.0) == 6
+    assert b.crossed_before(s, ("c", "b"), 99.5) == 7
+    assert b.crossed_before(s, ("b", "c"), 98.0) is None  # no sample before
+    assert b.crossed_before(s, ("b", "c"), 120.0) is None  # none in the 5 s before
+    assert b.crossed_before(s, ("c", "d"), 101.0) == 0
 
 
 class FakeMesh:
@@ -144,8 +150,10 @@ def test_round_rows_and_summaries_carry_the_link_faults_impact() -> None:
     b.record_round(side, 1, argparse.Namespace(grace=15.0), 60.0)
     row = b.round_row(side, t, 1, [], {}, 200.0)
     assert row["impact"] == [
-        {"class": "lossy", "link": ["b", "c"], "crossed_at_injection": 5, "mitigated_s": 2.5},
-        {"class": "slow", "link": ["c", "d"], "crossed_at_injection": 2, "mitigated_s": None}]
+        {"class": "lossy", "link": ["b", "c"], "crossed_before_injection": None,
+         "crossed_at_injection": 5, "mitigated_s": 2.5},
+        {"class": "slow", "link": ["c", "d"], "crossed_before_injection": None,
+         "crossed_at_injection": 2, "mitigated_s": None}]
     assert row["mitigated_s_p50"] == 2.5
     assert row["never_mitigated"] == 1
     json.dumps(row)  # one JSON line
@@ -154,3 +162,9 @@ def test_round_rows_and_summaries_carry_the_link_faults_impact() -> None:
     assert (summary["mitigated_s_p50_first"], summary["mitigated_s_p50_last"]) == (2.5, 1.5)
     assert (summary["never_mitigated_first"], summary["never_mitigated_last"]) == (1, 0)
     assert summary["rounds"] == 2
+    # Traffic that left before the fault's first sample counts as mitigated at once.
+    side.samples = samples(99.0, [4, 4, 0, 0, 0, 0]) + samples(121.0, [2, 2, 1], "cd")
+    b.record_round(side, 1, argparse.Namespace(grace=15.0), 60.0)
+    row = b.round_row(side, t, 1, [], {}, 200.0)
+    assert [x["crossed_before_injection"] for x in row["impact"]] == [4, None]
+    assert row["impact"][0]["crossed_at_injection"] == 0 and row["mitigated_s_p50"] == 0.0

@@ -25,7 +25,8 @@ line per round and policy (stdout):
                mttr_p50_s / mttr_p95_s over the attributed incidents that recovered,
                actions (kind: count), probe_loss_pct (the chaos probe over the round:
                the mitigation's effect on traffic), thresholds (mean per signal),
-               impact (per link fault: crossed_at_injection, mitigated_s),
+               impact (per link fault: crossed_before_injection,
+               crossed_at_injection, mitigated_s),
                mitigated_s_p50, never_mitigated
 
 and a ``summary`` per policy (first and last ``--window`` rounds) and a PNG learning
@@ -39,13 +40,15 @@ time open so far, in ``mttr_p95_s_lower_bound``.
 A link fault's MTTR is about the fault's duration whatever the loop does (a quarantined
 or held-down link is still faulty), so its *impact* says what the action did to traffic:
 every node's kernel routes are sampled about once a second all round, and every ordered
-pair's primary path walked next hop by next hop. ``crossed_at_injection`` is how many
-pairs crossed the faulty link at the first sample after the injection; ``mitigated_s``
-the seconds from the injection to the sample from which none crossed it until the
-removal (0.0: none crossed it while it held; null: some still did at the removal, never
-mitigated). ``mitigated_s_p50`` is over the link faults that carried traffic at
-injection and were mitigated; ``never_mitigated`` counts the link faults of the round
-that some pair still crossed at their removal.
+pair's primary path walked next hop by next hop. ``crossed_before_injection`` is how
+many pairs crossed the faulty link at the last sample before the injection (within 5 s),
+``crossed_at_injection`` at the first sample after it; ``mitigated_s`` the seconds from
+the injection to the sample from which none crossed it until the removal (0.0: none
+crossed it at any sample while it held, so traffic that crossed it before had left
+within the first sample, about a second; null: some still did at the removal, never
+mitigated). ``mitigated_s_p50`` is over the link faults that carried traffic before or
+at injection and were mitigated; ``never_mitigated`` counts the link faults of the
+round that some pair still crossed at their removal.
 
 Needs root. Namespaces ``mlf<pid>-*`` and ``mll<pid>-*``, deleted at the end; every
 fault carries a node-side deadline and each lab's reaper removes it then.
@@ -195,6 +198,17 @@ def link_impact(samples: list[Sample], link: tuple[str, ...], start: float, end:
     return held[0][1], round(held[crossed_at[-1] + 1][0] - start, 2) if crossed_at else 0.0
 
 
+def crossed_before(samples: list[Sample], link: tuple[str, ...], start: float,
+                   within: float = 5.0) -> int | None:
+    """The pairs crossing *link* at the last sample in the *within* seconds before *start*
+    (None: no sample then): whether the link carried traffic when its fault began. A link
+    that did but shows none at the first sample of the fault was left before that sample
+    (its cost rises with the first lost hellos)."""
+    key = frozenset(link)
+    before = [c.get(key, 0) for at, c in samples if start - within <= at < start]
+    return before[-1] if before else None
+
+
 class RoutePoller:
     """A thread sampling one lab's forwarding state about every *every* seconds until the
     ``with`` block ends; its error, if any, is raised there."""
@@ -305,9 +319,11 @@ def record_round(side: Side, rnd: int, a: argparse.Namespace, round_s: float
     side.impact[rnd] = []
     for s in steps:
         if faults.CLASSES[s["class"]].target == "link":
-            crossed, mitigated = link_impact(side.samples, tuple(s["target"]),
-                                             float(s["injected_at"]), float(s["removed_at"]))
-            side.impact[rnd].append({"class": s["class"], "link": list(s["target"]),
+            link, start = tuple(s["target"]), float(s["injected_at"])
+            crossed, mitigated = link_impact(side.samples, link, start, float(s["removed_at"]))
+            side.impact[rnd].append({"class": s["class"], "link": list(link),
+                                     "crossed_before_injection": crossed_before(
+                                         side.samples, link, start),
                                      "crossed_at_injection": crossed, "mitigated_s": mitigated})
     side.docs[rnd], side.round_s[rnd] = side.doc, round_s
     return side.read(rnd)
@@ -337,8 +353,8 @@ def round_row(side: Side, t: Topo, rnd: int, bg: list[tuple[str, str]],
     node_hours = len(side.mesh.names) * round_s / 3600
     bg_names = {f"{x}|{y}" for x, y in bg} | {f"{y}|{x}" for x, y in bg}
     impact = side.impact[rnd]
-    mitigated = [float(x["mitigated_s"]) for x in impact
-                 if x["crossed_at_injection"] and x["mitigated_s"] is not None]
+    mitigated = [float(x["mitigated_s"]) for x in impact if x["mitigated_s"] is not None
+                 and (x.get("crossed_before_injection") or x["crossed_at_injection"])]
     return {"round": rnd, "policy": side.policy, "round_s": round(round_s, 1),
             "faults": len(windows), "incidents": len(new), "attributed": len(attributed),
             "false_alarms": len(false), "by_class": dict(sorted(by_class.items())),
