@@ -168,3 +168,30 @@ def test_round_rows_and_summaries_carry_the_link_faults_impact() -> None:
     row = b.round_row(side, t, 1, [], {}, 200.0)
     assert [x["crossed_before_injection"] for x in row["impact"]] == [4, None]
     assert row["impact"][0]["crossed_at_injection"] == 0 and row["mitigated_s_p50"] == 0.0
+
+
+class IncidentsMesh(FakeMesh):
+    """b's agent answers with three lossy_link incidents on link:c during the fault."""
+
+    def get(self, node: str, path: str) -> tuple[int, str]:
+        if node != "b":
+            return super().get(node, path)
+        incs = [{**inc("lossy_link", "link:c", 101.0 + k), "id": k, "mttr_seconds": 30.0,
+                 "state": "recovered", "carried": carried, "time_to_mitigate_seconds": ttm}
+                for k, (carried, ttm) in enumerate([(3, 4.0), (2, None), (0, None)])]
+        return 200, json.dumps({"incidents": incs, "thresholds": {}})
+
+
+def test_the_round_carries_the_agents_own_time_to_mitigate() -> None:
+    b = bench()
+    t: Topo = Path4()  # type: ignore[assignment]
+    side = b.Side("fixed", None, IncidentsMesh())
+    side.doc = {"status": "ok", "measurements": {"steps": [
+        {"class": "lossy", "target": ["b", "c"], "injected_at": 100.5, "removed_at": 130.5}]}}
+    seen = b.record_round(side, 1, argparse.Namespace(grace=15.0), 60.0)
+    row = b.round_row(side, t, 1, [], seen, 200.0)
+    assert row["attributed"] == 3
+    # over the two whose link carried routes of b's: one mitigated at 4 s, one never
+    assert (row["ttm_p50_s"], row["ttm_p95_s"], row["carried_not_mitigated"]) == (4.0, 4.0, 1)
+    summary = b.summary("fixed", [row], 1, 4)
+    assert summary["ttm_p95_s_first"] == summary["ttm_p95_s_last"] == 4.0

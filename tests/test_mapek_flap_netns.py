@@ -98,6 +98,11 @@ def test_a_flapping_link_is_held_down_and_its_storm_attributed(triangle: AgentMe
         [flap] = flaps[:1]
         assert flap["target"] == f"link:{peer}", flap
         assert flap["action"] == {"kind": "hold_down_link", "outcome": "applied"}, flap
+        # Time to mitigate: when the link carried this end's route to the peer at
+        # detection, the hold sent it round by the third node while the link read bad.
+        assert flap["carried"] is not None, flap
+        if flap["carried"]:
+            assert flap["time_to_mitigate_seconds"] is not None, flap
         held_ends += 1
         # The hold is lifted by its damping, at most HOLD_MAX_S after the last failure.
         wait(lambda ns=node.ns: not holds(ns), HOLD_MAX_S + 30, f"{node.name}'s hold lifted")

@@ -25,6 +25,9 @@ line per round and policy (stdout):
                mttr_p50_s / mttr_p95_s over the attributed incidents that recovered,
                actions (kind: count), probe_loss_pct (the chaos probe over the round:
                the mitigation's effect on traffic), thresholds (mean per signal),
+               ttm_p50_s / ttm_p95_s (the agents' own time to mitigate, over the
+               attributed link incidents whose link carried routes of theirs) and
+               carried_not_mitigated,
                impact (per link fault: crossed_before_injection,
                crossed_at_injection, mitigated_s),
                mitigated_s_p50, never_mitigated
@@ -344,6 +347,11 @@ def round_row(side: Side, t: Topo, rnd: int, bg: list[tuple[str, str]],
             c = by_class.setdefault(str(i["class"]), {"attributed": 0, "false": 0})
             c[group] += 1
     mttr = [float(i["mttr_seconds"]) for _, i in attributed if i.get("mttr_seconds") is not None]
+    # The agents' own time to mitigate (their routes off the incident's link while it read
+    # bad), over the attributed link incidents whose link carried any of their routes.
+    carried = [i for _, i in attributed if i.get("carried")]
+    ttm = [float(i["time_to_mitigate_seconds"]) for i in carried
+           if i.get("time_to_mitigate_seconds") is not None]
     still_open = [i for _, i in attributed if i.get("state") == "open"]
     bound = mttr + [now - float(i["detected_wall"]) for i in still_open]
     actions = Counter(f"{i['class']}:{(i.get('action') or {}).get('kind')}"
@@ -369,6 +377,8 @@ def round_row(side: Side, t: Topo, rnd: int, bg: list[tuple[str, str]],
             "actions": dict(sorted(actions.items())),
             "probe_loss_pct": loss[0] if loss else None,
             "thresholds": {k: round(sum(v) / len(v), 4) for k, v in sorted(thresholds.items())},
+            "ttm_p50_s": quantile(ttm, 0.5), "ttm_p95_s": quantile(ttm, 0.95),
+            "carried_not_mitigated": len(carried) - len(ttm),
             "impact": impact, "mitigated_s_p50": quantile(mitigated, 0.5),
             "never_mitigated": sum(1 for x in impact if x["crossed_at_injection"] is not None
                                    and x["mitigated_s"] is None),
@@ -401,7 +411,9 @@ def summary(policy: str, mine: list[dict[str, Any]], window: int, nodes: int
         mitigated_s_p50_first=pooled(first, "mitigated_s_p50"),
         mitigated_s_p50_last=pooled(last, "mitigated_s_p50"),
         never_mitigated_first=pooled(first, "never_mitigated"),
-        never_mitigated_last=pooled(last, "never_mitigated"))
+        never_mitigated_last=pooled(last, "never_mitigated"),
+        ttm_p95_s_first=pooled(first, "ttm_p95_s"),
+        ttm_p95_s_last=pooled(last, "ttm_p95_s"))
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

@@ -250,14 +250,17 @@ class AgentCollector(Collector):
                                       "Incidents the self-healing loop opened, by class",
                                       labels=["class"]),
                   m.analyzer.opened_total if m else {}, classes)
-        mttr = HistogramMetricFamily("meshcore_mttr_seconds",
-                                     "Incident detection to recovery, by class",
-                                     labels=["class"])
-        hists = m.mttr if m else {}
-        for cls in classes:
-            h = hists.get(cls) or Histogram(MTTR_BUCKETS)
-            mttr.add_metric([cls], h.cumulative(), h.sum)
-        yield mttr
+        for name, doc, hists in (
+                ("meshcore_mttr_seconds", "Incident detection to recovery, by class",
+                 m.mttr if m else {}),
+                ("meshcore_mitigation_seconds",
+                 "Link incident detection until none of our routes crossed the link, by class",
+                 m.ttm if m else {})):
+            fam = HistogramMetricFamily(name, doc, labels=["class"])
+            for cls in classes:
+                h = hists.get(cls) or Histogram(MTTR_BUCKETS)
+                fam.add_metric([cls], h.cumulative(), h.sum)
+            yield fam
         actions = CounterMetricFamily(
             "meshcore_remediation_actions_total",
             "Actions the loop chose, by what became of them (applied, observed, noop, refused)",

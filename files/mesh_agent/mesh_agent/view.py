@@ -265,7 +265,14 @@ class AgentView:
             ready=self.ready(),
             link_downs=tuple(sorted(self.sensor.downs.items())),
             sole_links=frozenset(n for n in self.sensor.downs if self.sole_link(n)),
+            routes_via=tuple(sorted(self.routes_via().items())),
         )
+
+    def routes_via(self) -> dict[str, int]:
+        """Per neighbour, our installed routes whose active next hop it is (what crosses
+        our link to it now), the route to the neighbour itself included: with a detour, a
+        quarantined or held link's own traffic goes round too."""
+        return dict(Counter(r.active for r in self.routes.installed()))
 
     def sole_link(self, name: str) -> bool:
         """Whether the direct link to neighbour ``name`` is our only way to it now: no

@@ -18,6 +18,7 @@ from mesh_agent.mapek import (
     Damping,
     Executor,
     FixedPolicy,
+    Incident,
     IncidentClass,
     LinkSample,
     MapeK,
@@ -574,6 +575,47 @@ def test_loop_enforce_quarantines_a_lossy_link_and_records_the_chain() -> None:
     t_undo = next(i for i, s in enumerate(steps) if any(o.op == "undo" for o in s.ops))
     t_rec = next(i for i, s in enumerate(steps) if s.recovered)
     assert t_undo >= t_rec
+
+
+def test_a_link_incident_is_mitigated_when_none_of_our_routes_cross_the_link() -> None:
+    """Time to mitigate: the routes over the link at detection, then the first sample with
+    none (here the quarantine's cost moves them two samples after the decision)."""
+    loop = MapeK("a", "enforce", FixedPolicy(), 0.05)
+    via = [None, None, 3, 3, 3, 1, 0, 0, 0, 0, 0, 0, 0, 0]  # routes over b per sample
+    loss = [0.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5] + [0.0] * 6
+    steps = [loop.step(obs(i * 5.0, x, routes_via=() if n is None else (("b", n), ("c", 4))))
+             for i, (x, n) in enumerate(zip(loss, via, strict=True))]
+    [inc] = [i for s in steps for i in s.opened]
+    assert (inc.detected_at, inc.carried) == (10.0, 3)
+    [mitigated] = [(i, s) for i, s in enumerate(steps) if s.mitigated]
+    assert mitigated[0] == 6 and mitigated[1].mitigated == [inc]
+    assert inc.mitigated_at == 30.0 and inc.ttm_s == 20.0
+    assert loop.ttm["lossy_link"].count == 1 and loop.ttm["lossy_link"].sum == 20.0
+    assert inc.recovered_at is not None and inc.mttr_s is not None and inc.ttm_s < inc.mttr_s
+
+
+def test_nothing_to_mitigate_when_the_link_carried_nothing_or_routes_are_unknown() -> None:
+    for routes_via in ((("c", 4),), None):
+        loop = MapeK("a", "enforce", FixedPolicy(), 0.05)
+        steps = [loop.step(obs(i * 5.0, x, routes_via=routes_via))
+                 for i, x in enumerate([0.0, 0.5, 0.5, 0.5] + [0.0] * 8)]
+        [inc] = [i for s in steps for i in s.opened]
+        assert inc.carried == (0 if routes_via else None)
+        assert not any(s.mitigated for s in steps) and inc.ttm_s is None
+        assert inc.mttr_s is not None and loop.ttm == {}
+
+
+def test_traffic_leaving_once_the_link_reads_clear_is_not_a_mitigation() -> None:
+    loss = [0.0, 0.5, 0.5, 0.5, 0.5] + [0.0] * 8  # crossed at 5-20 s, clear from 25 s
+
+    def mitigated(off_from: int) -> list[Incident]:
+        loop = MapeK("a", "observe", FixedPolicy(), 0.05)  # nothing acts: routing moves it
+        return [i for n, x in enumerate(loss) for i in loop.step(
+            obs(n * 5.0, x, routes_via=(("b", 2 if n < off_from else 0),))).mitigated]
+
+    [inc] = mitigated(4)  # off while the link still reads lossy
+    assert (inc.carried, inc.mitigated_at, inc.ttm_s) == (2, 20.0, 10.0)
+    assert mitigated(5) == []  # off once it reads clear: the incident is recovering
 
 
 def two_links(at: float, b: float, c: float) -> Observation:

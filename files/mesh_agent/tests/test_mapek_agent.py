@@ -142,6 +142,8 @@ def test_a_lossy_link_is_quarantined_released_and_recorded(enforced) -> None:
     body = client.get("/v1/incidents").json()
     [inc] = body["incidents"]
     assert inc["state"] == "recovered" and inc["mttr_seconds"] > 0
+    # Its one route (to b) crossed the link and had no detour: never mitigated.
+    assert (inc["carried"], inc["time_to_mitigate_seconds"]) == (1, None)
     assert body["active_actions"] == [] and body["mode"] == "enforce"
     assert inc["detected_mono"] < inc["recovered_mono"] < released_at
     # The same story in the event log and the metrics.
@@ -153,6 +155,7 @@ def test_a_lossy_link_is_quarantined_released_and_recorded(enforced) -> None:
     assert m[("meshcore_incidents_total", (("class", "lossy_link"),))] == 1
     assert m[("meshcore_mttr_seconds_count", (("class", "lossy_link"),))] == 1
     assert m[("meshcore_mttr_seconds_sum", (("class", "lossy_link"),))] == inc["mttr_seconds"]
+    assert m[("meshcore_mitigation_seconds_count", (("class", "lossy_link"),))] == 0
     assert m[("meshcore_remediation_actions_total",
               (("action", "quarantine_link"), ("outcome", "applied")))] == 1
     assert m[("meshcore_mapek_threshold", (("signal", "loss"),))] == pytest.approx(
@@ -181,6 +184,7 @@ def test_meshctl_incidents_table_and_json(enforced, monkeypatch) -> None:
     assert ctl.main(["--api", "http://in-process", "incidents"], out=out) == 0
     text = out.getvalue()
     assert text.startswith("a: mapek enforce, policy fixed, 1 action(s) in force")  # held
+    assert text.splitlines()[1].split()[-2:] == ["MTTR", "MITIGATED"]
     row = text.splitlines()[2].split()
     assert row[0] == "1" and "lossy_link" in row and "link:b" in row
     assert "quarantine_link" in row and "applied" in row and "recovered" in row

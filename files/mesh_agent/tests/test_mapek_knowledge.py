@@ -60,6 +60,21 @@ def test_an_incident_left_open_by_an_earlier_run_is_abandoned(tmp_path: Path) ->
     assert [i["state"] for i in again.incidents()] == ["abandoned"]
 
 
+def test_a_link_incidents_time_to_mitigate(tmp_path: Path) -> None:
+    k = Knowledge.in_state_dir(tmp_path, boot="b1")
+    inc = Incident(4, IncidentClass.LOSSY_LINK, Target("link", "c"), Signal.LOSS, 0.5, 0.2, 3.0,
+                   carried=5)
+    k.opened(inc, 0.0)
+    [row] = k.incidents()
+    assert (row["carried"], row["mitigated_mono"], row["time_to_mitigate_seconds"]) == (
+        5, None, None)
+    inc.mitigated_at = 8.0
+    k.mitigated(inc)
+    [row] = k.incidents()
+    assert (row["carried"], row["mitigated_mono"], row["time_to_mitigate_seconds"]) == (
+        5, 8.0, 5.0)
+
+
 def test_a_gone_incident_has_no_mttr(tmp_path: Path) -> None:
     k = Knowledge.in_state_dir(tmp_path, boot="b1")
     inc = Incident(3, IncidentClass.LOSSY_LINK, Target("link", "c"), Signal.LOSS, 0.5, 0.2, 3.0)
@@ -127,11 +142,12 @@ def test_version_1_is_migrated_in_place(tmp_path: Path) -> None:
     k = Knowledge(path, boot="b")
     [inc] = k.incidents()
     assert (inc["id"], inc["mode"], inc["policy"], inc["state"]) == (1, "", "", "open")
-    assert inc["cause"] is None
+    assert inc["cause"] is None and inc["carried"] is None
+    assert inc["time_to_mitigate_seconds"] is None
     assert k.start_run() == 1
     row = sqlite3.connect(path).execute(
         "SELECT version FROM schema_versions WHERE component = 'knowledge'").fetchone()
-    assert row[0] == len(SCHEMA) == 4
+    assert row[0] == len(SCHEMA) == 5
 
 
 def test_one_file_with_the_event_log(tmp_path: Path) -> None:

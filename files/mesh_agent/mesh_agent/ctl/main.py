@@ -292,7 +292,8 @@ def fetch_incidents(c: HttpClient, args: argparse.Namespace) -> tuple[Any, int]:
 
 
 def render_incidents(data: dict[str, Any]) -> str:
-    """One row per incident: signal -> incident -> action -> outcome, and the MTTR."""
+    """One row per incident: signal -> incident -> action -> outcome, the MTTR, and for a
+    link incident how long until our traffic left the link (MITIGATED)."""
     if not data["enabled"]:
         return f"{data['node']}: the self-healing loop is off (mapek.enabled: false)"
     head = (f"{data['node']}: mapek {data['mode']}, policy {data['policy']}, "
@@ -306,9 +307,11 @@ def render_incidents(data: dict[str, Any]) -> str:
         rows.append([i["id"], timestamp(i["detected_wall"]), i["class"], i["target"],
                      f"{sig['name']} {sig['value']:.3g} > {sig['threshold']:.3g}",
                      act.get("kind"), outcome, i["state"],
-                     duration(i["mttr_seconds"]) if i["mttr_seconds"] is not None else None])
+                     duration(i["mttr_seconds"]) if i["mttr_seconds"] is not None else None,
+                     duration(ttm) if (ttm := i.get("time_to_mitigate_seconds")) is not None
+                     else None])
     body = table(["ID", "DETECTED (UTC)", "CLASS", "TARGET", "SIGNAL", "ACTION", "OUTCOME",
-                  "STATE", "MTTR"], rows) if rows else "no incidents"
+                  "STATE", "MTTR", "MITIGATED"], rows) if rows else "no incidents"
     return f"{head}\n{body}"
 
 

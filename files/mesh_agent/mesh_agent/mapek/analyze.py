@@ -145,6 +145,19 @@ class Incident:
     # The incident this one is a symptom of (a failover storm of a flapping link's: the
     # loop's attribution rule, mapek.loop), or None.
     cause: int | None = None
+    # A link incident: our routes that forwarded over the link when it was detected
+    # (None: not a link incident, or not known), and when none did any more, if they did
+    # (the traffic left the bad link: mitigated, while the link itself may still be bad).
+    carried: int | None = None
+    mitigated_at: float | None = None
+
+    @property
+    def ttm_s(self) -> float | None:
+        """Time to mitigate: detected -> our traffic off the link (a link incident that
+        carried some)."""
+        if self.mitigated_at is None:
+            return None
+        return self.mitigated_at - self.detected_at
 
     @property
     def mttr_s(self) -> float | None:

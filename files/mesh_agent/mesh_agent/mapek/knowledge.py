@@ -18,7 +18,7 @@ pruned in batches), crash-safe (every write is one committed transaction;
 ``kill -9`` loses at most the write in flight, tested), and migrated by
 version (schema 2 added the mode and policy an incident ran under, and how
 it ended; schema 3 the incident it is a symptom of; schema 4 the default each
-threshold value was tuned from).
+threshold value was tuned from; schema 5 a link incident's time to mitigate).
 Never in the way: a database that cannot be written counts the error and the
 loop goes on with what it holds in memory.
 """
@@ -90,11 +90,16 @@ SCHEMA: list[list[str]] = [
         # a value tuned around the old one
         "ALTER TABLE thresholds ADD COLUMN base REAL",
     ],
+    [  # version 5: time to mitigate a link incident (our routes over the link at
+        # detection, and when none were)
+        "ALTER TABLE incidents ADD COLUMN carried INTEGER",
+        "ALTER TABLE incidents ADD COLUMN mitigated_mono REAL",
+    ],
 ]
 
 _INCIDENT_COLUMNS = ("id, boot, class, target, signal, value, threshold, detected_wall, "
                      "detected_mono, decided_mono, recovered_mono, action, action_outcome, "
-                     "mttr_seconds, mode, policy, resolution, cause")
+                     "mttr_seconds, mode, policy, resolution, cause, carried, mitigated_mono")
 
 
 class Knowledge:
@@ -168,9 +173,10 @@ class Knowledge:
     def opened(self, inc: Incident, wall: float) -> None:
         self._write(
             "INSERT OR REPLACE INTO incidents (id, boot, class, target, signal, value, threshold,"
-            " detected_wall, detected_mono, mode, policy) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            " detected_wall, detected_mono, mode, policy, carried)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (inc.id, self.boot, str(inc.cls), str(inc.target), str(inc.signal), inc.value,
-             inc.threshold, wall, inc.detected_at, self.mode, self.policy))
+             inc.threshold, wall, inc.detected_at, self.mode, self.policy, inc.carried))
         if inc.id % self._prune_every == 0:
             self._write("DELETE FROM incidents WHERE id <= ?", (inc.id - self.max_rows,))
 
@@ -178,6 +184,10 @@ class Knowledge:
         self._write("UPDATE incidents SET decided_mono = ?, action = ?, action_outcome = ?, "
                     "cause = ? WHERE id = ?",
                     (inc.decided_at, inc.action, inc.action_outcome, inc.cause, inc.id))
+
+    def mitigated(self, inc: Incident) -> None:
+        self._write("UPDATE incidents SET mitigated_mono = ? WHERE id = ?",
+                    (inc.mitigated_at, inc.id))
 
     def recovered(self, inc: Incident) -> None:
         self._write("UPDATE incidents SET recovered_mono = ?, mttr_seconds = ?, resolution = ? "
@@ -203,7 +213,7 @@ class Knowledge:
         each step): a kill leaves Knowledge before or after the step, never halfway (an
         incident recovered but not yet counted in the statistics)."""
         if self._conn is None or not (step.opened or step.decided or step.recovered
-                                      or step.stats or step.thresholds):
+                                      or step.mitigated or step.stats or step.thresholds):
             return
         with self._lock:
             errors = self.errors_total
@@ -213,6 +223,8 @@ class Knowledge:
                 self.opened(inc, wall)
             for inc in step.decided:
                 self.decided(inc)
+            for inc in step.mitigated:
+                self.mitigated(inc)
             for inc in step.recovered:
                 self.recovered(inc)
             for cls, action, s in step.stats:
@@ -269,7 +281,7 @@ class Knowledge:
         out = []
         for r in rows[::-1]:
             (iid, boot, cls, target, signal, value, threshold, wall, det, dec, rec, action,
-             outcome, mttr, mode, policy, resolution, cause) = r
+             outcome, mttr, mode, policy, resolution, cause, carried, mitigated) = r
             out.append({
                 "id": iid, "boot": boot, "class": cls, "target": target,
                 "signal": {"name": signal, "value": value, "threshold": threshold},
@@ -278,6 +290,8 @@ class Knowledge:
                 "action": {"kind": action, "outcome": outcome} if action else None,
                 "state": resolution or ("recovered" if rec is not None else "open"),
                 "mttr_seconds": mttr, "mode": mode, "policy": policy, "cause": cause,
+                "carried": carried, "mitigated_mono": mitigated,
+                "time_to_mitigate_seconds": None if mitigated is None else mitigated - det,
             })
         return out
 

@@ -114,6 +114,8 @@ class Step:
     ops: list[Op] = field(default_factory=list)
     stats: list[tuple[str, str, ActionStats]] = field(default_factory=list)
     thresholds: list[tuple[str, float, str]] = field(default_factory=list)
+    # Link incidents whose traffic left the link in this step (Incident.mitigated_at).
+    mitigated: list[Incident] = field(default_factory=list)
     # A blocking lease provider (etcd): requests for the shell to make off the event
     # loop, answered with MapeK.leased; and leases it no longer needs, to release.
     lease_requests: list[LeaseRequest] = field(default_factory=list)
@@ -164,6 +166,7 @@ class MapeK:
         self.false_alarm_s = false_alarm_s if false_alarm_s is not None else 6 * interval_s
         self.actions_total: dict[tuple[str, str], int] = {}
         self.mttr: dict[str, Histogram] = {}
+        self.ttm: dict[str, Histogram] = {}  # time to mitigate, per class
         self.steps_total = 0
         self.settle_s = settle_s
         self.armed = settle_s <= 0
@@ -218,12 +221,35 @@ class MapeK:
             if inc.id not in self.pending:
                 out.decided.append(inc)
             out.ops += self._takes_over(inc, {i.id for i in analysis.opened}, out)
+        self._mitigated(obs, out.readings, analysis.opened, now, out)
         for inc in analysis.recovered:
             out.recovered.append(inc)
             out.ops += self.executor.recovered(inc.target)
             self._learn(inc, out)
         out.ops += self.executor.tick(now)
         return out
+
+    def _mitigated(self, obs: Observation, readings: list[Reading], opened: list[Incident],
+                   now: float, out: Step) -> None:
+        """Time to mitigate: a link incident notes how many of our routes forwarded over
+        its link when it opened; the first later sample with none, while the link still
+        reads bad (one of its readings crossed: traffic that leaves a link once it reads
+        clear again was not moved off a bad link), mitigates it. Incidents whose link
+        carried none have nothing to mitigate."""
+        if obs.routes_via is None:
+            return
+        via = dict(obs.routes_via)
+        for inc in opened:
+            if inc.target.kind == "link":
+                inc.carried = via.get(inc.target.name, 0)
+        bad = {r.target for r in readings if r.crossed}
+        for inc in self.analyzer.open.values():
+            if (inc.carried and inc.mitigated_at is None and inc.target in bad
+                    and via.get(inc.target.name, 0) == 0):
+                inc.mitigated_at = now
+                out.mitigated.append(inc)
+                ttm = self.ttm.setdefault(str(inc.cls), Histogram(MTTR_BUCKETS))
+                ttm.observe(now - inc.detected_at)
 
     def _cause_of(self, inc: Incident) -> Incident | None:
         """The open incident *inc* is a symptom of (SYMPTOMS), the worst if several."""

@@ -175,6 +175,10 @@ class Observation:
     # ``downs``), and those whose direct link is our only way to them (AgentView.sole_link).
     link_downs: tuple[tuple[str, int], ...] = ()
     sole_links: frozenset[str] = frozenset()
+    # Per neighbour, how many of our installed routes (the neighbour's own included)
+    # forward over it now (AgentView.routes_via); None when not known. A link incident's
+    # traffic has left the link when its neighbour's count reaches 0 (MapeK: mitigated).
+    routes_via: tuple[tuple[str, int], ...] | None = None
 
 
 @dataclass(frozen=True)
