@@ -594,6 +594,24 @@ def test_a_link_incident_is_mitigated_when_none_of_our_routes_cross_the_link() -
     assert inc.recovered_at is not None and inc.mttr_s is not None and inc.ttm_s < inc.mttr_s
 
 
+def test_a_flapping_links_traffic_counts_from_before_detection_until_it_leaves_for_good(
+        ) -> None:
+    """Down at the detecting sample (its routes already round), it carried 2 routes just
+    before; back up, 3 again (unmitigated); then none until recovery: mitigated then."""
+    loop = MapeK("a", "observe", FixedPolicy(), 0.05)
+    loss = [0.0, 0.5, 0.5, 0.5, 0.5, 0.5] + [0.0] * 8
+    via = [2, 0, 0, 3, 0, 0] + [0] * 8
+    steps, changes = [], []
+    for i, (x, n) in enumerate(zip(loss, via, strict=True)):
+        steps.append(loop.step(obs(i * 5.0, x, routes_via=(("b", n),))))
+        changes += [(i, c.carried, c.mitigated_at) for c in steps[-1].mitigated]
+    [inc] = [i for s in steps for i in s.opened]
+    assert inc.detected_at == 10.0
+    assert changes == [(2, 2, 10.0), (3, 3, None), (4, 3, 20.0)]
+    assert inc.recovered_at is not None and inc.ttm_s == 10.0
+    assert loop.ttm["lossy_link"].count == 1 and loop.ttm["lossy_link"].sum == 10.0
+
+
 def test_nothing_to_mitigate_when_the_link_carried_nothing_or_routes_are_unknown() -> None:
     for routes_via in ((("c", 4),), None):
         loop = MapeK("a", "enforce", FixedPolicy(), 0.05)

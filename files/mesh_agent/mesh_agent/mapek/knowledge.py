@@ -186,8 +186,8 @@ class Knowledge:
                     (inc.decided_at, inc.action, inc.action_outcome, inc.cause, inc.id))
 
     def mitigated(self, inc: Incident) -> None:
-        self._write("UPDATE incidents SET mitigated_mono = ? WHERE id = ?",
-                    (inc.mitigated_at, inc.id))
+        self._write("UPDATE incidents SET carried = ?, mitigated_mono = ? WHERE id = ?",
+                    (inc.carried, inc.mitigated_at, inc.id))
 
     def recovered(self, inc: Incident) -> None:
         self._write("UPDATE incidents SET recovered_mono = ?, mttr_seconds = ?, resolution = ? "

@@ -64,6 +64,7 @@ from mesh_agent.mapek.execute import EXPIRY_S, Action, Executor, Op
 from mesh_agent.mapek.lease import Refusal
 from mesh_agent.mapek.monitor import (
     LOSS_MIN_HELLOS,
+    RATE_WINDOW_S,
     Monitor,
     Observation,
     Reading,
@@ -167,6 +168,9 @@ class MapeK:
         self.actions_total: dict[tuple[str, str], int] = {}
         self.mttr: dict[str, Histogram] = {}
         self.ttm: dict[str, Histogram] = {}  # time to mitigate, per class
+        # Per neighbour, the last sample in which any of our routes went over it, and how
+        # many did then (a link incident's ``carried``).
+        self._carrying: dict[str, tuple[float, int]] = {}
         self.steps_total = 0
         self.settle_s = settle_s
         self.armed = settle_s <= 0
@@ -221,7 +225,7 @@ class MapeK:
             if inc.id not in self.pending:
                 out.decided.append(inc)
             out.ops += self._takes_over(inc, {i.id for i in analysis.opened}, out)
-        self._mitigated(obs, out.readings, analysis.opened, now, out)
+        self._mitigated(obs, out.readings, analysis.opened, analysis.recovered, now, out)
         for inc in analysis.recovered:
             out.recovered.append(inc)
             out.ops += self.executor.recovered(inc.target)
@@ -230,26 +234,41 @@ class MapeK:
         return out
 
     def _mitigated(self, obs: Observation, readings: list[Reading], opened: list[Incident],
-                   now: float, out: Step) -> None:
-        """Time to mitigate: a link incident notes how many of our routes forwarded over
-        its link when it opened; the first later sample with none, while the link still
-        reads bad (one of its readings crossed: traffic that leaves a link once it reads
-        clear again was not moved off a bad link), mitigates it. Incidents whose link
-        carried none have nothing to mitigate."""
+                   recovered: list[Incident], now: float, out: Step) -> None:
+        """Time to mitigate a link incident: when this node's traffic left the bad link
+        for good. ``carried`` is the most of our installed routes seen over the link, at
+        its detection (or in the RATE_WINDOW_S before it: a flapping link may be down at
+        that very sample) and in the samples after it in which the link reads bad.
+        ``mitigated_at`` is the first bad sample with none after the last one with some
+        (traffic back on the link unsets it); samples in which the link reads clear again
+        change neither (traffic that leaves a link that reads clear was not moved off a
+        bad one). Final when the incident recovers (the histogram counts it then). A link
+        that carried nothing has nothing to mitigate; one with no detour never is."""
         if obs.routes_via is None:
             return
         via = dict(obs.routes_via)
+        for name, n in via.items():
+            if n:
+                self._carrying[name] = (now, n)
         for inc in opened:
             if inc.target.kind == "link":
-                inc.carried = via.get(inc.target.name, 0)
+                at, n = self._carrying.get(inc.target.name, (now, 0))
+                inc.carried = n if now - at <= RATE_WINDOW_S else 0
         bad = {r.target for r in readings if r.crossed}
         for inc in self.analyzer.open.values():
-            if (inc.carried and inc.mitigated_at is None and inc.target in bad
-                    and via.get(inc.target.name, 0) == 0):
+            if inc.carried is None or inc.target not in bad:
+                continue
+            n, before = via.get(inc.target.name, 0), (inc.carried, inc.mitigated_at)
+            if n:
+                inc.carried, inc.mitigated_at = max(inc.carried, n), None
+            elif inc.carried and inc.mitigated_at is None:
                 inc.mitigated_at = now
+            if (inc.carried, inc.mitigated_at) != before:
                 out.mitigated.append(inc)
+        for inc in recovered:
+            if inc.mitigated_at is not None:
                 ttm = self.ttm.setdefault(str(inc.cls), Histogram(MTTR_BUCKETS))
-                ttm.observe(now - inc.detected_at)
+                ttm.observe(inc.mitigated_at - inc.detected_at)
 
     def _cause_of(self, inc: Incident) -> Incident | None:
         """The open incident *inc* is a symptom of (SYMPTOMS), the worst if several."""
