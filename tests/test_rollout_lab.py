@@ -24,16 +24,20 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from meshcore_testkit.containerlab import LAB_ROLLOUT_VARS, current, lab_up, on_node
 from meshcore_testkit.releases import (
     _EDITS,
     BROKEN_READINESS,
     fake_bundle,
     keys_json,
+    lab_bundle,
+    lab_release,
     release_tarball,
     repack,
     throwaway_keys,
@@ -48,23 +52,9 @@ HASHED = ("/opt/mesh-agent", "/etc/mesh-agent", "/etc/systemd/system/mesh-agent.
           "/etc/systemd/system/mesh-release-confirm.service")
 
 
-def make(*args: str, timeout: int = 3600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "PY_COLORS": "0"}
-    return subprocess.run(["make", "-C", str(ROOT), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
 @pytest.fixture(scope="module")
-def lab4() -> Any:
-    res = make("lab", "NODES=4", "TOPOLOGY=grid")
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
-    yield
-    make("lab-destroy")
-
-
-def on_node(node: str, script: str) -> str:
-    return subprocess.run(["podman", "exec", container(node), "sh", "-c", script],
-                          capture_output=True, text=True, check=True, timeout=300).stdout
+def lab4() -> Iterator[None]:
+    yield from lab_up(4, "grid")
 
 
 def snapshot(node: str) -> str:
@@ -73,10 +63,6 @@ def snapshot(node: str) -> str:
     paths = " ".join(HASHED)
     return on_node(node, f"find {paths} -type f -print0 | sort -z | xargs -0 sha256sum; "
                          f"find {paths} -type l -printf '%p -> %l\\n' | sort")
-
-
-def current(node: str) -> str:
-    return str(json.loads(on_node(node, "meshctl --json release list"))["current"])
 
 
 def test_the_lab_releases_are_whole_and_verify(tmp_path: Path) -> None:
@@ -131,20 +117,15 @@ def test_good_release_rolls_through_and_broken_canary_is_rolled_back(
     inventory = yaml.safe_load(INVENTORY.read_text())
     nodes = list(inventory["all"]["children"]["mesh_nodes"]["hosts"])
     assert len(nodes) == 4
-    info = json.loads((ROOT / "build/agent/bundle.json").read_text())
-    src, old = ROOT / "build/agent" / info["bundle"], info["release"]
+    _, old = lab_bundle()
     keys = throwaway_keys()
     keys_file = tmp_path / "release-keys.json"
     keys_file.write_text(keys_json(keys))
     good_id, bad_id, hole_id = "a" * 16, "b" * 16, "c" * 16
-    good = release_tarball(tmp_path, repack(src, old, good_id, "90.0.1", broken=False),
-                           good_id, "90.0.1", keys)
-    bad = release_tarball(tmp_path, repack(src, old, bad_id, "90.0.2", broken=True),
-                          bad_id, "90.0.2", keys)
-    hole = release_tarball(tmp_path, repack(src, old, hole_id, "90.0.3", blackhole=True),
-                           hole_id, "90.0.3", keys)
-    extra = {"mesh_rollout_serial": [1, "100%"], "rollout_soak_s": 15,
-             "rollout_ready_timeout_s": 60}
+    good = lab_release(tmp_path, good_id, "90.0.1", keys)
+    bad = lab_release(tmp_path, bad_id, "90.0.2", keys, broken=True)
+    hole = lab_release(tmp_path, hole_id, "90.0.3", keys, blackhole=True)
+    extra = LAB_ROLLOUT_VARS
 
     rc, report = rollout.run(INVENTORY, good, keys_file, extravars=extra, hosts_all=nodes)
     (tmp_path / "good.json").write_text(json.dumps(report, indent=2))

@@ -6,6 +6,7 @@
 - :mod:`.oracle`     brute-force references the algorithms are checked against;
 - :mod:`.marks`      pytest marks (root-only tests);
 - :mod:`.releases`   signed agent releases with THROWAWAY keys (the rollout and role tests).
+- :mod:`.containerlab` the container lab (`make lab`) for the slow tests on it.
 - :mod:`.loader`     modules that are files (filter plugins, scripts for the nodes), by path.
 
 It lives under tests/ and is installed editable into the dev venv by ``make setup``

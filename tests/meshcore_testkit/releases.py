@@ -1,11 +1,13 @@
 """Signed agent releases for tests: THROWAWAY keys, bundles re-packed under a new id.
 
-What the rollout tests (tests/test_rollout_lab.py, tests/test_mesh_agent_verified.py)
-build a release tarball from: a bundle (the lab's own, or :func:`fake_bundle`) moved to
-a new release id and version by :func:`repack` (optionally with a readiness check that
-never holds), packed and signed by :func:`release_tarball` the way meshcore-release
-lays a release out. Keys come from :func:`throwaway_keys`, made per test run and never
-written anywhere but the test's temporary directory.
+What the rollout tests (tests/test_rollout_lab.py, tests/test_rollout_ssh.py,
+tests/test_mesh_agent_verified.py) build a release tarball from: a bundle (the lab's
+own, :func:`lab_bundle`, or :func:`fake_bundle`) moved to a new release id and version
+by :func:`repack` (optionally with a readiness check that never holds), packed and
+signed by :func:`release_tarball` the way meshcore-release lays a release out
+(:func:`lab_release` does all three for the lab's bundle). Keys come from
+:func:`throwaway_keys`, made per test run and never written anywhere but the test's
+temporary directory.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mesh_agent import WIRE_VERSION
+from meshcore_tools import ROOT
 from meshcore_tools.release import sign as signing
 
 MACHINE = "x86_64"
@@ -125,6 +128,23 @@ def release_tarball(out: Path, bundle: bytes, rid: str, version: str,
     for k in keys[:signers]:
         signing.append_signature(out / f"{top}.manifest.json.sigs", signing.sign(manifest, k))
     return tgz
+
+
+def lab_bundle() -> tuple[Path, str]:
+    """The lab's own agent bundle (make agent-bundle: build/agent/bundle.json) and its
+    release id, which :func:`lab_release` re-packs."""
+    info = json.loads((ROOT / "build/agent/bundle.json").read_text())
+    return ROOT / "build/agent" / info["bundle"], str(info["release"])
+
+
+def lab_release(out: Path, rid: str, version: str, keys: list[Ed25519PrivateKey],
+                broken: bool = False, blackhole: bool = False) -> Path:
+    """The lab's agent bundle re-packed as release *rid* of *version* (:func:`repack`,
+    *broken* and *blackhole* as there), packed and signed into *out*
+    (:func:`release_tarball`): what the lab rollout tests roll."""
+    src, old = lab_bundle()
+    data = repack(src, old, rid, version, broken=broken, blackhole=blackhole)
+    return release_tarball(out, data, rid, version, keys)
 
 
 def fake_bundle(tmp: Path, rid: str) -> Path:

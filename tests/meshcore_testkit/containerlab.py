@@ -1,0 +1,48 @@
+"""The container lab (`make lab`) for the slow tests that run on it: up and down, a
+shell script in a node's container, a node's current release.
+
+Shared by tests/test_rollout_lab.py and tests/test_rollout_ssh.py; the containers are
+named by :func:`meshcore_tools.lab.state.container`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+
+from meshcore_tools import ROOT
+from meshcore_tools.lab.state import container
+
+# meshcore-rollout's extra variables for a 4-node lab: a canary, then the rest; a short
+# soak and readiness wait.
+LAB_ROLLOUT_VARS = {"mesh_rollout_serial": [1, "100%"], "rollout_soak_s": 15,
+                    "rollout_ready_timeout_s": 60}
+
+
+def make(*args: str, timeout: int = 3600) -> subprocess.CompletedProcess[str]:
+    """``make -C <checkout> ARGS`` without colours, its output captured."""
+    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "PY_COLORS": "0"}
+    return subprocess.run(["make", "-C", str(ROOT), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def lab_up(nodes: int, topology: str = "grid") -> Iterator[None]:
+    """For a fixture (``yield from``): ``make lab NODES=nodes TOPOLOGY=topology``, then
+    ``make lab-destroy`` at teardown."""
+    res = make("lab", f"NODES={nodes}", f"TOPOLOGY={topology}")
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    yield
+    make("lab-destroy")
+
+
+def on_node(node: str, script: str) -> str:
+    """*script* run by ``sh -c`` in *node*'s container (podman exec); its stdout."""
+    return subprocess.run(["podman", "exec", container(node), "sh", "-c", script],
+                          capture_output=True, text=True, check=True, timeout=300).stdout
+
+
+def current(node: str) -> str:
+    """The release *node* runs (``meshctl --json release list``)."""
+    return str(json.loads(on_node(node, "meshctl --json release list"))["current"])
