@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from meshcore_testkit.containerlab import make
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,19 +30,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def make(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "PY_COLORS": "0"}
-    return subprocess.run(["make", "-C", str(ROOT), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
 @pytest.fixture(scope="session")
 def lab() -> Iterator[dict[str, object]]:
     """`make lab` (10-node grid) once per session, destroyed at the end; slow tests only."""
     if os.geteuid() != 0:
         pytest.skip("the lab needs root (podman, netns)")
-    res = make("lab", "NODES=10", "TOPOLOGY=grid")
+    res = make("lab", "NODES=10", "TOPOLOGY=grid", timeout=1800)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     report = json.loads((ROOT / "build" / "lab" / "status.json").read_text())
     yield report
-    make("lab-destroy")
+    make("lab-destroy", timeout=1800)

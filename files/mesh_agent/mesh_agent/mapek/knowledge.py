@@ -252,9 +252,7 @@ class Knowledge:
 
     def thresholds(self) -> dict[str, float]:
         """The latest value of each signal's threshold."""
-        rows = self._read("SELECT signal, value FROM thresholds WHERE id IN "
-                          "(SELECT max(id) FROM thresholds GROUP BY signal)")
-        return {str(s): float(v) for s, v in rows}
+        return {signal: value for signal, (value, _base) in self.tuned().items()}
 
     def tuned(self) -> dict[str, tuple[float, float | None]]:
         """The latest value of each signal's threshold and the default it was tuned from
