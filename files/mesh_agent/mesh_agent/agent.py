@@ -113,7 +113,8 @@ class Agent:
         adopted = 0
         if self.cfg.enforce:
             self.view.routes = RouteProgrammer(
-                Netlink(self._ipr), self.cfg.route_protocol, str(self.cfg.node_address))
+                Netlink(self._ipr), self.cfg.route_protocol, str(self.cfg.node_address),
+                self.clock)
             if grace > 0:
                 # The previous run's routes keep this node forwarding until our syncs
                 # replace them; whatever is left goes after the grace.

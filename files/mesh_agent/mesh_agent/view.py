@@ -88,7 +88,8 @@ class AgentView:
             HelloStretch(cfg.hello_interval_s, cfg.dead_multiplier, clock()),
             TopologyCore(lsdb, cfg.advert_interval_s), ComputeSchedule(),
             PathTable(cfg.node_name, k=cfg.k, disjoint=cfg.disjoint),
-            RouteProgrammer(None, cfg.route_protocol, str(cfg.node_address)), FailoverPolicy(),
+            RouteProgrammer(None, cfg.route_protocol, str(cfg.node_address), clock),
+            FailoverPolicy(),
             MeshSockets(cfg.udp_port, cfg.advert_port, backend.echo, clock, wall),
             identity, trust, events if events is not None else EventLog.disabled())
         return view, backend
@@ -266,13 +267,14 @@ class AgentView:
             link_downs=tuple(sorted(self.sensor.downs.items())),
             sole_links=frozenset(n for n in self.sensor.downs if self.sole_link(n)),
             routes_via=tuple(sorted(self.routes_via().items())),
+            routes_left=tuple(sorted(self.routes.via_left.items())),
         )
 
     def routes_via(self) -> dict[str, int]:
         """Per neighbour, our installed routes whose active next hop it is (what crosses
         our link to it now), the route to the neighbour itself included: with a detour, a
         quarantined or held link's own traffic goes round too."""
-        return dict(Counter(r.active for r in self.routes.installed()))
+        return dict(self.routes.via)
 
     def sole_link(self, name: str) -> bool:
         """Whether the direct link to neighbour ``name`` is our only way to it now: no

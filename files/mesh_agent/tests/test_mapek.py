@@ -612,6 +612,28 @@ def test_a_flapping_links_traffic_counts_from_before_detection_until_it_leaves_f
     assert loop.ttm["lossy_link"].count == 1 and loop.ttm["lossy_link"].sum == 10.0
 
 
+def test_the_route_programmers_time_of_leaving_times_the_mitigation() -> None:
+    """With ``routes_left`` (RouteProgrammer.via_left) the mitigation is timed when the
+    last route left, between two samples, not at the sample that saw it; traffic that
+    left before the detection was mitigated at the detection, and a time after the
+    sample (a clock it cannot be) is clamped to the sample."""
+    def ttm(left_at: float) -> tuple[float | None, float | None]:
+        loop = MapeK("a", "enforce", FixedPolicy(), 0.05)
+        loss = [0.0, 0.5, 0.5, 0.5, 0.5, 0.5] + [0.0] * 8
+        via = [3, 3, 3, 0, 0, 0] + [0] * 8
+        opened = []
+        for i, (x, n) in enumerate(zip(loss, via, strict=True)):
+            gone = (("b", left_at),) if n == 0 else ()
+            opened += loop.step(obs(i * 5.0, x, routes_via=(("b", n),), routes_left=gone)).opened
+        [inc] = opened
+        assert inc.detected_at == 10.0 and inc.recovered_at is not None
+        return inc.mitigated_at, inc.ttm_s
+
+    assert ttm(11.25) == (11.25, 1.25)  # detected at 10 s, the routes left at 11.25 s
+    assert ttm(7.0) == (10.0, 0.0)  # left before the detection
+    assert ttm(99.0) == (15.0, 5.0)  # never later than the sample that saw it
+
+
 def test_nothing_to_mitigate_when_the_link_carried_nothing_or_routes_are_unknown() -> None:
     for routes_via in ((("c", 4),), None):
         loop = MapeK("a", "enforce", FixedPolicy(), 0.05)

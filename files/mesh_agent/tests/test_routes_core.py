@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
 import networkx as nx
@@ -234,5 +235,34 @@ def test_detour_after_a_local_failover_sends_nothing() -> None:
         # n0's own link to n1 in an advert (n1 dropped us): the group already moved.
         assert prog.detour_now(table.detours([("n1", "n0")])) == 0
         assert len(fake.ops) == before
+
+    asyncio.run(go())
+
+
+def test_via_counts_routes_per_active_next_hop_and_times_the_last_one_leaving() -> None:
+    """``via`` follows every change (sync, a failover's switch, a carrier loss, the sync
+    after it); ``via_left`` holds when a neighbour's last route moved off it, until one
+    uses it again: the MAPE-K loop times a mitigation from it."""
+    async def go() -> None:
+        now = [100.0]
+        fake = FakeNetlink()
+        prog = RouteProgrammer(fake, 99, ADDR["n0"], clock=lambda: now[0])  # type: ignore[arg-type]
+        table = PathTable("n0", k=3)
+        table.update(ring(12))
+        assert await prog.sync(table.choices(), ADDR, LINKS)
+        assert prog.via == {"n1": 6, "n11": 5} and prog.via_left == {}
+        assert prog.via == Counter(r.active for r in prog.installed())
+        now[0] = 101.5
+        await prog.failover("n1", table.failover("n1"))  # switch_now: all onto n11
+        assert prog.via == {"n11": 11} and prog.via_left == {"n1": 101.5}
+        now[0] = 103.0
+        assert await prog.sync(table.choices(), ADDR, LINKS)  # n1 back: the groups return
+        assert prog.via == {"n1": 6, "n11": 5} and prog.via_left == {}
+        now[0] = 104.0
+        prog.forget_interface(2)  # n1's carrier lost: the kernel dropped its routes
+        assert prog.via == {"n11": 5} and prog.via_left == {"n1": 104.0}
+        now[0] = 105.0
+        await prog.failover("n1", table.failover("n1"), routes_flushed=True)
+        assert prog.via == {"n11": 11} and prog.via_left == {"n1": 104.0}  # left at the loss
 
     asyncio.run(go())

@@ -239,14 +239,17 @@ class MapeK:
         for good. ``carried`` is the most of our installed routes seen over the link, at
         its detection (or in the RATE_WINDOW_S before it: a flapping link may be down at
         that very sample) and in the samples after it in which the link reads bad.
-        ``mitigated_at`` is the first bad sample with none after the last one with some
-        (traffic back on the link unsets it); samples in which the link reads clear again
-        change neither (traffic that leaves a link that reads clear was not moved off a
-        bad one). Final when the incident recovers (the histogram counts it then). A link
-        that carried nothing has nothing to mitigate; one with no detour never is."""
+        ``mitigated_at`` is when the last route left the link, as the route programmer
+        timed it (``routes_left``, else this sample's time), seen at the first bad sample
+        with none after the last one with some, and never before the detection (traffic
+        that left before it was mitigated at once). Traffic back on the link unsets it;
+        samples in which the link reads clear again change neither (traffic that leaves a
+        link that reads clear was not moved off a bad one). Final when the incident
+        recovers (the histogram counts it then). A link that carried nothing has nothing
+        to mitigate; one with no detour never is."""
         if obs.routes_via is None:
             return
-        via = dict(obs.routes_via)
+        via, left = dict(obs.routes_via), dict(obs.routes_left)
         for name, n in via.items():
             if n:
                 self._carrying[name] = (now, n)
@@ -262,7 +265,7 @@ class MapeK:
             if n:
                 inc.carried, inc.mitigated_at = max(inc.carried, n), None
             elif inc.carried and inc.mitigated_at is None:
-                inc.mitigated_at = now
+                inc.mitigated_at = min(now, max(inc.detected_at, left.get(inc.target.name, now)))
             if (inc.carried, inc.mitigated_at) != before:
                 out.mitigated.append(inc)
         for inc in recovered:

@@ -179,6 +179,11 @@ class Observation:
     # forward over it now (AgentView.routes_via); None when not known. A link incident's
     # traffic has left the link when its neighbour's count reaches 0 (MapeK: mitigated).
     routes_via: tuple[tuple[str, int], ...] | None = None
+    # Per neighbour none of those routes uses now, when the last one moved off it (the
+    # route programmer's clock time: RouteProgrammer.via_left). It times the mitigation
+    # finer than the samples do; a neighbour missing here left at this sample, for all
+    # the loop can tell.
+    routes_left: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)

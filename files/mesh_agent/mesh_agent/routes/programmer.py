@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -84,8 +86,10 @@ class InstalledRoute:
 class RouteProgrammer:
     """Keeps the kernel in step with the path table. ``netlink=None`` is observe mode."""
 
-    def __init__(self, netlink: Netlink | None, protocol: int, prefsrc: str | None) -> None:
+    def __init__(self, netlink: Netlink | None, protocol: int, prefsrc: str | None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.nl = netlink
+        self.clock = clock
         self.protocol = protocol
         self.prefsrc = prefsrc
         self._nh_ids: dict[str, int] = {}
@@ -108,6 +112,11 @@ class RouteProgrammer:
         self._syncing = False
         self._preempt = False
         self._ops = 0
+        # Our installed routes per active next hop, and per neighbour none of them uses
+        # now the clock time the last one moved off it (gone again once one uses it): the
+        # MAPE-K loop's time to mitigate reads these, finer than its own samples.
+        self.via: Counter[str] = Counter()
+        self.via_left: dict[str, float] = {}
 
     @property
     def enforce(self) -> bool:
@@ -174,6 +183,7 @@ class RouteProgrammer:
         self._groups.clear()
         self._routes.clear()
         self._standby.clear()
+        self._note_via()
         return removed
 
     async def _remove_own(
@@ -248,6 +258,7 @@ class RouteProgrammer:
         finally:
             self._syncing = False
             self._preempt = False
+            self._note_via()
 
     async def _sync(
         self,
@@ -357,6 +368,7 @@ class RouteProgrammer:
             del self._routes[dst]  # the kernel dropped it with its nexthop: the next sync adds it
         for dst in [d for d, (_, b) in self._standby.items() if b in gone]:
             del self._standby[dst]
+        self._note_via()
 
     def _switches(self, dead: str, moves: Mapping[str, str]) -> dict[GroupKey, list[str]]:
         """The prepared groups (dead, backup) that *moves* switch, with their destinations."""
@@ -390,6 +402,7 @@ class RouteProgrammer:
                     continue
             self._groups[key] = backup
             ops += 1
+        self._note_via()
         return ops
 
     def detour_now(self, moves: Mapping[str, str]) -> int:
@@ -420,6 +433,7 @@ class RouteProgrammer:
             self._routes[dst] = (addr, (DETOUR, backup))
             ops += 1
         self.detours_total += ops
+        self._note_via()
         return ops
 
     async def readd_flushed(self, dead: str, moves: Mapping[str, str]) -> int:
@@ -439,6 +453,7 @@ class RouteProgrammer:
             if await self._op("route_replace", addr, self._gid(key), self.prefsrc, self.protocol):
                 self._routes[dst] = (addr, key)
                 ops += 1
+        self._note_via()
         return ops
 
     async def failover(
@@ -451,6 +466,20 @@ class RouteProgrammer:
         return ops
 
     # -- views ------------------------------------------------------------
+    def _active(self, key: GroupKey) -> str:
+        """The next hop a route keyed *key* forwards to now."""
+        return str(key[1]) if key[0] == DETOUR else self._groups.get(key, key[0])
+
+    def _note_via(self) -> None:
+        """Update :attr:`via` and :attr:`via_left` after the routes changed."""
+        via = Counter(self._active(key) for _, key in self._routes.values())
+        now = self.clock()
+        for name in self.via.keys() - via.keys():
+            self.via_left[name] = now
+        for name in via:
+            self.via_left.pop(name, None)
+        self.via = via
+
     def installed(self) -> list[InstalledRoute]:
         out = []
         for dst, (addr, key) in sorted(self._routes.items()):
@@ -461,7 +490,7 @@ class RouteProgrammer:
                     address=addr,
                     primary=key[0],
                     backup=key[1],
-                    active=str(key[1]) if detoured else self._groups.get(key, key[0]),
+                    active=self._active(key),
                     group_id=self._nh_id(str(key[1])) if detoured else self._gid(key),
                 )
             )
