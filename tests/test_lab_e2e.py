@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from meshcore_testkit.containerlab import current, exec_in
 from meshcore_tools.lab import monitor, prometheus
-from meshcore_tools.lab.state import MONITOR, container, load_state
+from meshcore_tools.lab.state import MONITOR, load_state
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [
@@ -75,9 +76,7 @@ def test_an_alert_reaches_the_lab_receiver(lab: dict[str, object]) -> None:
     urllib.request.urlopen(req, timeout=10).close()
     deadline = time.monotonic() + 120  # group_wait 30 s, then the webhook
     while True:
-        out = subprocess.run(["podman", "exec", container(MONITOR), "cat",
-                              "/var/lib/meshcore-alert-sink/alerts.jsonl"],
-                             capture_output=True, text=True).stdout
+        out = exec_in(MONITOR, "cat", "/var/lib/meshcore-alert-sink/alerts.jsonl").stdout
         got = [a for line in out.splitlines() for a in json.loads(line)["alerts"]
                if a["labels"].get("node") == marker]
         if got or time.monotonic() > deadline:
@@ -164,11 +163,6 @@ def test_a_signed_release_switches_the_running_agents_in_rounds(
              "mesh_agent_release_tarball": str(tarball)}
     switch = "Switch to the release, one round at a time"  # tasks/release-use.yml
 
-    def current(node: str) -> str:
-        out = subprocess.run(["podman", "exec", container(node), "meshctl", "--json", "release",
-                              "list"], capture_output=True, text=True, check=True, timeout=60)
-        return str(json.loads(out.stdout)["current"])
-
     try:
         rc, events = site_run(extra, tmp_path / "switch")
         assert rc == 0, [e.get("stdout") for e in events][-20:]
@@ -197,7 +191,6 @@ def test_a_signed_release_switches_the_running_agents_in_rounds(
                     and e["event_data"].get("task") == switch]
     finally:
         for n in mesh:
-            subprocess.run(["podman", "exec", container(n), "meshctl", "--json", "release", "use",
-                            old, "--no-confirm", "--wait-ready", "60"],
-                           capture_output=True, text=True, timeout=120)
+            exec_in(n, "meshctl", "--json", "release", "use", old, "--no-confirm",
+                    "--wait-ready", "60")
     assert all(current(n) == old for n in mesh)

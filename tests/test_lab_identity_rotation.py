@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from meshcore_testkit.containerlab import exec_in
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / "build" / "lab" / "state.yml"
@@ -36,13 +37,8 @@ FETCH = ("import urllib.request,sys;"
          ".read().decode())")
 
 
-def sh(node: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["podman", "exec", f"meshcore-lab-{node}", *argv],
-                          capture_output=True, text=True, timeout=60)
-
-
 def metrics(node: str) -> str:
-    out = sh(node, "python3", "-c", FETCH)
+    out = exec_in(node, "python3", "-c", FETCH)
     assert out.returncode == 0, f"{node}: /metrics: {out.stderr}"
     return out.stdout
 
@@ -93,13 +89,13 @@ def test_reissued_certificate_is_picked_up_and_adverts_keep_verifying(lab_state:
     node, far = nodes[0], nodes[-1]
     far_address = lab_state["nodes"][far]["node_address"]
     before = {n: metrics(n) for n in nodes}
-    cert_before = sh(node, "cat", "/etc/mesh-agent/pki/node.crt").stdout
+    cert_before = exec_in(node, "cat", "/etc/mesh-agent/pki/node.crt").stdout
     rotations = value(before[node], "meshcore_identity_rotations_total")
-    assert sh(node, "ping", "-c", "2", "-W", "1", far_address).returncode == 0
+    assert exec_in(node, "ping", "-c", "2", "-W", "1", far_address).returncode == 0
 
     run = reissue(node)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert sh(node, "cat", "/etc/mesh-agent/pki/node.crt").stdout != cert_before
+    assert exec_in(node, "cat", "/etc/mesh-agent/pki/node.crt").stdout != cert_before
 
     deadline = time.monotonic() + 30
     while value(metrics(node), "meshcore_identity_rotations_total") < rotations + 1:
@@ -112,4 +108,4 @@ def test_reissued_certificate_is_picked_up_and_adverts_keep_verifying(lab_state:
     assert {n: rejected(after[n]) for n in nodes} == {n: rejected(before[n]) for n in nodes}
     assert value(after[far], "meshcore_adverts_accepted_total") > value(
         before[far], "meshcore_adverts_accepted_total")
-    assert sh(node, "ping", "-c", "2", "-W", "1", far_address).returncode == 0
+    assert exec_in(node, "ping", "-c", "2", "-W", "1", far_address).returncode == 0

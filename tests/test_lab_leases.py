@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import time
 from typing import Any
 
 import networkx as nx
 import pytest
+from meshcore_testkit.containerlab import exec_in
 from meshcore_tools.lab.plan import pick_gateways, state_graph
-from meshcore_tools.lab.state import container, load_state
+from meshcore_tools.lab.state import load_state
 
 pytestmark = [
     pytest.mark.slow,
@@ -32,11 +32,6 @@ PKI = "/etc/etcd/pki"
 def figure(name: str, value: float, unit: str, **extra: Any) -> None:
     print(json.dumps({"bench": "lab_leases", "figure": name, "value": value, "unit": unit,
                       **extra}, sort_keys=True))
-
-
-def exec_in(node: str, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["podman", "exec", container(node), *argv], capture_output=True,
-                          text=True, timeout=timeout, check=False)
 
 
 def lease_check(node: str, *argv: str) -> tuple[int, dict[str, Any]]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import networkx as nx
 import pytest
 import yaml
+from meshcore_testkit.containerlab import exec_in
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / "build" / "lab" / "state.yml"
@@ -31,11 +32,6 @@ pytestmark = [
 
 def container(node: str) -> str:
     return f"meshcore-lab-{node}"
-
-
-def sh(node: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["podman", "exec", container(node), *argv], capture_output=True,
-                          text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +55,7 @@ def far_pair(state: dict) -> tuple[str, str, int]:
 
 
 def ygg_address(node: str) -> ipaddress.IPv6Address:
-    out = sh(node, "ip", "-j", "-6", "addr", "show", "dev", "tun0")
+    out = exec_in(node, "ip", "-j", "-6", "addr", "show", "dev", "tun0")
     assert out.returncode == 0, f"{node}: no tun0 ({out.stderr.strip()})"
     for link in json.loads(out.stdout):
         for a in link["addr_info"]:
@@ -72,7 +68,7 @@ def ygg_address(node: str) -> ipaddress.IPv6Address:
 def test_every_node_runs_yggdrasil_with_its_own_address(lab_state: dict) -> None:
     addrs = {}
     for node in lab_state["nodes"]:
-        assert sh(node, "systemctl", "is-active", "yggdrasil").stdout.strip() == "active", node
+        assert exec_in(node, "systemctl", "is-active", "yggdrasil").stdout.strip() == "active", node
         addrs[node] = ygg_address(node)
     assert len(set(addrs.values())) == len(addrs)
 
@@ -83,10 +79,10 @@ def test_nodes_several_hops_apart_reach_each_other_over_yggdrasil(lab_state: dic
     target = ygg_address(b)
     deadline = time.monotonic() + 60
     while True:
-        ping = sh(a, "ping", "-6", "-c", "3", "-W", "2", str(target))
+        ping = exec_in(a, "ping", "-6", "-c", "3", "-W", "2", str(target))
         if ping.returncode == 0 or time.monotonic() > deadline:
             break
         time.sleep(2)
     assert ping.returncode == 0, f"{a} -> {b} ({hops} hops, {target}): {ping.stdout}"
-    back = sh(b, "ping", "-6", "-c", "3", "-W", "2", str(ygg_address(a)))
+    back = exec_in(b, "ping", "-6", "-c", "3", "-W", "2", str(ygg_address(a)))
     assert back.returncode == 0, back.stdout

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 import yaml
-from meshcore_testkit.containerlab import LAB_ROLLOUT_VARS, current, lab_up, on_node
+from meshcore_testkit.containerlab import LAB_ROLLOUT_VARS, current, exec_in, lab_up, on_node
 from meshcore_testkit.releases import (
     _EDITS,
     BROKEN_READINESS,
@@ -237,8 +237,7 @@ def isolated_canary_reverts(node: str, first: str, good: str) -> dict[str, Any]:
     t1 = time.monotonic()
     ready = None
     while time.monotonic() - t1 < 120:
-        if subprocess.run(["podman", "exec", container(node), "meshctl", "status"],
-                          capture_output=True, timeout=60).returncode == 0:
+        if exec_in(node, "meshctl", "status", timeout=60).returncode == 0:
             ready = time.monotonic() - t1
             break
         time.sleep(1)

@@ -1,7 +1,7 @@
 """The container lab (`make lab`) for the slow tests that run on it: up and down, a
 shell script in a node's container, a node's current release.
 
-Shared by tests/test_rollout_lab.py and tests/test_rollout_ssh.py; the containers are
+Shared by the lab tests (tests/test_rollout_*.py, test_lab_*.py); the containers are
 named by :func:`meshcore_tools.lab.state.container`.
 """
 
@@ -37,10 +37,18 @@ def lab_up(nodes: int, topology: str = "grid") -> Iterator[None]:
     make("lab-destroy")
 
 
+def exec_in(node: str, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """*argv* run in *node*'s container (podman exec), its output captured; the caller
+    reads the return code."""
+    return subprocess.run(["podman", "exec", container(node), *argv], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
 def on_node(node: str, script: str) -> str:
-    """*script* run by ``sh -c`` in *node*'s container (podman exec); its stdout."""
-    return subprocess.run(["podman", "exec", container(node), "sh", "-c", script],
-                          capture_output=True, text=True, check=True, timeout=300).stdout
+    """*script* run by ``sh -c`` in *node*'s container; its stdout (a failure raises)."""
+    res = exec_in(node, "sh", "-c", script, timeout=300)
+    res.check_returncode()
+    return res.stdout
 
 
 def current(node: str) -> str:
