@@ -21,13 +21,17 @@ pytestmark = pytest.mark.skipif(
     reason="promtool missing: `make setup` installs Debian's prometheus")
 
 
-def render(tmp_path: Path, **extra: object) -> dict:
+def render(tmp_path: Path, inventory: dict | None = None, **extra: object) -> dict:
     dest = tmp_path / "prometheus.yml"
+    inv = []
+    if inventory is not None:
+        (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
+        inv = ["-i", str(tmp_path / "hosts.yml")]
     (tmp_path / "vars.json").write_text(json.dumps({
         **yaml.safe_load((ROLE / "defaults" / "main.yml").read_text()),
         **yaml.safe_load((ROLE / "vars" / "main.yml").read_text()), **extra}))
     res = subprocess.run(
-        [str(Path(sys.executable).with_name("ansible")), "localhost", "-c", "local",
+        [str(Path(sys.executable).with_name("ansible")), "localhost", *inv, "-c", "local",
          "-m", "ansible.builtin.template",
          "-a", f"src={ROLE / 'templates' / 'prometheus.yml.j2'} dest={dest}",
          "-e", f"@{tmp_path / 'vars.json'}"],
@@ -53,3 +57,24 @@ def test_alerts_go_to_the_listed_alertmanagers(tmp_path: Path) -> None:
     doc = render(tmp_path, prometheus_alertmanagers=["127.0.0.1:9093", "[fd00::2]:9093"])
     assert doc["alerting"] == {"alertmanagers": [
         {"static_configs": [{"targets": ["127.0.0.1:9093", "[fd00::2]:9093"]}]}]}
+
+
+def test_a_host_is_scraped_where_the_agent_listens(tmp_path: Path) -> None:
+    """mesh_mgmt_address first; without one, the mesh address on a site with a monitoring
+    host (prometheus_scrape_mesh_address, where the site config makes the agent listen),
+    else ansible_host."""
+    inventory = {"all": {"children": {"mesh_nodes": {"hosts": {
+        "n1": {"mesh_mgmt_address": "10.0.0.1", "mesh_node_address": "10.77.0.1"},
+        "n2": {"ansible_host": "192.168.1.2", "mesh_node_address": "10.77.0.2"},
+        "n3": {"ansible_host": "192.168.1.3"}}}}}}
+
+    def targets(over_mesh: bool) -> dict[str, str]:
+        doc = render(tmp_path, inventory, prometheus_scrape_mesh_address=over_mesh,
+                     prometheus_scrape_jobs=[{"name": "mesh_agent", "port": 9105}])
+        [job] = [j for j in doc["scrape_configs"] if j["job_name"] == "mesh_agent"]
+        return {c["labels"]["node"]: c["targets"][0] for c in job["static_configs"]}
+
+    assert targets(True) == {"n1": "10.0.0.1:9105", "n2": "10.77.0.2:9105",
+                             "n3": "192.168.1.3:9105"}
+    assert targets(False) == {"n1": "10.0.0.1:9105", "n2": "192.168.1.2:9105",
+                              "n3": "192.168.1.3:9105"}
