@@ -132,6 +132,10 @@ def _bad(mutate) -> list[str]:
             "site.identity.spire_attestor: required",
         ),
         (lambda s, h, g: s["time"].update(servers=["no such host!"]), "site.time.servers"),
+        (
+            lambda s, h, g: s["time"].update(servers=["site-01"]),  # a renamed host's old name
+            "site.time.servers: 'site-01' is not an inventory host (renamed?)",
+        ),
         (lambda s, h, g: s["monitoring"].update(host="starter-01"), "site.monitoring.host"),
         (
             lambda s, h, g: s["monitoring"].update(scrape_interval="30"),

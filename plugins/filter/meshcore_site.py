@@ -149,6 +149,11 @@ def site_errors(site: Any, hostvars: Mapping[str, Any], groups: Mapping[str, lis
                 errors.append(f"site.time.servers: {server} is in neither mesh_nodes nor monitor, so nothing configures it")
         elif _address(server) is None and not _DNS_NAME.match(str(server)):
             errors.append(f"site.time.servers: {server!r} is not an inventory host, an address or a host name")
+        elif _address(server) is None and "." not in str(server):
+            # One label: an inventory name most likely (a host renamed in hosts.yml and not
+            # here); as a DNS name nothing on the mesh would resolve it.
+            errors.append(f"site.time.servers: {server!r} is not an inventory host (renamed?); give an inventory"
+                          " host, an address or a fully qualified DNS name")
 
     host = _get(site, "monitoring", "host")
     if host and (host not in inventory or "monitor" not in inventory[host].get("groups", ())):
