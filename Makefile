@@ -36,7 +36,9 @@ export MESHCORE_CHECKOUT_ID ?= $(shell printf %s "$(CURDIR)" | sha256sum | cut -
 # recipe runs, so after the image target): lab, molecule and bundle use it.
 export MESHCORE_IMAGE = $(shell cat build/images/container-amd64.ref 2>/dev/null || echo localhost/meshcore-base:latest)
 # molecule runs ansible-playbook and ansible-config from PATH: the venv's, never Debian's.
-export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# The sbin directories last: make seed runs as a user, whose PATH on Debian lacks them
+# (sfdisk).
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH):/usr/sbin:/sbin
 export ANSIBLE_FORCE_COLOR ?= 1
 export PY_COLORS ?= 1
 

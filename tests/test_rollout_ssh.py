@@ -10,12 +10,13 @@ hosts.yml with mesh_nodes, gateways and monitor, each host's ansible_host its
 management address (reachable from this host); group_vars/all/main.yml as the starter's
 (ansible.builtin.ssh, here as root with the throwaway key) and host keys checked against
 a known_hosts file the test writes from each container's host keys (read with podman
-exec, as an operator reads a card's). ansible.cfg turns host key checking off for the
-lab and molecule; the inventory turns it back on (ansible_ssh_host_key_checking), and
-the test first shows that a host missing from known_hosts is refused. Then a good
-release (the lab's agent bundle re-packed under a new id and signed with THROWAWAY keys,
-meshcore_testkit.releases) rolls through meshcore-rollout (ansible-runner) in two small
-waves, and rolling it again changes nothing.
+exec, as an operator reads a card's). ansible.cfg checks host keys (molecule's image
+scenario turns it off for its throwaway VM; the lab connects through nsenter); the
+inventory also sets ansible_ssh_host_key_checking, and the test first shows that a host
+missing from known_hosts is refused. Then a good release (the lab's agent bundle
+re-packed under a new id and signed with THROWAWAY keys, meshcore_testkit.releases)
+rolls through meshcore-rollout (ansible-runner) in two small waves, and rolling it again
+changes nothing.
 
 What the inventory takes from the lab's generated one (inventories/lab), and why:
 - group_vars/all/site.yml, the lab's site config, as it is: a site is an inventory with
