@@ -256,7 +256,8 @@ def test_over_ssh_the_node_answers_in_json(live: Live, tmp_path: Path,
     fake = tmp_path / "fake_ssh.py"
     fake.write_text(
         "import shlex, subprocess, sys\n"
-        "host, remote = sys.argv[1], shlex.split(sys.argv[2])\n"
+        f"open({str(tmp_path / 'ssh.log')!r}, 'a').write(' '.join(sys.argv[1:-1]) + '\\n')\n"
+        "host, remote = sys.argv[-2], shlex.split(sys.argv[-1])\n"
         "if host == 'unreachable': sys.exit(255)\n"
         "assert remote[:2] == ['meshctl', '--json'], remote\n"
         f"cmd = [sys.executable, '-m', 'mesh_agent.ctl.main', '--api', {live.url!r}]\n"
@@ -272,14 +273,16 @@ def test_over_ssh_the_node_answers_in_json(live: Live, tmp_path: Path,
     assert ctl.main(["--node", "n1", "--ssh", "routes", "nowhere"], out=out) == 1
     assert out.getvalue().strip() == "no path to nowhere"
     assert ctl.main(["--node", "unreachable", "--ssh", "status"], out=io.StringIO()) == 3
-    # The fleet over ssh: one node answers, one does not.
+    # The fleet over ssh: one node answers, one does not; each reached as Ansible does.
     monkeypatch.setattr(fleet, "inventory_nodes", lambda inventory, group: fleet.FleetInventory(
-        {"a": "n1", "b": "unreachable"}))
+        {"a": "10.9.0.1", "b": "10.9.0.2"}, None,
+        {"a": ["-l", "meshadmin", "-p", "2222", "n1"], "b": ["unreachable"]}))
     out = io.StringIO()
     assert ctl.main(["--ssh", "fleet", "-i", "inv", "--cert-warn", "1h"], out=out) == 1
     lines = out.getvalue().splitlines()
     assert lines[1].split()[:2] == ["a", "yes"], out.getvalue()
     assert lines[2].split()[:2] == ["b", "no"] and lines[2].endswith("ssh unreachable: exit 255")
+    assert "-l meshadmin -p 2222 n1" in (tmp_path / "ssh.log").read_text().splitlines()
 
 
 def test_command_argv_drops_global_options() -> None:
@@ -302,6 +305,9 @@ def test_fleet_nodes_of_an_inventory_listing() -> None:
                                                      "n3": "n3"}
     with pytest.raises(fleet.InventoryError):
         fleet.nodes_of(listing, "nobody")
+    listing["_meta"]["hostvars"]["n1"].update(ansible_user="meshadmin", ansible_port=2222)
+    assert fleet.ssh_targets(listing, fleet.nodes_of(listing, "mesh_nodes")) == {
+        "n1": ["-l", "meshadmin", "-p", "2222", "10.0.0.1"], "n2": ["10.0.0.2"], "n3": ["n3"]}
 
 
 def test_fleet_rows_count_unreachable_as_unhealthy(live: Live) -> None:

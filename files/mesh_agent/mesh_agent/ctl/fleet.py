@@ -3,8 +3,9 @@
 The inventory is read with ``ansible-inventory --list`` (the controller has
 Ansible; a node does not need this command). Each node of the ``mesh_nodes``
 group is asked on its management address (``mesh_mgmt_address``, else
-``ansible_host``, else its name), where the role binds the API. A node that
-does not answer counts as unhealthy.
+``ansible_host``, else its name), where the role binds the API; with ``--ssh``,
+over ssh as Ansible reaches it (``ansible_host``, ``ansible_user``,
+``ansible_port``). A node that does not answer counts as unhealthy.
 
 Expected neighbours come from the inventory's links: a host's ``mesh_links``
 (a list of ``{peer: <node name>, ...}``; the lab's generated inventory has one
@@ -21,7 +22,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ class FleetInventory:
     addresses: dict[str, str]  # node name -> address to ask
     # node name -> the neighbours its links expect; None: the inventory has no links
     expected: dict[str, list[str]] | None = None
+    # node name -> ssh's arguments to reach it as Ansible does (ssh_targets)
+    ssh: dict[str, list[str]] = field(default_factory=dict)
 
 
 def ansible_inventory() -> str:
@@ -64,7 +67,7 @@ def inventory_nodes(inventory: str, group: str = "mesh_nodes") -> FleetInventory
         raise InventoryError(f"ansible-inventory -i {inventory}: {last}") from None
     listing = json.loads(out)
     nodes = nodes_of(listing, group)
-    return FleetInventory(nodes, expected_neighbours(listing, nodes))
+    return FleetInventory(nodes, expected_neighbours(listing, nodes), ssh_targets(listing, nodes))
 
 
 def nodes_of(listing: Mapping[str, Any], group: str) -> dict[str, str]:
@@ -87,6 +90,20 @@ def nodes_of(listing: Mapping[str, Any], group: str) -> dict[str, str]:
     for h in sorted(seen):
         v = hostvars.get(h, {})
         out[h] = str(v.get("mesh_mgmt_address") or v.get("ansible_host") or h)
+    return out
+
+
+def ssh_targets(listing: Mapping[str, Any], nodes: Mapping[str, str]) -> dict[str, list[str]]:
+    """Per node, ssh's arguments to reach it as Ansible does: ``-l ansible_user``,
+    ``-p ansible_port`` when set, then ``ansible_host`` (else its name)."""
+    hostvars = listing.get("_meta", {}).get("hostvars", {})
+    out = {}
+    for name in nodes:
+        v = hostvars.get(name, {})
+        user = v.get("ansible_user") or v.get("ansible_ssh_user")
+        port = v.get("ansible_port") or v.get("ansible_ssh_port")
+        out[name] = ([*(["-l", str(user)] if user else []), *(["-p", str(port)] if port else []),
+                      str(v.get("ansible_host") or name)])
     return out
 
 

@@ -15,7 +15,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
@@ -365,9 +365,10 @@ def run_fleet(args: argparse.Namespace, out: TextIO) -> int:
         print(f"meshctl: {exc}", file=sys.stderr)
         return USAGE
 
-    def ask(address: str) -> dict[str, Any] | str:
+    def ask(name: str) -> dict[str, Any] | str:
+        address = inventory.addresses[name]
         if args.ssh:
-            return status_over_ssh(address, args.timeout)
+            return status_over_ssh(inventory.ssh.get(name) or [address], args.timeout)
         try:
             return status_of(HttpClient(node_api_url(address, args.port), args.timeout))[0]
         except (AgentUnreachable, ApiError) as exc:
@@ -375,7 +376,7 @@ def run_fleet(args: argparse.Namespace, out: TextIO) -> int:
 
     nodes = inventory.addresses
     with ThreadPoolExecutor(max_workers=16) as pool:
-        answers = dict(zip(nodes, pool.map(ask, nodes.values()), strict=True))
+        answers = dict(zip(nodes, pool.map(ask, nodes), strict=True))
     rows = fleet_mod.fleet_rows(answers, args.cert_warn, inventory.expected)
     summary = fleet_mod.fleet_summary(rows)
     checked = inventory.expected is not None
@@ -408,11 +409,13 @@ def command_argv(argv: list[str]) -> list[str]:
     return argv[i:]
 
 
-def status_over_ssh(host: str, timeout: float) -> dict[str, Any] | str:
-    """``meshctl --json status`` run on *host* over ssh: its summary, or why not (one line)."""
+def status_over_ssh(target: Sequence[str], timeout: float) -> dict[str, Any] | str:
+    """``meshctl --json status`` run over ssh on *target* (ssh's arguments, the host
+    last): its summary, or why not (one line)."""
     ssh = shlex.split(os.environ.get("MESHCTL_SSH", SSH_DEFAULT))
+    host = target[-1]
     try:
-        res = subprocess.run([*ssh, host, "meshctl --json status"], capture_output=True,
+        res = subprocess.run([*ssh, *target, "meshctl --json status"], capture_output=True,
                              text=True, timeout=timeout + 10)
     except subprocess.TimeoutExpired:
         return f"ssh {host}: no answer"
@@ -494,10 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser(
         "fleet", help="one row of health per node of an Ansible inventory",
         description="Asks every node of the group on its management address (mesh_mgmt_address, "
-                    "else ansible_host). Exit 1 when a node is unhealthy, does not answer, or "
-                    "misses a neighbour its inventory links expect: each host's mesh_links "
-                    "(a list of {peer: NAME}; the lab's inventory has them). An inventory "
-                    "without mesh_links expects no neighbours and that check is skipped.")
+                    "else ansible_host); with --ssh, over ssh as Ansible reaches it (ansible_host, "
+                    "ansible_user, ansible_port). Exit 1 when a node is unhealthy, does not "
+                    "answer, or misses a neighbour its inventory links expect: each host's "
+                    "mesh_links (a list of {peer: NAME}; the lab's inventory has them). An "
+                    "inventory without mesh_links expects no neighbours and that check is skipped.")
     f.add_argument("action", nargs="?", choices=["status"], default="status",
                    help="what to show (only status, the default)")
     f.add_argument("-i", "--inventory", required=True)
