@@ -22,10 +22,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from meshcore_testkit.containerlab import exec_in
+from meshcore_testkit.containerlab import exec_in, running_lab_state
 
 ROOT = Path(__file__).resolve().parents[1]
-STATE = ROOT / "build" / "lab" / "state.yml"
 PKI = ROOT / "build" / "pki"
 pytestmark = [
     pytest.mark.slow,
@@ -58,12 +57,7 @@ def rejected(body: str) -> float:
 def lab_state(lab: dict) -> dict:
     """The plan of the session lab; the session fixture has just built it with the lab PKI."""
     assert (PKI / "ca" / "ca.crt").exists(), "the lab was built without the lab PKI"
-    state = yaml.safe_load(STATE.read_text())
-    running = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True,
-                             text=True, check=True).stdout.split()
-    missing = [n for n in state["nodes"] if f"meshcore-lab-{n}" not in running]
-    assert not missing, f"lab containers not running: {missing}"
-    return state
+    return running_lab_state()
 
 
 def reissue(node: str) -> subprocess.CompletedProcess[str]:

@@ -12,17 +12,14 @@ import ipaddress
 import json
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import networkx as nx
 import pytest
-import yaml
-from meshcore_testkit.containerlab import exec_in
+from meshcore_testkit.containerlab import exec_in, running_lab_state
 
 ROOT = Path(__file__).resolve().parents[1]
-STATE = ROOT / "build" / "lab" / "state.yml"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0 or shutil.which("podman") is None,
@@ -30,19 +27,10 @@ pytestmark = [
 ]
 
 
-def container(node: str) -> str:
-    return f"meshcore-lab-{node}"
-
-
 @pytest.fixture(scope="module")
 def lab_state(lab: dict) -> dict:
     """The plan of the session lab; the session fixture has just built it, so it must run."""
-    state = yaml.safe_load(STATE.read_text())
-    running = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True,
-                             text=True, check=True).stdout.split()
-    missing = [n for n in state["nodes"] if container(n) not in running]
-    assert not missing, f"lab containers not running: {missing}"
-    return state
+    return running_lab_state()
 
 
 def far_pair(state: dict) -> tuple[str, str, int]:

@@ -11,9 +11,10 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 from meshcore_tools import ROOT
-from meshcore_tools.lab.state import container
+from meshcore_tools.lab.state import container, load_state
 
 # meshcore-rollout's extra variables for a 4-node lab: a canary, then the rest; a short
 # soak and readiness wait.
@@ -35,6 +36,17 @@ def lab_up(nodes: int, topology: str = "grid") -> Iterator[None]:
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     yield
     make("lab-destroy")
+
+
+def running_lab_state() -> dict[str, Any]:
+    """The plan of the lab ``make lab`` built (build/lab/state.yml), once every node's
+    container is running (a failure names those that are not)."""
+    state = load_state()
+    running = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True,
+                             text=True, check=True).stdout.split()
+    missing = [n for n in state["nodes"] if container(n) not in running]
+    assert not missing, f"lab containers not running: {missing}"
+    return state
 
 
 def exec_in(node: str, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
