@@ -13,13 +13,11 @@ import json
 import os
 import shutil
 import time
-from pathlib import Path
 
 import networkx as nx
 import pytest
 from meshcore_testkit.containerlab import exec_in, running_lab_state
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0 or shutil.which("podman") is None,
