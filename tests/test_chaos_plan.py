@@ -49,6 +49,33 @@ def test_partition_cuts_exactly_the_links_across(topo: Topo) -> None:
     assert faults.bisect(topo, seed=4) == side  # seeded: reproducible
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_partition_halves_leave_excluded_nodes_uncut(seed: int) -> None:
+    """blast_radius.exclude is honoured when the halves are chosen: no excluded node has a
+    link cut (so the runner does not skip the step), on topologies of several shapes."""
+    t = Topo(topology.normalise(topology.build(("rgg", "grid", "community")[seed % 3], 16,
+                                               seed=seed)))
+    nodes = sorted(t.graph)
+    exclude = random.Random(seed).sample(nodes, 2)
+    side = faults.bisect(t, seed, exclude)
+    assert 0 < len(side) < len(nodes)
+    touched = set(faults.plan(Fault("partition", side, "p"), t))
+    assert touched and not touched & set(exclude)
+    assert faults.bisect(t, seed, exclude) == side  # still seeded
+
+
+def test_partition_schedule_passes_the_exclusions(topo: Topo) -> None:
+    from meshcore_tools.chaos import experiment
+    exclude = sorted(topo.graph)[:3]
+    exp = experiment.validate({
+        "version": 1, "title": "t", "seed": 5, "steady_state": {"timeout_s": 10},
+        "blast_radius": {"max_nodes": 80, "max_duration_s": 60, "exclude": exclude},
+        "faults": [{"class": "partition", "target": "random", "duration_s": 5,
+                    "settle_s": 1, "repetitions": 4}]})
+    for step in experiment.schedule(exp, topo):
+        assert not set(faults.plan(Fault("partition", step.target, "p"), topo)) & set(exclude)
+
+
 @pytest.mark.parametrize(("cls", "target", "params"), [
     ("silent_cut", ("n01",), {}), ("lossy", None, {"loss_pct": 0}), ("frozen_agent", ("zz",), {}),
     ("cpu_starvation", None, {"quota_pct": 100}), ("nope", ("n01",), {}),
@@ -107,3 +134,15 @@ def test_a_not_ready_agent_says_why_and_a_timeout_is_not_a_503() -> None:
     old = '{"ready": false, "checks": {"neighbors_known": true, "routes_programmed": false}}'
     assert not_ready_why(503, old)["failing"] == ["routes_programmed"]
     assert not_ready_why(502, "<html>")["failing"] == ["unreadable body"]
+
+
+def test_the_fleet_runner_reaches_nodes_as_ansible_does() -> None:
+    """``chaos run --inventory`` sshes as ansible_user, to ansible_port, at ansible_host."""
+    from meshcore_tools.chaos.__main__ import fleet_ssh
+    ssh = fleet_ssh({"_meta": {"hostvars": {
+        "n1": {"ansible_host": "10.0.0.1", "ansible_user": "pi", "ansible_port": 2222},
+        "n2": {"ansible_host": "n2.lan"}}}})
+    assert ssh("n1") == ["ssh", "-o", "BatchMode=yes", "-l", "pi", "-p", "2222", "10.0.0.1",
+                         "sudo"]
+    assert ssh("n2") == ["ssh", "-o", "BatchMode=yes", "n2.lan", "sudo"]
+    assert ssh("n3") == ["ssh", "-o", "BatchMode=yes", "n3", "sudo"]

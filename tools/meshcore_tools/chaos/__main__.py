@@ -24,6 +24,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,21 @@ import yaml
 
 def log(msg: str) -> None:
     print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def fleet_ssh(listing: dict[str, Any]) -> Callable[[str], list[str]]:
+    """The command prefix reaching a fleet node as Ansible does (``ansible_user``,
+    ``ansible_port``, ``ansible_host`` from ``ansible-inventory --list``: meshctl's
+    ``fleet.ssh_targets``), then ``sudo``; a node the inventory lacks by its name."""
+    from mesh_agent.ctl.fleet import ssh_targets
+
+    targets = ssh_targets(listing, dict.fromkeys(listing.get("_meta", {}).get("hostvars", {}),
+                                                 ""))
+
+    def ssh(node: str) -> list[str]:
+        return ["ssh", "-o", "BatchMode=yes", *targets.get(node, [node]), "sudo"]
+
+    return ssh
 
 
 def _targets(a: argparse.Namespace) -> Any:
@@ -52,13 +68,8 @@ def _targets(a: argparse.Namespace) -> Any:
     if a.inventory:
         inv = json.loads(subprocess.run(["ansible-inventory", "-i", a.inventory, "--list"],
                                         capture_output=True, text=True, check=True).stdout)
-        hostvars = inv.get("_meta", {}).get("hostvars", {})
         state = yaml.safe_load(Path(a.topology).read_text())
-
-        def ssh(node: str) -> list[str]:
-            return ["ssh", "-o", "BatchMode=yes", str(hostvars.get(node, {}).get(
-                "ansible_host", node)), "sudo"]
-
+        ssh = fleet_ssh(inv)
         return (Mesh(state, ssh, wrapper_nodes(ssh), api=api, route_proto=proto,
                      prometheus=prom),
                 Options(agent_match="mesh-agent run"))

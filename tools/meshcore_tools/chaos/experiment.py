@@ -103,7 +103,7 @@ def schedule(exp: dict[str, Any], topo: Topo) -> list[Step]:
             if f["target"] != "random":
                 target = tuple(f["target"])
             elif faults.CLASSES[cls].target == "partition":
-                target = faults.bisect(topo, rng.randrange(1 << 30))
+                target = faults.bisect(topo, rng.randrange(1 << 30), sorted(exclude))
             else:
                 pos = rng.random()
                 if faults.CLASSES[cls].target == "node" and cls in ("rogue", "cpu_starvation"):

@@ -215,10 +215,30 @@ CLASSES: Mapping[str, ClassInfo] = {
 }
 
 
-def bisect(topo: Topo, seed: int) -> tuple[str, ...]:
+def bisect(topo: Topo, seed: int, exclude: Sequence[str] = ()) -> tuple[str, ...]:
     """One side of a seeded Kernighan-Lin bisection (Kernighan & Lin 1970): a partition
-    with few links cut and two halves of similar size."""
-    a, _ = nx.algorithms.community.kernighan_lin_bisection(topo.graph, seed=seed)
+    with few links cut and two halves of similar size.
+
+    With *exclude* (the blast radius's), no excluded node has a link cut: each one is
+    kept in one block with its neighbours (overlapping blocks merge), the bisection runs
+    on the quotient graph of those blocks (its edge weights count the links between
+    them) and the side is expanded back to nodes. The halves are then of similar size
+    in blocks, not nodes. When the blocks leave nothing to split (fewer than two), the
+    plain bisection is returned and the runner's blast-radius check skips the step,
+    naming the nodes."""
+    g = topo.graph
+    keep = [n for n in exclude if n in g]
+    if keep:
+        merged = nx.Graph()
+        merged.add_nodes_from(g)
+        for n in keep:
+            merged.add_edges_from((n, m) for m in g[n])
+        blocks = [frozenset(c) for c in nx.connected_components(merged)]
+        if len(blocks) >= 2:
+            q = nx.quotient_graph(g, blocks)
+            a, _ = nx.algorithms.community.kernighan_lin_bisection(q, seed=seed)
+            return tuple(sorted(n for block in a for n in block))
+    a, _ = nx.algorithms.community.kernighan_lin_bisection(g, seed=seed)
     return tuple(sorted(a))
 
 
