@@ -8,6 +8,7 @@ from pathlib import Path
 from types import ModuleType
 
 import networkx as nx
+import pytest
 from meshcore_testkit.loader import load_path
 from meshcore_tools.chaos.faults import Topo
 
@@ -73,6 +74,20 @@ def test_the_fault_mix_has_fixed_targets_off_the_background_links() -> None:
     assert all(isinstance(x, list) and x for x in targets)
     for f in mix["faults"][:2]:
         assert tuple(sorted(f["target"])) not in {tuple(sorted(x)) for x in bg}
+
+
+def test_fault_parameters_can_be_overridden() -> None:
+    b = bench()
+    params = b.parse_params(["lossy.loss_pct=25", "rogue.mode=garbage"])
+    assert params["lossy"] == {"loss_pct": 25} and params["rogue"]["mode"] == "garbage"
+    assert b.PARAMS["lossy"] == {"loss_pct": 40}  # the defaults are left alone
+    g = nx.random_geometric_graph(12, 0.5, seed=3)
+    t = type("T", (), {"graph": nx.relabel_nodes(g, {i: f"n{i:02d}" for i in g})})()
+    mix = b.fault_mix(["lossy", "lossy"], 10.0, 5.0, 1, t, [], params)
+    assert [f["params"] for f in mix["faults"]] == [{"loss_pct": 25}] * 2
+    for bad in ("lossy=25", "nope.x=1", "lossy.=3"):
+        with pytest.raises(SystemExit):
+            b.parse_params([bad])
 
 
 def test_every_pairs_primary_path_is_walked_for_the_links_it_crosses() -> None:

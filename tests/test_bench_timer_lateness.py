@@ -25,3 +25,15 @@ def test_one_line_per_hog_count_and_no_hog_left() -> None:
     # The hogs were joined before the bench exited: none of its children is left.
     assert subprocess.run(["pgrep", "-f", str(BENCH)], capture_output=True,
                           check=False).returncode == 1
+
+
+def test_a_hog_ends_by_itself_at_its_deadline() -> None:
+    """A hog outlives no run: it stops at its deadline even if nobody terminates it (a
+    killed bench; with --sched fifo it would otherwise hold a core for good)."""
+    import time
+
+    from meshcore_testkit.loader import load_path
+    b = load_path("bench_timer_lateness", BENCH)
+    t0 = time.monotonic()
+    b.hog(t0 + 0.3, False)
+    assert 0.3 <= time.monotonic() - t0 < 5.0

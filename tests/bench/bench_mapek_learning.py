@@ -105,8 +105,28 @@ def quantile(values: list[float], q: float) -> float | None:
     return round(probes.quantile(values, q), 2) if values else None
 
 
+def parse_params(items: list[str]) -> dict[str, dict[str, Any]]:
+    """PARAMS with ``--param class.key=value`` overrides (a number where it reads as one),
+    e.g. ``lossy.loss_pct=25``: a loss the routing's own cost does not always avoid, where
+    whether the traffic leaves the link depends on the action."""
+    out = {c: dict(v) for c, v in PARAMS.items()}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        cls, dot, name = key.partition(".")
+        if not (sep and dot and cls and name):
+            raise SystemExit(f"--param {item!r}: expected class.key=value")
+        if cls not in faults.CLASSES:
+            raise SystemExit(f"--param {item!r}: unknown fault class {cls!r}")
+        value: Any = raw
+        with contextlib.suppress(ValueError):
+            value = float(raw) if "." in raw else int(raw)
+        out.setdefault(cls, {})[name] = value
+    return out
+
+
 def fault_mix(classes: list[str], hold: float, settle: float, seed: int, t: Topo,
-              avoid: list[tuple[str, str]]) -> dict[str, Any]:
+              avoid: list[tuple[str, str]],
+              params: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The round's faults with their targets fixed from the seed and the topology alone
     (not a position on the probe's path, which the two labs' routes could resolve to
     different elements): both policies meet the same faults every round. Link faults
@@ -124,7 +144,7 @@ def fault_mix(classes: list[str], hold: float, settle: float, seed: int, t: Topo
         "steady_state": {"timeout_s": 120},
         "blast_radius": {"max_nodes": 80, "max_duration_s": 300},
         "faults": [{"class": c, "target": target, "duration_s": hold, "settle_s": settle,
-                    "params": PARAMS.get(c, {})} for c, target in zip(classes, targets,
+                    "params": (params or PARAMS).get(c, {})} for c, target in zip(classes, targets,
                                                                       strict=True)],
     })
 
@@ -460,6 +480,8 @@ def main() -> None:
     p.add_argument("--interval", type=float, default=5.0,
                    help="mapek.interval_s (the agent's default)")
     p.add_argument("--raw", type=Path, help="append every round's incidents and fault windows here")
+    p.add_argument("--param", action="append", default=[], metavar="CLASS.KEY=VALUE",
+                   help="override a fault parameter (repeatable), e.g. lossy.loss_pct=25")
     p.add_argument("--background-pct", type=int, default=10)
     p.add_argument("--background-links", type=int, default=2)
     p.add_argument("--window", type=int, default=3, help="rounds compared first vs last")
@@ -474,7 +496,7 @@ def main() -> None:
     state = topo.normalise(topo.build(kind, int(n or 0), seed=a.seed))
     t = Topo(state)
     bg = background_links(t, a.background_links, a.seed)
-    exp = fault_mix(a.classes.split(","), a.hold, a.settle, a.seed, t, bg)
+    exp = fault_mix(a.classes.split(","), a.hold, a.settle, a.seed, t, bg, parse_params(a.param))
     log(f"{state['name']}: {len(state['nodes'])} nodes; background {a.background_pct} % loss "
         f"on {bg}; {a.rounds} rounds of " + ", ".join(
             f"{f['class']} {'-'.join(f['target'])}" for f in exp["faults"]))

@@ -48,6 +48,8 @@ from mesh_agent.mapek.plan import (
     COLLATERAL_S,
     MTTR_TARGET_S,
     RULES,
+    TTM_TARGET_SAMPLES,
+    mitigated_in_time,
     succeeded,
 )
 from mesh_agent.mapek.safety import Lease
@@ -643,6 +645,66 @@ def test_nothing_to_mitigate_when_the_link_carried_nothing_or_routes_are_unknown
         assert inc.carried == (0 if routes_via else None)
         assert not any(s.mitigated for s in steps) and inc.ttm_s is None
         assert inc.mttr_s is not None and loop.ttm == {}
+
+
+class _Always:
+    """A policy that always takes one action (the arm under test)."""
+
+    name = "always"
+
+    def __init__(self, action: ActionKind) -> None:
+        self.action = action
+
+    def choose(self, cls: IncidentClass, stats: object, available: object = None) -> str:
+        return str(self.action)
+
+
+def test_mitigated_in_time_judges_only_a_link_that_carried_our_routes() -> None:
+    assert mitigated_in_time(0, None, 10.0) is None  # nothing of ours crossed it
+    assert mitigated_in_time(0, 0.0, 10.0) is None
+    assert mitigated_in_time(3, 0.0, 10.0) is True  # left before/at the detection
+    assert mitigated_in_time(3, 10.0, 10.0) is True
+    assert mitigated_in_time(3, 10.5, 10.0) is False
+    assert mitigated_in_time(3, None, 10.0) is False  # never left while it read bad
+
+
+def link_run(action: ActionKind, via: list[int], interval: float = 5.0) -> MapeK:
+    """One lossy-link incident on b (bad from the 2nd to the 8th sample, detected at the
+    3rd) with our routes over b per sample (*via*), under a policy that takes *action*."""
+    loop = MapeK("a", "enforce", _Always(action), 0.05, interval_s=interval)
+    loss = [0.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5] + [0.0] * 8
+    for i, (x, n) in enumerate(zip(loss, via + [via[-1]] * (len(loss) - len(via)),
+                                   strict=True)):
+        loop.step(obs(i * interval, x, routes_via=(("b", n), ("c", 4))))
+    assert loop.analyzer.opened_total == {"lossy_link": 1} and not loop.analyzer.open
+    return loop
+
+
+def test_a_link_action_is_judged_by_its_time_to_mitigate_not_its_mttr() -> None:
+    """The incident lasts as long as the loss whatever runs (MTTR equal), so the arm is
+    credited when our routes left the link within TTM_TARGET_SAMPLES intervals of the
+    detection, and blamed when they stayed on it; a link that carried none of our
+    routes teaches the arm nothing. (With the MTTR reward all three were judged alike.)"""
+    moved = link_run(ActionKind.QUARANTINE_LINK, [3, 3, 3, 0])  # off one sample later
+    mttr = moved.stats[("lossy_link", "quarantine_link")].mttr_sum
+    assert moved.stats[("lossy_link", "quarantine_link")] == ActionStats(1, 1, mttr)
+    stayed = link_run(ActionKind.NONE, [3])  # no detour taken: on the link all along
+    assert stayed.stats[("lossy_link", "none")] == ActionStats(1, 0, mttr)  # same MTTR
+    late = link_run(ActionKind.QUARANTINE_LINK, [3] * 3 + [2] * TTM_TARGET_SAMPLES + [0])
+    assert late.stats[("lossy_link", "quarantine_link")].successes == 0
+    idle = link_run(ActionKind.QUARANTINE_LINK, [0])  # the link carried none of ours
+    assert idle.stats == {}
+    # The routing's own cost moved them before the detection: doing nothing succeeds.
+    early = link_run(ActionKind.NONE, [3, 0])
+    assert early.stats[("lossy_link", "none")].successes == 1
+
+
+def test_a_link_incident_with_unknown_routes_is_still_judged_by_its_mttr() -> None:
+    loop = MapeK("a", "enforce", _Always(ActionKind.NONE), 0.05)
+    for i, x in enumerate([0.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5] + [0.0] * 8):
+        loop.step(obs(i * 5.0, x))  # no routes_via: a backend with no route programmer
+    s = loop.stats[("lossy_link", "none")]
+    assert (s.tries, s.successes) == (1, int(succeeded(IncidentClass.LOSSY_LINK, 35.0)))
 
 
 def test_traffic_leaving_once_the_link_reads_clear_is_not_a_mitigation() -> None:

@@ -117,6 +117,22 @@ def test_version_3_thresholds_come_back_with_no_default(tmp_path: Path) -> None:
     assert Knowledge(path).tuned() == {"link_downs": (3.6, None)}
 
 
+def test_version_6_drops_the_link_classes_mttr_judged_statistics(tmp_path: Path) -> None:
+    """Schema 6: link incidents are judged by their time to mitigate from then on, so the
+    link classes' statistics of the MTTR reward go; the other classes' stay."""
+    path = tmp_path / DB_NAME
+    conn, _ = open_db(path)
+    from mesh_agent.store.db import migrate
+
+    migrate(conn, "knowledge", SCHEMA[:5])
+    for cls in ("lossy_link", "flapping_link", "slow_link", "starved_node"):
+        conn.execute("INSERT INTO action_stats (class, action, tries, successes, mttr_sum) "
+                     "VALUES (?, 'none', 4, 2, 80.0)", (cls,))
+    conn.commit()
+    conn.close()
+    assert set(Knowledge(path).stats()) == {("starved_node", "none")}
+
+
 def test_bounded(tmp_path: Path) -> None:
     k = Knowledge.in_state_dir(tmp_path, max_rows=50)
     for i in range(1, 501):
@@ -147,7 +163,7 @@ def test_version_1_is_migrated_in_place(tmp_path: Path) -> None:
     assert k.start_run() == 1
     row = sqlite3.connect(path).execute(
         "SELECT version FROM schema_versions WHERE component = 'knowledge'").fetchone()
-    assert row[0] == len(SCHEMA) == 5
+    assert row[0] == len(SCHEMA) == 6
 
 
 def test_one_file_with_the_event_log(tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ pruned in batches), crash-safe (every write is one committed transaction;
 ``kill -9`` loses at most the write in flight, tested), and migrated by
 version (schema 2 added the mode and policy an incident ran under, and how
 it ended; schema 3 the incident it is a symptom of; schema 4 the default each
-threshold value was tuned from; schema 5 a link incident's time to mitigate).
+threshold value was tuned from; schema 5 a link incident's time to mitigate; schema 6
+drops the link classes' action statistics, judged by MTTR until then).
 Never in the way: a database that cannot be written counts the error and the
 loop goes on with what it holds in memory.
 """
@@ -94,6 +95,12 @@ SCHEMA: list[list[str]] = [
         # detection, and when none were)
         "ALTER TABLE incidents ADD COLUMN carried INTEGER",
         "ALTER TABLE incidents ADD COLUMN mitigated_mono REAL",
+    ],
+    [  # version 6: a link incident's action is judged by its time to mitigate
+        # (plan.mitigated_in_time), no longer by its MTTR, which was the fault's duration
+        # whatever ran: the link classes' statistics of that reward are dropped rather
+        # than mixed with the new one
+        "DELETE FROM action_stats WHERE class IN ('lossy_link', 'slow_link', 'flapping_link')",
     ],
 ]
 

@@ -23,7 +23,11 @@ gives). The outcome is relative (:func:`mesh_agent.mapek.plan.succeeded`):
 within the class's MTTR target and no slower than the median of its recent
 recoveries (kept in memory, :data:`~mesh_agent.mapek.plan.BASELINE_N` per
 class; after a restart the baseline starts empty and the target alone judges
-until :data:`~mesh_agent.mapek.plan.BASELINE_MIN` recoveries). An incident
+until :data:`~mesh_agent.mapek.plan.BASELINE_MIN` recoveries). A link incident
+whose routes are known is judged by its time to mitigate instead
+(:func:`mesh_agent.mapek.plan.mitigated_in_time`: our routes off the link
+within :data:`~mesh_agent.mapek.plan.TTM_TARGET_SAMPLES` intervals of the
+detection; a link that carried none of them judges nothing). An incident
 that opens within :data:`~mesh_agent.mapek.plan.COLLATERAL_S` of an action
 applied for another one, on a node where nothing else is open (the fault that
 explains both is over), charges that action one failure (once per action).
@@ -74,10 +78,12 @@ from mesh_agent.mapek.monitor import (
 from mesh_agent.mapek.plan import (
     BASELINE_N,
     COLLATERAL_S,
+    TTM_TARGET_SAMPLES,
     ActionKind,
     ActionStats,
     Policy,
     Stats,
+    mitigated_in_time,
     succeeded,
 )
 from mesh_agent.mapek.safety import LEASE_TTL_S, Lease, LeaseProvider, RateLimit, Safety, Verdict
@@ -165,6 +171,8 @@ class MapeK:
         # An incident that cleared by itself within this many seconds of being raised
         # was a blip: its threshold was too low.
         self.false_alarm_s = false_alarm_s if false_alarm_s is not None else 6 * interval_s
+        # A link incident's action succeeded when our traffic had left the link by then.
+        self.ttm_target_s = TTM_TARGET_SAMPLES * interval_s
         self.actions_total: dict[tuple[str, str], int] = {}
         self.mttr: dict[str, Histogram] = {}
         self.ttm: dict[str, Histogram] = {}  # time to mitigate, per class
@@ -373,9 +381,10 @@ class MapeK:
             return
         ran = inc.action if inc.action_outcome == "applied" else str(ActionKind.NONE)
         recent = self.recent.setdefault(str(inc.cls), deque(maxlen=BASELINE_N))
-        if inc.action is not None:
+        verdict = None if inc.action is None else self._judge(inc, mttr, recent)
+        if verdict is not None:
             s = self.stats.setdefault((str(inc.cls), str(ran)), ActionStats())
-            s.record(succeeded(IncidentClass(inc.cls), mttr, recent), mttr)
+            s.record(verdict, mttr)
             out.stats.append((str(inc.cls), str(ran), s))
         recent.append(mttr)
         t = self.thresholds
@@ -388,6 +397,14 @@ class MapeK:
             new, reason = t.set(signal, old + (default - old) * RELAX_STEP), f"relax:{inc.id}"
         if abs(new - old) > 1e-9:
             out.thresholds.append((str(signal), new, reason))
+
+    def _judge(self, inc: Incident, mttr: float, recent: deque[float]) -> bool | None:
+        """Whether the action that ran succeeded (None: nothing to judge). A link incident
+        whose routes were known, by its time to mitigate; any other, by its MTTR against
+        the class's target and recent recoveries (mesh_agent.mapek.plan)."""
+        if inc.target.kind == "link" and inc.carried is not None:
+            return mitigated_in_time(inc.carried, inc.ttm_s, self.ttm_target_s)
+        return succeeded(IncidentClass(inc.cls), mttr, recent)
 
     def _collateral(self, inc: Incident, now: float, older: bool, out: Step) -> None:
         """Charge the last applied action one failure when *inc* opened within

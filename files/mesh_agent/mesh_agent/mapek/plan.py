@@ -18,6 +18,15 @@ Two policies behind one interface (``mapek.policy``):
   open any more is charged one more failure (the loop's ``_collateral``): a
   side effect or a relapse, such as route churn once the fault is over but
   the hello is still long, counts against the action.
+  A *link* incident is judged otherwise when the node knows its routes
+  (:func:`mitigated_in_time`): a link's fault lasts as long as it lasts whatever
+  is done, so its MTTR says nothing of the action (docs/mapek.md, sessions 41
+  to 43: equal for every action, ``none`` included); what an action can change
+  is whether this node's traffic leaves the bad link. The action succeeds when
+  the routes that crossed the link at detection had left it within
+  :data:`TTM_TARGET_SAMPLES` loop intervals (the time to mitigate), and fails
+  when they had not; a link that carried none of our routes judges nothing
+  (no action could help here, so none is credited or blamed).
   Each arm's success probability has a Beta(1 + successes,
   1 + failures) posterior, except the rule table's own choice for the class
   (what :class:`FixedPolicy` would do here), which starts with
@@ -165,6 +174,22 @@ def succeeded(cls: IncidentClass, mttr_s: float, recent: Sequence[float] = ()) -
         return False
     last = list(recent)[-BASELINE_N:]
     return len(last) < BASELINE_MIN or mttr_s <= statistics.median(last)
+
+
+# A link incident is mitigated in time when our routes had left the link within this many
+# loop intervals of its detection: by the next sample, with one to spare (a quarantine's
+# cost moves them within about a second; the routing's own cost may have moved them
+# before the detection, which counts as 0).
+TTM_TARGET_SAMPLES = 2
+
+
+def mitigated_in_time(carried: int, ttm_s: float | None, target_s: float) -> bool | None:
+    """The outcome of a link incident's action from its time to mitigate (module
+    docstring): None when the link carried none of our routes (nothing to judge), else
+    whether they had left it within *target_s* of the detection (*ttm_s*: None, never)."""
+    if carried <= 0:
+        return None
+    return ttm_s is not None and ttm_s <= target_s
 
 
 def applicable(cls: IncidentClass, available: Iterable[ActionKind] | None = None
