@@ -1,5 +1,10 @@
 """A real etcd cluster of ``n`` members on 127.0.0.1, in a temporary directory.
 
+Or, with ``hosts`` and ``wrap``, each member on its own address inside its own network
+namespace (``wrap(i)`` is the argv prefix that runs a command there, ``ip netns exec``),
+so a test can cut real links between members and clients
+(``files/mesh_agent/tests/test_mapek_etcd_partition.py``).
+
 Debian's ``etcd-server`` (3.4); the members listen on free ports, so parallel runs and a
 system etcd do not collide. Used by the MAPE-K lease tests
 (``files/mesh_agent/tests/test_mapek_etcd.py``). Members can be stopped, paused and
@@ -15,6 +20,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,22 +36,29 @@ class EtcdCluster:
     clients: list[int] = field(default_factory=list)
     peers: list[int] = field(default_factory=list)
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    hosts: list[str] = field(default_factory=list)  # each member's address (127.0.0.1)
+    wrap: Callable[[int], list[str]] | None = None  # member i's argv prefix (a namespace)
 
     def __post_init__(self) -> None:
         self.clients = [free_port() for _ in range(self.n)]
         self.peers = [free_port() for _ in range(self.n)]
+        self.hosts = self.hosts or ["127.0.0.1"] * self.n
 
     @property
     def endpoints(self) -> list[str]:
-        return [f"http://127.0.0.1:{p}" for p in self.clients]
+        return [f"http://{h}:{p}" for h, p in zip(self.hosts, self.clients, strict=True)]
+
+    def peer_url(self, i: int) -> str:
+        return f"http://{self.hosts[i]}:{self.peers[i]}"
 
     def _argv(self, i: int, state: str) -> list[str]:
-        cluster = ",".join(f"m{k}=http://127.0.0.1:{p}" for k, p in enumerate(self.peers))
+        cluster = ",".join(f"m{k}={self.peer_url(k)}" for k in range(self.n))
         return [
+            *(self.wrap(i) if self.wrap else []),
             ETCD, "--name", f"m{i}", "--data-dir", str(self.base / f"m{i}"),
             "--listen-client-urls", self.endpoints[i], "--advertise-client-urls",
-            self.endpoints[i], "--listen-peer-urls", f"http://127.0.0.1:{self.peers[i]}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peers[i]}",
+            self.endpoints[i], "--listen-peer-urls", self.peer_url(i),
+            "--initial-advertise-peer-urls", self.peer_url(i),
             "--initial-cluster", cluster, "--initial-cluster-token", self.base.name,
             "--initial-cluster-state", state,
             # Fast elections on loopback; a lost member is noticed within a second.
@@ -82,6 +95,22 @@ class EtcdCluster:
                 return bool(json.load(r).get("health") == "true")
         except (OSError, ValueError, urllib.error.URLError):
             return False
+
+    def leader(self) -> int | None:
+        """The member the others follow (``/v3/maintenance/status``), if one answers."""
+        ids: dict[int, str] = {}
+        leader = None
+        for i in self.procs:
+            try:
+                req = urllib.request.Request(f"{self.endpoints[i]}/v3/maintenance/status",
+                                             data=b"{}", method="POST")
+                with urllib.request.urlopen(req, timeout=1.0) as r:
+                    st = json.load(r)
+            except (OSError, ValueError, urllib.error.URLError):
+                continue
+            ids[i] = str(st["header"]["member_id"])
+            leader = str(st.get("leader", "")) or leader
+        return next((i for i, m in ids.items() if m == leader), None)
 
     def wait_healthy(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
