@@ -144,10 +144,40 @@ def test_route_protocol_is_named(host):
         "77", "meshcore"]
 
 
-def show(host, *props: str) -> dict[str, str]:
+def show(host, *props: str, unit: str = "mesh-agent.service") -> dict[str, str]:
     props_args = " ".join(f"-p {p}" for p in props)
-    out = host.check_output(f"systemctl show mesh-agent.service {props_args}")
+    out = host.check_output(f"systemctl show {unit} {props_args}")
     return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def test_the_agents_user_may_restart_its_units_and_nothing_else(host):
+    """restart_unit's own call (``systemctl restart --no-block``) as the agent's user with
+    no new privileges, as in its unit: systemd takes it for an allowlisted unit through
+    the role's polkit rule, and refuses every other unit."""
+    rule = host.file("/etc/polkit-1/rules.d/60-mesh-agent.rules")
+    assert rule.exists and rule.mode == 0o644 and "molecule-dummy.service" in rule.content_string
+    host.check_output("printf '[Service]\\nExecStart=/bin/sleep infinity\\n' "
+                      "> /run/systemd/system/molecule-dummy.service && systemctl daemon-reload "
+                      "&& systemctl start molecule-dummy.service")
+    before = show(host, "InvocationID", unit="molecule-dummy.service")["InvocationID"]
+
+    def restart(unit: str) -> str:
+        code = ("from mesh_agent.mapek.shell import systemctl_restart; "
+                f"print(systemctl_restart({unit!r}))")
+        return host.check_output(
+            "setpriv --no-new-privs --reuid=meshcore --regid=meshcore --init-groups "
+            "/opt/mesh-agent/current/bin/python -c %s", code)
+
+    assert restart("molecule-dummy.service") == "None"
+    for _ in range(20):  # --no-block: systemd runs the job after answering
+        after = show(host, "InvocationID", unit="molecule-dummy.service")["InvocationID"]
+        if after != before:
+            break
+        time.sleep(0.5)
+    assert after != before, "the allowlisted unit was not restarted"
+    refused = restart("mesh-release-confirm.service")
+    assert "authentication" in refused.lower() or "denied" in refused.lower(), refused
+    host.run("systemctl stop molecule-dummy.service")
 
 
 def test_a_hung_agent_is_restarted_by_the_watchdog(host):
