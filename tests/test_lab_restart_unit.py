@@ -1,0 +1,133 @@
+"""restart_unit on the running lab: a starved node restarts a hogging unit under systemd,
+under a lease from the gateways' etcd over the mesh.
+
+One node (the first that is neither a gateway nor the monitor) gets, through site.yml as
+an operator would (``--limit``), the loop in ``enforce`` with the ``learned`` policy and
+``mesh_agent_mapek_restart_units`` naming a hog unit; the role installs polkitd and the
+rule that lets the agent's user restart exactly that unit. Its Knowledge is seeded as a
+node that has learned that ``restart_unit`` ends a starved node (what a fleet's shared
+statistics would give it), so the learned policy picks it. The hog is a busy loop in a
+runtime unit (``RuntimeMaxSec=`` bounds it whatever happens); it runs as the agent's user
+because on this host's cgroup v1 the agent reads a unit's CPU from the processes it can
+see (cgroup v2, as on Raspberry Pi OS, reads any unit's). The node is starved by pulses
+of SIGSTOP on its agent (0.35 s every 1.5 s, for at most 90 s, always ending in SIGCONT;
+the unit's watchdog also restarts an agent stopped for good). Expected: a
+``starved_node`` incident decided ``restart_unit``, ``applied`` under a lease with a
+fencing token, and a remediation event ``done`` that names the hog, whose systemd
+invocation changed. Afterwards site.yml puts the node back to the lab's settings.
+
+Slow (the lab): runs under ``make test-full``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from meshcore_testkit.containerlab import exec_in
+from meshcore_tools.lab.plan import pick_gateways
+from meshcore_tools.lab.state import MONITOR, load_state
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (podman, netns)"),
+]
+ROOT = Path(__file__).resolve().parents[1]
+HOG = "meshcore-lab-hog.service"
+STATE_DIR = "/var/lib/mesh-agent"
+PYTHON = "/opt/mesh-agent/current/bin/python"
+# A node that learned restart_unit ends a starved node, and the rule's lengthen_hello not.
+SEED = ("from pathlib import Path; from mesh_agent.mapek.knowledge import Knowledge; "
+        "from mesh_agent.mapek.plan import ActionStats; "
+        f"k = Knowledge.in_state_dir(Path({STATE_DIR!r})); "
+        "k.stats_changed('starved_node', 'restart_unit', ActionStats(40, 40, 400.0)); "
+        "k.stats_changed('starved_node', 'lengthen_hello', ActionStats(40, 0, 4000.0)); "
+        "k.stats_changed('starved_node', 'none', ActionStats(40, 0, 4000.0)); k.close()")
+PULSES = ("P=$(systemctl show -p MainPID --value mesh-agent.service); "
+          "timeout 90 sh -c \"while :; do kill -STOP $P; sleep 0.35; kill -CONT $P; "
+          "sleep 1.15; done\"; kill -CONT $P")
+
+
+def site_run(node: str, extravars: dict[str, Any], tmp: Path) -> tuple[int, list[str]]:
+    """site.yml limited to *node* (and the controller's checks), with ansible-runner."""
+    import ansible_runner
+    from meshcore_tools.rollout import runner_path
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    r = ansible_runner.run(
+        private_data_dir=str(tmp), project_dir=str(ROOT),
+        playbook=str(ROOT / "playbooks/site.yml"), inventory=str(ROOT / "inventories/lab"),
+        extravars=extravars, limit=f"{node},localhost",
+        envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PATH": runner_path()},
+        quiet=True)
+    return int(r.rc), [str(e.get("stdout", "")) for e in r.events][-30:]
+
+
+def invocation(node: str) -> str:
+    return exec_in(node, "systemctl", "show", "-p", "InvocationID", "--value", HOG).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def armed(lab: dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    state = load_state()
+    gateways = set(pick_gateways(state))
+    node = next(n for n in sorted(state["nodes"]) if n not in gateways and n != MONITOR)
+    tmp = tmp_path_factory.mktemp("restart-unit")
+    unit = ("[Unit]\nDescription=a busy loop for tests/test_lab_restart_unit.py\n[Service]\n"
+            "User=meshcore\nExecStart=/bin/sh -c 'while :; do :; done'\nRuntimeMaxSec=900\n")
+    started = exec_in(node, "sh", "-c", f"printf %s \"$0\" > /run/systemd/system/{HOG} && "
+                      f"systemctl daemon-reload && systemctl start {HOG}", unit)
+    assert started.returncode == 0, started.stderr
+    try:
+        rc, out = site_run(node, {"mesh_agent_mapek_enabled": True,
+                                  "mesh_agent_mapek_mode": "enforce",
+                                  "mesh_agent_mapek_policy": "learned",
+                                  "mesh_agent_mapek_restart_units": [HOG]}, tmp / "arm")
+        assert rc == 0, out
+        exec_in(node, "systemctl", "stop", "mesh-agent.service")
+        seeded = exec_in(node, "setpriv", "--reuid=meshcore", "--regid=meshcore",
+                         "--init-groups", PYTHON, "-c", SEED)
+        assert seeded.returncode == 0, seeded.stderr
+        exec_in(node, "systemctl", "start", "mesh-agent.service")
+        yield node
+    finally:
+        exec_in(node, "sh", "-c", f"systemctl stop {HOG}; rm -f /run/systemd/system/{HOG}; "
+                "systemctl daemon-reload")
+        rc, out = site_run(node, {}, tmp / "disarm")  # the lab's own settings back
+        assert rc == 0, out
+
+
+def test_a_starved_node_restarts_the_hogging_unit_under_a_lease(armed: str) -> None:
+    node = armed
+    deadline = time.monotonic() + 120  # ready, then the loop arms 15 s after readiness
+    while exec_in(node, "meshctl", "--json", "incidents").returncode != 0:
+        assert time.monotonic() < deadline, "the agent's API did not come back"
+        time.sleep(2)
+    time.sleep(25)
+    before = invocation(node)
+    t0 = time.monotonic()
+    exec_in(node, "sh", "-c", PULSES, timeout=150)
+    print(json.dumps({"bench": "lab_restart_unit", "figure": "pulses_s",
+                      "value": round(time.monotonic() - t0, 1)}))
+    incidents = json.loads(exec_in(node, "meshctl", "--json", "incidents").stdout)["incidents"]
+    starved = [i for i in incidents if i["class"] == "starved_node"]
+    assert starved, incidents
+    decided = [i for i in starved if (i["action"] or {}).get("kind") == "restart_unit"]
+    assert decided, starved
+    assert decided[0]["action"]["outcome"] == "applied", decided
+    lines = exec_in(node, "meshctl", "--json", "events", "--kind", "remediation",
+                    "--limit", "50").stdout.splitlines()
+    events = [json.loads(x) for x in lines if x.strip()]
+    done = [e for e in events if e["reason"] == "apply:restart_unit"]
+    assert done, events
+    detail = done[-1]["detail"]
+    print(json.dumps({"bench": "lab_restart_unit", "figure": "remediation", **{
+        k: detail.get(k) for k in ("result", "unit", "why", "lease_token")}}))
+    assert detail["result"] == "done" and detail["unit"] == HOG, detail
+    assert isinstance(detail["lease_token"], int) and detail["lease_token"] > 0, detail
+    assert invocation(node) != before  # systemd ran the restart
