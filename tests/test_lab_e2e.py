@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from meshcore_testkit.containerlab import current, exec_in
+from meshcore_testkit.containerlab import site_run as lab_site_run
 from meshcore_tools.lab import monitor, prometheus
 from meshcore_tools.lab.state import MONITOR, load_state
 
@@ -86,24 +87,8 @@ def test_an_alert_reaches_the_lab_receiver(lab: dict[str, object]) -> None:
 
 
 def site_run(extravars: dict[str, Any], tmp: Path) -> tuple[int, list[dict[str, Any]]]:
-    """site.yml on the lab's mesh nodes in one batch, with ansible-runner: rc and events."""
-    import ansible_runner
-    from meshcore_tools.rollout import runner_path
-
-    events: list[dict[str, Any]] = []
-
-    def keep(e: dict[str, Any]) -> bool:
-        events.append(e)
-        return True
-
-    tmp.mkdir(parents=True, exist_ok=True)
-    r = ansible_runner.run(
-        private_data_dir=str(tmp), project_dir=str(ROOT),
-        playbook=str(ROOT / "playbooks/site.yml"), inventory=str(ROOT / "inventories/lab"),
-        extravars={"mesh_node_serial": ["100%"], **extravars}, limit="mesh_nodes,localhost",
-        envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PATH": runner_path()},
-        event_handler=keep, quiet=True)
-    return int(r.rc), events
+    """site.yml on the lab's mesh nodes in one batch (meshcore_testkit's site_run)."""
+    return lab_site_run({"mesh_node_serial": ["100%"], **extravars}, tmp)
 
 
 def test_a_config_change_restarts_the_running_agents_in_rounds(

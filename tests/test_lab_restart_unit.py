@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 from meshcore_testkit.containerlab import exec_in
+from meshcore_testkit.containerlab import site_run as lab_site_run
 from meshcore_tools.lab.plan import pick_gateways
 from meshcore_tools.lab.state import MONITOR, load_state
 
@@ -37,7 +38,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (podman, netns)"),
 ]
-ROOT = Path(__file__).resolve().parents[1]
 HOG = "meshcore-lab-hog.service"
 STATE_DIR = "/var/lib/mesh-agent"
 PYTHON = "/opt/mesh-agent/current/bin/python"
@@ -54,18 +54,9 @@ PULSES = ("P=$(systemctl show -p MainPID --value mesh-agent.service); "
 
 
 def site_run(node: str, extravars: dict[str, Any], tmp: Path) -> tuple[int, list[str]]:
-    """site.yml limited to *node* (and the controller's checks), with ansible-runner."""
-    import ansible_runner
-    from meshcore_tools.rollout import runner_path
-
-    tmp.mkdir(parents=True, exist_ok=True)
-    r = ansible_runner.run(
-        private_data_dir=str(tmp), project_dir=str(ROOT),
-        playbook=str(ROOT / "playbooks/site.yml"), inventory=str(ROOT / "inventories/lab"),
-        extravars=extravars, limit=f"{node},localhost",
-        envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PATH": runner_path()},
-        quiet=True)
-    return int(r.rc), [str(e.get("stdout", "")) for e in r.events][-30:]
+    """site.yml limited to *node* (and the controller's checks): rc and its last output."""
+    rc, events = lab_site_run(extravars, tmp, limit=f"{node},localhost")
+    return rc, [str(e.get("stdout", "")) for e in events][-30:]
 
 
 def invocation(node: str) -> str:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from meshcore_tools import ROOT
@@ -47,6 +48,29 @@ def running_lab_state() -> dict[str, Any]:
     missing = [n for n in state["nodes"] if container(n) not in running]
     assert not missing, f"lab containers not running: {missing}"
     return state
+
+
+def site_run(extravars: dict[str, Any], tmp: Path, limit: str = "mesh_nodes,localhost"
+             ) -> tuple[int, list[dict[str, Any]]]:
+    """site.yml on the running lab (inventories/lab, *limit*), with ansible-runner: its rc
+    and every event."""
+    import ansible_runner
+    from meshcore_tools.rollout import runner_path
+
+    events: list[dict[str, Any]] = []
+
+    def keep(e: dict[str, Any]) -> bool:
+        events.append(e)
+        return True
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    r = ansible_runner.run(
+        private_data_dir=str(tmp), project_dir=str(ROOT),
+        playbook=str(ROOT / "playbooks/site.yml"), inventory=str(ROOT / "inventories/lab"),
+        extravars=extravars, limit=limit,
+        envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PATH": runner_path()},
+        event_handler=keep, quiet=True)
+    return int(r.rc), events
 
 
 def exec_in(node: str, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
