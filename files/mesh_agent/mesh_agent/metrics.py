@@ -158,6 +158,11 @@ class AgentCollector(Collector):
                                       labels=["reason"]), rejected, REJECT_REASONS)
         yield _counter("meshcore_adverts_originated_total", "Adverts this node signed",
                        t.originated_total if t else 0)
+        yield _counter("meshcore_adverts_isolated_total",
+                       "Adverts dropped unread from an isolated neighbour (isolate_origin)",
+                       t.isolated_total if t else 0)
+        yield _gauge("meshcore_isolated_hops", "Neighbour hops whose adverts are dropped now",
+                     len(t.isolated) if t else 0)
         yield _gauge("meshcore_lsdb_adverts", "Adverts in the LSDB", len(db) if db else 0)
         yield _gauge("meshcore_topology_nodes", "Nodes in the graph of the last path computation",
                      t.nodes if t else 0)

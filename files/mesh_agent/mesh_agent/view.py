@@ -36,12 +36,9 @@ from mesh_agent.paths.schedule import ComputeSchedule
 from mesh_agent.routes.failover import FailoverPolicy
 from mesh_agent.routes.programmer import RouteProgrammer
 from mesh_agent.store.events import EventLog
-from mesh_agent.topology.core import TopologyCore
+from mesh_agent.topology.core import ORDINARY_REASONS, TopologyCore
 from mesh_agent.topology.lsdb import LinkStateDB, SeqStore
 
-# Rejections that count as the advert-storm signal: "stale" is ordinary
-# flooding (an older copy arriving after the newer one).
-NOT_A_STORM = frozenset({"stale"})
 # PathTable.update durations (meshcore_path_computation_seconds).
 COMPUTE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
@@ -260,7 +257,8 @@ class AgentView:
                         for nb in self.sensor.neighbors()),
             lateness_s=self.stretch.lag_s,
             failovers_total=self.failover.failovers_total,
-            rejected_total=sum(n for r, n in rejected.items() if r not in NOT_A_STORM),
+            rejected_total=sum(n for r, n in rejected.items() if r not in ORDINARY_REASONS),
+            rejected_from=tuple(sorted(self.rejected_by_neighbor().items())),
             changes_total=self.topology.changes_total,
             cpu_seconds=cpu_seconds,
             ready=self.ready(),
@@ -269,6 +267,21 @@ class AgentView:
             routes_via=tuple(sorted(self.routes_via().items())),
             routes_left=tuple(sorted(self.routes.via_left.items())),
         )
+
+    def rejected_by_neighbor(self) -> dict[str, int]:
+        """Per neighbour, the adverts refused that it sent (over any of its links: the
+        topology core's ``rejected_from``, by the hop they came from)."""
+        names = {(nb.ifname, nb.link_address): nb.name for nb in self.sensor.neighbors()}
+        out: dict[str, int] = {}
+        for hop, n in self.topology.rejected_from.items():
+            if (name := names.get(hop)) is not None:
+                out[name] = out.get(name, 0) + n
+        return out
+
+    def neighbor_hops(self, name: str) -> list[tuple[str, str]]:
+        """The (interface, link address) hops of neighbour *name*, up or not."""
+        return [(nb.ifname, nb.link_address) for nb in self.sensor.neighbors()
+                if nb.name == name]
 
     def routes_via(self) -> dict[str, int]:
         """Per neighbour, our installed routes whose active next hop it is (what crosses

@@ -830,18 +830,45 @@ def test_loop_learned_policy_draws_from_its_seeded_generator() -> None:
 
 
 def test_disruptive_choice_without_quorum_is_refused_and_nothing_runs() -> None:
+    """Refused adverts sent by neighbour b: an advert storm on link b, whose rule
+    (isolate_origin) is disruptive: refused with no lease provider."""
     loop = MapeK("a", "enforce", FixedPolicy(), 0.05)
-    me = Target("self", "")
-    rejected = 0
     ops, decided = [], []
     for i in range(6):
-        rejected += 1000
-        s = loop.step(Observation(i * 5.0, rejected_total=rejected))
+        n = 1000 * (i + 1)
+        s = loop.step(Observation(i * 5.0, rejected_total=n, rejected_from=(("b", n),)))
         ops += s.ops
         decided += s.decided
     assert [(d.target, d.action, d.action_outcome) for d in decided] == [
-        (me, "isolate_origin", "refused:no_lease")]
+        (Target("link", "b"), "isolate_origin", "refused:no_lease")]
     assert ops == []
+
+
+def test_refused_adverts_read_per_sending_neighbour_and_the_rest_on_the_node() -> None:
+    """The advert-storm signal: per neighbour, what it sent; on the node, what came from
+    no neighbour. isolate_origin is never chosen for the node (nothing to isolate), and a
+    link's advert storm is not judged by its routes (a traffic class's time to mitigate)."""
+    loop = MapeK("a", "enforce", FixedPolicy(), 0.05)
+    decided = []
+    for i in range(4):
+        b, other = 1000 * (i + 1), 5 * (i + 1)  # b storms; the rest stays under 60/min
+        s = loop.step(Observation(i * 5.0, rejected_total=b + other,
+                                  rejected_from=(("b", b), ("c", 0)),
+                                  routes_via=(("b", 3), ("c", 1))))
+        decided += s.decided
+        rates = {(r.target.kind, r.target.name): r.value for r in s.readings
+                 if r.signal == Signal.REJECTED}
+        assert set(rates) == {("link", "b"), ("link", "c"), ("self", "")}
+        assert rates[("link", "c")] == 0.0 and rates[("self", "")] < 60.0
+    [inc] = decided
+    assert inc.target == Target("link", "b") and inc.carried is None
+    assert inc.action == "isolate_origin"
+    me = MapeK("a", "enforce", FixedPolicy(), 0.05)
+    decided = []
+    for i in range(4):
+        decided += me.step(Observation(i * 5.0, rejected_total=1000 * (i + 1))).decided
+    [inc] = decided
+    assert inc.target == Target("self", "") and inc.action == "none"
 
 
 @settings(max_examples=150, deadline=None)

@@ -437,12 +437,15 @@ def test_the_loop_chooses_only_what_this_node_can_carry_out(ca: CA, tmp_path: Pa
 
     base = {"node_name": "a", "node_address": "10.77.0.1"}
     plain = available_actions(parse_config({**base, "mapek": {"enabled": True}}))
-    assert ActionKind.RESTART_UNIT not in plain and ActionKind.ISOLATE_ORIGIN not in plain
+    assert ActionKind.RESTART_UNIT not in plain and ActionKind.REREQUEST_IDENTITY not in plain
+    assert ActionKind.ISOLATE_ORIGIN in plain
     listed = available_actions(parse_config(
         {**base, "mapek": {"enabled": True, "restart_units": ["chrony.service"]}}))
     assert listed == plain | {ActionKind.RESTART_UNIT}
-    # the fixed rule for an advert storm has no executor here: it falls back to none
-    assert FixedPolicy().choose(IncidentClass.ADVERT_STORM, {}, plain) == "none"
+    assert FixedPolicy().choose(IncidentClass.ADVERT_STORM, {}, plain) == "isolate_origin"
+    # a rule with no executor here falls back to none
+    assert FixedPolicy().choose(IncidentClass.ADVERT_STORM, {},
+                                plain - {ActionKind.ISOLATE_ORIGIN}) == "none"
     assert FixedPolicy().choose(IncidentClass.LOSSY_LINK, {}, plain) == "quarantine_link"
     seen = {ThompsonPolicy().choose(IncidentClass.STARVED, {}, plain) for _ in range(200)}
     assert seen == {"lengthen_hello", "none"}
@@ -576,3 +579,108 @@ def test_meshctl_incidents_shows_what_a_symptom_was_attributed_to() -> None:
     storm = next(line for line in text.splitlines() if "failover_storm" in line)
     flap = next(line for line in text.splitlines() if "flapping_link" in line)
     assert "attributed, cause #1" in storm and "cause" not in flap
+
+
+def flood(agent: Agent, clock: Clock, b: LinkSensor, src: str, seconds: float = 5.0,
+          per_s: int = 20) -> None:
+    """Clean hellos with b for *seconds*, and *per_s* malformed adverts a second from the
+    hop (mesh0, *src*) meanwhile."""
+    for _ in range(int(seconds)):
+        hellos(agent, b, clock, 1.0, keep_every=1)
+        for _ in range(per_s):
+            agent._on_advert("mesh0", (b"\x00garbage", src, clock.now, None))
+
+
+def test_an_advert_storm_from_a_neighbour_isolates_it_under_a_lease_with_a_signed_decision(
+        ca: CA, tmp_path: Path) -> None:
+    """b floods us with adverts we refuse: the incident's suspect is b (the hop they came
+    from, not the origin they claim); the fixed rule isolates it under a lease (validated,
+    then held to its TTL), every advert from b's hop is then dropped unread, the decision
+    is signed with our key, and the isolation ends at its expiry."""
+    import asyncio
+
+    from mesh_agent.mapek.execute import EXPIRY_S
+    from mesh_agent.mapek.plan import ActionKind
+    from mesh_agent.mapek.shell import decision_verifies
+
+    clock = Clock()
+    agent = make_agent(ca, tmp_path, clock, {"enabled": True, "mode": "enforce",
+                                             "interval_s": 5})
+    b = ready_and_armed(agent, ca, clock)
+    shell = agent.mapek
+    assert shell is not None
+    leases = LeaseLog()
+    shell.core.safety.leases = leases
+    hop = ("mesh0", "10.98.0.1")
+
+    async def ticks(n: int, src: str | None) -> None:
+        for _ in range(n):
+            if src is None:
+                hellos(agent, b, clock, 5.0, keep_every=1)
+            else:
+                flood(agent, clock, b, src)
+            shell.tick()
+            while shell._tasks:
+                await asyncio.sleep(0.01)
+
+    asyncio.run(ticks(2, hop[1]))
+    [inc] = agent.view.incidents()["incidents"]
+    assert inc["class"] == "advert_storm" and inc["target"] == "link:b"
+    assert inc["action"] == {"kind": "isolate_origin", "outcome": "applied"}
+    # validated before acting, and held (not handed back: the isolation lasts)
+    assert leases.calls == ["acquire", "validate:88"]
+    assert agent.topology.isolated == {hop: pytest.approx(clock.now - 5.0
+                                                          + EXPIRY_S[ActionKind.ISOLATE_ORIGIN],
+                                                          abs=5.0)}
+    [ev] = [e.as_dict() for e in agent.events.query(kinds=[EventKind.REMEDIATION])]
+    assert ev["detail"]["result"] == "done" and ev["reason"] == "apply:isolate_origin"
+    signed = {"decision": ev["detail"]["decision"], "signature": ev["detail"]["signature"]}
+    assert signed["decision"]["neighbour"] == "b" and signed["decision"]["lease_token"] == 88
+    assert signed["decision"]["hops"] == [list(hop)]
+    assert decision_verifies(signed, agent.topology.lsdb.identity.cert.public_key())
+    forged = {**signed, "decision": {**signed["decision"], "neighbour": "c"}}
+    assert not decision_verifies(forged, agent.topology.lsdb.identity.cert.public_key())
+    # b's adverts are now dropped unread: the storm is over for the loop
+    rejected = sum(agent.topology.lsdb.rejected.values())
+    asyncio.run(ticks(10, hop[1]))  # past the rate window and the 3 clear samples
+    assert sum(agent.topology.lsdb.rejected.values()) == rejected
+    assert agent.topology.isolated_total >= 10 * 5 * 20
+    got = metrics(TestClient(create_app(agent.view, agent.metrics.registry, agent.events)))
+    assert got[("meshcore_adverts_isolated_total", ())] == agent.topology.isolated_total
+    assert got[("meshcore_isolated_hops", ())] == 1
+    [inc] = agent.view.incidents()["incidents"]
+    assert inc["state"] == "recovered" and inc["mttr_seconds"] is not None
+    # the isolation ends at its expiry, whatever else happens
+    clock.now += EXPIRY_S[ActionKind.ISOLATE_ORIGIN]
+    asyncio.run(ticks(1, None))
+    assert agent.topology.isolated == {} and agent.mapek.core.executor.active == {}
+    agent._on_advert("mesh0", (b"\x00garbage", hop[1], clock.now, None))
+    assert sum(agent.topology.lsdb.rejected.values()) == rejected + 1
+
+
+def test_an_advert_storm_from_no_neighbour_isolates_nothing(ca: CA, tmp_path: Path) -> None:
+    """Refused adverts from a hop that is no neighbour read on the node itself: nothing to
+    isolate, so the rule falls back to none and no lease is asked for."""
+    import asyncio
+
+    clock = Clock()
+    agent = make_agent(ca, tmp_path, clock, {"enabled": True, "mode": "enforce",
+                                             "interval_s": 5})
+    b = ready_and_armed(agent, ca, clock)
+    shell = agent.mapek
+    assert shell is not None
+    leases = LeaseLog()
+    shell.core.safety.leases = leases
+
+    async def run() -> None:
+        for _ in range(2):
+            flood(agent, clock, b, "10.98.0.77")
+            shell.tick()
+            while shell._tasks:
+                await asyncio.sleep(0.01)
+
+    asyncio.run(run())
+    [inc] = agent.view.incidents()["incidents"]
+    assert inc["class"] == "advert_storm" and inc["target"] == "self:"
+    assert inc["action"] == {"kind": "none", "outcome": "noop"}
+    assert leases.calls == [] and agent.topology.isolated == {}

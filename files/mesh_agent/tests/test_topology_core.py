@@ -162,3 +162,40 @@ def test_random_datagrams_never_raise_send_or_change_state(
 
 
 _FUZZ: dict[str, TopologyCore] = {}
+
+
+def test_refusals_are_counted_per_sending_hop_and_bounded(ca: CA) -> None:
+    """What a hop sent that was refused (not ordinary flooding's stale copies), by the hop
+    it came from; past MAX_SOURCES hops the rest share one counter."""
+    from mesh_agent.topology.core import OTHER_HOP
+    from mesh_agent.topology.lsdb import MAX_SOURCES
+
+    t = core(ca)
+    for _ in range(3):
+        t.received("mesh0", "10.78.0.1", b"MA garbage", NOW, 255, HOPS)
+    t.received("mesh1", "10.78.0.3", b"MA garbage", NOW, 254, HOPS)  # wrong TTL
+    assert t.received("mesh0", "10.78.0.1", signed(ca, "b", {"a": 1.0}), NOW, 255,
+                      HOPS).result.accepted
+    assert t.rejected_from == {("mesh0", "10.78.0.1"): 3, ("mesh1", "10.78.0.3"): 1}
+    for i in range(MAX_SOURCES + 10):
+        t.received("mesh2", f"10.79.{i // 256}.{i % 256}", b"MA garbage", NOW, 255, HOPS)
+    assert len(t.rejected_from) == MAX_SOURCES + 1
+    assert t.rejected_from[OTHER_HOP] == 12
+    assert sum(t.rejected_from.values()) == sum(t.lsdb.rejected.values())
+
+
+def test_an_isolated_hop_is_dropped_unread_until_its_end(ca: CA) -> None:
+    t = core(ca)
+    hop = ("mesh0", "10.78.0.1")
+    t.isolate([hop], NOW + 10)
+    raw = signed(ca, "b", {"a": 1.0})
+    got = t.received(*hop, raw, NOW + 1, 255, HOPS)
+    assert got.result.reason == "isolated" and not got.rejected and got.sends == ()
+    assert t.isolated_total == 1 and t.lsdb.rx_total == 0 and "b" not in t.lsdb.entries()
+    assert t.received("mesh1", "10.78.0.3", raw, NOW + 1, 255, HOPS).result.accepted
+    c = signed(ca, "c", {"a": 1.0})
+    assert t.received(*hop, c, NOW + 10, 255, HOPS).result.accepted  # its end: read again
+    assert t.isolated == {}
+    t.isolate([hop], NOW + 100)
+    t.release([hop])
+    assert t.isolated == {}

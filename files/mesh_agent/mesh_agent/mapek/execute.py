@@ -242,6 +242,12 @@ class Executor:
                 ops.append(Op("undo", action, "sole_link"))
         return ops
 
+    def forget(self, action: Action) -> None:
+        """An action the shell could not carry out (its lease lost, its target gone):
+        no longer in force, nothing to undo."""
+        if self.active.get((action.kind, action.target)) == action:
+            del self.active[(action.kind, action.target)]
+
     def recovered(self, target: Target) -> list[Op]:
         """An incident on ``target`` recovered: undo the hello floor held for it.
 

@@ -67,6 +67,7 @@ from mesh_agent.mapek.analyze import Analyzer, Detector, Incident, IncidentClass
 from mesh_agent.mapek.execute import EXPIRY_S, Action, Executor, Op
 from mesh_agent.mapek.lease import Refusal
 from mesh_agent.mapek.monitor import (
+    LINK_SIGNALS,
     LOSS_MIN_HELLOS,
     RATE_WINDOW_S,
     Monitor,
@@ -100,6 +101,10 @@ ACTION_OUTCOMES = ("applied", "observed", "noop", "refused:rate_limited", "refus
                    "refused:stale_token", "refused:sole_link", "attributed")
 # A failover storm and route churn are the symptoms of a flapping link when one is open
 # on the node at the same time (attribution rule, module docstring).
+# Link incidents about the traffic over the link: judged by their time to mitigate (our
+# routes off the link). An advert storm from a neighbour is about what it sends.
+TRAFFIC_CLASSES = frozenset({IncidentClass.LOSSY_LINK, IncidentClass.SLOW_LINK,
+                             IncidentClass.FLAPPING_LINK})
 SYMPTOMS: dict[IncidentClass, IncidentClass] = {
     IncidentClass.FAILOVER_STORM: IncidentClass.FLAPPING_LINK,
     IncidentClass.ROUTE_CHURN: IncidentClass.FLAPPING_LINK,
@@ -127,6 +132,9 @@ class Step:
     # loop, answered with MapeK.leased; and leases it no longer needs, to release.
     lease_requests: list[LeaseRequest] = field(default_factory=list)
     releases: list[Lease] = field(default_factory=list)
+    # The leases of disruptive actions that last (isolate_origin), kept until their TTL
+    # runs out: the shell validates one before it acts, and does not release it.
+    holds: list[Lease] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -212,7 +220,7 @@ class MapeK:
         out.ops += self.executor.lift_holds(obs.sole_links)
         analysis = self.analyzer.analyze(out.readings, now)
         self.executor.still_bad({r.target.name for r in out.readings
-                                 if r.target.kind == "link" and r.crossed}, now)
+                                 if r.signal in LINK_SIGNALS and r.crossed}, now)
         # A held link is still bad while it fails again (a penalty per flap, RFC 2439's per
         # withdrawal, not per sample) or its hellos still read lossy (a held link cannot
         # fail: without the loss the hold would decay while the fault goes on).
@@ -262,7 +270,7 @@ class MapeK:
             if n:
                 self._carrying[name] = (now, n)
         for inc in opened:
-            if inc.target.kind == "link":
+            if inc.target.kind == "link" and inc.cls in TRAFFIC_CLASSES:
                 at, n = self._carrying.get(inc.target.name, (now, 0))
                 inc.carried = n if now - at <= RATE_WINDOW_S else 0
         bad = {r.target for r in readings if r.crossed}
@@ -315,7 +323,11 @@ class MapeK:
         return ops
 
     def _decide(self, inc: Incident, now: float, out: Step) -> list[Op]:
-        kind = ActionKind(self.policy.choose(inc.cls, self.stats, self.available))
+        available = self.available
+        if inc.target.kind != "link":  # isolate_origin isolates a neighbour, not the node
+            available = (available if available is not None else frozenset(ActionKind)) \
+                - {ActionKind.ISOLATE_ORIGIN}
+        kind = ActionKind(self.policy.choose(inc.cls, self.stats, available))
         verdict = self.safety.check(kind, now)
         if verdict.outcome == "pending:lease":
             inc.action, inc.action_outcome = str(kind), verdict.outcome
@@ -362,6 +374,8 @@ class MapeK:
                     out.releases.append(verdict.lease)
                 else:
                     self.safety.leases.release(verdict.lease)
+            elif verdict.lease is not None and action.disruptive:
+                out.holds.append(verdict.lease)  # validated by the shell before it acts
         inc.decided_at, inc.action, inc.action_outcome = now, str(kind), outcome
         if outcome == "applied" and kind != ActionKind.NONE:
             self._applied = (now, str(inc.cls), str(kind), inc.id)

@@ -27,7 +27,7 @@ class Signal(StrEnum):
     RTT = "rtt"  # smoothed hello RTT of a link, seconds
     LATENESS = "lateness"  # how late our own hello timer fires (decayed worst), seconds
     FAILOVERS = "failovers"  # local failovers per minute
-    REJECTED = "rejected_adverts"  # adverts rejected per minute
+    REJECTED = "rejected_adverts"  # adverts rejected per minute (per sending neighbour)
     CHURN = "route_churn"  # topology changes that triggered a recompute, per minute
     CPU = "cpu"  # the agent's CPU, fraction of one core
     DOWNS = "link_downs"  # times a link's session ended, per minute (a flapping link)
@@ -184,6 +184,9 @@ class Observation:
     # finer than the samples do; a neighbour missing here left at this sample, for all
     # the loop can tell.
     routes_left: tuple[tuple[str, float], ...] = ()
+    # Per neighbour, how many of the refused adverts (``rejected_total``) it sent: those
+    # read per link (its suspect), the rest (senders that are no neighbour) on the node.
+    rejected_from: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -362,9 +365,16 @@ class Monitor:
         prev = last or obs
         base = self._windowed(obs)
         over = max(self.rate_window_s, obs.at - base.at)
+        by_nb, by_nb_base = dict(obs.rejected_from), dict(base.rejected_from)
+        for name, n in sorted(by_nb.items()):
+            rate = _rate(n, by_nb_base.get(name, 0), over, 60.0)
+            out.append(Reading(Signal.REJECTED, Target("link", name), rate, t[Signal.REJECTED]))
         for signal, now_v, before in (
                 (Signal.FAILOVERS, obs.failovers_total, base.failovers_total),
-                (Signal.REJECTED, obs.rejected_total, base.rejected_total),
+                # The rest, over the same neighbours at both ends: a neighbour forgotten
+                # since the base moves its count to neither side.
+                (Signal.REJECTED, obs.rejected_total - sum(by_nb.values()),
+                 base.rejected_total - sum(by_nb_base.get(n, 0) for n in by_nb)),
                 (Signal.CHURN, obs.changes_total, base.changes_total)):
             out.append(Reading(signal, SELF, _rate(now_v, before, over, 60.0), t[signal]))
         out.append(Reading(Signal.CPU, SELF, _rate(obs.cpu_seconds, prev.cpu_seconds, span, 1.0),

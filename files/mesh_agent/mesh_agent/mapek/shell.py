@@ -14,13 +14,20 @@ Disruptive actions run under their lease. ``restart_unit`` (a starved node): off
 event loop, the lease is validated (still ours, its fencing token current) just before
 acting, the allowlisted service (``mapek.restart_units``) that used the most CPU since
 the loop's last sample is restarted through systemd (:func:`.execute.busiest_unit`),
-and only then is the lease handed back. ``rerequest_identity`` and ``isolate_origin``
-have no executor yet: the loop never chooses them (``MapeK.available``).
+and only then is the lease handed back. ``isolate_origin`` (an advert storm from a
+neighbour): the lease validated, every advert from that neighbour's hops is dropped
+unread until the action's expiry (:meth:`TopologyCore.isolate`), and the decision is
+signed with the node's key and recorded (the remediation event carries it and its
+signature); the undo (at its expiry) lifts it. Its lease is held to its TTL, not handed
+back. ``rerequest_identity`` has no executor yet: the loop never chooses it
+(``MapeK.available``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import os
 import subprocess
@@ -30,6 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from mesh_agent.config import AgentConfig
 from mesh_agent.link.sensor import Event
@@ -58,7 +68,29 @@ LOCAL_ACTIONS = frozenset({ActionKind.NONE, ActionKind.QUARANTINE_LINK,
 def available_actions(cfg: AgentConfig) -> frozenset[ActionKind]:
     """What this node's shell can carry out: the local actions, and ``restart_unit``
     when services are allowlisted for it."""
-    return LOCAL_ACTIONS | ({ActionKind.RESTART_UNIT} if cfg.mapek.restart_units else set())
+    return LOCAL_ACTIONS | {ActionKind.ISOLATE_ORIGIN} | (
+        {ActionKind.RESTART_UNIT} if cfg.mapek.restart_units else set())
+
+
+def signed_decision(decision: Mapping[str, Any], sign: Callable[[bytes], bytes]
+                    ) -> dict[str, Any]:
+    """*decision* with its signature: ``sign`` over its canonical JSON (sorted keys, no
+    spaces), base64. Anyone holding the node's certificate checks it with
+    :func:`decision_verifies`."""
+    body = json.dumps(dict(decision), sort_keys=True, separators=(",", ":")).encode()
+    return {"decision": dict(decision), "signature": base64.b64encode(sign(body)).decode()}
+
+
+def decision_verifies(signed: Mapping[str, Any], public_key: ec.EllipticCurvePublicKey
+                      ) -> bool:
+    """Whether a :func:`signed_decision` was signed by the holder of *public_key*."""
+    body = json.dumps(signed["decision"], sort_keys=True, separators=(",", ":")).encode()
+    try:
+        public_key.verify(base64.b64decode(signed["signature"]), body,
+                          ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 def unit_cpu_seconds(units: Iterable[str], root: Path = CGROUP_SERVICES,
@@ -182,6 +214,7 @@ class MapekShell:
                           loss_min_hellos=m.loss_min_hellos)
         view.mapek, view.knowledge = self.core, knowledge
         self._tasks: set[asyncio.Future[None]] = set()  # lease calls under way
+        self._isolated: dict[int, list[tuple[str, str]]] = {}  # action id: hops isolated
 
     async def run(self) -> None:
         interval = self.cfg.mapek.interval_s
@@ -211,11 +244,13 @@ class MapekShell:
         A disruptive op runs off the loop too, and keeps its lease until it is done."""
         self.knowledge.record(step, self.wall())
         releases = {lease.token: lease for lease in step.releases}
+        holds = {lease.token: lease for lease in step.holds}
         for op in step.ops:
             if op.action.disruptive and op.op == "apply":
                 token = op.action.lease_token
                 lease = releases.pop(token) if token is not None and token in releases else None
-                self._spawn(self._disrupt(op, lease))
+                held = holds.get(token) if token is not None else None
+                self._spawn(self._disrupt(op, lease, held))
             else:
                 self.carry(op)
         for request in step.lease_requests:
@@ -224,18 +259,24 @@ class MapekShell:
         for lease in releases.values():
             self._spawn(asyncio.to_thread(leases.release, lease))
 
-    async def _disrupt(self, op: Op, lease: Lease | None) -> None:
+    async def _disrupt(self, op: Op, lease: Lease | None, held: Lease | None = None) -> None:
         """A disruptive action: validate its lease, act, record, then hand the lease back
-        (all blocking calls in worker threads)."""
+        (all blocking calls in worker threads). *held*: the lease of an action that lasts,
+        validated but kept to its TTL."""
         a, leases = op.action, self.core.safety.leases
+        check = lease if lease is not None else held
         try:
-            if lease is not None and not await asyncio.to_thread(leases.validate, lease,
+            if check is not None and not await asyncio.to_thread(leases.validate, check,
                                                                  self.clock()):
                 self._record(op, "refused", "the lease is no longer ours (expired or "
                              "taken over): nothing done", {})
+                if held is not None:
+                    self.core.executor.forget(a)
                 return
             if a.kind == ActionKind.RESTART_UNIT:
                 await self._restart_busiest(op)
+            elif a.kind == ActionKind.ISOLATE_ORIGIN:
+                self._isolate(op)
             else:
                 self._record(op, "refused", f"no executor for {a.kind}", {})
         except Exception:  # an executor bug must not kill the loop's task set silently
@@ -260,6 +301,28 @@ class MapekShell:
             self._record(op, "failed", f"restarting {unit} failed: {error}", {"unit": unit})
             return
         self._record(op, "done", f"restarted {unit}: {why}", {"unit": unit})
+
+    def _isolate(self, op: Op) -> None:
+        """Drop the neighbour's adverts unread until the action expires; sign and record
+        the decision (on the event loop: the topology core is its state)."""
+        a = op.action
+        hops = self.view.neighbor_hops(a.target.name)
+        if not hops:
+            self.core.executor.forget(a)
+            self._record(op, "noop", f"{a.target.name} is no neighbour (any more): nothing "
+                         "isolated", {})
+            return
+        self.view.topology.isolate(hops, a.expires_at)
+        self._isolated[a.id] = hops
+        left_s = max(0.0, a.expires_at - self.clock())
+        wall = self.wall()
+        decision = {"node": self.cfg.node_name, "action": str(a.kind),
+                    "neighbour": a.target.name, "hops": [list(h) for h in hops],
+                    "incident": a.incident_id, "lease_token": a.lease_token,
+                    "issued": round(wall, 3), "expires": round(wall + left_s, 3)}
+        signed = signed_decision(decision, self.view.topology.lsdb.identity.sign)
+        self._record(op, "done", f"adverts from {a.target.name} dropped for {left_s:.0f} s",
+                     signed)
 
     def _record(self, op: Op, result: str, why: str, detail: dict[str, Any]) -> None:
         a = op.action
@@ -298,6 +361,9 @@ class MapekShell:
                 hops = [(nb.ifname, nb.link_address) for nb in sensor.up_neighbors()
                         if nb.name == a.target.name]
                 self.send(topology.neighbor_up(hops, self.clock()))
+        elif a.kind == ActionKind.ISOLATE_ORIGIN and not apply:
+            topology.release([*self._isolated.pop(a.id, []),
+                              *self.view.neighbor_hops(a.target.name)])
         else:  # disruptive actions run in _disrupt, under their lease
             log.warning("mapek: %s is not carried out here", a.kind)
             return

@@ -25,6 +25,13 @@ and returns what to send. The rules, each tested in ``test_topology_core.py``:
   full recompute.
 - **Topology change**: a computed graph differs from the last one in its
   nodes, edges or costs (counted, for ``meshcore_topology_changes_total``).
+- **Who sent what was refused**: each refusal worth recording is also counted
+  per sending hop (``rejected_from``): the hop is where the datagram came
+  from, which a sender cannot forge on a link, unlike the origin it claims.
+  The MAPE-K loop reads it per neighbour (an advert storm's suspect).
+- **Isolation**: adverts from an isolated hop are dropped before any check
+  until the isolation's end (:meth:`TopologyCore.isolate`, the loop's
+  ``isolate_origin``), counted in ``isolated_total`` and not as refusals.
 """
 
 from __future__ import annotations
@@ -34,11 +41,18 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from mesh_agent.topology.lsdb import LinkStateDB, Result
+from mesh_agent.topology.lsdb import MAX_SOURCES, LinkStateDB, Result
 
 Hop = tuple[str, str]  # (interface, link address) of an up neighbour
 # Not accepted, and nothing wrong: a copy we hold, or our own broadcast heard back.
-QUIET_REASONS = frozenset({"duplicate", "self"})
+# Dropped unread from an isolated hop: counted in isolated_total, not recorded one by one.
+QUIET_REASONS = frozenset({"duplicate", "self", "isolated"})
+# Refusals that are ordinary flooding, not a sender's fault: an older copy arriving after
+# the newer one. Not counted per hop (the advert-storm signal leaves them out too).
+ORDINARY_REASONS = frozenset({"stale"})
+# rejected_from keeps at most this many hops; refusals from any further hop are counted
+# under OTHER_HOP (a flood from forged link addresses cannot grow it without bound).
+OTHER_HOP: Hop = ("", "")
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,10 @@ class TopologyCore:
         self.refresh_s = refresh_s
         self.originated_total = 0
         self.looped_back_total = 0
+        # Refusals per sending hop (module docstring), and the isolated hops (until when).
+        self.rejected_from: dict[Hop, int] = {}
+        self.isolated: dict[Hop, float] = {}
+        self.isolated_total = 0
         self.changes_total = 0
         self.nodes = 0  # of the last graph computed
         self.edges = 0
@@ -97,8 +115,19 @@ class TopologyCore:
         if src == self.lsdb.node_address:  # our own broadcast, looped back by the kernel
             self.looped_back_total += 1
             return Received(Result(False, "self", None))
+        hop = (ifname, src)
+        until = self.isolated.get(hop)
+        if until is not None:
+            if now < until:
+                self.isolated_total += 1
+                return Received(Result(False, "isolated", None))
+            del self.isolated[hop]
         result = self.lsdb.receive(data, now, f"{ifname}/{src}", ttl)
         if not result.accepted:
+            if result.reason not in QUIET_REASONS | ORDINARY_REASONS:
+                key = hop if hop in self.rejected_from or len(self.rejected_from) < MAX_SOURCES \
+                    else OTHER_HOP
+                self.rejected_from[key] = self.rejected_from.get(key, 0) + 1
             back = (Send(ifname, src, result.reply),) if result.reply is not None else ()
             return Received(result, back)
         sends = tuple(Send(i, a, data) for i, a in flood_to if (i, a) != (ifname, src))
@@ -119,6 +148,16 @@ class TopologyCore:
         hops = list(exchange_with)
         return [Send(i, a, raw) for raw in (self.lsdb.raw_adverts(now) if hops else ())
                 for i, a in hops]
+
+    def isolate(self, hops: Iterable[Hop], until: float) -> None:
+        """Drop every advert from *hops* unread until *until* (our monotonic clock)."""
+        for hop in hops:
+            self.isolated[hop] = until
+
+    def release(self, hops: Iterable[Hop]) -> None:
+        """End the isolation of *hops* now."""
+        for hop in hops:
+            self.isolated.pop(hop, None)
 
     # -- origination ------------------------------------------------------
     def originate(
