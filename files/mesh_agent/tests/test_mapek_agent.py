@@ -684,3 +684,17 @@ def test_an_advert_storm_from_no_neighbour_isolates_nothing(ca: CA, tmp_path: Pa
     assert inc["class"] == "advert_storm" and inc["target"] == "self:"
     assert inc["action"] == {"kind": "none", "outcome": "noop"}
     assert leases.calls == [] and agent.topology.isolated == {}
+
+
+def test_isolation_is_refused_where_a_node_reaches_us_only_through_that_neighbour() -> None:
+    import networkx as nx
+
+    from mesh_agent.mapek.shell import cut_off_by
+
+    ring = nx.cycle_graph(["a", "b", "c", "d"])
+    assert cut_off_by(ring, "a", "b") == set()
+    line = nx.path_graph(["a", "b", "c", "d"])
+    assert cut_off_by(line, "a", "b") == {"c", "d"}
+    tail = nx.Graph([("a", "b"), ("a", "c"), ("b", "c"), ("b", "e")])
+    assert cut_off_by(tail, "a", "b") == {"e"}
+    assert cut_off_by(tail, "a", "zz") == set() and cut_off_by(tail, "zz", "b") == set()

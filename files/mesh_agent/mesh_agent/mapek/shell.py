@@ -15,7 +15,8 @@ event loop, the lease is validated (still ours, its fencing token current) just 
 acting, the allowlisted service (``mapek.restart_units``) that used the most CPU since
 the loop's last sample is restarted through systemd (:func:`.execute.busiest_unit`),
 and only then is the lease handed back. ``isolate_origin`` (an advert storm from a
-neighbour): the lease validated, every advert from that neighbour's hops is dropped
+neighbour): the lease validated, and unless some node reaches us only through that
+neighbour (:func:`cut_off_by`), every advert from its hops is dropped
 unread until the action's expiry (:meth:`TopologyCore.isolate`), and the decision is
 signed with the node's key and recorded (the remediation event carries it and its
 signature); the undo (at its expiry) lifts it. Its lease is held to its TTL, not handed
@@ -70,6 +71,18 @@ def available_actions(cfg: AgentConfig) -> frozenset[ActionKind]:
     when services are allowlisted for it."""
     return LOCAL_ACTIONS | {ActionKind.ISOLATE_ORIGIN} | (
         {ActionKind.RESTART_UNIT} if cfg.mapek.restart_units else set())
+
+
+def cut_off_by(graph: nx.Graph, node: str, neighbour: str) -> set[str]:
+    """The nodes of *graph* that *node* reaches only through *neighbour*. Isolating a
+    neighbour is local and safe only when this is empty: every advert then still reaches
+    us by another way, so our link-state database stays the one the others hold (routing
+    over databases that differ can loop)."""
+    if node not in graph or neighbour not in graph:
+        return set()
+    rest = graph.subgraph(n for n in graph if n != neighbour)
+    return set(nx.node_connected_component(graph, node)) - {neighbour} \
+        - set(nx.node_connected_component(rest, node))
 
 
 def signed_decision(decision: Mapping[str, Any], sign: Callable[[bytes], bytes]
@@ -311,6 +324,12 @@ class MapekShell:
             self.core.executor.forget(a)
             self._record(op, "noop", f"{a.target.name} is no neighbour (any more): nothing "
                          "isolated", {})
+            return
+        if cut := cut_off_by(self.view.graph(), self.cfg.node_name, a.target.name):
+            self.core.executor.forget(a)
+            self._record(op, "refused", f"{len(cut)} node(s) reach us only through "
+                         f"{a.target.name} ({', '.join(sorted(cut)[:5])}): their adverts "
+                         "would go stale here, nothing isolated", {"cut_off": sorted(cut)})
             return
         self.view.topology.isolate(hops, a.expires_at)
         self._isolated[a.id] = hops
