@@ -17,6 +17,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -89,7 +90,17 @@ class EtcdCluster:
         self.procs[i].send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
 
     def healthy(self, i: int) -> bool:
-        """The member answers ``/health`` with a quorum behind it."""
+        """The member answers ``/health`` with a quorum behind it (asked from inside its
+        namespace when it has one: its address may be reachable from nowhere else)."""
+        if self.wrap is not None:
+            code = ("import json, sys, urllib.request as u; r = u.urlopen(sys.argv[1], "
+                    "timeout=1.0); sys.exit(0 if json.load(r).get('health') == 'true' else 1)")
+            try:
+                return subprocess.run([*self.wrap(i), sys.executable, "-c", code,
+                                       f"{self.endpoints[i]}/health"], capture_output=True,
+                                      timeout=5).returncode == 0
+            except subprocess.TimeoutExpired:
+                return False
         try:
             with urllib.request.urlopen(f"{self.endpoints[i]}/health", timeout=1.0) as r:
                 return bool(json.load(r).get("health") == "true")

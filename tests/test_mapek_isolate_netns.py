@@ -1,0 +1,135 @@
+"""isolate_origin against a real flood: the chaos ``rogue`` fault, real agents, real etcd.
+
+Three enforce-mode agents in a triangle, n0 - n1 - n2 - n0, each running the MAPE-K loop
+(enforce, the fixed rule table) with leases from an etcd of three members, one in each
+node's namespace on its node address (reached over the agents' own routes). The chaos
+fault ``rogue`` on n1 (a compromised node) floods n0 and n2 with forged adverts through
+the normal fault path. Expected, on at least one victim: an ``advert_storm`` incident on
+``link:n1`` (the hop the flood came from, whatever origin the adverts claim), decided
+``isolate_origin`` under a lease, a remediation event ``done`` whose decision is signed
+with the victim's key, and n1's adverts then dropped unread
+(``meshcore_adverts_isolated_total`` rising while the flood goes on), with every route
+as before (n1's own advert still reaches the victim through the other one, so no
+database goes stale). The fleet cap (one disruptive lease per 2-hop neighbourhood) lets
+the victims act one at a time. The isolation's expiry (600 s) is tested in-process
+(``files/mesh_agent/tests/test_mapek_agent.py``).
+
+Slow (about 2 minutes): ``make test-full-lab``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from mesh_agent.mapek.shell import decision_verifies
+from mesh_agent.topology import encode_unsigned, signature_trailer
+from meshcore_testkit.agents import AgentMesh, api
+from meshcore_testkit.etcd import EtcdCluster
+from meshcore_testkit.marks import requires_root
+from meshcore_testkit.pki import CA
+from meshcore_tools import netns
+from meshcore_tools.chaos import faults
+from meshcore_tools.chaos.faults import Fault, Topo
+from meshcore_tools.chaos.nodes import inject, leftovers, netns_nodes, remove
+
+pytestmark = [requires_root, pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("etcd") is None,
+                                 reason="needs etcd (Debian package etcd-server)")]
+FLOOD_S = 60
+
+
+@pytest.fixture(scope="module")
+def triangle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AgentMesh, CA]]:
+    base = tmp_path_factory.mktemp("isolate")
+    ca = CA.create()
+    mesh = AgentMesh(3, [(0, 1), (1, 2), (0, 2)], base, prefix="mci", ca=ca)
+    etcd = EtcdCluster(base / "etcd", hosts=[n.address for n in mesh.nodes],
+                       wrap=lambda i: netns.exec_argv(mesh.nodes[i].ns))
+    mapek = {"enabled": True, "mode": "enforce", "policy": "fixed", "interval_s": 5,
+             "lease": {"endpoints": etcd.endpoints, "ttl_s": 60}}
+    try:
+        mesh.lab.up()
+        mesh.start_agents(ca, {n.name: {"mapek": mapek} for n in mesh.nodes})
+        mesh.wait_for(mesh.converged, 120, "three agents converged")
+        etcd.start()  # over the agents' routes
+        try:
+            yield mesh, ca
+        finally:
+            etcd.close()
+    finally:
+        mesh.destroy()
+
+
+def remediations(mesh: AgentMesh, i: int) -> list[dict[str, object]]:
+    _, body = api(mesh.nodes[i].ns, "/v1/events?kind=remediation&limit=50")
+    return list(json.loads(body)["events"])
+
+
+def isolated_total(mesh: AgentMesh, i: int) -> float:
+    _, body = api(mesh.nodes[i].ns, "/metrics")
+    line = next(x for x in body.splitlines() if x.startswith("meshcore_adverts_isolated_total "))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_a_flooding_neighbour_is_isolated_under_a_lease(
+        triangle: tuple[AgentMesh, CA], tmp_path: Path) -> None:
+    mesh, _ca = triangle
+    # the loops arm once their node has been ready 15 s
+    time.sleep(25)
+    routes = [mesh.routes(i) for i in range(3)]
+    forged = [encode_unsigned("evil", "10.77.0.99", 1, (("n1", 1.0),), b"")
+              + signature_trailer(b"\0" * 64)]
+    path = tmp_path / "forged.bin"
+    path.write_bytes(b"".join(len(d).to_bytes(4, "big") + d for d in forged))
+    nodes = netns_nodes(lambda n: mesh.nodes[int(n[1:])].ns, mesh.base / "journal")
+    fault = Fault("rogue", ("n1",), "isolate1",
+                  {"rate": 200, "seconds": FLOOD_S, "mode": "file", "datagrams": str(path)})
+    plan = faults.plan(fault, Topo(mesh.state))
+    res = inject(nodes, fault, plan, time.time() + FLOOD_S + 30, "isolate-test")
+    assert all(r.data.get("ok") for r in res), [r.data for r in res]
+    done: dict[int, dict[str, object]] = {}
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < FLOOD_S - 10 and not done:
+            for i in (0, 2):
+                for ev in remediations(mesh, i):
+                    detail = ev["detail"]
+                    assert isinstance(detail, dict)
+                    if detail.get("kind") == "isolate_origin" and detail.get("result") == "done":
+                        done[i] = ev
+            time.sleep(1)
+        assert done, {i: remediations(mesh, i) for i in (0, 2)}
+        i, ev = next(iter(done.items()))
+        took = time.monotonic() - t0
+        detail = ev["detail"]
+        assert isinstance(detail, dict)
+        assert detail["target"] == "link:n1" and detail["lease_token"] is not None
+        decision = detail["decision"]
+        assert isinstance(decision, dict)
+        assert decision["node"] == mesh.nodes[i].name and decision["neighbour"] == "n1"
+        cert = x509.load_pem_x509_certificate(
+            (mesh.base / mesh.nodes[i].name / "pki" / "node.crt").read_bytes())
+        assert decision_verifies({"decision": decision, "signature": detail["signature"]},
+                                 cert.public_key())
+        # n1's adverts are dropped unread while the flood goes on
+        before = isolated_total(mesh, i)
+        time.sleep(3)
+        assert isolated_total(mesh, i) > before
+        incidents = json.loads(api(mesh.nodes[i].ns, "/v1/incidents")[1])["incidents"]
+        storm = [x for x in incidents if x["class"] == "advert_storm"]
+        assert storm and storm[0]["target"] == "link:n1"
+        assert storm[0]["action"] == {"kind": "isolate_origin", "outcome": "applied"}
+        print(json.dumps({"victim": mesh.nodes[i].name, "isolated_after_s": round(took, 1),
+                          "isolated_adverts": isolated_total(mesh, i),
+                          "other_victim": remediations(mesh, 2 - i)}))
+    finally:
+        assert all(r.data["ok"] for r in remove(nodes, fault, plan))
+        assert leftovers(nodes, ["n0", "n1", "n2"]) == {}
+    # every route as before: nothing went stale (n1's advert reaches us through the other)
+    assert [mesh.routes(k) for k in range(3)] == routes
