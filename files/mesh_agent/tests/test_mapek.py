@@ -35,6 +35,7 @@ from mesh_agent.mapek import (
 )
 from mesh_agent.mapek.analyze import ThresholdDetector
 from mesh_agent.mapek.execute import CEILING, HALF_LIFE_S, MAX_HOLD_S, QUARANTINE_COST, REUSE_LIMIT
+from mesh_agent.mapek.lease import Refusal
 from mesh_agent.mapek.monitor import (
     DEFAULT_BOUNDS,
     LOSS_HOLD_S,
@@ -842,6 +843,38 @@ def test_disruptive_choice_without_quorum_is_refused_and_nothing_runs() -> None:
     assert [(d.target, d.action, d.action_outcome) for d in decided] == [
         (Target("link", "b"), "isolate_origin", "refused:no_lease")]
     assert ops == []
+
+
+def test_a_refused_lease_is_asked_again_after_one_ttl_while_the_incident_is_open() -> None:
+    """Another node holds the slot (the cap): refused; one lease TTL later the loop
+    decides again and acts, so a refusal blocks it no longer than a TTL."""
+
+    class Busy:
+        name, blocking = "busy", False
+
+        def __init__(self) -> None:
+            self.free_at, self.asked = 50.0, []  # type: ignore[var-annotated]
+
+        def acquire(self, holder, action, ttl_s, now):
+            self.asked.append(now)
+            if now < self.free_at:
+                return Refusal("fleet_cap", "held by n9")
+            return Lease(7, holder, now + ttl_s)
+
+        def release(self, lease):
+            pass
+
+    busy = Busy()
+    loop = MapeK("a", "enforce", FixedPolicy(), 0.05, leases=busy, lease_ttl_s=30.0)
+    outcomes = []
+    for i in range(16):
+        n = 1000 * (i + 1)
+        s = loop.step(Observation(i * 5.0, rejected_total=n, rejected_from=(("b", n),)))
+        outcomes += [(d.decided_at, d.action_outcome) for d in s.decided]
+    assert outcomes == [(10.0, "refused:no_lease"), (40.0, "refused:no_lease"),
+                        (70.0, "applied")]
+    assert busy.asked == [10.0, 40.0, 70.0]
+    assert [i.action for i in loop.analyzer.open.values()] == ["isolate_origin"]
 
 
 def test_refused_adverts_read_per_sending_neighbour_and_the_rest_on_the_node() -> None:

@@ -241,6 +241,7 @@ class MapeK:
             if inc.id not in self.pending:
                 out.decided.append(inc)
             out.ops += self._takes_over(inc, {i.id for i in analysis.opened}, out)
+        out.ops += self._retry_refused(now, out)
         self._mitigated(obs, out.readings, analysis.opened, analysis.recovered, now, out)
         for inc in analysis.recovered:
             out.recovered.append(inc)
@@ -338,6 +339,24 @@ class MapeK:
                      inc.target, kind)
             return []
         return self._carry_out(inc, kind, verdict, now, out)
+
+    def _retry_refused(self, now: float, out: Step) -> list[Op]:
+        """Decide again for open incidents whose lease was refused a lease TTL ago or more.
+        Whoever held the slot then (the cap, the neighbourhood) has held it at most that
+        long since, so a refusal blocks this node no longer than one TTL (plus the
+        provider's own expiry); a quorum that came back is used too."""
+        ops: list[Op] = []
+        for inc in list(self.analyzer.open.values()):
+            if (inc.action_outcome != "refused:no_lease" or inc.cause is not None
+                    or inc.id in self.pending or inc.decided_at is None
+                    or now - inc.decided_at < self.safety.lease_ttl_s):
+                continue
+            log.info("incident %d %s on %s: its lease was refused %.0f s ago, deciding again",
+                     inc.id, inc.cls, inc.target, now - inc.decided_at)
+            ops += self._decide(inc, now, out)
+            if inc.id not in self.pending:
+                out.decided.append(inc)
+        return ops
 
     def leased(self, incident: int, answer: Lease | Refusal, now: float) -> Step:
         """The lease a blocking provider answered for a pending decision (the shell calls
