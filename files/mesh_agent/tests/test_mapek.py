@@ -902,6 +902,15 @@ def test_refused_adverts_read_per_sending_neighbour_and_the_rest_on_the_node() -
         decided += me.step(Observation(i * 5.0, rejected_total=1000 * (i + 1))).decided
     [inc] = decided
     assert inc.target == Target("self", "") and inc.action == "none"
+    # four neighbours each under the threshold, 96/min together: the node's
+    spread = MapeK("a", "enforce", FixedPolicy(), 0.05)
+    decided = []
+    for i in range(8):
+        n = 2 * i  # 24/min each
+        decided += spread.step(Observation(
+            i * 5.0, rejected_total=4 * n,
+            rejected_from=tuple((x, n) for x in "bcde"))).decided
+    assert [(d.cls, d.target) for d in decided] == [("advert_storm", Target("self", ""))]
 
 
 @settings(max_examples=150, deadline=None)

@@ -184,8 +184,8 @@ class Observation:
     # finer than the samples do; a neighbour missing here left at this sample, for all
     # the loop can tell.
     routes_left: tuple[tuple[str, float], ...] = ()
-    # Per neighbour, how many of the refused adverts (``rejected_total``) it sent: those
-    # read per link (its suspect), the rest (senders that are no neighbour) on the node.
+    # Per neighbour, how many of the refused adverts (``rejected_total``) it sent: read per
+    # link (its suspect); the node reads all of them but those of neighbours that cross.
     rejected_from: tuple[tuple[str, int], ...] = ()
 
 
@@ -365,18 +365,23 @@ class Monitor:
         prev = last or obs
         base = self._windowed(obs)
         over = max(self.rate_window_s, obs.at - base.at)
+        # Refused adverts: per sending neighbour, and on the node all of them but those of
+        # the neighbours that cross on their own (one flooding neighbour is its link's
+        # incident, not the node's too; refusals spread over many neighbours, each under
+        # the threshold, still add up on the node).
         by_nb, by_nb_base = dict(obs.rejected_from), dict(base.rejected_from)
+        explained = 0.0
         for name, n in sorted(by_nb.items()):
-            rate = _rate(n, by_nb_base.get(name, 0), over, 60.0)
-            out.append(Reading(Signal.REJECTED, Target("link", name), rate, t[Signal.REJECTED]))
-        for signal, now_v, before in (
-                (Signal.FAILOVERS, obs.failovers_total, base.failovers_total),
-                # The rest, over the same neighbours at both ends: a neighbour forgotten
-                # since the base moves its count to neither side.
-                (Signal.REJECTED, obs.rejected_total - sum(by_nb.values()),
-                 base.rejected_total - sum(by_nb_base.get(n, 0) for n in by_nb)),
-                (Signal.CHURN, obs.changes_total, base.changes_total)):
-            out.append(Reading(signal, SELF, _rate(now_v, before, over, 60.0), t[signal]))
+            r = Reading(Signal.REJECTED, Target("link", name),
+                        _rate(n, by_nb_base.get(name, 0), over, 60.0), t[Signal.REJECTED])
+            out.append(r)
+            explained += r.value if r.crossed else 0.0
+        for signal, value in (
+                (Signal.FAILOVERS, _rate(obs.failovers_total, base.failovers_total, over, 60.0)),
+                (Signal.REJECTED, max(0.0, _rate(obs.rejected_total, base.rejected_total,
+                                                 over, 60.0) - explained)),
+                (Signal.CHURN, _rate(obs.changes_total, base.changes_total, over, 60.0))):
+            out.append(Reading(signal, SELF, value, t[signal]))
         out.append(Reading(Signal.CPU, SELF, _rate(obs.cpu_seconds, prev.cpu_seconds, span, 1.0),
                            t[Signal.CPU]))
         return out
