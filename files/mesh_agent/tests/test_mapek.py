@@ -36,6 +36,7 @@ from mesh_agent.mapek import (
 from mesh_agent.mapek.analyze import ThresholdDetector
 from mesh_agent.mapek.execute import CEILING, HALF_LIFE_S, MAX_HOLD_S, QUARANTINE_COST, REUSE_LIMIT
 from mesh_agent.mapek.lease import Refusal
+from mesh_agent.mapek.loop import RETRY_SLACK_S
 from mesh_agent.mapek.monitor import (
     DEFAULT_BOUNDS,
     LOSS_HOLD_S,
@@ -867,14 +868,29 @@ def test_a_refused_lease_is_asked_again_after_one_ttl_while_the_incident_is_open
     busy = Busy()
     loop = MapeK("a", "enforce", FixedPolicy(), 0.05, leases=busy, lease_ttl_s=30.0)
     outcomes = []
-    for i in range(16):
+    for i in range(18):
         n = 1000 * (i + 1)
         s = loop.step(Observation(i * 5.0, rejected_total=n, rejected_from=(("b", n),)))
         outcomes += [(d.decided_at, d.action_outcome) for d in s.decided]
-    assert outcomes == [(10.0, "refused:no_lease"), (40.0, "refused:no_lease"),
-                        (70.0, "applied")]
-    assert busy.asked == [10.0, 40.0, 70.0]
+    assert outcomes == [(10.0, "refused:no_lease"), (45.0, "refused:no_lease"),
+                        (80.0, "applied")]  # at the samples: a TTL and the slack after
+    assert busy.asked == [10.0, 45.0, 80.0]
     assert [i.action for i in loop.analyzer.open.values()] == ["isolate_origin"]
+    assert loop.next_retry_at is None
+    # woken between samples (the shell's timer): due exactly a TTL and the slack after
+    busy2 = Busy()
+    loop = MapeK("a", "enforce", FixedPolicy(), 0.05, leases=busy2, lease_ttl_s=30.0)
+    for i in range(3):
+        n = 1000 * (i + 1)
+        loop.step(Observation(i * 5.0, rejected_total=n, rejected_from=(("b", n),)))
+    assert loop.next_retry_at == 10.0 + 30.0 + RETRY_SLACK_S
+    assert loop.retry_due(40.0).decided == []  # not yet
+    again = loop.retry_due(40.5)
+    assert [d.action_outcome for d in again.decided] == ["refused:no_lease"]  # still held
+    assert loop.next_retry_at == 40.5 + 30.5
+    got = loop.retry_due(71.0)
+    assert [d.action_outcome for d in got.decided] == ["applied"] and got.ops
+    assert busy2.asked == [10.0, 40.5, 71.0] and loop.next_retry_at is None
 
 
 def test_refused_adverts_read_per_sending_neighbour_and_the_rest_on_the_node() -> None:

@@ -99,6 +99,9 @@ RELAX_STEP = 0.05  # a real incident moves it 5 % of the way back to the default
 START_SETTLE_S = 15.0
 ACTION_OUTCOMES = ("applied", "observed", "noop", "refused:rate_limited", "refused:no_lease",
                    "refused:stale_token", "refused:sole_link", "attributed")
+# A refused lease is asked again this long after one TTL: etcd revokes an expired lease
+# from a sweep every 500 ms (docs/mapek.md, "Leases across a real network partition").
+RETRY_SLACK_S = 0.5
 # A failover storm and route churn are the symptoms of a flapping link when one is open
 # on the node at the same time (attribution rule, module docstring).
 # Link incidents about the traffic over the link: judged by their time to mitigate (our
@@ -340,16 +343,36 @@ class MapeK:
             return []
         return self._carry_out(inc, kind, verdict, now, out)
 
+    def _refused(self) -> list[Incident]:
+        """Open incidents whose lease was refused, not waiting for another answer."""
+        return [inc for inc in self.analyzer.open.values()
+                if inc.action_outcome == "refused:no_lease" and inc.cause is None
+                and inc.id not in self.pending and inc.decided_at is not None]
+
+    @property
+    def next_retry_at(self) -> float | None:
+        """When the earliest refused decision is due again (None: none is). The shell
+        wakes the loop then (:meth:`retry_due`) rather than at the next sample."""
+        due = [inc.decided_at + self.safety.lease_ttl_s + RETRY_SLACK_S
+               for inc in self._refused() if inc.decided_at is not None]
+        return min(due) if due else None
+
+    def retry_due(self, now: float) -> Step:
+        """Only the retry of refused decisions, between two samples (no reading taken)."""
+        out = Step()
+        out.ops += self._retry_refused(now, out)
+        return out
+
     def _retry_refused(self, now: float, out: Step) -> list[Op]:
-        """Decide again for open incidents whose lease was refused a lease TTL ago or more.
-        Whoever held the slot then (the cap, the neighbourhood) has held it at most that
-        long since, so a refusal blocks this node no longer than one TTL (plus the
-        provider's own expiry); a quorum that came back is used too."""
+        """Decide again for open incidents whose lease was refused a lease TTL ago or more
+        (and RETRY_SLACK_S). Whoever held the slot then (the cap, the neighbourhood) was
+        granted it before, so its lease has run out by then, and etcd has swept it; a
+        quorum that came back is used too. At the samples, and at the time the shell is
+        woken for (``next_retry_at``)."""
         ops: list[Op] = []
-        for inc in list(self.analyzer.open.values()):
-            if (inc.action_outcome != "refused:no_lease" or inc.cause is not None
-                    or inc.id in self.pending or inc.decided_at is None
-                    or now - inc.decided_at < self.safety.lease_ttl_s):
+        for inc in self._refused():
+            assert inc.decided_at is not None
+            if now - inc.decided_at < self.safety.lease_ttl_s + RETRY_SLACK_S:
                 continue
             log.info("incident %d %s on %s: its lease was refused %.0f s ago, deciding again",
                      inc.id, inc.cls, inc.target, now - inc.decided_at)

@@ -228,6 +228,8 @@ class MapekShell:
         view.mapek, view.knowledge = self.core, knowledge
         self._tasks: set[asyncio.Future[None]] = set()  # lease calls under way
         self._isolated: dict[int, list[tuple[str, str]]] = {}  # action id: hops isolated
+        self._retry: asyncio.TimerHandle | None = None  # the wake-up for a refused decision
+        self._retry_at = 0.0
 
     async def run(self) -> None:
         interval = self.cfg.mapek.interval_s
@@ -271,6 +273,25 @@ class MapekShell:
         leases = self.core.safety.leases
         for lease in releases.values():
             self._spawn(asyncio.to_thread(leases.release, lease))
+        self._wake_for_retry()
+
+    def _wake_for_retry(self) -> None:
+        """A refused decision is due again between two samples: wake the loop then."""
+        at = self.core.next_retry_at
+        if at is None or (self._retry is not None and self._retry_at <= at):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # stepped by hand (tests): the samples retry
+            return
+        if self._retry is not None:
+            self._retry.cancel()
+        self._retry_at = at
+        self._retry = loop.call_later(max(0.0, at - self.clock()), self._retry_due)
+
+    def _retry_due(self) -> None:
+        self._retry = None
+        self.settle(self.core.retry_due(self.clock()))
 
     async def _disrupt(self, op: Op, lease: Lease | None, held: Lease | None = None) -> None:
         """A disruptive action: validate its lease, act, record, then hand the lease back
@@ -392,4 +413,6 @@ class MapekShell:
                            {**a.as_dict(), "reason": op.reason})
 
     def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
         self.knowledge.close()
