@@ -15,7 +15,7 @@ per 2-hop neighbourhood) lets the victims act one at a time: the second is refus
 again one lease TTL (15 s) later, and acts then. The isolation's expiry (600 s) is tested
 in-process (``files/mesh_agent/tests/test_mapek_agent.py``).
 
-Slow (about 2 minutes): ``make test-full-lab``.
+About 75 s, in ``make test``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from meshcore_tools.chaos import faults
 from meshcore_tools.chaos.faults import Fault, Topo
 from meshcore_tools.chaos.nodes import inject, leftovers, netns_nodes, remove
 
-pytestmark = [requires_root, pytest.mark.slow,
+pytestmark = [requires_root,
               pytest.mark.skipif(shutil.which("etcd") is None,
                                  reason="needs etcd (Debian package etcd-server)")]
 FLOOD_S = 75
