@@ -81,3 +81,18 @@ def test_every_role_package_is_pre_seeded(target: str) -> None:
     assert missing == {}, f"{target}: add these to image_packages (or say why not in NOT_IN)"
     for role, pkgs in NOT_IN[target].items():
         assert set(pkgs.split()) <= role_packages()[role], f"{role}: NOT_IN is out of date"
+
+
+def test_no_apt_task_refreshes_the_cache_when_nothing_is_missing() -> None:
+    """``cache_valid_time`` set alone turns ``update_cache`` on (the apt module), so a task
+    that names it refreshes apt on every run, on lab nodes that have no apt access too
+    (the mesh_agent role's polkitd task did, session 45): it must be omitted unless a
+    refresh is wanted."""
+    bad = []
+    for f in sorted((ROOT / "roles").glob("*/tasks/*.yml")):
+        for t in tasks(yaml.safe_load(f.read_text())):
+            apt = t.get("ansible.builtin.apt")
+            if isinstance(apt, dict) and "cache_valid_time" in apt \
+                    and "omit" not in str(apt["cache_valid_time"]):
+                bad.append(f"{f.relative_to(ROOT)}: {t.get('name')}")
+    assert bad == []
