@@ -591,29 +591,28 @@ def flood(agent: Agent, clock: Clock, b: LinkSensor, src: str, seconds: float = 
             agent._on_advert("mesh0", (b"\x00garbage", src, clock.now, None))
 
 
-def test_an_advert_storm_from_a_neighbour_isolates_it_under_a_lease_with_a_signed_decision(
-        ca: CA, tmp_path: Path) -> None:
-    """b floods us with adverts we refuse: the incident's suspect is b (the hop they came
-    from, not the origin they claim); the fixed rule isolates it under a lease (validated,
-    then held to its TTL), every advert from b's hop is then dropped unread, the decision
-    is signed with our key, and the isolation ends at its expiry."""
-    import asyncio
-
-    from mesh_agent.mapek.execute import EXPIRY_S
-    from mesh_agent.mapek.plan import ActionKind
-    from mesh_agent.mapek.shell import decision_verifies
-
+def leased_agent(ca: CA, tmp_path: Path) -> tuple[Agent, Clock, LinkSensor, LeaseLog]:
+    """An enforce-mode agent, ready and armed with b, whose leases come from a LeaseLog."""
     clock = Clock()
     agent = make_agent(ca, tmp_path, clock, {"enabled": True, "mode": "enforce",
                                              "interval_s": 5})
     b = ready_and_armed(agent, ca, clock)
+    assert agent.mapek is not None
+    leases = LeaseLog()
+    agent.mapek.core.safety.leases = leases
+    return agent, clock, b, leases
+
+
+def ticks(agent: Agent, clock: Clock, b: LinkSensor, n: int, src: str | None) -> None:
+    """*n* loop ticks, each after 5 s of clean hellos with b and, when *src* is given, a
+    flood of refused adverts from the hop (mesh0, *src*); the lease calls and executors
+    each tick starts are waited for."""
+    import asyncio
+
     shell = agent.mapek
     assert shell is not None
-    leases = LeaseLog()
-    shell.core.safety.leases = leases
-    hop = ("mesh0", "10.98.0.1")
 
-    async def ticks(n: int, src: str | None) -> None:
+    async def run() -> None:
         for _ in range(n):
             if src is None:
                 hellos(agent, b, clock, 5.0, keep_every=1)
@@ -623,7 +622,22 @@ def test_an_advert_storm_from_a_neighbour_isolates_it_under_a_lease_with_a_signe
             while shell._tasks:
                 await asyncio.sleep(0.01)
 
-    asyncio.run(ticks(2, hop[1]))
+    asyncio.run(run())
+
+
+def test_an_advert_storm_from_a_neighbour_isolates_it_under_a_lease_with_a_signed_decision(
+        ca: CA, tmp_path: Path) -> None:
+    """b floods us with adverts we refuse: the incident's suspect is b (the hop they came
+    from, not the origin they claim); the fixed rule isolates it under a lease (validated,
+    then held to its TTL), every advert from b's hop is then dropped unread, the decision
+    is signed with our key, and the isolation ends at its expiry."""
+    from mesh_agent.mapek.execute import EXPIRY_S
+    from mesh_agent.mapek.plan import ActionKind
+    from mesh_agent.mapek.shell import decision_verifies
+
+    agent, clock, b, leases = leased_agent(ca, tmp_path)
+    hop = ("mesh0", "10.98.0.1")
+    ticks(agent, clock, b, 2, hop[1])
     [inc] = agent.view.incidents()["incidents"]
     assert inc["class"] == "advert_storm" and inc["target"] == "link:b"
     assert inc["action"] == {"kind": "isolate_origin", "outcome": "applied"}
@@ -642,7 +656,7 @@ def test_an_advert_storm_from_a_neighbour_isolates_it_under_a_lease_with_a_signe
     assert not decision_verifies(forged, agent.topology.lsdb.identity.cert.public_key())
     # b's adverts are now dropped unread: the storm is over for the loop
     rejected = sum(agent.topology.lsdb.rejected.values())
-    asyncio.run(ticks(10, hop[1]))  # past the rate window and the 3 clear samples
+    ticks(agent, clock, b, 10, hop[1])  # past the rate window and the 3 clear samples
     assert sum(agent.topology.lsdb.rejected.values()) == rejected
     assert agent.topology.isolated_total >= 10 * 5 * 20
     got = metrics(TestClient(create_app(agent.view, agent.metrics.registry, agent.events)))
@@ -652,7 +666,7 @@ def test_an_advert_storm_from_a_neighbour_isolates_it_under_a_lease_with_a_signe
     assert inc["state"] == "recovered" and inc["mttr_seconds"] is not None
     # the isolation ends at its expiry, whatever else happens
     clock.now += EXPIRY_S[ActionKind.ISOLATE_ORIGIN]
-    asyncio.run(ticks(1, None))
+    ticks(agent, clock, b, 1, None)
     assert agent.topology.isolated == {} and agent.mapek.core.executor.active == {}
     agent._on_advert("mesh0", (b"\x00garbage", hop[1], clock.now, None))
     assert sum(agent.topology.lsdb.rejected.values()) == rejected + 1
@@ -661,25 +675,8 @@ def test_an_advert_storm_from_a_neighbour_isolates_it_under_a_lease_with_a_signe
 def test_an_advert_storm_from_no_neighbour_isolates_nothing(ca: CA, tmp_path: Path) -> None:
     """Refused adverts from a hop that is no neighbour read on the node itself: nothing to
     isolate, so the rule falls back to none and no lease is asked for."""
-    import asyncio
-
-    clock = Clock()
-    agent = make_agent(ca, tmp_path, clock, {"enabled": True, "mode": "enforce",
-                                             "interval_s": 5})
-    b = ready_and_armed(agent, ca, clock)
-    shell = agent.mapek
-    assert shell is not None
-    leases = LeaseLog()
-    shell.core.safety.leases = leases
-
-    async def run() -> None:
-        for _ in range(2):
-            flood(agent, clock, b, "10.98.0.77")
-            shell.tick()
-            while shell._tasks:
-                await asyncio.sleep(0.01)
-
-    asyncio.run(run())
+    agent, clock, b, leases = leased_agent(ca, tmp_path)
+    ticks(agent, clock, b, 2, "10.98.0.77")
     [inc] = agent.view.incidents()["incidents"]
     assert inc["class"] == "advert_storm" and inc["target"] == "self:"
     assert inc["action"] == {"kind": "none", "outcome": "noop"}

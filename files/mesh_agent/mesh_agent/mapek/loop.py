@@ -102,12 +102,12 @@ ACTION_OUTCOMES = ("applied", "observed", "noop", "refused:rate_limited", "refus
 # A refused lease is asked again this long after one TTL: etcd revokes an expired lease
 # from a sweep every 500 ms (docs/mapek.md, "Leases across a real network partition").
 RETRY_SLACK_S = 0.5
-# A failover storm and route churn are the symptoms of a flapping link when one is open
-# on the node at the same time (attribution rule, module docstring).
 # Link incidents about the traffic over the link: judged by their time to mitigate (our
 # routes off the link). An advert storm from a neighbour is about what it sends.
 TRAFFIC_CLASSES = frozenset({IncidentClass.LOSSY_LINK, IncidentClass.SLOW_LINK,
                              IncidentClass.FLAPPING_LINK})
+# A failover storm and route churn are the symptoms of a flapping link when one is open
+# on the node at the same time (attribution rule, module docstring).
 SYMPTOMS: dict[IncidentClass, IncidentClass] = {
     IncidentClass.FAILOVER_STORM: IncidentClass.FLAPPING_LINK,
     IncidentClass.ROUTE_CHURN: IncidentClass.FLAPPING_LINK,
@@ -343,9 +343,11 @@ class MapeK:
             return []
         return self._carry_out(inc, kind, verdict, now, out)
 
-    def _refused(self) -> list[Incident]:
-        """Open incidents whose lease was refused, not waiting for another answer."""
-        return [inc for inc in self.analyzer.open.values()
+    def _refused(self) -> list[tuple[Incident, float]]:
+        """Open incidents whose lease was refused, not waiting for another answer, each
+        with when it is due again: a lease TTL and RETRY_SLACK_S after the refusal."""
+        return [(inc, inc.decided_at + self.safety.lease_ttl_s + RETRY_SLACK_S)
+                for inc in self.analyzer.open.values()
                 if inc.action_outcome == "refused:no_lease" and inc.cause is None
                 and inc.id not in self.pending and inc.decided_at is not None]
 
@@ -353,9 +355,7 @@ class MapeK:
     def next_retry_at(self) -> float | None:
         """When the earliest refused decision is due again (None: none is). The shell
         wakes the loop then (:meth:`retry_due`) rather than at the next sample."""
-        due = [inc.decided_at + self.safety.lease_ttl_s + RETRY_SLACK_S
-               for inc in self._refused() if inc.decided_at is not None]
-        return min(due) if due else None
+        return min((due for _, due in self._refused()), default=None)
 
     def retry_due(self, now: float) -> Step:
         """Only the retry of refused decisions, between two samples (no reading taken)."""
@@ -370,12 +370,11 @@ class MapeK:
         quorum that came back is used too. At the samples, and at the time the shell is
         woken for (``next_retry_at``)."""
         ops: list[Op] = []
-        for inc in self._refused():
-            assert inc.decided_at is not None
-            if now - inc.decided_at < self.safety.lease_ttl_s + RETRY_SLACK_S:
+        for inc, due in self._refused():
+            if now < due:
                 continue
-            log.info("incident %d %s on %s: its lease was refused %.0f s ago, deciding again",
-                     inc.id, inc.cls, inc.target, now - inc.decided_at)
+            log.info("incident %d %s on %s: a lease TTL since its lease was refused, "
+                     "deciding again", inc.id, inc.cls, inc.target)
             ops += self._decide(inc, now, out)
             if inc.id not in self.pending:
                 out.decided.append(inc)

@@ -50,6 +50,8 @@ QUIET_REASONS = frozenset({"duplicate", "self", "isolated"})
 # Refusals that are ordinary flooding, not a sender's fault: an older copy arriving after
 # the newer one. Not counted per hop (the advert-storm signal leaves them out too).
 ORDINARY_REASONS = frozenset({"stale"})
+# The refusals rejected_from counts: neither quiet nor ordinary flooding.
+NOT_PER_HOP = QUIET_REASONS | ORDINARY_REASONS
 # rejected_from keeps at most this many hops; refusals from any further hop are counted
 # under OTHER_HOP (a flood from forged link addresses cannot grow it without bound).
 OTHER_HOP: Hop = ("", "")
@@ -124,7 +126,7 @@ class TopologyCore:
             del self.isolated[hop]
         result = self.lsdb.receive(data, now, f"{ifname}/{src}", ttl)
         if not result.accepted:
-            if result.reason not in QUIET_REASONS | ORDINARY_REASONS:
+            if result.reason not in NOT_PER_HOP:
                 key = hop if hop in self.rejected_from or len(self.rejected_from) < MAX_SOURCES \
                     else OTHER_HOP
                 self.rejected_from[key] = self.rejected_from.get(key, 0) + 1
