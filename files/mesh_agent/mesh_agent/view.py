@@ -9,7 +9,7 @@ gauge and the logs all ask :meth:`AgentView.readiness`.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -259,6 +259,7 @@ class AgentView:
             failovers_total=self.failover.failovers_total,
             rejected_total=sum(n for r, n in rejected.items() if r not in ORDINARY_REASONS),
             rejected_from=tuple(sorted(self.rejected_by_neighbor().items())),
+            isolated_from=tuple(sorted(self.by_neighbor(self.topology.isolated_from).items())),
             changes_total=self.topology.changes_total,
             cpu_seconds=cpu_seconds,
             ready=self.ready(),
@@ -271,9 +272,14 @@ class AgentView:
     def rejected_by_neighbor(self) -> dict[str, int]:
         """Per neighbour, the adverts refused that it sent (over any of its links: the
         topology core's ``rejected_from``, by the hop they came from)."""
+        return self.by_neighbor(self.topology.rejected_from)
+
+    def by_neighbor(self, per_hop: Mapping[tuple[str, str], int]) -> dict[str, int]:
+        """Counts per (interface, link address) hop summed per neighbour (hops of no
+        neighbour left out)."""
         names = {(nb.ifname, nb.link_address): nb.name for nb in self.sensor.neighbors()}
         out: dict[str, int] = {}
-        for hop, n in self.topology.rejected_from.items():
+        for hop, n in per_hop.items():
             if (name := names.get(hop)) is not None:
                 out[name] = out.get(name, 0) + n
         return out

@@ -34,7 +34,14 @@ from mesh_agent.mapek import (
     make_policy,
 )
 from mesh_agent.mapek.analyze import ThresholdDetector
-from mesh_agent.mapek.execute import CEILING, HALF_LIFE_S, MAX_HOLD_S, QUARANTINE_COST, REUSE_LIMIT
+from mesh_agent.mapek.execute import (
+    CEILING,
+    HALF_LIFE_S,
+    MAX_HOLD_S,
+    QUARANTINE_COST,
+    REUSE_LIMIT,
+    Op,
+)
 from mesh_agent.mapek.lease import Refusal
 from mesh_agent.mapek.loop import RETRY_SLACK_S
 from mesh_agent.mapek.monitor import (
@@ -876,21 +883,142 @@ def test_a_refused_lease_is_asked_again_after_one_ttl_while_the_incident_is_open
                         (80.0, "applied")]  # at the samples: a TTL and the slack after
     assert busy.asked == [10.0, 45.0, 80.0]
     assert [i.action for i in loop.analyzer.open.values()] == ["isolate_origin"]
-    assert loop.next_retry_at is None
+    # nothing left to retry; the isolation's lease is renewed a third of a TTL on
+    assert loop.next_due_at == 80.0 + 10.0
     # woken between samples (the shell's timer): due exactly a TTL and the slack after
     busy2 = Busy()
     loop = MapeK("a", "enforce", FixedPolicy(), 0.05, leases=busy2, lease_ttl_s=30.0)
     for i in range(3):
         n = 1000 * (i + 1)
         loop.step(Observation(i * 5.0, rejected_total=n, rejected_from=(("b", n),)))
-    assert loop.next_retry_at == 10.0 + 30.0 + RETRY_SLACK_S
-    assert loop.retry_due(40.0).decided == []  # not yet
-    again = loop.retry_due(40.5)
+    assert loop.next_due_at == 10.0 + 30.0 + RETRY_SLACK_S
+    assert loop.due(40.0).decided == []  # not yet
+    again = loop.due(40.5)
     assert [d.action_outcome for d in again.decided] == ["refused:no_lease"]  # still held
-    assert loop.next_retry_at == 40.5 + 30.5
-    got = loop.retry_due(71.0)
+    assert loop.next_due_at == 40.5 + 30.5
+    got = loop.due(71.0)
     assert [d.action_outcome for d in got.decided] == ["applied"] and got.ops
-    assert busy2.asked == [10.0, 40.5, 71.0] and loop.next_retry_at is None
+    assert busy2.asked == [10.0, 40.5, 71.0] and loop.next_due_at == 71.0 + 10.0
+
+
+class Keeper:
+    """A non-blocking lease provider that grants, and renews as told: ``renew_with``
+    ``"ok"`` (a new deadline), ``"gone"`` (None) or ``"silent"`` (the same lease)."""
+
+    name, blocking = "keeper", False
+
+    def __init__(self) -> None:
+        self.renew_with = "ok"
+        self.calls: list[tuple[str, float]] = []
+
+    def acquire(self, holder: str, action: str, ttl_s: float, now: float) -> Lease:
+        self.calls.append(("acquire", now))
+        return Lease(7, holder, now + ttl_s, 1)
+
+    def release(self, lease: Lease) -> None:
+        self.calls.append(("release", lease.token))
+
+    def validate(self, lease: Lease, now: float) -> bool:
+        return True
+
+    def renew(self, lease: Lease, ttl_s: float, now: float) -> Lease | None:
+        self.calls.append(("renew", now))
+        if self.renew_with == "gone":
+            return None
+        return Lease(7, lease.holder, now + ttl_s, 1) if self.renew_with == "ok" else lease
+
+
+def isolating(keeper: Keeper, ttl: float = 30.0) -> tuple[MapeK, list[Op]]:
+    """A loop that isolated neighbour b at 10.0 (an advert storm, the fixed rule)."""
+    loop = MapeK("a", "enforce", FixedPolicy(), 0.05, leases=keeper, lease_ttl_s=ttl)
+    ops: list[Op] = []
+    for i in range(3):
+        n = 1000 * (i + 1)
+        ops += loop.step(Observation(i * 5.0, rejected_total=n,
+                                     rejected_from=(("b", n),))).ops
+    assert [(o.op, o.action.kind) for o in ops] == [("apply", ActionKind.ISOLATE_ORIGIN)]
+    return loop, ops
+
+
+def storming(loop: MapeK, start: float, end: float, rising: bool) -> list[Op]:
+    """Samples every 5 s from *start* to *end*: b's refusals stay where they were (its
+    adverts are dropped unread), its isolated count rises 1000 a sample or not."""
+    ops: list[Op] = []
+    t = start
+    while t <= end:
+        iso = int(1000 * (t - 10.0) / 5.0) if rising else 0
+        ops += loop.step(Observation(t, rejected_total=3000, rejected_from=(("b", 3000),),
+                                     isolated_from=(("b", iso),))).ops
+        t += 5.0
+    return ops
+
+
+def test_an_isolation_keeps_its_lease_while_the_neighbour_storms_then_hands_it_back() -> None:
+    """The cap and the neighbourhood rule hold for an isolation's whole life: its lease is
+    renewed a third of a TTL on, for as long as the neighbour goes on sending (dropped
+    unread, counted while isolated); once it stops, the damping releases the isolation
+    and the lease is handed back."""
+    keeper = Keeper()
+    loop, _ = isolating(keeper)
+    assert set(loop.held) == {7}
+    ops = storming(loop, 15.0, 200.0, rising=True)
+    assert ops == []  # kept: still storming, 190 s on (far past the 30 s TTL)
+    renewals = [at for what, at in keeper.calls if what == "renew"]
+    assert renewals and renewals[0] == 20.0  # a third of the TTL after the grant
+    assert all(b - a <= 10.0 for a, b in itertools.pairwise([10.0, *renewals]))
+    assert loop.held[7].lease.expires_at > 200.0
+    assert ("release", 7) not in keeper.calls
+    # the flood stops: released by its damping, at most its longest hold and the
+    # rate window after the last sample that read it, and the lease goes back
+    ops = storming(loop, 205.0, 205.0 + 30.0 + MAX_HOLD_S + 5.0, rising=False)
+    assert [(o.op, o.reason) for o in ops] == [("undo", "released")]
+    assert keeper.calls[-1] == ("release", 7) and loop.held == {}
+    assert loop.next_due_at is None
+
+
+@pytest.mark.parametrize("answer", ["gone", "silent"])
+def test_an_isolation_whose_lease_is_gone_or_not_renewed_is_undone(answer: str) -> None:
+    """A renewal that says the lease is gone undoes the isolation at once; one nobody
+    answers (etcd cut off) is asked again every RENEW_RETRY_S until the lease's deadline,
+    which undoes it (before etcd itself could grant the slot to another node)."""
+    keeper = Keeper()
+    keeper.renew_with = answer
+    loop, _ = isolating(keeper)
+    assert loop.next_due_at == 20.0
+    got = loop.due(20.0)
+    if answer == "gone":
+        assert [(o.op, o.reason) for o in got.ops] == [("undo", "lease_lost")]
+    else:
+        assert got.ops == [] and loop.next_due_at == 21.0
+        t, ops = 21.0, []
+        while not ops:
+            ops, t = loop.due(t).ops, t + 1.0
+        assert [(o.op, o.reason) for o in ops] == [("undo", "lease_lost")]
+        assert t - 1.0 == 40.0  # the lease's deadline: granted at 10.0, a 30 s TTL
+    assert loop.held == {} and loop.executor.active == {}
+    assert ("release", 7) not in keeper.calls  # gone: nothing to hand back
+
+
+def test_a_blocking_providers_renewal_goes_through_the_shell_and_extends_the_action() -> None:
+    """With etcd (blocking) the step asks the shell to renew; the answer extends the
+    action's effect to the new deadline, never past the action's own expiry."""
+    keeper = Keeper()
+    keeper.blocking = True  # type: ignore[misc]
+    loop = MapeK("a", "enforce", FixedPolicy(), 0.05, leases=keeper, lease_ttl_s=30.0)
+    for i in range(3):
+        n = 1000 * (i + 1)
+        step = loop.step(Observation(i * 5.0, rejected_total=n, rejected_from=(("b", n),)))
+    [request] = step.lease_requests
+    granted = loop.leased(request.incident, Lease(9, "a", 10.5 + 30.0, 3), 10.5)
+    [action] = [o.action for o in granted.ops]
+    assert granted.holds == [Lease(9, "a", 40.5, 3)]
+    due = loop.due(20.5)
+    assert due.renewals == [Lease(9, "a", 40.5, 3)] and due.ops == []
+    assert loop.due(20.7).renewals == []  # under way: not asked twice at once
+    back = loop.renewed(9, Lease(9, "a", 51.0, 3), 21.0)
+    assert back.extends == [(action, 51.0)]
+    late = loop.renewed(9, Lease(9, "a", action.expires_at + 99.0, 3), 22.0)
+    assert late.extends == [(action, action.expires_at)]
 
 
 def test_refused_adverts_read_per_sending_neighbour_and_the_rest_on_the_node() -> None:

@@ -358,6 +358,12 @@ class LeaseLog:
         self.calls.append(f"validate:{lease.token}")
         return self.valid
 
+    def renew(self, lease: Any, ttl_s: float, now: float) -> Any:
+        from mesh_agent.mapek.safety import Lease
+
+        self.calls.append(f"renew:{lease.token}")
+        return Lease(lease.token, lease.holder, now + ttl_s, lease.lease_id)
+
 
 def restart_run(ca: CA, tmp_path: Path, valid: bool = True, hog: float = 0.8,
                 units: tuple[str, ...] = ("hog.service", "idle.service"), delay: float = 2.0
@@ -629,10 +635,10 @@ def test_an_advert_storm_from_a_neighbour_isolates_it_under_a_lease_with_a_signe
         ca: CA, tmp_path: Path) -> None:
     """b floods us with adverts we refuse: the incident's suspect is b (the hop they came
     from, not the origin they claim); the fixed rule isolates it under a lease (validated,
-    then held to its TTL), every advert from b's hop is then dropped unread, the decision
-    is signed with our key, and the isolation ends at its expiry."""
-    from mesh_agent.mapek.execute import EXPIRY_S
-    from mesh_agent.mapek.plan import ActionKind
+    then held and renewed while b goes on flooding), every advert from b's hop is then
+    dropped unread, the decision is signed with our key, and once b stops the isolation
+    is released and the lease handed back."""
+    from mesh_agent.mapek.execute import MAX_HOLD_S
     from mesh_agent.mapek.shell import decision_verifies
 
     agent, clock, b, leases = leased_agent(ca, tmp_path)
@@ -641,11 +647,11 @@ def test_an_advert_storm_from_a_neighbour_isolates_it_under_a_lease_with_a_signe
     [inc] = agent.view.incidents()["incidents"]
     assert inc["class"] == "advert_storm" and inc["target"] == "link:b"
     assert inc["action"] == {"kind": "isolate_origin", "outcome": "applied"}
-    # validated before acting, and held (not handed back: the isolation lasts)
+    # validated before acting, and held (not handed back: the isolation lasts), the
+    # adverts dropped until the lease's deadline (each renewal extends it)
     assert leases.calls == ["acquire", "validate:88"]
-    assert agent.topology.isolated == {hop: pytest.approx(clock.now - 5.0
-                                                          + EXPIRY_S[ActionKind.ISOLATE_ORIGIN],
-                                                          abs=5.0)}
+    ttl = agent.mapek.core.safety.lease_ttl_s
+    assert agent.topology.isolated == {hop: pytest.approx(clock.now + ttl, abs=0.5)}
     [ev] = [e.as_dict() for e in agent.events.query(kinds=[EventKind.REMEDIATION])]
     assert ev["detail"]["result"] == "done" and ev["reason"] == "apply:isolate_origin"
     signed = {"decision": ev["detail"]["decision"], "signature": ev["detail"]["signature"]}
@@ -664,10 +670,19 @@ def test_an_advert_storm_from_a_neighbour_isolates_it_under_a_lease_with_a_signe
     assert got[("meshcore_isolated_hops", ())] == 1
     [inc] = agent.view.incidents()["incidents"]
     assert inc["state"] == "recovered" and inc["mttr_seconds"] is not None
-    # the isolation ends at its expiry, whatever else happens
-    clock.now += EXPIRY_S[ActionKind.ISOLATE_ORIGIN]
-    ticks(agent, clock, b, 1, None)
+    # kept past its TTL while b floods: the lease renewed (here at the samples, no timer
+    # runs: every third of a TTL, rounded up to a sample), the isolation extended with it
+    assert leases.calls.count("renew:88") >= 50 // (ttl / 3 + 5)
+    assert "release:88" not in leases.calls
+    assert agent.topology.isolated == {hop: pytest.approx(clock.now + ttl, abs=ttl / 3 + 1)}
+    # b stops: released by its damping (the rate window and at most its longest hold),
+    # the lease handed back
+    ticks(agent, clock, b, int((30 + MAX_HOLD_S) / 5) + 2, None)
     assert agent.topology.isolated == {} and agent.mapek.core.executor.active == {}
+    assert leases.calls[-1] == "release:88" and agent.mapek.core.held == {}
+    [undo] = [e.as_dict() for e in agent.events.query(kinds=[EventKind.REMEDIATION])
+              if e.reason == "undo:isolate_origin"]
+    assert undo["detail"]["reason"] == "released"
     agent._on_advert("mesh0", (b"\x00garbage", hop[1], clock.now, None))
     assert sum(agent.topology.lsdb.rejected.values()) == rejected + 1
 

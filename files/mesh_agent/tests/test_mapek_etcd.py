@@ -84,6 +84,36 @@ def test_the_ttl_frees_a_lease_nobody_released(cluster: EtcdCluster) -> None:
     assert TTL - 0.5 < waited < TTL + 2.0 and lb.token > la.token
 
 
+def test_a_renewed_lease_keeps_its_slot_past_its_ttl_then_frees_it(
+        cluster: EtcdCluster) -> None:
+    """An action that lasts renews its lease: the neighbour stays refused for as long as
+    the renewals go on (three TTLs here), the deadline moves with each, and once they stop
+    the TTL frees the slot; a renewal after that says the lease is gone."""
+    g = nx.path_graph(["a", "b"])
+    a, b = leases(cluster, g, "a", "/t2r/"), leases(cluster, g, "b", "/t2r/")
+    t0 = time.monotonic()
+    la = a.acquire("a", "isolate_origin", TTL, t0)
+    assert isinstance(la, Lease)
+    held = la
+    while time.monotonic() - t0 < 3 * TTL:
+        time.sleep(TTL / 3)
+        got = a.renew(held, TTL, time.monotonic())
+        assert isinstance(got, Lease) and got.expires_at > held.expires_at
+        assert got.token == la.token and got.lease_id == la.lease_id
+        held = got
+        assert b.acquire("b", "isolate_origin", TTL, time.monotonic()) == \
+            Refusal("neighbourhood", "a")
+        assert a.validate(held, time.monotonic())
+    stopped = time.monotonic()
+    while isinstance(lb := b.acquire("b", "isolate_origin", TTL, time.monotonic()), Refusal):
+        assert time.monotonic() - stopped < TTL + 2.0, "a lease no longer renewed blocked"
+        time.sleep(0.1)
+    print(f"renewed for {stopped - t0:.1f} s (TTL {TTL} s); freed "
+          f"{time.monotonic() - stopped:.2f} s after the last renewal")
+    assert lb.token > la.token
+    assert a.renew(held, TTL, time.monotonic()) is None
+
+
 HOLDER = """
 import sys, time
 import networkx as nx

@@ -192,6 +192,7 @@ def test_an_isolated_hop_is_dropped_unread_until_its_end(ca: CA) -> None:
     got = t.received(*hop, raw, NOW + 1, 255, HOPS)
     assert got.result.reason == "isolated" and not got.rejected and got.sends == ()
     assert t.isolated_total == 1 and t.lsdb.rx_total == 0 and "b" not in t.lsdb.entries()
+    assert t.isolated_from == {hop: 1} and t.rejected_from == {}  # counted per hop, apart
     assert t.received("mesh1", "10.78.0.3", raw, NOW + 1, 255, HOPS).result.accepted
     c = signed(ca, "c", {"a": 1.0})
     assert t.received(*hop, c, NOW + 10, 255, HOPS).result.accepted  # its end: read again

@@ -162,6 +162,23 @@ class EtcdLeases:
         with self._lock:
             return self._still_held(lease)
 
+    def renew(self, lease: Lease, ttl_s: float, now: float) -> Lease | None:
+        """A keep-alive on the lease (an action that lasts keeps its slot): its TTL
+        starts again; None when etcd no longer has it (a TTL of 0 or an error naming it),
+        the same lease when no endpoint answered (it may still stand until its deadline)."""
+        with self._lock:
+            try:
+                answer = self._post("/lease/keepalive", {"ID": lease.lease_id})
+            except (Unreachable, etcd_exc.Etcd3Exception) as exc:
+                log.info("mapek: lease %d not renewed (%s); asking again", lease.lease_id, exc)
+                return lease
+        ttl = int((answer.get("result") or {}).get("TTL") or 0)
+        if ttl <= 0:
+            log.warning("mapek: lease %d is gone (%s)", lease.lease_id,
+                        answer.get("error") or "TTL 0")
+            return None
+        return Lease(lease.token, lease.holder, now + min(ttl_s, ttl), lease.lease_id)
+
     def _still_held(self, lease: Lease) -> bool:
         try:
             return validated(self._post("/kv/txn",

@@ -130,15 +130,19 @@ class Damping:
 
 
 def damping_for(kind: ActionKind) -> Damping:
-    """A fresh figure of merit for a damped link action (quarantine or hold-down)."""
+    """A fresh figure of merit for a damped link action: a hold-down's own figures, the
+    defaults for a quarantine and an isolation (released 15 to 60 s after the last hit)."""
     if kind == ActionKind.HOLD_DOWN_LINK:
         return Damping(half_life_s=HOLD_HALF_LIFE_S,
                        ceiling=REUSE_LIMIT * 2 ** (HOLD_MAX_S / HOLD_HALF_LIFE_S))
     return Damping()
 
 
-# Actions released by their damping (hysteresis), not by their incident's recovery.
-DAMPED = frozenset({ActionKind.QUARANTINE_LINK, ActionKind.HOLD_DOWN_LINK})
+# Actions released by their damping (hysteresis), not by their incident's recovery. An
+# isolation's incident recovers as soon as the neighbour's adverts are dropped unread: it
+# is kept while the neighbour goes on storming (Monitor.storming), then released.
+DAMPED = frozenset({ActionKind.QUARANTINE_LINK, ActionKind.HOLD_DOWN_LINK,
+                    ActionKind.ISOLATE_ORIGIN})
 
 
 @dataclass(frozen=True)
@@ -167,7 +171,8 @@ class Action:
 class Op:
     op: str  # apply | undo
     action: Action
-    reason: str = ""  # undo: released | expired | recovered | superseded | sole_link
+    # undo: released | expired | recovered | superseded | sole_link | lease_lost
+    reason: str = ""
 
 
 class Executor:
@@ -225,7 +230,7 @@ class Executor:
                   kind: ActionKind = ActionKind.QUARANTINE_LINK) -> None:
         """Links still found bad while their *kind* of damped action is in force keep its
         penalty up (a quarantine: any link signal crossing; a hold-down: it failed again
-        or still reads lossy)."""
+        or still reads lossy; an isolation: the neighbour still storms)."""
         for name in links:
             damp = self.damping.get((kind, name))
             if damp is not None and damp.suppressed:
@@ -241,6 +246,15 @@ class Executor:
                 self.damping.pop((ActionKind.HOLD_DOWN_LINK, name), None)
                 ops.append(Op("undo", action, "sole_link"))
         return ops
+
+    def end(self, action: Action, reason: str) -> list[Op]:
+        """Undo an action in force now, whatever its damping says (its lease is gone)."""
+        key = (action.kind, action.target)
+        if self.active.get(key) != action:
+            return []
+        del self.active[key]
+        self.damping.pop((action.kind, action.target.name), None)
+        return [Op("undo", action, reason)]
 
     def forget(self, action: Action) -> None:
         """An action the shell could not carry out (its lease lost, its target gone):

@@ -54,6 +54,16 @@ A hold-down is refused (``refused:sole_link``) on a link that is the node's only
 way to that neighbour (``Observation.sole_links``): holding it down would cut
 the neighbour off, which is worse than its flapping. A hold in force on a link
 that becomes the only way (the other path failed meanwhile) is lifted at once.
+
+Leases of actions that last. A disruptive action that lasts (an isolation) keeps its
+lease for as long as it is in force, so the fleet-wide cap and the one-per-neighbourhood
+rule hold for its whole life, not for its first TTL: the loop renews the lease once a
+third of its TTL has passed (``Step.renewals``, answered with :meth:`MapeK.renewed`),
+extends the action's effect to the renewed deadline (``Step.extends``), undoes the
+action when the lease is gone or its deadline passes unrenewed (``lease_lost``: a holder
+cut off from etcd stops before anyone else can be granted its slot), and hands the lease
+back when the action ends. The shell is woken for these between samples
+(:attr:`MapeK.next_due_at`, :meth:`MapeK.due`), as for a refused decision's retry.
 """
 
 from __future__ import annotations
@@ -102,6 +112,10 @@ ACTION_OUTCOMES = ("applied", "observed", "noop", "refused:rate_limited", "refus
 # A refused lease is asked again this long after one TTL: etcd revokes an expired lease
 # from a sweep every 500 ms (docs/mapek.md, "Leases across a real network partition").
 RETRY_SLACK_S = 0.5
+# A held lease is renewed once this share of its TTL has passed, and asked again this
+# often while no answer renewed it (etcd unreachable), until its deadline.
+RENEW_AFTER = 1 / 3
+RENEW_RETRY_S = 1.0
 # Link incidents about the traffic over the link: judged by their time to mitigate (our
 # routes off the link). An advert storm from a neighbour is about what it sends.
 TRAFFIC_CLASSES = frozenset({IncidentClass.LOSSY_LINK, IncidentClass.SLOW_LINK,
@@ -121,6 +135,16 @@ class _Pending:
 
 
 @dataclass
+class _Held:
+    """The lease of an action in force that lasts; ``asked_at``: a renewal is under way
+    or was not answered (asked again RENEW_RETRY_S later)."""
+
+    lease: Lease
+    action: Action
+    asked_at: float | None = None
+
+
+@dataclass
 class Step:
     readings: list[Reading] = field(default_factory=list)
     opened: list[Incident] = field(default_factory=list)
@@ -135,9 +159,14 @@ class Step:
     # loop, answered with MapeK.leased; and leases it no longer needs, to release.
     lease_requests: list[LeaseRequest] = field(default_factory=list)
     releases: list[Lease] = field(default_factory=list)
-    # The leases of disruptive actions that last (isolate_origin), kept until their TTL
-    # runs out: the shell validates one before it acts, and does not release it.
+    # The leases of disruptive actions that last (isolate_origin), kept while the action
+    # is in force (MapeK.held): the shell validates one before it acts, and does not
+    # release it.
     holds: list[Lease] = field(default_factory=list)
+    # Held leases to renew (MapeK.renewed answers), and the lasting actions whose effect
+    # now runs to a later deadline (their renewed lease's, or their own expiry if sooner).
+    renewals: list[Lease] = field(default_factory=list)
+    extends: list[tuple[Action, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -195,6 +224,7 @@ class MapeK:
         self.armed = settle_s <= 0
         self._ready_since: float | None = None
         self.pending: dict[int, _Pending] = {}  # incident id: waiting for its lease
+        self.held: dict[int, _Held] = {}  # fencing token: the lease of a lasting action
         # The reward's baseline: each class's last recoveries (any action).
         self.recent: dict[str, deque[float]] = {}
         # The last action applied (time, class, action, incident), until an incident
@@ -231,6 +261,9 @@ class MapeK:
                                 | {r.target.name for r in out.readings
                                    if r.signal == Signal.LOSS and r.crossed},
                                 now, ActionKind.HOLD_DOWN_LINK)
+        # An isolated neighbour is still bad while it storms: its adverts are dropped
+        # unread, so only their count while isolated tells (Monitor.storming).
+        self.executor.still_bad(self.monitor.storming, now, ActionKind.ISOLATE_ORIGIN)
         out.opened = analysis.opened
         # Open before this step and still open (recovered ones left the analyzer's table).
         older = len(self.analyzer.open) > len(analysis.opened)
@@ -251,6 +284,7 @@ class MapeK:
             out.ops += self.executor.recovered(inc.target)
             self._learn(inc, out)
         out.ops += self.executor.tick(now)
+        out.ops += self._keep_held(now, out)
         return out
 
     def _mitigated(self, obs: Observation, readings: list[Reading], opened: list[Incident],
@@ -352,16 +386,75 @@ class MapeK:
                 and inc.id not in self.pending and inc.decided_at is not None]
 
     @property
-    def next_retry_at(self) -> float | None:
-        """When the earliest refused decision is due again (None: none is). The shell
-        wakes the loop then (:meth:`retry_due`) rather than at the next sample."""
-        return min((due for _, due in self._refused()), default=None)
+    def next_due_at(self) -> float | None:
+        """When something is due between two samples (None: nothing is): a refused
+        decision's retry, a held lease's renewal or its deadline. The shell wakes the loop
+        then (:meth:`due`) rather than at the next sample."""
+        return min([due for _, due in self._refused()]
+                   + [self._renew_at(h) for h in self.held.values()]
+                   + [h.lease.expires_at for h in self.held.values()], default=None)
 
-    def retry_due(self, now: float) -> Step:
-        """Only the retry of refused decisions, between two samples (no reading taken)."""
+    def due(self, now: float) -> Step:
+        """What is due between two samples (no reading taken): the retries of refused
+        decisions, and the held leases' renewals and deadlines."""
         out = Step()
         out.ops += self._retry_refused(now, out)
+        out.ops += self._keep_held(now, out)
         return out
+
+    def _renew_at(self, held: _Held) -> float:
+        if held.asked_at is not None:
+            return held.asked_at + RENEW_RETRY_S
+        ttl = self.safety.lease_ttl_s
+        return held.lease.expires_at - ttl + RENEW_AFTER * ttl
+
+    def _keep_held(self, now: float, out: Step) -> list[Op]:
+        """The held leases: handed back once their action ended, the action undone once
+        its lease's deadline passed unrenewed, renewed when due."""
+        ops: list[Op] = []
+        leases = self.safety.leases
+        for token, held in list(self.held.items()):
+            a = held.action
+            if self.executor.active.get((a.kind, a.target)) != a:  # ended (or never began)
+                del self.held[token]
+                if leases.blocking:
+                    out.releases.append(held.lease)
+                else:
+                    leases.release(held.lease)
+            elif now >= held.lease.expires_at:
+                del self.held[token]
+                ops += self.executor.end(a, "lease_lost")
+                log.warning("%s on %s: its lease ran out unrenewed, undone", a.kind, a.target)
+            elif now >= self._renew_at(held):
+                held.asked_at = now
+                if leases.blocking:
+                    out.renewals.append(held.lease)
+                else:
+                    ops += self._renewed(token, leases.renew(held.lease,
+                                                              self.safety.lease_ttl_s, now),
+                                         now, out)
+        return ops
+
+    def renewed(self, token: int, answer: Lease | None, now: float) -> Step:
+        """A blocking provider's answer to a renewal (the shell calls this with what its
+        worker thread got)."""
+        out = Step()
+        out.ops += self._renewed(token, answer, now, out)
+        return out
+
+    def _renewed(self, token: int, answer: Lease | None, now: float, out: Step) -> list[Op]:
+        held = self.held.get(token)
+        if held is None:  # its action ended meanwhile: the lease was handed back
+            return []
+        if answer is None:
+            del self.held[token]
+            log.warning("%s on %s: its lease is gone, undone", held.action.kind,
+                        held.action.target)
+            return self.executor.end(held.action, "lease_lost")
+        if answer.expires_at > held.lease.expires_at:
+            held.lease, held.asked_at = answer, None
+            out.extends.append((held.action, min(held.action.expires_at, answer.expires_at)))
+        return []  # not renewed (no answer): asked again RENEW_RETRY_S after the request
 
     def _retry_refused(self, now: float, out: Step) -> list[Op]:
         """Decide again for open incidents whose lease was refused a lease TTL ago or more
@@ -410,13 +503,14 @@ class MapeK:
                 outcome = "refused:stale_token"
             if verdict.lease is not None and (EXPIRY_S[kind] <= 0 or not ops):
                 # One-shot (or refused): done with the lease. An action that lasts keeps
-                # its slot until the lease's TTL runs out.
+                # it while it is in force (renewed: module docstring).
                 if self.safety.leases.blocking:
                     out.releases.append(verdict.lease)
                 else:
                     self.safety.leases.release(verdict.lease)
             elif verdict.lease is not None and action.disruptive:
                 out.holds.append(verdict.lease)  # validated by the shell before it acts
+                self.held[verdict.lease.token] = _Held(verdict.lease, action)
         inc.decided_at, inc.action, inc.action_outcome = now, str(kind), outcome
         if outcome == "applied" and kind != ActionKind.NONE:
             self._applied = (now, str(inc.cls), str(kind), inc.id)

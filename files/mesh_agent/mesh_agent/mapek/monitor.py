@@ -187,6 +187,9 @@ class Observation:
     # Per neighbour, how many of the refused adverts (``rejected_total``) it sent: read per
     # link (its suspect); the node reads all of them but those of neighbours that cross.
     rejected_from: tuple[tuple[str, int], ...] = ()
+    # Per neighbour, the adverts dropped unread from it while isolated (isolate_origin):
+    # not refusals, but what tells whether its storm goes on (Monitor.storming).
+    isolated_from: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,10 @@ class Monitor:
         self._downs_rose: dict[str, float] = {}
         # The neighbours whose downs count rose at the last sample (their link failed since).
         self.failed: frozenset[str] = frozenset()
+        # The neighbours sending adverts above the storm threshold while isolated: what
+        # they send is dropped unread, so no refusal reads it (an isolation is kept
+        # while they do).
+        self.storming: frozenset[str] = frozenset()
 
     def _losses(self, links: Iterable[LinkSample], at: float
                 ) -> dict[tuple[str, str], float | None]:
@@ -376,6 +383,10 @@ class Monitor:
                         _rate(n, by_nb_base.get(name, 0), over, 60.0), t[Signal.REJECTED])
             out.append(r)
             explained += r.value if r.crossed else 0.0
+        by_iso = dict(base.isolated_from)
+        self.storming = frozenset(
+            name for name, n in obs.isolated_from
+            if _rate(n, by_iso.get(name, 0), over, 60.0) > t[Signal.REJECTED])
         for signal, value in (
                 (Signal.FAILOVERS, _rate(obs.failovers_total, base.failovers_total, over, 60.0)),
                 (Signal.REJECTED, max(0.0, _rate(obs.rejected_total, base.rejected_total,

@@ -41,7 +41,12 @@ class Lease:
 class LeaseProvider(Protocol):
     """``blocking``: its calls do I/O (etcd), so the loop does not make them itself: it
     asks for a lease in its :class:`~.loop.Step` and takes the answer later
-    (:meth:`~.loop.MapeK.leased`); the shell makes the call off the event loop."""
+    (:meth:`~.loop.MapeK.leased`); the shell makes the call off the event loop.
+
+    ``renew`` keeps the lease of an action that lasts (an isolation) for as long as it
+    lasts: the lease with its new deadline (the clock at the request plus the TTL), the
+    same lease when the provider could not be asked (try again before its deadline), or
+    None when it is gone for sure (expired, revoked or taken over: undo the action)."""
 
     name: str
     blocking: bool
@@ -51,6 +56,8 @@ class LeaseProvider(Protocol):
     def release(self, lease: Lease) -> None: ...
 
     def validate(self, lease: Lease, now: float) -> bool: ...
+
+    def renew(self, lease: Lease, ttl_s: float, now: float) -> Lease | None: ...
 
 
 class NoQuorum:
@@ -67,6 +74,9 @@ class NoQuorum:
 
     def validate(self, lease: Lease, now: float) -> bool:
         return False
+
+    def renew(self, lease: Lease, ttl_s: float, now: float) -> Lease | None:
+        return None
 
 
 class RateLimit:

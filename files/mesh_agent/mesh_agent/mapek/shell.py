@@ -17,10 +17,13 @@ the loop's last sample is restarted through systemd (:func:`.execute.busiest_uni
 and only then is the lease handed back. ``isolate_origin`` (an advert storm from a
 neighbour): the lease validated, and unless some node reaches us only through that
 neighbour (:func:`cut_off_by`), every advert from its hops is dropped
-unread until the action's expiry (:meth:`TopologyCore.isolate`), and the decision is
-signed with the node's key and recorded (the remediation event carries it and its
-signature); the undo (at its expiry) lifts it. Its lease is held to its TTL, not handed
-back. ``rerequest_identity`` has no executor yet: the loop never chooses it
+unread (:meth:`TopologyCore.isolate`) until its lease's deadline, extended at each of
+the lease's renewals (``Step.extends``) up to the action's own expiry, and the decision
+is signed with the node's key and recorded (the remediation event carries it and its
+signature); the undo (the neighbour stopped storming, its expiry, or its lease lost)
+lifts it. Its lease is kept while it is in force: renewed in a worker thread
+(``Step.renewals``, answered with :meth:`MapeK.renewed`), handed back when it ends.
+``rerequest_identity`` has no executor yet: the loop never chooses it
 (``MapeK.available``).
 """
 
@@ -228,8 +231,8 @@ class MapekShell:
         view.mapek, view.knowledge = self.core, knowledge
         self._tasks: set[asyncio.Future[None]] = set()  # lease calls under way
         self._isolated: dict[int, list[tuple[str, str]]] = {}  # action id: hops isolated
-        self._retry: asyncio.TimerHandle | None = None  # the wake-up for a refused decision
-        self._retry_at = 0.0
+        self._wake: asyncio.TimerHandle | None = None  # the wake-up for what is due (MapeK.due)
+        self._wake_at = 0.0
 
     async def run(self) -> None:
         interval = self.cfg.mapek.interval_s
@@ -273,25 +276,42 @@ class MapekShell:
         leases = self.core.safety.leases
         for lease in releases.values():
             self._spawn(asyncio.to_thread(leases.release, lease))
-        self._wake_for_retry()
+        for lease in step.renewals:
+            self._spawn(self._renew(lease))
+        for action, until in step.extends:
+            if action.kind == ActionKind.ISOLATE_ORIGIN and action.id in self._isolated:
+                self.view.topology.isolate(self._isolated[action.id], until)
+        self._wake_when_due()
 
-    def _wake_for_retry(self) -> None:
-        """A refused decision is due again between two samples: wake the loop then."""
-        at = self.core.next_retry_at
-        if at is None or (self._retry is not None and self._retry_at <= at):
+    def _wake_when_due(self) -> None:
+        """Something is due between two samples (a refused decision's retry, a held
+        lease's renewal or deadline): wake the loop then."""
+        at = self.core.next_due_at
+        if at is None or (self._wake is not None and self._wake_at <= at):
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # stepped by hand (tests): the samples retry
             return
-        if self._retry is not None:
-            self._retry.cancel()
-        self._retry_at = at
-        self._retry = loop.call_later(max(0.0, at - self.clock()), self._retry_due)
+        if self._wake is not None:
+            self._wake.cancel()
+        self._wake_at = at
+        self._wake = loop.call_later(max(0.0, at - self.clock()), self._due)
 
-    def _retry_due(self) -> None:
-        self._retry = None
-        self.settle(self.core.retry_due(self.clock()))
+    def _due(self) -> None:
+        self._wake = None
+        self.settle(self.core.due(self.clock()))
+
+    async def _renew(self, lease: Lease) -> None:
+        """A held lease's renewal in a worker thread; its answer back into the core."""
+        leases = self.core.safety.leases
+        try:
+            answer = await asyncio.to_thread(leases.renew, lease, self.core.safety.lease_ttl_s,
+                                             self.clock())
+        except Exception:  # a client bug: not renewed, asked again until its deadline
+            log.exception("mapek: renewing lease %d failed", lease.token)
+            answer = lease
+        self.settle(self.core.renewed(lease.token, answer, self.clock()))
 
     async def _disrupt(self, op: Op, lease: Lease | None, held: Lease | None = None) -> None:
         """A disruptive action: validate its lease, act, record, then hand the lease back
@@ -310,7 +330,7 @@ class MapekShell:
             if a.kind == ActionKind.RESTART_UNIT:
                 await self._restart_busiest(op)
             elif a.kind == ActionKind.ISOLATE_ORIGIN:
-                self._isolate(op)
+                self._isolate(op, held)
             else:
                 self._record(op, "refused", f"no executor for {a.kind}", {})
         except Exception:  # an executor bug must not kill the loop's task set silently
@@ -336,9 +356,10 @@ class MapekShell:
             return
         self._record(op, "done", f"restarted {unit}: {why}", {"unit": unit})
 
-    def _isolate(self, op: Op) -> None:
-        """Drop the neighbour's adverts unread until the action expires; sign and record
-        the decision (on the event loop: the topology core is its state)."""
+    def _isolate(self, op: Op, held: Lease | None) -> None:
+        """Drop the neighbour's adverts unread until the *held* lease's deadline (each
+        renewal extends it) or the action's expiry; sign and record the decision (on the
+        event loop: the topology core is its state)."""
         a = op.action
         hops = self.view.neighbor_hops(a.target.name)
         if not hops:
@@ -352,7 +373,8 @@ class MapekShell:
                          f"{a.target.name} ({', '.join(sorted(cut)[:5])}): their adverts "
                          "would go stale here, nothing isolated", {"cut_off": sorted(cut)})
             return
-        self.view.topology.isolate(hops, a.expires_at)
+        self.view.topology.isolate(hops, min(a.expires_at, held.expires_at)
+                                   if held is not None else a.expires_at)
         self._isolated[a.id] = hops
         left_s = max(0.0, a.expires_at - self.clock())
         wall = self.wall()
@@ -413,6 +435,6 @@ class MapekShell:
                            {**a.as_dict(), "reason": op.reason})
 
     def close(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
+        if self._wake is not None:
+            self._wake.cancel()
         self.knowledge.close()

@@ -31,7 +31,9 @@ and returns what to send. The rules, each tested in ``test_topology_core.py``:
   The MAPE-K loop reads it per neighbour (an advert storm's suspect).
 - **Isolation**: adverts from an isolated hop are dropped before any check
   until the isolation's end (:meth:`TopologyCore.isolate`, the loop's
-  ``isolate_origin``), counted in ``isolated_total`` and not as refusals.
+  ``isolate_origin``), counted in ``isolated_total`` and per hop
+  (``isolated_from``: the loop keeps an isolation while its storm goes on),
+  not as refusals.
 """
 
 from __future__ import annotations
@@ -55,6 +57,12 @@ NOT_PER_HOP = QUIET_REASONS | ORDINARY_REASONS
 # rejected_from keeps at most this many hops; refusals from any further hop are counted
 # under OTHER_HOP (a flood from forged link addresses cannot grow it without bound).
 OTHER_HOP: Hop = ("", "")
+
+
+def _count(counts: dict[Hop, int], hop: Hop) -> None:
+    """One more for *hop*, or for OTHER_HOP once MAX_SOURCES hops are counted."""
+    key = hop if hop in counts or len(counts) < MAX_SOURCES else OTHER_HOP
+    counts[key] = counts.get(key, 0) + 1
 
 
 @dataclass(frozen=True)
@@ -88,9 +96,11 @@ class TopologyCore:
         self.refresh_s = refresh_s
         self.originated_total = 0
         self.looped_back_total = 0
-        # Refusals per sending hop (module docstring), and the isolated hops (until when).
+        # Refusals per sending hop (module docstring), and the isolated hops (until when)
+        # with what each sent while isolated (both bounded as rejected_from is).
         self.rejected_from: dict[Hop, int] = {}
         self.isolated: dict[Hop, float] = {}
+        self.isolated_from: dict[Hop, int] = {}
         self.isolated_total = 0
         self.changes_total = 0
         self.nodes = 0  # of the last graph computed
@@ -122,14 +132,13 @@ class TopologyCore:
         if until is not None:
             if now < until:
                 self.isolated_total += 1
+                _count(self.isolated_from, hop)
                 return Received(Result(False, "isolated", None))
             del self.isolated[hop]
         result = self.lsdb.receive(data, now, f"{ifname}/{src}", ttl)
         if not result.accepted:
             if result.reason not in NOT_PER_HOP:
-                key = hop if hop in self.rejected_from or len(self.rejected_from) < MAX_SOURCES \
-                    else OTHER_HOP
-                self.rejected_from[key] = self.rejected_from.get(key, 0) + 1
+                _count(self.rejected_from, hop)
             back = (Send(ifname, src, result.reply),) if result.reply is not None else ()
             return Received(result, back)
         sends = tuple(Send(i, a, data) for i, a in flood_to if (i, a) != (ifname, src))
