@@ -284,6 +284,9 @@ class AgentCollector(Collector):
         yield thresholds
         yield _gauge("meshcore_mapek_active_actions", "Remediation actions in force now",
                      len(m.executor.active) if m else 0)
+        yield _gauge("meshcore_mapek_leases_held",
+                     "Disruptive-action leases held now (renewed while their action lasts)",
+                     len(m.held) if m else 0)
 
 
 class Metrics:

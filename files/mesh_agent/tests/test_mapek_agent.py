@@ -161,6 +161,7 @@ def test_a_lossy_link_is_quarantined_released_and_recorded(enforced) -> None:
     assert m[("meshcore_mapek_threshold", (("signal", "loss"),))] == pytest.approx(
         body["thresholds"]["loss"])
     assert m[("meshcore_mapek_active_actions", ())] == 0
+    assert m[("meshcore_mapek_leases_held", ())] == 0
 
 
 def test_meshctl_incidents_table_and_json(enforced, monkeypatch) -> None:
@@ -668,6 +669,7 @@ def test_an_advert_storm_from_a_neighbour_isolates_it_under_a_lease_with_a_signe
     got = metrics(TestClient(create_app(agent.view, agent.metrics.registry, agent.events)))
     assert got[("meshcore_adverts_isolated_total", ())] == agent.topology.isolated_total
     assert got[("meshcore_isolated_hops", ())] == 1
+    assert got[("meshcore_mapek_leases_held", ())] == 1
     [inc] = agent.view.incidents()["incidents"]
     assert inc["state"] == "recovered" and inc["mttr_seconds"] is not None
     # kept past its TTL while b floods: the lease renewed (here at the samples, no timer
