@@ -43,6 +43,18 @@ from mesh_agent.topology.lsdb import LinkStateDB, SeqStore
 COMPUTE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 
+def cut_off_by(graph: nx.Graph, node: str, neighbour: str) -> set[str]:
+    """The nodes of *graph* that *node* reaches only through *neighbour*. Isolating a
+    neighbour is local and safe only when this is empty: every advert then still reaches
+    us by another way, so our link-state database stays the one the others hold (routing
+    over databases that differ can loop)."""
+    if node not in graph or neighbour not in graph:
+        return set()
+    rest = graph.subgraph(n for n in graph if n != neighbour)
+    return set(nx.node_connected_component(graph, node)) - {neighbour} \
+        - set(nx.node_connected_component(rest, node))
+
+
 @dataclass
 class AgentView:
     cfg: AgentConfig
@@ -265,6 +277,7 @@ class AgentView:
             ready=self.ready(),
             link_downs=tuple(sorted(self.sensor.downs.items())),
             sole_links=frozenset(n for n in self.sensor.downs if self.sole_link(n)),
+            isolated_cut=self.isolated_cut(),
             routes_via=tuple(sorted(self.routes_via().items())),
             routes_left=tuple(sorted(self.routes.via_left.items())),
         )
@@ -283,6 +296,19 @@ class AgentView:
             if (name := names.get(hop)) is not None:
                 out[name] = out.get(name, 0) + n
         return out
+
+    def isolated_cut(self) -> frozenset[str]:
+        """The isolated neighbours (isolate_origin) that some node now reaches us only
+        through: the topology changed since the isolation began, and those nodes' adverts
+        would go stale here (the loop lifts the isolation)."""
+        now = self.clock()
+        hops = {h for h, until in self.topology.isolated.items() if now < until}
+        if not hops:
+            return frozenset()
+        names = {nb.name for nb in self.sensor.neighbors()
+                 if (nb.ifname, nb.link_address) in hops}
+        graph, node = self.graph(), self.cfg.node_name
+        return frozenset(n for n in names if cut_off_by(graph, node, n))
 
     def neighbor_hops(self, name: str) -> list[tuple[str, str]]:
         """The (interface, link address) hops of neighbour *name*, up or not."""

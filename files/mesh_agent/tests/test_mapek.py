@@ -976,6 +976,21 @@ def test_an_isolation_keeps_its_lease_while_the_neighbour_storms_then_hands_it_b
     assert loop.next_due_at is None
 
 
+def test_an_isolation_is_lifted_once_some_node_reaches_us_only_through_that_neighbour(
+        ) -> None:
+    """The topology changed under an isolation (another path failed): a node reached only
+    through the isolated neighbour would go stale here, so the isolation is lifted at the
+    next sample and its lease handed back, though the neighbour still storms."""
+    keeper = Keeper()
+    loop, _ = isolating(keeper)
+    step = loop.step(Observation(15.0, rejected_total=3000, rejected_from=(("b", 3000),),
+                                 isolated_from=(("b", 1000),), isolated_cut=frozenset({"b"})))
+    assert [(o.op, o.action.kind, o.reason) for o in step.ops] == [
+        ("undo", ActionKind.ISOLATE_ORIGIN, "cut_off")]
+    assert loop.executor.active == {} and loop.held == {}
+    assert keeper.calls[-1] == ("release", 7)
+
+
 @pytest.mark.parametrize("answer", ["gone", "silent"])
 def test_an_isolation_whose_lease_is_gone_or_not_renewed_is_undone(answer: str) -> None:
     """A renewal that says the lease is gone undoes the isolation at once; one nobody

@@ -689,6 +689,28 @@ def test_an_advert_storm_from_a_neighbour_isolates_it_under_a_lease_with_a_signe
     assert sum(agent.topology.lsdb.rejected.values()) == rejected + 1
 
 
+def test_an_isolation_is_lifted_when_a_node_comes_to_reach_us_only_through_it(
+        ca: CA, tmp_path: Path) -> None:
+    """While b is isolated the mesh changes so that c reaches us only through b (the
+    view's graph, as our LSDB would show it after the other path failed): the view names
+    b, the loop lifts the isolation (reason cut_off) and hands its lease back."""
+    import networkx as nx
+
+    agent, clock, b, leases = leased_agent(ca, tmp_path)
+    hop = ("mesh0", "10.98.0.1")
+    ticks(agent, clock, b, 2, hop[1])
+    assert set(agent.topology.isolated) == {hop} and agent.view.isolated_cut() == frozenset()
+    me = agent.cfg.node_name
+    agent.view.graph = lambda: nx.path_graph([me, "b", "c"])  # type: ignore[method-assign]
+    assert agent.view.isolated_cut() == frozenset({"b"})
+    ticks(agent, clock, b, 1, hop[1])
+    assert agent.topology.isolated == {} and agent.mapek is not None
+    assert agent.mapek.core.executor.active == {} and leases.calls[-1] == "release:88"
+    [undo] = [e.as_dict() for e in agent.events.query(kinds=[EventKind.REMEDIATION])
+              if e.reason == "undo:isolate_origin"]
+    assert undo["detail"]["reason"] == "cut_off"
+
+
 def test_an_advert_storm_from_no_neighbour_isolates_nothing(ca: CA, tmp_path: Path) -> None:
     """Refused adverts from a hop that is no neighbour read on the node itself: nothing to
     isolate, so the rule falls back to none and no lease is asked for."""

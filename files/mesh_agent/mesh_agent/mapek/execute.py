@@ -171,7 +171,8 @@ class Action:
 class Op:
     op: str  # apply | undo
     action: Action
-    # undo: released | expired | recovered | superseded | sole_link | lease_lost
+    # undo: released | expired | recovered | superseded | sole_link | lease_lost |
+    # cut_off
     reason: str = ""
 
 
@@ -239,12 +240,17 @@ class Executor:
     def lift_holds(self, names: Iterable[str]) -> list[Op]:
         """Hold-downs on links that have become the only way to their neighbour (another
         path failed meanwhile): lifted now, their damping forgotten."""
+        return self.lift(ActionKind.HOLD_DOWN_LINK, names, "sole_link")
+
+    def lift(self, kind: ActionKind, names: Iterable[str], reason: str) -> list[Op]:
+        """The *kind* of damped action on these links (neighbour names) lifted now, its
+        damping forgotten: what it holds back has become the only way to something."""
         ops: list[Op] = []
         for name in names:
-            action = self.active.pop((ActionKind.HOLD_DOWN_LINK, Target("link", name)), None)
+            action = self.active.pop((kind, Target("link", name)), None)
             if action is not None:
-                self.damping.pop((ActionKind.HOLD_DOWN_LINK, name), None)
-                ops.append(Op("undo", action, "sole_link"))
+                self.damping.pop((kind, name), None)
+                ops.append(Op("undo", action, reason))
         return ops
 
     def end(self, action: Action, reason: str) -> list[Op]:

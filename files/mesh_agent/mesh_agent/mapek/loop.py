@@ -251,6 +251,9 @@ class MapeK:
             self.armed = True
         self._sole = obs.sole_links
         out.ops += self.executor.lift_holds(obs.sole_links)
+        # An isolation whose neighbour has become some node's only way to us (the topology
+        # changed since): lifted, or that node's adverts would go stale here.
+        out.ops += self.executor.lift(ActionKind.ISOLATE_ORIGIN, obs.isolated_cut, "cut_off")
         analysis = self.analyzer.analyze(out.readings, now)
         self.executor.still_bad({r.target.name for r in out.readings
                                  if r.signal in LINK_SIGNALS and r.crossed}, now)

@@ -190,6 +190,8 @@ class Observation:
     # Per neighbour, the adverts dropped unread from it while isolated (isolate_origin):
     # not refusals, but what tells whether its storm goes on (Monitor.storming).
     isolated_from: tuple[tuple[str, int], ...] = ()
+    # The isolated neighbours some node now reaches us only through (AgentView.isolated_cut).
+    isolated_cut: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ from mesh_agent.mapek.safety import Lease, LeaseProvider, NoQuorum
 from mesh_agent.store.events import EventKind, EventLog
 from mesh_agent.timers import every
 from mesh_agent.topology.core import Send
-from mesh_agent.view import AgentView
+from mesh_agent.view import AgentView, cut_off_by
 
 log = logging.getLogger("mesh_agent")
 
@@ -74,18 +74,6 @@ def available_actions(cfg: AgentConfig) -> frozenset[ActionKind]:
     when services are allowlisted for it."""
     return LOCAL_ACTIONS | {ActionKind.ISOLATE_ORIGIN} | (
         {ActionKind.RESTART_UNIT} if cfg.mapek.restart_units else set())
-
-
-def cut_off_by(graph: nx.Graph, node: str, neighbour: str) -> set[str]:
-    """The nodes of *graph* that *node* reaches only through *neighbour*. Isolating a
-    neighbour is local and safe only when this is empty: every advert then still reaches
-    us by another way, so our link-state database stays the one the others hold (routing
-    over databases that differ can loop)."""
-    if node not in graph or neighbour not in graph:
-        return set()
-    rest = graph.subgraph(n for n in graph if n != neighbour)
-    return set(nx.node_connected_component(graph, node)) - {neighbour} \
-        - set(nx.node_connected_component(rest, node))
 
 
 def signed_decision(decision: Mapping[str, Any], sign: Callable[[bytes], bytes]
