@@ -172,3 +172,62 @@ def test_a_flooding_neighbour_is_isolated_under_a_lease(
                          for a in asked), second
     assert undo and undo[0]["detail"]["reason"] == "released", remediations(mesh, i)  # type: ignore[index]
     assert changed == 0
+
+
+def test_an_isolation_is_lifted_when_a_real_cut_leaves_the_flooder_the_only_way(
+        triangle: tuple[AgentMesh, CA], tmp_path: Path) -> None:
+    """The flood again; once a victim isolates n1, the link between the two victims is cut
+    (the chaos ``silent_cut``): the isolating victim now reaches the other only through
+    n1, so its isolation is lifted (``cut_off``) within a few samples, and neither victim
+    isolates n1 again while the cut lasts (the executor refuses: n1 is the only way)."""
+    mesh, _ca = triangle
+    path = tmp_path / "forged.bin"
+    forged = encode_unsigned("evil", "10.77.0.98", 1, (("n1", 1.0),), b"") \
+        + signature_trailer(b"\0" * 64)
+    path.write_bytes(len(forged).to_bytes(4, "big") + forged)
+    nodes = netns_nodes(lambda n: mesh.nodes[int(n[1:])].ns, mesh.base / "journal2")
+    topo = Topo(mesh.state)
+    flood = Fault("rogue", ("n1",), "isolate2",
+                  {"rate": 200, "seconds": 90, "mode": "file", "datagrams": str(path)})
+    cut = Fault("silent_cut", ("n0", "n2"), "isolate2cut")
+    flood_plan, cut_plan = faults.plan(flood, topo), faults.plan(cut, topo)
+    began = time.time()
+
+    def since(i: int, reason: str, after: float) -> list[dict[str, object]]:
+        return [ev for ev in remediations(mesh, i) if ev["reason"] == reason
+                and float(ev["wall"]) > after]  # type: ignore[arg-type]
+
+    res = inject(nodes, flood, flood_plan, began + 120, "isolate-test")
+    assert all(r.data.get("ok") for r in res), [r.data for r in res]
+    try:
+        while not (isolating := [i for i in (0, 2) if [
+                e for e in since(i, "apply:isolate_origin", began)
+                if e["detail"].get("result") == "done"]]):  # type: ignore[union-attr]
+            assert time.time() - began < 40, {i: remediations(mesh, i) for i in (0, 2)}
+            time.sleep(1)
+        i = isolating[0]
+        cut_at = time.time()
+        res = inject(nodes, cut, cut_plan, cut_at + 90, "isolate-test")
+        assert all(r.data.get("ok") for r in res), [r.data for r in res]
+        try:
+            while not (lifted := since(i, "undo:isolate_origin", cut_at)):
+                assert time.time() - cut_at < 30, remediations(mesh, i)
+                time.sleep(1)
+            took = round(float(lifted[0]["wall"]) - cut_at, 1)  # type: ignore[arg-type]
+            time.sleep(25)  # more decisions, a lease TTL and more: nobody isolates n1 again
+            again = [e for k in (0, 2) for e in since(k, "apply:isolate_origin", cut_at)
+                     if e["detail"].get("result") == "done"]  # type: ignore[union-attr]
+            refused = [e["detail"].get("why") for k in (0, 2)  # type: ignore[union-attr]
+                       for e in since(k, "apply:isolate_origin", cut_at)
+                       if e["detail"].get("result") == "refused"]  # type: ignore[union-attr]
+        finally:
+            assert all(r.data["ok"] for r in remove(nodes, cut, cut_plan))
+    finally:
+        assert all(r.data["ok"] for r in remove(nodes, flood, flood_plan))
+        assert leftovers(nodes, ["n0", "n1", "n2"]) == {}
+    print(json.dumps({"bench": "mapek_isolate", "topology": "triangle", "interval_s": 5,
+                      "figure": "lifted_after_cut_s", "unit": "s", "value": took,
+                      "reason": lifted[0]["detail"].get("reason"),  # type: ignore[union-attr]
+                      "isolated_again": len(again), "refused": refused[:3]}))
+    assert lifted[0]["detail"]["reason"] == "cut_off"  # type: ignore[index]
+    assert took <= 15 and again == []
