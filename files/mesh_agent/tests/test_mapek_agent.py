@@ -711,6 +711,15 @@ def test_an_isolation_is_lifted_when_a_node_comes_to_reach_us_only_through_it(
     assert undo["detail"]["reason"] == "cut_off"
 
 
+def test_a_stopping_agent_hands_back_the_lease_of_an_isolation_in_force(
+        ca: CA, tmp_path: Path) -> None:
+    agent, clock, b, leases = leased_agent(ca, tmp_path)
+    ticks(agent, clock, b, 2, "10.98.0.1")
+    assert agent.mapek is not None and set(agent.mapek.core.held) == {88}
+    agent.mapek.close()
+    assert leases.calls[-1] == "release:88" and agent.mapek.core.held == {}
+
+
 def test_an_advert_storm_from_no_neighbour_isolates_nothing(ca: CA, tmp_path: Path) -> None:
     """Refused adverts from a hop that is no neighbour read on the node itself: nothing to
     isolate, so the rule falls back to none and no lease is asked for."""

@@ -438,6 +438,13 @@ class MapeK:
                                          now, out)
         return ops
 
+    def stop(self) -> list[Lease]:
+        """The agent stops: the held leases, for the shell to hand back (their actions
+        end with the process)."""
+        leases = [h.lease for h in self.held.values()]
+        self.held.clear()
+        return leases
+
     def renewed(self, token: int, answer: Lease | None, now: float) -> Step:
         """A blocking provider's answer to a renewal (the shell calls this with what its
         worker thread got)."""

@@ -423,6 +423,16 @@ class MapekShell:
                            {**a.as_dict(), "reason": op.reason})
 
     def close(self) -> None:
+        """At the agent's stop: the leases of actions in force are handed back, so a
+        stopped agent does not keep its neighbourhood's slot until their TTL (best effort:
+        the TTL frees them anyway; a call blocks the stop at most the client's timeout
+        per endpoint)."""
         if self._wake is not None:
             self._wake.cancel()
+        leases = self.core.safety.leases
+        for lease in self.core.stop():
+            try:
+                leases.release(lease)
+            except Exception:  # the stop goes on; the TTL frees it
+                log.warning("mapek: lease %d not handed back at the stop", lease.token)
         self.knowledge.close()
