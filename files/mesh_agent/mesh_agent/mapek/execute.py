@@ -247,14 +247,14 @@ class Executor:
         damping forgotten: what it holds back has become the only way to something."""
         ops: list[Op] = []
         for name in names:
-            action = self.active.pop((kind, Target("link", name)), None)
+            action = self.active.get((kind, Target("link", name)))
             if action is not None:
-                self.damping.pop((kind, name), None)
-                ops.append(Op("undo", action, reason))
+                ops += self.end(action, reason)
         return ops
 
     def end(self, action: Action, reason: str) -> list[Op]:
-        """Undo an action in force now, whatever its damping says (its lease is gone)."""
+        """Undo an action in force now, whatever its damping says (its lease is gone, or
+        what it holds back became the only way), its damping forgotten."""
         key = (action.kind, action.target)
         if self.active.get(key) != action:
             return []

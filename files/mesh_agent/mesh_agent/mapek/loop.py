@@ -420,14 +420,9 @@ class MapeK:
             a = held.action
             if self.executor.active.get((a.kind, a.target)) != a:  # ended (or never began)
                 del self.held[token]
-                if leases.blocking:
-                    out.releases.append(held.lease)
-                else:
-                    leases.release(held.lease)
+                self._hand_back(held.lease, out)
             elif now >= held.lease.expires_at:
-                del self.held[token]
-                ops += self.executor.end(a, "lease_lost")
-                log.warning("%s on %s: its lease ran out unrenewed, undone", a.kind, a.target)
+                ops += self._lost(token, "ran out unrenewed")
             elif now >= self._renew_at(held):
                 held.asked_at = now
                 if leases.blocking:
@@ -457,21 +452,31 @@ class MapeK:
         if held is None:  # its action ended meanwhile: the lease was handed back
             return []
         if answer is None:
-            del self.held[token]
-            log.warning("%s on %s: its lease is gone, undone", held.action.kind,
-                        held.action.target)
-            return self.executor.end(held.action, "lease_lost")
+            return self._lost(token, "is gone")
         if answer.expires_at > held.lease.expires_at:
             held.lease, held.asked_at = answer, None
             out.extends.append((held.action, min(held.action.expires_at, answer.expires_at)))
         return []  # not renewed (no answer): asked again RENEW_RETRY_S after the request
+
+    def _lost(self, token: int, why: str) -> list[Op]:
+        """The held lease *token* is no longer ours: its action undone (``lease_lost``)."""
+        a = self.held.pop(token).action
+        log.warning("%s on %s: its lease %s, undone", a.kind, a.target, why)
+        return self.executor.end(a, "lease_lost")
+
+    def _hand_back(self, lease: Lease, out: Step) -> None:
+        """A lease no longer needed: released by the shell (a blocking provider) or here."""
+        if self.safety.leases.blocking:
+            out.releases.append(lease)
+        else:
+            self.safety.leases.release(lease)
 
     def _retry_refused(self, now: float, out: Step) -> list[Op]:
         """Decide again for open incidents whose lease was refused a lease TTL ago or more
         (and RETRY_SLACK_S). Whoever held the slot then (the cap, the neighbourhood) was
         granted it before, so its lease has run out by then, and etcd has swept it; a
         quorum that came back is used too. At the samples, and at the time the shell is
-        woken for (``next_retry_at``)."""
+        woken for (``next_due_at``)."""
         ops: list[Op] = []
         for inc, due in self._refused():
             if now < due:
@@ -514,10 +519,7 @@ class MapeK:
             if verdict.lease is not None and (EXPIRY_S[kind] <= 0 or not ops):
                 # One-shot (or refused): done with the lease. An action that lasts keeps
                 # it while it is in force (renewed: module docstring).
-                if self.safety.leases.blocking:
-                    out.releases.append(verdict.lease)
-                else:
-                    self.safety.leases.release(verdict.lease)
+                self._hand_back(verdict.lease, out)
             elif verdict.lease is not None and action.disruptive:
                 out.holds.append(verdict.lease)  # validated by the shell before it acts
                 self.held[verdict.lease.token] = _Held(verdict.lease, action)

@@ -279,7 +279,7 @@ class MapekShell:
             return
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:  # stepped by hand (tests): the samples retry
+        except RuntimeError:  # stepped by hand (tests): the samples do it
             return
         if self._wake is not None:
             self._wake.cancel()
