@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -310,3 +312,66 @@ def test_rollback_removes_everything_on_every_node(lab: ChaosLab) -> None:
         r = lab.nodes.call(node, "rollback")
         assert r.rc == 0 and r.data["ok"], r.data
     assert lab.ping("a", lab.link_addr("b", "a")) == (3, 3)
+
+
+# A stand-in agent that logs how late its 10 ms sleeps wake (over 0.1 s), one line each.
+LATENESS = ("import sys, time\nout = open(sys.argv[1], 'a', buffering=1)\nwhile True:\n"
+            "    t = time.monotonic(); time.sleep(0.01); late = time.monotonic() - t - 0.01\n"
+            "    if late > 0.1: out.write(f'{time.monotonic():.3f} {late:.3f}\\n')\n")
+SYSTEMD_V1 = Path("/sys/fs/cgroup/systemd")
+
+
+@pytest.mark.skipif(not (SYSTEMD_V1 / "cgroup.procs").is_file() or (os.cpu_count() or 1) < 2,
+                    reason="needs the cgroup v1 name=systemd hierarchy (a stand-in unit's "
+                    "cgroup) and 2 CPUs (the runaway takes one); the podman lab's bench "
+                    "runs it under systemd (docs/mapek.md)")
+def test_runaway_unit_starves_the_pinned_agent_until_the_unit_restarts(lab: ChaosLab) -> None:
+    """The unit is a stand-in: a cgroup where systemd would make one, holding a sleep; its
+    "restart" kills what is in the cgroup, as systemd's does."""
+    unit = f"mcx-runaway-{os.getpid()}.service"
+    cg = SYSTEMD_V1 / "system.slice" / unit
+    cg.mkdir(parents=True)
+    late_log = lab.base / "late.txt"
+    probe = lab.spawn("a", [sys.executable, "-c", LATENESS, str(late_log), "lateness",
+                            "mesh_agent", "run"], lab.base / "probe.log")
+    sleeper = lab.spawn("a", ["sleep", "300"], lab.base / "unit.log")
+    try:
+        assert lab.wait(lambda: "lateness\0mesh_agent" in Path(f"/proc/{probe.pid}/cmdline")
+                        .read_text(errors="replace"), WAIT_S)
+        (cg / "cgroup.procs").write_text(f"{sleeper.pid}\n")
+        was = os.sched_getaffinity(probe.pid)
+        opts = Options(agent_match="lateness mesh_agent run")
+        fault, plan = put(lab, "runaway_unit", ("a",), opts, unit=unit, seconds=60)
+        spinner = int(lab_ops(lab, "a")[1]["pid"])  # type: ignore[call-overload]
+        cpu = max(was)
+        assert str(spinner) in (cg / "cgroup.procs").read_text().split()
+        assert os.sched_getscheduler(spinner) == os.SCHED_FIFO
+        assert os.sched_getaffinity(spinner) == {cpu} == os.sched_getaffinity(probe.pid)
+        # Starved: a real-time task on its only CPU leaves it what RT throttling leaves.
+        assert lab.wait(lambda: late_log.exists() and any(
+            float(x.split()[1]) > 0.25 for x in late_log.read_text().splitlines()), WAIT_S)
+        for pid in (cg / "cgroup.procs").read_text().split():  # the unit restarted
+            os.kill(int(pid), signal.SIGKILL)
+        assert lab.wait(lambda: proc_stat(spinner) is None or proc_stat(spinner)[0] in "ZX",
+                        WAIT_S)
+        late_log.write_text("")
+        time.sleep(1.0)  # a window to look at, not a wait
+        assert not [x for x in late_log.read_text().splitlines() if float(x.split()[1]) > 0.25]
+        take(lab, fault, plan)
+        assert os.sched_getaffinity(probe.pid) == was  # the agent's CPUs given back
+    finally:
+        for p in (probe, sleeper):
+            p.kill()
+            p.wait()
+            lab.procs.remove(p)
+        lab.wait(lambda: not (cg / "cgroup.procs").read_text().split(), WAIT_S)
+        cg.rmdir()
+
+
+def test_runaway_unit_refused_for_a_unit_that_is_not_running(lab: ChaosLab) -> None:
+    fault = Fault("runaway_unit", ("a",), "runaway1", {"unit": "no-such-unit.service"})
+    was = os.sched_getaffinity(lab.agents["a"].pid)
+    res = inject(lab.nodes, fault, faults.plan(fault, Topo(lab.state)), time.time() + 60, "test")
+    assert not res[0].data["ok"] and "no-such-unit.service has no process" in res[0].data["error"]
+    assert os.sched_getaffinity(lab.agents["a"].pid) == was  # the affinity put back
+    assert not leftovers(lab.nodes, ["a"])

@@ -21,7 +21,8 @@ def test_every_class_plans_owned_operations_only(topo: Topo) -> None:
     rng = random.Random(1)
     for cls, info in faults.CLASSES.items():
         target = faults.pick_target(cls, topo, rng)
-        plan = faults.plan(Fault(cls, target, "f1"), topo)
+        params = {"unit": "app.service"} if cls == "runaway_unit" else {}
+        plan = faults.plan(Fault(cls, target, "f1", params), topo)
         assert plan, cls
         for node, ops in plan.items():
             assert node in topo.state["nodes"]
@@ -79,6 +80,9 @@ def test_partition_schedule_passes_the_exclusions(topo: Topo) -> None:
 @pytest.mark.parametrize(("cls", "target", "params"), [
     ("silent_cut", ("n01",), {}), ("lossy", None, {"loss_pct": 0}), ("frozen_agent", ("zz",), {}),
     ("cpu_starvation", None, {"quota_pct": 100}), ("nope", ("n01",), {}),
+    ("runaway_unit", None, {}), ("runaway_unit", None, {"unit": "a b.service"}),
+    ("runaway_unit", None, {"unit": "app.service", "cpu": -1}),
+    ("runaway_unit", None, {"unit": "app.service", "seconds": 0}),
 ])
 def test_bad_faults_are_refused(topo: Topo, cls: str, target: tuple[str, ...] | None,
                                 params: dict[str, object]) -> None:
@@ -86,6 +90,19 @@ def test_bad_faults_are_refused(topo: Topo, cls: str, target: tuple[str, ...] | 
         target = faults.pick_target(cls, topo, random.Random(0))
     with pytest.raises(FaultError):
         faults.plan(Fault(cls, target, "x", params), topo)
+
+
+def test_a_runaway_unit_pins_the_agent_then_spawns_the_tagged_loop(topo: Topo) -> None:
+    node = faults.pick_target("runaway_unit", topo, random.Random(0))
+    plan = faults.plan(Fault("runaway_unit", node, "r1", {"unit": "app.service", "cpu": 1,
+                                                          "seconds": 90}), topo)
+    assert list(plan) == list(node)
+    pin, spawn = plan[node[0]]
+    assert pin == {"op": "affinity", "match": faults.AGENT_MATCH, "cpus": [1]}
+    assert spawn["op"] == "spawn" and spawn["ready_s"] > 0  # a refusal is said at injection
+    assert spawn["argv"][1:] == ["-m", "meshcore_chaos.node.runaway", "--tag",
+                                 "meshcore_chaos:r1", "--unit", "app.service", "--cpu", "1",
+                                 "--seconds", "90"]
 
 
 def entry(fid: str, deadline: float, boot: str = "b1") -> Entry:

@@ -106,7 +106,7 @@ def schedule(exp: dict[str, Any], topo: Topo) -> list[Step]:
                 target = faults.bisect(topo, rng.randrange(1 << 30), sorted(exclude))
             else:
                 pos = rng.random()
-                if faults.CLASSES[cls].target == "node" and cls in ("rogue", "cpu_starvation"):
+                if cls in ("rogue", "cpu_starvation", "runaway_unit"):
                     # Not about a path: any node outside the exclusions.
                     target = faults.pick_target(cls, topo, rng, sorted(exclude))
                     pos = None

@@ -26,12 +26,17 @@ partition      silent cut of every link between a node     nodes (one side)
 cpu_starvation a cpu cgroup quota on the agent             node
 rogue          unsigned / replayed advert flood from a     node
                node to its neighbours (security verdict)
+runaway_unit   a SCHED_FIFO busy loop inside a running     node
+               systemd unit (``unit``), on the agent's
+               CPU (the agent pinned to one, ``cpu``);
+               a restart of the unit ends it
 =============  ==========================================  =====================
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +46,7 @@ import networkx as nx
 TABLE = "meshcore_chaos"
 AGENT_MATCH = "mesh_agent run"
 ADVERT_PORT = 6768
+UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@-]{1,200}\.service$")
 
 Op = dict[str, Any]
 
@@ -188,6 +194,21 @@ def plan(fault: Fault, topo: Topo, opts: Options = Options()) -> dict[str, list[
         if p.get("datagrams"):
             argv += ["--datagrams", str(p["datagrams"])]
         return {n: [{"op": "spawn", "argv": argv, "log": p.get("log")}]}
+    if fault.cls == "runaway_unit":
+        n = _node(fault, topo)
+        unit, cpu = str(p.get("unit", "")), p.get("cpu", "last")
+        if not UNIT_RE.match(unit):
+            raise FaultError(f"runaway_unit needs unit: a service name (x.service), got {unit!r}")
+        if cpu != "last" and not (isinstance(cpu, int) and cpu >= 0):
+            raise FaultError(f"runaway_unit cpu must be a CPU number or 'last', got {cpu!r}")
+        seconds = float(p.get("seconds", 300))
+        if not 0 < seconds <= 3600:
+            raise FaultError(f"runaway_unit seconds must be in (0, 3600], got {seconds}")
+        argv = [opts.python, "-m", "meshcore_chaos.node.runaway", "--tag", f"{TABLE}:{fault.id}",
+                "--unit", unit, "--cpu", str(cpu), "--seconds", f"{seconds:g}"]
+        cpus = "last" if cpu == "last" else [cpu]
+        return {n: [{"op": "affinity", "match": opts.agent_match, "cpus": cpus},
+                    {"op": "spawn", "argv": argv, "log": p.get("log"), "ready_s": 1.0}]}
     raise FaultError(f"unknown fault class {fault.cls!r} (one of {', '.join(CLASSES)})")
 
 
@@ -212,6 +233,9 @@ CLASSES: Mapping[str, ClassInfo] = {
     "cpu_starvation": ClassInfo("node", True, "systemctl set-property --runtime "
                                 "mesh-agent.service CPUQuota=N% (cgroup v2)"),
     "rogue": ClassInfo("node", False, "the same flooder (needs python3 on the node)"),
+    "runaway_unit": ClassInfo("node", True, "the same helper; a Pi has a core per task, so "
+                              "use cpu: last there too, or one helper per core for a runaway "
+                              "that takes the whole node"),
 }
 
 

@@ -5,6 +5,7 @@
     labctl status  [--json FILE] [--wait S]      neighbours, services, scrape status
     labctl report  [--minutes M]                 key series snapshot, report.png + report.json
     labctl destroy                               remove everything the lab created
+    labctl realtime [node=us ...]                real-time runtime for containers (cgroup v1)
 
 (also ``python -m meshcore_tools.lab``). The containers themselves are created
 by lab.yml (containers.podman). Every object the lab creates carries the
@@ -18,13 +19,14 @@ import os
 
 from meshcore_tools.lab.destroy import cmd_destroy
 from meshcore_tools.lab.plan import cmd_plan
+from meshcore_tools.lab.realtime import cmd_realtime
 from meshcore_tools.lab.report import cmd_report
 from meshcore_tools.lab.state import STATE_DIR
 from meshcore_tools.lab.status import cmd_status
 from meshcore_tools.lab.wire import cmd_wire
 
 COMMANDS = {"plan": cmd_plan, "wire": cmd_wire, "status": cmd_status, "report": cmd_report,
-            "destroy": cmd_destroy}
+            "destroy": cmd_destroy, "realtime": cmd_realtime}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--png", default=str(STATE_DIR / "report.png"))
     rp.add_argument("--json", default=str(STATE_DIR / "report.json"))
     sub.add_parser("destroy")
+    rt = sub.add_parser("realtime", help="real-time CPU runtime for lab containers (runaway_unit)")
+    rt.add_argument("grants", nargs="*", help="node=microseconds per period; the rest get 0")
     return p
 
 

@@ -25,7 +25,12 @@ cgroup     a cpu cgroup with a CFS quota (hardware, cgroup v2    cgroup
                                                                  ``meshcore_chaos_<ns>_<id>``
            under systemd: ``systemctl set-property --runtime
            mesh-agent.service CPUQuota=N%``)
-spawn      a helper process (the rogue node's flooder)          the tag in its command line
+spawn      a helper process (the rogue node's flooder, a        the tag in its command line
+           runaway unit's busy loop); ``ready_s``: it must still
+           be running that long after the start, else the
+           injection fails with what it wrote
+affinity   the CPUs a process (the agent, every thread of it)   the journal (pid + start time
+           may run on (``sched_setaffinity``)                    + the CPUs it had)
 =========  ====================================================  ===========================
 """
 
@@ -38,6 +43,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,7 +54,7 @@ TAG = "meshcore_chaos"
 TC_HANDLE = "c4a0:"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,48}$")
-KINDS = ("nft", "tbf", "link_down", "signal", "cgroup", "spawn")
+KINDS = ("nft", "tbf", "link_down", "signal", "cgroup", "spawn", "affinity")
 
 Op = dict[str, Any]
 
@@ -139,14 +145,44 @@ def stopped_pids() -> list[int]:
     return out
 
 
-def _spawn_detached(argv: list[str], log: str | None) -> int:
-    out = open(log or os.devnull, "ab")  # noqa: SIM115 - handed to the child
+def _spawn_detached(argv: list[str], log: str | None, ready_s: float = 0.0) -> int:
+    """Start *argv* in a session of its own; with *ready_s*, it must still be running that
+    long after (else :class:`OpError` with the end of what it wrote)."""
+    out = open(log, "ab") if log else tempfile.TemporaryFile()  # noqa: SIM115 - the child's
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+        if ready_s > 0:
+            try:
+                rc = proc.wait(timeout=ready_s)
+            except subprocess.TimeoutExpired:
+                return proc.pid
+            out.seek(0)
+            said = out.read()[-400:].decode(errors="replace").strip()
+            raise OpError(f"{argv[2] if len(argv) > 2 else argv[0]} exited ({rc}) at once: "
+                          f"{said or 'nothing said'}")
     finally:
         out.close()
     return proc.pid
+
+
+def threads(pid: int) -> list[int]:
+    """The thread ids of a process (affinity is per thread)."""
+    try:
+        return [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir() if t.name.isdigit()]
+    except OSError:
+        return []
+
+
+def cpus_of(spec: Any, allowed: set[int]) -> set[int]:
+    """An affinity op's ``cpus``: a list of CPU numbers, or ``"last"`` (the highest of
+    *allowed*, the CPUs the process may use now)."""
+    if spec == "last":
+        return {max(allowed)}
+    cpus = {int(c) for c in spec}
+    if not cpus or not cpus <= set(range(os.cpu_count() or 1)):
+        raise OpError(f"cpus must be CPUs of this node (0..{(os.cpu_count() or 1) - 1}): {spec}")
+    return cpus
 
 
 # --- links and qdiscs ----------------------------------------------------------------
@@ -197,7 +233,8 @@ def check(op: Op, fault_id: str) -> None:
         raise OpError(f"signal must be STOP or KILL: {op}")
     if kind == "spawn" and not any(f"{TAG}:{fault_id}" in a for a in op.get("argv", [])):
         raise OpError("a spawned helper carries its fault id in its argv (the sweep finds it)")
-    if kind in ("signal", "cgroup") and int(op.get("pid", 0)) <= 1 and not op.get("match"):
+    if kind in ("signal", "cgroup", "affinity") and int(op.get("pid", 0)) <= 1 and not op.get(
+            "match"):
         raise OpError(f"no pid or match to act on: {op}")
 
 
@@ -212,7 +249,7 @@ def prepare(op: Op, fault_id: str) -> Op:
         facts["alias"] = cur.get("ifalias", "")
         facts["was_up"] = "UP" in cur.get("flags", [])
         facts["tag"] = f"{TAG}:{fault_id}"
-    elif kind in ("signal", "cgroup"):
+    elif kind in ("signal", "cgroup", "affinity"):
         if not op.get("pid"):
             op["pid"] = find_process(op["match"])
         st = proc_stat(int(op["pid"]))
@@ -222,6 +259,10 @@ def prepare(op: Op, fault_id: str) -> Op:
         if kind == "cgroup":
             facts["name"] = f"{TAG}_{netns_id()}_{fault_id}"
             facts["from"] = _cgroup_of(int(op["pid"]))
+        if kind == "affinity":
+            was = os.sched_getaffinity(int(op["pid"]))
+            facts["was"] = sorted(was)
+            facts["cpus"] = sorted(cpus_of(op.get("cpus", "last"), was))
     elif kind == "spawn":
         facts["tag"] = f"{TAG}:{fault_id}"
     return facts
@@ -255,10 +296,20 @@ def apply(op: Op) -> Op:
             (d / "cpu.cfs_quota_us").write_text(f"{quota}\n")
         (d / "cgroup.procs").write_text(f"{op['pid']}\n")
     elif kind == "spawn":
-        pid = _spawn_detached(list(op["argv"]), op.get("log"))
+        pid = _spawn_detached(list(op["argv"]), op.get("log"), float(op.get("ready_s", 0)))
         st = proc_stat(pid)
         return {"pid": pid, "start_time": st[1] if st else None}
+    elif kind == "affinity":
+        if not same_process(op):
+            raise OpError(f"process {op['pid']} is gone")
+        _set_affinity(int(op["pid"]), set(op["cpus"]))
     return {}
+
+
+def _set_affinity(pid: int, cpus: set[int]) -> None:
+    for tid in threads(pid):
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(tid, cpus)
 
 
 def undo(op: Op) -> None:
@@ -289,6 +340,8 @@ def undo(op: Op) -> None:
             os.kill(int(op["pid"]), signal.SIGKILL)
         for pid in tagged_pids(op["tag"]) if op.get("tag") else []:
             os.kill(pid, signal.SIGKILL)
+    elif kind == "affinity" and "was" in op and same_process(op):
+        _set_affinity(int(op["pid"]), set(op["was"]))
 
 
 def _cgroup_remove(d: Path, back_to: str) -> None:
@@ -326,6 +379,10 @@ def present(op: Op) -> bool:
         return "name" in op and cgroup_dir(op["name"]).is_dir()
     if kind == "spawn":
         return bool(op.get("pid")) and same_process(op)
+    if kind == "affinity":
+        pinned = set(op.get("cpus", ()))
+        return ("was" in op and same_process(op) and pinned != set(op["was"])
+                and any(os.sched_getaffinity(t) == pinned for t in threads(int(op["pid"]))))
     return False
 
 
