@@ -93,8 +93,22 @@ def same_process(op: Op) -> bool:
 
 
 def same_netns(pid: int) -> bool:
+    """Whether *pid* is in our network namespace. Where its namespace may not be read (a
+    process of another user, hardened or non-dumpable, and no CAP_SYS_PTRACE: the agent
+    seen by root in a podman container), it is ours when this process tree's init is: a
+    container or a node whose processes all share our namespace, not a netns lab's host."""
     try:
         return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
+    except PermissionError:
+        return _init_shares_netns()
+    except OSError:
+        return False
+
+
+@functools.cache
+def _init_shares_netns() -> bool:
+    try:
+        return os.stat("/proc/1/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
     except OSError:
         return False
 
