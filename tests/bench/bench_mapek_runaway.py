@@ -1,0 +1,339 @@
+#!/usr/bin/env python3
+"""bench_mapek_runaway: can the learned policy find restart_unit where the rule is wrong?
+
+Issue 19's learning criterion on a fault where the rule table's answer does not end the
+incident: a unit stuck in a real-time busy loop (the chaos ``runaway_unit`` fault). The
+rule for a starved node is ``lengthen_hello``: it keeps neighbours from declaring us
+dead but ends nothing. ``restart_unit`` (disruptive, under a lease from the gateways'
+etcd) ends it. Measured on the running podman lab (systemd on every node), both
+policies in the same run and at the same time:
+
+- two nodes that are neither gateways nor the monitor, one armed ``fixed`` (the rule
+  table, the control arm) and one ``learned`` (Thompson sampling from the rule-table
+  prior; its Knowledge emptied first unless ``--keep-knowledge``), through site.yml
+  ``--limit`` as an operator would, both ``enforce`` with the same allowlisted unit
+  (``meshcore-lab-app.service``, a runtime unit the bench starts as the agent's user);
+- each round, the fault on both at once, on different CPUs (the fixed node's on CPU 0,
+  the learned one's on the last), held ``--hold`` seconds unless the unit is restarted,
+  then ``--settle`` seconds for the incidents to close;
+- ``labctl realtime`` grants each of the two containers ``--rt-us`` of real-time runtime
+  per second (cgroup v1 hosts ration it; the runaway gets that much of its CPU, the
+  rest is the agent's), and takes it back at the end.
+
+One JSON line per round and policy (stdout): the starved_node incidents of the node
+detected from the injection to the end of the settle (``incidents``), the actions and
+their outcomes, ``mttr_p50_s``/``mttr_max_s`` over those that recovered, ``still_open``,
+``detect_s`` (injection to the first detection), ``runaway_s`` (injection to the end of
+the busy loop: the unit's restart, else the removal at ``--hold``) and ``ended_by``
+(restart | removal); ``false_alarms``: incidents of the node detected outside every
+fault window and its settle. Then a ``summary`` per policy over the first and last
+``--window`` rounds and all of them (runaway_s p50/p95, the rounds' worst MTTR p95,
+restarts), with false alarms per node-hour, and ``--plot`` a PNG of runaway_s and MTTR
+per round. ``--summary-of FILE`` prints the summary lines again from a run's output.
+
+Needs root and a running lab with gateways (``make lab NODES=6``); without one it prints
+one ``skipped`` line. Everything it changes is put back in ``finally``: the faults
+removed (each also carries a node-side deadline its reaper keeps), the unit stopped, the
+real-time grants zeroed, the two nodes re-converged with the lab's settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from meshcore_testkit.containerlab import exec_in, site_run
+from meshcore_tools.chaos import faults, probes
+from meshcore_tools.chaos.faults import Fault, Options, Topo
+from meshcore_tools.chaos.nodes import inject, remove, wrapper_nodes
+from meshcore_tools.lab.plan import pick_gateways
+from meshcore_tools.lab.state import MONITOR, container, load_state
+
+APP = "meshcore-lab-app.service"
+UNIT = ("[Unit]\nDescription=an application stand-in for bench_mapek_runaway\n[Service]\n"
+        "User=meshcore\nExecStart=/bin/sleep infinity\nRuntimeMaxSec=7200\n")
+PYTHON = "/opt/mesh-agent/current/bin/python"
+# The action statistics and tuned thresholds dropped (incidents and events stay).
+FORGET = ("import sqlite3; c = sqlite3.connect('/var/lib/mesh-agent/agent.db'); "
+          "c.execute('DELETE FROM action_stats'); c.execute('DELETE FROM thresholds'); "
+          "c.commit(); c.close()")
+OPTS = Options(agent_match="mesh-agent run")
+POLICIES = ("fixed", "learned")
+
+
+def log(msg: str) -> None:
+    print(f"[bench_mapek_runaway {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr,
+          flush=True)
+
+
+def emit(**fields: Any) -> None:
+    print(json.dumps({"bench": "mapek_runaway", **fields,
+                      "load1": round(os.getloadavg()[0], 2)}), flush=True)
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    return round(probes.quantile(values, q), 1) if values else None
+
+
+def labctl(*args: str) -> str:
+    res = subprocess.run([sys.executable, "-m", "meshcore_tools.lab", *args],
+                         capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise SystemExit(f"labctl {' '.join(args)}: {res.stderr.strip() or res.stdout.strip()}")
+    return res.stdout
+
+
+def incidents(node: str) -> list[dict[str, Any]]:
+    res = exec_in(node, "meshctl", "--json", "incidents", "--limit", "500")
+    if res.returncode != 0:
+        return []
+    return list(json.loads(res.stdout)["incidents"])
+
+
+def spinning(node: str, fault_id: str) -> bool:
+    return exec_in(node, "pgrep", "-f", f"meshcore_chaos:{fault_id}").returncode == 0
+
+
+def arm(node: str, policy: str, tmp: Path, keep_knowledge: bool) -> None:
+    rc, events = site_run({"mesh_agent_mapek_enabled": True, "mesh_agent_mapek_mode": "enforce",
+                           "mesh_agent_mapek_policy": policy,
+                           "mesh_agent_mapek_restart_units": [APP]},
+                          tmp / f"arm-{node}", limit=f"{node},localhost")
+    if rc != 0:
+        raise SystemExit(f"arming {node}: site.yml rc {rc}: "
+                         f"{[str(e.get('stdout', '')) for e in events][-10:]}")
+    if not keep_knowledge:  # what this node learned before (an earlier run) forgotten
+        exec_in(node, "systemctl", "stop", "mesh-agent.service")
+        forgot = exec_in(node, "setpriv", "--reuid=meshcore", "--regid=meshcore",
+                         "--init-groups", PYTHON, "-c", FORGET)
+        exec_in(node, "systemctl", "start", "mesh-agent.service")
+        if forgot.returncode != 0:
+            raise SystemExit(f"{node}: forgetting the action statistics: {forgot.stderr}")
+
+
+def ready(node: str, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while exec_in(node, "meshctl", "--json", "incidents").returncode != 0:
+        if time.monotonic() > end:
+            raise SystemExit(f"{node}: the agent's API did not come back")
+        time.sleep(2)
+
+
+def one_fault(nodes: Any, topo: Topo, node: str, cpu: int, rnd: int, hold: float,
+              out: dict[str, Any]) -> None:
+    """Inject on *node*, watch for the busy loop's end (the unit restarted) until *hold*,
+    then remove. Fills *out* (injected_wall, runaway_s, ended_by, error)."""
+    fault = Fault("runaway_unit", (node,), f"rw{rnd}{node}{int(time.time()) % 100000}",
+                  {"unit": APP, "cpu": cpu, "seconds": hold + 30})
+    plan = faults.plan(fault, topo, OPTS)
+    t0 = time.time()
+    res = inject(nodes, fault, plan, t0 + hold + 60, "bench_mapek_runaway")
+    out["injected_wall"] = t0
+    if not all(r.rc == 0 and r.data.get("ok") for r in res):
+        out["error"] = [r.data for r in res]
+        return
+    try:
+        while time.time() - t0 < hold:
+            if not spinning(node, fault.id):
+                out["runaway_s"], out["ended_by"] = round(time.time() - t0, 1), "restart"
+                return
+            time.sleep(1.0)
+        out["runaway_s"], out["ended_by"] = round(time.time() - t0, 1), "removal"
+    finally:
+        removed = remove(nodes, fault, plan)
+        if not all(r.data.get("ok") for r in removed):
+            out["remove_errors"] = [r.data for r in removed]
+
+
+def round_line(rnd: int, policy: str, node: str, res: dict[str, Any],
+               incs: list[dict[str, Any]], end_wall: float) -> dict[str, Any]:
+    t0 = float(res.get("injected_wall", 0.0))
+    mine = [i for i in incs
+            if i["class"] == "starved_node" and t0 <= i["detected_wall"] <= end_wall]
+    mttrs = [float(i["mttr_seconds"]) for i in mine if i["mttr_seconds"] is not None]
+    actions: dict[str, int] = {}
+    for i in mine:
+        a = i["action"] or {}
+        key = f"{a.get('kind', 'none')}:{a.get('outcome', '-')}"
+        actions[key] = actions.get(key, 0) + 1
+    first = min((i["detected_wall"] for i in mine), default=None)
+    return {"figure": "round", "round": rnd, "policy": policy, "node": node, "incidents": len(mine),
+            "actions": actions, "mttr_p50_s": quantile(mttrs, 0.5),
+            "mttr_max_s": round(max(mttrs), 1) if mttrs else None,
+            "still_open": sum(1 for i in mine if i["mttr_seconds"] is None),
+            "detect_s": None if first is None else round(first - t0, 1),
+            "runaway_s": res.get("runaway_s"), "ended_by": res.get("ended_by"),
+            "error": res.get("error")}
+
+
+def summary(rows: list[dict[str, Any]], window: int, alarms: int | None, hours: float | None,
+            policy: str) -> dict[str, Any]:
+    """One policy's figures over its round lines: how long the node was starved
+    (``runaway_s``) and the worst incident MTTR per round, p50 and p95 over the first and
+    last *window* rounds, and the rounds the unit's restart ended (``restarts``)."""
+    out: dict[str, Any] = {"figure": "summary", "policy": policy, "rounds": len(rows),
+                           "window": window}
+    for part, sel in (("first", rows[:window]), ("last", rows[-window:]), ("all", rows)):
+        run = [float(r["runaway_s"]) for r in sel if r.get("runaway_s") is not None]
+        mttr = [float(r["mttr_max_s"]) for r in sel if r.get("mttr_max_s") is not None]
+        out |= {f"runaway_s_p50_{part}": quantile(run, 0.5),
+                f"runaway_s_p95_{part}": quantile(run, 0.95),
+                f"mttr_max_s_p95_{part}": quantile(mttr, 0.95),
+                f"restarts_{part}": sum(1 for r in sel if r.get("ended_by") == "restart"),
+                f"still_open_{part}": sum(int(r.get("still_open") or 0) for r in sel)}
+    out["false_alarms"] = alarms
+    out["false_alarms_per_node_hour"] = (round(alarms / hours, 2)
+                                         if alarms is not None and hours else None)
+    return out
+
+
+def resummarise(path: Path, window: int) -> int:
+    """``--summary-of``: the summary lines again from a run's round lines (its false alarm
+    counts and duration from its own summary lines where they have them)."""
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.startswith("{")]
+    rounds = [x for x in lines if "round" in x and "policy" in x]
+    for policy in POLICIES:
+        old: dict[str, Any] = next(
+            (x for x in lines if policy in (x.get("summary"), x.get("policy"))
+             and ("summary" in x or x.get("figure") == "summary")), {})
+        per_h = old.get("false_alarms_per_node_hour")
+        alarms = old.get("false_alarms")
+        hours = alarms / per_h if alarms and per_h else None
+        line = summary([r for r in rounds if r["policy"] == policy], window, alarms, hours,
+                       policy)
+        if alarms == 0:
+            line["false_alarms_per_node_hour"] = 0.0
+        emit(**line, summary_of=path.name)
+    return 0
+
+
+def plot(rows: list[dict[str, Any]], hold: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for policy, colour in zip(POLICIES, ("tab:red", "tab:blue"), strict=True):
+        mine = [r for r in rows if r["policy"] == policy]
+        ax.plot([r["round"] for r in mine], [r["runaway_s"] or math.nan for r in mine],
+                "o-", color=colour, label=f"{policy}: starved for (s)")
+        ax.plot([r["round"] for r in mine], [r["mttr_max_s"] or math.nan for r in mine],
+                "x--", color=colour, alpha=0.6, label=f"{policy}: incident MTTR, max (s)")
+    ax.axhline(hold, color="grey", lw=0.8, ls=":", label=f"the fault's hold ({hold:g} s)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("seconds")
+    ax.set_title("a runaway real-time unit: fixed (lengthen_hello) vs learned")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--hold", type=float, default=150.0,
+                    help="seconds a fault lasts unless the unit is restarted")
+    ap.add_argument("--settle", type=float, default=40.0)
+    ap.add_argument("--rt-us", type=int, default=450_000,
+                    help="real-time runtime per second granted to each victim's container")
+    ap.add_argument("--nodes", nargs=2, metavar=("FIXED", "LEARNED"))
+    ap.add_argument("--window", type=int, default=3)
+    ap.add_argument("--keep-knowledge", action="store_true")
+    ap.add_argument("--plot", type=Path)
+    ap.add_argument("--work", type=Path, default=Path("build/bench-runaway"))
+    ap.add_argument("--summary-of", type=Path, help="only the summary lines again, from a "
+                    "run's output")
+    args = ap.parse_args()
+    if args.summary_of:
+        return resummarise(args.summary_of, args.window)
+    if os.geteuid() != 0:
+        emit(figure="skipped", reason="needs root (podman)")
+        return 0
+    try:
+        state = load_state()
+    except OSError:
+        emit(figure="skipped", reason="no running lab (make lab NODES=6)")
+        return 0
+    gateways = set(pick_gateways(state))
+    spare = [n for n in sorted(state["nodes"]) if n not in gateways and n != MONITOR]
+    victims = list(args.nodes) if args.nodes else spare[:2]
+    if len(victims) < 2 or not gateways:
+        emit(figure="skipped", reason=f"needs 2 nodes besides the gateways and the monitor, "
+             f"and gateways (the lab has {sorted(state['nodes'])})")
+        return 0
+    by_policy = dict(zip(POLICIES, victims, strict=True))
+    cpus = {"fixed": 0, "learned": (os.cpu_count() or 2) - 1}
+    topo = Topo(state)
+    nodes = wrapper_nodes(lambda n: ["podman", "exec", "-i", container(n)])
+    args.work.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    windows: list[tuple[float, float]] = []
+    started = time.time()
+    try:
+        for node in victims:
+            started_unit = exec_in(node, "sh", "-c", f"printf %s \"$0\" > /run/systemd/system/"
+                                   f"{APP} && systemctl daemon-reload && systemctl restart {APP}",
+                                   UNIT)
+            if started_unit.returncode != 0:
+                raise SystemExit(f"{node}: {started_unit.stderr}")
+        log(f"arming {by_policy} (site.yml --limit, enforce, restart_units [{APP}])")
+        for policy, node in by_policy.items():
+            arm(node, policy, args.work, args.keep_knowledge)
+        labctl("realtime", *(f"{n}={args.rt_us}" for n in victims))
+        for node in victims:
+            ready(node)
+        time.sleep(30)  # the loop arms 15 s after the agent is ready; a quiet baseline
+        started = time.time()
+        for rnd in range(1, args.rounds + 1):
+            results: dict[str, dict[str, Any]] = {p: {} for p in POLICIES}
+            threads = [threading.Thread(target=one_fault, args=(
+                nodes, topo, by_policy[p], cpus[p], rnd, args.hold, results[p]))
+                for p in POLICIES]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            t0 = min(float(r.get("injected_wall", time.time())) for r in results.values())
+            time.sleep(args.settle)
+            end = time.time()
+            windows.append((t0, end))
+            for policy, node in by_policy.items():
+                line = round_line(rnd, policy, node, results[policy], incidents(node), end)
+                rows.append(line)
+                emit(**line)
+            log(f"round {rnd}: " + ", ".join(
+                f"{r['policy']} starved {r['runaway_s']} s ({r['ended_by']}), {r['actions']}"
+                for r in rows[-2:]))
+        hours = max(1e-9, time.time() - started) / 3600
+        for policy, node in by_policy.items():
+            incs = incidents(node)
+            alarms = sum(1 for i in incs if i["detected_wall"] >= started and not any(
+                a <= i["detected_wall"] <= b for a, b in windows))
+            emit(**summary([r for r in rows if r["policy"] == policy], args.window, alarms,
+                           hours, policy))
+        if args.plot and rows:
+            plot(rows, args.hold, args.plot)
+    finally:
+        log("putting the lab back")
+        subprocess.run([sys.executable, "-m", "meshcore_tools.lab", "realtime"],
+                       capture_output=True, check=False)
+        for node in victims:
+            exec_in(node, "sh", "-c", f"systemctl stop {APP}; rm -f /run/systemd/system/{APP}; "
+                    "systemctl daemon-reload")
+            rc, _ = site_run({}, args.work / f"disarm-{node}", limit=f"{node},localhost")
+            if rc != 0:
+                log(f"{node}: re-converging with the lab's settings failed (rc {rc})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
