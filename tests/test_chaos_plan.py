@@ -163,3 +163,27 @@ def test_the_fleet_runner_reaches_nodes_as_ansible_does() -> None:
                          "sudo"]
     assert ssh("n2") == ["ssh", "-o", "BatchMode=yes", "n2.lan", "sudo"]
     assert ssh("n3") == ["ssh", "-o", "BatchMode=yes", "n3", "sudo"]
+
+
+def test_a_process_whose_namespace_cannot_be_read_is_ours_where_init_shares_ours(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root in a podman container may not read the hardened agent's /proc ns link (no
+    CAP_SYS_PTRACE); the container's processes all share its namespace, a netns lab
+    host's do not."""
+    import os
+
+    from meshcore_chaos.node import ops
+
+    real_stat = os.stat
+
+    def stat(path: str, *a: object, **k: object) -> os.stat_result:
+        if path == "/proc/4242/ns/net":
+            raise PermissionError(13, "Permission denied", path)
+        return real_stat(path)
+
+    monkeypatch.setattr(os, "stat", stat)
+    for shares in (True, False):
+        monkeypatch.setattr(ops, "_init_shares_netns", lambda s=shares: s)
+        assert ops.same_netns(4242) is shares
+    monkeypatch.setattr(ops, "_init_shares_netns", lambda: True)
+    assert ops.same_netns(2**22 + 7) is False  # no such process: not ours
