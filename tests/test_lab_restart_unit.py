@@ -1,20 +1,22 @@
-"""restart_unit on the running lab: a starved node restarts a hogging unit under systemd,
-under a lease from the gateways' etcd over the mesh.
+"""restart_unit on the running lab: a node starved by a runaway unit restarts it under
+systemd, under a lease from the gateways' etcd over the mesh.
 
 One node (the first that is neither a gateway nor the monitor) gets, through site.yml as
 an operator would (``--limit``), the loop in ``enforce`` with the ``learned`` policy and
-``mesh_agent_mapek_restart_units`` naming a hog unit; the role installs polkitd and the
-rule that lets the agent's user restart exactly that unit. Its Knowledge is seeded as a
-node that has learned that ``restart_unit`` ends a starved node (what a fleet's shared
-statistics would give it), so the learned policy picks it. The hog is a busy loop in a
-runtime unit (``RuntimeMaxSec=`` bounds it whatever happens); it runs as the agent's user
-because on this host's cgroup v1 the agent reads a unit's CPU from the processes it can
-see (cgroup v2, as on Raspberry Pi OS, reads any unit's). The node is starved by pulses
-of SIGSTOP on its agent (0.35 s every 1.5 s, for at most 90 s, always ending in SIGCONT;
-the unit's watchdog also restarts an agent stopped for good). Expected: a
-``starved_node`` incident decided ``restart_unit``, ``applied`` under a lease with a
-fencing token, and a remediation event ``done`` that names the hog, whose systemd
-invocation changed. Afterwards site.yml puts the node back to the lab's settings.
+``mesh_agent_mapek_restart_units`` naming an application unit (a runtime unit running
+``sleep`` as the agent's user: on this host's cgroup v1 the agent reads a unit's CPU from
+the processes it can see; cgroup v2, as on Raspberry Pi OS, reads any unit's); the role
+installs polkitd and the rule that lets the agent's user restart exactly that unit. Its
+Knowledge is seeded as a node that has learned that ``restart_unit`` ends a starved node
+(what a fleet's shared statistics would give it; ``bench_mapek_runaway.py`` measures the
+learning itself), so the learned policy picks it. The starvation is the chaos
+``runaway_unit`` fault through the node's own chaos CLI: a real-time busy loop that joins
+the unit and the agent's CPU (``labctl realtime`` grants the container real-time
+runtime), held at most 150 s, its deadline kept by the node's reaper. Expected: the busy
+loop ended by the unit's restart before the hold, a ``starved_node`` incident decided
+``restart_unit``, ``applied`` under a lease with a fencing token, and a remediation event
+``done`` that names the unit, whose systemd invocation changed. Afterwards the real-time
+grant is taken back and site.yml puts the node back to the lab's settings.
 
 Slow (the lab): runs under ``make test-full``.
 """
@@ -23,22 +25,27 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from meshcore_testkit.containerlab import exec_in
+from meshcore_testkit.containerlab import exec_in, install_chaos
 from meshcore_testkit.containerlab import site_run as lab_site_run
+from meshcore_tools.chaos import faults
+from meshcore_tools.chaos.faults import Fault, Options, Topo
+from meshcore_tools.chaos.nodes import inject, remove, wrapper_nodes
 from meshcore_tools.lab.plan import pick_gateways
-from meshcore_tools.lab.state import MONITOR, load_state
+from meshcore_tools.lab.state import MONITOR, container, load_state
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (podman, netns)"),
 ]
-HOG = "meshcore-lab-hog.service"
+HOG = "meshcore-lab-app.service"
 STATE_DIR = "/var/lib/mesh-agent"
 PYTHON = "/opt/mesh-agent/current/bin/python"
 # A node that learned restart_unit ends a starved node, and the rule's lengthen_hello not.
@@ -48,9 +55,14 @@ SEED = ("from pathlib import Path; from mesh_agent.mapek.knowledge import Knowle
         "k.stats_changed('starved_node', 'restart_unit', ActionStats(40, 40, 400.0)); "
         "k.stats_changed('starved_node', 'lengthen_hello', ActionStats(40, 0, 4000.0)); "
         "k.stats_changed('starved_node', 'none', ActionStats(40, 0, 4000.0)); k.close()")
-PULSES = ("P=$(systemctl show -p MainPID --value mesh-agent.service); "
-          "timeout 90 sh -c \"while :; do kill -STOP $P; sleep 0.35; kill -CONT $P; "
-          "sleep 1.15; done\"; kill -CONT $P")
+HOLD_S = 150.0
+RT_US = 450_000  # the busy loop's real-time runtime per second; the rest is the agent's
+
+
+def labctl(*args: str) -> None:
+    res = subprocess.run([sys.executable, "-m", "meshcore_tools.lab", *args],
+                         capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
 
 
 def site_run(node: str, extravars: dict[str, Any], tmp: Path) -> tuple[int, list[str]]:
@@ -69,8 +81,8 @@ def armed(lab: dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> I
     gateways = set(pick_gateways(state))
     node = next(n for n in sorted(state["nodes"]) if n not in gateways and n != MONITOR)
     tmp = tmp_path_factory.mktemp("restart-unit")
-    unit = ("[Unit]\nDescription=a busy loop for tests/test_lab_restart_unit.py\n[Service]\n"
-            "User=meshcore\nExecStart=/bin/sh -c 'while :; do :; done'\nRuntimeMaxSec=900\n")
+    unit = ("[Unit]\nDescription=an application for tests/test_lab_restart_unit.py\n"
+            "[Service]\nUser=meshcore\nExecStart=/bin/sleep infinity\nRuntimeMaxSec=900\n")
     started = exec_in(node, "sh", "-c", f"printf %s \"$0\" > /run/systemd/system/{HOG} && "
                       f"systemctl daemon-reload && systemctl start {HOG}", unit)
     assert started.returncode == 0, started.stderr
@@ -85,8 +97,11 @@ def armed(lab: dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> I
                          "--init-groups", PYTHON, "-c", SEED)
         assert seeded.returncode == 0, seeded.stderr
         exec_in(node, "systemctl", "start", "mesh-agent.service")
+        labctl("realtime", f"{node}={RT_US}")
+        install_chaos([node])
         yield node
     finally:
+        subprocess.run([sys.executable, "-m", "meshcore_tools.lab", "realtime"], check=False)
         exec_in(node, "sh", "-c", f"systemctl stop {HOG}; rm -f /run/systemd/system/{HOG}; "
                 "systemctl daemon-reload")
         rc, out = site_run(node, {}, tmp / "disarm")  # the lab's own settings back
@@ -101,10 +116,24 @@ def test_a_starved_node_restarts_the_hogging_unit_under_a_lease(armed: str) -> N
         time.sleep(2)
     time.sleep(25)
     before = invocation(node)
+    nodes = wrapper_nodes(lambda n: ["podman", "exec", "-i", container(n)])
+    fault = Fault("runaway_unit", (node,), f"rt{int(time.time())}",
+                  {"unit": HOG, "seconds": HOLD_S + 30})
+    plan = faults.plan(fault, Topo(load_state()), Options(agent_match="mesh-agent run"))
     t0 = time.monotonic()
-    exec_in(node, "sh", "-c", PULSES, timeout=150)
-    print(json.dumps({"bench": "lab_restart_unit", "figure": "pulses_s",
-                      "value": round(time.monotonic() - t0, 1)}))
+    res = inject(nodes, fault, plan, time.time() + HOLD_S + 60, "test_lab_restart_unit")
+    assert all(r.rc == 0 and r.data.get("ok") for r in res), [r.data for r in res]
+    try:
+        while time.monotonic() - t0 < HOLD_S and exec_in(
+                node, "pgrep", "-f", f"meshcore_chaos:{fault.id}").returncode == 0:
+            time.sleep(1.0)
+        spun = round(time.monotonic() - t0, 1)
+    finally:
+        removed = remove(nodes, fault, plan)
+    assert all(r.data.get("ok") for r in removed), [r.data for r in removed]
+    print(json.dumps({"bench": "lab_restart_unit", "figure": "runaway_s", "value": spun,
+                      "hold_s": HOLD_S}))
+    assert spun < HOLD_S, "the runaway was not ended by the unit's restart"
     incidents = json.loads(exec_in(node, "meshctl", "--json", "incidents").stdout)["incidents"]
     starved = [i for i in incidents if i["class"] == "starved_node"]
     assert starved, incidents

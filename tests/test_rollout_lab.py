@@ -20,8 +20,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -30,7 +28,14 @@ from typing import Any
 
 import pytest
 import yaml
-from meshcore_testkit.containerlab import LAB_ROLLOUT_VARS, current, exec_in, lab_up, on_node
+from meshcore_testkit.containerlab import (
+    LAB_ROLLOUT_VARS,
+    current,
+    exec_in,
+    install_chaos,
+    lab_up,
+    on_node,
+)
 from meshcore_testkit.releases import (
     _EDITS,
     BROKEN_READINESS,
@@ -201,13 +206,7 @@ def isolated_canary_reverts(node: str, first: str, good: str) -> dict[str, Any]:
     fault = faults.Fault("partition", (node,), "isolate-canary")
     plan = faults.plan(fault, topo)
     chaos = chaos_nodes.wrapper_nodes(lambda n: ["podman", "exec", "-i", container(n)])
-    # the node side of the chaos tools and its reaper timer, as `make chaos` installs them
-    res = subprocess.run(
-        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", str(INVENTORY),
-         "playbooks/chaos.yml", "--tags", "install", "-e", f"chaos_hosts={','.join(plan)}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-        env={**os.environ, "ANSIBLE_FORCE_COLOR": "0"})
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    install_chaos(plan)  # the node side of the chaos tools and its reaper timer
     t0 = time.monotonic()
     switched = json.loads(on_node(node, f"meshctl --json release use {first}"))
     assert switched["confirm_within"] == window, switched

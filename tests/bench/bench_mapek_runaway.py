@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meshcore_testkit.containerlab import exec_in, site_run
+from meshcore_testkit.containerlab import exec_in, install_chaos, site_run
 from meshcore_tools.chaos import faults, probes
 from meshcore_tools.chaos.faults import Fault, Options, Topo
 from meshcore_tools.chaos.nodes import inject, remove, wrapper_nodes
@@ -289,6 +289,7 @@ def main() -> int:
         for policy, node in by_policy.items():
             arm(node, policy, args.work, args.keep_knowledge)
         labctl("realtime", *(f"{n}={args.rt_us}" for n in victims))
+        install_chaos(victims)  # the node side of the chaos tools, as make chaos does
         for node in victims:
             ready(node)
         time.sleep(30)  # the loop arms 15 s after the agent is ready; a quiet baseline

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,20 @@ def lab_up(nodes: int, topology: str = "grid") -> Iterator[None]:
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     yield
     make("lab-destroy")
+
+
+def install_chaos(nodes: Iterable[str]) -> None:
+    """The node side of the chaos tools and its reaper timer on *nodes*, as ``make chaos``
+    installs them (``playbooks/chaos.yml --tags install``); a failure says what it said."""
+    res = subprocess.run(
+        [str(Path(sys.executable).with_name("ansible-playbook")), "-i",
+         str(ROOT / "inventories" / "lab"), "playbooks/chaos.yml", "--tags", "install", "-e",
+         f"chaos_hosts={','.join(nodes)}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "ANSIBLE_FORCE_COLOR": "0"})
+    if res.returncode != 0:
+        raise RuntimeError("installing the chaos node side: "
+                           + res.stdout[-3000:] + res.stderr[-2000:])
 
 
 def running_lab_state() -> dict[str, Any]:
