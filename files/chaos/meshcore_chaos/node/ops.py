@@ -173,8 +173,8 @@ def _spawn_detached(argv: list[str], log: str | None, ready_s: float = 0.0) -> i
                 return proc.pid
             out.seek(0)
             said = out.read()[-400:].decode(errors="replace").strip()
-            raise OpError(f"{argv[2] if len(argv) > 2 else argv[0]} exited ({rc}) at once: "
-                          f"{said or 'nothing said'}")
+            name = argv[2] if argv[1:2] == ["-m"] and len(argv) > 2 else argv[0]
+            raise OpError(f"{name} exited ({rc}) at once: {said or 'nothing said'}")
     finally:
         out.close()
     return proc.pid
