@@ -19,6 +19,7 @@ def bench() -> ModuleType:
 def inc(cls: str, at: float, mttr: float | None, kind: str | None = None,
         outcome: str = "applied") -> dict[str, object]:
     return {"class": cls, "detected_wall": at, "mttr_seconds": mttr,
+            "signal": {"name": "lateness", "value": 0.4, "threshold": 0.25},
             "action": {"kind": kind, "outcome": outcome} if kind else None}
 
 
@@ -35,6 +36,7 @@ def test_a_round_counts_the_starved_incidents_detected_in_its_window() -> None:
     assert line["actions"] == {"restart_unit:applied": 1, "lengthen_hello:applied": 1}
     assert line["detect_s"] == 6.0 and line["mttr_max_s"] == 12.5
     assert line["runaway_s"] == 8.1 and line["ended_by"] == "restart"
+    assert (line["signal"], line["threshold"]) == ("lateness", 0.25)
 
 
 def test_the_summary_compares_the_first_and_last_rounds() -> None:

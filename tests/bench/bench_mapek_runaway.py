@@ -23,8 +23,9 @@ policies in the same run and at the same time:
 One JSON line per round and policy (stdout): the starved_node incidents of the node
 detected from the injection to the end of the settle (``incidents``), the actions and
 their outcomes, ``mttr_p50_s``/``mttr_max_s`` over those that recovered, ``still_open``,
-``detect_s`` (injection to the first detection), ``runaway_s`` (injection to the end of
-the busy loop: the unit's restart, else the removal at ``--hold``) and ``ended_by``
+``detect_s`` (injection to the first detection; its signal, value and threshold),
+``runaway_s`` (injection to the end of the busy loop: the unit's restart, else the
+removal at ``--hold``) and ``ended_by``
 (restart | removal); ``false_alarms``: incidents of the node detected outside every
 fault window and its settle. Then a ``summary`` per policy over the first and last
 ``--window`` rounds and all of them (runaway_s p50/p95, the rounds' worst MTTR p95,
@@ -164,12 +165,17 @@ def round_line(rnd: int, policy: str, node: str, res: dict[str, Any],
         a = i["action"] or {}
         key = f"{a.get('kind', 'none')}:{a.get('outcome', '-')}"
         actions[key] = actions.get(key, 0) + 1
-    first = min((i["detected_wall"] for i in mine), default=None)
+    first_inc = min(mine, key=lambda i: i["detected_wall"], default=None)
+    first = None if first_inc is None else first_inc["detected_wall"]
+    signal = (first_inc or {}).get("signal") or {}
     return {"figure": "round", "round": rnd, "policy": policy, "node": node, "incidents": len(mine),
             "actions": actions, "mttr_p50_s": quantile(mttrs, 0.5),
             "mttr_max_s": round(max(mttrs), 1) if mttrs else None,
             "still_open": sum(1 for i in mine if i["mttr_seconds"] is None),
             "detect_s": None if first is None else round(first - t0, 1),
+            # the signal that raised the first one, and its threshold then (Knowledge tunes it)
+            "signal": signal.get("name"), "signal_value": signal.get("value"),
+            "threshold": signal.get("threshold"),
             "runaway_s": res.get("runaway_s"), "ended_by": res.get("ended_by"),
             "error": res.get("error")}
 
