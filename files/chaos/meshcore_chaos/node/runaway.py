@@ -9,26 +9,17 @@ task (CFS does not share the CPU with it), drops to the unit's user and spins un
 machine with CPUs to spare the agent is starved as it would be by a runaway on every
 core. Started by the ``spawn`` op with ``ready_s``: whatever stops it from running (no
 such unit, no real-time runtime) is said at once and the injection fails.
-
-Where systemd is init, the loop runs as a transient service (``systemd-run --wait
---pipe``, this process waiting on it, so the spawn op's pid lives as long as the loop):
-systemd must be its parent. A process that joins a unit behind systemd's back and is not
-its child dies at the unit's stop without systemd hearing of it (``podman exec``'s conmon
-adopts orphans; cgroup v1 has no emptiness event in a container), and the restart hung
-in ``deactivating`` until ``TimeoutStopSec``, seen on the lab.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-SYSTEMD_BOOTED = Path("/run/systemd/system")  # sd_booted(3)
 
 
 def unit_cgroups(unit: str, root: Path = CGROUP_ROOT, proc: Path = Path("/proc")
@@ -82,17 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu", default="last", help="the CPU to spin on (last: the highest)")
     ap.add_argument("--seconds", type=float, required=True, help="spin at most this long")
     ap.add_argument("--priority", type=int, default=1, help="SCHED_FIFO priority")
-    ap.add_argument("--under-systemd", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    if not a.under_systemd and SYSTEMD_BOOTED.is_dir() and shutil.which("systemd-run"):
-        fault_id = a.tag.partition(":")[2] or "x"
-        cmd = ["systemd-run", "--quiet", "--collect", "--wait", "--pipe",
-               f"--unit=meshcore-chaos-runaway-{fault_id}"]
-        if pythonpath := os.environ.get("PYTHONPATH"):
-            cmd.append(f"--setenv=PYTHONPATH={pythonpath}")
-        cmd += ["--", sys.executable, "-m", "meshcore_chaos.node.runaway",
-                *(sys.argv[1:] if argv is None else argv), "--under-systemd"]
-        os.execvp(cmd[0], cmd)
     end = time.monotonic() + a.seconds
     dirs, pids = unit_cgroups(a.unit)
     if not dirs:
