@@ -60,7 +60,10 @@ from meshcore_tools.lab.state import MONITOR, container, load_state
 
 APP = "meshcore-lab-app.service"
 UNIT = ("[Unit]\nDescription=an application stand-in for bench_mapek_runaway\n[Service]\n"
-        "User=meshcore\nExecStart=/bin/sleep infinity\nRuntimeMaxSec=7200\n")
+        "User=meshcore\nExecStart=/bin/sleep infinity\nRuntimeMaxSec=7200\n"
+        # systemd in a podman container on cgroup v1 does not see the cgroup empty when the
+        # busy loop (not the main process) dies: a restart's stop ends at this timeout
+        "TimeoutStopSec=5\n")
 PYTHON = "/opt/mesh-agent/current/bin/python"
 # The action statistics and tuned thresholds dropped (incidents and events stay).
 FORGET = ("import sqlite3; c = sqlite3.connect('/var/lib/mesh-agent/agent.db'); "
