@@ -23,23 +23,29 @@ Slow (the lab): runs under ``make test-full``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from meshcore_testkit.containerlab import exec_in, install_chaos
+from meshcore_testkit.containerlab import (
+    agent_ready,
+    arm_mapek,
+    exec_in,
+    install_chaos,
+    labctl,
+    runaway,
+    start_app_unit,
+    stop_app_unit,
+    with_agent_stopped,
+)
 from meshcore_testkit.containerlab import site_run as lab_site_run
-from meshcore_tools.chaos import faults
-from meshcore_tools.chaos.faults import Fault, Options, Topo
-from meshcore_tools.chaos.nodes import inject, remove, wrapper_nodes
 from meshcore_tools.lab.plan import pick_gateways
-from meshcore_tools.lab.state import MONITOR, container, load_state
+from meshcore_tools.lab.state import MONITOR, load_state
 
 pytestmark = [
     pytest.mark.slow,
@@ -47,7 +53,6 @@ pytestmark = [
 ]
 HOG = "meshcore-lab-app.service"
 STATE_DIR = "/var/lib/mesh-agent"
-PYTHON = "/opt/mesh-agent/current/bin/python"
 # A node that learned restart_unit ends a starved node, and the rule's lengthen_hello not.
 SEED = ("from pathlib import Path; from mesh_agent.mapek.knowledge import Knowledge; "
         "from mesh_agent.mapek.plan import ActionStats; "
@@ -57,12 +62,6 @@ SEED = ("from pathlib import Path; from mesh_agent.mapek.knowledge import Knowle
         "k.stats_changed('starved_node', 'none', ActionStats(40, 0, 4000.0)); k.close()")
 HOLD_S = 150.0
 RT_US = 450_000  # the busy loop's real-time runtime per second; the rest is the agent's
-
-
-def labctl(*args: str) -> None:
-    res = subprocess.run([sys.executable, "-m", "meshcore_tools.lab", *args],
-                         capture_output=True, text=True, check=False)
-    assert res.returncode == 0, res.stderr
 
 
 def site_run(node: str, extravars: dict[str, Any], tmp: Path) -> tuple[int, list[str]]:
@@ -81,62 +80,32 @@ def armed(lab: dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> I
     gateways = set(pick_gateways(state))
     node = next(n for n in sorted(state["nodes"]) if n not in gateways and n != MONITOR)
     tmp = tmp_path_factory.mktemp("restart-unit")
-    unit = ("[Unit]\nDescription=an application for tests/test_lab_restart_unit.py\n"
-            "[Service]\nUser=meshcore\nExecStart=/bin/sleep infinity\nRuntimeMaxSec=900\n"
-            # systemd in a podman container on cgroup v1 does not see the cgroup empty
-            # when the busy loop (not the main process) dies: the stop ends at this timeout
-            "TimeoutStopSec=5\n")
-    started = exec_in(node, "sh", "-c", f"printf %s \"$0\" > /run/systemd/system/{HOG} && "
-                      f"systemctl daemon-reload && systemctl start {HOG}", unit)
-    assert started.returncode == 0, started.stderr
+    start_app_unit(node, HOG, "an application for tests/test_lab_restart_unit.py", 900)
     try:
-        rc, out = site_run(node, {"mesh_agent_mapek_enabled": True,
-                                  "mesh_agent_mapek_mode": "enforce",
-                                  "mesh_agent_mapek_policy": "learned",
-                                  "mesh_agent_mapek_restart_units": [HOG]}, tmp / "arm")
-        assert rc == 0, out
-        exec_in(node, "systemctl", "stop", "mesh-agent.service")
-        seeded = exec_in(node, "setpriv", "--reuid=meshcore", "--regid=meshcore",
-                         "--init-groups", PYTHON, "-c", SEED)
+        arm_mapek(node, "learned", [HOG], tmp / "arm")
+        seeded = with_agent_stopped(node, SEED)
         assert seeded.returncode == 0, seeded.stderr
-        exec_in(node, "systemctl", "start", "mesh-agent.service")
         labctl("realtime", f"{node}={RT_US}")
         install_chaos([node])
         yield node
     finally:
-        subprocess.run([sys.executable, "-m", "meshcore_tools.lab", "realtime"], check=False)
-        exec_in(node, "sh", "-c", f"systemctl stop {HOG}; rm -f /run/systemd/system/{HOG}; "
-                "systemctl daemon-reload")
+        with contextlib.suppress(RuntimeError):  # every grant taken back, at best
+            labctl("realtime")
+        stop_app_unit(node, HOG)
         rc, out = site_run(node, {}, tmp / "disarm")  # the lab's own settings back
         assert rc == 0, out
 
 
 def test_a_starved_node_restarts_the_hogging_unit_under_a_lease(armed: str) -> None:
     node = armed
-    deadline = time.monotonic() + 120  # ready, then the loop arms 15 s after readiness
-    while exec_in(node, "meshctl", "--json", "incidents").returncode != 0:
-        assert time.monotonic() < deadline, "the agent's API did not come back"
-        time.sleep(2)
-    time.sleep(25)
+    agent_ready(node, 120)
+    time.sleep(25)  # the loop arms 15 s after readiness
     before = invocation(node)
-    nodes = wrapper_nodes(lambda n: ["podman", "exec", "-i", container(n)])
-    fault = Fault("runaway_unit", (node,), f"rt{int(time.time())}",
-                  {"unit": HOG, "seconds": HOLD_S + 30})
-    plan = faults.plan(fault, Topo(load_state()), Options(agent_match="mesh-agent run"))
-    t0 = time.monotonic()
-    res = inject(nodes, fault, plan, time.time() + HOLD_S + 60, "test_lab_restart_unit")
-    assert all(r.rc == 0 and r.data.get("ok") for r in res), [r.data for r in res]
-    try:
-        while time.monotonic() - t0 < HOLD_S and exec_in(
-                node, "pgrep", "-f", f"meshcore_chaos:{fault.id}").returncode == 0:
-            time.sleep(1.0)
-        spun = round(time.monotonic() - t0, 1)
-    finally:
-        removed = remove(nodes, fault, plan)
-    assert all(r.data.get("ok") for r in removed), [r.data for r in removed]
-    print(json.dumps({"bench": "lab_restart_unit", "figure": "runaway_s", "value": spun,
-                      "hold_s": HOLD_S}))
-    assert spun < HOLD_S, "the runaway was not ended by the unit's restart"
+    spun = runaway(node, HOG, HOLD_S, f"rt{int(time.time())}", "test_lab_restart_unit")
+    assert "error" not in spun and "remove_errors" not in spun, spun
+    print(json.dumps({"bench": "lab_restart_unit", "figure": "runaway_s",
+                      "value": spun["runaway_s"], "hold_s": HOLD_S}))
+    assert spun["ended_by"] == "restart", "the runaway was not ended by the unit's restart"
     incidents = json.loads(exec_in(node, "meshctl", "--json", "incidents").stdout)["incidents"]
     starved = [i for i in incidents if i["class"] == "starved_node"]
     assert starved, incidents

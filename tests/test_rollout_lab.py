@@ -36,6 +36,7 @@ from meshcore_testkit.containerlab import (
     lab_up,
     on_node,
 )
+from meshcore_testkit.containerlab import chaos_nodes as lab_chaos_nodes
 from meshcore_testkit.releases import (
     _EDITS,
     BROKEN_READINESS,
@@ -50,7 +51,7 @@ from meshcore_testkit.releases import (
 from meshcore_tools import ROOT, rollout
 from meshcore_tools.chaos import faults
 from meshcore_tools.chaos import nodes as chaos_nodes
-from meshcore_tools.lab.state import INVENTORY, container, load_state
+from meshcore_tools.lab.state import INVENTORY, load_state
 from meshcore_tools.release import sign as signing
 
 HASHED = ("/opt/mesh-agent", "/etc/mesh-agent", "/etc/systemd/system/mesh-agent.service",
@@ -205,7 +206,7 @@ def isolated_canary_reverts(node: str, first: str, good: str) -> dict[str, Any]:
     topo = faults.Topo(state)
     fault = faults.Fault("partition", (node,), "isolate-canary")
     plan = faults.plan(fault, topo)
-    chaos = chaos_nodes.wrapper_nodes(lambda n: ["podman", "exec", "-i", container(n)])
+    chaos = lab_chaos_nodes()
     install_chaos(plan)  # the node side of the chaos tools and its reaper timer
     t0 = time.monotonic()
     switched = json.loads(on_node(node, f"meshctl --json release use {first}"))

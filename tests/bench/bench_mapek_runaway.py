@@ -41,35 +41,38 @@ real-time grants zeroed, the two nodes re-converged with the lab's settings.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from meshcore_testkit.containerlab import exec_in, install_chaos, site_run
-from meshcore_tools.chaos import faults, probes
-from meshcore_tools.chaos.faults import Fault, Options, Topo
-from meshcore_tools.chaos.nodes import inject, remove, wrapper_nodes
+from meshcore_testkit.containerlab import (
+    agent_ready,
+    arm_mapek,
+    chaos_nodes,
+    exec_in,
+    install_chaos,
+    labctl,
+    runaway,
+    site_run,
+    start_app_unit,
+    stop_app_unit,
+    with_agent_stopped,
+)
+from meshcore_tools.chaos import probes
 from meshcore_tools.lab.plan import pick_gateways
-from meshcore_tools.lab.state import MONITOR, container, load_state
+from meshcore_tools.lab.state import MONITOR, load_state
 
 APP = "meshcore-lab-app.service"
-UNIT = ("[Unit]\nDescription=an application stand-in for bench_mapek_runaway\n[Service]\n"
-        "User=meshcore\nExecStart=/bin/sleep infinity\nRuntimeMaxSec=7200\n"
-        # systemd in a podman container on cgroup v1 does not see the cgroup empty when the
-        # busy loop (not the main process) dies: a restart's stop ends at this timeout
-        "TimeoutStopSec=5\n")
-PYTHON = "/opt/mesh-agent/current/bin/python"
 # The action statistics and tuned thresholds dropped (incidents and events stay).
 FORGET = ("import sqlite3; c = sqlite3.connect('/var/lib/mesh-agent/agent.db'); "
           "c.execute('DELETE FROM action_stats'); c.execute('DELETE FROM thresholds'); "
           "c.commit(); c.close()")
-OPTS = Options(agent_match="mesh-agent run")
 POLICIES = ("fixed", "learned")
 
 
@@ -87,14 +90,6 @@ def quantile(values: list[float], q: float) -> float | None:
     return round(probes.quantile(values, q), 1) if values else None
 
 
-def labctl(*args: str) -> str:
-    res = subprocess.run([sys.executable, "-m", "meshcore_tools.lab", *args],
-                         capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise SystemExit(f"labctl {' '.join(args)}: {res.stderr.strip() or res.stdout.strip()}")
-    return res.stdout
-
-
 def incidents(node: str) -> list[dict[str, Any]]:
     res = exec_in(node, "meshctl", "--json", "incidents", "--limit", "500")
     if res.returncode != 0:
@@ -102,59 +97,19 @@ def incidents(node: str) -> list[dict[str, Any]]:
     return list(json.loads(res.stdout)["incidents"])
 
 
-def spinning(node: str, fault_id: str) -> bool:
-    return exec_in(node, "pgrep", "-f", f"meshcore_chaos:{fault_id}").returncode == 0
-
-
 def arm(node: str, policy: str, tmp: Path, keep_knowledge: bool) -> None:
-    rc, events = site_run({"mesh_agent_mapek_enabled": True, "mesh_agent_mapek_mode": "enforce",
-                           "mesh_agent_mapek_policy": policy,
-                           "mesh_agent_mapek_restart_units": [APP]},
-                          tmp / f"arm-{node}", limit=f"{node},localhost")
-    if rc != 0:
-        raise SystemExit(f"arming {node}: site.yml rc {rc}: "
-                         f"{[str(e.get('stdout', '')) for e in events][-10:]}")
+    arm_mapek(node, policy, [APP], tmp / f"arm-{node}")
     if not keep_knowledge:  # what this node learned before (an earlier run) forgotten
-        exec_in(node, "systemctl", "stop", "mesh-agent.service")
-        forgot = exec_in(node, "setpriv", "--reuid=meshcore", "--regid=meshcore",
-                         "--init-groups", PYTHON, "-c", FORGET)
-        exec_in(node, "systemctl", "start", "mesh-agent.service")
+        forgot = with_agent_stopped(node, FORGET)
         if forgot.returncode != 0:
             raise SystemExit(f"{node}: forgetting the action statistics: {forgot.stderr}")
 
 
-def ready(node: str, timeout: float = 120) -> None:
-    end = time.monotonic() + timeout
-    while exec_in(node, "meshctl", "--json", "incidents").returncode != 0:
-        if time.monotonic() > end:
-            raise SystemExit(f"{node}: the agent's API did not come back")
-        time.sleep(2)
-
-
-def one_fault(nodes: Any, topo: Topo, node: str, cpu: int, rnd: int, hold: float,
-              out: dict[str, Any]) -> None:
-    """Inject on *node*, watch for the busy loop's end (the unit restarted) until *hold*,
-    then remove. Fills *out* (injected_wall, runaway_s, ended_by, error)."""
-    fault = Fault("runaway_unit", (node,), f"rw{rnd}{node}{int(time.time()) % 100000}",
-                  {"unit": APP, "cpu": cpu, "seconds": hold + 30})
-    plan = faults.plan(fault, topo, OPTS)
-    t0 = time.time()
-    res = inject(nodes, fault, plan, t0 + hold + 60, "bench_mapek_runaway")
-    out["injected_wall"] = t0
-    if not all(r.rc == 0 and r.data.get("ok") for r in res):
-        out["error"] = [r.data for r in res]
-        return
-    try:
-        while time.time() - t0 < hold:
-            if not spinning(node, fault.id):
-                out["runaway_s"], out["ended_by"] = round(time.time() - t0, 1), "restart"
-                return
-            time.sleep(1.0)
-        out["runaway_s"], out["ended_by"] = round(time.time() - t0, 1), "removal"
-    finally:
-        removed = remove(nodes, fault, plan)
-        if not all(r.data.get("ok") for r in removed):
-            out["remove_errors"] = [r.data for r in removed]
+def one_fault(node: str, cpu: int, rnd: int, hold: float, out: dict[str, Any]) -> None:
+    """The fault on *node* for one round (a thread's target): *out* filled with
+    :func:`runaway`'s answer."""
+    out.update(runaway(node, APP, hold, f"rw{rnd}{node}{int(time.time()) % 100000}",
+                       "bench_mapek_runaway", cpu=cpu, nodes=chaos_nodes()))
 
 
 def round_line(rnd: int, policy: str, node: str, res: dict[str, Any],
@@ -281,32 +236,26 @@ def main() -> int:
         return 0
     by_policy = dict(zip(POLICIES, victims, strict=True))
     cpus = {"fixed": 0, "learned": (os.cpu_count() or 2) - 1}
-    topo = Topo(state)
-    nodes = wrapper_nodes(lambda n: ["podman", "exec", "-i", container(n)])
     args.work.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     windows: list[tuple[float, float]] = []
     started = time.time()
     try:
         for node in victims:
-            started_unit = exec_in(node, "sh", "-c", f"printf %s \"$0\" > /run/systemd/system/"
-                                   f"{APP} && systemctl daemon-reload && systemctl restart {APP}",
-                                   UNIT)
-            if started_unit.returncode != 0:
-                raise SystemExit(f"{node}: {started_unit.stderr}")
+            start_app_unit(node, APP, "an application stand-in for bench_mapek_runaway", 7200)
         log(f"arming {by_policy} (site.yml --limit, enforce, restart_units [{APP}])")
         for policy, node in by_policy.items():
             arm(node, policy, args.work, args.keep_knowledge)
         labctl("realtime", *(f"{n}={args.rt_us}" for n in victims))
         install_chaos(victims)  # the node side of the chaos tools, as make chaos does
         for node in victims:
-            ready(node)
+            agent_ready(node)
         time.sleep(30)  # the loop arms 15 s after the agent is ready; a quiet baseline
         started = time.time()
         for rnd in range(1, args.rounds + 1):
             results: dict[str, dict[str, Any]] = {p: {} for p in POLICIES}
             threads = [threading.Thread(target=one_fault, args=(
-                nodes, topo, by_policy[p], cpus[p], rnd, args.hold, results[p]))
+                by_policy[p], cpus[p], rnd, args.hold, results[p]))
                 for p in POLICIES]
             for t in threads:
                 t.start()
@@ -334,11 +283,10 @@ def main() -> int:
             plot(rows, args.hold, args.plot)
     finally:
         log("putting the lab back")
-        subprocess.run([sys.executable, "-m", "meshcore_tools.lab", "realtime"],
-                       capture_output=True, check=False)
+        with contextlib.suppress(RuntimeError):
+            labctl("realtime")
         for node in victims:
-            exec_in(node, "sh", "-c", f"systemctl stop {APP}; rm -f /run/systemd/system/{APP}; "
-                    "systemctl daemon-reload")
+            stop_app_unit(node, APP)
             rc, _ = site_run({}, args.work / f"disarm-{node}", limit=f"{node},localhost")
             if rc != 0:
                 log(f"{node}: re-converging with the lab's settings failed (rc {rc})")
@@ -346,4 +294,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except RuntimeError as exc:  # the lab refused a step (labctl, site.yml, a unit)
+        raise SystemExit(f"bench_mapek_runaway: {exc}") from None

@@ -11,12 +11,20 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from meshcore_tools import ROOT
+from meshcore_tools.chaos import faults
+from meshcore_tools.chaos.faults import Fault, Options, Topo
+from meshcore_tools.chaos.nodes import Nodes, inject, remove, wrapper_nodes
 from meshcore_tools.lab.state import container, load_state
+
+# The agent as the chaos faults find it on a lab node (systemd's mesh-agent.service).
+LAB_AGENT = Options(agent_match="mesh-agent run")
+AGENT_PYTHON = "/opt/mesh-agent/current/bin/python"
 
 # meshcore-rollout's extra variables for a 4-node lab: a canary, then the rest; a short
 # soak and readiness wait.
@@ -52,6 +60,103 @@ def install_chaos(nodes: Iterable[str]) -> None:
     if res.returncode != 0:
         raise RuntimeError("installing the chaos node side: "
                            + res.stdout[-3000:] + res.stderr[-2000:])
+
+
+def chaos_nodes() -> Nodes:
+    """The lab nodes' chaos CLI (the chaos_reaper role's wrapper, through podman exec)."""
+    return wrapper_nodes(lambda n: ["podman", "exec", "-i", container(n)])
+
+
+def labctl(*args: str) -> str:
+    """``labctl ARGS`` from this venv; its stdout (a failure raises with what it said)."""
+    res = subprocess.run([sys.executable, "-m", "meshcore_tools.lab", *args],
+                         capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"labctl {' '.join(args)}: "
+                           f"{res.stderr.strip() or res.stdout.strip()}")
+    return res.stdout
+
+
+def start_app_unit(node: str, unit: str, description: str, runtime_max_s: int) -> None:
+    """An application stand-in on *node*: a runtime unit running ``sleep`` as the agent's
+    user (on cgroup v1 the agent reads a unit's CPU from the processes it can see),
+    (re)started; bounded by ``RuntimeMaxSec=``. systemd in a podman container on cgroup
+    v1 does not see the cgroup empty when a process that is not the main one (the
+    runaway_unit fault's busy loop) dies, so a restart's stop ends at ``TimeoutStopSec``."""
+    text = (f"[Unit]\nDescription={description}\n[Service]\nUser=meshcore\n"
+            f"ExecStart=/bin/sleep infinity\nRuntimeMaxSec={runtime_max_s}\n"
+            "TimeoutStopSec=5\n")
+    res = exec_in(node, "sh", "-c", f"printf %s \"$0\" > /run/systemd/system/{unit} && "
+                  f"systemctl daemon-reload && systemctl restart {unit}", text)
+    if res.returncode != 0:
+        raise RuntimeError(f"{node}: starting {unit}: {res.stderr}")
+
+
+def stop_app_unit(node: str, unit: str) -> None:
+    exec_in(node, "sh", "-c", f"systemctl stop {unit}; rm -f /run/systemd/system/{unit}; "
+            "systemctl daemon-reload")
+
+
+def arm_mapek(node: str, policy: str, restart_units: list[str], tmp: Path) -> None:
+    """site.yml ``--limit`` *node*: the loop enforcing with *policy* and *restart_units*
+    allowlisted, as an operator would (a failure raises with site.yml's last output)."""
+    rc, events = site_run({"mesh_agent_mapek_enabled": True, "mesh_agent_mapek_mode": "enforce",
+                           "mesh_agent_mapek_policy": policy,
+                           "mesh_agent_mapek_restart_units": restart_units},
+                          tmp, limit=f"{node},localhost")
+    if rc != 0:
+        raise RuntimeError(f"arming {node}: site.yml rc {rc}: "
+                           f"{[str(e.get('stdout', '')) for e in events][-30:]}")
+
+
+def with_agent_stopped(node: str, code: str) -> subprocess.CompletedProcess[str]:
+    """*code* run by the agent's Python as its user (its Knowledge, say), the agent stopped
+    meanwhile and started again; the caller reads the return code."""
+    exec_in(node, "systemctl", "stop", "mesh-agent.service")
+    try:
+        return exec_in(node, "setpriv", "--reuid=meshcore", "--regid=meshcore",
+                       "--init-groups", AGENT_PYTHON, "-c", code)
+    finally:
+        exec_in(node, "systemctl", "start", "mesh-agent.service")
+
+
+def agent_ready(node: str, timeout: float = 120) -> None:
+    """Until *node*'s agent answers its API again (``meshctl incidents``), else raise."""
+    end = time.monotonic() + timeout
+    while exec_in(node, "meshctl", "--json", "incidents").returncode != 0:
+        if time.monotonic() > end:
+            raise RuntimeError(f"{node}: the agent's API did not come back")
+        time.sleep(2)
+
+
+def runaway(node: str, unit: str, hold_s: float, fault_id: str, experiment: str,
+            cpu: int | str = "last", nodes: Nodes | None = None) -> dict[str, Any]:
+    """The chaos ``runaway_unit`` fault on *node*'s *unit*, watched once a second until the
+    busy loop ends (the unit restarted) or *hold_s* passes, then removed. Returns
+    ``injected_wall``, ``runaway_s`` and ``ended_by`` (restart | removal), or ``error``
+    (the injection refused); ``remove_errors`` if the removal said so."""
+    nodes = nodes or chaos_nodes()
+    fault = Fault("runaway_unit", (node,), fault_id,
+                  {"unit": unit, "cpu": cpu, "seconds": hold_s + 30})
+    plan = faults.plan(fault, Topo(load_state()), LAB_AGENT)
+    t0 = time.time()
+    res = inject(nodes, fault, plan, t0 + hold_s + 60, experiment)
+    out: dict[str, Any] = {"injected_wall": t0}
+    if not all(r.rc == 0 and r.data.get("ok") for r in res):
+        out["error"] = [r.data for r in res]
+        return out
+    try:
+        while time.time() - t0 < hold_s:
+            if exec_in(node, "pgrep", "-f", f"meshcore_chaos:{fault.id}").returncode != 0:
+                out["runaway_s"], out["ended_by"] = round(time.time() - t0, 1), "restart"
+                return out
+            time.sleep(1.0)
+        out["runaway_s"], out["ended_by"] = round(time.time() - t0, 1), "removal"
+        return out
+    finally:
+        removed = remove(nodes, fault, plan)
+        if not all(r.data.get("ok") for r in removed):
+            out["remove_errors"] = [r.data for r in removed]
 
 
 def running_lab_state() -> dict[str, Any]:
