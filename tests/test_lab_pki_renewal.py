@@ -1,0 +1,135 @@
+"""lab_pki renews certificates before they run out, with a real ansible-playbook run.
+
+``community.crypto.x509_certificate`` keeps an existing certificate whatever its dates
+(``ignore_timestamps`` defaults to true), so until session 48 a node's certificate was
+never re-issued by ``site.yml``: 30 days after provisioning every node's certificate had
+expired and, with the clock trusted, the agents refused each other's adverts. These
+runs touch no host: the controller side (``tasks_from: issue``) and the ``server_cert``
+entry point into a temporary directory on this machine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAYBOOK = ROOT / ".venv" / "bin" / "ansible-playbook"
+
+PLAY = """\
+- name: lab_pki renewal
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  vars:
+    ansible_python_interpreter: "{{{{ ansible_playbook_python }}}}"
+  tasks:
+    - name: The role's {entry} entry point
+      ansible.builtin.include_role:
+        name: lab_pki
+        tasks_from: {entry}
+      vars:
+        lab_pki_dir: {pki}
+        lab_pki_node_name: n1
+        lab_pki_node_address: 10.77.0.1
+        lab_pki_server_name: etcd
+        lab_pki_server_sans: ["DNS:n1", "IP:10.77.0.1"]
+        lab_pki_server_dest_dir: {dest}
+        lab_pki_server_group: root
+"""
+
+
+def run(tmp_path: Path, entry: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    if not PLAYBOOK.exists():
+        pytest.skip(f"needs {PLAYBOOK.relative_to(ROOT)} (make setup)")
+    play = tmp_path / f"{entry}.yml"
+    play.write_text(PLAY.format(entry=entry, pki=tmp_path / "pki", dest=tmp_path / "dest"))
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_FORCE_COLOR": "0"}
+    return subprocess.run([str(PLAYBOOK), "-i", "localhost,", str(play), *extra], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def changed(proc: subprocess.CompletedProcess[str]) -> int:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    m = re.search(r"localhost\s*:\s*ok=\d+\s+changed=(\d+)", proc.stdout)
+    assert m, proc.stdout[-2000:]
+    return int(m.group(1))
+
+
+def load(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def forge(pki: Path, path: Path, left: dt.timedelta) -> None:
+    """Re-sign the certificate at *path* (same key, same extensions) so that it runs out
+    *left* from now (negative: already expired): what the file looks like that many days
+    before (or after) its end."""
+    ca = load(pki / "ca" / "ca.crt")
+    ca_key = serialization.load_pem_private_key((pki / "ca" / "ca.key").read_bytes(), None)
+    assert not isinstance(ca_key, (bytes, type(None)))
+    old = load(path)
+    now = dt.datetime.now(dt.UTC)
+    builder = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(ca.subject)
+               .public_key(old.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now + left - dt.timedelta(days=30))
+               .not_valid_after(now + left))
+    for ext in old.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    cert = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def sans(cert: x509.Certificate) -> list[str]:
+    ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return sorted(str(name.value) for name in ext)
+
+
+def days_left(cert: x509.Certificate) -> float:
+    return (cert.not_valid_after_utc - dt.datetime.now(dt.UTC)).total_seconds() / 86400
+
+
+@pytest.mark.parametrize("entry", ["issue", "server_cert"])
+def test_a_certificate_near_or_past_its_end_is_renewed_and_only_then(
+        tmp_path: Path, entry: str) -> None:
+    pki = tmp_path / "pki"
+    crt = pki / ("nodes/n1.crt" if entry == "issue" else "services/etcd-n1.crt")
+    assert changed(run(tmp_path, entry)) > 0
+    first = load(crt)
+    assert 29.9 < days_left(first) <= 30.0
+    # A second run on a fresh certificate changes nothing (idempotent).
+    assert changed(run(tmp_path, entry)) == 0 and load(crt) == first
+    for left, why in ((dt.timedelta(days=5), "5 days left"),
+                      (dt.timedelta(days=-3), "expired 3 days ago")):
+        forge(pki, crt, left)
+        proc = run(tmp_path, entry)
+        assert changed(proc) > 0, why
+        renewed = load(crt)
+        assert 29.9 < days_left(renewed) <= 30.0, why
+        # Same key, same names: the agent swaps it in; only the dates and serial moved.
+        assert renewed.public_key() == first.public_key(), why
+        assert sans(renewed) == sans(first), why
+        assert changed(run(tmp_path, entry)) == 0, why
+    # 11 days left with the default 10-day window: not due yet, kept (server_cert only
+    # copies the changed file to the node, as it would any other change).
+    forge(pki, crt, dt.timedelta(days=11))
+    kept = load(crt)
+    n = changed(run(tmp_path, entry))
+    assert load(crt) == kept
+    if entry == "server_cert":
+        assert n == 1 and load(tmp_path / "dest" / "etcd.crt") == kept
+    else:
+        assert n == 0
+
+def test_a_renewal_window_as_long_as_the_validity_is_refused(tmp_path: Path) -> None:
+    proc = run(tmp_path, "issue", "-e", "lab_pki_renew_days=30")
+    assert proc.returncode != 0
+    assert "lab_pki_renew_days (30) must be shorter than lab_pki_cert_days (30)" in proc.stdout
+    assert not (tmp_path / "pki" / "nodes" / "n1.crt").exists()
