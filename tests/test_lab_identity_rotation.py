@@ -12,6 +12,8 @@ bad_signature, unsigned), and the node stays reachable.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import re
 import shutil
@@ -22,7 +24,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from meshcore_testkit.containerlab import exec_in, running_lab_state
+from cryptography import x509
+from meshcore_testkit.containerlab import (
+    agent_ready,
+    exec_in,
+    on_node,
+    running_lab_state,
+    site_run,
+)
+from meshcore_testkit.pki import redate
+from meshcore_tools.lab.state import container
 
 ROOT = Path(__file__).resolve().parents[1]
 PKI = ROOT / "build" / "pki"
@@ -103,3 +114,62 @@ def test_reissued_certificate_is_picked_up_and_adverts_keep_verifying(lab_state:
     assert value(after[far], "meshcore_adverts_accepted_total") > value(
         before[far], "meshcore_adverts_accepted_total")
     assert exec_in(node, "ping", "-c", "2", "-W", "1", far_address).returncode == 0
+
+
+def incidents(node: str) -> list[dict]:
+    out = exec_in(node, "meshctl", "--json", "incidents", "--limit", "500")
+    assert out.returncode == 0, f"{node}: meshctl incidents: {out.stderr}"
+    return [i for i in json.loads(out.stdout)["incidents"] if i["class"] == "stale_identity"]
+
+
+def wait_for(what: str, check, timeout: float = 90.0):  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while not (got := check()):
+        assert time.monotonic() < end, f"not within {timeout:.0f} s: {what}"
+        time.sleep(2)
+    return got
+
+
+def test_a_certificate_near_its_end_raises_stale_identity_until_site_yml_renews_it(
+        lab_state: dict, tmp_path: Path) -> None:
+    """The operator's path when site.yml has not run for a while: the certificate of one
+    node is 25 days into its 30 (the controller copy re-dated, same key, and put on the
+    node as a renewal would); its agent swaps to it and its loop (observe) raises a
+    stale_identity incident, with nothing to do for a file identity; site.yml for that
+    node re-issues it (lab_pki's renewal window) and the incident recovers."""
+    node = sorted(lab_state["nodes"])[1]
+    crt = PKI / "nodes" / f"{node}.crt"
+    arm = {"mesh_agent_mapek_enabled": True}
+    rc, _ = site_run(arm, tmp_path / "arm", limit=f"{node},localhost")
+    assert rc == 0, "arming the loop through site.yml failed"
+    try:
+        agent_ready(node)
+        ident = json.loads(exec_in(node, "meshctl", "--json", "identity").stdout)
+        assert ident["validity_checked"], "the lab node's clock is not trusted: no age is read"
+        key = x509.load_pem_x509_certificate(crt.read_bytes()).public_key()
+        redate(PKI / "ca", crt, dt.timedelta(days=5))  # 25 of 30 days gone: 0.83
+        before = rejected(metrics(node))
+        copied = subprocess.run(["podman", "cp", str(crt), f"{container(node)}:"
+                                 "/etc/mesh-agent/pki/node.crt.new"], check=False,
+                                capture_output=True, text=True)
+        assert copied.returncode == 0, copied.stderr
+        on_node(node, "cd /etc/mesh-agent/pki && chown root:meshcore node.crt.new && "
+                "chmod 0644 node.crt.new && mv -f node.crt.new node.crt")
+        [inc] = wait_for("a stale_identity incident", lambda: incidents(node))
+        assert inc["state"] == "open" and inc["target"] == "self:"
+        assert 0.8 < inc["signal"]["value"] < 0.9 and inc["action"]["kind"] == "none"
+
+        rc, _ = site_run(arm, tmp_path / "renew", limit=f"{node},localhost")
+        assert rc == 0, "site.yml failed"
+        renewed = x509.load_pem_x509_certificate(
+            exec_in(node, "cat", "/etc/mesh-agent/pki/node.crt").stdout.encode())
+        left = renewed.not_valid_after_utc - dt.datetime.now(dt.UTC)
+        assert dt.timedelta(days=29.9) < left <= dt.timedelta(days=30)
+        assert renewed.public_key() == key  # renewed, same key: the agent swaps it in
+        [inc] = wait_for("the incident's recovery", lambda: [
+            i for i in incidents(node) if i["state"] == "recovered"])
+        assert inc["mttr_seconds"] > 0
+        # nothing refused for the certificate anywhere along the way
+        assert rejected(metrics(node)) == before
+    finally:
+        site_run({}, tmp_path / "disarm", limit=f"{node},localhost")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from meshcore_testkit.pki import redate
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAYBOOK = ROOT / ".venv" / "bin" / "ansible-playbook"
@@ -68,25 +68,6 @@ def load(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
 
 
-def forge(pki: Path, path: Path, left: dt.timedelta) -> None:
-    """Re-sign the certificate at *path* (same key, same extensions) so that it runs out
-    *left* from now (negative: already expired): what the file looks like that many days
-    before (or after) its end."""
-    ca = load(pki / "ca" / "ca.crt")
-    ca_key = serialization.load_pem_private_key((pki / "ca" / "ca.key").read_bytes(), None)
-    assert not isinstance(ca_key, (bytes, type(None)))
-    old = load(path)
-    now = dt.datetime.now(dt.UTC)
-    builder = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(ca.subject)
-               .public_key(old.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now + left - dt.timedelta(days=30))
-               .not_valid_after(now + left))
-    for ext in old.extensions:
-        builder = builder.add_extension(ext.value, ext.critical)
-    cert = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
 def sans(cert: x509.Certificate) -> list[str]:
     ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     return sorted(str(name.value) for name in ext)
@@ -108,7 +89,7 @@ def test_a_certificate_near_or_past_its_end_is_renewed_and_only_then(
     assert changed(run(tmp_path, entry)) == 0 and load(crt) == first
     for left, why in ((dt.timedelta(days=5), "5 days left"),
                       (dt.timedelta(days=-3), "expired 3 days ago")):
-        forge(pki, crt, left)
+        redate(pki / "ca", crt, left)
         proc = run(tmp_path, entry)
         assert changed(proc) > 0, why
         renewed = load(crt)
@@ -119,7 +100,7 @@ def test_a_certificate_near_or_past_its_end_is_renewed_and_only_then(
         assert changed(run(tmp_path, entry)) == 0, why
     # 11 days left with the default 10-day window: not due yet, kept (server_cert only
     # copies the changed file to the node, as it would any other change).
-    forge(pki, crt, dt.timedelta(days=11))
+    redate(pki / "ca", crt, dt.timedelta(days=11))
     kept = load(crt)
     n = changed(run(tmp_path, entry))
     assert load(crt) == kept

@@ -116,3 +116,25 @@ class PairKeysForTests:
             return []
         a, b = sorted((self.me, name))
         return [hashlib.sha256(f"{a}|{b}".encode()).digest()]
+
+
+def redate(ca_dir: Path, path: Path, left: dt.timedelta,
+           span: dt.timedelta = dt.timedelta(days=30)) -> x509.Certificate:
+    """Re-sign the certificate at *path* with the CA in *ca_dir* (``ca.crt``, ``ca.key``:
+    a lab_pki CA) keeping its key, names and extensions, so that it ends *left* from now
+    (negative: already ended) after a validity of *span*: the file as it is that long
+    before (or after) its end. Returns the new certificate (also written to *path*)."""
+    ca = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{ca_dir / 'ca.key'}: not an EC key")
+    old = x509.load_pem_x509_certificate(path.read_bytes())
+    end = dt.datetime.now(dt.UTC) + left
+    builder = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(ca.subject)
+               .public_key(old.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(end - span).not_valid_after(end))
+    for ext in old.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert

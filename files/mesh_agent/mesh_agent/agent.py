@@ -105,6 +105,8 @@ class Agent:
         self._watcher = self.view.watcher = watcher
         watcher.events = self.events
         watcher.on_rotate = lambda: self._originate(flood=True)
+        if self.mapek is not None:
+            self.mapek.follow_identity(watcher)
 
     # -- lifecycle --------------------------------------------------------
     async def run(self, serve_api: bool = True) -> None:

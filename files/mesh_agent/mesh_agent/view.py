@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes
 import mesh_agent
 from mesh_agent.config import AgentConfig
 from mesh_agent.counters import Histogram
-from mesh_agent.identity import Identity, spiffe_id
+from mesh_agent.identity import Identity, life_used, spiffe_id
 from mesh_agent.identity.clock import ClockTrust
 from mesh_agent.identity.hellokeys import HelloKeys
 from mesh_agent.identity.watch import IdentityWatcher
@@ -258,8 +258,9 @@ class AgentView:
         }
 
     # -- the self-healing loop --------------------------------------------
-    def observation(self, cpu_seconds: float) -> Observation:
-        """What the loop's Monitor reads (:mod:`mesh_agent.mapek.monitor`), now."""
+    def observation(self, cpu_seconds: float, wall: float | None = None) -> Observation:
+        """What the loop's Monitor reads (:mod:`mesh_agent.mapek.monitor`), now; *wall*:
+        the time of day, for our certificate's age (read only once the clock is trusted)."""
         rejected = self.topology.lsdb.rejected
         return Observation(
             at=self.clock(),
@@ -280,6 +281,8 @@ class AgentView:
             isolated_cut=self.isolated_cut(),
             routes_via=tuple(sorted(self.routes_via().items())),
             routes_left=tuple(sorted(self.routes.via_left.items())),
+            identity_age=(life_used(self.identity.cert, wall)
+                          if wall is not None and self.identity.check_validity else None),
         )
 
     def rejected_by_neighbor(self) -> dict[str, int]:

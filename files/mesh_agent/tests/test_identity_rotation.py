@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from meshcore_testkit.pki import CA, TRUST_DOMAIN
+from meshcore_testkit.workload_api import StandInClient
 from spiffe import SpiffeId, TrustDomain, X509Bundle, X509BundleSet, X509Svid
-from spiffe.workloadapi.workload_api_client import StreamCancelHandler
 from spiffe.workloadapi.x509_context import X509Context
 
 from mesh_agent.config import IdentityConfig
@@ -210,27 +209,6 @@ def test_selection_prefers_files_without_a_socket(ca: CA, tmp_path: Path) -> Non
 
 
 # -- Workload API -----------------------------------------------------------------
-class StandInClient:
-    """Replaces spiffe.WorkloadApiClient: pushes X509Contexts from a thread, as gRPC does."""
-
-    def __init__(self, first: X509Context) -> None:
-        self.first = first
-        self.on_success: Any = None
-
-    def stream_x509_contexts(self, on_success: Any, on_error: Any) -> StreamCancelHandler:
-        self.on_success = on_success
-        threading.Thread(target=on_success, args=(self.first,), daemon=True).start()
-        return StreamCancelHandler()
-
-    def push(self, ctx: X509Context) -> None:
-        t = threading.Thread(target=self.on_success, args=(ctx,), daemon=True)
-        t.start()
-        t.join()
-
-    def close(self) -> None:
-        pass
-
-
 def context(ca: CA, *names: str) -> tuple[X509Context, list[ec.EllipticCurvePrivateKey]]:
     svids, keys = [], []
     for name in names:
@@ -302,3 +280,94 @@ def test_workload_api_push_rotates_the_running_identity(ca: CA) -> None:
     peer = ca.identity("n2", addr("n2"))
     raw, _ = LinkStateDB(ident, "10.77.0.1", 30.0).originate({}, 5.0)
     assert LinkStateDB(peer, "10.77.0.2", 30.0).receive(raw, 5.0).accepted
+
+
+# -- asking the Workload API again (MAPE-K rerequest_identity) ----------------------
+def watched(ca: CA, client: StandInClient) -> tuple[WorkloadApiSource, IdentityWatcher]:
+    source = WorkloadApiSource("unused", "n1", TRUST_DOMAIN, timeout_s=5, client=client)
+    m = source.load()
+    ident = Identity("n1", TRUST_DOMAIN, m.key, m.cert, m.bundle[0], m.bundle)
+    return source, IdentityWatcher(source, ident, events=EventLog.disabled())
+
+
+def test_rerequest_gets_what_a_stopped_stream_missed_and_keeps_following(ca: CA) -> None:
+    first, _ = context(ca, "n1")
+    client = StandInClient(first)
+    source, watcher = watched(ca, client)
+    missed, _ = context(ca, "n1")
+    later, _ = context(ca, "n1")
+
+    async def scenario() -> tuple[str, str, dict[str, Any]]:
+        task = asyncio.create_task(watcher.run())
+        await asyncio.sleep(0.05)
+        client.stall(missed)  # rotated, but the open stream never says so
+        await asyncio.sleep(0.1)
+        assert watcher.rotations == 0
+        answer = await watcher.rerequest()
+        await asyncio.to_thread(client.push, later)  # the new stream carries what comes next
+        for _ in range(200):
+            if watcher.rotations == 2:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        return answer
+
+    try:
+        result, why, detail = asyncio.run(scenario())
+    finally:
+        source.close()
+    assert result == "done" and client.streams == 2
+    assert detail["serial"] == f"{missed.default_svid.leaf.serial_number:x}" in why
+    assert watcher.rotations == 2 and watcher.identity.cert == later.default_svid.leaf
+
+
+def test_rerequest_reopens_a_source_an_unretryable_error_closed(ca: CA) -> None:
+    first, _ = context(ca, "n1")
+    client = StandInClient(first)
+    source, watcher = watched(ca, client)
+    client.fail(RuntimeError("stream reset"))
+    with pytest.raises(Exception, match="stream reset"):
+        source.load()
+    assert not watcher.check() and watcher.identity.cert == first.default_svid.leaf
+    fresh, _ = context(ca, "n1")
+    client.stall(fresh)
+    try:
+        result, _, _ = asyncio.run(watcher.rerequest())
+        assert result == "done" and watcher.identity.cert == fresh.default_svid.leaf
+        assert source.load().cert == fresh.default_svid.leaf  # the new stream is the one read
+    finally:
+        source.close()
+
+
+def test_rerequest_says_when_nothing_new_came_or_asking_failed(ca: CA) -> None:
+    first, _ = context(ca, "n1")
+    client = StandInClient(first)
+    source, watcher = watched(ca, client)
+    try:
+        result, why, detail = asyncio.run(watcher.rerequest())
+        assert result == "noop" and "the certificate we have" in why
+        assert detail["serial"] == f"{first.default_svid.leaf.serial_number:x}"
+        client.refuse = RuntimeError("no SPIRE agent")
+        result, why, _ = asyncio.run(watcher.rerequest())
+        assert result == "failed" and "no SPIRE agent" in why
+        # the old stream is kept: still readable, the identity unchanged
+        assert source.load().cert == first.default_svid.leaf
+        assert watcher.identity.cert == first.default_svid.leaf and watcher.rotations == 0
+        client.refuse = None
+        # an SVID our bundle does not vouch for (issued by another CA)
+        alien, _ = context(CA.create("another CA"), "n1")
+        client.stall(X509Context(alien.x509_svids, first.x509_bundle_set))
+        result, why, _ = asyncio.run(watcher.rerequest())
+        assert result == "failed" and "old identity kept" in why
+        assert watcher.identity.cert == first.default_svid.leaf
+    finally:
+        source.close()
+
+
+def test_files_cannot_be_asked_again(ca: CA, tmp_path: Path) -> None:
+    paths = ca.write(tmp_path, "n1", addr("n1"))
+    watcher = IdentityWatcher(FileSource(IdentityConfig(**{k: Path(v) for k, v in paths.items()})),
+                              identity_from(paths, "n1"))
+    assert not watcher.can_rerequest
+    result, why, _ = asyncio.run(watcher.rerequest())
+    assert result == "refused" and "files" in why and "site.yml" in why

@@ -33,7 +33,7 @@ from mesh_agent.mapek import (
     Thresholds,
     make_policy,
 )
-from mesh_agent.mapek.analyze import ThresholdDetector
+from mesh_agent.mapek.analyze import CLASS_OF, ThresholdDetector
 from mesh_agent.mapek.execute import (
     CEILING,
     HALF_LIFE_S,
@@ -48,6 +48,7 @@ from mesh_agent.mapek.monitor import (
     DEFAULT_BOUNDS,
     LOSS_HOLD_S,
     LOSS_KEEP_S,
+    SELF,
     Bounds,
     Reading,
 )
@@ -55,6 +56,7 @@ from mesh_agent.mapek.plan import (
     APPLICABLE,
     BASELINE_MIN,
     COLLATERAL_S,
+    DISRUPTIVE,
     MTTR_TARGET_S,
     RULES,
     TTM_TARGET_SAMPLES,
@@ -89,6 +91,21 @@ def test_monitor_reads_links_and_rates() -> None:
     # A counter that went backwards (an agent restart) is a zero rate, not a negative one.
     third = m.sample(Observation(60.0, failovers_total=2, cpu_seconds=1.0))
     assert all(r.value >= 0 for r in third)
+
+
+def test_our_certificates_age_is_read_only_when_known() -> None:
+    m = Monitor()
+    assert not [r for r in m.sample(Observation(0.0)) if r.signal == Signal.IDENTITY]
+    [young] = [r for r in m.sample(Observation(5.0, identity_age=0.5))
+               if r.signal == Signal.IDENTITY]
+    [old] = [r for r in m.sample(Observation(10.0, identity_age=0.8))
+             if r.signal == Signal.IDENTITY]
+    assert young.target == SELF and not young.crossed and old.crossed
+    assert CLASS_OF[Signal.IDENTITY] == IncidentClass.STALE_IDENTITY
+    # the only answer besides waiting is asking the identity's source again (disruptive)
+    assert APPLICABLE[IncidentClass.STALE_IDENTITY] == (ActionKind.REREQUEST_IDENTITY,
+                                                        ActionKind.NONE)
+    assert ActionKind.REREQUEST_IDENTITY in DISRUPTIVE
 
 
 def test_a_neighbour_is_read_on_its_up_interface_and_held_while_away() -> None:

@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from meshcore_testkit.inprocess import adverts_with_b, compute, meet_b
-from meshcore_testkit.pki import CA, PairKeysForTests
+from meshcore_testkit.pki import CA, TRUST_DOMAIN, PairKeysForTests
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from mesh_agent.agent import Agent
 from mesh_agent.api import create_app
-from mesh_agent.config import parse_config
+from mesh_agent.config import IdentityConfig, parse_config
 from mesh_agent.ctl import main as ctl
+from mesh_agent.identity import Identity
 from mesh_agent.link.sensor import LinkSensor
 from mesh_agent.mapek import Knowledge
 from mesh_agent.mapek.execute import QUARANTINE_COST
@@ -42,12 +44,13 @@ class Clock:
         return self.now
 
 
-def make_agent(ca: CA, tmp_path: Path, clock: Clock, mapek: dict[str, Any]) -> Agent:
+def make_agent(ca: CA, tmp_path: Path, clock: Clock, mapek: dict[str, Any],
+               identity: Identity | None = None) -> Agent:
     cfg = parse_config({"node_name": "a", "node_address": "10.77.0.1", "mode": "observe",
                         "state_dir": str(tmp_path), "mapek": mapek})
     events = EventLog.in_state_dir(tmp_path, boot_id="boot-a", clock=clock)
     knowledge = Knowledge.in_state_dir(tmp_path) if mapek.get("enabled") else None
-    agent = Agent(cfg, ca.identity("a", "10.77.0.1"), clock=clock, events=events,
+    agent = Agent(cfg, identity or ca.identity("a", "10.77.0.1"), clock=clock, events=events,
                   knowledge=knowledge, cpu=lambda: 0.0)
     agent.sensor.keys = PairKeysForTests("a")
     return agent
@@ -743,3 +746,125 @@ def test_isolation_is_refused_where_a_node_reaches_us_only_through_that_neighbou
     tail = nx.Graph([("a", "b"), ("a", "c"), ("b", "c"), ("b", "e")])
     assert cut_off_by(tail, "a", "b") == {"e"}
     assert cut_off_by(tail, "a", "zz") == set() and cut_off_by(tail, "zz", "b") == set()
+
+
+# -- a certificate not rotated in time: stale_identity, rerequest_identity -----------
+def svid_context(ca: CA, age_h: float, left_h: float) -> Any:
+    """An X.509 context for node a as SPIRE gives it: an SVID that began *age_h* hours
+    ago and ends in *left_h* hours (the address as its in-addr.arpa DNS SAN)."""
+    import datetime as dt
+
+    from spiffe import SpiffeId, TrustDomain, X509Bundle, X509BundleSet, X509Svid
+    from spiffe.workloadapi.x509_context import X509Context
+
+    from mesh_agent.identity import address_san, spiffe_id
+
+    now = dt.datetime.now(dt.UTC)
+    key, cert = ca.issue("a", days=left_h / 24, dns_names=[address_san("10.77.0.1")],
+                         not_before=now - dt.timedelta(hours=age_h))
+    svid = X509Svid(SpiffeId(spiffe_id(TRUST_DOMAIN, "a")), [cert], key)
+    return X509Context([svid], X509BundleSet.of([X509Bundle(TrustDomain(TRUST_DOMAIN),
+                                                             {ca.cert})]))
+
+
+def stale_identity_run(ca: CA, tmp_path: Path, workload_api: bool, policy: str = "fixed",
+                       ticks: int = 8) -> tuple[Agent, TestClient, Any, LeaseLog]:
+    """Agent a, enforce, its SVID 80 % through its life (20 h of 25), from the Workload
+    API (a stand-in client whose stream missed the rotation to a fresh SVID) or, without
+    *workload_api*, from files; *ticks* loop ticks after it armed."""
+    import asyncio
+
+    from meshcore_testkit.workload_api import StandInClient
+
+    from mesh_agent.identity.watch import FileSource, IdentityWatcher, WorkloadApiSource
+
+    clock = Clock()
+    stale = svid_context(ca, age_h=20, left_h=5)
+    client = StandInClient(stale)
+    source = WorkloadApiSource("unused", "a", TRUST_DOMAIN, timeout_s=5, client=client)
+    m = source.load()
+    identity = Identity("a", TRUST_DOMAIN, m.key, m.cert, ca.cert, (ca.cert,),
+                        node_address="10.77.0.1")
+    agent = make_agent(ca, tmp_path, clock, {"enabled": True, "mode": "enforce",
+                                             "interval_s": 5, "policy": policy}, identity)
+    if workload_api:
+        agent.follow(IdentityWatcher(source, agent.identity))
+    else:
+        source.close()
+        paths = ca.write(tmp_path / "pki", "a", "10.77.0.1")
+        agent.follow(IdentityWatcher(FileSource(IdentityConfig(**{
+            k: Path(v) for k, v in paths.items()})), agent.identity))
+    shell = agent.mapek
+    assert shell is not None
+    leases = LeaseLog()
+    shell.core.safety.leases = leases
+    b = ready_and_armed(agent, ca, clock)
+    client.stall(svid_context(ca, age_h=0.1, left_h=24))  # SPIRE rotated; the stream missed it
+
+    async def run() -> None:
+        for _ in range(ticks):
+            hellos(agent, b, clock, 5.0, keep_every=1)
+            shell.tick()
+            while shell._tasks:
+                await asyncio.sleep(0.01)
+
+    try:
+        asyncio.run(run())
+    finally:
+        source.close()
+    return agent, TestClient(create_app(agent.view, agent.metrics.registry, agent.events)), \
+        client, leases
+
+
+def test_a_stale_svid_is_asked_again_under_a_lease_and_the_incident_recovers(
+        ca: CA, tmp_path: Path) -> None:
+    agent, api, client, leases = stale_identity_run(ca, tmp_path, workload_api=True)
+    [inc] = api.get("/v1/incidents").json()["incidents"]
+    assert inc["class"] == "stale_identity" and inc["target"] == "self:"
+    assert inc["signal"]["name"] == "identity_age" and inc["signal"]["threshold"] == 0.75
+    assert 0.79 < inc["signal"]["value"] < 0.81
+    assert inc["action"] == {"kind": "rerequest_identity", "outcome": "applied"}
+    assert inc["state"] == "recovered" and 0 < inc["mttr_seconds"] <= 30
+    # a new stream, the fresh SVID swapped in (under the lease: validated, then handed back)
+    assert client.streams == 2 and agent.identity.cert == client.current.default_svid.leaf
+    assert leases.calls == ["acquire", "validate:88", "release:88"]
+    [ev] = [e.as_dict() for e in agent.events.query(kinds=[EventKind.REMEDIATION])]
+    assert ev["reason"] == "apply:rerequest_identity" and ev["detail"]["result"] == "done"
+    assert ev["detail"]["serial"] == f"{agent.identity.cert.serial_number:x}"
+    assert ev["detail"]["lease_token"] == 88
+    assert [e.reason for e in agent.events.query(kinds=[EventKind.IDENTITY_ROTATED])] == [
+        "workload_api"]
+    m = metrics(api)
+    assert m[("meshcore_incidents_total", (("class", "stale_identity"),))] == 1
+    assert m[("meshcore_remediation_actions_total",
+              (("action", "rerequest_identity"), ("outcome", "applied")))] == 1
+    assert m[("meshcore_mapek_threshold", (("signal", "identity_age"),))] == 0.75
+
+
+def test_a_stale_certificate_from_files_is_an_incident_with_nothing_to_do(
+        ca: CA, tmp_path: Path) -> None:
+    """Files are renewed by whoever writes them (site.yml for lab_pki): the incident is
+    the alarm, and neither policy can choose to ask again."""
+    from mesh_agent.mapek.plan import ActionKind
+
+    for policy in ("fixed", "learned"):
+        agent, api, client, leases = stale_identity_run(ca, tmp_path / policy, False, policy,
+                                                         ticks=4)
+        assert agent.mapek is not None
+        assert ActionKind.REREQUEST_IDENTITY not in (agent.mapek.core.available or ())
+        [inc] = api.get("/v1/incidents").json()["incidents"]
+        assert inc["class"] == "stale_identity" and inc["state"] == "open"
+        assert inc["action"]["kind"] == "none"
+        assert leases.calls == [] and client.streams == 1
+        assert agent.events.query(kinds=[EventKind.REMEDIATION]) == []
+
+
+def test_no_certificate_age_is_read_while_the_clock_is_not_trusted(
+        ca: CA, tmp_path: Path) -> None:
+    clock = Clock()
+    agent = make_agent(ca, tmp_path, clock, {"enabled": True})
+    agent.identity.check_validity = False
+    assert agent.view.observation(0.0, 2e9).identity_age is None
+    agent.identity.check_validity = True
+    assert 0 < agent.view.observation(0.0, time.time()).identity_age < 0.01
+    assert agent.view.observation(0.0, None).identity_age is None

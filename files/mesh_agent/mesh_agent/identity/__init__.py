@@ -49,6 +49,14 @@ SPIFFE_NODE_PREFIX = "/node/"
 TRUSTED_CACHE_MAX = 4096
 
 
+def life_used(cert: x509.Certificate, now: float) -> float:
+    """How far through its validity *cert* is at *now* (Unix seconds): 0 at notBefore,
+    1 at notAfter, above 1 once expired, below 0 before it starts."""
+    start = cert.not_valid_before_utc.timestamp()
+    span = cert.not_valid_after_utc.timestamp() - start
+    return (now - start) / span if span > 0 else 1.0
+
+
 class IdentityError(Exception):
     """A certificate is not trusted for the name it claims (reason in str)."""
 

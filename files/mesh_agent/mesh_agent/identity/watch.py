@@ -130,12 +130,31 @@ class WorkloadApiSource:
             raise IdentityError(f"the Workload API gave no SVID for {want}")
 
         self.trust_domain = trust_domain
-        self._x509 = X509Source(
-            workload_api_client=client,
-            socket_path=None if client is not None else socket,
-            timeout_in_seconds=timeout_s,
-            svid_picker=pick,
-        )
+        self._callbacks: list[Callable[[], None]] = []
+
+        def open_source() -> Any:
+            return X509Source(
+                workload_api_client=client,
+                socket_path=None if client is not None else socket,
+                timeout_in_seconds=timeout_s,
+                svid_picker=pick,
+            )
+
+        self._open = open_source
+        self._x509 = open_source()
+
+    def reopen(self) -> None:
+        """Ask the Workload API again (blocking, up to the timeout): a new stream (over a
+        new connection, unless a client was given) that starts with the X.509 context the
+        SPIRE agent holds now. The old stream is closed once the new one has answered, so
+        :meth:`load` always has one to read; a source the spiffe package closed after an
+        unretryable error comes back this way. Raises what opening raises (the old source
+        is kept then)."""
+        new = self._open()
+        for callback in self._callbacks:
+            new.subscribe_for_updates(callback)
+        old, self._x509 = self._x509, new
+        old.close()
 
     def load(self) -> Material:
         from spiffe import TrustDomain
@@ -150,7 +169,9 @@ class WorkloadApiSource:
         return Material(_ec_key(svid.private_key, "X.509-SVID"), svid.leaf, authorities)
 
     def subscribe(self, callback: Callable[[], None]) -> None:
-        """Call *callback* (from the spiffe watcher thread) on every update."""
+        """Call *callback* (from the spiffe watcher thread) on every update (of this
+        stream and of those :meth:`reopen` opens)."""
+        self._callbacks.append(callback)
         self._x509.subscribe_for_updates(callback)
 
     def close(self) -> None:
@@ -175,6 +196,10 @@ def select_source(
             return WorkloadApiSource(endpoint, node_name, trust_domain, client=client)
         log.warning("%s=%s does not exist: reading the identity from files", ENDPOINT_ENV, endpoint)
     return FileSource(paths)
+
+
+def _cert_detail(cert: x509.Certificate) -> dict[str, Any]:
+    return {"serial": f"{cert.serial_number:x}", "not_after": cert.not_valid_after_utc.isoformat()}
 
 
 class IdentityWatcher:
@@ -238,12 +263,43 @@ class IdentityWatcher:
             len(material.bundle),
         )
         if self.events is not None:
-            self.events.append(EventKind.IDENTITY_ROTATED, reason=self.source.name, detail={
-                "serial": f"{cert.serial_number:x}",
-                "not_after": cert.not_valid_after_utc.isoformat()})
+            self.events.append(EventKind.IDENTITY_ROTATED, reason=self.source.name,
+                               detail=_cert_detail(cert))
         if self.on_rotate is not None:
             self.on_rotate()
         return True
+
+    @property
+    def can_rerequest(self) -> bool:
+        """Whether the source can be asked for the identity again (the Workload API; files
+        are written by someone else: lab_pki from site.yml, or a SPIRE helper)."""
+        return isinstance(self.source, WorkloadApiSource)
+
+    async def rerequest(self) -> tuple[str, str, dict[str, Any]]:
+        """Ask the source for the identity again and apply what it gives (the MAPE-K
+        ``rerequest_identity`` action): (``done``, why, the new certificate's serial and
+        end) when it rotated; ``noop`` when the source gave the certificate we have;
+        ``failed`` when asking failed or what came does not load or verify (the old
+        identity kept); ``refused`` for a source that cannot be asked. The blocking call
+        runs in a worker thread; the swap on the event loop, as every rotation."""
+        if not isinstance(self.source, WorkloadApiSource):
+            return "refused", f"the identity comes from {self.source.name}, which cannot be " \
+                "asked again (site.yml renews lab_pki certificates)", {}
+        try:
+            await asyncio.to_thread(self.source.reopen)
+        except Exception as exc:  # no agent socket, a timeout: nothing changed
+            return "failed", f"asking the Workload API again failed: {exc}"[:300], {}
+        if self.check():
+            cert = self.identity.cert
+            return "done", f"new certificate, serial {cert.serial_number:x}, valid until " \
+                f"{cert.not_valid_after_utc.isoformat()}", _cert_detail(cert)
+        if self._failing_since is not None:
+            return "failed", "the Workload API's answer does not load or verify: the old " \
+                "identity kept", {}
+        cert = self.identity.cert
+        return "noop", "the Workload API gave the certificate we have (serial " \
+            f"{cert.serial_number:x}, valid until {cert.not_valid_after_utc.isoformat()})", \
+            _cert_detail(cert)
 
     async def run(self) -> None:
         """Poll files every ``poll_s``; wait for Workload API pushes."""

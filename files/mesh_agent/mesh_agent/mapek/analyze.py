@@ -36,6 +36,7 @@ class IncidentClass(StrEnum):
     ADVERT_STORM = "advert_storm"
     ROUTE_CHURN = "route_churn"
     FLAPPING_LINK = "flapping_link"
+    STALE_IDENTITY = "stale_identity"  # our certificate was not rotated in time
 
 
 CLASS_OF: dict[Signal, IncidentClass] = {
@@ -47,6 +48,7 @@ CLASS_OF: dict[Signal, IncidentClass] = {
     Signal.REJECTED: IncidentClass.ADVERT_STORM,
     Signal.CHURN: IncidentClass.ROUTE_CHURN,
     Signal.DOWNS: IncidentClass.FLAPPING_LINK,
+    Signal.IDENTITY: IncidentClass.STALE_IDENTITY,
 }
 
 

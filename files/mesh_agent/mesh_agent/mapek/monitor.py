@@ -31,6 +31,7 @@ class Signal(StrEnum):
     CHURN = "route_churn"  # topology changes that triggered a recompute, per minute
     CPU = "cpu"  # the agent's CPU, fraction of one core
     DOWNS = "link_downs"  # times a link's session ended, per minute (a flapping link)
+    IDENTITY = "identity_age"  # share of our certificate's validity that has passed
 
 
 LINK_SIGNALS = (Signal.LOSS, Signal.RTT, Signal.DOWNS)
@@ -66,6 +67,11 @@ DEFAULT_BOUNDS: Mapping[Signal, Bounds] = {
     # links as flapping 17 times in an hour, reading 3.4-8.0/min, while its 40 % faults
     # read 6.9-16 (docs/mapek.md, session 41). More than three downs in the window flap.
     Signal.DOWNS: Bounds(6.0, 1.0, 60.0),
+    # SPIRE rotates an X.509-SVID at half its life, lab_pki re-issues a certificate with
+    # a third of its life left (10 of 30 days): one three quarters through its life was
+    # not rotated when it should have been (a Workload API stream that stopped, a
+    # site.yml that has not run), and adverts signed with it are refused once it ends.
+    Signal.IDENTITY: Bounds(0.75, 0.55, 0.95),
 }
 
 
@@ -192,6 +198,10 @@ class Observation:
     isolated_from: tuple[tuple[str, int], ...] = ()
     # The isolated neighbours some node now reaches us only through (AgentView.isolated_cut).
     isolated_cut: frozenset[str] = frozenset()
+    # How far through its validity our own certificate is (0 at notBefore, 1 at notAfter,
+    # more once it has expired); None while the clock is not trusted (a Pi without an RTC
+    # before its first time sync: the dates mean nothing then).
+    identity_age: float | None = None
 
 
 @dataclass(frozen=True)
@@ -397,6 +407,8 @@ class Monitor:
             out.append(Reading(signal, SELF, value, t[signal]))
         out.append(Reading(Signal.CPU, SELF, _rate(obs.cpu_seconds, prev.cpu_seconds, span, 1.0),
                            t[Signal.CPU]))
+        if obs.identity_age is not None:
+            out.append(Reading(Signal.IDENTITY, SELF, obs.identity_age, t[Signal.IDENTITY]))
         return out
 
 

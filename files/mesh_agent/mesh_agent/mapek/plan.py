@@ -94,11 +94,11 @@ APPLICABLE: Mapping[IncidentClass, tuple[ActionKind, ...]] = {
     IncidentClass.SLOW_LINK: (ActionKind.QUARANTINE_LINK, ActionKind.NONE),
     IncidentClass.STARVED: (ActionKind.LENGTHEN_HELLO, ActionKind.RESTART_UNIT, ActionKind.NONE),
     IncidentClass.FAILOVER_STORM: (ActionKind.LENGTHEN_HELLO, ActionKind.NONE),
-    IncidentClass.ADVERT_STORM: (ActionKind.ISOLATE_ORIGIN, ActionKind.REREQUEST_IDENTITY,
-                                 ActionKind.NONE),
+    IncidentClass.ADVERT_STORM: (ActionKind.ISOLATE_ORIGIN, ActionKind.NONE),
     IncidentClass.ROUTE_CHURN: (ActionKind.LENGTHEN_HELLO, ActionKind.NONE),
     IncidentClass.FLAPPING_LINK: (ActionKind.HOLD_DOWN_LINK, ActionKind.QUARANTINE_LINK,
                                   ActionKind.NONE),
+    IncidentClass.STALE_IDENTITY: (ActionKind.REREQUEST_IDENTITY, ActionKind.NONE),
 }
 
 # The rule table of the fixed policy (the control arm).
@@ -110,6 +110,7 @@ RULES: Mapping[IncidentClass, ActionKind] = {
     IncidentClass.ADVERT_STORM: ActionKind.ISOLATE_ORIGIN,
     IncidentClass.ROUTE_CHURN: ActionKind.NONE,
     IncidentClass.FLAPPING_LINK: ActionKind.HOLD_DOWN_LINK,
+    IncidentClass.STALE_IDENTITY: ActionKind.REREQUEST_IDENTITY,
 }
 
 # An incident recovered within this is a success for the action taken.
@@ -121,6 +122,7 @@ MTTR_TARGET_S: Mapping[IncidentClass, float] = {
     IncidentClass.ADVERT_STORM: 300.0,
     IncidentClass.ROUTE_CHURN: 120.0,
     IncidentClass.FLAPPING_LINK: 120.0,
+    IncidentClass.STALE_IDENTITY: 120.0,
 }
 
 

@@ -23,8 +23,11 @@ is signed with the node's key and recorded (the remediation event carries it and
 signature); the undo (the neighbour stopped storming, its expiry, or its lease lost)
 lifts it. Its lease is kept while it is in force: renewed in a worker thread
 (``Step.renewals``, answered with :meth:`MapeK.renewed`), handed back when it ends.
-``rerequest_identity`` has no executor yet: the loop never chooses it
-(``MapeK.available``).
+``rerequest_identity`` (our certificate not rotated in time: ``stale_identity``): the
+lease validated, the identity asked of the SPIFFE Workload API again over a new stream
+(:meth:`IdentityWatcher.rerequest`) and swapped in if it is new; offered to the policies
+only where the identity comes from the Workload API (:meth:`MapekShell.follow_identity`):
+files are renewed by whoever writes them.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from mesh_agent.config import AgentConfig
+from mesh_agent.identity.watch import IdentityWatcher
 from mesh_agent.link.sensor import Event
 from mesh_agent.mapek.execute import Op, busiest_unit
 from mesh_agent.mapek.knowledge import Knowledge
@@ -69,11 +73,13 @@ LOCAL_ACTIONS = frozenset({ActionKind.NONE, ActionKind.QUARANTINE_LINK,
                            ActionKind.HOLD_DOWN_LINK})
 
 
-def available_actions(cfg: AgentConfig) -> frozenset[ActionKind]:
-    """What this node's shell can carry out: the local actions, and ``restart_unit``
-    when services are allowlisted for it."""
+def available_actions(cfg: AgentConfig, rerequest: bool = False) -> frozenset[ActionKind]:
+    """What this node's shell can carry out: the local actions, ``restart_unit`` when
+    services are allowlisted for it, and ``rerequest_identity`` when the identity comes
+    from a source that can be asked again (*rerequest*)."""
     return LOCAL_ACTIONS | {ActionKind.ISOLATE_ORIGIN} | (
-        {ActionKind.RESTART_UNIT} if cfg.mapek.restart_units else set())
+        {ActionKind.RESTART_UNIT} if cfg.mapek.restart_units else set()) | (
+        {ActionKind.REREQUEST_IDENTITY} if rerequest else set())
 
 
 def signed_decision(decision: Mapping[str, Any], sign: Callable[[bytes], bytes]
@@ -221,6 +227,13 @@ class MapekShell:
         self._isolated: dict[int, list[tuple[str, str]]] = {}  # action id: hops isolated
         self._wake: asyncio.TimerHandle | None = None  # the wake-up for what is due (MapeK.due)
         self._wake_at = 0.0
+        self._identity: IdentityWatcher | None = None
+
+    def follow_identity(self, watcher: IdentityWatcher) -> None:
+        """The agent follows its identity's rotations with *watcher*: ``rerequest_identity``
+        becomes one of the actions here when its source can be asked again."""
+        self._identity = watcher
+        self.core.available = available_actions(self.cfg, watcher.can_rerequest)
 
     async def run(self) -> None:
         interval = self.cfg.mapek.interval_s
@@ -239,7 +252,7 @@ class MapekShell:
         if units := self.cfg.mapek.restart_units:
             self._unit_samples.append((self.clock(), unit_cpu if unit_cpu is not None
                                        else self.unit_cpu(units)))
-        self.settle(self.core.step(self.view.observation(self.cpu())))
+        self.settle(self.core.step(self.view.observation(self.cpu(), self.wall())))
 
     def _spawn(self, coro: Any) -> None:
         self._tasks.add(task := asyncio.ensure_future(coro))
@@ -319,6 +332,8 @@ class MapekShell:
                 await self._restart_busiest(op)
             elif a.kind == ActionKind.ISOLATE_ORIGIN:
                 self._isolate(op, held)
+            elif a.kind == ActionKind.REREQUEST_IDENTITY and self._identity is not None:
+                self._record(op, *await self._identity.rerequest())
             else:
                 self._record(op, "refused", f"no executor for {a.kind}", {})
         except Exception:  # an executor bug must not kill the loop's task set silently
