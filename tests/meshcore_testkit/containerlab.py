@@ -23,7 +23,7 @@ from meshcore_tools.chaos.nodes import Nodes, inject, remove, wrapper_nodes
 from meshcore_tools.lab.state import container, load_state
 
 # The agent as the chaos faults find it on a lab node (systemd's mesh-agent.service).
-LAB_AGENT = Options(agent_match="mesh-agent run")
+LAB_AGENT = Options(agent_match=faults.UNIT_AGENT_MATCH)
 AGENT_PYTHON = "/opt/mesh-agent/current/bin/python"
 
 # meshcore-rollout's extra variables for a 4-node lab: a canary, then the rest; a short

@@ -53,7 +53,7 @@ def fleet_ssh(listing: dict[str, Any]) -> Callable[[str], list[str]]:
 def _targets(a: argparse.Namespace) -> Any:
     """(Mesh, fault Options) for the chosen target."""
     from meshcore_tools import netns
-    from meshcore_tools.chaos.faults import Options
+    from meshcore_tools.chaos.faults import UNIT_AGENT_MATCH, Options
     from meshcore_tools.chaos.mesh import Mesh, netns_mesh
     from meshcore_tools.chaos.nodes import wrapper_nodes
 
@@ -72,7 +72,7 @@ def _targets(a: argparse.Namespace) -> Any:
         ssh = fleet_ssh(inv)
         return (Mesh(state, ssh, wrapper_nodes(ssh), api=api, route_proto=proto,
                      prometheus=prom),
-                Options(agent_match="mesh-agent run"))
+                Options(agent_match=UNIT_AGENT_MATCH))
     from meshcore_tools.lab import prometheus
     from meshcore_tools.lab import state as lab
 
@@ -89,7 +89,7 @@ def _targets(a: argparse.Namespace) -> Any:
     # systemd (Restart=always) brings a SIGKILLed agent back: no restart argv.
     return (Mesh(st, inside, wrapper_nodes(podman), api=api, route_proto=proto,
                  prometheus=prom),
-            Options(agent_match="mesh-agent run"))
+            Options(agent_match=UNIT_AGENT_MATCH))
 
 
 def cmd_run(a: argparse.Namespace) -> int:

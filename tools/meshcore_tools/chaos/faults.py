@@ -44,7 +44,9 @@ from typing import Any
 import networkx as nx
 
 TABLE = "meshcore_chaos"
-AGENT_MATCH = "mesh_agent run"
+AGENT_MATCH = "mesh_agent run"  # the agent as netns labs start it (python -m mesh_agent run)
+# The agent as systemd runs it (mesh-agent.service's ExecStart: the lab's nodes, a fleet).
+UNIT_AGENT_MATCH = "mesh-agent run"
 ADVERT_PORT = 6768
 UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@-]{1,200}\.service$")
 
