@@ -59,11 +59,12 @@ def served() -> Iterator[dict[str, Any]]:
         srv.server_close()
 
 
-def probe(prom: str | None, ignore: list[str]) -> Activity:
+def probe(prom: str | None, ignore: list[str], since: float | None = None) -> Activity:
     mesh = Mesh({"nodes": {}}, lambda n: [], Nodes(lambda n: []), prometheus=prom)
     act = Activity("probe", "no-alerts-firing")
     try:
-        Runner._alerts(SimpleNamespace(mesh=mesh), act, ignore)  # type: ignore[arg-type]
+        Runner._alerts(SimpleNamespace(mesh=mesh, alerts_since=since),  # type: ignore[arg-type]
+                       act, ignore)
     finally:
         mesh.close()
     return act
@@ -87,3 +88,26 @@ def test_no_prometheus_is_a_skip_said_in_the_journal_and_a_dead_one_a_failure() 
     assert act.output == {"skipped": "no Prometheus URL configured (--prometheus)"}
     act = probe("http://127.0.0.1:9", [])  # the discard port: nothing listens
     assert act.tolerance_met is False and "error" in act.output
+
+
+def test_an_alert_raised_since_the_run_began_is_recorded_not_counted(
+        served: dict[str, Any]) -> None:
+    """MeshNodeDown{n3} became active at 2026-12-04T01:16:47.09Z (the recording): a run
+    that began before that raised it (a fault of its own, a failover storm's 5-minute
+    window that outlives the fault); one that began after finds it already firing."""
+    firing = recorded("firing")
+    began = prometheus.active_at(firing["data"]["alerts"][0])
+    assert began == pytest.approx(1796347007.092635, abs=1e-5)
+    served["body"] = json.dumps(firing).encode()
+    act = probe(served["url"], [], since=began - 60)
+    assert act.tolerance_met is True and act.output["firing"] == []
+    assert act.output["raised_by_the_run"] == ["MeshNodeDown{node=n3}"]
+    act = probe(served["url"], [], since=began + 60)
+    assert act.tolerance_met is False and act.output["firing"] == ["MeshNodeDown{node=n3}"]
+    assert act.output["raised_by_the_run"] == []
+    # no start known: counted whatever the run's start
+    alerts = {"alerts": [{**firing["data"]["alerts"][0], "activeAt": "garbage"}]}
+    assert prometheus.firing(alerts, before=began) == ["MeshNodeDown{node=n3}"]
+    assert prometheus.firing(alerts, since=0.0) == []
+    assert prometheus.active_at({"activeAt": "2026-12-04T01:16:47+02:00"}) == pytest.approx(
+        began - 7200 - 0.092635, abs=1e-5)

@@ -102,6 +102,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     journals = []
     rc = 0
+    # An alert that became active once the suite began was raised by its faults (Runner).
+    began = time.time()
     # SIGINT/SIGTERM are the runs' own until the journals and the report are written: a run
     # stops and rolls back at the first; between runs and after, a signal is only counted
     # (the next run is then recorded as interrupted, and no further one starts).
@@ -113,8 +115,8 @@ def cmd_run(a: argparse.Namespace) -> int:
                 exp = experiment.load(Path(path))
                 name = Path(path).stem.replace("_", "-")[:24] + time.strftime("-%H%M%S")
                 log(f"{path}: {exp['title']}")
-                doc = Runner(exp, mesh, opts, name=name, log=log,
-                             dry_run=a.dry_run).run().journal
+                doc = Runner(exp, mesh, opts, name=name, log=log, dry_run=a.dry_run,
+                             alerts_since=began).run().journal
                 journal.check(doc)
                 (out / f"{Path(path).stem}.journal.json").write_text(json.dumps(doc, indent=1))
                 journals.append(doc)

@@ -91,11 +91,12 @@ class Mesh:
         code, body = self.get(node, f"/v1/events?{q}")
         return list(json.loads(body).get("events", [])) if code == 200 else []
 
-    def firing_alerts(self, ignore: Sequence[str] = ()) -> list[str]:
-        """The alerts firing on the mesh's Prometheus (OSError when it does not answer)."""
+    def alerts(self) -> dict[str, Any]:
+        """The mesh Prometheus's ``/api/v1/alerts`` data (OSError when it does not answer;
+        :func:`meshcore_tools.lab.prometheus.firing` reads it)."""
         if self.prometheus is None:
             raise ValueError("no Prometheus configured")
-        return promapi.firing(promapi.api(self.prometheus, "alerts", timeout=10), ignore)
+        return dict(promapi.api(self.prometheus, "alerts", timeout=10))
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

@@ -5,7 +5,15 @@
    mesh's Prometheus when there is one), waiting at most its
    ``timeout_s`` for a mesh that is still converging. If it does not hold, the
    run injects nothing: the journal's ``status`` is ``failed``, ``deviated``
-   false, and its ``before`` probes say which part failed.
+   false, and its ``before`` probes say which part failed. An alert that became
+   active after the run (or the suite it belongs to: ``alerts_since``) began was
+   raised by its own faults: the mesh noticing them, as it should. It is recorded
+   (``raised_by_the_run``) and does not fail the hypothesis; rules over a window
+   (``MeshFailoverStorm``: failovers over 5 minutes) keep firing for minutes
+   after the fault is gone, and would otherwise fail the ``after`` check of the
+   experiment that caused them and the ``before`` check of the next ones. The
+   other probes (readiness, every pair routed, the probes' ends reachable) still
+   say whether the mesh came back.
 2. Probes start (10 ms pings at RT priority). Each step of the seeded
    schedule resolves its target (a link or transit node on the probe's current
    path, for ``random``), checks the blast radius, journals and applies the
@@ -45,6 +53,7 @@ from meshcore_tools.chaos.journal import Activity, JournalBuilder, iso
 from meshcore_tools.chaos.mesh import Mesh
 from meshcore_tools.chaos.nodes import inject, remove, rollback
 from meshcore_tools.interrupts import Interrupts, interrupts
+from meshcore_tools.lab import prometheus as promapi
 
 DEADLINE_GRACE_S = 20.0  # the node's deadline: the planned hold plus this
 SAMPLE_S = 0.25  # how often reconvergence is sampled
@@ -76,8 +85,11 @@ def usable_links(topo: Topo, fault: Fault | None) -> list[tuple[str, str]]:
 class Runner:
     def __init__(self, exp: dict[str, Any], mesh: Mesh, opts: Options | None = None,
                  name: str = "chaos", log: Callable[[str], None] = lambda _: None,
-                 dry_run: bool = False) -> None:
+                 dry_run: bool = False, alerts_since: float | None = None) -> None:
         self.exp = exp
+        # Alerts active since then (Unix seconds) are this run's (or its suite's) doing;
+        # None: from when the run starts.
+        self.alerts_since = alerts_since
         self.mesh = mesh
         self.topo = Topo(mesh.state)
         self.opts = opts or Options()
@@ -150,12 +162,16 @@ class Runner:
             a.tolerance_met = True
             return
         try:
-            firing = self.mesh.firing_alerts(ignore)
+            alerts = self.mesh.alerts()
         except (OSError, ValueError) as exc:
             a.output = {"prometheus": self.mesh.prometheus, "error": str(exc)}
             a.tolerance_met = False
             return
+        since = self.alerts_since
+        firing = promapi.firing(alerts, ignore, before=since)
         a.output = {"prometheus": self.mesh.prometheus, "firing": firing, "ignored": ignore}
+        if since is not None:
+            a.output["raised_by_the_run"] = promapi.firing(alerts, ignore, since=since)
         a.tolerance_met = not firing
 
     # -- the run ---------------------------------------------------------------------
@@ -164,6 +180,8 @@ class Runner:
             return self._run(intr)
 
     def _run(self, intr: Interrupts | None) -> Outcome:
+        if self.alerts_since is None:
+            self.alerts_since = time.time()
         out = Outcome(self.j.doc)
         status, deviated = "completed", False
         try:

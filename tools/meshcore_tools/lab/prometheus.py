@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -32,16 +34,39 @@ def instant(base: str, query: str, timeout: float = 60) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
-def firing(alerts: Mapping[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+def active_at(alert: Mapping[str, Any]) -> float | None:
+    """When an alert of an ``/api/v1/alerts`` answer became active (its ``activeAt``, RFC 3339
+    with up to nanoseconds), in Unix seconds; None when absent or unreadable."""
+    raw = str(alert.get("activeAt") or "")
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", raw)
+    if m is None:
+        return None
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    frac = float(f"0.{m.group(2)}") if m.group(2) else 0.0
+    return dt.datetime.fromisoformat(m.group(1) + zone).timestamp() + frac
+
+
+def firing(alerts: Mapping[str, Any], ignore: Iterable[str] = (), *,
+           before: float | None = None, since: float | None = None) -> list[str]:
     """The firing alerts of an ``/api/v1/alerts`` answer's data, as ``Name{node=...}``, sorted.
 
     A pending alert (its ``for:`` not yet over) is not firing; names in ``ignore`` are left out.
+    *before*: only those that became active before that time (Unix seconds); *since*: only
+    those that became active then or later (an alert whose start is unknown counts as
+    before: it is never put down to a cause that came later).
     """
     skip = set(ignore)
-    return sorted(
-        f"{a['labels'].get('alertname', '?')}{{node={a['labels'].get('node', '-')}}}"
-        for a in alerts.get("alerts", [])
-        if a.get("state") == "firing" and a["labels"].get("alertname") not in skip)
+    out = []
+    for a in alerts.get("alerts", []):
+        if a.get("state") != "firing" or a["labels"].get("alertname") in skip:
+            continue
+        began = active_at(a)
+        late = began is not None and since is not None and began >= since
+        early = began is None or before is None or began < before
+        if (since is None or late) and (before is None or early):
+            labels = a["labels"]
+            out.append(f"{labels.get('alertname', '?')}{{node={labels.get('node', '-')}}}")
+    return sorted(out)
 
 
 def targets(address: str) -> tuple[dict[str, dict[str, str]], str | None]:
