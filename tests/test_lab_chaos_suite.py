@@ -9,6 +9,12 @@ suite there, so nobody saw it. Here: the playbook succeeds, one journal per expe
 each completed with the steady state holding after and no step skipped, and nothing of
 the faults left on any node.
 
+One exception, said and checked: ``cpu_starvation`` moves the agent into a cpu cgroup
+with a quota, and podman mounts the cpu controller read-only in a container on a cgroup
+v1 host (this machine). There its steps are refused by the node, and the journal must say
+so ("Read-only file system"); on a Pi or a netns lab the class runs
+(``tests/test_chaos_faults.py``).
+
 Slow (``make test-full-lab``): on the session's 10-node lab, about 15 minutes.
 """
 
@@ -21,7 +27,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from meshcore_testkit.containerlab import chaos_nodes, running_lab_state
+from meshcore_testkit.containerlab import chaos_nodes, on_node, running_lab_state
 from meshcore_tools.chaos.nodes import leftovers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +46,8 @@ def test_the_default_suite_runs_clean_on_the_lab(lab: dict, tmp_path: Path) -> N
         env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
              "ANSIBLE_FORCE_COLOR": "0"}, check=False)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
+    nodes = sorted(running_lab_state()["nodes"])
+    ro_cpu = "(ro," in on_node(nodes[0], "grep ' /sys/fs/cgroup/cpu ' /proc/mounts || true")
     suite = {p.stem for p in (ROOT / "experiments").glob("*.yml")}
     journals = {p.name.removesuffix(".journal.json"): json.loads(p.read_text())
                 for p in out.glob("*.journal.json")}
@@ -48,7 +56,11 @@ def test_the_default_suite_runs_clean_on_the_lab(lab: dict, tmp_path: Path) -> N
         assert doc["status"] == "completed", (name, doc["steady_states"]["before"])
         assert doc["deviated"] is False, (name, doc["steady_states"]["after"])
         steps = doc["measurements"]["steps"]
-        assert steps and not [s for s in steps if s.get("skipped")], (name, steps)
+        skipped = [s for s in steps if s.get("skipped")]
+        if name == "cpu_starvation" and ro_cpu:
+            assert skipped == steps and all(
+                "Read-only file system" in s["skipped"] for s in skipped), steps
+            continue
+        assert steps and not skipped, (name, steps)
     assert (out / "report.md").read_text().strip()
-    nodes = sorted(running_lab_state()["nodes"])
     assert leftovers(chaos_nodes(), nodes) == {}

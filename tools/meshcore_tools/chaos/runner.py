@@ -291,7 +291,9 @@ class Runner:
             a.output = [x.data for x in r]
             if not all(x.rc == 0 and x.data.get("ok") for x in r):
                 a.status = "failed"
-                res["skipped"] = "injection refused"
+                why = sorted({str(x.data.get("error") or f"rc {x.rc}") for x in r
+                              if not (x.rc == 0 and x.data.get("ok"))})
+                res["skipped"] = "injection refused: " + "; ".join(why)[:300]
                 return res
         res["injected_at"] = t_inject
         applied = [float(x.data["applied_at"]) for x in r if "applied_at" in x.data]
