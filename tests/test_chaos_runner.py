@@ -280,3 +280,18 @@ def test_the_shipped_experiments_validate_and_schedule_reproducibly() -> None:
     for f in files:
         exp = experiment.load(f)
         assert experiment.schedule(exp, topo) == experiment.schedule(experiment.load(f), topo)
+
+
+@requires_root
+def test_a_refused_injection_is_skipped_with_the_nodes_reason(lab: ChaosLab) -> None:
+    """No systemd unit runs in these namespaces: a runaway_unit step is refused by the node,
+    and the step says what the node said, not only that it refused."""
+    exp = {**EXP, "faults": [{"class": "runaway_unit", "target": ["b"], "duration_s": 1.0,
+                              "settle_s": 0.5, "params": {"unit": "nothere.service"}}]}
+    r = runner(lab, exp)
+    doc = r.run().journal
+    r.mesh.close()
+    journal.check(doc)
+    [step] = doc["measurements"]["steps"]
+    assert step["skipped"].startswith("injection refused: ")
+    assert "nothere.service has no process" in step["skipped"], step
