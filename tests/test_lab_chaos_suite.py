@@ -47,7 +47,9 @@ def test_the_default_suite_runs_clean_on_the_lab(lab: dict, tmp_path: Path) -> N
              "ANSIBLE_FORCE_COLOR": "0"}, check=False)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
     nodes = sorted(running_lab_state()["nodes"])
-    ro_cpu = "(ro," in on_node(nodes[0], "grep ' /sys/fs/cgroup/cpu ' /proc/mounts || true")
+    mounts = on_node(nodes[0], "cat /proc/mounts").splitlines()
+    ro_cpu = any(f[1] == "/sys/fs/cgroup/cpu" and "ro" in f[3].split(",")
+                 for f in (line.split() for line in mounts) if len(f) > 3)
     suite = {p.stem for p in (ROOT / "experiments").glob("*.yml")}
     journals = {p.name.removesuffix(".journal.json"): json.loads(p.read_text())
                 for p in out.glob("*.journal.json")}
