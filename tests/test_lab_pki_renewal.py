@@ -77,37 +77,46 @@ def days_left(cert: x509.Certificate) -> float:
     return (cert.not_valid_after_utc - dt.datetime.now(dt.UTC)).total_seconds() / 86400
 
 
-@pytest.mark.parametrize("entry", ["issue", "server_cert"])
-def test_a_certificate_near_or_past_its_end_is_renewed_and_only_then(
-        tmp_path: Path, entry: str) -> None:
+def renewed_like(cert: x509.Certificate, first: x509.Certificate, why: str) -> None:
+    """A fresh 30-day certificate with *first*'s key and names: the agent swaps it in."""
+    assert 29.9 < days_left(cert) <= 30.0, why
+    assert cert.public_key() == first.public_key() and sans(cert) == sans(first), why
+
+
+def test_a_node_certificate_near_or_past_its_end_is_renewed_and_only_then(
+        tmp_path: Path) -> None:
     pki = tmp_path / "pki"
-    crt = pki / ("nodes/n1.crt" if entry == "issue" else "services/etcd-n1.crt")
-    assert changed(run(tmp_path, entry)) > 0
+    crt = pki / "nodes" / "n1.crt"
+    assert changed(run(tmp_path, "issue")) > 0
     first = load(crt)
     assert 29.9 < days_left(first) <= 30.0
     # A second run on a fresh certificate changes nothing (idempotent).
-    assert changed(run(tmp_path, entry)) == 0 and load(crt) == first
-    for left, why in ((dt.timedelta(days=5), "5 days left"),
-                      (dt.timedelta(days=-3), "expired 3 days ago")):
-        redate(pki / "ca", crt, left)
-        proc = run(tmp_path, entry)
-        assert changed(proc) > 0, why
-        renewed = load(crt)
-        assert 29.9 < days_left(renewed) <= 30.0, why
-        # Same key, same names: the agent swaps it in; only the dates and serial moved.
-        assert renewed.public_key() == first.public_key(), why
-        assert sans(renewed) == sans(first), why
-        assert changed(run(tmp_path, entry)) == 0, why
-    # 11 days left with the default 10-day window: not due yet, kept (server_cert only
-    # copies the changed file to the node, as it would any other change).
-    redate(pki / "ca", crt, dt.timedelta(days=11))
-    kept = load(crt)
-    n = changed(run(tmp_path, entry))
-    assert load(crt) == kept
-    if entry == "server_cert":
-        assert n == 1 and load(tmp_path / "dest" / "etcd.crt") == kept
-    else:
-        assert n == 0
+    assert changed(run(tmp_path, "issue")) == 0 and load(crt) == first
+    redate(pki / "ca", crt, dt.timedelta(days=5))
+    assert changed(run(tmp_path, "issue")) > 0, "5 days left"
+    renewed_like(load(crt), first, "5 days left")
+    assert changed(run(tmp_path, "issue")) == 0, "the run after a renewal"
+    redate(pki / "ca", crt, dt.timedelta(days=-3))
+    assert changed(run(tmp_path, "issue")) > 0, "ended 3 days ago"
+    renewed_like(load(crt), first, "ended 3 days ago")
+    # 11 days left with the default 10-day window: not due yet, kept.
+    kept = redate(pki / "ca", crt, dt.timedelta(days=11))
+    assert changed(run(tmp_path, "issue")) == 0 and load(crt) == kept
+
+
+def test_a_service_certificate_is_renewed_and_the_node_gets_it(tmp_path: Path) -> None:
+    """server_cert (etcd's TLS) goes through the same renewal, and copies the new file."""
+    pki = tmp_path / "pki"
+    crt = pki / "services" / "etcd-n1.crt"
+    assert changed(run(tmp_path, "server_cert")) > 0
+    first = load(crt)
+    redate(pki / "ca", crt, dt.timedelta(days=5))
+    assert changed(run(tmp_path, "server_cert")) > 0
+    renewed = load(crt)
+    renewed_like(renewed, first, "5 days left")
+    assert load(tmp_path / "dest" / "etcd.crt") == renewed
+    assert changed(run(tmp_path, "server_cert")) == 0
+
 
 def test_a_renewal_window_as_long_as_the_validity_is_refused(tmp_path: Path) -> None:
     proc = run(tmp_path, "issue", "-e", "lab_pki_renew_days=30")
