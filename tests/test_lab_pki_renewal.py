@@ -102,6 +102,10 @@ def test_a_node_certificate_near_or_past_its_end_is_renewed_and_only_then(
     # 11 days left with the default 10-day window: not due yet, kept.
     kept = redate(pki / "ca", crt, dt.timedelta(days=11))
     assert changed(run(tmp_path, "issue")) == 0 and load(crt) == kept
+    # A file that is no certificate any more is replaced, not a failed run.
+    crt.write_text("not a certificate\n")
+    assert changed(run(tmp_path, "issue")) > 0
+    renewed_like(load(crt), first, "an unreadable file")
 
 
 def test_a_service_certificate_is_renewed_and_the_node_gets_it(tmp_path: Path) -> None:
