@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -36,14 +35,13 @@ def instant(base: str, query: str, timeout: float = 60) -> float | None:
 
 def active_at(alert: Mapping[str, Any]) -> float | None:
     """When an alert of an ``/api/v1/alerts`` answer became active (its ``activeAt``, RFC 3339
-    with up to nanoseconds), in Unix seconds; None when absent or unreadable."""
-    raw = str(alert.get("activeAt") or "")
-    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", raw)
-    if m is None:
+    with up to nanoseconds, read to the microsecond), in Unix seconds; None when absent,
+    unreadable or without a zone."""
+    try:
+        when = dt.datetime.fromisoformat(str(alert.get("activeAt") or ""))
+    except ValueError:
         return None
-    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
-    frac = float(f"0.{m.group(2)}") if m.group(2) else 0.0
-    return dt.datetime.fromisoformat(m.group(1) + zone).timestamp() + frac
+    return when.timestamp() if when.tzinfo is not None else None
 
 
 def firing(alerts: Mapping[str, Any], ignore: Iterable[str] = (), *,
@@ -58,14 +56,15 @@ def firing(alerts: Mapping[str, Any], ignore: Iterable[str] = (), *,
     skip = set(ignore)
     out = []
     for a in alerts.get("alerts", []):
-        if a.get("state") != "firing" or a["labels"].get("alertname") in skip:
+        labels = a["labels"]
+        if a.get("state") != "firing" or labels.get("alertname") in skip:
             continue
         began = active_at(a)
-        late = began is not None and since is not None and began >= since
-        early = began is None or before is None or began < before
-        if (since is None or late) and (before is None or early):
-            labels = a["labels"]
-            out.append(f"{labels.get('alertname', '?')}{{node={labels.get('node', '-')}}}")
+        if since is not None and (began is None or began < since):
+            continue
+        if before is not None and began is not None and began >= before:
+            continue
+        out.append(f"{labels.get('alertname', '?')}{{node={labels.get('node', '-')}}}")
     return sorted(out)
 
 
