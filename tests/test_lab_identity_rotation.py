@@ -169,7 +169,7 @@ def test_a_certificate_near_its_end_raises_stale_identity_until_site_yml_renews_
         [inc] = wait_for("the incident's recovery", lambda: [
             i for i in incidents(node) if i["state"] == "recovered"])
         assert inc["mttr_seconds"] > 0
-        # nothing refused for the certificate anywhere along the way
+        # this node refused no advert for a certificate or signature along the way
         assert rejected(metrics(node)) == before
     finally:
         site_run({}, tmp_path / "disarm", limit=f"{node},localhost")

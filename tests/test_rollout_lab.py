@@ -214,7 +214,7 @@ def isolated_canary_reverts(node: str, first: str, good: str) -> dict[str, Any]:
     done = chaos_nodes.inject(chaos, fault, plan, time.time() + window + 120, "rollout-lab")
     isolated_after = time.monotonic() - t0
     try:
-        assert all(r.rc == 0 and r.data.get("ok") for r in done), [r.data for r in done]
+        assert all(r.ok for r in done), [r.data for r in done]
         reverted = recorded = None
         status: dict[str, Any] = {}
         while time.monotonic() - t0 < window + 90:

@@ -135,7 +135,7 @@ def run_cumulative(name: str, impl: str, mesh: Mesh, a: argparse.Namespace) -> N
             plan = faults.plan(fault, t)
             touched |= set(plan)
             res = inject(mesh.nodes, fault, plan, deadline, f"{impl[:8]}-cumulative")
-            if not all(r.rc == 0 and r.data.get("ok") for r in res):
+            if not all(r.ok for r in res):
                 log(f"{impl}: cut {i} {link} refused: {[r.data for r in res]}")
                 break
             cut.append(link)

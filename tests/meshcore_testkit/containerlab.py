@@ -142,7 +142,7 @@ def runaway(node: str, unit: str, hold_s: float, fault_id: str, experiment: str,
     t0 = time.time()
     res = inject(nodes, fault, plan, t0 + hold_s + 60, experiment)
     out: dict[str, Any] = {"injected_wall": t0}
-    if not all(r.rc == 0 and r.data.get("ok") for r in res):
+    if not all(r.ok for r in res):
         out["error"] = [r.data for r in res]
         return out
     try:

@@ -40,6 +40,11 @@ class Result:
     rc: int
     data: dict[str, Any]
 
+    @property
+    def ok(self) -> bool:
+        """The node CLI ran (rc 0) and says it did what was asked."""
+        return self.rc == 0 and bool(self.data.get("ok"))
+
 
 class Nodes:
     """Runs the node-side CLI on a named node and parses its JSON line.

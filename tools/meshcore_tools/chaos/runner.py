@@ -289,10 +289,9 @@ class Runner:
             r = inject(self.mesh.nodes, fault, plan, t_inject + step.duration_s
                        + DEADLINE_GRACE_S, self.name)
             a.output = [x.data for x in r]
-            if not all(x.rc == 0 and x.data.get("ok") for x in r):
+            if refused := [x for x in r if not x.ok]:
                 a.status = "failed"
-                why = sorted({str(x.data.get("error") or f"rc {x.rc}") for x in r
-                              if not (x.rc == 0 and x.data.get("ok"))})
+                why = sorted({str(x.data.get("error") or f"rc {x.rc}") for x in refused})
                 res["skipped"] = "injection refused: " + "; ".join(why)[:300]
                 return res
         res["injected_at"] = t_inject

@@ -56,7 +56,7 @@ def run(state_file: Path, tag: str, journal_root: Path, count: int, seed: int,
         print(json.dumps({"injecting": step.fault.id, "class": step.fault.cls,
                           "nodes": sorted(plan), "deadline": deadline}), flush=True)
         res = inject(nodes, step.fault, plan, deadline, "stress")
-        ok = all(r.rc == 0 and r.data.get("ok") for r in res)
+        ok = all(r.ok for r in res)
         time.sleep(step.hold)
         remove(nodes, step.fault, plan)
         print(json.dumps({"removed": step.fault.id, "ok": ok}), flush=True)
