@@ -20,6 +20,7 @@ from pathlib import Path
 from meshcore_tools import ROOT, netns
 
 from meshcore_testkit.agents import API_PORT, AgentMesh
+from meshcore_testkit.pki import CA
 
 RULES = ROOT / "roles" / "prometheus" / "files" / "rules"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -42,9 +43,12 @@ class MonitoredMesh:
                                                                    (3, 0), (0, 2)])
     prefix: str = "mcmon"
     url: str = ""
+    # The CA that signs the agents' certificates (a fresh one by default), so a test can
+    # re-issue a node's certificate while it runs.
+    ca: CA = field(default_factory=CA.create)
 
     def __post_init__(self) -> None:
-        self.mesh = AgentMesh(self.n, self.edges, self.base, prefix=self.prefix)
+        self.mesh = AgentMesh(self.n, self.edges, self.base, prefix=self.prefix, ca=self.ca)
 
     @property
     def namespaces(self) -> list[str]:

@@ -219,6 +219,11 @@ class AgentCollector(Collector):
         yield _gauge("meshcore_identity_cert_expiry_timestamp_seconds",
                      "When this node's X.509-SVID expires (Unix time); peers reject its adverts"
                      " after", v.identity.cert.not_valid_after_utc.timestamp() if v else 0)
+        # With the expiry, the certificate's lifetime: MeshCertificateNearExpiry alerts on
+        # the part of it left, so day-long SPIFFE SVIDs are not always "near expiry".
+        yield _gauge("meshcore_identity_cert_not_before_timestamp_seconds",
+                     "When this node's X.509-SVID became valid (Unix time)",
+                     v.identity.cert.not_valid_before_utc.timestamp() if v else 0)
         yield _counter("meshcore_identity_rotations_total",
                        "Key, certificate and bundle swaps picked up while running",
                        w.rotations if w else 0)

@@ -123,17 +123,21 @@ def test_metric_naming_conventions(ca: CA) -> None:
                                           "action", "outcome", "signal"}, sample
 
 
-def test_certificate_expiry_is_exported(ca: CA) -> None:
+def test_certificate_validity_window_is_exported(ca: CA) -> None:
     agent = make_agent(ca)
-    expected = agent.identity.cert.not_valid_after_utc.timestamp()
-    value = agent.metrics.registry.get_sample_value(
-        "meshcore_identity_cert_expiry_timestamp_seconds"
-    )
-    assert value == expected
+    cert = agent.identity.cert
+    sample = agent.metrics.registry.get_sample_value
+    value = sample("meshcore_identity_cert_expiry_timestamp_seconds")
+    assert value == cert.not_valid_after_utc.timestamp()
     # The lab and test CAs issue certificates valid for days, not already expired.
     assert value > time.time()
+    # The start too: the alert rule reads the part of the lifetime left.
+    start = sample("meshcore_identity_cert_not_before_timestamp_seconds")
+    assert start == cert.not_valid_before_utc.timestamp()
+    assert start < time.time() < value
     text = client_of(agent).get("/metrics").text
     assert "meshcore_identity_cert_expiry_timestamp_seconds" in text
+    assert "meshcore_identity_cert_not_before_timestamp_seconds" in text
 
 
 def test_one_metrics_path_reads_each_core_once(ca: CA) -> None:

@@ -159,8 +159,8 @@ PANELS: list[PanelSpec] = [
     ),
     PanelSpec(
         "Certificate lifetime left",
-        "Seconds until each node's X.509-SVID expires; under 7 days fires "
-        "MeshCertificateNearExpiry.",
+        "Seconds until each node's X.509-SVID expires; under a quarter of its lifetime "
+        "(at most 7 days) fires MeshCertificateNearExpiry.",
         [(f"meshcore_identity_cert_expiry_timestamp_seconds{{{AGENT}}} - time()", "{{node}}")],
         unit="s",
     ),
