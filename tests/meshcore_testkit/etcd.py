@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -24,10 +25,30 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from meshcore_testkit.monitoring import free_port
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """TLS on the members' client port, as the etcd role runs it: a server certificate
+    and client certificates required (``--client-cert-auth``), from the authorities in
+    ``client_ca`` only. ``ca`` signed the server certificate; the cluster's own health
+    and leader checks present ``check_cert`` (a PEM holding its key and certificate)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path
+    ca: Path
+    check_cert: Path
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        ctx.load_cert_chain(str(self.check_cert))
+        return ctx
 
 
 @dataclass
@@ -39,6 +60,7 @@ class EtcdCluster:
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     hosts: list[str] = field(default_factory=list)  # each member's address (127.0.0.1)
     wrap: Callable[[int], list[str]] | None = None  # member i's argv prefix (a namespace)
+    tls: ClientTls | None = None  # https on the client port (peers stay plain http)
 
     def __post_init__(self) -> None:
         self.clients = [free_port() for _ in range(self.n)]
@@ -47,7 +69,12 @@ class EtcdCluster:
 
     @property
     def endpoints(self) -> list[str]:
-        return [f"http://{h}:{p}" for h, p in zip(self.hosts, self.clients, strict=True)]
+        scheme = "https" if self.tls else "http"
+        return [f"{scheme}://{h}:{p}" for h, p in zip(self.hosts, self.clients, strict=True)]
+
+    def _urlopen(self, req: urllib.request.Request | str) -> Any:
+        return urllib.request.urlopen(req, timeout=1.0,
+                                      context=self.tls.context() if self.tls else None)
 
     def peer_url(self, i: int) -> str:
         return f"http://{self.hosts[i]}:{self.peers[i]}"
@@ -65,6 +92,9 @@ class EtcdCluster:
             # Fast elections on loopback; a lost member is noticed within a second.
             "--heartbeat-interval", "50", "--election-timeout", "500",
             "--logger", "zap", "--log-level", "error",
+            *(["--cert-file", str(self.tls.cert), "--key-file", str(self.tls.key),
+               "--client-cert-auth", "--trusted-ca-file", str(self.tls.client_ca)]
+              if self.tls else []),
         ]
 
     def start(self, timeout_s: float = 30.0) -> None:
@@ -102,7 +132,7 @@ class EtcdCluster:
             except subprocess.TimeoutExpired:
                 return False
         try:
-            with urllib.request.urlopen(f"{self.endpoints[i]}/health", timeout=1.0) as r:
+            with self._urlopen(f"{self.endpoints[i]}/health") as r:
                 return bool(json.load(r).get("health") == "true")
         except (OSError, ValueError, urllib.error.URLError):
             return False
@@ -115,7 +145,7 @@ class EtcdCluster:
             try:
                 req = urllib.request.Request(f"{self.endpoints[i]}/v3/maintenance/status",
                                              data=b"{}", method="POST")
-                with urllib.request.urlopen(req, timeout=1.0) as r:
+                with self._urlopen(req) as r:
                     st = json.load(r)
             except (OSError, ValueError, urllib.error.URLError):
                 continue

@@ -29,6 +29,7 @@ async def _run(cfg: AgentConfig) -> int:
     from mesh_agent.agent import Agent
     from mesh_agent.identity import Identity
     from mesh_agent.identity.clock import ClockTrust
+    from mesh_agent.identity.export import ClientExport
     from mesh_agent.identity.watch import IdentityWatcher, select_source
     from mesh_agent.mapek.knowledge import Knowledge
     from mesh_agent.store.events import EventLog
@@ -54,9 +55,13 @@ async def _run(cfg: AgentConfig) -> int:
     events = EventLog.in_state_dir(cfg.state_dir)
     knowledge = (Knowledge.in_state_dir(cfg.state_dir, boot=events.boot)
                  if cfg.mapek.enabled else None)
+    # The lease client presents the node's identity from a file: one streamed by the
+    # Workload API is written there (and kept current), before the provider is built.
+    export = ClientExport.for_config(cfg, source.name)
+    export.sync(identity)
     agent = Agent(cfg, identity, seq_store=FileSeqStore(cfg.state_dir), clock_trust=trust,
                   events=events, knowledge=knowledge)
-    agent.follow(IdentityWatcher(source, identity))
+    agent.follow(IdentityWatcher(source, identity), export)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stop)

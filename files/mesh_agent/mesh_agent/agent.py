@@ -28,6 +28,7 @@ from mesh_agent.api_service import ApiService
 from mesh_agent.config import AgentConfig
 from mesh_agent.identity import Identity
 from mesh_agent.identity.clock import ClockTrust, refresh
+from mesh_agent.identity.export import ClientExport
 from mesh_agent.identity.watch import IdentityWatcher
 from mesh_agent.link.carrier import InterfaceFollower
 from mesh_agent.link.sensor import Event, NeighborUp, Solicit
@@ -99,12 +100,19 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
 
-    def follow(self, watcher: IdentityWatcher) -> None:
+    def follow(self, watcher: IdentityWatcher, export: ClientExport | None = None) -> None:
         """Run ``watcher`` with the agent; on each rotation flood an advert under the new key
-        (peers learn the new certificate now, not at the next refresh)."""
+        (peers learn the new certificate now, not at the next refresh), and bring the
+        exported client identity (*export*: the lease client's file) up to date."""
         self._watcher = self.view.watcher = watcher
         watcher.events = self.events
-        watcher.on_rotate = lambda: self._originate(flood=True)
+
+        def rotated() -> None:
+            if export is not None:
+                export.sync(self.identity)
+            self._originate(flood=True)
+
+        watcher.on_rotate = rotated
         if self.mapek is not None:
             self.mapek.follow_identity(watcher)
 

@@ -203,6 +203,11 @@ class LinkConfig:
             raise ConfigError("link.dead_after_ms: must be larger than link.poll_interval_ms")
 
 
+def _optional_path(key: str, value: Any) -> Path | None:
+    """A file path, or none (null or an empty string: the default applies)."""
+    return None if value in (None, "") else FilePath()(key, value)
+
+
 def _lease_endpoints(key: str, value: Any) -> tuple[str, ...]:
     """etcd client URLs, ``http[s]://HOST:PORT`` each; none: no lease service."""
     if value is None:
@@ -226,10 +231,16 @@ class LeaseConfig:
     ever granted, so only local actions run. ``ttl_s``: a lease's life (a dead
     holder blocks nobody longer). ``cap_pct``: at most ``max(1, ceil(cap_pct % x
     fleet))`` disruptive leases at once, fleet-wide (and one per 2-hop
-    neighbourhood). ``timeout_s``: how long one etcd request may take.
+    neighbourhood). ``timeout_s``: how long one etcd request may take. ``ca``: the
+    authority that signed the etcd members' server certificates, for ``https``
+    endpoints (none: ``identity.ca``, the mesh CA, which signs them under lab_pki; a
+    SPIRE node has no mesh CA file and is given the site CA here). The client
+    certificate is the node's own (``identity.cert``, or the Workload API's SVID as
+    :mod:`mesh_agent.identity.export` writes it).
     """
 
     endpoints: tuple[str, ...] = field(default=(), metadata=check(_lease_endpoints))
+    ca: Path | None = field(default=None, metadata=check(_optional_path))
     ttl_s: int = field(default=30, metadata=check(Integer(2, 3600)))
     cap_pct: float = field(default=5.0, metadata=check(Number(0.1, 100.0)))
     timeout_s: float = field(default=1.0, metadata=check(Number(0.05, 30.0)))

@@ -57,6 +57,7 @@ def test_defaults() -> None:
         ({"advert_max_age_s": 0.5, "advert_interval_s": 1.0}, "advert_max_age_s"),
         ({"route_protocol": 2}, "route_protocol"),
         ({"typo_key": 1}, "typo_key"),
+        ({"mapek": {"lease": {"ca": 5}}}, "mapek.lease.ca"),
     ],
 )
 def test_errors_name_the_key(patch: dict[str, Any], key: str) -> None:

@@ -80,3 +80,33 @@ def test_client_without_certificate_is_refused(host):
     out = host.run(f"ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert={PKI}/ca.crt "
                    "--dial-timeout=3s --command-timeout=5s endpoint health")
     assert out.rc != 0
+
+
+def test_client_trust_adds_the_extra_authority_for_clients_only(host):
+    conf = host.file("/etc/default/etcd").content_string
+    assert f'ETCD_TRUSTED_CA_FILE="{PKI}/client-ca.crt"' in conf
+    assert f'ETCD_PEER_TRUSTED_CA_FILE="{PKI}/ca.crt"' in conf
+    bundle = host.file(f"{PKI}/client-ca.crt").content_string
+    assert bundle.count("BEGIN CERTIFICATE") == 2
+    assert bundle.startswith(host.file(f"{PKI}/ca.crt").content_string.strip())
+
+
+def health_as(host, name: str):
+    return host.run(f"ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert={PKI}/ca.crt "
+                    f"--cert=/root/{name}.crt --key=/root/{name}.key "
+                    "--dial-timeout=3s --command-timeout=5s endpoint health")
+
+
+def test_a_client_certificate_from_the_extra_authority_is_accepted(host):
+    """What an agent on a SPIRE site presents: an SVID from the SPIRE bundle's authority."""
+    for _ in range(30):
+        out = health_as(host, "spire-client")
+        if out.rc == 0:
+            break
+        time.sleep(1)
+    assert out.rc == 0, out.stdout + out.stderr
+
+
+def test_a_client_certificate_nobody_vouches_for_is_refused(host):
+    out = health_as(host, "stranger")
+    assert out.rc != 0

@@ -84,6 +84,13 @@ class EtcdLeases:
             cert_cert=cert if proto == "https" else None,
             cert_key=key if proto == "https" else None)
             for proto, h, p in map(parse_endpoint, endpoints)]
+        for client in self.clients:
+            # Nothing from the environment: requests lets REQUESTS_CA_BUNDLE (or
+            # CURL_CA_BUNDLE) replace the CA given here, and *_proxy send the members'
+            # traffic through a proxy. The members are on the mesh, checked against
+            # their own CA: `meshctl lease check` from an operator's shell must reach
+            # them as the agent's unit does.
+            client.session.trust_env = False
         self.topology, self.cap_pct = topology, cap_pct
         self.keys = LeaseKeys(prefix)
         self.retry_s = retry_s

@@ -49,6 +49,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from mesh_agent.config import AgentConfig
+from mesh_agent.identity.export import client_pem
 from mesh_agent.identity.watch import IdentityWatcher
 from mesh_agent.link.sensor import Event
 from mesh_agent.mapek.execute import Op, busiest_unit
@@ -164,10 +165,23 @@ def systemctl_restart(unit: str) -> str | None:
     return None if res.returncode == 0 else (res.stderr.strip() or f"rc {res.returncode}")
 
 
+def lease_tls(cfg: AgentConfig) -> tuple[str, str, str]:
+    """(CA, certificate, key) files for https lease endpoints: the etcd members' CA
+    (``mapek.lease.ca``, else the mesh CA), and the node's own identity: the Workload
+    API's SVID where the agent exports it (:mod:`mesh_agent.identity.export`: key and
+    certificate in one file), else the identity files."""
+    ca = str(cfg.mapek.lease.ca or cfg.identity.ca)
+    exported = client_pem(cfg.state_dir)
+    if exported.exists():
+        return ca, str(exported), str(exported)
+    return ca, str(cfg.identity.cert), str(cfg.identity.key)
+
+
 def lease_provider(cfg: AgentConfig, graph: Callable[[], nx.Graph]) -> LeaseProvider:
     """etcd when ``mapek.lease.endpoints`` are configured (the gateways), else nothing is
     granted (:class:`NoQuorum`). The cap and the neighbourhood come from the LSDB's graph
-    at each request; https endpoints get the node's own certificate (etcd requires one)."""
+    at each request; https endpoints get the node's own certificate (etcd requires one,
+    :func:`lease_tls`)."""
     lease = cfg.mapek.lease
     if not lease.endpoints:
         return NoQuorum()
@@ -175,10 +189,9 @@ def lease_provider(cfg: AgentConfig, graph: Callable[[], nx.Graph]) -> LeaseProv
     # agent that has no lease service configured.
     from mesh_agent.mapek.etcd import EtcdLeases
 
-    node, ident = cfg.node_name, cfg.identity
+    node = cfg.node_name
     return EtcdLeases(lease.endpoints, lambda: neighbourhood(graph(), node),
-                      cap_pct=lease.cap_pct, timeout_s=lease.timeout_s,
-                      tls=(str(ident.ca), str(ident.cert), str(ident.key)))
+                      cap_pct=lease.cap_pct, timeout_s=lease.timeout_s, tls=lease_tls(cfg))
 
 
 class MapekShell:
