@@ -21,7 +21,9 @@ from pathlib import Path
 
 import networkx as nx
 import pytest
+from cryptography.hazmat.primitives import serialization
 from meshcore_testkit.etcd import EtcdCluster
+from meshcore_testkit.pki import CA
 
 from mesh_agent.mapek.etcd import EtcdLeases
 from mesh_agent.mapek.lease import Fence, Refusal, neighbourhood
@@ -299,6 +301,14 @@ def test_missing_tls_files_refuse_with_a_reason_not_a_crash(tmp_path: Path) -> N
     worker thread; a plain http endpoint does not need them at all."""
     missing = tuple(str(tmp_path / f) for f in ("ca.crt", "node.crt", "node.key"))
     g = nx.path_graph(["a", "b"])
+    p = EtcdLeases(["https://127.0.0.1:1"], lambda: neighbourhood(g, "a"), timeout_s=0.5,
+                   tls=(missing[0], missing[1], missing[2]))
+    got = p.acquire("a", "restart_unit", TTL, time.monotonic())
+    assert isinstance(got, Refusal) and got.reason == "no_quorum", got
+    assert "ca.crt" in got.detail, got.detail  # the first file requests looks for
+    # The CA there, the node's certificate missing: named too (whatever CA bundle the
+    # environment names: the client takes nothing from it).
+    (tmp_path / "ca.crt").write_bytes(CA.create().cert.public_bytes(serialization.Encoding.PEM))
     p = EtcdLeases(["https://127.0.0.1:1"], lambda: neighbourhood(g, "a"), timeout_s=0.5,
                    tls=(missing[0], missing[1], missing[2]))
     got = p.acquire("a", "restart_unit", TTL, time.monotonic())
