@@ -39,8 +39,6 @@ import json
 import os
 import random
 import struct
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +46,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from mesh_agent.mapek.plan import APPLICABLE
+from meshcore_testkit.bench import per_call_us
 
 ARMS = [(str(cls), str(action)) for cls, actions in APPLICABLE.items() for action in actions]
 ECDSA = ec.ECDSA(hashes.SHA256())
@@ -160,7 +159,7 @@ def registers_bench(nodes: list[int], rewrites: int, rng: random.Random) -> None
              state_bytes=replica.size(), live_bytes=live)
     reg = Registers.write(keys["n0"], "n0", 10**6, json.dumps(stats(rng, 5)).encode())
     emit(design="registers", figure="merge_us",
-         merge_us=round(per_call_us(lambda: Registers(pubs).merge(reg)), 1))
+         merge_us=round(per_call_us(lambda: Registers(pubs).merge(reg), 0.5), 1))
 
 
 def yjs_bench(nodes: list[int], rewrites: int, rng: random.Random) -> None:
@@ -216,15 +215,7 @@ def yjs_bench(nodes: list[int], rewrites: int, rng: random.Random) -> None:
     shared["n0"] = json.dumps(stats(rng, 5))
     update = src.get_update()
     emit(design="yjs", figure="merge_us",
-         merge_us=round(per_call_us(lambda: replica()[0].apply_update(update)), 1))
-
-
-def per_call_us(fn: Callable[[], object], seconds: float = 0.5) -> float:
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        fn()
-        n += 1
-    return (time.perf_counter() - t0) / n * 1e6
+         merge_us=round(per_call_us(lambda: replica()[0].apply_update(update), 0.5), 1))
 
 
 def main() -> None:

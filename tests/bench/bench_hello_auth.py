@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 from mesh_agent.identity import Identity
 from mesh_agent.identity.hellokeys import HelloKeys
 from mesh_agent.link import LinkSensor, decode_hello
 from mesh_agent.link.wire import hello_tag, tag_valid
+from meshcore_testkit.bench import per_call_us
 from meshcore_testkit.pki import CA
 
 IV = 0.05
@@ -35,16 +35,6 @@ IV = 0.05
 
 def emit(**fields: object) -> None:
     print(json.dumps({"bench": "hello_auth", "load1": os.getloadavg()[0], **fields}), flush=True)
-
-
-def per_call_us(fn: object, seconds: float = 1.0) -> float:
-    call = fn  # type: ignore[assignment]
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        for _ in range(50):
-            call()  # type: ignore[operator]
-        n += 50
-    return (time.perf_counter() - t0) / n * 1e6
 
 
 def main() -> None:

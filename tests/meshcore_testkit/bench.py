@@ -1,5 +1,6 @@
-"""What the netns benchmarks (tests/bench/) share: a work directory that goes with its lab,
-and the options and preflight every routing comparison has.
+"""What the benchmarks (tests/bench/) share: a work directory that goes with its lab, the
+options and preflight every routing comparison has, and the per-call timing of the
+in-process ones (:func:`per_call_us`).
 
 ``BENCH_KEEP=1`` in the environment keeps the work directory (agent logs, journals) after
 the lab is down, for a look at a failed run. SIGINT and SIGTERM stop a bench through the
@@ -14,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,3 +72,14 @@ def bench_preflight(bench: str, emit: Callable[..., Any]) -> bool:
     if shutil.which("babeld") is None:
         raise SystemExit(f"{bench}: babeld is not installed (make setup installs it)")
     return True
+
+
+def per_call_us(fn: Callable[[], object], seconds: float = 1.0) -> float:
+    """Microseconds per call of *fn*, called for about *seconds* (in batches of 50, so the
+    clock is read once per batch)."""
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(50):
+            fn()
+        n += 50
+    return (time.perf_counter() - t0) / n * 1e6
