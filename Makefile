@@ -184,7 +184,7 @@ molecule-image: image-rpi
 # about 4 h (the emulated Pis' site.yml runs most of it), so each part also runs
 # alone, without make test: lab (slow molecule scenarios and lab/netns tests),
 # image (the rpi image booted as a molecule instance) and hw (three emulated Pis).
-SLOW_LAB_TESTS = tests/test_mapek_flap_netns.py tests/test_monitoring_netns.py tests/test_lab_e2e.py tests/test_lab_yggdrasil.py tests/test_lab_identity_rotation.py tests/test_lab_chaos_suite.py tests/test_dashboard_lab.py tests/test_lab_leases.py tests/test_lab_restart_unit.py tests/test_chaos_reaper.py tests/test_chaos_suite_netns.py tests/test_chaos_rogue.py tests/test_rollout_lab.py tests/test_rollout_ssh.py
+SLOW_LAB_TESTS = files/mesh_agent/tests/test_mapek_netns.py tests/test_mapek_isolate_netns.py tests/test_mapek_flap_netns.py tests/test_monitoring_netns.py tests/test_lab_e2e.py tests/test_lab_yggdrasil.py tests/test_lab_identity_rotation.py tests/test_lab_chaos_suite.py tests/test_dashboard_lab.py tests/test_lab_leases.py tests/test_lab_restart_unit.py tests/test_chaos_reaper.py tests/test_chaos_suite_netns.py tests/test_chaos_rogue.py tests/test_rollout_lab.py tests/test_rollout_ssh.py
 
 test-full: test test-full-lab test-full-image test-full-hw
 

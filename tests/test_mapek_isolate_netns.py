@@ -45,7 +45,7 @@ from meshcore_tools.chaos import faults
 from meshcore_tools.chaos.faults import Fault, Topo
 from meshcore_tools.chaos.nodes import inject, leftovers, netns_nodes, remove
 
-pytestmark = [requires_root,
+pytestmark = [requires_root, pytest.mark.slow,
               pytest.mark.skipif(shutil.which("etcd") is None,
                                  reason="needs etcd (Debian package etcd-server)")]
 FLOOD_S = 45

@@ -28,7 +28,7 @@ from meshcore_tools.netns import silent_cut
 from mesh_agent.mapek.execute import MAX_HOLD_S, QUARANTINE_COST
 from mesh_agent.mapek.loop import START_SETTLE_S
 
-pytestmark = requires_root
+pytestmark = [requires_root, pytest.mark.slow]
 
 MAPEK = {"mapek": {"enabled": True, "mode": "enforce", "policy": "fixed", "interval_s": 1.0}}
 
