@@ -289,6 +289,10 @@ class AgentCollector(Collector):
         yield thresholds
         yield _gauge("meshcore_mapek_active_actions", "Remediation actions in force now",
                      len(m.executor.active) if m else 0)
+        window = v.maintenance if v is not None else None
+        yield _gauge("meshcore_mapek_maintenance_until_timestamp_seconds",
+                     "The end of the maintenance window open now (0: none): incidents are "
+                     "recorded, not acted on", window.until if window is not None else 0)
         yield _gauge("meshcore_mapek_leases_held",
                      "Disruptive-action leases held now (renewed while their action lasts)",
                      len(m.held) if m else 0)

@@ -30,6 +30,7 @@ from mesh_agent.link.sockets import MeshSockets
 from mesh_agent.link.stretch import HelloStretch
 from mesh_agent.mapek.knowledge import Knowledge
 from mesh_agent.mapek.loop import MapeK
+from mesh_agent.mapek.maintenance import Window
 from mesh_agent.mapek.monitor import LinkSample, Observation
 from mesh_agent.paths import PathTable
 from mesh_agent.paths.schedule import ComputeSchedule
@@ -75,6 +76,7 @@ class AgentView:
     path_seconds: Histogram = field(default_factory=lambda: Histogram(COMPUTE_BUCKETS))
     mapek: MapeK | None = None  # the self-healing loop, when mapek.enabled
     knowledge: Knowledge | None = None
+    maintenance: Window | None = None  # the window open at the loop's last sample
 
     @classmethod
     def build(
@@ -348,6 +350,8 @@ class AgentView:
             "thresholds": m.thresholds.as_dict() if m is not None else {},
             "active_actions": m.active_actions() if m is not None else [],
             "knowledge": "unavailable" if k is None or not k.available else "ok",
+            # Incidents are recorded, not acted on, until it ends (mapek.maintenance).
+            "maintenance": self.maintenance.as_dict() if self.maintenance is not None else None,
             "incidents": k.incidents(limit, open_only) if k is not None else [],
         }
 

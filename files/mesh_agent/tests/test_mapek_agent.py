@@ -868,3 +868,72 @@ def test_no_certificate_age_is_read_while_the_clock_is_not_trusted(
     agent.identity.check_validity = True
     assert 0 < agent.view.observation(0.0, time.time()).identity_age < 0.01
     assert agent.view.observation(0.0, None).identity_age is None
+
+
+def test_a_maintenance_window_records_incidents_and_acts_after_it(enforced, monkeypatch
+                                                                   ) -> None:
+    """The window's file in the state directory, read at each tick: the incident is
+    recorded (API, meshctl, metrics, events), nothing is done until the file is gone, then
+    the quarantine comes at the next tick."""
+    from mesh_agent.mapek import maintenance
+
+    agent, clock, client, b = enforced
+    assert agent.mapek is not None
+    state_dir = agent.cfg.state_dir
+    w = maintenance.window(600, "rollout", time.time())
+    maintenance.write(state_dir, w)
+    for _ in range(4):
+        hellos(agent, b, clock, 5.0, keep_every=2)
+        agent.mapek.tick()
+    assert agent.sensor.penalties == {}
+    body = client.get("/v1/incidents").json()
+    assert body["maintenance"] == w.as_dict()
+    [inc] = body["incidents"]
+    assert inc["action"] == {"kind": "none", "outcome": "maintenance"} and inc["state"] == "open"
+    m = metrics(client)
+    assert m[("meshcore_mapek_maintenance_until_timestamp_seconds", ())] == w.until
+    assert m[("meshcore_remediation_actions_total",
+              (("action", "none"), ("outcome", "maintenance")))] == 1
+    opened = agent.events.query(kinds=[EventKind.MAINTENANCE])
+    assert [(e.reason, e.detail["reason"]) for e in opened] == [("open", "rollout")]
+
+    class Via:  # meshctl's client, answered by the app in-process
+        def __init__(self, url: str, timeout: float = 5.0) -> None:
+            pass
+
+        def get(self, path: str, params: Any = ()) -> tuple[int, Any]:
+            r = client.get(path, params=list(params))
+            return r.status_code, r.json()
+
+    monkeypatch.setattr(ctl, "HttpClient", Via)
+    import io
+
+    out = io.StringIO()
+    assert ctl.main(["--api", "http://in-process", "incidents"], out=out) == 0
+    assert "maintenance window until" in out.getvalue() and ": rollout" in out.getvalue()
+    # The change is done: the window closed, the link still lossy: quarantined now.
+    maintenance.clear(state_dir)
+    hellos(agent, b, clock, 5.0, keep_every=2)
+    agent.mapek.tick()
+    assert agent.sensor.penalties == {"b": QUARANTINE_COST}
+    body = client.get("/v1/incidents").json()
+    assert body["maintenance"] is None
+    assert body["incidents"][0]["action"] == {"kind": "quarantine_link", "outcome": "applied"}
+    assert [e.reason for e in agent.events.query(kinds=[EventKind.MAINTENANCE])] == [
+        "open", "closed"]
+    assert metrics(client)[("meshcore_mapek_maintenance_until_timestamp_seconds", ())] == 0
+
+
+def test_a_broken_window_file_opens_no_window_and_is_reported_once(enforced) -> None:
+    from mesh_agent.mapek import maintenance
+
+    agent, clock, client, b = enforced
+    assert agent.mapek is not None
+    maintenance.path(agent.cfg.state_dir).write_text("{not json")
+    for _ in range(4):
+        hellos(agent, b, clock, 5.0, keep_every=2)
+        agent.mapek.tick()
+    assert agent.sensor.penalties == {"b": QUARANTINE_COST}  # the loop was not silenced
+    bad = agent.events.query(kinds=[EventKind.MAINTENANCE])
+    assert [e.reason for e in bad] == ["invalid"] and "not JSON" in bad[0].detail["why"]
+    assert client.get("/v1/incidents").json()["maintenance"] is None

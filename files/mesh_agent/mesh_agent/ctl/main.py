@@ -24,6 +24,7 @@ import mesh_agent
 from mesh_agent.config import DEFAULT_CONFIG_PATH
 from mesh_agent.ctl import fleet as fleet_mod
 from mesh_agent.ctl import lease as lease_mod
+from mesh_agent.ctl import maintenance as maintenance_mod
 from mesh_agent.ctl import release as release_mod
 from mesh_agent.ctl.client import (
     AgentUnreachable,
@@ -63,6 +64,7 @@ examples:
                                          exit 1 names nodes missing a neighbour its links expect
   meshctl release list                    installed agent releases; release use ID switches back
   meshctl lease check                     can this node take a lease from the gateways' etcd?
+  meshctl maintenance start --for 30m     the loop records incidents, does not act, for 30 min
 """
 
 
@@ -298,6 +300,9 @@ def render_incidents(data: dict[str, Any]) -> str:
         return f"{data['node']}: the self-healing loop is off (mapek.enabled: false)"
     head = (f"{data['node']}: mapek {data['mode']}, policy {data['policy']}, "
             f"{len(data['active_actions'])} action(s) in force, knowledge {data['knowledge']}")
+    if w := data.get("maintenance"):
+        head += (f"\nmaintenance window until {timestamp(w['until'])} UTC"
+                 f"{': ' + w['reason'] if w['reason'] else ''} (incidents recorded, not acted on)")
     rows = []
     for i in data["incidents"]:
         sig, act = i["signal"], i["action"] or {}
@@ -339,6 +344,8 @@ def run_local(args: argparse.Namespace, out: TextIO) -> int:
         return release_mod.run(args, out, syslog=True)
     if args.command == "lease":
         return lease_mod.run(args, out, sys.stderr)
+    if args.command == "maintenance":
+        return maintenance_mod.run(args, out, sys.stderr)
     client = HttpClient(api_url(args), timeout=args.timeout)
     if args.command == "events":
         return emit_events(events_of(client, args), args.json, out)
@@ -510,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a certificate expiring within this is a problem (default 1d; SPIRE: 10m)")
     release_mod.add_parser(sub)
     lease_mod.add_parser(sub)
+    maintenance_mod.add_parser(sub)
     return p
 
 
@@ -518,7 +526,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
     args.command = {"neighbors": "neighbours"}.get(args.command, args.command)
-    if args.command in ("release", "lease") and (args.ssh or args.node):
+    if args.command in ("release", "lease", "maintenance") and (args.ssh or args.node):
         print(f"meshctl: {args.command} works with the node's own files: run it there "
               f"(ssh NODE sudo meshctl {args.command} ...)", file=sys.stderr)
         return USAGE

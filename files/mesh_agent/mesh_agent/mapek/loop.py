@@ -64,6 +64,12 @@ action when the lease is gone or its deadline passes unrenewed (``lease_lost``: 
 cut off from etcd stops before anyone else can be granted its slot), and hands the lease
 back when the action ends. The shell is woken for these between samples
 (:attr:`MapeK.next_due_at`, :meth:`MapeK.due`), as for a refused decision's retry.
+
+Maintenance. While a window is open (``Observation.maintenance_until``,
+:mod:`mesh_agent.mapek.maintenance`) an incident that opens is recorded with the action
+``none`` and the outcome ``maintenance``: not acted on, no MTTR, no statistics, no
+threshold change, no collateral charge. One still open at the first sample after the
+window is decided then, as if it had just opened.
 """
 
 from __future__ import annotations
@@ -108,7 +114,8 @@ RELAX_STEP = 0.05  # a real incident moves it 5 % of the way back to the default
 # 15 s after the start: mesh_agent.startup).
 START_SETTLE_S = 15.0
 ACTION_OUTCOMES = ("applied", "observed", "noop", "refused:rate_limited", "refused:no_lease",
-                   "refused:stale_token", "refused:sole_link", "attributed")
+                   "refused:stale_token", "refused:sole_link", "attributed", "maintenance")
+MAINTENANCE = "maintenance"  # the outcome of an incident opened in a maintenance window
 # A refused lease is asked again this long after one TTL: etcd revokes an expired lease
 # from a sweep every 500 ms (docs/mapek.md, "Leases across a real network partition").
 RETRY_SLACK_S = 0.5
@@ -232,6 +239,8 @@ class MapeK:
         self._applied: tuple[float, str, str, int] | None = None
         # The neighbours whose direct link is our only way to them (the last observation).
         self._sole: frozenset[str] = frozenset()
+        # Whether a maintenance window was open at the last sample.
+        self.in_maintenance = False
 
     @property
     def thresholds(self) -> Thresholds:
@@ -270,7 +279,13 @@ class MapeK:
         out.opened = analysis.opened
         # Open before this step and still open (recovered ones left the analyzer's table).
         older = len(self.analyzer.open) > len(analysis.opened)
+        self.in_maintenance = obs.maintenance_until is not None and now < obs.maintenance_until
+        if not self.in_maintenance:
+            out.ops += self._after_window(now, {i.id for i in analysis.opened}, out)
         for inc in analysis.opened:
+            if self.in_maintenance:
+                self._defer(inc, now, out)
+                continue
             cause = self._cause_of(inc)
             if cause is not None:  # a symptom: neither acted on nor charged to an action
                 self._attribute(inc, cause, now, out)
@@ -329,6 +344,32 @@ class MapeK:
             if inc.mitigated_at is not None:
                 ttm = self.ttm.setdefault(str(inc.cls), Histogram(MTTR_BUCKETS))
                 ttm.observe(inc.mitigated_at - inc.detected_at)
+
+    def _defer(self, inc: Incident, now: float, out: Step) -> None:
+        """*inc* opened in a maintenance window: recorded, not acted on."""
+        inc.decided_at, inc.action, inc.action_outcome = now, str(ActionKind.NONE), MAINTENANCE
+        key = (str(ActionKind.NONE), MAINTENANCE)
+        self.actions_total[key] = self.actions_total.get(key, 0) + 1
+        out.decided.append(inc)
+        log.info("incident %d %s on %s: opened in a maintenance window, not acted on", inc.id,
+                 inc.cls, inc.target)
+
+    def _after_window(self, now: float, this_step: set[int], out: Step) -> list[Op]:
+        """The incidents opened in a maintenance window that are still open once it has
+        ended: decided now, as if they had just opened (the change broke something)."""
+        ops: list[Op] = []
+        for inc in sorted(self.analyzer.open.values(), key=lambda i: i.id):
+            if inc.action_outcome != MAINTENANCE or inc.id in this_step:
+                continue
+            log.info("incident %d %s on %s: still open after the maintenance window, "
+                     "deciding", inc.id, inc.cls, inc.target)
+            if (cause := self._cause_of(inc)) is not None:
+                self._attribute(inc, cause, now, out)
+                continue
+            ops += self._decide(inc, now, out)
+            if inc.id not in self.pending:
+                out.decided.append(inc)
+        return ops
 
     def _cause_of(self, inc: Incident) -> Incident | None:
         """The open incident *inc* is a symptom of (SYMPTOMS), the worst if several."""
@@ -534,8 +575,8 @@ class MapeK:
         return ops
 
     def _learn(self, inc: Incident, out: Step) -> None:
-        if inc.resolution == "gone":  # not a recovery: no MTTR, no credit, no tuning
-            return
+        if inc.resolution == "gone" or inc.action_outcome == MAINTENANCE:
+            return  # not a recovery, or not a fault: no MTTR, no credit, no tuning
         mttr = inc.mttr_s or 0.0
         self.mttr.setdefault(str(inc.cls), Histogram(MTTR_BUCKETS)).observe(mttr)
         if inc.cause is not None:  # a symptom: its cause's incident is what teaches

@@ -202,6 +202,9 @@ class Observation:
     # more once it has expired); None while the clock is not trusted (a Pi without an RTC
     # before its first time sync: the dates mean nothing then).
     identity_age: float | None = None
+    # The end of a maintenance window open now (monotonic seconds; None: none is open):
+    # incidents are recorded, not acted on (mesh_agent.mapek.maintenance).
+    maintenance_until: float | None = None
 
 
 @dataclass(frozen=True)

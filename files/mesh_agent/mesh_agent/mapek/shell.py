@@ -28,6 +28,10 @@ lease validated, the identity asked of the SPIFFE Workload API again over a new 
 (:meth:`IdentityWatcher.rerequest`) and swapped in if it is new; offered to the policies
 only where the identity comes from the Workload API (:meth:`MapekShell.follow_identity`):
 files are renewed by whoever writes them.
+
+A maintenance window (:mod:`.maintenance`) is read from ``<state_dir>/maintenance.json``
+at every sample and handed to the core in the observation; its start, end and a file
+that does not parse are recorded as ``maintenance`` events.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import os
 import subprocess
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +57,7 @@ from mesh_agent.config import AgentConfig
 from mesh_agent.identity.export import client_pem
 from mesh_agent.identity.watch import IdentityWatcher
 from mesh_agent.link.sensor import Event
+from mesh_agent.mapek import maintenance
 from mesh_agent.mapek.execute import Op, busiest_unit
 from mesh_agent.mapek.knowledge import Knowledge
 from mesh_agent.mapek.lease import Refusal, neighbourhood
@@ -241,6 +247,10 @@ class MapekShell:
         self._wake: asyncio.TimerHandle | None = None  # the wake-up for what is due (MapeK.due)
         self._wake_at = 0.0
         self._identity: IdentityWatcher | None = None
+        # The maintenance window open at the last sample, and the last unreadable file's
+        # complaint (recorded once).
+        self.window: maintenance.Window | None = None
+        self._window_error = ""
 
     def follow_identity(self, watcher: IdentityWatcher) -> None:
         """The agent follows its identity's rotations with *watcher*: ``rerequest_identity``
@@ -265,7 +275,39 @@ class MapekShell:
         if units := self.cfg.mapek.restart_units:
             self._unit_samples.append((self.clock(), unit_cpu if unit_cpu is not None
                                        else self.unit_cpu(units)))
-        self.settle(self.core.step(self.view.observation(self.cpu(), self.wall())))
+        wall = self.wall()
+        obs = self.view.observation(self.cpu(), wall)
+        window = self.read_window(wall)
+        if window is not None:
+            obs = replace(obs, maintenance_until=obs.at + (window.until - wall))
+        self.settle(self.core.step(obs))
+
+    def read_window(self, wall: float) -> maintenance.Window | None:
+        """The maintenance window open at *wall* (None: none), read from the state
+        directory; its start and end, and a file that does not parse (no window then: a
+        broken file never silences the loop), are recorded as events."""
+        try:
+            found = maintenance.read(self.cfg.state_dir)
+            self._window_error = ""
+        except maintenance.WindowError as exc:
+            found = None
+            if str(exc) != self._window_error:
+                self._window_error = str(exc)
+                log.warning("mapek: no maintenance window: %s", exc)
+                self.events.append(EventKind.MAINTENANCE, self.cfg.node_name, "invalid",
+                                   {"why": str(exc)})
+        now = found if found is not None and found.open_at(wall) else None
+        before, self.window = self.window, now
+        self.view.maintenance = now
+        if now is not None and (before is None or before != now):
+            log.info("mapek: maintenance window open until %.0f (%s): incidents are "
+                     "recorded, not acted on", now.until, now.reason or "no reason given")
+            self.events.append(EventKind.MAINTENANCE, self.cfg.node_name, "open", now.as_dict())
+        elif now is None and before is not None:
+            why = "closed" if found is None or found != before else "ended"
+            log.info("mapek: maintenance window %s", why)
+            self.events.append(EventKind.MAINTENANCE, self.cfg.node_name, why, before.as_dict())
+        return now
 
     def _spawn(self, coro: Any) -> None:
         self._tasks.add(task := asyncio.ensure_future(coro))

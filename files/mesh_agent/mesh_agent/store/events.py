@@ -66,6 +66,7 @@ class EventKind(StrEnum):
     IDENTITY_REJECTED = "identity_rejected"  # a new identity that did not load or verify
     LOG_RESET = "log_reset"  # the database was unreadable and was set aside
     REMEDIATION = "remediation"  # subject: target; reason: apply|undo:<action> (mesh_agent.mapek)
+    MAINTENANCE = "maintenance"  # subject: the node; reason: open | ended | closed | invalid
 
 
 # Records per second and burst per (kind, reason); kinds not listed are not throttled.
