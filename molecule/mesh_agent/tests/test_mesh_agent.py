@@ -133,6 +133,28 @@ def test_meshctl_on_the_path_answers_as_an_operator(host):
     assert "mesh-agent" in status.stdout.splitlines()[0]
 
 
+def test_meshctl_opens_a_maintenance_window_the_agents_user_can_read(host):
+    """Root opens the window in the agent's state directory (systemd's StateDirectory,
+    0700 meshcore); the agent's own user reads it back the way the loop does; it closes."""
+    out = host.run("meshctl --json maintenance start --for 10m --reason molecule")
+    assert out.rc == 0, out.stderr
+    window = json.loads(out.stdout)
+    assert window["open"] and window["until"] - window["since"] == 600, window
+    f = host.file("/var/lib/mesh-agent/maintenance.json")
+    assert f.exists and f.user == "root" and f.mode == 0o644
+    code = ("from pathlib import Path; from mesh_agent.mapek import maintenance; "
+            "print(maintenance.read(Path('/var/lib/mesh-agent')).reason)")
+    read = host.run("setpriv --reuid meshcore --regid meshcore --clear-groups "
+                    "/opt/mesh-agent/current/bin/python -c %s", code)
+    assert read.rc == 0 and read.stdout.strip() == "molecule", read.stderr
+    assert json.loads(host.check_output("meshctl --json maintenance"))["open"]
+    assert json.loads(host.check_output("meshctl --json maintenance end"))["changed"]
+    assert not host.file("/var/lib/mesh-agent/maintenance.json").exists
+    # Too long: refused, nothing written.
+    assert host.run("meshctl maintenance start --for 5h").rc == 1
+    assert not host.file("/var/lib/mesh-agent/maintenance.json").exists
+
+
 def test_agent_runs_hellos_on_the_mesh_interface(host):
     status, body = http(host, "/v1/neighbors")
     assert status == 200
