@@ -130,3 +130,39 @@ def test_a_lossy_link_is_quarantined_then_released_with_an_mttr(pair: AgentMesh)
                     get(n.ns, "/v1/incidents")["incidents"]] for n in pair.nodes})
     # Knowledge is in n1's state_dir, next to the event log.
     assert (Path(pair.base) / "n1" / "agent.db").exists()
+
+
+def test_in_a_maintenance_window_a_lossy_link_is_recorded_then_quarantined_after_it(
+        pair: AgentMesh) -> None:
+    """The same fault, n1's window opened by meshctl as root would (the file in its state
+    directory): the incident is recorded, the link keeps its cost; the window closed, the
+    loop quarantines it at its next sample."""
+    from mesh_agent.mapek import maintenance
+
+    _, n1 = pair.nodes
+    pair.wait_for(pair.converged, 60, "both agents ready with a route to each other")
+    for node in pair.nodes:
+        wait(lambda ns=node.ns: get(ns, "/v1/incidents")["armed"], START_SETTLE_S + 30,
+             f"{node.name}'s loop to arm")
+    state_dir = Path(pair.base) / "n1"
+    window = maintenance.window(600, "netns test", time.time())
+    maintenance.write(state_dir, window)
+    wait(lambda: get(n1.ns, "/v1/incidents")["maintenance"] is not None, 10,
+         "n1's loop to see the window")
+    ifname = pair.ifname[(1, 0)]
+    silent_cut(n1.ns, ifname, True, loss_pct=40)
+    try:
+        inc = wait(lambda: lossy(n1.ns, "?open=true"), 30, "a lossy_link incident on n1")[0]
+        assert inc["action"] == {"kind": "none", "outcome": "maintenance"}
+        time.sleep(5)  # samples in the window: still nothing done
+        assert (c := cost_n1_gives_n0(n1.ns)) is not None and c < QUARANTINE_COST
+        assert get(n1.ns, "/v1/events?kind=remediation")["events"] == []
+        maintenance.clear(state_dir)
+        wait(lambda: (c := cost_n1_gives_n0(n1.ns)) is not None and c >= QUARANTINE_COST, 10,
+             "n1 to quarantine the link once the window closed")
+        [after] = [i for i in lossy(n1.ns) if i["id"] == inc["id"]]
+        assert after["action"] == {"kind": "quarantine_link", "outcome": "applied"}
+        kinds = [e["reason"] for e in get(n1.ns, "/v1/events?kind=maintenance")["events"]]
+        assert kinds == ["open", "closed"]
+    finally:
+        silent_cut(n1.ns, ifname, False)
