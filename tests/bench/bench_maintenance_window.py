@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meshcore_testkit.containerlab import agent_ready, exec_in, site_run
+from meshcore_testkit.containerlab import agent_ready, exec_in, incidents, site_run
 from meshcore_tools.lab.state import MONITOR, load_state
 
 RESTART_TASK = "Restart the agent, one round at a time"
@@ -49,11 +49,6 @@ def log(msg: str) -> None:
 def emit(**fields: Any) -> None:
     print(json.dumps({"bench": "maintenance_window", **fields,
                       "load1": round(os.getloadavg()[0], 2)}), flush=True)
-
-
-def incidents(node: str) -> list[dict[str, Any]]:
-    res = exec_in(node, "meshctl", "--json", "incidents", "--limit", "1000")
-    return list(json.loads(res.stdout)["incidents"]) if res.returncode == 0 else []
 
 
 def window_open(node: str) -> bool:

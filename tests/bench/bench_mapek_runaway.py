@@ -55,7 +55,7 @@ from meshcore_testkit.containerlab import (
     agent_ready,
     arm_mapek,
     chaos_nodes,
-    exec_in,
+    incidents,
     install_chaos,
     labctl,
     runaway,
@@ -88,13 +88,6 @@ def emit(**fields: Any) -> None:
 
 def quantile(values: list[float], q: float) -> float | None:
     return round(probes.quantile(values, q), 1) if values else None
-
-
-def incidents(node: str) -> list[dict[str, Any]]:
-    res = exec_in(node, "meshctl", "--json", "incidents", "--limit", "500")
-    if res.returncode != 0:
-        return []
-    return list(json.loads(res.stdout)["incidents"])
 
 
 def arm(node: str, policy: str, tmp: Path, keep_knowledge: bool) -> None:
@@ -266,7 +259,7 @@ def main() -> int:
             end = time.time()
             windows.append((t0, end))
             for policy, node in by_policy.items():
-                line = round_line(rnd, policy, node, results[policy], incidents(node), end)
+                line = round_line(rnd, policy, node, results[policy], incidents(node, 500), end)
                 rows.append(line)
                 emit(**line)
             log(f"round {rnd}: " + ", ".join(
@@ -274,7 +267,7 @@ def main() -> int:
                 for r in rows[-2:]))
         hours = max(1e-9, time.time() - started) / 3600
         for policy, node in by_policy.items():
-            incs = incidents(node)
+            incs = incidents(node, 500)
             alarms = sum(1 for i in incs if i["detected_wall"] >= started and not any(
                 a <= i["detected_wall"] <= b for a, b in windows))
             emit(**summary([r for r in rows if r["policy"] == policy], args.window, alarms,

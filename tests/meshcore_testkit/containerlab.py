@@ -207,6 +207,13 @@ def on_node(node: str, script: str) -> str:
     return res.stdout
 
 
+def incidents(node: str, limit: int = 1000) -> list[dict[str, Any]]:
+    """*node*'s newest *limit* incidents (``meshctl --json incidents``); none when its
+    agent does not answer."""
+    res = exec_in(node, "meshctl", "--json", "incidents", "--limit", str(limit))
+    return list(json.loads(res.stdout)["incidents"]) if res.returncode == 0 else []
+
+
 def current(node: str) -> str:
     """The release *node* runs (``meshctl --json release list``)."""
     return str(json.loads(on_node(node, "meshctl --json release list"))["current"])

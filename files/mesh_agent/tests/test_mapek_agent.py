@@ -94,6 +94,20 @@ def metrics(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]],
     return out
 
 
+def meshctl_in_process(monkeypatch: pytest.MonkeyPatch, client: TestClient) -> None:
+    """meshctl's HTTP client answered by the agent's app in-process (``--api`` is ignored)."""
+
+    class Via:
+        def __init__(self, url: str, timeout: float = 5.0) -> None:
+            pass
+
+        def get(self, path: str, params: Any = ()) -> tuple[int, Any]:
+            r = client.get(path, params=list(params))
+            return r.status_code, r.json()
+
+    monkeypatch.setattr(ctl, "HttpClient", Via)
+
+
 @pytest.fixture
 def enforced(ca: CA, tmp_path: Path) -> tuple[Agent, Clock, TestClient, LinkSensor]:
     clock = Clock()
@@ -173,15 +187,7 @@ def test_meshctl_incidents_table_and_json(enforced, monkeypatch) -> None:
         hellos(agent, b, clock, 5.0, keep_every=keep)
         agent.mapek.tick()
 
-    class Via:  # meshctl's client, answered by the app in-process
-        def __init__(self, url: str, timeout: float = 5.0) -> None:
-            pass
-
-        def get(self, path: str, params: Any = ()) -> tuple[int, Any]:
-            r = client.get(path, params=list(params))
-            return r.status_code, r.json()
-
-    monkeypatch.setattr(ctl, "HttpClient", Via)
+    meshctl_in_process(monkeypatch, client)
     import io
 
     out = io.StringIO()
@@ -897,15 +903,7 @@ def test_a_maintenance_window_records_incidents_and_acts_after_it(enforced, monk
     opened = agent.events.query(kinds=[EventKind.MAINTENANCE])
     assert [(e.reason, e.detail["reason"]) for e in opened] == [("open", "rollout")]
 
-    class Via:  # meshctl's client, answered by the app in-process
-        def __init__(self, url: str, timeout: float = 5.0) -> None:
-            pass
-
-        def get(self, path: str, params: Any = ()) -> tuple[int, Any]:
-            r = client.get(path, params=list(params))
-            return r.status_code, r.json()
-
-    monkeypatch.setattr(ctl, "HttpClient", Via)
+    meshctl_in_process(monkeypatch, client)
     import io
 
     out = io.StringIO()

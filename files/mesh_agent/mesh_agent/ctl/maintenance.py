@@ -42,19 +42,14 @@ def add_parser(sub: Any) -> None:
     ms.add_parser("show", help="the window open now, if any (the default)")
 
 
-def _state_dir(args: argparse.Namespace) -> Path:
-    return load_config(Path(args.config)).state_dir
-
-
-def run(args: argparse.Namespace, out: TextIO, err: TextIO,
-        wall: Any = time.time) -> int:
+def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
-        state_dir = _state_dir(args)
+        state_dir = load_config(Path(args.config)).state_dir
     except ConfigError as exc:
         print(f"meshctl: {exc}", file=err)
         return USAGE
     command = args.maintenance_command or "show"
-    now = float(wall())
+    now = time.time()
     try:
         if command == "start":
             w = maintenance.window(float(args.duration), args.reason, now)

@@ -247,9 +247,8 @@ class MapekShell:
         self._wake: asyncio.TimerHandle | None = None  # the wake-up for what is due (MapeK.due)
         self._wake_at = 0.0
         self._identity: IdentityWatcher | None = None
-        # The maintenance window open at the last sample, and the last unreadable file's
-        # complaint (recorded once).
-        self.window: maintenance.Window | None = None
+        # The last unreadable window file's complaint (recorded once); the window open at
+        # the last sample is the view's (AgentView.maintenance).
         self._window_error = ""
 
     def follow_identity(self, watcher: IdentityWatcher) -> None:
@@ -297,9 +296,8 @@ class MapekShell:
                 self.events.append(EventKind.MAINTENANCE, self.cfg.node_name, "invalid",
                                    {"why": str(exc)})
         now = found if found is not None and found.open_at(wall) else None
-        before, self.window = self.window, now
-        self.view.maintenance = now
-        if now is not None and (before is None or before != now):
+        before, self.view.maintenance = self.view.maintenance, now
+        if now is not None and now != before:
             log.info("mapek: maintenance window open until %.0f (%s): incidents are "
                      "recorded, not acted on", now.until, now.reason or "no reason given")
             self.events.append(EventKind.MAINTENANCE, self.cfg.node_name, "open", now.as_dict())
