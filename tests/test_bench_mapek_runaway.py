@@ -18,7 +18,7 @@ def bench() -> ModuleType:
 
 def inc(cls: str, at: float, mttr: float | None, kind: str | None = None,
         outcome: str = "applied") -> dict[str, object]:
-    return {"class": cls, "detected_wall": at, "mttr_seconds": mttr,
+    return {"class": cls, "detected_wall": at, "mttr_seconds": mttr, "target": "self:",
             "signal": {"name": "lateness", "value": 0.4, "threshold": 0.25},
             "action": {"kind": kind, "outcome": outcome} if kind else None}
 
@@ -30,13 +30,27 @@ def test_a_round_counts_the_starved_incidents_detected_in_its_window() -> None:
             inc("starved_node", 130.0, None, "lengthen_hello"),  # still open
             inc("lossy_link", 110.0, 5.0, "quarantine_link"),  # another class
             inc("starved_node", 300.0, 3.0)]  # after the round's settle
+    view = {"incidents": incs, "action_stats": [
+        {"class": "starved_node", "action": "restart_unit", "tries": 3, "successes": 1},
+        {"class": "lossy_link", "action": "none", "tries": 9, "successes": 9}]}
+    blamed = [{"action": "restart_unit", "by_class": "route_churn", "after_seconds": 20.0,
+               "incident": 7, "wall": 126.0},
+              {"action": "restart_unit", "by_class": "route_churn", "after_seconds": 20.0,
+               "incident": 5, "wall": 60.0}]  # an earlier round's
     line = b.round_line(2, "learned", "node04", {"injected_wall": 100.0, "runaway_s": 8.1,
-                                                  "ended_by": "restart"}, incs, 250.0)
+                                                  "ended_by": "restart"}, view, blamed, 250.0)
     assert line["incidents"] == 2 and line["still_open"] == 1
     assert line["actions"] == {"restart_unit:applied": 1, "lengthen_hello:applied": 1}
     assert line["detect_s"] == 6.0 and line["mttr_max_s"] == 12.5
     assert line["runaway_s"] == 8.1 and line["ended_by"] == "restart"
     assert (line["signal"], line["threshold"]) == ("lateness", 0.25)
+    # The other classes in the window, the round's charges, the class's arms after it.
+    assert line["others"] == [{"class": "lossy_link", "target": "self:",
+                               "action": "quarantine_link", "outcome": "applied",
+                               "detect_s": 10.0, "mttr_s": 5.0}]
+    assert line["charges"] == [{"action": "restart_unit", "by_class": "route_churn",
+                                "after_seconds": 20.0}]
+    assert line["stats"] == {"restart_unit": [3, 1]}
 
 
 def test_the_summary_compares_the_first_and_last_rounds() -> None:

@@ -26,8 +26,10 @@ their outcomes, ``mttr_p50_s``/``mttr_max_s`` over those that recovered, ``still
 ``detect_s`` (injection to the first detection; its signal, value and threshold),
 ``runaway_s`` (injection to the end of the busy loop: the unit's restart, else the
 removal at ``--hold``) and ``ended_by``
-(restart | removal); ``false_alarms``: incidents of the node detected outside every
-fault window and its settle. Then a ``summary`` per policy over the first and last
+(restart | removal); ``others``: the round's incidents of other classes, ``charges``: the
+collateral charges the loop made in the round, ``stats``: the node's starved_node arms
+(action: [tries, successes]) after it; ``false_alarms``: incidents of the node detected
+outside every fault window and its settle. Then a ``summary`` per policy over the first and last
 ``--window`` rounds and all of them (runaway_s p50/p95, the rounds' worst MTTR p95,
 restarts), with false alarms per node-hour, and ``--plot`` a PNG of runaway_s and MTTR
 per round. ``--summary-of FILE`` prints the summary lines again from a run's output.
@@ -55,9 +57,11 @@ from meshcore_testkit.containerlab import (
     agent_ready,
     arm_mapek,
     chaos_nodes,
+    charges,
     incidents,
     install_chaos,
     labctl,
+    loop_view,
     runaway,
     site_run,
     start_app_unit,
@@ -106,10 +110,14 @@ def one_fault(node: str, cpu: int, rnd: int, hold: float, out: dict[str, Any]) -
 
 
 def round_line(rnd: int, policy: str, node: str, res: dict[str, Any],
-               incs: list[dict[str, Any]], end_wall: float) -> dict[str, Any]:
+               view: dict[str, Any], blamed: list[dict[str, Any]],
+               end_wall: float) -> dict[str, Any]:
+    """The round's figures from *res* (the fault), *view* (the node's ``meshctl --json
+    incidents`` after the settle) and *blamed* (its collateral charges)."""
     t0 = float(res.get("injected_wall", 0.0))
-    mine = [i for i in incs
-            if i["class"] == "starved_node" and t0 <= i["detected_wall"] <= end_wall]
+    incs = list(view.get("incidents", []))
+    during = [i for i in incs if t0 <= i["detected_wall"] <= end_wall]
+    mine = [i for i in during if i["class"] == "starved_node"]
     mttrs = [float(i["mttr_seconds"]) for i in mine if i["mttr_seconds"] is not None]
     actions: dict[str, int] = {}
     for i in mine:
@@ -128,7 +136,20 @@ def round_line(rnd: int, policy: str, node: str, res: dict[str, Any],
             "signal": signal.get("name"), "signal_value": signal.get("value"),
             "threshold": signal.get("threshold"),
             "runaway_s": res.get("runaway_s"), "ended_by": res.get("ended_by"),
-            "error": res.get("error")}
+            "error": res.get("error"),
+            # Everything else the round raised on the node, and what the loop charged to an
+            # action meanwhile (a failure not from the incident's own outcome).
+            "others": [{"class": i["class"], "target": i["target"],
+                        "action": (i["action"] or {}).get("kind"),
+                        "outcome": (i["action"] or {}).get("outcome"),
+                        "detect_s": round(i["detected_wall"] - t0, 1),
+                        "mttr_s": i["mttr_seconds"]}
+                       for i in during if i["class"] != "starved_node"],
+            "charges": [{k: c.get(k) for k in ("action", "by_class", "after_seconds")}
+                        for c in blamed if t0 <= float(c["wall"]) <= end_wall],
+            # What the node has learned for the class by the end of the round.
+            "stats": {a["action"]: [a["tries"], a["successes"]]
+                      for a in view.get("action_stats", []) if a["class"] == "starved_node"}}
 
 
 def summary(rows: list[dict[str, Any]], window: int, alarms: int | None, hours: float | None,
@@ -259,7 +280,8 @@ def main() -> int:
             end = time.time()
             windows.append((t0, end))
             for policy, node in by_policy.items():
-                line = round_line(rnd, policy, node, results[policy], incidents(node, 500), end)
+                line = round_line(rnd, policy, node, results[policy], loop_view(node, 500),
+                                  charges(node), end)
                 rows.append(line)
                 emit(**line)
             log(f"round {rnd}: " + ", ".join(

@@ -207,11 +207,31 @@ def on_node(node: str, script: str) -> str:
     return res.stdout
 
 
-def incidents(node: str, limit: int = 1000) -> list[dict[str, Any]]:
-    """*node*'s newest *limit* incidents (``meshctl --json incidents``); none when its
+def loop_view(node: str, limit: int = 1000) -> dict[str, Any]:
+    """*node*'s self-healing loop as ``meshctl --json incidents`` shows it: the newest
+    *limit* incidents, ``action_stats`` (what it learned), thresholds; empty when its
     agent does not answer."""
     res = exec_in(node, "meshctl", "--json", "incidents", "--limit", str(limit))
-    return list(json.loads(res.stdout)["incidents"]) if res.returncode == 0 else []
+    return dict(json.loads(res.stdout)) if res.returncode == 0 else {}
+
+
+def incidents(node: str, limit: int = 1000) -> list[dict[str, Any]]:
+    """*node*'s newest *limit* incidents (:func:`loop_view`); none when its agent does not
+    answer."""
+    return list(loop_view(node, limit).get("incidents", []))
+
+
+def charges(node: str, limit: int = 200) -> list[dict[str, Any]]:
+    """The collateral charges *node*'s loop made (``remediation`` events whose reason is
+    ``charge:<action>``), newest *limit* remediation events searched, each its detail with
+    the event's wall time."""
+    res = exec_in(node, "meshctl", "--json", "events", "--kind", "remediation",
+                  "--limit", str(limit))
+    if res.returncode != 0:
+        return []
+    events = [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
+    return [{**e["detail"], "wall": e["wall"]} for e in events
+            if str(e.get("reason", "")).startswith("charge:")]
 
 
 def current(node: str) -> str:

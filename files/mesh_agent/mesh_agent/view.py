@@ -349,6 +349,8 @@ class AgentView:
             "policy": cfg.policy,
             "thresholds": m.thresholds.as_dict() if m is not None else {},
             "active_actions": m.active_actions() if m is not None else [],
+            # What the loop has learned: per (class, action), tries and outcomes.
+            "action_stats": m.action_stats() if m is not None else [],
             "knowledge": "unavailable" if k is None or not k.available else "ok",
             # Incidents are recorded, not acted on, until it ends (mapek.maintenance).
             "maintenance": self.maintenance.as_dict() if self.maintenance is not None else None,

@@ -43,7 +43,7 @@ from mesh_agent.mapek.execute import (
     Op,
 )
 from mesh_agent.mapek.lease import Refusal
-from mesh_agent.mapek.loop import RETRY_SLACK_S
+from mesh_agent.mapek.loop import RETRY_SLACK_S, Charge
 from mesh_agent.mapek.monitor import (
     DEFAULT_BOUNDS,
     LOSS_HOLD_S,
@@ -752,25 +752,44 @@ def two_links(at: float, b: float, c: float) -> Observation:
 
 def charges(b: list[float], c: list[float]) -> tuple[MapeK, list[tuple[str, str, int]]]:
     """Run two links' losses; the charges (class, action, tries then) seen as c opened."""
-    loop = MapeK("a", "enforce", FixedPolicy(), 0.05)
-    seen: list[tuple[str, str, int]] = []
-    for i, (lb, lc) in enumerate(zip(b, c, strict=True)):
-        step = loop.step(two_links(i * 5.0, lb, lc))
-        if "c" in {inc.target.name for inc in step.opened}:
-            # (the objects are live: read them at that step)
-            seen = [(cls, act, s.tries) for cls, act, s in step.stats]
+    loop, seen, _ = charged(b, c)
     return loop, seen
 
 
+def charged(b: list[float], c: list[float]
+            ) -> tuple[MapeK, list[tuple[str, str, int]], list[Charge]]:
+    """:func:`charges`, and every step's :class:`Charge` records."""
+    loop = MapeK("a", "enforce", FixedPolicy(), 0.05)
+    seen: list[tuple[str, str, int]] = []
+    records: list[Charge] = []
+    for i, (lb, lc) in enumerate(zip(b, c, strict=True)):
+        step = loop.step(two_links(i * 5.0, lb, lc))
+        records += step.charges
+        if "c" in {inc.target.name for inc in step.opened}:
+            # (the objects are live: read them at that step)
+            seen = [(cls, act, s.tries) for cls, act, s in step.stats]
+    return loop, seen, records
+
+
 def test_an_incident_soon_after_an_applied_action_charges_that_action_once() -> None:
-    # b lossy at 5-15 s (quarantined at 10 s, recovered by 30 s); c lossy from 45 s:
-    # 35 s after b's quarantine, on a node where nothing is open any more.
+    # b lossy at 5-15 s (quarantined at 5 s, recovered by 30 s); c lossy from 45 s:
+    # 40 s after b's quarantine, on a node where nothing is open any more.
     b = [0.0, 0.5, 0.5, 0.5] + [0.0] * 26
     c = [0.0] * 9 + [0.5] * 3 + [0.0] * 18
-    loop, seen = charges(b, c)
+    loop, seen, records = charged(b, c)
     assert seen == [("lossy_link", "quarantine_link", 2)]  # b's recovery, then the charge
     s = loop.stats[("lossy_link", "quarantine_link")]
     assert s.tries == 3 and s.successes <= 2 and loop.analyzer.opened_total == {"lossy_link": 2}
+    # The charge says what was blamed, for which incident, and by which (the shell's event).
+    [charge] = records
+    assert (charge.source, charge.cls, charge.action, charge.by, charge.by_cls) == (
+        1, "lossy_link", "quarantine_link", 2, "lossy_link")
+    assert charge.after_s == 40.0 and charge.as_dict()["after_seconds"] == 40.0
+    # What the operator reads back (/v1/incidents "action_stats"): the charge is a failure.
+    [arm] = [a for a in loop.action_stats() if a["action"] == "quarantine_link"]
+    assert arm == {"class": "lossy_link", "action": "quarantine_link", "tries": 3,
+                   "successes": s.successes, "failures": 3 - s.successes,
+                   "mean_mttr_seconds": round(s.mttr_sum / 3, 3), "rule": True}
 
 
 def test_an_incident_during_an_ongoing_fault_charges_nothing() -> None:

@@ -30,6 +30,7 @@ from mesh_agent.identity import Identity
 from mesh_agent.link.sensor import LinkSensor
 from mesh_agent.mapek import Knowledge
 from mesh_agent.mapek.execute import QUARANTINE_COST
+from mesh_agent.mapek.loop import Charge, Step
 from mesh_agent.mapek.monitor import DEFAULT_BOUNDS, Signal
 from mesh_agent.store import EventKind, EventLog
 
@@ -163,6 +164,12 @@ def test_a_lossy_link_is_quarantined_released_and_recorded(enforced) -> None:
     assert (inc["carried"], inc["time_to_mitigate_seconds"]) == (1, None)
     assert body["active_actions"] == [] and body["mode"] == "enforce"
     assert inc["detected_mono"] < inc["recovered_mono"] < released_at
+    # What the loop learned from it: the quarantine (the rule) did not move the route in
+    # time, so it counts as a failure for the class.
+    assert body["action_stats"] == [{
+        "class": "lossy_link", "action": "quarantine_link", "tries": 1, "successes": 0,
+        "failures": 1, "mean_mttr_seconds": pytest.approx(inc["mttr_seconds"], abs=1e-3),
+        "rule": True}]
     # The same story in the event log and the metrics.
     rem = agent.events.query(kinds=[EventKind.REMEDIATION])
     assert [(e.subject, e.reason) for e in rem] == [
@@ -198,10 +205,29 @@ def test_meshctl_incidents_table_and_json(enforced, monkeypatch) -> None:
     row = text.splitlines()[2].split()
     assert row[0] == "1" and "lossy_link" in row and "link:b" in row
     assert "quarantine_link" in row and "applied" in row and "recovered" in row
+    # Below the incidents, what the loop has learned per class and action.
+    learned = text[text.index("learned:"):].splitlines()
+    assert learned[1].split() == ["CLASS", "ACTION", "TRIES", "SUCCESSES", "FAILURES",
+                                  "MEAN", "MTTR", "RULE"]
+    assert learned[2].split()[:5] == ["lossy_link", "quarantine_link", "1", "0", "1"]
+    assert learned[2].split()[-1] == "yes"
     out = io.StringIO()
     assert ctl.main(["--api", "http://in-process", "--json", "incidents", "--open"],
                     out=out) == 0
     assert json.loads(out.getvalue())["incidents"] == []
+
+
+def test_a_collateral_charge_is_recorded_as_an_event(enforced) -> None:
+    # The core blames an action for a later incident (MapeK._collateral): the shell keeps
+    # why in the event log, where the operator finds it beside the action's apply.
+    agent, _clock, _client, _b = enforced
+    charge = Charge(source=3, cls="starved_node", action="restart_unit", by=4,
+                    by_cls="route_churn", after_s=12.5)
+    agent.mapek.settle(Step(charges=[charge]))
+    [ev] = agent.events.query(kinds=[EventKind.REMEDIATION])
+    assert (ev.subject, ev.reason) == ("a", "charge:restart_unit")
+    assert ev.detail == {"incident": 3, "class": "starved_node", "action": "restart_unit",
+                         "by_incident": 4, "by_class": "route_churn", "after_seconds": 12.5}
 
 
 def test_observe_mode_changes_nothing(ca: CA, tmp_path: Path) -> None:

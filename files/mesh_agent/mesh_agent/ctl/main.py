@@ -317,6 +317,15 @@ def render_incidents(data: dict[str, Any]) -> str:
                      else None])
     body = table(["ID", "DETECTED (UTC)", "CLASS", "TARGET", "SIGNAL", "ACTION", "OUTCOME",
                   "STATE", "MTTR", "MITIGATED"], rows) if rows else "no incidents"
+    if arms := data.get("action_stats"):  # an older agent does not serve them
+        body += ("\nlearned: outcomes per class and action (failures include collateral "
+                 "charges; RULE: the fixed policy's choice)\n")
+        body += table(["CLASS", "ACTION", "TRIES", "SUCCESSES", "FAILURES", "MEAN MTTR",
+                       "RULE"],
+                      [[a["class"], a["action"], a["tries"], a["successes"], a["failures"],
+                        duration(a["mean_mttr_seconds"])
+                        if a["mean_mttr_seconds"] is not None else None,
+                        "yes" if a["rule"] else ""] for a in arms])
     return f"{head}\n{body}"
 
 

@@ -95,6 +95,7 @@ from mesh_agent.mapek.monitor import (
 from mesh_agent.mapek.plan import (
     BASELINE_N,
     COLLATERAL_S,
+    RULES,
     TTM_TARGET_SAMPLES,
     ActionKind,
     ActionStats,
@@ -174,6 +175,26 @@ class Step:
     # now runs to a later deadline (their renewed lease's, or their own expiry if sooner).
     renewals: list[Lease] = field(default_factory=list)
     extends: list[tuple[Action, float]] = field(default_factory=list)
+    # Collateral charges made in this step (MapeK._collateral), for the shell to record.
+    charges: list[Charge] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Charge:
+    """An applied action charged one failure: incident *by* (of class *by_cls*) opened
+    *after_s* after *action* was applied for incident *source* (of class *cls*)."""
+
+    source: int
+    cls: str
+    action: str
+    by: int
+    by_cls: str
+    after_s: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {"incident": self.source, "class": self.cls, "action": self.action,
+                "by_incident": self.by, "by_class": self.by_cls,
+                "after_seconds": round(self.after_s, 3)}
 
 
 @dataclass(frozen=True)
@@ -626,8 +647,23 @@ class MapeK:
         s = self.stats.setdefault((cls, action), ActionStats())
         s.charge()
         out.stats.append((cls, action, s))
+        out.charges.append(Charge(source, cls, action, inc.id, str(inc.cls), now - at))
         log.info("incident %d %s on %s opened %.0f s after %s for incident %d: charged "
                  "to it", inc.id, inc.cls, inc.target, now - at, action, source)
+
+    def action_stats(self) -> list[dict[str, object]]:
+        """What Knowledge holds per (class, action) arm, as ``/v1/incidents`` serves it:
+        tries, successes, failures (collateral charges among them), the mean MTTR, and
+        whether the arm is the rule table's choice (the learned policy's prior)."""
+        rules = {str(c): str(a) for c, a in RULES.items()}
+        out: list[dict[str, object]] = []
+        for (cls, action), s in sorted(list(self.stats.items())):
+            mean = s.mean_mttr
+            out.append({"class": cls, "action": action, "tries": s.tries,
+                        "successes": s.successes, "failures": s.failures,
+                        "mean_mttr_seconds": None if mean is None else round(mean, 3),
+                        "rule": rules.get(cls) == action})
+        return out
 
     def active_actions(self) -> list[dict[str, object]]:
         return [a.as_dict() for a in list(self.executor.active.values())]

@@ -315,6 +315,9 @@ class MapekShell:
         """Record a step, carry out its ops, and start its lease calls off the event loop.
         A disruptive op runs off the loop too, and keeps its lease until it is done."""
         self.knowledge.record(step, self.wall())
+        for charge in step.charges:  # what an action was blamed for, and why (MapeK._collateral)
+            self.events.append(EventKind.REMEDIATION, self.cfg.node_name,
+                               f"charge:{charge.action}", charge.as_dict())
         releases = {lease.token: lease for lease in step.releases}
         holds = {lease.token: lease for lease in step.holds}
         for op in step.ops:

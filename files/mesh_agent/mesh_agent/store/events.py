@@ -65,7 +65,8 @@ class EventKind(StrEnum):
     IDENTITY_ROTATED = "identity_rotated"  # reason: the source (files | workload_api)
     IDENTITY_REJECTED = "identity_rejected"  # a new identity that did not load or verify
     LOG_RESET = "log_reset"  # the database was unreadable and was set aside
-    REMEDIATION = "remediation"  # subject: target; reason: apply|undo:<action> (mesh_agent.mapek)
+    # subject: target (a charge: the node); reason: apply|undo|charge:<action> (mesh_agent.mapek)
+    REMEDIATION = "remediation"
     MAINTENANCE = "maintenance"  # subject: the node; reason: open | ended | closed | invalid
 
 
