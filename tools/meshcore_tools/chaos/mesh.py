@@ -82,6 +82,26 @@ class Mesh:
     def ready(self) -> dict[str, bool]:
         return {n: r["ready"] for n, r in self.readiness().items()}
 
+    def maintenance(self) -> dict[str, dict[str, Any]]:
+        """The nodes whose self-healing loop has a maintenance window open, each with its
+        window (``since``, ``until``, ``reason``) as its ``/v1/incidents`` serves it. A node
+        that does not answer, or whose agent predates windows, has none here (the
+        agents-ready probe answers for it)."""
+        if self.api is None:
+            return {}
+        answers = self.pool.map(lambda n: self.get(n, "/v1/incidents?limit=1"), self.names)
+        out = {}
+        for n, (code, body) in zip(self.names, answers, strict=True):
+            if code != 200:
+                continue
+            try:
+                window = json.loads(body).get("maintenance")
+            except ValueError:
+                continue
+            if window:
+                out[n] = dict(window)
+        return out
+
     def event_cursor(self, node: str) -> int:
         code, body = self.get(node, "/v1/events?limit=1")
         return int(json.loads(body).get("newest_id", 0)) if code == 200 else 0

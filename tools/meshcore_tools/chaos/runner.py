@@ -130,6 +130,13 @@ class Runner:
                     bad = sorted(n for n, r in ready.items() if not r["ready"])
                     a.output = {"not_ready": bad, "why": {n: ready[n]["why"] for n in bad}}
                     a.tolerance_met = not bad
+            if ss["no_maintenance_window"] and self.mesh.api is not None:
+                # An operator is changing the fleet, and the loops record faults without
+                # acting on them: no experiment now (README, "Maintenance windows").
+                with self.j.record(recs, "probe", "no-maintenance-window") as a:
+                    windows = self.mesh.maintenance()
+                    a.output = {"open": windows}
+                    a.tolerance_met = not windows
             if ss["all_pairs_routed"]:
                 with self.j.record(recs, "probe", "all-pairs-routed-no-loops") as a:
                     pic = routes.picture(self.mesh.hops(), self.topo.graph,
@@ -190,7 +197,11 @@ class Runner:
                     raise KeyboardInterrupt
                 intr.armed = True
             if not self.steady_state("before"):
-                self.log("steady state does not hold: nothing injected")
+                failing = [p["activity"]["name"] for p in
+                           self.j.doc["steady_states"]["before"]["probes"]
+                           if not p.get("tolerance_met")]
+                self.log(f"steady state does not hold ({', '.join(failing)}): nothing "
+                         "injected")
                 return Outcome(self.j.finish("failed", False))
             if self.dry_run:
                 plan = [s.__dict__ for s in xp.schedule(self.exp, self.topo)]
