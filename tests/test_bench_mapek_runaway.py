@@ -82,3 +82,29 @@ def test_summary_of_remakes_the_summary_from_the_round_lines(tmp_path: Path,
     assert [g["policy"] for g in got] == ["fixed", "learned"]
     assert got[1]["runaway_s_p50_first"] == 40.0 and got[1]["runaway_s_p50_last"] == 80.0
     assert all(g["false_alarms_per_node_hour"] == 0.0 and g["figure"] == "summary" for g in got)
+
+
+def test_choice_probabilities_are_the_learned_policys_own_odds() -> None:
+    b = bench()
+    fresh = b.choice_probabilities({})
+    assert sum(fresh.values()) == pytest.approx(1.0, abs=0.002)
+    # A fresh node favours the rule (three pseudo-successes) and still explores.
+    assert max(fresh, key=lambda a: fresh[a]) == "lengthen_hello"
+    assert 0.05 < fresh["restart_unit"] < 0.5
+    taught = b.choice_probabilities({"lengthen_hello": [5, 0], "restart_unit": [5, 5],
+                                     "none": [2, 0]})
+    assert taught["restart_unit"] > 0.95
+    assert b.choice_probabilities({}, seed=3) == b.choice_probabilities({}, seed=3)
+
+
+def test_the_summary_says_what_learned_would_pick_after_the_first_and_last_rounds() -> None:
+    b = bench()
+    rows = [{"round": r, "policy": "learned", "runaway_s": 150.0, "mttr_max_s": 145.0,
+             "ended_by": "removal", "still_open": 0, "stats": st}
+            for r, st in ((1, {"lengthen_hello": [1, 0]}),
+                          (2, {"lengthen_hello": [1, 0], "restart_unit": [1, 1]}),
+                          (3, {"lengthen_hello": [1, 0], "restart_unit": [2, 2]}))]
+    line = b.summary(rows, 1, 0, 1.0, "learned")
+    first, last = line["p_next_after_first"], line["p_next_after_last"]
+    assert last["restart_unit"] > first["restart_unit"]
+    assert b.summary(rows, 1, 0, 1.0, "fixed")["p_next_after_last"] is None

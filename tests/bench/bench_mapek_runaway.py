@@ -28,7 +28,9 @@ their outcomes, ``mttr_p50_s``/``mttr_max_s`` over those that recovered, ``still
 removal at ``--hold``) and ``ended_by``
 (restart | removal); ``others``: the round's incidents of other classes, ``charges``: the
 collateral charges the loop made in the round, ``stats``: the node's starved_node arms
-(action: [tries, successes]) after it; ``false_alarms``: incidents of the node detected
+(action: [tries, successes]) after it, and for the learned node ``p_next``: the chance
+its policy picks each action at the next incident (:func:`choice_probabilities`);
+``false_alarms``: incidents of the node detected
 outside every fault window and its settle. Then a ``summary`` per policy over the first and last
 ``--window`` rounds and all of them (runaway_s p50/p95, the rounds' worst MTTR p95,
 restarts), with false alarms per node-hour, and ``--plot`` a PNG of runaway_s and MTTR
@@ -47,6 +49,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import sys
 import threading
 import time
@@ -152,6 +155,26 @@ def round_line(rnd: int, policy: str, node: str, res: dict[str, Any],
                       for a in view.get("action_stats", []) if a["class"] == "starved_node"}}
 
 
+def choice_probabilities(arms: dict[str, list[int]], draws: int = 20000,
+                         seed: int = 0) -> dict[str, float]:
+    """The chance the learned policy picks each starved_node action at the next incident,
+    from the node's arms (action: [tries, successes], a round line's ``stats``): the
+    agent's own :class:`~mesh_agent.mapek.plan.ThompsonPolicy` drawn *draws* times (seeded,
+    so a figure is reproducible). Less noisy than the rounds' choices, one draw each: this
+    is what the policy has learned by then."""
+    from mesh_agent.mapek.analyze import IncidentClass
+    from mesh_agent.mapek.plan import ActionStats, ThompsonPolicy
+
+    cls = IncidentClass.STARVED
+    stats = {(str(cls), a): ActionStats(int(t), int(s)) for a, (t, s) in arms.items()}
+    policy = ThompsonPolicy(random.Random(seed))
+    counts: dict[str, int] = {}
+    for _ in range(draws):
+        pick = policy.choose(cls, stats)
+        counts[pick] = counts.get(pick, 0) + 1
+    return {a: round(n / draws, 3) for a, n in sorted(counts.items())}
+
+
 def summary(rows: list[dict[str, Any]], window: int, alarms: int | None, hours: float | None,
             policy: str) -> dict[str, Any]:
     """One policy's figures over its round lines: how long the node was starved
@@ -167,17 +190,34 @@ def summary(rows: list[dict[str, Any]], window: int, alarms: int | None, hours: 
                 f"mttr_max_s_p95_{part}": quantile(mttr, 0.95),
                 f"restarts_{part}": sum(1 for r in sel if r.get("ended_by") == "restart"),
                 f"still_open_{part}": sum(int(r.get("still_open") or 0) for r in sel)}
+    # What the learned policy would pick next after its last round (from its arms).
+    learnt = [r for r in rows if r.get("stats") and policy == "learned"]
+    out["p_next_after_first"] = p_next(learnt[:window][-1]) if learnt[:window] else None
+    out["p_next_after_last"] = p_next(learnt[-1]) if learnt else None
     out["false_alarms"] = alarms
     out["false_alarms_per_node_hour"] = (round(alarms / hours, 2)
                                          if alarms is not None and hours else None)
     return out
 
 
-def resummarise(path: Path, window: int) -> int:
+def p_next(row: dict[str, Any]) -> dict[str, float]:
+    """A learned round line's ``p_next``, computed from its ``stats`` for a line written
+    before the bench recorded it."""
+    return dict(row.get("p_next") or choice_probabilities(row["stats"]))
+
+
+def resummarise(path: Path, window: int, plot_to: Path | None = None,
+                hold: float = 150.0) -> int:
     """``--summary-of``: the summary lines again from a run's round lines (its false alarm
-    counts and duration from its own summary lines where they have them)."""
+    counts and duration from its own summary lines where they have them), and the plot
+    with ``--plot``."""
     lines = [json.loads(x) for x in path.read_text().splitlines() if x.startswith("{")]
     rounds = [x for x in lines if "round" in x and "policy" in x]
+    for r in rounds:
+        if r["policy"] == "learned" and r.get("stats"):
+            r["p_next"] = p_next(r)
+    if plot_to is not None and rounds:
+        plot(rounds, hold, plot_to)
     for policy in POLICIES:
         old: dict[str, Any] = next(
             (x for x in lines if policy in (x.get("summary"), x.get("policy"))
@@ -210,7 +250,18 @@ def plot(rows: list[dict[str, Any]], hold: float, path: Path) -> None:
     ax.set_xlabel("round")
     ax.set_ylabel("seconds")
     ax.set_title("a runaway real-time unit: fixed (lengthen_hello) vs learned")
-    ax.legend(fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    learnt = [r for r in rows if r["policy"] == "learned" and r.get("p_next")]
+    if learnt:  # what the learned policy would pick next, after each round
+        p = ax.twinx()
+        p.plot([r["round"] for r in learnt],
+               [r["p_next"].get("restart_unit", 0.0) for r in learnt], "s:",
+               color="tab:green", label="learned: P(restart_unit next)")
+        p.set_ylim(0, 1.05)
+        p.set_ylabel("probability")
+        more, more_labels = p.get_legend_handles_labels()
+        handles, labels = handles + more, labels + more_labels
+    ax.legend(handles, labels, fontsize=8, loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -226,13 +277,15 @@ def main() -> int:
     ap.add_argument("--nodes", nargs=2, metavar=("FIXED", "LEARNED"))
     ap.add_argument("--window", type=int, default=3)
     ap.add_argument("--keep-knowledge", action="store_true")
+    ap.add_argument("--first-round", type=int, default=1, help="the first round's number "
+                    "(a run that goes on from an earlier one's Knowledge: --keep-knowledge)")
     ap.add_argument("--plot", type=Path)
     ap.add_argument("--work", type=Path, default=Path("build/bench-runaway"))
     ap.add_argument("--summary-of", type=Path, help="only the summary lines again, from a "
                     "run's output")
     args = ap.parse_args()
     if args.summary_of:
-        return resummarise(args.summary_of, args.window)
+        return resummarise(args.summary_of, args.window, args.plot, args.hold)
     if os.geteuid() != 0:
         emit(figure="skipped", reason="needs root (podman)")
         return 0
@@ -266,7 +319,7 @@ def main() -> int:
             agent_ready(node)
         time.sleep(30)  # the loop arms 15 s after the agent is ready; a quiet baseline
         started = time.time()
-        for rnd in range(1, args.rounds + 1):
+        for rnd in range(args.first_round, args.first_round + args.rounds):
             results: dict[str, dict[str, Any]] = {p: {} for p in POLICIES}
             threads = [threading.Thread(target=one_fault, args=(
                 by_policy[p], cpus[p], rnd, args.hold, results[p]))
@@ -282,6 +335,8 @@ def main() -> int:
             for policy, node in by_policy.items():
                 line = round_line(rnd, policy, node, results[policy], loop_view(node, 500),
                                   charges(node), end)
+                if policy == "learned":
+                    line["p_next"] = choice_probabilities(line["stats"])
                 rows.append(line)
                 emit(**line)
             log(f"round {rnd}: " + ", ".join(
