@@ -241,6 +241,8 @@ class MapeK:
         self.false_alarm_s = false_alarm_s if false_alarm_s is not None else 6 * interval_s
         # A link incident's action succeeded when our traffic had left the link by then.
         self.ttm_target_s = TTM_TARGET_SAMPLES * interval_s
+        # An MTTR is known to one sample: the relative reward's slack (plan.succeeded).
+        self.interval_s = interval_s
         self.actions_total: dict[tuple[str, str], int] = {}
         self.mttr: dict[str, Histogram] = {}
         self.ttm: dict[str, Histogram] = {}  # time to mitigate, per class
@@ -627,7 +629,7 @@ class MapeK:
         the class's target and recent recoveries (mesh_agent.mapek.plan)."""
         if inc.target.kind == "link" and inc.carried is not None:
             return mitigated_in_time(inc.carried, inc.ttm_s, self.ttm_target_s)
-        return succeeded(IncidentClass(inc.cls), mttr, recent)
+        return succeeded(IncidentClass(inc.cls), mttr, recent, self.interval_s)
 
     def _collateral(self, inc: Incident, now: float, older: bool, out: Step) -> None:
         """Charge the last applied action one failure when *inc* opened within
