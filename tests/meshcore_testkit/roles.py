@@ -32,8 +32,8 @@ def render(role: str, template: str, **overrides: Any) -> str:
     ansible_filters = FilterModule().filters()
     # Only the filters the templates use; Ansible's default/map/select expect its own Undefined.
     for e in (env, native):
-        e.filters.update({k: ansible_filters[k] for k in ("comment", "to_json", "to_nice_json",
-                                                           "combine", "dirname")})
+        e.filters.update({k: ansible_filters[k] for k in ("bool", "comment", "to_json",
+                                                           "to_nice_json", "combine", "dirname")})
     variables: dict[str, Any] = {"ansible_managed": "Ansible managed", "inventory_hostname": "n1",
                                  "groups": {}, "hostvars": {},
                                  "ansible_playbook_python": "/usr/bin/python3"}
