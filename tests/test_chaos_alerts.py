@@ -4,15 +4,14 @@ one node's targets down: MeshNodeDown pending (its ``for: 1m`` not over), then f
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from meshcore_testkit.httpstub import json_server
 from meshcore_tools.chaos import experiment
 from meshcore_tools.chaos.journal import Activity
 from meshcore_tools.chaos.mesh import Mesh
@@ -38,25 +37,10 @@ def test_only_firing_alerts_count_and_ignored_names_are_left_out() -> None:
 def served() -> Iterator[dict[str, Any]]:
     """A local HTTP server answering /api/v1/alerts with whatever the test puts in ``body``."""
     state: dict[str, Any] = {"body": b""}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200 if self.path.startswith("/api/v1/alerts") else 404)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(state["body"])
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    state["url"] = f"http://127.0.0.1:{srv.server_address[1]}"
-    try:
+    with json_server(lambda path: (200 if path.startswith("/api/v1/alerts") else 404,
+                                   state["body"])) as url:
+        state["url"] = url
         yield state
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def probe(prom: str | None, ignore: list[str], since: float | None = None) -> Activity:

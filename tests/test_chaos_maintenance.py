@@ -9,16 +9,15 @@ agent that reads the window file is ``test_mapek_netns.py`` (test-full-lab).
 
 from __future__ import annotations
 
-import http.server
 import json
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from mesh_agent.mapek import maintenance
+from meshcore_testkit.httpstub import json_server
 from meshcore_tools.chaos import experiment
 from meshcore_tools.chaos.mesh import Mesh
 from meshcore_tools.chaos.nodes import Nodes
@@ -37,26 +36,14 @@ def agent_api() -> Iterator[dict[str, Any]]:
     for anything else, as an agent that predates the endpoint would)."""
     state: dict[str, Any] = {"incidents": None, "paths": []}
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            state["paths"].append(self.path)
-            found = self.path.startswith("/v1/incidents") and state["incidents"] is not None
-            self.send_response(200 if found else 404)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(json.dumps(state["incidents"] if found else {}).encode())
+    def answer(path: str) -> tuple[int, bytes]:
+        state["paths"].append(path)
+        found = path.startswith("/v1/incidents") and state["incidents"] is not None
+        return (200 if found else 404), json.dumps(state["incidents"] if found else {}).encode()
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    state["url"] = f"http://127.0.0.1:{srv.server_address[1]}"
-    try:
+    with json_server(answer) as url:
+        state["url"] = url
         yield state
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def answer(window: maintenance.Window | None) -> dict[str, Any]:
