@@ -36,12 +36,12 @@ def agent_api() -> Iterator[dict[str, Any]]:
     for anything else, as an agent that predates the endpoint would)."""
     state: dict[str, Any] = {"incidents": None, "paths": []}
 
-    def answer(path: str) -> tuple[int, bytes]:
+    def respond(path: str) -> tuple[int, bytes]:
         state["paths"].append(path)
         found = path.startswith("/v1/incidents") and state["incidents"] is not None
         return (200 if found else 404), json.dumps(state["incidents"] if found else {}).encode()
 
-    with json_server(answer) as url:
+    with json_server(respond) as url:
         state["url"] = url
         yield state
 
