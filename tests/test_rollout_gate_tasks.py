@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import yaml
 from meshcore_tools import ROOT
-from meshcore_tools.rollout import TASKS, build_report, runner_path
+from meshcore_tools.playbook import runner_path
+from meshcore_tools.rollout import TASKS, build_report
 
 GATE_TASKS = ("Gate: the failovers of nodes with a new failover storm",
               "Gate: plan the data-plane probes through the wave",

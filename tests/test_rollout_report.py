@@ -18,7 +18,8 @@ import pytest
 import yaml
 from meshcore_testkit.loader import load_path
 from meshcore_tools import ROOT
-from meshcore_tools.rollout import TASKS, build_report, inventory_hosts, runner_path
+from meshcore_tools.playbook import runner_path
+from meshcore_tools.rollout import TASKS, build_report, inventory_hosts
 from test_rollout_gate_tasks import wave_play
 
 gate_mod = load_path("meshcore_rollout", ROOT / "plugins/filter/meshcore_rollout.py")

@@ -173,9 +173,9 @@ def running_lab_state() -> dict[str, Any]:
 def site_run(extravars: dict[str, Any], tmp: Path, limit: str = "mesh_nodes,localhost"
              ) -> tuple[int, list[dict[str, Any]]]:
     """site.yml on the running lab (inventories/lab, *limit*), with ansible-runner: its rc
-    and every event."""
-    import ansible_runner
-    from meshcore_tools.rollout import runner_path
+    and every event. Ctrl-C stops ansible-playbook first, then reaches the caller as it
+    would have without the run (KeyboardInterrupt, or the caller's own handler)."""
+    from meshcore_tools.playbook import run_playbook
 
     events: list[dict[str, Any]] = []
 
@@ -183,14 +183,10 @@ def site_run(extravars: dict[str, Any], tmp: Path, limit: str = "mesh_nodes,loca
         events.append(e)
         return True
 
-    tmp.mkdir(parents=True, exist_ok=True)
-    r = ansible_runner.run(
-        private_data_dir=str(tmp), project_dir=str(ROOT),
-        playbook=str(ROOT / "playbooks/site.yml"), inventory=str(ROOT / "inventories/lab"),
-        extravars=extravars, limit=limit,
-        envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PATH": runner_path()},
-        event_handler=keep, quiet=True)
-    return int(r.rc), events
+    r = run_playbook("playbooks/site.yml", ROOT / "inventories/lab", tmp, extravars=extravars,
+                     limit=limit, event_handler=keep)
+    r.deliver()
+    return r.rc, events
 
 
 def exec_in(node: str, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from meshcore_tools import ROOT
+from meshcore_tools.playbook import run_playbook
 
 PLAYBOOK = "playbooks/rollout.yml"
 TASKS = {
@@ -67,7 +66,8 @@ def _stdout_json(res: Mapping[str, Any]) -> dict[str, Any]:
 def build_report(events: Iterable[Mapping[str, Any]], hosts_all: Sequence[str] = ()
                  ) -> dict[str, Any]:
     """The rollout's outcome from its events: ``status`` (completed, stopped or
-    failed), ``stage`` (the staging play before the waves: its times and how many
+    failed; :func:`run` makes it canceled when a signal stopped the run), ``stage``
+    (the staging play before the waves: its times and how many
     nodes staged the release), ``waves`` (hosts, status, gate verdict, times),
     ``hosts`` (wave, whether it staged the release, release before and target,
     status, the switch and rollback results, whether a stopped rollout discarded its
@@ -229,19 +229,11 @@ def build_report(events: Iterable[Mapping[str, Any]], hosts_all: Sequence[str] =
             "controller": dict(sorted(controller.items())), "stats": stats}
 
 
-def runner_path() -> str:
-    """PATH for ansible-runner with this Python's bin directory (the venv's) first: runner
-    finds ansible-playbook on PATH, which lacks the venv when it is not activated."""
-    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-
-
 def run(inventory: Path, tarball: Path, keys: Path, *, extravars: Mapping[str, Any] | None = None,
         hosts_all: Sequence[str] = (), quiet: bool = True,
         on_event: Callable[[Mapping[str, Any]], None] | None = None,
         private_data_dir: Path | None = None) -> tuple[int, dict[str, Any]]:
     """Run the rollout; (ansible-playbook's rc, the report)."""
-    import ansible_runner  # imported here: only the driver needs it
-
     events: list[Mapping[str, Any]] = []
 
     def handler(ev: Mapping[str, Any]) -> bool:
@@ -253,13 +245,14 @@ def run(inventory: Path, tarball: Path, keys: Path, *, extravars: Mapping[str, A
     variables = {"rollout_release_tarball": str(tarball.resolve()),
                  "mesh_agent_release_keys_file": str(keys.resolve()), **(extravars or {})}
     with tempfile.TemporaryDirectory(prefix="meshcore-rollout-") as tmp:
-        r = ansible_runner.run(
-            private_data_dir=str(private_data_dir or tmp), project_dir=str(ROOT),
-            playbook=str(ROOT / PLAYBOOK), inventory=str(inventory.resolve()),
-            extravars=variables,
-            envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PATH": runner_path()},
-            event_handler=handler, quiet=quiet)
-        return int(r.rc), build_report(events, hosts_all)
+        r = run_playbook(PLAYBOOK, inventory.resolve(), private_data_dir or tmp,
+                         extravars=variables, event_handler=handler, quiet=quiet)
+    report = build_report(events, hosts_all)
+    if r.canceled:
+        # Ctrl-C or SIGTERM: runner killed ansible-playbook where it was; the nodes' windows
+        # end by themselves (mesh_maintenance_window_s)
+        report["status"] = "canceled"
+    return r.rc, report
 
 
 def inventory_hosts(inventory: Path, group: str = "mesh_nodes") -> list[str]:
@@ -294,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{report['status']}: {len(report['waves'])} wave(s); report in {args.report}")
     else:
         print(text)
+    if report["status"] == "canceled":
+        return 130
     return 0 if rc == 0 and report["status"] == "completed" else 1
 
 
