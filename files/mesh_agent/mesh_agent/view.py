@@ -276,6 +276,7 @@ class AgentView:
             rejected_from=tuple(sorted(self.rejected_by_neighbor().items())),
             isolated_from=tuple(sorted(self.by_neighbor(self.topology.isolated_from).items())),
             changes_total=self.topology.changes_total,
+            edge_changes=tuple(sorted(self.topology.edge_changes.items())),
             cpu_seconds=cpu_seconds,
             ready=self.ready(),
             link_downs=tuple(sorted(self.sensor.downs.items())),

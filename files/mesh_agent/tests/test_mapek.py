@@ -1213,6 +1213,46 @@ def test_per_minute_signals_count_a_window_not_one_sample() -> None:
     assert churn(storm, 55.0, 33) == pytest.approx(60.0)
 
 
+def test_route_churn_leaves_out_what_one_noisy_link_explains() -> None:
+    """A remote link that flaps (or whose cost swings) changes the graph at every node; a
+    node away from it has no incident of its own to open (its ends do). Churn spread over
+    many links still crosses, and an edge that changed only once or twice in the window (a
+    neighbour's restart: down, then up) explains nothing."""
+    from mesh_agent.mapek.monitor import NOISY_EDGE_PER_MIN, RATE_WINDOW_S
+
+    def churn(m: Monitor, at: float, total: int, edges: dict[str, int]) -> float:
+        obs = Observation(at=at, changes_total=total, edge_changes=tuple(sorted(edges.items())))
+        [r] = [r for r in m.sample(obs) if r.signal == Signal.CHURN]
+        return r.value
+
+    threshold = DEFAULT_BOUNDS[Signal.CHURN].default
+    one, total, flaps = Monitor(), 0, {"c~d": 0}
+    churn(one, 0.0, 0, flaps)
+    for k in range(1, 13):  # c~d down and up every 5 s: 24 changes a minute, all its own
+        total += 2
+        flaps["c~d"] += 2
+        value = churn(one, 5.0 * k, total, flaps)
+        # the young window's first read (2 changes: 4/min) is under NOISY_EDGE_PER_MIN
+        assert value == (pytest.approx(4.0) if k == 1 else 0.0)
+    # Then 20 changes in one sample: 4 more of c~d, one each of 16 other edges. Over the
+    # window (from the sample at 35 s): 30 changes, 60/min, of which c~d's 14 (28/min) are
+    # left out; the other edges' 2/min each are not: 32/min, over the threshold.
+    mixed = churn(one, 65.0, total + 20, {**flaps, "c~d": flaps["c~d"] + 4,
+                                           **{f"e{i}~f": 1 for i in range(16)}})
+    assert mixed == pytest.approx(32.0) and mixed > threshold
+    spread, total2, edges = Monitor(), 0, {}
+    churn(spread, 0.0, 0, edges)
+    for k in range(1, 7):  # 10 changes every 5 s, each on a different edge once
+        total2 += 10
+        edges.update({f"n{k}x{i}~m": 1 for i in range(10)})
+        value = churn(spread, 5.0 * k, total2, edges)
+    assert value == pytest.approx(120.0) and value > threshold  # mesh-wide: crossed
+    restart, edges3 = Monitor(), {"b~c": 0, "b~d": 0}
+    churn(restart, 0.0, 0, edges3)
+    assert churn(restart, 5.0, 4, {"b~c": 2, "b~d": 2}) == pytest.approx(8.0)  # 4/min each
+    assert 2 / RATE_WINDOW_S * 60 < NOISY_EDGE_PER_MIN <= 3 / RATE_WINDOW_S * 60
+
+
 # -- Flapping links: the downs signal, the hold-down, the storm's attribution --------------
 def flap_obs(at: float, downs: int, failovers: int = 0,
              sole: frozenset[str] = frozenset(), changes: int = 0) -> Observation:

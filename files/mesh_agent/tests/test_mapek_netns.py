@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from meshcore_testkit.agents import AgentMesh, api
+from meshcore_testkit.agents import AgentMesh, api, metric
 from meshcore_testkit.marks import requires_root
 from meshcore_testkit.pki import CA
 from meshcore_tools.netns import silent_cut
@@ -166,3 +166,51 @@ def test_in_a_maintenance_window_a_lossy_link_is_recorded_then_quarantined_after
         assert kinds == ["open", "closed"]
     finally:
         silent_cut(n1.ns, ifname, False)
+
+
+def test_a_remote_link_that_flaps_opens_no_route_churn_away_from_it(
+        tmp_path_factory: pytest.TempPathFactory, ca: CA) -> None:
+    """n0 - n1 - n2 - n3: n2-n3 flaps (both ends cut 1 s in every 2.5 s, for 60 s). Every
+    node's graph changes with it, past the churn threshold read raw; n0 and n1 see only the
+    adverts and have nothing to do about it, so they open no route_churn (the changes of
+    one noisy edge are left out of the reading, session 52). The link's ends (observing,
+    so the hold-down does not stop the flapping) have it as their flapping_link."""
+    from mesh_agent.mapek.monitor import DEFAULT_BOUNDS, Signal
+
+    observe = {"mapek": {**MAPEK["mapek"], "mode": "observe"}}
+    mesh = AgentMesh(4, [(0, 1), (1, 2), (2, 3)], tmp_path_factory.mktemp("churn"),
+                     prefix="mach", ca=ca)
+    try:
+        mesh.lab.up()
+        mesh.start_agents(ca, {"n0": MAPEK, "n1": MAPEK, "n2": observe, "n3": observe})
+        mesh.wait_for(mesh.converged, 90, "every agent ready with a route to every other")
+        for node in mesh.nodes:
+            wait(lambda ns=node.ns: get(ns, "/v1/incidents")["armed"], START_SETTLE_S + 60,
+                 f"{node.name}'s loop armed")
+        ends = [(mesh.nodes[2].ns, mesh.ifname[(2, 3)]), (mesh.nodes[3].ns, mesh.ifname[(3, 2)])]
+        changes0, t0 = metric(mesh.nodes[0].ns, "meshcore_topology_changes_total"), time.time()
+        try:
+            while time.time() - t0 < 60.0:
+                for ns, ifname in ends:
+                    silent_cut(ns, ifname, True)
+                time.sleep(1.0)
+                for ns, ifname in ends:
+                    silent_cut(ns, ifname, False)
+                time.sleep(1.5)
+        finally:
+            for ns, ifname in ends:
+                silent_cut(ns, ifname, False)
+        raw = (metric(mesh.nodes[0].ns, "meshcore_topology_changes_total") - changes0) / (
+            time.time() - t0) * 60.0
+        assert raw > DEFAULT_BOUNDS[Signal.CHURN].default, (
+            f"the flapping changed n0's graph {raw:.1f} times a minute: too few to test")
+        time.sleep(10.0)  # two more samples of the rate window
+        for node in mesh.nodes[:2]:
+            churn = [i for i in get(node.ns, "/v1/incidents")["incidents"]
+                     if i["class"] == "route_churn" and i["detected_wall"] >= t0]
+            assert churn == [], (node.name, churn, f"raw churn {raw:.1f}/min")
+        flapping = [i for node in mesh.nodes[2:] for i in get(node.ns, "/v1/incidents")["incidents"]
+                    if i["class"] == "flapping_link" and i["detected_wall"] >= t0]
+        assert flapping, "neither end of n2-n3 saw it flap"
+    finally:
+        mesh.destroy()

@@ -3,6 +3,7 @@ back-link detection and topology-change counting (no sockets, no Agent, no sleep
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from meshcore_testkit.pki import CA
@@ -137,6 +138,50 @@ def test_topology_changes_are_counted_once_per_new_shape(ca: CA) -> None:
     t.originate({"b": 3.0}, NOW + 1)  # a cost change is a new shape
     t.graph()
     assert t.changes_total == 2
+
+
+def test_each_topology_change_is_counted_per_edge_it_added_removed_or_recosted(ca: CA) -> None:
+    t = core(ca)
+    b = LinkStateDB(ca.identity("b", ADDR["b"]), ADDR["b"], 60.0)
+    c = LinkStateDB(ca.identity("c", ADDR["c"]), ADDR["c"], 60.0)
+
+    def hear(db: LinkStateDB, links: dict[str, float], at: float) -> None:
+        assert t.received("mesh0", "10.78.0.1", db.originate(links, at)[0], at, 255,
+                          HOPS).result.accepted
+
+    t.originate({"b": 1.0}, NOW)
+    hear(b, {"a": 1.0, "c": 1.0}, NOW)
+    hear(c, {"b": 1.0}, NOW)
+    t.graph()
+    assert t.edge_changes == {}  # the first graph: no change to count yet
+    t.originate({"b": 3.0}, NOW + 1)  # a re-costed edge: its old and new pair, one change
+    t.graph()
+    assert t.edge_changes == {"a~b": 1}
+    hear(c, {}, NOW + 2)
+    t.graph()  # b~c gone
+    t.graph()  # the same graph: nothing more
+    hear(c, {"b": 1.0}, NOW + 3)
+    t.graph()  # b~c back
+    assert t.edge_changes == {"a~b": 1, "b~c": 2} and t.changes_total == 4
+
+
+def test_the_per_edge_counts_are_bounded(ca: CA, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mesh_agent.topology import core as core_mod
+
+    monkeypatch.setattr(core_mod, "EDGE_CHANGES_MAX", 2)
+    t = core(ca)
+    t.originate({"b": 1.0, "c": 1.0}, NOW)
+    for name in ("b", "c"):
+        t.received("mesh0", "10.78.0.1", signed(ca, name, {"a": 1.0}), NOW, 255, HOPS)
+    t.graph()
+    t.edge_changes = {"x~y": 5, "y~z": 1}  # full, with edges no longer in the graph
+    t.originate({"b": 2.0, "c": 1.0}, NOW + 1)
+    t.graph()
+    assert t.edge_changes == {"a~b": 1}  # the absent edges forgotten to make room
+    monkeypatch.setattr(core_mod, "EDGE_CHANGES_MAX", 1)  # full of edges in the graph
+    t.originate({"b": 1.0, "c": 2.0}, NOW + 2)  # both re-costed: the new a~c not counted
+    t.graph()
+    assert t.edge_changes == {"a~b": 2}
 
 
 @settings(max_examples=300, suppress_health_check=list(HealthCheck), deadline=None)

@@ -47,8 +47,10 @@ outcome ``attributed``, its ``cause`` the link's incident), and a
 floor, if it had one, is lifted; its ``cause`` is set). An attributed symptom
 teaches nothing: neither the statistics nor the thresholds learn from it. With
 several links flapping the worst (most downs per minute) is the cause. The rule
-is local: churn at a node away from the flapping link (which sees its adverts,
-not its downs) is not attributed.
+is local. A node away from a flapping link sees its adverts, not its downs: there
+the Monitor leaves the changes of any one noisy edge out of the churn reading
+(:data:`~mesh_agent.mapek.monitor.NOISY_EDGE_PER_MIN`), so such a node opens no
+``route_churn`` for it; churn spread over many links still does.
 
 A hold-down is refused (``refused:sole_link``) on a link that is the node's only
 way to that neighbour (``Observation.sole_links``): holding it down would cut

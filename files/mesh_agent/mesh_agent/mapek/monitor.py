@@ -175,6 +175,9 @@ class Observation:
     failovers_total: int = 0
     rejected_total: int = 0
     changes_total: int = 0
+    # Per edge ("a~b"), how many of those changes added, removed or re-costed it
+    # (TopologyCore.edge_changes): the churn one noisy link explains (Monitor).
+    edge_changes: tuple[tuple[str, int], ...] = ()
     cpu_seconds: float = 0.0
     ready: bool = True  # the node's readiness (AgentView.readiness, the one place)
     # Per neighbour node, how many of its up sessions ended so far (the link sensor's
@@ -226,6 +229,14 @@ class Reading:
 # divided by the whole window even while the monitor is younger than it: a young
 # monitor under-reads rather than over-reads.
 RATE_WINDOW_S = 30.0
+# Route churn is the graph's changes that no single noisy link explains. A link that
+# flaps, or whose cost swings with its loss, changes the graph at every node of the mesh,
+# and a node away from it sees its adverts, not its downs: the link's ends have it as
+# their incident (lossy_link, flapping_link). So the changes of any one edge that changed
+# at least this often over the rate window (three times in 30 s) are left out of the
+# churn reading; what is left, and can cross, is churn spread over many links (docs/mapek.md,
+# session 52). One down and up of a link, a neighbour's restart, reads 4/min per edge.
+NOISY_EDGE_PER_MIN = 6.0
 
 
 # Loss is judged over at least LOSS_MIN_HELLOS of the neighbour's hellos (counted from
@@ -402,11 +413,15 @@ class Monitor:
         self.storming = frozenset(
             name for name, n in obs.isolated_from
             if _rate(n, by_iso.get(name, 0), over, 60.0) > t[Signal.REJECTED])
+        by_edge = dict(base.edge_changes)
+        noisy = sum(r for r in (_rate(n, by_edge.get(edge, 0), over, 60.0)
+                                for edge, n in obs.edge_changes) if r >= NOISY_EDGE_PER_MIN)
         for signal, value in (
                 (Signal.FAILOVERS, _rate(obs.failovers_total, base.failovers_total, over, 60.0)),
                 (Signal.REJECTED, max(0.0, _rate(obs.rejected_total, base.rejected_total,
                                                  over, 60.0) - explained)),
-                (Signal.CHURN, _rate(obs.changes_total, base.changes_total, over, 60.0))):
+                (Signal.CHURN, max(0.0, _rate(obs.changes_total, base.changes_total, over, 60.0)
+                                   - noisy))):
             out.append(Reading(signal, SELF, value, t[signal]))
         out.append(Reading(Signal.CPU, SELF, _rate(obs.cpu_seconds, prev.cpu_seconds, span, 1.0),
                            t[Signal.CPU]))

@@ -24,7 +24,10 @@ and returns what to send. The rules, each tested in ``test_topology_core.py``:
   destinations whose primary crossed it (``PathTable.detours``) before the
   full recompute.
 - **Topology change**: a computed graph differs from the last one in its
-  nodes, edges or costs (counted, for ``meshcore_topology_changes_total``).
+  nodes, edges or costs (counted, for ``meshcore_topology_changes_total``), and
+  per edge, how many of those changes added, removed or re-costed it
+  (``edge_changes``, bounded): the MAPE-K loop reads route churn that one noisy
+  link explains apart from churn spread over the mesh.
 - **Who sent what was refused**: each refusal worth recording is also counted
   per sending hop (``rejected_from``): the hop is where the datagram came
   from, which a sender cannot forge on a link, unlike the origin it claims.
@@ -57,6 +60,9 @@ NOT_PER_HOP = QUIET_REASONS | ORDINARY_REASONS
 # rejected_from keeps at most this many hops; refusals from any further hop are counted
 # under OTHER_HOP (a flood from forged link addresses cannot grow it without bound).
 OTHER_HOP: Hop = ("", "")
+# edge_changes keeps at most this many edges: past it, the edges no longer in the graph
+# are forgotten, and while it is still full a new edge is not counted.
+EDGE_CHANGES_MAX = 4096
 
 
 def _count(counts: dict[Hop, int], hop: Hop) -> None:
@@ -103,10 +109,13 @@ class TopologyCore:
         self.isolated_from: dict[Hop, int] = {}
         self.isolated_total = 0
         self.changes_total = 0
+        # Per edge ("a~b", the names sorted), the topology changes that added, removed or
+        # re-costed it (module docstring)
+        self.edge_changes: dict[str, int] = {}
         self.nodes = 0  # of the last graph computed
         self.edges = 0
         self._last_originated = -float("inf")
-        self._shape: object = None
+        self._shape: tuple[frozenset[str], frozenset[tuple[frozenset[str], float]]] | None = None
 
     # -- adverts ----------------------------------------------------------
     def received(
@@ -198,7 +207,22 @@ class TopologyCore:
             frozenset((frozenset((a, b)), c) for a, b, c in g.edges(data="cost")),
         )
         if shape != self._shape:
+            if self._shape is not None:
+                self._count_edges(self._shape[1] ^ shape[1], shape[1])
             self._shape = shape
             self.changes_total += 1
         self.nodes, self.edges = g.number_of_nodes(), g.number_of_edges()
         return g
+
+    def _count_edges(self, changed: frozenset[tuple[frozenset[str], float]],
+                     now: frozenset[tuple[frozenset[str], float]]) -> None:
+        """One more change for each edge in *changed* (edge, cost) pairs: added, removed
+        or re-costed (both its old and new pair are there, counted once)."""
+        keys = {"~".join(sorted(edge)) for edge, _ in changed}
+        for key in sorted(keys):
+            if key not in self.edge_changes and len(self.edge_changes) >= EDGE_CHANGES_MAX:
+                present = {"~".join(sorted(edge)) for edge, _ in now}
+                self.edge_changes = {k: n for k, n in self.edge_changes.items() if k in present}
+                if len(self.edge_changes) >= EDGE_CHANGES_MAX:
+                    continue
+            self.edge_changes[key] = self.edge_changes.get(key, 0) + 1
