@@ -130,3 +130,20 @@ def test_a_cancelled_rollout_reports_canceled(tmp_path: Path,
     assert seen["extravars"]["rollout_release_tarball"] == str(tmp_path / "r.tgz")
     assert (rc, report["status"]) == (254, "canceled")
     assert report["hosts"]["node01"]["status"] == "not_reached"
+
+
+def test_without_proc_the_signal_still_ends_the_run(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A controller with no /proc (macOS): nothing is forwarded, runner kills the playbook
+    after the grace, and the caller still gets the signal. Ansible's worker can then
+    outlive the run until its task ends, as it did before run_playbook (runner's kill
+    misses its process group): stopped by the fixture here."""
+    from meshcore_tools import playbook
+
+    monkeypatch.setattr(playbook, "PROC", tmp_path / "no-proc")
+    monkeypatch.setattr(playbook, "GRACE_S", 1.0)
+    assert playbook._playbooks() == []
+    r = _interrupted_run(tmp_path)
+    assert r.canceled and (r.rc, r.status) == (254, "canceled")
+    with pytest.raises(KeyboardInterrupt):
+        r.deliver()

@@ -36,6 +36,9 @@ from meshcore_tools import ROOT
 # runner kills it (runner polls the cancellation between reads of the playbook's output,
 # every few seconds at most)
 GRACE_S = 15.0
+# Where ansible-playbook is looked for among this process's children. A controller
+# without it (macOS) forwards nothing: runner kills ansible-playbook after GRACE_S.
+PROC = Path("/proc")
 
 
 def runner_path() -> str:
@@ -122,7 +125,11 @@ class _Cancel:
 def _playbooks() -> list[int]:
     """This process's children that are ansible-playbook (runner's pexpect child)."""
     me, found = os.getpid(), []
-    for proc in Path("/proc").iterdir():
+    try:
+        procs = list(PROC.iterdir())
+    except OSError:
+        return []
+    for proc in procs:
         if not proc.name.isdigit():
             continue
         try:
