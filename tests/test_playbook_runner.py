@@ -25,8 +25,15 @@ MARK = "97.25"  # the sleep's argument: finds the task's process, and no other
 
 @pytest.fixture(autouse=True)
 def _no_sleep_left() -> Iterator[None]:
-    """Whatever a failing test leaves running is stopped here."""
+    """Python's own SIGINT and SIGTERM handlers during each test, whatever an earlier test
+    left (a direct ``ansible_runner.run`` elsewhere in the suite leaves runner's: the bug
+    run_playbook avoids); whatever a failing test leaves running is stopped after."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     yield
+    for s, h in before.items():
+        signal.signal(s, h)
     subprocess.run(["pkill", "-f", f"sleep {MARK}"], check=False)
 
 
